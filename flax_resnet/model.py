@@ -1,0 +1,398 @@
+"""torchvision's ResNet family in Flax NNX, numerically equal to torchvision.
+
+Attribute paths mirror torchvision's state-dict keys (``layer1[0].conv2``,
+``layer2[0].downsample[1]``, ``fc``), inputs are NHWC, and every padding is
+explicit and equal to torchvision's. The file reads in build order: norms, blocks,
+then the network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Dtype = Any
+
+NORMS = ("batch", "frozen_batch", "group")
+STEMS = ("imagenet", "cifar")
+
+# torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
+conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Linear's default: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)).
+linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _linear_bias_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm over the channel (last) axis with PyTorch's semantics.
+
+  Normalises with the biased batch variance but updates ``var`` with the unbiased
+  one, as ``torch.nn.BatchNorm2d`` does; NNX's BatchNorm uses the biased one for
+  both. ``momentum`` follows the NNX convention (weight of the old statistics):
+  0.9 here is torch's 0.1. Statistics are always computed and kept in float32.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
+               use_running_average: bool = False, dtype: Dtype = None,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+    del rngs  # no random initialisation; accepted for a uniform norm signature
+    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.momentum, self.epsilon = momentum, epsilon
+    self.use_running_average = use_running_average
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      mean, var = _batch_moments(x)
+      n = x.size // x.shape[-1]
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
+      # path walks the whole traced program; ResNet-152 traced 25x slower that way.
+      self.mean.set_value(m * self.mean[...] + (1 - m) * mean)
+      self.var.set_value(m * self.var[...] + (1 - m) * unbiased)
+    return _affine(x, mean, var, self.scale[...], self.bias[...], self.epsilon, self.dtype)
+
+
+class FrozenBatchNorm(nnx.Module):
+  """BatchNorm that always uses its running statistics and trains nothing.
+
+  Like torchvision's ``FrozenBatchNorm2d``: all four tensors are statistics
+  (``nnx.BatchStat``), so optimisers over ``nnx.Param`` leave them alone. For
+  fine-tuning with batches too small for reliable batch statistics.
+  """
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Dtype = None,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+    del rngs, param_dtype  # statistics stay float32
+    self.scale = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.epsilon, self.dtype = epsilon, dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
+                   self.epsilon, self.dtype)
+
+
+def _batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance over all but the channel axis, in float32, two-pass."""
+  x32 = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x32, axes)
+  return mean, jnp.mean(jnp.square(x32 - mean), axes)
+
+
+def _affine(x, mean, var, scale, bias, epsilon, dtype):
+  # Folding into one multiply-add per element is what torch's CPU kernel does too.
+  a = scale.astype(jnp.float32) * jax.lax.rsqrt(var + epsilon)
+  b = bias.astype(jnp.float32) - mean * a
+  dtype = dtype or x.dtype
+  return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+
+
+def make_norm(norm: str, num_features: int, *, groups: int = 32, dtype: Dtype = None,
+              param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the norm layer named by ``norm`` (one of ``NORMS``)."""
+  if norm == "batch":
+    return BatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
+  if norm == "frozen_batch":
+    return FrozenBatchNorm(num_features, dtype=dtype)
+  if norm == "group":
+    return nnx.GroupNorm(num_features, num_groups=groups, epsilon=1e-5, use_fast_variance=False,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+class Layers(NamedTuple):
+  """What every conv and norm of a network shares: norm kind, dtypes, rngs."""
+  norm: str
+  norm_groups: int
+  dtype: Dtype
+  param_dtype: Dtype
+  rngs: nnx.Rngs
+
+  def conv(self, cin: int, cout: int, k: int, stride: int = 1, *, padding: int = 0,
+           dilation: int = 1, groups: int = 1) -> nnx.Conv:
+    return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((padding, padding),) * 2,
+                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
+                    use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                    param_dtype=self.param_dtype, rngs=self.rngs)
+
+  def bn(self, num_features: int) -> nnx.Module:
+    return make_norm(self.norm, num_features, groups=self.norm_groups, dtype=self.dtype,
+                     param_dtype=self.param_dtype, rngs=self.rngs)
+
+
+class Downsample(nnx.List):
+  """The projection shortcut, ``downsample[0]`` (1x1 conv) and ``downsample[1]`` (norm)."""
+
+  def __init__(self, make: Layers, cin: int, cout: int, stride: int):
+    super().__init__([make.conv(cin, cout, 1, stride), make.bn(cout)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self[1](self[0](x))
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+  expansion = 1
+
+  def __init__(self, make: Layers, inplanes: int, planes: int, stride: int = 1,
+               downsample: nnx.Module | None = None, groups: int = 1, base_width: int = 64,
+               dilation: int = 1, dropout: float = 0.0, expansion: int | None = None):
+    del groups, base_width  # validated by ResNet: a BasicBlock has neither
+    out = planes * (expansion or self.expansion)
+    self.conv1 = make.conv(inplanes, planes, 3, stride, padding=dilation, dilation=dilation)
+    self.bn1 = make.bn(planes)
+    self.conv2 = make.conv(planes, out, 3, padding=dilation, dilation=dilation)
+    self.bn2 = make.bn(out)
+    self.downsample = downsample
+    self.dropout = _branch_dropout(dropout, make.rngs)
+
+  def residual_norms(self) -> list[nnx.Module]:
+    return [self.bn2]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return _merge(self, x, out)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 reduce, 3x3, 1x1 expand (ResNet-50 and deeper, ResNeXt, Wide ResNet).
+
+  This is ResNet v1.5: the stride sits on the 3x3 conv rather than the first 1x1,
+  which sees every input pixel that way and gains about 0.5% top-1 on ImageNet.
+  """
+
+  expansion = 4
+
+  def __init__(self, make: Layers, inplanes: int, planes: int, stride: int = 1,
+               downsample: nnx.Module | None = None, groups: int = 1, base_width: int = 64,
+               dilation: int = 1, dropout: float = 0.0, expansion: int | None = None):
+    width = int(planes * (base_width / 64.0)) * groups
+    out = planes * (expansion or self.expansion)
+    self.conv1 = make.conv(inplanes, width, 1)
+    self.bn1 = make.bn(width)
+    self.conv2 = make.conv(width, width, 3, stride, padding=dilation, dilation=dilation,
+                           groups=groups)
+    self.bn2 = make.bn(width)
+    self.conv3 = make.conv(width, out, 1)
+    self.bn3 = make.bn(out)
+    self.downsample = downsample
+    self.dropout = _branch_dropout(dropout, make.rngs)
+
+  def residual_norms(self) -> list[nnx.Module]:
+    return [self.bn3]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = nnx.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return _merge(self, x, out)
+
+
+def _branch_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+  # broadcast over H and W: whole channels are dropped, as nn.Dropout2d does.
+  return nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=rngs) if rate > 0 else None
+
+
+def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
+  if block.dropout is not None:
+    out = block.dropout(out)
+  identity = x if block.downsample is None else block.downsample(x)
+  return nnx.relu(out + identity)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class FeatureInfo(NamedTuple):
+  """One feature map of ``ResNet.features``: its name, channel count and stride."""
+  name: str
+  channels: int
+  stride: int
+
+
+class ResNet(nnx.Module):
+  """The ResNet family, with torchvision's constructor options and defaults.
+
+  Args:
+    block: ``BasicBlock``, ``Bottleneck``, or their names ``"basic"``/``"bottleneck"``.
+    layers: blocks per stage, e.g. ``(3, 4, 6, 3)``; any number of stages.
+    num_classes: size of ``fc``; 0 builds a headless model returning pooled features.
+    zero_init_residual: zero the last norm's scale in every residual branch.
+    groups, width_per_group: ResNeXt cardinality and width (Bottleneck only).
+    replace_stride_with_dilation: one flag per stage after the first; a dilated
+      stage keeps the resolution and dilates its 3x3 convs instead.
+    norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"``.
+    norm_groups: groups of ``"group"`` norm.
+    in_channels: channels of the input images.
+    stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv).
+    channels: base channels per stage (outputs are ``channels * expansion``); the
+      stem has ``channels[0]``.
+    expansion: output/base channel ratio of a block; defaults to the block's own.
+    dropout: channel-wise dropout on each residual branch before the addition.
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); param_dtype: storage dtype.
+    rngs: random streams for initialisation and dropout; ``nnx.Rngs(0)`` if omitted.
+
+  Models start in training mode, as torch modules do: call ``model.eval()`` to use
+  running statistics and disable dropout, ``model.train()`` to switch back.
+  """
+
+  def __init__(self, block: type[nnx.Module] | str, layers: Sequence[int],
+               num_classes: int = 1000, zero_init_residual: bool = False, groups: int = 1,
+               width_per_group: int = 64,
+               replace_stride_with_dilation: Sequence[bool] | None = None,
+               norm: str = "batch", norm_groups: int = 32, in_channels: int = 3,
+               stem: str = "imagenet", channels: Sequence[int] = (64, 128, 256, 512),
+               expansion: int | None = None, dropout: float = 0.0, dtype: Dtype = None,
+               param_dtype: Dtype = jnp.float32, *, rngs: nnx.Rngs | None = None):
+    block = _check_args(block, layers, num_classes, groups, width_per_group,
+                        replace_stride_with_dilation, norm, in_channels, stem, channels,
+                        expansion, dropout)
+    dilate = tuple(replace_stride_with_dilation or (False,) * (len(layers) - 1))
+    make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
+    self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
+    self.dtype = dtype
+    width = channels[0]
+    if stem == "imagenet":
+      self.conv1 = make.conv(in_channels, width, 7, 2, padding=3)
+    else:
+      self.conv1 = make.conv(in_channels, width, 3, 1, padding=1)
+    self.bn1 = make.bn(width)
+    self._build_stages(make, block, layers, channels, expansion, dilate, groups,
+                       width_per_group, dropout)
+    self.num_features = self.feature_info[-1].channels
+    if num_classes:
+      self.fc = nnx.Linear(self.num_features, num_classes, kernel_init=linear_init,
+                           bias_init=_linear_bias_init(self.num_features), dtype=dtype,
+                           param_dtype=param_dtype, rngs=make.rngs)
+    if zero_init_residual:
+      self._zero_init_residual()
+
+  def _build_stages(self, make, block, layers, channels, expansion, dilate, groups,
+                    width_per_group, dropout):
+    exp = expansion or block.expansion
+    inplanes, dilation = channels[0], 1
+    stride_so_far = 2 if self.stem == "imagenet" else 1
+    info = [FeatureInfo("stem", inplanes, stride_so_far)]
+    stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
+    for i, (planes, depth) in enumerate(zip(channels, layers)):
+      stride = 1 if i == 0 else 2
+      previous_dilation = dilation
+      if i > 0 and dilate[i - 1]:
+        dilation, stride = dilation * stride, 1
+      downsample = None
+      if stride != 1 or inplanes != planes * exp:
+        downsample = Downsample(make, inplanes, planes * exp, stride)
+      blocks = [block(make, inplanes, planes, stride, downsample, groups, width_per_group,
+                      previous_dilation, dropout, exp)]
+      blocks += [block(make, planes * exp, planes, 1, None, groups, width_per_group, dilation,
+                       dropout, exp) for _ in range(1, depth)]
+      setattr(self, f"layer{i + 1}", nnx.List(blocks))
+      inplanes, stride_so_far = planes * exp, stride_so_far * stride
+      info.append(FeatureInfo(f"layer{i + 1}", inplanes, stride_so_far))
+    self.feature_info = tuple(info)
+
+  def _zero_init_residual(self):
+    for stage in self.stages():
+      for blk in stage:
+        for norm in blk.residual_norms():
+          norm.scale[...] = jnp.zeros_like(norm.scale[...])
+
+  def stages(self) -> list[nnx.List]:
+    """The stages ``layer1``, ``layer2``, ... in order."""
+    return [getattr(self, info.name) for info in self.feature_info[1:]]
+
+  def features(self, x: jax.Array) -> dict[str, jax.Array]:
+    """Feature maps by name: ``stem`` (after conv1/bn1/relu) and each ``layerN``.
+
+    Their channel counts and strides are in ``self.feature_info``.
+    """
+    self._check_input(x)
+    x = nnx.relu(self.bn1(self.conv1(x)))
+    out = {"stem": x}
+    if self.stem == "imagenet":
+      x = max_pool_3x3_s2(x)
+    for info, stage in zip(self.feature_info[1:], self.stages()):
+      for blk in stage:
+        x = blk(x)
+      out[info.name] = x
+    return out
+
+  def forward_head(self, x: jax.Array) -> jax.Array:
+    """Global average pool and, unless headless, the classifier."""
+    x = jnp.mean(x, axis=(1, 2))
+    return self.fc(x) if self.num_classes else x
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Logits (N, num_classes) for NHWC images, or pooled features when headless."""
+    return self.forward_head(self.features(x)[self.feature_info[-1].name])
+
+  def _check_input(self, x: jax.Array) -> None:
+    if x.ndim != 4 or x.shape[-1] != self.in_channels:
+      raise ValueError(f"input must be NHWC with C={self.in_channels} (in_channels), got shape "
+                       f"{tuple(x.shape)}; transpose NCHW arrays with x.transpose(0, 2, 3, 1)")
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """torchvision's stem pool: 3x3, stride 2, padding 1, the padding at -inf."""
+  init = np.array(-np.inf, x.dtype)  # a concrete identity lets JAX pick the differentiable max
+  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _choice(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check_args(block, layers, num_classes, groups, width_per_group, dilate, norm,
+                in_channels, stem, channels, expansion, dropout) -> type[nnx.Module]:
+  """Validates ResNet's arguments; returns the block class."""
+  if isinstance(block, str):
+    _choice("block", block, BLOCKS)
+    block = BLOCKS[block]
+  _choice("block", block, BLOCKS.values())
+  _choice("norm", norm, NORMS)
+  _choice("stem", stem, STEMS)
+  if not layers or any(int(n) < 1 for n in layers):
+    raise ValueError(f"layers must be a non-empty sequence of positive ints, got {layers!r}")
+  if len(channels) != len(layers):
+    raise ValueError(f"channels must have one entry per stage ({len(layers)} for layers="
+                     f"{tuple(layers)}), got {tuple(channels)}")
+  if dilate is not None and len(dilate) != len(layers) - 1:
+    raise ValueError("replace_stride_with_dilation must have one entry per stage after the "
+                     f"first ({len(layers) - 1}), got {tuple(dilate)}")
+  if block is BasicBlock and (groups != 1 or width_per_group != 64):
+    raise ValueError("BasicBlock only supports groups=1 and width_per_group=64, got "
+                     f"groups={groups}, width_per_group={width_per_group}")
+  if block is BasicBlock and dilate is not None and any(dilate):
+    raise ValueError("replace_stride_with_dilation is not supported with BasicBlock "
+                     f"(dilation > 1), got {tuple(dilate)}")
+  for name, value, low in [("num_classes", num_classes, 0), ("in_channels", in_channels, 1),
+                           ("groups", groups, 1), ("width_per_group", width_per_group, 1),
+                           ("expansion", expansion or 1, 1)]:
+    if not isinstance(value, int) or value < low:
+      raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+  return block
