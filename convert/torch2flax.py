@@ -1,0 +1,254 @@
+"""Convert torchvision ResNet-family weights into a flax-resnet checkpoint.
+
+    python convert/torch2flax.py --weights ResNet50_Weights.IMAGENET1K_V2 --out ckpt/resnet50
+    python convert/torch2flax.py --weights DEFAULT --arch resnet18 --out ckpt/resnet18
+    python convert/torch2flax.py --state-dict model.pth --out ckpt/mine [--arch resnet50]
+    python convert/torch2flax.py --state-dict model.pth --num-classes 10 --reset-head --out ckpt/ft
+
+The output directory is written under a temporary name and renamed into place only
+when complete. By default the converted model is verified against torchvision on a
+fixed batch, and a difference beyond --tolerance exits non-zero with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import flax_resnet
+from flax_resnet.checkpoint import save
+from flax_resnet.convert import ConversionError, from_torch_state_dict, infer_architecture, \
+    unwrap_state_dict
+from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
+
+
+class CliError(Exception):
+  """A problem with the command's input, reported in one line."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--weights", help="torchvision weights: ResNet50_Weights.IMAGENET1K_V2, or "
+                   "IMAGENET1K_V1 / DEFAULT with --arch")
+  src.add_argument("--state-dict", type=Path, help="a .pth/.pt or .safetensors file")
+  p.add_argument("--arch", help="architecture name (inferred from the file when omitted)")
+  p.add_argument("--num-classes", type=int, help="classes of the head (default: the file's)")
+  p.add_argument("--reset-head", action="store_true",
+                 help="drop the file's classifier and start a fresh one of --num-classes")
+  p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                 help="compare logits with torchvision on a fixed batch (default: on)")
+  p.add_argument("--tolerance", type=float, default=1e-5,
+                 help="largest allowed max|dlogit| / max|logit| (default 1e-5)")
+  p.add_argument("--resize-size", type=int, help="eval resize for --state-dict (default 256)")
+  p.add_argument("--crop-size", type=int, help="eval crop for --state-dict (default 224)")
+  return p.parse_args(argv)
+
+
+def step(message: str) -> float:
+  print(message, flush=True)
+  return time.perf_counter()
+
+
+def sha256(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_file(path: Path) -> Any:
+  """A .pth/.pt (weights_only, never an unsafe fallback) or .safetensors file."""
+  if not path.is_file():
+    raise CliError(f"{path}: no such file")
+  if path.suffix == ".safetensors":
+    return _load_safetensors(path)
+  import pickle
+  import torch
+
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
+      raise CliError(f"{path}: refused: the file holds Python objects other than tensors, "
+                     "which could run code when loaded; only plain state dicts are accepted")
+    raise CliError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})")
+  except (RuntimeError, EOFError, OSError) as e:
+    raise CliError(f"{path}: truncated or corrupt ({str(e).splitlines()[0]})")
+
+
+def _load_safetensors(path: Path) -> dict:
+  from safetensors import SafetensorError
+  from safetensors.torch import load_file as load_st
+
+  try:
+    return load_st(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CliError(f"{path}: truncated or corrupt safetensors file ({e})")
+
+
+def fetch_weights(name: str, arch: str | None):
+  """A torchvision weights entry and its state dict, through torch.hub's cache."""
+  import torch
+  from torchvision.models import get_model_weights, get_weight
+
+  try:
+    weights = get_weight(name) if "." in name else get_model_weights(_need_arch(arch))[name]
+  except (KeyError, ValueError, AttributeError) as e:
+    raise CliError(f"--weights {name}: not a torchvision weights entry ({e})")
+  file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+  try:
+    state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
+                                               weights_only=True, map_location="cpu")
+  except OSError as e:  # URLError is an OSError
+    raise CliError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
+                   f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
+  return weights, state, file
+
+
+def _need_arch(arch: str | None) -> str:
+  if not arch:
+    raise CliError("--weights without a 'ModelName_Weights.' prefix needs --arch")
+  return arch
+
+
+def load_source(args) -> tuple[dict, dict, Any]:
+  """(state dict, source description, torchvision weights entry or None)."""
+  if args.weights:
+    weights, state, file = fetch_weights(args.weights, args.arch)
+    source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
+              "file": str(file), "sha256": sha256(file) if file.is_file() else None}
+    return state, source, weights
+  state = load_file(args.state_dict)
+  source = {"kind": "file", "file": str(args.state_dict.absolute()),
+            "sha256": sha256(args.state_dict)}
+  return state, source, None
+
+
+def check_head(state: dict, args) -> None:
+  """A head of another size is an error unless --reset-head says to drop it."""
+  bare, _ = unwrap_state_dict(state)
+  _, inferred = infer_architecture(bare)
+  have = inferred.get("num_classes")
+  if args.num_classes is not None and args.num_classes != have and not args.reset_head:
+    raise CliError(f"the file's head (fc) has {have} classes but --num-classes is "
+                   f"{args.num_classes}; pass --reset-head to start a fresh head")
+
+
+def check_roundtrip(model, state: dict, skip_head: bool) -> None:
+  """Every source tensor must come back bit-exact from the converted model."""
+  from flax_resnet.convert import to_torch_state_dict
+
+  bare, _ = unwrap_state_dict(state)
+  back = to_torch_state_dict(model)
+  for key, value in back.items():
+    if skip_head and key.startswith("fc."):
+      continue
+    if not np.array_equal(value.numpy(), bare[key].float().numpy()):
+      raise CliError(f"round trip changed tensor {key}")
+
+
+def metadata(args, arch, options, source, weights, notes, parity) -> dict:
+  import torch
+  import torchvision
+
+  transform = from_torchvision_weights(weights) if weights else EvalTransform(
+      **{k: v for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
+         if v is not None})
+  categories = weights.meta.get("categories") if weights else None
+  if categories is None and options.get("num_classes") == 1000 and not args.reset_head:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+    categories = list(_IMAGENET_CATEGORIES)
+  return {
+      "arch": arch, "options": options, "source": source, "notes": notes,
+      "head": "reset: fresh classifier" if args.reset_head else "from source",
+      "preprocessing": transform.to_json(), "categories": categories, "parity": parity,
+      "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                   "jax": jax.__version__, "flax": __import__("flax").__version__,
+                   "flax_resnet": flax_resnet.__version__},
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def convert(args) -> dict:
+  if args.out.exists() and not args.force:
+    raise CliError(f"--out {args.out} exists; pass --force to replace it")
+  t = step(f"[1/4] loading {args.weights or args.state_dict}")
+  state, source, weights = load_source(args)
+  check_head(state, args)
+  t = step(f"      loaded {len(state)} entries in {time.perf_counter() - t:.1f}s\n"
+           "[2/4] mapping tensors onto the flax model")
+  options = {} if args.num_classes is None else {"num_classes": args.num_classes}
+  model = from_torch_state_dict(state, args.arch, reset_head=args.reset_head, **options)
+  bare, notes = unwrap_state_dict(state)
+  arch, options = _model_config(bare, args)
+  check_roundtrip(model, state, args.reset_head)
+  parity = _verify(model, arch, options, args, t)
+  t = step(f"[4/4] writing {args.out}")
+  meta = metadata(args, arch, options, source, weights, notes, parity)
+  save(model, args.out, meta, overwrite=args.force)
+  return {**meta, "parameters": _count(model), "seconds_writing": time.perf_counter() - t}
+
+
+def _model_config(bare, args) -> tuple[str | None, dict]:
+  arch, options = infer_architecture(bare)
+  if args.num_classes is not None:
+    options["num_classes"] = args.num_classes
+  return arch, options
+
+
+def _verify(model, arch, options, args, t) -> dict | None:
+  from flax_resnet.parity import verify
+
+  if not args.verify:
+    step(f"[3/4] verification skipped (--no-verify); mapped in {time.perf_counter() - t:.1f}s")
+    return None
+  t = step(f"[3/4] verifying against torchvision (mapped in {time.perf_counter() - t:.1f}s; "
+           "runs both models on a fixed batch, compiling first)")
+  parity = verify(model, arch, options)
+  if parity is None:
+    step("      torchvision has no model for this configuration: verification skipped")
+    return None
+  parity["tolerance"] = args.tolerance
+  step(f"      max|dlogit| {parity['max_abs']:.3g} (relative {parity['max_rel']:.3g}), top-5 "
+       f"agreement {parity['top5_agreement']:.0%}, in {time.perf_counter() - t:.1f}s")
+  if parity["max_rel"] > args.tolerance or parity["top5_agreement"] < 1.0:
+    raise CliError(f"verification failed: relative logit difference {parity['max_rel']:.3g} "
+                   f"(tolerance {args.tolerance:g}), top-5 agreement "
+                   f"{parity['top5_agreement']:.0%}; nothing written")
+  return parity
+
+
+def _count(model) -> int:
+  from flax import nnx
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    meta = convert(args)
+  except (CliError, ConversionError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  name = meta["arch"] or "custom ResNet"
+  print(f"done: {name} ({meta['parameters']:,} parameters, {meta['options']}) from "
+        f"{meta['source'].get('name') or meta['source']['file']} -> {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,125 @@
+"""Converted-model checkpoints: an orbax directory plus ``metadata.json``.
+
+The metadata names the architecture and every constructor option, so ``load``
+rebuilds the model from it alone (no torch needed). Writes go to a temporary
+sibling directory that is renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from flax_resnet.convert import build_model
+from flax_resnet.model import ResNet
+
+METADATA = "metadata.json"
+STATE = "state"
+_TUPLE_OPTIONS = ("layers", "channels", "replace_stride_with_dilation")
+_DTYPE_OPTIONS = ("dtype", "param_dtype")
+
+
+def options_to_json(options: Mapping[str, Any]) -> dict[str, Any]:
+  """Constructor options as JSON values (dtypes by name, tuples as lists)."""
+  out = {}
+  for k, v in options.items():
+    if k == "rngs":
+      continue
+    if k in _DTYPE_OPTIONS and v is not None:
+      v = jnp.dtype(v).name
+    out[k] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def options_from_json(options: Mapping[str, Any]) -> dict[str, Any]:
+  """Inverse of ``options_to_json``."""
+  out = dict(options)
+  for k in _TUPLE_OPTIONS:
+    if out.get(k) is not None:
+      out[k] = tuple(out[k])
+  for k in _DTYPE_OPTIONS:
+    if out.get(k) is not None:
+      out[k] = jnp.dtype(out[k])
+  return out
+
+
+def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
+         overwrite: bool = False) -> Path:
+  """Writes ``model`` and ``metadata`` to directory ``path``.
+
+  ``metadata`` must hold ``arch`` (a name, or None for a custom ``ResNet``) and
+  ``options`` (constructor options). An existing ``path`` is an error unless
+  ``overwrite``; it is replaced only after the new checkpoint is complete.
+  """
+  path = Path(path).absolute()
+  if "arch" not in metadata or "options" not in metadata:
+    raise ValueError("metadata must contain 'arch' and 'options' to rebuild the model")
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
+  meta = {**metadata, "options": options_to_json(metadata["options"])}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  try:
+    tmp.chmod(0o755)
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(tmp / STATE, state)
+      checkpointer.wait_until_finished()
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _replace_dir(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return path
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+  old = None
+  if path.exists():
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    path.rename(old)
+  new.rename(path)
+  if old is not None:
+    shutil.rmtree(old)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """The metadata of checkpoint ``path``; ``ValueError`` if it is not one."""
+  file = Path(path) / METADATA
+  if not file.is_file() or not (Path(path) / STATE).is_dir():
+    raise ValueError(f"{path} is not a flax-resnet checkpoint (no {METADATA} and {STATE}/)")
+  try:
+    return json.loads(file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file} is corrupt: {e}") from e
+
+
+def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, dict[str, Any]]:
+  """Rebuilds the model saved at ``path`` from its metadata and restores its weights.
+
+  ``option_overrides`` change options that do not alter the weights' shapes
+  (e.g. ``dtype``, ``norm="frozen_batch"``, ``dropout``). Returns (model, metadata).
+  """
+  path = Path(path).absolute()
+  meta = read_metadata(path)
+  options = {**options_from_json(meta["options"]), **option_overrides}
+  model = nnx.eval_shape(lambda: build_model(meta["arch"], options))
+  target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
+  if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
+    model = build_model(meta["arch"], options)  # dropout's RNG streams need concrete keys
+  nnx.update(model, restored)
+  return model, meta
+
+
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)

@@ -1,0 +1,260 @@
+"""torchvision state dicts <-> flax-resnet models: a strict rename plus two transposes.
+
+A model leaf at path ``("layer1", 0, "downsample", 1, "scale")`` is torchvision's
+``layer1.0.downsample.1.weight``. Conv kernels are HWIO here and OIHW in torch,
+linear kernels (in, out) here and (out, in) in torch. torch is imported only inside
+the functions that produce torch tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from flax_resnet.model import ResNet
+from flax_resnet.registry import ARCHITECTURES, Arch, architecture, create_model
+
+log = logging.getLogger(__name__)
+
+# NNX leaf name -> torch parameter or buffer name.
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                 "var": "running_var"}
+CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
+PREFIXES = ("module.", "_orig_mod.")
+DEFAULT_STAGE_CHANNELS = (64, 128, 256, 512)
+
+
+class ConversionError(ValueError):
+  """A state dict that does not fit the model; the message lists every problem."""
+
+
+def torch_key(path: tuple) -> str:
+  """The torchvision state-dict key of an NNX state path."""
+  return ".".join(str(p) for p in path[:-1]) + "." + LEAF_TO_TORCH[path[-1]]
+
+
+def to_torch_layout(value: np.ndarray) -> np.ndarray:
+  """HWIO conv / (in, out) linear kernels to torch's OIHW / (out, in)."""
+  if value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  return value.T if value.ndim == 2 else value
+
+
+def from_torch_layout(value: np.ndarray) -> np.ndarray:
+  """Inverse of ``to_torch_layout``."""
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value.T if value.ndim == 2 else value
+
+
+def unwrap_state_dict(obj: Any) -> tuple[dict[str, Any], list[str]]:
+  """Unwraps training-checkpoint containers and strips wrapper prefixes.
+
+  Returns the bare state dict and notes saying what was done. A prefix
+  (``module.`` from DDP, ``_orig_mod.`` from torch.compile, repeated) is stripped
+  only when every key has it.
+  """
+  notes = []
+  while isinstance(obj, Mapping):
+    container = next((c for c in CONTAINERS if isinstance(obj.get(c), Mapping)), None)
+    if container is None or _looks_like_state_dict(obj):
+      break
+    notes.append(f"unwrapped container {container!r}")
+    obj = obj[container]
+  if not isinstance(obj, Mapping) or not _looks_like_state_dict(obj):
+    raise ConversionError(f"not a state dict of tensors (found {type(obj).__name__}"
+                          + (f" with keys {sorted(obj)[:8]}" if isinstance(obj, Mapping) else "")
+                          + ")")
+  state = dict(obj)
+  stripped = True
+  while stripped:
+    stripped = False
+    for prefix in PREFIXES:
+      if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        notes.append(f"stripped prefix {prefix!r}")
+        stripped = True
+  return state, notes
+
+
+def _looks_like_state_dict(obj: Mapping) -> bool:
+  return bool(obj) and all(isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items())
+
+
+def _numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy dtype
+    value = value.detach().cpu()
+    if not value.dtype.is_floating_point:
+      return value.numpy()
+    return value.float().numpy()
+  return np.asarray(value)
+
+
+def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+  """Architecture name (None for a custom config) and ResNet options read off a state dict.
+
+  Depth comes from block counts, the block type from the presence of ``conv3``,
+  groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``.
+  """
+  shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+  if "conv1.weight" not in shapes or len(shapes["conv1.weight"]) != 4:
+    raise ConversionError("cannot infer the architecture: no 4-d 'conv1.weight' in the file")
+  stages = _blocks_per_stage(shapes)
+  if not stages:
+    raise ConversionError("cannot infer the architecture: no 'layerN.M.' keys in the file")
+  bottleneck = "layer1.0.conv3.weight" in shapes
+  out, in_channels, k, _ = shapes["conv1.weight"]
+  options: dict[str, Any] = {"in_channels": in_channels, "stem": "imagenet" if k == 7 else "cifar",
+                             "num_classes": shapes["fc.weight"][0] if "fc.weight" in shapes else 0}
+  if "bn1.weight" in shapes and "bn1.running_mean" not in shapes:
+    options["norm"] = "group"
+  exp = 4 if bottleneck else 1
+  last = "conv3" if bottleneck else "conv2"
+  channels = tuple(shapes[f"layer{i + 1}.0.{last}.weight"][0] // exp for i in range(len(stages)))
+  groups, width = 1, 64
+  if bottleneck:
+    conv2 = shapes["layer1.0.conv2.weight"]
+    groups = conv2[0] // conv2[1]
+    width = conv2[1] * 64 // channels[0]
+  arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width)
+  name = next((n for n, a in ARCHITECTURES.items() if a == arch), None)
+  if name is None or channels != DEFAULT_STAGE_CHANNELS or out != 64:
+    return None, {**arch._asdict(), "channels": channels, **options}
+  return name, options
+
+
+def _blocks_per_stage(shapes: Mapping[str, tuple]) -> list[int]:
+  counts: dict[int, int] = {}
+  for key in shapes:
+    m = re.match(r"layer(\d+)\.(\d+)\.", key)
+    if m:
+      stage, block = int(m[1]), int(m[2])
+      counts[stage] = max(counts.get(stage, 0), block + 1)
+  return [counts[s] for s in sorted(counts)] if sorted(counts) == list(
+      range(1, len(counts) + 1)) else []
+
+
+def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
+  """Builds a named architecture or, with ``arch=None``, a custom ``ResNet``."""
+  return create_model(arch, **options) if arch else ResNet(**options)
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
+                          reset_head: bool = False, **model_options: Any) -> ResNet:
+  """A flax-resnet model holding a torchvision state dict's weights.
+
+  Strict: every tensor is used exactly once and every model leaf is filled, with
+  shapes checked; ``num_batches_tracked`` is dropped on purpose. All problems are
+  raised together in one ``ConversionError``. ``arch`` defaults to what the keys
+  and shapes say; an ``arch`` the file contradicts is an error naming what the
+  file looks like. ``reset_head`` drops the file's ``fc`` so that a head of
+  another ``num_classes`` starts fresh. ``model_options`` go to the constructor.
+  """
+  state_dict, notes = unwrap_state_dict(state_dict)
+  for note in notes:
+    log.warning("%s", note)
+  if reset_head:
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+  arch, options = _resolve_architecture(state_dict, arch, reset_head, model_options)
+  model = _abstract_model(arch, options)
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  skip = ("fc",) if reset_head else ()
+  values, problems = _match(flat, state_dict, skip)
+  if problems:
+    raise ConversionError("state dict does not fit " + (arch or "the custom ResNet") + ":\n  "
+                          + "\n  ".join(problems))
+  if reset_head and options.get("num_classes", 1000):
+    fresh = build_model(arch, {**options, "rngs": nnx.Rngs(0)}).fc
+    values[("fc", "kernel")], values[("fc", "bias")] = fresh.kernel[...], fresh.bias[...]
+  nnx.update(model, nnx.from_flat_state(
+      {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)
+       for path, var in flat}))
+  return model
+
+
+def _resolve_architecture(state_dict, arch, reset_head, model_options):
+  inferred, options = infer_architecture(state_dict)
+  if reset_head:
+    options.pop("num_classes")
+  if arch is not None:
+    architecture(arch)  # unknown names fail here, listing the known ones
+    if inferred != arch:
+      looks = inferred or f"a custom ResNet {options}"
+      raise ConversionError(f"file looks like {looks}, not {arch} (--arch)")
+  return inferred, {**options, **model_options}
+
+
+def _abstract_model(arch, options) -> ResNet:
+  model = nnx.eval_shape(lambda: build_model(arch, options))
+  if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
+    return build_model(arch, options)  # dropout's RNG streams need concrete keys
+  return model
+
+
+def _match(flat, state_dict, skip) -> tuple[dict, list[str]]:
+  values, used, missing, shapes, bad = {}, set(), [], [], []
+  for path, var in flat:
+    key = torch_key(path)
+    if path[:1] == skip:
+      continue
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    used.add(key)
+    value = from_torch_layout(_numpy(state_dict[key]))
+    expected = tuple(var.get_value().shape)
+    if value.shape != expected:
+      shapes.append(f"{key}: expected {to_torch_layout(np.empty(expected)).shape}, "
+                    f"found {tuple(state_dict[key].shape)}")
+    elif not np.all(np.isfinite(value)):
+      bad.append(f"{key}: contains NaN or Inf")
+    values[path] = value
+  unexpected = sorted(k for k in state_dict
+                      if k not in used and not k.endswith("num_batches_tracked"))
+  problems = ([f"missing key: {k}" for k in missing] + [f"unexpected key: {k}" for k in unexpected]
+              + [f"shape mismatch: {s}" for s in shapes] + bad)
+  return values, problems
+
+
+def to_torch_state_dict(model: ResNet) -> dict[str, Any]:
+  """The model's weights as a torchvision state dict (strict-loadable, no
+  ``num_batches_tracked``, which torch fills in on load)."""
+  import torch
+
+  out = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+    value = np.asarray(jax.device_get(var.get_value()))
+    out[torch_key(path)] = torch.from_numpy(np.array(to_torch_layout(value), order="C"))
+  return out
+
+
+def torchvision_model(arch: str | None, options: Mapping[str, Any]):
+  """The torchvision model equal to ``build_model(arch, options)``, or None if torchvision
+  has no such model (CIFAR stem, other stage widths, other norms)."""
+  import torch
+  import torchvision
+  from torchvision.models import resnet as tv
+
+  opts = dict(options)
+  if opts.pop("stem", "imagenet") != "imagenet" or opts.pop("norm", "batch") != "batch":
+    return None
+  if opts.pop("channels", DEFAULT_STAGE_CHANNELS) != DEFAULT_STAGE_CHANNELS:
+    return None
+  in_channels = opts.pop("in_channels", 3)
+  for unused in ("dtype", "param_dtype", "dropout", "norm_groups", "rngs"):
+    opts.pop(unused, None)
+  if opts.get("num_classes", 1000) == 0:
+    return None
+  if arch:
+    model = getattr(torchvision.models, arch)(**opts)
+  else:
+    block = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}[opts.pop("block")]
+    model = tv.ResNet(block, list(opts.pop("layers")), **opts)
+  if in_channels != 3:
+    model.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+  return model

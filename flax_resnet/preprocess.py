@@ -1,0 +1,93 @@
+"""Eval preprocessing equal to torchvision's ``weights.transforms()``, without torch.
+
+torchvision's ``ImageClassification`` on a PIL image resizes with PIL (bilinear,
+which is antialiased), centre-crops, scales to [0, 1] and normalises; we call the
+same PIL resize and repeat the float32 arithmetic, and return NHWC arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+  """Resize the shorter side, centre-crop, scale to [0, 1], normalise."""
+  resize_size: int = 256
+  crop_size: int = 224
+  interpolation: str = "bilinear"
+  mean: tuple[float, ...] = IMAGENET_MEAN
+  std: tuple[float, ...] = IMAGENET_STD
+
+  def to_json(self) -> dict:
+    return asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> "EvalTransform":
+    return cls(**{**d, **{k: tuple(d[k]) for k in ("mean", "std") if k in d}})
+
+  def __call__(self, image: Image.Image) -> np.ndarray:
+    """One PIL image to a float32 (crop, crop, 3) array."""
+    if self.interpolation not in _PIL_FILTERS:
+      raise ValueError(f"interpolation must be one of {tuple(_PIL_FILTERS)}, "
+                       f"got {self.interpolation!r}")
+    image = resize_shorter_side(image.convert("RGB"), self.resize_size,
+                                _PIL_FILTERS[self.interpolation])
+    image = center_crop(image, self.crop_size)
+    x = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+  def load(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+    """Files to an NHWC float32 batch; unreadable files raise naming the file."""
+    return np.stack([self(open_image(p)) for p in paths])
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+  """Opens an image fully (so errors surface here) or raises naming the file."""
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return image.copy()
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def resize_shorter_side(image: Image.Image, size: int, resample: int) -> Image.Image:
+  """torchvision's ``resize(img, [size])``: the shorter side to ``size``, the longer
+  side truncated, as ``int(size * long / short)``."""
+  w, h = image.size
+  short, long = (w, h) if w <= h else (h, w)
+  new_long = int(size * long / short)
+  new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+  if (new_w, new_h) == (w, h):
+    return image
+  return image.resize((new_w, new_h), resample)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+  """torchvision's ``center_crop`` (images at least ``size`` on each side)."""
+  w, h = image.size
+  if w < size or h < size:
+    raise ValueError(f"image of {w}x{h} is smaller than the crop size {size}")
+  top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+  return image.crop((left, top, left + size, top + size))
+
+
+def from_torchvision_weights(weights) -> EvalTransform:
+  """The ``EvalTransform`` a torchvision weights entry records."""
+  t = weights.transforms()
+  return EvalTransform(resize_size=_first(t.resize_size), crop_size=_first(t.crop_size),
+                       interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std))
+
+
+def _first(size: int | Sequence[int]) -> int:
+  return size if isinstance(size, int) else int(size[0])
