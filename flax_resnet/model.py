@@ -55,17 +55,21 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.use_running_average:
-      mean, var = self.mean[...], self.var[...]
-    else:
-      mean, var = _batch_moments(x)
-      n = x.size // x.shape[-1]
-      unbiased = var * (n / max(n - 1, 1))
-      m = self.momentum
-      # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
-      # path walks the whole traced program; ResNet-152 traced 25x slower that way.
-      self.mean.set_value(m * self.mean[...] + (1 - m) * mean)
-      self.var.set_value(m * self.var[...] + (1 - m) * unbiased)
-    return _affine(x, mean, var, self.scale[...], self.bias[...], self.epsilon, self.dtype)
+      return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
+                     self.epsilon, self.dtype)
+    mean, var = _batch_moments(x)
+    n = x.size // x.shape[-1]
+    unbiased = var * (n / max(n - 1, 1))
+    m = self.momentum
+    # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
+    # path walks the whole traced program; ResNet-152 traced 25x slower that way.
+    self.mean.set_value(m * self.mean[...] + (1 - m) * mean)
+    self.var.set_value(m * self.var[...] + (1 - m) * unbiased)
+    # Centre before scaling: the folded x * a + b form differentiates through
+    # mean * a, which cancels catastrophically when |mean| >> std (1% gradient error).
+    a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+    dtype = self.dtype or x.dtype
+    return ((x.astype(jnp.float32) - mean) * a + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -99,7 +103,7 @@ def _batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _affine(x, mean, var, scale, bias, epsilon, dtype):
-  # Folding into one multiply-add per element is what torch's CPU kernel does too.
+  # With fixed statistics, one multiply-add per element, as torch's CPU kernel does.
   a = scale.astype(jnp.float32) * jax.lax.rsqrt(var + epsilon)
   b = bias.astype(jnp.float32) - mean * a
   dtype = dtype or x.dtype
