@@ -88,6 +88,8 @@ def load_file(path: Path) -> Any:
     raise CliError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})")
   except (RuntimeError, EOFError, OSError) as e:
     raise CliError(f"{path}: truncated or corrupt ({str(e).splitlines()[0]})")
+  except Exception as e:  # the weights-only unpickler fails on junk with assorted errors
+    raise CliError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})")
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
   try:
     meta = convert(args)
   except (CliError, ConversionError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    one_line = "; ".join(line.strip() for line in str(e).splitlines())
+    print(f"error: {one_line}", file=sys.stderr)
     return 2
   name = meta["arch"] or "custom ResNet"
   print(f"done: {name} ({meta['parameters']:,} parameters, {meta['options']}) from "

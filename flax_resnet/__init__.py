@@ -1,8 +1,11 @@
 """torchvision's ResNet family in Flax NNX, with torchvision's numbers."""
 
+from flax_resnet.checkpoint import load, save
+from flax_resnet.convert import ConversionError, from_torch_state_dict, to_torch_state_dict
 from flax_resnet.flops import count_macs, xla_flops
 from flax_resnet.model import (BasicBlock, BatchNorm, Bottleneck, FeatureInfo, FrozenBatchNorm,
                                ResNet)
+from flax_resnet.preprocess import EvalTransform
 from flax_resnet.registry import (ARCHITECTURES, ResNet18, ResNet34, ResNet50, ResNet101,
                                   ResNet152, ResNeXt50_32X4D, ResNeXt101_32X8D,
                                   ResNeXt101_64X4D, WideResNet50_2, WideResNet101_2,
