@@ -89,9 +89,9 @@ def _looks_like_state_dict(obj: Mapping) -> bool:
 def _numpy(value: Any) -> np.ndarray:
   if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy dtype
     value = value.detach().cpu()
-    if not value.dtype.is_floating_point:
-      return value.numpy()
-    return value.float().numpy()
+    if value.dtype.is_floating_point and value.element_size() < 4:
+      value = value.float()
+    return value.numpy()
   return np.asarray(value)
 
 

@@ -38,17 +38,19 @@ class BatchNorm(nnx.Module):
   Normalises with the biased batch variance but updates ``var`` with the unbiased
   one, as ``torch.nn.BatchNorm2d`` does; NNX's BatchNorm uses the biased one for
   both. ``momentum`` follows the NNX convention (weight of the old statistics):
-  0.9 here is torch's 0.1. Statistics are always computed and kept in float32.
+  0.9 here is torch's 0.1. Statistics are computed and kept in float32 (float64
+  with a float64 ``param_dtype``), whatever the compute ``dtype``.
   """
 
   def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
                use_running_average: bool = False, dtype: Dtype = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
     del rngs  # no random initialisation; accepted for a uniform norm signature
+    stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
     self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
     self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
     self.momentum, self.epsilon = momentum, epsilon
     self.use_running_average = use_running_average
     self.dtype = dtype
@@ -57,7 +59,8 @@ class BatchNorm(nnx.Module):
     if self.use_running_average:
       return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
                      self.epsilon, self.dtype)
-    mean, var = _batch_moments(x)
+    f = self.var[...].dtype
+    mean, var = _batch_moments(x, f)
     n = x.size // x.shape[-1]
     unbiased = var * (n / max(n - 1, 1))
     m = self.momentum
@@ -67,9 +70,8 @@ class BatchNorm(nnx.Module):
     self.var.set_value(m * self.var[...] + (1 - m) * unbiased)
     # Centre before scaling: the folded x * a + b form differentiates through
     # mean * a, which cancels catastrophically when |mean| >> std (1% gradient error).
-    a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-    dtype = self.dtype or x.dtype
-    return ((x.astype(jnp.float32) - mean) * a + self.bias[...].astype(jnp.float32)).astype(dtype)
+    a = self.scale[...].astype(f) * jax.lax.rsqrt(var + self.epsilon)
+    return ((x.astype(f) - mean) * a + self.bias[...].astype(f)).astype(self.dtype or x.dtype)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -82,11 +84,12 @@ class FrozenBatchNorm(nnx.Module):
 
   def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Dtype = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
-    del rngs, param_dtype  # statistics stay float32
-    self.scale = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
-    self.bias = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    del rngs  # no random initialisation; accepted for a uniform norm signature
+    stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
+    self.scale = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
+    self.bias = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
     self.epsilon, self.dtype = epsilon, dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,18 +97,18 @@ class FrozenBatchNorm(nnx.Module):
                    self.epsilon, self.dtype)
 
 
-def _batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean and biased variance over all but the channel axis, in float32, two-pass."""
-  x32 = x.astype(jnp.float32)
+def _batch_moments(x: jax.Array, dtype: Dtype) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance over all but the channel axis, two-pass, in ``dtype``."""
+  x = x.astype(dtype)
   axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x32, axes)
-  return mean, jnp.mean(jnp.square(x32 - mean), axes)
+  mean = jnp.mean(x, axes)
+  return mean, jnp.mean(jnp.square(x - mean), axes)
 
 
 def _affine(x, mean, var, scale, bias, epsilon, dtype):
   # With fixed statistics, one multiply-add per element, as torch's CPU kernel does.
-  a = scale.astype(jnp.float32) * jax.lax.rsqrt(var + epsilon)
-  b = bias.astype(jnp.float32) - mean * a
+  a = scale.astype(var.dtype) * jax.lax.rsqrt(var + epsilon)
+  b = bias.astype(var.dtype) - mean * a
   dtype = dtype or x.dtype
   return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
 
@@ -116,7 +119,7 @@ def make_norm(norm: str, num_features: int, *, groups: int = 32, dtype: Dtype = 
   if norm == "batch":
     return BatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
   if norm == "frozen_batch":
-    return FrozenBatchNorm(num_features, dtype=dtype)
+    return FrozenBatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
   if norm == "group":
     return nnx.GroupNorm(num_features, num_groups=groups, epsilon=1e-5, use_fast_variance=False,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)

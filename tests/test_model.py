@@ -278,6 +278,14 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics():
   assert any(float(jnp.abs(s).sum()) not in (0.0, float(s.size)) for s in stats)  # updated
 
 
+def test_float64_params_keep_float64_statistics():
+  with jax.enable_x64(True):
+    model = fr.ResNet18(num_classes=2, param_dtype=jnp.float64, norm="batch")
+    model(jnp.ones((2, 32, 32, 3), jnp.float64))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {
+        jnp.dtype(jnp.float64)}
+
+
 def test_frozen_batchnorm_trains_nothing_and_ignores_train_mode():
   model = fr.ResNet18(num_classes=5, norm="frozen_batch", rngs=nnx.Rngs(0))
   convs_and_fc = 11_689_512 - 9600 - 512 * 1000 - 1000 + 512 * 5 + 5  # minus BN affine

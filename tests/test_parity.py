@@ -130,10 +130,11 @@ def _torch_train_run(reference, x, labels, steps):
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_train_mode_logits_statistics_and_gradients_match_torchvision(name):
   reference, model = calibrated_pair(name)
-  # Open issue: on about half the random inputs tried, one channel of one BN bias
-  # gradient differs (up to 1% of the tensor's norm) where a pre-activation sits
-  # within 1e-7 of ReLU's kink; every other tensor agrees to ~1e-6. Seed 6 has no
-  # such element; the closing note of the weight-port issue records the search.
+  # ReLU's gradient jumps at 0, and a forward pass has ~1e6 pre-activations with
+  # float32 rounding ~1e-6: on some inputs one of them lands on the other side of
+  # the kink than in torch, and one element's gradient (a 1/16 share of a BN bias
+  # in layer4 at this size) changes. This input has no such crossing; the float64
+  # test below shows the gradients are equal on the inputs that do.
   x = smooth_images(6, (4, 64, 64, 3))
   labels = np.array([0, 97, 194, 291])
   ours, grads, trained = _flax_train_run(model, jnp.asarray(x), jnp.asarray(labels), 3)
@@ -149,3 +150,31 @@ def test_train_mode_logits_statistics_and_gradients_match_torchvision(name):
     expected = ref_params[key].grad.numpy()
     err = np.linalg.norm(value - expected) / np.linalg.norm(expected)
     assert err <= 1e-4, f"gradient of {key}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("seed", [4, 5, 7])
+def test_train_mode_gradients_equal_torchvision_in_float64(name, seed):
+  """Exact semantics, free of float32 kink crossings (which seed 4 has for resnet18 in
+  float32, and seeds 5 and 7 for resnet50: up to 1% error in one tensor there)."""
+  reference, _ = calibrated_pair(name)
+  reference = copy.deepcopy(reference).double().train()
+  x = smooth_images(seed, (4, 64, 64, 3)).astype(np.float64)
+  labels = np.array([0, 97, 194, 291])
+  torch.nn.functional.cross_entropy(reference(nchw(x)), torch.from_numpy(labels)).backward()
+  expected = dict(reference.named_parameters())
+  with jax.enable_x64(True):
+    model = from_torch_state_dict(reference.state_dict(), name, param_dtype=jnp.float64)
+    model.train()
+
+    def loss_fn(m):
+      logp = jax.nn.log_softmax(m(jnp.asarray(x)))
+      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1))
+
+    grads = nnx.grad(loss_fn)(model)
+    for path, g in nnx.to_flat_state(grads):
+      key, value = torch_key(path), to_torch_layout(np.asarray(g.get_value()))
+      assert value.dtype == np.float64, key
+      want = expected[key].grad.numpy()
+      err = np.linalg.norm(value - want) / np.linalg.norm(want)
+      assert err <= 1e-12, f"gradient of {key}: relative error {err:.3g}"
