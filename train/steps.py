@@ -1,0 +1,66 @@
+"""Optimiser, loss and the jitted train and eval steps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def decay_mask(params) -> object:
+  """True for conv and linear kernels: BatchNorm parameters and biases get no weight decay."""
+  def is_kernel(path, x):
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel" and x.ndim > 1
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
+                   optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
+                   weight_decay: float = 1e-4, decay_all: bool = False) -> nnx.Optimizer:
+  """SGD (torch-style coupled weight decay) or AdamW, over the model's ``nnx.Param``s."""
+  mask = None if decay_all else decay_mask
+  if optimizer == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  elif optimizer == "adamw":
+    tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
+  else:
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
+  """Mean cross-entropy in float32, with torch's label smoothing."""
+  logits = logits.astype(jnp.float32)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  """Counts of top-1 and top-5 hits (sums, so that batches add up exactly)."""
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {"top1": jnp.sum(top5[:, 0] == labels),
+          "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1))}
+
+
+@nnx.jit(static_argnames="label_smoothing", donate_argnums=(0, 1))
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array,
+               labels: jax.Array, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+  """One SGD/AdamW step in train mode; returns the loss and accuracy counts."""
+  def loss_fn(m):
+    logits = m(images)
+    return cross_entropy(logits, labels, label_smoothing), logits
+
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+  return {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+
+
+@nnx.jit
+def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  """Loss (summed) and accuracy counts in eval mode, for one batch."""
+  logits = model(images).astype(jnp.float32)
+  loss = cross_entropy(logits, labels) * labels.shape[0]
+  return {"loss_sum": loss, **accuracy(logits, labels)}
