@@ -60,7 +60,9 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array,
 
 @nnx.jit
 def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-  """Loss (summed) and accuracy counts in eval mode, for one batch."""
+  """Summed loss and accuracy counts in eval mode; rows labelled -1 (padding) count for nothing."""
   logits = model(images).astype(jnp.float32)
-  loss = cross_entropy(logits, labels) * labels.shape[0]
-  return {"loss_sum": loss, **accuracy(logits, labels)}
+  valid = labels >= 0
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+  return {"loss_sum": jnp.sum(jnp.where(valid, losses, 0.0)), "count": jnp.sum(valid),
+          **accuracy(logits, labels)}

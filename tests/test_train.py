@@ -1,0 +1,187 @@
+"""train/train.py on a 2-class CIFAR-10 subset: learning, sharding, exact resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("airplane", "automobile")
+TINY = ["layers=1,1", "channels=16,32", "num_classes=2", "dtype=float32", "workers=0",
+        "log_every=4"]
+
+
+@pytest.fixture(scope="module")
+def cifar2(data_dir, tmp_path_factory):
+  """256 train and 64 test images of two CIFAR-10 classes, unpacked from the shared tarball."""
+  root = tmp_path_factory.mktemp("cifar2")
+  limits, counts = {"train": 256, "test": 64}, {}
+  with tarfile.open(data_dir / "cifar10-jpeg.tar.gz") as tar:
+    for member in tar:
+      parts = member.name.split("/")
+      if len(parts) == 4 and member.isfile() and parts[2] in CLASSES:
+        key = (parts[1], parts[2])
+        if counts.get(key, 0) < limits[parts[1]]:
+          counts[key] = counts.get(key, 0) + 1
+          (root / parts[1] / parts[2]).mkdir(parents=True, exist_ok=True)
+          (root / parts[1] / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
+  assert len(counts) == 4
+  return root
+
+
+def train_cmd(workdir, data, *sets):
+  args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_resnet18.py",
+          "--workdir", str(workdir), "--set", f"data_dir={data}"]
+  for s in [*TINY, *sets]:
+    args += ["--set", s]
+  return args
+
+
+def env(devices=8):
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", "/tmp")}
+
+
+def train(workdir, data, *sets, devices=8, check=True):
+  done = subprocess.run(train_cmd(workdir, data, *sets), cwd=ROOT, env=env(devices),
+                        capture_output=True, text=True, timeout=900)
+  if check:
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  return done
+
+
+def final_state(workdir, step):
+  """The raw arrays and metadata of checkpoint ``step``."""
+  with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints") as mgr:
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                    meta=ocp.args.JsonRestore()))
+  return out["state"], out["meta"]
+
+
+def leaves(tree):
+  import jax
+  return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def assert_identical(a, b):
+  for (path, x), (_, y) in zip(leaves(a), leaves(b), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), path
+
+
+def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
+  done = train(tmp_path, cifar2, "global_batch=32", "epochs=10")
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step")]
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+  assert summary["best_top1"] >= 0.75 and summary["step"] == 160
+  assert "ETA" in done.stdout and "img/s" in done.stdout and "epoch 10 eval" in done.stdout
+  assert json.loads((tmp_path / "config.json").read_text())["layers"] == [1, 1]
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_one_device_and_eight_devices_agree(cifar2, tmp_path):
+  steps = ["global_batch=16", "max_steps=6"]
+  train(tmp_path / "one", cifar2, *steps, devices=1)
+  train(tmp_path / "eight", cifar2, *steps, devices=8)
+  (one, _), (eight, _) = final_state(tmp_path / "one", 6), final_state(tmp_path / "eight", 6)
+  for (path, x), (_, y) in zip(leaves(one["model"]), leaves(eight["model"]), strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path
+
+
+def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
+  steps = ["global_batch=32", "checkpoint_every=6"]
+  train(tmp_path / "straight", cifar2, *steps, "max_steps=12")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=6")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=12")
+  assert "resumed from step 6" in resumed.stdout
+  (a, meta_a), (b, meta_b) = final_state(tmp_path / "straight", 12), final_state(
+      tmp_path / "split", 12)
+  assert_identical(a, b)
+  assert meta_a["data_state"] == meta_b["data_state"]
+
+
+def _run_until(workdir, data, line, sets, sig):
+  proc = subprocess.Popen(train_cmd(workdir, data, *sets), cwd=ROOT, env=env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for out in proc.stdout:
+    if out.startswith(line):
+      break
+  proc.send_signal(sig)
+  rest = proc.stdout.read()
+  return proc.wait(timeout=300), rest
+
+
+def test_sigterm_saves_and_the_resumed_run_is_exact(cifar2, tmp_path):
+  sets = ["global_batch=32", "max_steps=24", "checkpoint_every=1000"]
+  train(tmp_path / "straight", cifar2, *sets)
+  code, rest = _run_until(tmp_path / "cut", cifar2, "step 8/", sets, signal.SIGTERM)
+  assert code == 0 and "SIGTERM: saving at step" in rest
+  train(tmp_path / "cut", cifar2, *sets)
+  assert_identical(final_state(tmp_path / "straight", 24)[0],
+                   final_state(tmp_path / "cut", 24)[0])
+
+
+def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
+  sets = ["global_batch=32", "max_steps=24", "checkpoint_every=1"]
+  train(tmp_path / "straight", cifar2, *sets)
+  code, _ = _run_until(tmp_path / "killed", cifar2, "step 12/", sets, signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  half = tmp_path / "killed" / "checkpoints" / "99.orbax-checkpoint-tmp-1"
+  half.mkdir(parents=True)  # what a save cut short leaves behind
+  (half / "partial").write_bytes(b"\0" * 10)
+  train(tmp_path / "killed", cifar2, *sets)
+  assert_identical(final_state(tmp_path / "straight", 24)[0],
+                   final_state(tmp_path / "killed", 24)[0])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["data_dir=/nonexistent/data"], "does not exist"),
+    (["global_batch=12"], "not divisible by the 8 devices"),
+    (["init_from=/tmp"], "not a flax-resnet checkpoint"),
+    (["no_such_field=1"], "key=value"),
+], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key"])
+def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
+  done = train(tmp_path, cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_class_folder_without_images_is_named(cifar2, tmp_path):
+  data = tmp_path / "data"
+  (data / "train" / "cats").mkdir(parents=True)
+  (data / "train" / "dogs").mkdir()
+  (data / "train" / "dogs" / "a.jpg").write_bytes((cifar2 / "train" / "airplane").iterdir()
+                                                  .__next__().read_bytes())
+  done = train(tmp_path / "w", data, "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and "cats" in done.stderr and "holds no" in done.stderr
+
+
+def test_workdir_of_another_architecture_is_refused(cifar2, tmp_path):
+  train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "arch=resnet50",
+               check=False)
+  assert done.returncode == 2 and "holds a checkpoint of resnet18" in done.stderr
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_corrupt_images_are_skipped_and_counted(cifar2, tmp_path):
+  data = tmp_path / "data"
+  for split in ("train", "test"):
+    for cls in CLASSES:
+      (data / split / cls).mkdir(parents=True)
+      for f in sorted((cifar2 / split / cls).iterdir())[:32]:
+        (data / split / cls / f.name).write_bytes(f.read_bytes())
+  (data / "train" / "airplane" / "0000_broken.jpg").write_bytes(b"\xff\xd8garbage")
+  done = train(tmp_path / "w", data, "global_batch=16", "epochs=2")
+  summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+  assert summary["skipped_images"] >= 2  # once per epoch
+  assert "0000_broken.jpg" in done.stderr

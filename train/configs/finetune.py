@@ -1,0 +1,17 @@
+"""Fine-tune a converted torchvision checkpoint on an ImageFolder data set with a new head.
+
+    python convert/torch2flax.py --weights ResNet50_Weights.IMAGENET1K_V2 --out ckpt/resnet50
+    python train/train.py --config train/configs/finetune.py --workdir runs/ft \
+        --set init_from=ckpt/resnet50 --set data_dir=/data/flowers --set num_classes=102
+
+`--set freeze_bn=true` keeps BatchNorm on its ImageNet statistics (for small batches).
+"""
+
+from train.config import Config
+
+
+def get_config() -> Config:
+  return Config(arch="resnet50", num_classes=10, image_size=224, eval_resize=232,
+                train_split="train", eval_split="val", global_batch=64, epochs=10, lr=0.01,
+                weight_decay=1e-4, warmup_epochs=0.5, label_smoothing=0.1, workers=8,
+                log_every=20)

@@ -1,0 +1,176 @@
+"""Grain input pipelines: ImageFolder JPEG/PNG files or synthetic images.
+
+The order is a pure function of the seed (a per-epoch permutation), each process
+reads its own slice, and the iterator's state goes into every checkpoint, so a
+resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import grain
+import numpy as np
+from PIL import Image
+
+from flax_resnet.preprocess import EvalTransform, open_image
+
+log = logging.getLogger(__name__)
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+  """Files under ``root/<class>/``; classes are the sorted sub-folder names."""
+  root: Path
+  classes: tuple[str, ...]
+  files: tuple[str, ...]
+  labels: tuple[int, ...]
+
+  @classmethod
+  def scan(cls, root: str | Path) -> "ImageFolder":
+    root = Path(root)
+    if not root.is_dir():
+      raise ValueError(f"data folder {root} does not exist")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+      raise ValueError(f"data folder {root} has no class sub-folders")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+      found = sorted(str(p) for p in (root / name).iterdir() if p.suffix.lower() in EXTENSIONS)
+      if not found:
+        raise ValueError(f"class folder {root / name} holds no {'/'.join(EXTENSIONS)} images")
+      files += found
+      labels += [label] * len(found)
+    return cls(root, classes, tuple(files), tuple(labels))
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+  """torchvision's RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)), bilinear."""
+  w, h = image.size
+  for _ in range(10):
+    area = w * h * rng.uniform(0.08, 1.0)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+    if 0 < cw <= w and 0 < ch <= h:
+      left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+      return image.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+  side = min(w, h)  # fallback: the central square, as torchvision's central crop
+  left, top = (w - side) // 2, (h - side) // 2
+  return image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def pad_and_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+  """RandomCrop(size, padding=4) with zero padding, on an HWC uint8 array."""
+  h, w = x.shape[:2]
+  padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+  top, left = rng.integers(0, 2 * pad + 1, size=2)
+  return padded[top:top + h, left:left + w]
+
+
+class TrainSample(grain.transforms.RandomMap):
+  """Index -> augmented, normalised float32 HWC image and label.
+
+  An unreadable file is logged by path and the next readable one takes its place,
+  so batches keep their size; ``skipped`` counts the files passed over.
+  """
+
+  def __init__(self, folder: ImageFolder, size: int, mean, std):
+    self.folder, self.size = folder, size
+    self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict:
+    n = len(self.folder)
+    for skipped in range(n):
+      path = self.folder.files[(index + skipped) % n]
+      try:
+        image = open_image(path).convert("RGB")
+      except ValueError as e:
+        log.warning("skipping unreadable image %s", e)
+        continue
+      return {"image": self._augment(image, rng), "label": self.folder.labels[(index + skipped) % n],
+              "skipped": skipped}
+    raise ValueError(f"no readable image in {self.folder.root}")
+
+  def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    if self.size <= 32:
+      x = np.asarray(image.resize((self.size, self.size), Image.BILINEAR)
+                     if image.size != (self.size, self.size) else image)
+      x = pad_and_crop(x, rng)
+    else:
+      x = np.asarray(random_resized_crop(image, self.size, rng))
+    if rng.random() < 0.5:
+      x = x[:, ::-1]
+    return (x.astype(np.float32) / np.float32(255) - self.mean) / self.std
+
+
+class EvalSample(grain.transforms.Map):
+  """Index -> the converter's eval preprocessing; unreadable files are skipped as in training."""
+
+  def __init__(self, folder: ImageFolder, transform: EvalTransform):
+    self.folder, self.transform = folder, transform
+
+  def map(self, index: int) -> dict:
+    path = self.folder.files[index]
+    try:
+      image = open_image(path)
+    except ValueError as e:
+      log.warning("skipping unreadable image %s", e)
+      return {"image": None, "label": -1, "skipped": 1}
+    return {"image": self.transform(image), "label": self.folder.labels[index], "skipped": 0}
+
+
+class SyntheticSample(grain.transforms.RandomMap):
+  """Index -> a random normalised image and label: a source with no decoding cost."""
+
+  def __init__(self, size: int, num_classes: int):
+    self.size, self.num_classes = size, num_classes
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict:
+    return {"image": rng.standard_normal((self.size, self.size, 3), np.float32),
+            "label": int(rng.integers(self.num_classes)), "skipped": 0}
+
+
+def train_batches(config, process_index: int, process_count: int, num_examples: int | None):
+  """An iterator over this process's share of each global batch, endless over epochs."""
+  local_batch = config.global_batch // process_count
+  if config.synthetic:
+    count, op = num_examples or 50_000, SyntheticSample(config.image_size, config.num_classes)
+  else:
+    folder = ImageFolder.scan(Path(config.data_dir) / config.train_split)
+    count, op = len(folder), TrainSample(folder, config.image_size, config.mean, config.std)
+  ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
+  ds = ds[process_index::process_count].random_map(op, seed=config.seed)
+  ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+  if config.workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
+  return iter(ds), count
+
+
+def eval_batches(config, process_index: int, process_count: int):
+  """This process's eval images in fixed order, padded to full batches (label -1)."""
+  folder = ImageFolder.scan(Path(config.data_dir) / config.eval_split)
+  transform = EvalTransform(resize_size=config.eval_resize, crop_size=config.image_size,
+                            mean=tuple(config.mean), std=tuple(config.std))
+  local_batch = config.global_batch // process_count
+  ds = grain.MapDataset.range(len(folder))[process_index::process_count]
+  ds = ds.map(EvalSample(folder, transform))
+  for start in range(0, len(ds), local_batch):
+    rows = [ds[i] for i in range(start, min(start + local_batch, len(ds)))]
+    yield _pad_batch(rows, local_batch, config.image_size)
+
+
+def _pad_batch(rows, size: int, image_size: int) -> dict:
+  blank = np.zeros((image_size, image_size, 3), np.float32)
+  images = [r["image"] if r["image"] is not None else blank for r in rows]
+  labels = [r["label"] for r in rows]
+  pad = size - len(rows)
+  return {"image": np.stack(images + [blank] * pad),
+          "label": np.asarray(labels + [-1] * pad, np.int32),
+          "skipped": sum(r["skipped"] for r in rows)}

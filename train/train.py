@@ -1,0 +1,269 @@
+"""Train or fine-tune a flax-resnet model: one command from a laptop CPU to a TPU pod.
+
+    python train/train.py --config train/configs/cifar10_resnet18.py --workdir runs/c10 \\
+        --set data_dir=/data/cifar10 --set epochs=30
+
+A run resumes from the latest checkpoint in --workdir. The batch is sharded over
+every device of every process (jax.distributed, initialised automatically on
+TPU pods and from --coordinator/--num-processes/--process-id elsewhere).
+BatchNorm statistics are computed over the whole global batch, not per device as
+with PyTorch DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
+import flax_resnet  # noqa: E402
+from train import checkpointing, config as config_lib, data  # noqa: E402
+from train.steps import eval_step, make_optimizer, train_step  # noqa: E402
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field (repeatable)")
+  p.add_argument("--workdir", type=Path, required=True)
+  p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+  return p.parse_args(argv)
+
+
+def setup_distributed(args) -> None:
+  if args.coordinator:
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif os.environ.get("TPU_NAME") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
+def enable_compilation_cache() -> None:
+  cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flax_resnet" / "xla"
+  jax.config.update("jax_compilation_cache_dir", str(cache))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def build_model(cfg) -> nnx.Module:
+  """A fresh model, or one started from a converted checkpoint (``init_from``)."""
+  dtype = None if cfg.dtype == "float32" else cfg.dtype
+  norm = "frozen_batch" if cfg.freeze_bn else "batch"
+  options = dict(num_classes=cfg.num_classes, stem=cfg.stem, dtype=dtype, norm=norm,
+                 rngs=nnx.Rngs(cfg.seed))
+  if cfg.layers:
+    arch = flax_resnet.registry.architecture(cfg.arch)
+    model = flax_resnet.ResNet(arch.block, cfg.layers, channels=cfg.channels or (64, 128, 256,
+                               512)[:len(cfg.layers)], **options)
+  else:
+    model = flax_resnet.create_model(cfg.arch, **options)
+  if cfg.init_from:
+    source, meta = flax_resnet.load(cfg.init_from, norm=norm, dtype=dtype)
+    if meta["arch"] != cfg.arch:
+      raise ValueError(f"init_from {cfg.init_from} holds {meta['arch']}, not {cfg.arch}")
+    keep_head = meta["options"].get("num_classes") == cfg.num_classes
+    state = nnx.state(source)
+    if not keep_head:
+      del state["fc"]  # a fresh head for the new classes
+    nnx.update(model, state)
+    print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
+          flush=True)
+  return model
+
+
+def schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay; the peak is lr * global_batch / 256."""
+  peak = cfg.lr * cfg.global_batch / 256
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
+                                            max(total_steps, warmup + 1))
+
+
+class Preemption:
+  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+
+def check_config(cfg, devices: int) -> None:
+  if cfg.global_batch % devices:
+    raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
+  flax_resnet.registry.architecture(cfg.arch)
+
+
+class Trainer:
+  """Owns the model, optimiser, data iterator and checkpoints of one run."""
+
+  def __init__(self, cfg, workdir: Path):
+    self.cfg, self.workdir = cfg, workdir
+    self.mesh = Mesh(np.array(jax.devices()), ("data",))
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    check_config(cfg, jax.device_count())
+    self.batches, count = data.train_batches(cfg, jax.process_index(), jax.process_count(),
+                                             None)
+    self.steps_per_epoch = max(count // cfg.global_batch, 1)
+    self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+    self.model = build_model(cfg)
+    self.optimizer = make_optimizer(
+        self.model, schedule(cfg, self.steps_per_epoch, self.total_steps),
+        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    replicated = NamedSharding(self.mesh, P())
+    for obj in (self.model, self.optimizer):
+      nnx.update(obj, jax.device_put(nnx.state(obj), replicated))
+    self.checkpoints = checkpointing.manager(workdir, cfg.keep_checkpoints)
+    self.step, self.skipped, self.best = 0, 0, 0.0
+
+  def resume(self) -> None:
+    latest = self.checkpoints.latest_step()
+    if latest is None:
+      return
+    meta = checkpointing.read_meta(self.checkpoints, latest)
+    if meta["config"]["arch"] != self.cfg.arch:
+      raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
+                       f"this run is {self.cfg.arch}: use another --workdir")
+    checkpointing.restore(self.checkpoints, latest, self.model, self.optimizer)
+    self.batches.set_state(meta["data_state"])
+    self.step, self.skipped, self.best = latest, meta["skipped"], meta["best_top1"]
+    print(f"resumed from step {latest}", flush=True)
+
+  def save(self, metrics: dict | None = None) -> None:
+    meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
+            "skipped": self.skipped, "best_top1": self.best, "step": self.step}
+    checkpointing.save(self.checkpoints, self.step, self.model, self.optimizer, meta, metrics)
+
+  def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
+    make = jax.make_array_from_process_local_data
+    return (make(self.batch_sharding, local["image"]),
+            make(self.batch_sharding, np.asarray(local["label"], np.int32)))
+
+  def train_one(self) -> dict:
+    local = next(self.batches)
+    self.skipped += int(np.sum(local["skipped"]))
+    images, labels = self.global_batch(local)
+    self.model.train()
+    metrics = train_step(self.model, self.optimizer, images, labels, self.cfg.label_smoothing)
+    self.step += 1
+    return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    self.model.eval()
+    totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
+    for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
+      self.skipped += local["skipped"]
+      out = eval_step(self.model, *self.global_batch(local))
+      for k in totals:
+        totals[k] += float(out[k])
+    n = max(totals["count"], 1)
+    return {"loss": totals["loss_sum"] / n, "top1": totals["top1"] / n,
+            "top5": totals["top5"] / n}
+
+
+class Progress:
+  """Periodic lines with loss, images/s and ETA; TensorBoard scalars beside them."""
+
+  def __init__(self, trainer: Trainer, workdir: Path):
+    self.trainer, self.start, self.last = trainer, time.perf_counter(), time.perf_counter()
+    self.first_step, self.images = trainer.step, 0
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def step(self, metrics: dict) -> None:
+    t = self.trainer
+    self.images += t.cfg.global_batch
+    if t.step % t.cfg.log_every and t.step != t.total_steps:
+      return
+    loss = float(metrics["loss"])
+    rate = self.images / (time.perf_counter() - self.start)
+    eta = (t.total_steps - t.step) * t.cfg.global_batch / max(rate, 1e-9)
+    print(f"step {t.step}/{t.total_steps} loss {loss:.4f} {rate:.1f} img/s "
+          f"ETA {eta / 60:.1f} min skipped {t.skipped}", flush=True)
+    self.scalar("train/loss", loss)
+    self.scalar("train/images_per_s", rate)
+
+  def scalar(self, name: str, value: float) -> None:
+    if self.writer:
+      self.writer.add_scalar(name, value, self.trainer.step)
+
+  def images_per_s(self) -> float:
+    return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def run(cfg, workdir: Path) -> dict:
+  """Trains until ``total_steps`` or SIGTERM; returns the summary."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.save(cfg, workdir / "config.json")
+  trainer = Trainer(cfg, workdir)
+  trainer.resume()
+  preemption, progress = Preemption(), Progress(trainer, workdir)
+  every = cfg.checkpoint_every or trainer.steps_per_epoch
+  last_eval, started = {}, time.perf_counter()
+  while trainer.step < trainer.total_steps and not preemption.requested:
+    progress.step(trainer.train_one())
+    epoch_end = trainer.step % trainer.steps_per_epoch == 0
+    metrics = None
+    if (epoch_end and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
+        and cfg.data_dir and not cfg.synthetic):
+      last_eval = metrics = trainer.evaluate()
+      trainer.best = max(trainer.best, metrics["top1"])
+      print(f"epoch {trainer.step // trainer.steps_per_epoch} eval loss {metrics['loss']:.4f} "
+            f"top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f}", flush=True)
+      for k, v in metrics.items():
+        progress.scalar(f"eval/{k}", v)
+    if trainer.step % every == 0 or trainer.step == trainer.total_steps:
+      trainer.save(metrics)
+  if preemption.requested:
+    print(f"SIGTERM: saving at step {trainer.step} and exiting", flush=True)
+    trainer.save()
+  trainer.checkpoints.wait_until_finished()
+  trainer.checkpoints.close()
+  summary = {"step": trainer.step, "total_steps": trainer.total_steps,
+             "last_eval": last_eval, "best_top1": trainer.best, "skipped_images": trainer.skipped,
+             "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
+             "preempted": preemption.requested, "config": cfg.to_json()}
+  if jax.process_index() == 0:
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(workdir / "summary.json")
+  return summary
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  args = parse_args(argv)
+  try:
+    cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
+    setup_distributed(args)
+    enable_compilation_cache()
+    print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
+                      "processes": jax.process_count()}), flush=True)
+    run(cfg, args.workdir)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
