@@ -60,8 +60,15 @@ def train(workdir, data, *sets, devices=8, check=True):
 
 def final_state(workdir, step):
   """The raw arrays and metadata of checkpoint ``step``."""
-  with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints") as mgr:
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+  import jax
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints",
+                             item_handlers=handlers) as mgr:
+    shapes = mgr.item_metadata(step)["state"]  # saved on any topology: restore onto one device
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          shapes)
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                     meta=ocp.args.JsonRestore()))
   return out["state"], out["meta"]
 
@@ -77,7 +84,7 @@ def assert_identical(a, b):
 
 
 def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
-  done = train(tmp_path, cifar2, "global_batch=32", "epochs=10")
+  done = train(tmp_path, cifar2, "global_batch=32", "epochs=10", "workers=2")  # decoding processes
   summary = json.loads((tmp_path / "summary.json").read_text())
   losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step")]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
@@ -85,6 +92,10 @@ def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
   assert "ETA" in done.stdout and "img/s" in done.stdout and "epoch 10 eval" in done.stdout
   assert json.loads((tmp_path / "config.json").read_text())["layers"] == [1, 1]
   assert list((tmp_path / "tensorboard").iterdir())
+  plotted = subprocess.run([sys.executable, "train/plot.py", "--workdir", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert plotted.returncode == 0, plotted.stderr
+  assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_one_device_and_eight_devices_agree(cifar2, tmp_path):
@@ -185,3 +196,57 @@ def test_corrupt_images_are_skipped_and_counted(cifar2, tmp_path):
   summary = json.loads((tmp_path / "w" / "summary.json").read_text())
   assert summary["skipped_images"] >= 2  # once per epoch
   assert "0000_broken.jpg" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def converted_resnet18(tmp_path_factory):
+  """A checkpoint written by convert/torch2flax.py from a torchvision resnet18 (1000 classes)."""
+  from torch_reference import calibrate, torch, torchvision
+  root = tmp_path_factory.mktemp("converted")
+  torch.manual_seed(0)
+  torch.save(calibrate(torchvision.models.resnet18()).state_dict(), root / "r18.pth")
+  done = subprocess.run([sys.executable, "convert/torch2flax.py", "--state-dict",
+                         str(root / "r18.pth"), "--out", str(root / "ckpt"), "--no-verify"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  return root / "ckpt"
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_finetune_from_a_converted_checkpoint_with_a_new_head(cifar2, tmp_path,
+                                                             converted_resnet18, freeze_bn):
+  import flax_resnet
+  sets = ["global_batch=16", "max_steps=3", "lr=0", "layers=", "channels=",
+          f"init_from={converted_resnet18}", f"freeze_bn={freeze_bn}", "stem=imagenet"]
+  done = train(tmp_path, cifar2, *sets)
+  assert "initialised from" in done.stdout and "a fresh head" in done.stdout
+  state, _ = final_state(tmp_path, 3)
+  source, _ = flax_resnet.load(converted_resnet18)
+  model = state["model"]
+  stage = model["layer2"].get(0, model["layer2"].get("0"))  # orbax restores int keys as str
+  assert np.asarray(model["fc"]["kernel"]).shape == (512, 2)
+  # lr=0: the weights stay the converted ones; BN statistics move only without freezing.
+  np.testing.assert_array_equal(np.asarray(stage["conv1"]["kernel"]),
+                                np.asarray(source.layer2[0].conv1.kernel[...]))
+  same_stats = np.array_equal(np.asarray(stage["bn1"]["var"]),
+                              np.asarray(source.layer2[0].bn1.var[...]))
+  assert same_stats == freeze_bn
+
+
+def test_two_processes_agree_with_one_process_on_four_devices(cifar2, tmp_path):
+  sets = ["global_batch=16", "max_steps=4"]
+  port = 20000 + os.getpid() % 20000
+  two = {**env(2), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  procs = [subprocess.Popen(train_cmd(tmp_path / "two", cifar2, *sets) + [
+      "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+      cwd=ROOT, env=two, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-3000:]
+  train(tmp_path / "one", cifar2, *sets, devices=4)
+  (two_state, _), (one_state, _) = final_state(tmp_path / "two", 4), final_state(
+      tmp_path / "one", 4)
+  for (path, x), (_, y) in zip(leaves(two_state["model"]), leaves(one_state["model"]),
+                               strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path

@@ -146,11 +146,21 @@ def train_batches(config, process_index: int, process_count: int, num_examples: 
     folder = ImageFolder.scan(Path(config.data_dir) / config.train_split)
     count, op = len(folder), TrainSample(folder, config.image_size, config.mean, config.std)
   ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
-  ds = ds[process_index::process_count].random_map(op, seed=config.seed)
+  # Augment before slicing: each image's randomness follows its global position, so
+  # any process count sees the same samples in each global batch.
+  ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
   ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
   if config.workers > 0:
+    _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
   return iter(ds), count
+
+
+def _absl_flags_parsed() -> None:
+  # Grain's worker processes read absl flags, which a non-absl program never parses.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def eval_batches(config, process_index: int, process_count: int):

@@ -184,7 +184,7 @@ class Progress:
   def __init__(self, trainer: Trainer, workdir: Path):
     self.trainer, self.start, self.last = trainer, time.perf_counter(), time.perf_counter()
     self.first_step, self.images = trainer.step, 0
-    self.writer = None
+    self.writer, self.metrics_file = None, workdir / "metrics.jsonl"
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(str(workdir / "tensorboard"))
@@ -203,8 +203,11 @@ class Progress:
     self.scalar("train/images_per_s", rate)
 
   def scalar(self, name: str, value: float) -> None:
+    """TensorBoard, and metrics.jsonl for train/plot.py."""
     if self.writer:
       self.writer.add_scalar(name, value, self.trainer.step)
+      with open(self.metrics_file, "a") as f:
+        f.write(json.dumps({"step": self.trainer.step, "name": name, "value": value}) + "\n")
 
   def images_per_s(self) -> float:
     return self.images / max(time.perf_counter() - self.start, 1e-9)
