@@ -12,3 +12,11 @@ from flax_resnet.registry import (ARCHITECTURES, ResNet18, ResNet34, ResNet50, R
                                   create_model, list_models)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES", "BasicBlock", "BatchNorm", "Bottleneck", "ConversionError", "EvalTransform",
+    "FeatureInfo", "FrozenBatchNorm", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
+    "ResNet152", "ResNeXt50_32X4D", "ResNeXt101_32X8D", "ResNeXt101_64X4D", "WideResNet50_2",
+    "WideResNet101_2", "count_macs", "create_model", "from_torch_state_dict", "list_models",
+    "load", "save", "to_torch_state_dict", "xla_flops",
+]
