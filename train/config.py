@@ -19,7 +19,6 @@ class Config:
   layers: tuple[int, ...] = ()  # blocks per stage instead of the architecture's (tiny test nets)
   channels: tuple[int, ...] = ()  # base channels per stage, with layers
   dtype: str = "bfloat16"  # compute dtype; parameters, BN statistics and loss stay float32
-  bn_per_device: bool = False  # BN statistics per device (as DDP) instead of the global batch
   # Data
   data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
   train_split: str = "train"
