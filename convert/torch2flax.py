@@ -140,9 +140,8 @@ def load_source(args) -> tuple[dict, dict, Any]:
   return state, source, None
 
 
-def check_head(state: dict, args) -> None:
+def check_head(bare: dict, args) -> None:
   """A head of another size is an error unless --reset-head says to drop it."""
-  bare, _ = unwrap_state_dict(state)
   _, inferred = infer_architecture(bare)
   have = inferred.get("num_classes")
   if args.num_classes is not None and args.num_classes != have and not args.reset_head:
@@ -150,11 +149,10 @@ def check_head(state: dict, args) -> None:
                    f"{args.num_classes}; pass --reset-head to start a fresh head")
 
 
-def check_roundtrip(model, state: dict, skip_head: bool) -> None:
+def check_roundtrip(model, bare: dict, skip_head: bool) -> None:
   """Every source tensor must come back bit-exact from the converted model."""
   from flax_resnet.convert import to_torch_state_dict
 
-  bare, _ = unwrap_state_dict(state)
   back = to_torch_state_dict(model)
   for key, value in back.items():
     if skip_head and key.startswith("fc."):
@@ -190,14 +188,14 @@ def convert(args) -> dict:
     raise CliError(f"--out {args.out} exists; pass --force to replace it")
   t = step(f"[1/4] loading {args.weights or args.state_dict}")
   state, source, weights = load_source(args)
-  check_head(state, args)
-  t = step(f"      loaded {len(state)} entries in {time.perf_counter() - t:.1f}s\n"
+  bare, notes = unwrap_state_dict(state)
+  check_head(bare, args)
+  t = step(f"      loaded {len(bare)} entries in {time.perf_counter() - t:.1f}s\n"
            "[2/4] mapping tensors onto the flax model")
   options = {} if args.num_classes is None else {"num_classes": args.num_classes}
-  model = from_torch_state_dict(state, args.arch, reset_head=args.reset_head, **options)
-  bare, notes = unwrap_state_dict(state)
+  model = from_torch_state_dict(bare, args.arch, reset_head=args.reset_head, **options)
   arch, options = _model_config(bare, args)
-  check_roundtrip(model, state, args.reset_head)
+  check_roundtrip(model, bare, args.reset_head)
   parity = _verify(model, arch, options, args, t)
   t = step(f"[4/4] writing {args.out}")
   meta = metadata(args, arch, options, source, weights, notes, parity)

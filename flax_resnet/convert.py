@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.model import ResNet
+from flax_resnet.model import ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, create_model
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None
   if problems:
     raise ConversionError("state dict does not fit " + (arch or "the custom ResNet") + ":\n  "
                           + "\n  ".join(problems))
-  if reset_head and options.get("num_classes", 1000):
-    fresh = build_model(arch, {**options, "rngs": nnx.Rngs(0)}).fc
+  if reset_head and model.num_classes:
+    fresh = make_head(model.num_features, model.num_classes, rngs=nnx.Rngs(0))
     values[("fc", "kernel")], values[("fc", "bias")] = fresh.kernel[...], fresh.bias[...]
   nnx.update(model, nnx.from_flat_state(
       {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)

@@ -126,6 +126,14 @@ def make_norm(norm: str, num_features: int, *, groups: int = 32, dtype: Dtype = 
   raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
+def make_head(num_features: int, num_classes: int, *, dtype: Dtype = None,
+              param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Linear:
+  """The classifier ``fc``, initialised as torch.nn.Linear."""
+  return nnx.Linear(num_features, num_classes, kernel_init=linear_init,
+                    bias_init=_linear_bias_init(num_features), dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+
+
 class Layers(NamedTuple):
   """What every conv and norm of a network shares: norm kind, dtypes, rngs."""
   norm: str
@@ -289,9 +297,8 @@ class ResNet(nnx.Module):
                        width_per_group, dropout)
     self.num_features = self.feature_info[-1].channels
     if num_classes:
-      self.fc = nnx.Linear(self.num_features, num_classes, kernel_init=linear_init,
-                           bias_init=_linear_bias_init(self.num_features), dtype=dtype,
-                           param_dtype=param_dtype, rngs=make.rngs)
+      self.fc = make_head(self.num_features, num_classes, dtype=dtype, param_dtype=param_dtype,
+                          rngs=make.rngs)
     if zero_init_residual:
       self._zero_init_residual()
 
