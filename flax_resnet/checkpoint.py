@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.convert import build_model
+from flax_resnet.convert import model_to_fill
 from flax_resnet.model import ResNet
 
 METADATA = "metadata.json"
@@ -111,12 +111,10 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, dict
   path = Path(path).absolute()
   meta = read_metadata(path)
   options = {**options_from_json(meta["options"]), **option_overrides}
-  model = nnx.eval_shape(lambda: build_model(meta["arch"], options))
+  model = model_to_fill(meta["arch"], options)
   target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
-  if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
-    model = build_model(meta["arch"], options)  # dropout's RNG streams need concrete keys
   nnx.update(model, restored)
   return model, meta
 

@@ -161,7 +161,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None
   if reset_head:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
   arch, options = _resolve_architecture(state_dict, arch, reset_head, model_options)
-  model = _abstract_model(arch, options)
+  model = model_to_fill(arch, options)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   skip = ("fc",) if reset_head else ()
   values, problems = _match(flat, state_dict, skip)
@@ -189,10 +189,12 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
   return inferred, {**options, **model_options}
 
 
-def _abstract_model(arch, options) -> ResNet:
+def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
+  """A model to receive loaded weights: abstract (nothing allocated or initialised)
+  unless it has RNG streams, which must be concrete keys."""
   model = nnx.eval_shape(lambda: build_model(arch, options))
   if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
-    return build_model(arch, options)  # dropout's RNG streams need concrete keys
+    return build_model(arch, options)
   return model
 
 

@@ -137,11 +137,11 @@ class SyntheticSample(grain.transforms.RandomMap):
             "label": int(rng.integers(self.num_classes)), "skipped": 0}
 
 
-def train_batches(config, process_index: int, process_count: int, num_examples: int | None):
+def train_batches(config, process_index: int, process_count: int):
   """An iterator over this process's share of each global batch, endless over epochs."""
   local_batch = config.global_batch // process_count
   if config.synthetic:
-    count, op = num_examples or 50_000, SyntheticSample(config.image_size, config.num_classes)
+    count, op = 50_000, SyntheticSample(config.image_size, config.num_classes)  # epoch length
   else:
     folder = ImageFolder.scan(Path(config.data_dir) / config.train_split)
     count, op = len(folder), TrainSample(folder, config.image_size, config.mean, config.std)

@@ -117,8 +117,7 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
-    self.batches, count = data.train_batches(cfg, jax.process_index(), jax.process_count(),
-                                             None)
+    self.batches, count = data.train_batches(cfg, jax.process_index(), jax.process_count())
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.model = build_model(cfg)
