@@ -50,6 +50,12 @@ def setup_distributed(args) -> None:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif os.environ.get("TPU_NAME") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
+  else:
+    return
+  # A first collective while the processes are still in step: CPU (gloo) collectives set
+  # up their context on first use and give up when the processes arrive 30 s apart.
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices("flax_resnet:start")
 
 
 def enable_compilation_cache() -> None:
