@@ -40,6 +40,13 @@ class BatchNorm(nnx.Module):
   both. ``momentum`` follows the NNX convention (weight of the old statistics):
   0.9 here is torch's 0.1. Statistics are computed and kept in float32 (float64
   with a float64 ``param_dtype``), whatever the compute ``dtype``.
+
+  ``batch_groups`` > 1 splits the batch into that many equal consecutive groups
+  and normalises each with its own statistics, as PyTorch DDP does per GPU; the
+  running statistics move towards the groups' average. With the batch sharded
+  over that many devices each group is one device's shard, so no statistic
+  crosses devices. Set it on a whole model with
+  ``model.set_attributes(batch_groups=n, raise_if_not_found=False)``.
   """
 
   def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
@@ -54,24 +61,30 @@ class BatchNorm(nnx.Module):
     self.momentum, self.epsilon = momentum, epsilon
     self.use_running_average = use_running_average
     self.dtype = dtype
+    self.batch_groups = 1
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.use_running_average:
       return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
                      self.epsilon, self.dtype)
     f = self.var[...].dtype
-    mean, var = _batch_moments(x, f)
-    n = x.size // x.shape[-1]
+    g = self.batch_groups
+    if x.shape[0] % g:
+      raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by batch_groups {g}")
+    xg = x.reshape(g, x.shape[0] // g, *x.shape[1:])
+    mean, var = _batch_moments(xg, f)
+    n = xg[0].size // x.shape[-1]
     unbiased = var * (n / max(n - 1, 1))
-    m = self.momentum
+    m, groups = self.momentum, tuple(range(mean.ndim - 1))
     # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
     # path walks the whole traced program; ResNet-152 traced 25x slower that way.
-    self.mean.set_value(m * self.mean[...] + (1 - m) * mean)
-    self.var.set_value(m * self.var[...] + (1 - m) * unbiased)
+    self.mean.set_value(m * self.mean[...] + (1 - m) * jnp.mean(mean, groups))
+    self.var.set_value(m * self.var[...] + (1 - m) * jnp.mean(unbiased, groups))
     # Centre before scaling: the folded x * a + b form differentiates through
     # mean * a, which cancels catastrophically when |mean| >> std (1% gradient error).
     a = self.scale[...].astype(f) * jax.lax.rsqrt(var + self.epsilon)
-    return ((x.astype(f) - mean) * a + self.bias[...].astype(f)).astype(self.dtype or x.dtype)
+    out = (xg.astype(f) - mean) * a + self.bias[...].astype(f)
+    return out.reshape(x.shape).astype(self.dtype or x.dtype)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -98,11 +111,14 @@ class FrozenBatchNorm(nnx.Module):
 
 
 def _batch_moments(x: jax.Array, dtype: Dtype) -> tuple[jax.Array, jax.Array]:
-  """Mean and biased variance over all but the channel axis, two-pass, in ``dtype``."""
+  """Per-group mean and biased variance of ``x`` (groups, n, ..., C), two-pass, in ``dtype``.
+
+  Both keep the reduced axes, shaped (groups, 1, ..., 1, C), to broadcast against ``x``.
+  """
   x = x.astype(dtype)
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axes)
-  return mean, jnp.mean(jnp.square(x - mean), axes)
+  axes = tuple(range(1, x.ndim - 1))
+  mean = jnp.mean(x, axes, keepdims=True)
+  return mean, jnp.mean(jnp.square(x - mean), axes, keepdims=True)
 
 
 def _affine(x, mean, var, scale, bias, epsilon, dtype):

@@ -214,6 +214,27 @@ def test_batchnorm_uses_biased_variance_to_normalise_and_unbiased_for_running_va
   np.testing.assert_array_equal(np.asarray(bn.var[...]), before)
 
 
+def test_batch_groups_normalise_each_group_with_its_own_statistics():
+  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=3,
+                    rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(2), (6, 8, 8, 3)) * 3 + 1
+  alone = [nnx.clone(model) for _ in range(3)]
+  model.set_attributes(batch_groups=3, raise_if_not_found=False)
+  y = model(x)
+  expected = np.concatenate([np.asarray(m(x[2 * i:2 * i + 2])) for i, m in enumerate(alone)])
+  np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(np.asarray(nnx.clone(alone[0])(x)) - expected)) > 1e-2  # groups matter
+  for got, *each in zip(_stats(model), *map(_stats, alone)):
+    np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_not_divisible_by_batch_groups_is_rejected():
+  bn = BatchNorm(4)
+  bn.batch_groups = 3
+  with pytest.raises(ValueError, match="batch 4 is not divisible by batch_groups 3"):
+    bn(jnp.ones((4, 2, 2, 4)))
+
+
 def _stats(model):
   return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
 

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from train.steps import cross_entropy, decay_mask, eval_step, make_optimizer, train_step
+from train.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
+                         train_step)
 
 
 def test_weight_decay_applies_to_kernels_only():
@@ -47,3 +48,38 @@ def test_train_steps_fit_a_fixed_batch(optimizer):
 def test_unknown_optimizer_is_rejected():
   with pytest.raises(ValueError, match="optimizer"):
     make_optimizer(fr.ResNet18(num_classes=2), 0.1, optimizer="lamb")
+
+
+def test_per_device_statistics_do_not_depend_on_the_sharding():
+  """batch_groups = devices on a sharded batch equals the same groups computed on one device."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+
+  def run(sharded: bool, groups: int):
+    model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4,
+                      rngs=nnx.Rngs(0))
+    model.set_attributes(batch_groups=groups, raise_if_not_found=False)
+    opt = make_optimizer(model, 0.1)
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
+    y = jnp.arange(8) % 4
+    if sharded:
+      for obj in (model, opt):
+        nnx.update(obj, jax.device_put(nnx.state(obj), NamedSharding(mesh, P())))
+      x, y = jax.device_put((x, y), NamedSharding(mesh, P("data")))
+    for _ in range(3):
+      train_step(model, opt, x, y)
+    return jax.tree.leaves(nnx.state(model))
+
+  per_device, one_device = run(True, 4), run(False, 4)
+  for a, b in zip(per_device, one_device, strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  global_stats = run(True, 1)
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(per_device, global_stats)) > 1e-3
+
+
+def test_ema_moves_towards_the_weights_with_a_warming_up_decay():
+  ema, new = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+  first = ema_update(ema, new, 0, 0.999)  # decay (1 + 0) / (10 + 0) = 0.1
+  np.testing.assert_allclose(np.asarray(first["w"]), 0.9, rtol=1e-6)
+  late = ema_update(ema, new, 100_000, 0.999)  # the warm-up has passed: decay 0.999
+  np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-4)

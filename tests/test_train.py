@@ -83,11 +83,14 @@ def assert_identical(a, b):
 
 
 def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
-  done = train(tmp_path, cifar2, "global_batch=32", "epochs=10", "workers=2")  # decoding processes
+  done = train(tmp_path, cifar2, "global_batch=32", "epochs=10", "workers=2",  # processes
+               "ema_decay=0.99")
   summary = json.loads((tmp_path / "summary.json").read_text())
   losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step")]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
   assert summary["best_top1"] >= 0.75 and summary["step"] == 160
+  assert summary["best_of"] == "ema_top1" and summary["last_eval"]["ema_top1"] >= 0.75
+  assert summary["last_eval"]["ema_loss"] != summary["last_eval"]["loss"]
   assert "ETA" in done.stdout and "img/s" in done.stdout and "epoch 10 eval" in done.stdout
   assert json.loads((tmp_path / "config.json").read_text())["layers"] == [1, 1]
   assert list((tmp_path / "tensorboard").iterdir())
@@ -95,6 +98,28 @@ def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert plotted.returncode == 0, plotted.stderr
   assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  _exported_ema_classifies_the_test_images(tmp_path, cifar2)
+
+
+def _exported_ema_classifies_the_test_images(workdir, data):
+  import flax_resnet
+  from flax_resnet.predict import top_k
+  out = workdir / "exported"
+  done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(workdir), "--out",
+                         str(out), "--ema"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  model, meta = flax_resnet.load(out)
+  state, _ = final_state(workdir, meta["source"]["step"])
+  np.testing.assert_array_equal(model.conv1.kernel[...], state["ema"]["conv1"]["kernel"])
+  assert meta["categories"] == list(CLASSES)
+  files = sorted((data / "test").glob("*/*.jpg"))
+  images = flax_resnet.EvalTransform.from_json(meta["preprocessing"]).load(files)
+  predicted = top_k(model, images, k=1)[0][:, 0]
+  labels = [CLASSES.index(f.parent.name) for f in files]
+  assert np.mean(predicted == labels) >= 0.75
+  again = subprocess.run([sys.executable, "train/export.py", "--workdir", str(workdir), "--out",
+                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 2 and "exists; pass --force" in again.stderr
 
 
 def test_one_device_and_eight_devices_agree(cifar2, tmp_path):
@@ -105,10 +130,22 @@ def test_one_device_and_eight_devices_agree(cifar2, tmp_path):
   for (path, x), (_, y) in zip(leaves(one["model"]), leaves(eight["model"]), strict=True):
     x, y = np.asarray(x), np.asarray(y)
     assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path
+  # Per-device statistics (2 images a device) train another model; test_steps shows its numbers.
+  train(tmp_path / "per_device", cifar2, *steps, "bn_stats=per_device", devices=8)
+  per_device, _ = final_state(tmp_path / "per_device", 6)
+  var = ("layer1", "0", "bn1", "var")
+  assert np.max(np.abs(np.asarray(_at(per_device["model"], var))
+                       - np.asarray(_at(eight["model"], var)))) > 1e-3
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key] if key in tree else tree[int(key)]
+  return tree
 
 
 def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
-  steps = ["global_batch=32", "checkpoint_every=6"]
+  steps = ["global_batch=32", "checkpoint_every=6", "ema_decay=0.9"]
   train(tmp_path / "straight", cifar2, *steps, "max_steps=12")
   train(tmp_path / "split", cifar2, *steps, "max_steps=6")
   resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=12")
@@ -117,6 +154,9 @@ def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
       tmp_path / "split", 12)
   assert_identical(a, b)
   assert meta_a["data_state"] == meta_b["data_state"]
+  assert set(a) == {"model", "optimizer", "ema"}
+  ema_kernel, kernel = a["ema"]["conv1"]["kernel"], a["model"]["conv1"]["kernel"]
+  assert not np.array_equal(np.asarray(ema_kernel), np.asarray(kernel))
 
 
 def _run_until(workdir, data, line, sets, sig):
@@ -158,15 +198,20 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["global_batch=12"], "not divisible by the 8 devices"),
     (["init_from=/tmp"], "not a flax-resnet checkpoint"),
     (["no_such_field=1"], "key=value"),
-], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key"])
+    (["bn_stats=per_host"], "bn_stats must be"),
+], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
+        "unknown bn_stats"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path, cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
 
 
-def test_class_folder_without_images_is_named(cifar2, tmp_path):
+def test_empty_data_dir_and_class_folder_without_images_are_named(cifar2, tmp_path):
   data = tmp_path / "data"
-  (data / "train" / "cats").mkdir(parents=True)
+  (data / "train").mkdir(parents=True)
+  done = train(tmp_path / "w", data, "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and "has no class sub-folders" in done.stderr, done.stderr[-2000:]
+  (data / "train" / "cats").mkdir()
   (data / "train" / "dogs").mkdir()
   (data / "train" / "dogs" / "a.jpg").write_bytes((cifar2 / "train" / "airplane").iterdir()
                                                   .__next__().read_bytes())

@@ -1,7 +1,8 @@
 """Training checkpoints with orbax's CheckpointManager: the last N plus the best.
 
 A checkpoint holds the model's parameters and BatchNorm statistics, the optimiser
-state, the step, the data iterator's state and the config. orbax writes each one
+state, the EMA weights when kept, the step, the data iterator's state and the
+config. orbax writes each one
 to a temporary folder and renames it when complete, so a save killed half-way
 leaves the previous checkpoint as the latest.
 """
@@ -18,11 +19,16 @@ from flax import nnx
 policies = ocp.checkpoint_managers
 
 
+def score(metrics: dict[str, float]) -> float:
+  """What "best" means: eval top-1 of the EMA weights when kept (as timm), else of the model."""
+  return metrics.get("ema_top1", metrics["top1"])
+
+
 def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-  """Asynchronous saves, keeping the ``keep`` latest and the best by eval top-1."""
+  """Asynchronous saves, keeping the ``keep`` latest and the best by ``score``."""
   keep_policy = policies.AnyPreservationPolicy([
       policies.LatestN(keep),
-      policies.BestN(get_metric_fn=lambda m: m["top1"], reverse=False, n=1,
+      policies.BestN(get_metric_fn=score, reverse=False, n=1,
                      keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, create=True,
@@ -30,16 +36,16 @@ def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
 
 
-def training_state(model: nnx.Module, optimizer: nnx.Optimizer) -> dict:
-  return {"model": nnx.to_pure_dict(nnx.state(model)),
-          "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
+def training_state(objects: dict[str, nnx.Pytree]) -> dict:
+  """The pure state of each named object: the model, the optimiser, the EMA model."""
+  return {name: nnx.to_pure_dict(nnx.state(obj)) for name, obj in objects.items()}
 
 
-def save(mgr: ocp.CheckpointManager, step: int, model, optimizer, meta: dict,
+def save(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree], meta: dict,
          metrics: dict | None = None) -> None:
   """Starts an asynchronous save of everything needed to resume at ``step``."""
   mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(training_state(model, optimizer)),
+      state=ocp.args.StandardSave(training_state(objects)),
       meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
 
@@ -47,14 +53,12 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, model, optimizer) -> None:
-  """Loads checkpoint ``step`` into ``model`` and ``optimizer``, keeping their shardings."""
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state(model, optimizer))
+def restore(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree]) -> None:
+  """Loads checkpoint ``step`` into the named objects, keeping their shardings."""
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state(objects))
   state = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target)))["state"]
-  model_state = nnx.state(model)
-  nnx.replace_by_pure_dict(model_state, state["model"])
-  nnx.update(model, model_state)
-  opt_state = nnx.state(optimizer)
-  nnx.replace_by_pure_dict(opt_state, state["optimizer"])
-  nnx.update(optimizer, opt_state)
+  for name, obj in objects.items():
+    obj_state = nnx.state(obj)
+    nnx.replace_by_pure_dict(obj_state, state[name])
+    nnx.update(obj, obj_state)

@@ -19,6 +19,7 @@ class Config:
   layers: tuple[int, ...] = ()  # blocks per stage instead of the architecture's (tiny test nets)
   channels: tuple[int, ...] = ()  # base channels per stage, with layers
   dtype: str = "bfloat16"  # compute dtype; parameters, BN statistics and loss stay float32
+  bn_stats: str = "global"  # BatchNorm batch statistics over the "global" batch or "per_device"
   # Data
   data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
   train_split: str = "train"
@@ -41,6 +42,7 @@ class Config:
   decay_all: bool = False  # also decay BatchNorm parameters and biases
   warmup_epochs: float = 0.0
   label_smoothing: float = 0.0
+  ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
   seed: int = 0
   # Checkpoints and logs
   init_from: str = ""  # a converted checkpoint (convert/torch2flax.py) to start from

@@ -163,11 +163,16 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def eval_transform(config) -> EvalTransform:
+  """The run's eval preprocessing, as flax_resnet.predict applies it to exported models."""
+  return EvalTransform(resize_size=config.eval_resize, crop_size=config.image_size,
+                       mean=tuple(config.mean), std=tuple(config.std))
+
+
 def eval_batches(config, process_index: int, process_count: int):
   """This process's eval images in fixed order, padded to full batches (label -1)."""
   folder = ImageFolder.scan(Path(config.data_dir) / config.eval_split)
-  transform = EvalTransform(resize_size=config.eval_resize, crop_size=config.image_size,
-                            mean=tuple(config.mean), std=tuple(config.std))
+  transform = eval_transform(config)
   local_batch = config.global_batch // process_count
   ds = grain.MapDataset.range(len(folder))[process_index::process_count]
   ds = ds.map(EvalSample(folder, transform))

@@ -66,3 +66,15 @@ def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[s
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
   return {"loss_sum": jnp.sum(jnp.where(valid, losses, 0.0)), "count": jnp.sum(valid),
           **accuracy(logits, labels)}
+
+
+@jax.jit
+def ema_update(ema, state, step: jax.Array, decay: float):
+  """Moves the average ``ema`` of the model's state (parameters and BN statistics) towards ``state``.
+
+  The decay warms up as min(decay, (1 + step) / (10 + step)), TensorFlow's
+  ExponentialMovingAverage with num_updates, so early averages are not dominated
+  by the random initialisation.
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return optax.incremental_update(state, ema, 1.0 - d)

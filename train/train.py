@@ -6,8 +6,9 @@
 A run resumes from the latest checkpoint in --workdir. The batch is sharded over
 every device of every process (jax.distributed, initialised automatically on
 TPU pods and from --coordinator/--num-processes/--process-id elsewhere).
-BatchNorm statistics are computed over the whole global batch, not per device as
-with PyTorch DDP.
+BatchNorm statistics are computed over the whole global batch by default;
+``--set bn_stats=per_device`` computes them over each device's shard, as PyTorch
+DDP does per GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -30,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
 from train import checkpointing, config as config_lib, data  # noqa: E402
-from train.steps import eval_step, make_optimizer, train_step  # noqa: E402
+from train.steps import ema_update, eval_step, make_optimizer, train_step  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__,
@@ -64,20 +66,24 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def model_spec(cfg) -> tuple[str | None, dict]:
+  """(arch, options) for ``flax_resnet.convert.build_model``; arch None for custom depths."""
+  options = dict(num_classes=cfg.num_classes, stem=cfg.stem,
+                 dtype=None if cfg.dtype == "float32" else cfg.dtype,
+                 norm="frozen_batch" if cfg.freeze_bn else "batch")
+  if not cfg.layers:
+    return cfg.arch, options
+  block = flax_resnet.registry.architecture(cfg.arch).block
+  return None, dict(options, block=block, layers=tuple(cfg.layers),
+                    channels=tuple(cfg.channels) or (64, 128, 256, 512)[:len(cfg.layers)])
+
+
 def build_model(cfg) -> nnx.Module:
   """A fresh model, or one started from a converted checkpoint (``init_from``)."""
-  dtype = None if cfg.dtype == "float32" else cfg.dtype
-  norm = "frozen_batch" if cfg.freeze_bn else "batch"
-  options = dict(num_classes=cfg.num_classes, stem=cfg.stem, dtype=dtype, norm=norm,
-                 rngs=nnx.Rngs(cfg.seed))
-  if cfg.layers:
-    arch = flax_resnet.registry.architecture(cfg.arch)
-    model = flax_resnet.ResNet(arch.block, cfg.layers, channels=cfg.channels or (64, 128, 256,
-                               512)[:len(cfg.layers)], **options)
-  else:
-    model = flax_resnet.create_model(cfg.arch, **options)
+  arch, options = model_spec(cfg)
+  model = flax_resnet.convert.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
-    source, meta = flax_resnet.load(cfg.init_from, norm=norm, dtype=dtype)
+    source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
     if meta["arch"] != cfg.arch:
       raise ValueError(f"init_from {cfg.init_from} holds {meta['arch']}, not {cfg.arch}")
     keep_head = meta["options"].get("num_classes") == cfg.num_classes
@@ -112,6 +118,8 @@ class Preemption:
 def check_config(cfg, devices: int) -> None:
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
+  if cfg.bn_stats not in ("global", "per_device"):
+    raise ValueError(f"bn_stats must be 'global' or 'per_device', got {cfg.bn_stats!r}")
   flax_resnet.registry.architecture(cfg.arch)
 
 
@@ -127,6 +135,8 @@ class Trainer:
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.model = build_model(cfg)
+    if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
+      self.model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     self.optimizer = make_optimizer(
         self.model, schedule(cfg, self.steps_per_epoch, self.total_steps),
         optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -134,6 +144,12 @@ class Trainer:
     replicated = NamedSharding(self.mesh, P())
     for obj in (self.model, self.optimizer):
       nnx.update(obj, jax.device_put(nnx.state(obj), replicated))
+    self.objects = {"model": self.model, "optimizer": self.optimizer}
+    if cfg.ema_decay:
+      self.objects["ema"] = self.ema_model = nnx.clone(self.model)
+      # Own buffers: train_step donates the model's, which the clone would share.
+      nnx.update(self.ema_model, jax.jit(lambda s: jax.tree.map(jnp.copy, s))(
+          nnx.state(self.ema_model)))
     self.checkpoints = checkpointing.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skipped, self.best = 0, 0, 0.0
 
@@ -145,7 +161,11 @@ class Trainer:
     if meta["config"]["arch"] != self.cfg.arch:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
                        f"this run is {self.cfg.arch}: use another --workdir")
-    checkpointing.restore(self.checkpoints, latest, self.model, self.optimizer)
+    if bool(meta["config"].get("ema_decay")) != bool(self.cfg.ema_decay):
+      raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
+                       f"{meta['config'].get('ema_decay')}; this run has ema_decay="
+                       f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
+    checkpointing.restore(self.checkpoints, latest, self.objects)
     self.batches.set_state(meta["data_state"])
     self.step, self.skipped, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
@@ -153,7 +173,7 @@ class Trainer:
   def save(self, metrics: dict | None = None) -> None:
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
             "skipped": self.skipped, "best_top1": self.best, "step": self.step}
-    checkpointing.save(self.checkpoints, self.step, self.model, self.optimizer, meta, metrics)
+    checkpointing.save(self.checkpoints, self.step, self.objects, meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
     make = jax.make_array_from_process_local_data
@@ -166,15 +186,25 @@ class Trainer:
     images, labels = self.global_batch(local)
     self.model.train()
     metrics = train_step(self.model, self.optimizer, images, labels, self.cfg.label_smoothing)
+    if self.cfg.ema_decay:
+      nnx.update(self.ema_model, ema_update(nnx.state(self.ema_model), nnx.state(self.model),
+                                            self.step, self.cfg.ema_decay))
     self.step += 1
     return metrics
 
   def evaluate(self) -> dict[str, float]:
-    self.model.eval()
+    """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
+    metrics = self._evaluate(self.model)
+    if self.cfg.ema_decay:
+      metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema_model).items()})
+    return metrics
+
+  def _evaluate(self, model: nnx.Module) -> dict[str, float]:
+    model.eval()
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
     for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
       self.skipped += local["skipped"]
-      out = eval_step(self.model, *self.global_batch(local))
+      out = eval_step(model, *self.global_batch(local))
       for k in totals:
         totals[k] += float(out[k])
     n = max(totals["count"], 1)
@@ -233,9 +263,9 @@ def run(cfg, workdir: Path) -> dict:
     if (epoch_end and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
         and cfg.data_dir and not cfg.synthetic):
       last_eval = metrics = trainer.evaluate()
-      trainer.best = max(trainer.best, metrics["top1"])
-      print(f"epoch {trainer.step // trainer.steps_per_epoch} eval loss {metrics['loss']:.4f} "
-            f"top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f}", flush=True)
+      trainer.best = max(trainer.best, checkpointing.score(metrics))
+      print(f"epoch {trainer.step // trainer.steps_per_epoch} eval " + " ".join(
+          f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
       for k, v in metrics.items():
         progress.scalar(f"eval/{k}", v)
     if trainer.step % every == 0 or trainer.step == trainer.total_steps:
@@ -246,7 +276,8 @@ def run(cfg, workdir: Path) -> dict:
   trainer.checkpoints.wait_until_finished()
   trainer.checkpoints.close()
   summary = {"step": trainer.step, "total_steps": trainer.total_steps,
-             "last_eval": last_eval, "best_top1": trainer.best, "skipped_images": trainer.skipped,
+             "last_eval": last_eval, "best_top1": trainer.best,
+             "best_of": "ema_top1" if cfg.ema_decay else "top1", "skipped_images": trainer.skipped,
              "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
              "preempted": preemption.requested, "config": cfg.to_json()}
   if jax.process_index() == 0:
