@@ -29,3 +29,53 @@ def test_throughput_benchmark_writes_one_json_line_per_framework(tmp_path, mode)
     assert row["versions"]["jax"] and row["versions"]["torch"] and row["command"]
   assert rows[0]["jax_over_fastest_torch"] == pytest.approx(
       rows[0]["images_per_s"] / rows[1]["images_per_s"])
+
+
+def test_pipeline_benchmark_decodes_real_jpegs_with_and_without_workers(data_dir, tmp_path):
+  out = tmp_path / "pipe.json"
+  done = subprocess.run(
+      [sys.executable, "bench/pipeline.py", "--data", "imagenet-samples", "--data-root",
+       str(data_dir), "--workers", "0,1", "--batch", "4", "--batches", "3", "--out", str(out)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["workers"] for r in rows] == [0, 1]
+  for row in rows:
+    assert row["image_size"] == 224 and row["finite"] and row["images_per_s"] > 0
+    assert row["images_per_s"] == pytest.approx(3 * 4 / row["timed_s"])
+
+
+def test_pipeline_benchmark_names_a_missing_data_folder(tmp_path):
+  done = subprocess.run([sys.executable, "bench/pipeline.py", "--data", "cifar10", "--data-root",
+                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and "cifar10-jpeg.tar.gz not found" in done.stderr
+
+
+def _row(framework, batch, rate):
+  return json.dumps({"framework": framework, "arch": "resnet18", "mode": "infer", "dtype": "fp32",
+                     "device": "cpu", "batch": batch, "images_per_s": rate})
+
+
+def test_plot_draws_throughput_against_batch_size(tmp_path):
+  results = tmp_path / "r.json"
+  results.write_text("\n".join(_row(f, b, r) for f, b, r in [
+      ("jax", 1, 10.0), ("jax", 8, 20.0), ("torch-eager", 1, 12.0), ("torch-eager", 8, 18.0)]))
+  sys.path.insert(0, str(ROOT))
+  from bench.plot import read_series
+  assert read_series(results) == {("resnet18", "infer", "fp32"): {
+      "jax (cpu)": [(1, 10.0), (8, 20.0)], "torch-eager (cpu)": [(1, 12.0), (8, 18.0)]}}
+  done = subprocess.run([sys.executable, "bench/plot.py", "--results", str(results), "--out",
+                         str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_names_the_bad_line(tmp_path):
+  results = tmp_path / "r.json"
+  results.write_text(_row("jax", 1, 10.0) + "\n{\"framework\": \"jax\"}\n")
+  done = subprocess.run([sys.executable, "bench/plot.py", "--results", str(results), "--out",
+                         str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 2 and "r.json:2: not a bench/throughput.py line" in done.stderr
+  assert not (tmp_path / "p.png").exists()
