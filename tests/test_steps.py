@@ -8,7 +8,7 @@ from flax import nnx
 
 import flax_resnet as fr
 from train.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
-                         train_step)
+                         normalize, train_step)
 
 
 def test_weight_decay_applies_to_kernels_only():
@@ -83,3 +83,14 @@ def test_ema_moves_towards_the_weights_with_a_warming_up_decay():
   np.testing.assert_allclose(np.asarray(first["w"]), 0.9, rtol=1e-6)
   late = ema_update(ema, new, 100_000, 0.999)  # the warm-up has passed: decay 0.999
   np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-4)
+
+
+def test_on_device_normalisation_equals_torchvision_to_tensor_and_normalize():
+  tf = pytest.importorskip("torchvision.transforms.functional", reason="compares with torchvision")
+  from PIL import Image
+  mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  ours = np.asarray(normalize(jnp.asarray(pixels), mean, std))
+  theirs = np.stack([tf.normalize(tf.to_tensor(Image.fromarray(p)), mean, std).permute(1, 2, 0)
+                     .numpy() for p in pixels])
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)

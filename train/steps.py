@@ -45,10 +45,24 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
           "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1))}
 
 
-@nnx.jit(static_argnames="label_smoothing", donate_argnums=(0, 1))
+def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+  """uint8 images to float32 as torchvision's ToTensor + Normalize: (x / 255 - mean) / std."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+@nnx.jit(static_argnames=("label_smoothing", "norm"), donate_argnums=(0, 1))
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array,
-               labels: jax.Array, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """One SGD/AdamW step in train mode; returns the loss and accuracy counts."""
+               labels: jax.Array, label_smoothing: float = 0.0,
+               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+               ) -> dict[str, jax.Array]:
+  """One SGD/AdamW step in train mode; returns the loss and accuracy counts.
+
+  With ``norm`` = (mean, std), ``images`` are uint8 and normalised here, on the device.
+  """
+  if norm is not None:
+    images = normalize(images, *norm)
+
   def loss_fn(m):
     logits = m(images)
     return cross_entropy(logits, labels, label_smoothing), logits

@@ -190,7 +190,8 @@ class Trainer:
     self.skipped += int(np.sum(local["skipped"]))
     images, labels = self.global_batch(local)
     self.model.train()
-    metrics = train_step(self.model, self.optimizer, images, labels, self.cfg.label_smoothing)
+    metrics = train_step(self.model, self.optimizer, images, labels, self.cfg.label_smoothing,
+                         (tuple(self.cfg.mean), tuple(self.cfg.std)))
     if self.cfg.ema_decay:
       nnx.update(self.ema_model, ema_update(nnx.state(self.ema_model), nnx.state(self.model),
                                             self.step, self.cfg.ema_decay))
