@@ -2,7 +2,8 @@
 
     python bench/plot.py --results bench/results/cpu.json --out bench/results/cpu.png
 
-One panel per (architecture, mode, dtype); one line per framework and device.
+One panel per (architecture, mode, dtype); one line per framework and device. A
+configuration measured twice is drawn with its latest line.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ def plot(panels: dict, out: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-  for ax, ((arch, mode, dtype), lines) in zip(axes[0], panels.items()):
+  cols = min(len(panels), 2)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.remove()
+  for ax, ((arch, mode, dtype), lines) in zip(axes.flat, panels.items()):
     for framework, points in lines.items():
       batches, rates = zip(*points)
       ax.plot(batches, rates, marker="o", label=framework)
