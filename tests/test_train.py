@@ -225,7 +225,22 @@ def test_workdir_of_another_architecture_is_refused(cifar2, tmp_path):
   done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "arch=resnet50",
                check=False)
   assert done.returncode == 2 and "holds a checkpoint of resnet18" in done.stderr
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "ema_decay=0.99", check=False)
+  assert done.returncode == 2 and "keep EMA on or off" in done.stderr
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ema"], "holds no EMA weights"),
+    (["--step", "7"], "the checkpoints hold steps [2]"),
+], ids=["no EMA kept", "no such step"])
+def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
+  train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(tmp_path), "--out",
+                         str(tmp_path / "out"), *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_images_are_skipped_and_counted(cifar2, tmp_path):
