@@ -29,6 +29,7 @@ from flax_resnet.checkpoint import save
 from flax_resnet.convert import ConversionError, from_torch_state_dict, infer_architecture, \
     unwrap_state_dict
 from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
+from flax_resnet.xla_cache import enable_compilation_cache
 
 
 class CliError(Exception):
@@ -239,6 +240,7 @@ def _count(model) -> int:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  enable_compilation_cache()
   try:
     meta = convert(args)
   except (CliError, ConversionError, FileExistsError) as e:

@@ -15,6 +15,7 @@ from flax import nnx
 
 from flax_resnet.checkpoint import load
 from flax_resnet.preprocess import EvalTransform
+from flax_resnet.xla_cache import enable_compilation_cache
 
 
 def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--top", type=int, default=5, help="how many classes to print")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
+  enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)
     transform = EvalTransform.from_json(meta.get("preprocessing") or {})

@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
+from flax_resnet.xla_cache import enable_compilation_cache  # noqa: E402
 from train import checkpointing, config as config_lib, data  # noqa: E402
 from train.steps import ema_update, eval_step, make_optimizer, train_step  # noqa: E402
 
@@ -59,14 +60,6 @@ def setup_distributed(args) -> None:
   # up their context on first use and give up when the processes arrive 30 s apart.
   from jax.experimental import multihost_utils
   multihost_utils.sync_global_devices("flax_resnet:start")
-
-
-def enable_compilation_cache() -> None:
-  cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flax_resnet" / "xla"
-  jax.config.update("jax_compilation_cache_dir", str(cache))
-  # Every program, however small: eager init compiles one per conv shape (57 for
-  # ResNet-50, 6 s on a 2-core CPU), which otherwise falls under the 1 s default.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def model_spec(cfg) -> tuple[str | None, dict]:

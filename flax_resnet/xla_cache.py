@@ -1,0 +1,25 @@
+"""XLA's persistent compilation cache for the command-line tools."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+
+def enable_compilation_cache() -> Path:
+  """Caches every compiled program in ``~/.cache/flax_resnet/xla`` (or $XDG_CACHE_HOME).
+
+  A directory already chosen through ``JAX_COMPILATION_CACHE_DIR`` is kept. Returns
+  the directory in use.
+  """
+  chosen = jax.config.jax_compilation_cache_dir
+  if not chosen:
+    chosen = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                  / "flax_resnet" / "xla")
+    jax.config.update("jax_compilation_cache_dir", chosen)
+  # Every program, however small: eager init compiles one per conv shape (57 for
+  # ResNet-50, 6 s on a 2-core CPU), which otherwise falls under the 1 s default.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return Path(chosen)
