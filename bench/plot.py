@@ -34,6 +34,7 @@ def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
 
 
 def plot(panels: dict, out: Path) -> None:
+  """Draws ``read_series``' panels into the PNG ``out``, written atomically."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

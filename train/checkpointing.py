@@ -50,6 +50,7 @@ def save(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree], 
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The JSON part of checkpoint ``step``: config, data-iterator state, counters."""
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 

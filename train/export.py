@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
+  """The step ``--step`` names: 'best', 'latest' or a saved step number."""
   steps = mgr.all_steps()
   if not steps:
     raise ValueError(f"{mgr.directory} holds no checkpoint")

@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_distributed(args) -> None:
+  """``jax.distributed.initialize`` from the flags, automatically on TPU pods, else nothing."""
   if args.coordinator:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif os.environ.get("TPU_NAME") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -113,6 +114,7 @@ class Preemption:
 
 
 def check_config(cfg, devices: int) -> None:
+  """Config errors that only show once the device count is known, as ValueErrors."""
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
   if cfg.bn_stats not in ("global", "per_device"):
