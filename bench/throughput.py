@@ -22,10 +22,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for train/ when run as a script
 import flax_resnet  # noqa: E402
+from flax_resnet.cpu import batch_devices, one_device_per_core  # noqa: E402
 from train.steps import make_optimizer, train_step  # noqa: E402
 
 # Dense bf16 / tf32 tensor-core peaks in FLOP/s, for MFU.
@@ -46,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=20, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--rounds", type=int, default=4, help="alternations between frameworks")
+  p.add_argument("--cpu-devices", default="cores", choices=["cores", "1"],
+                 help="JAX on a CPU: one device per core, the batch sharded over them, as "
+                      "train/train.py runs (XLA:CPU convolutions are single-threaded), or one")
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   args.frameworks = args.frameworks.split(",")
@@ -56,14 +62,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class JaxRunner:
-  """A jitted eval forward or train step on a device-resident synthetic batch."""
+  """A jitted eval forward or train step on a device-resident synthetic batch.
+
+  The batch is sharded over as many devices as divide it (one device unless the
+  host has several, or ``--cpu-devices cores`` made one per core); parameters are
+  replicated, as in train/train.py.
+  """
 
   def __init__(self, args):
     dtype = jnp.bfloat16 if args.dtype == "bf16" else None
     self.model = flax_resnet.create_model(args.arch, dtype=dtype, rngs=nnx.Rngs(0))
+    mesh = Mesh(np.array(batch_devices(args.batch)), ("data",))
+    self.devices = mesh.size
+    nnx.update(self.model, jax.device_put(nnx.state(self.model), NamedSharding(mesh, P())))
     key = jax.random.key(0)
-    self.x = jax.random.normal(key, (args.batch, args.image_size, args.image_size, 3))
-    self.y = jax.random.randint(key, (args.batch,), 0, 1000)
+    self.x, self.y = jax.device_put(
+        (jax.random.normal(key, (args.batch, args.image_size, args.image_size, 3)),
+         jax.random.randint(key, (args.batch,), 0, 1000)), NamedSharding(mesh, P("data")))
     if args.mode == "train":
       self.optimizer = make_optimizer(self.model, 0.1)
       self.step = lambda: train_step(self.model, self.optimizer, self.x, self.y)["loss"]
@@ -118,10 +133,10 @@ def make_runner(name: str, args):
   return TorchRunner(args, compiled=name == "torch-compile")
 
 
-def device_name(framework: str) -> str:
+def device_name(framework: str, runner=None) -> str:
   if framework == "jax":
     d = jax.devices()[0]
-    return f"{d.platform}:{d.device_kind}"
+    return f"{d.platform}:{d.device_kind}" + (f" x{runner.devices}" if runner.devices > 1 else "")
   import torch
   if torch.cuda.is_available():
     return f"cuda:{torch.cuda.get_device_name()}"
@@ -179,7 +194,7 @@ def report(args, runners, times) -> list[dict]:
   rows, fastest_torch = [], None
   for name, ts in times.items():
     median = statistics.median(ts)
-    device = device_name(name)
+    device = device_name(name, runners[name][0])
     peak = next((v for (k, d), v in PEAK_FLOPS.items() if k in device and d == args.dtype), None)
     row = {"framework": name, "arch": args.arch, "mode": args.mode, "batch": args.batch,
            "image_size": args.image_size, "dtype": args.dtype, "steps": len(ts),
@@ -199,6 +214,8 @@ def report(args, runners, times) -> list[dict]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.cpu_devices == "cores":
+    one_device_per_core(args.batch)
   runners = prepare(args.frameworks, args)
   rows = report(args, runners, measure(runners, args))
   lines = "".join(json.dumps(row) + "\n" for row in rows)

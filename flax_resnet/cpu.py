@@ -1,0 +1,41 @@
+"""Using every core of a CPU host.
+
+XLA:CPU runs each convolution on one thread (its matmuls use them all), so one
+CPU device runs a ResNet on one core. One device per core with the batch sharded
+over them gives each core its share of every convolution.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def cores() -> int:
+  """The cores this process may run on (its affinity mask, as ``taskset`` sets it)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def one_device_per_core(batch: int) -> int:
+  """Asks for as many CPU devices as cores, at most, and a count that divides ``batch``.
+
+  Call before JAX's first use of a device. A count the user chose (through
+  ``--xla_force_host_platform_device_count`` in XLA_FLAGS or JAX_NUM_CPU_DEVICES)
+  is kept. Returns the count asked for, or 0 when it was left to the user.
+  """
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or "JAX_NUM_CPU_DEVICES" in os.environ):
+    return 0
+  count = max(n for n in range(1, cores() + 1) if batch % n == 0)
+  jax.config.update("jax_num_cpu_devices", count)
+  return count
+
+
+def batch_devices(batch: int) -> list[jax.Device]:
+  """The first devices, as many as possible, over which ``batch`` splits evenly."""
+  devices = jax.devices()
+  return devices[:max(n for n in range(1, len(devices) + 1) if batch % n == 0)]
