@@ -14,6 +14,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for train/ when run as a script
+from train.plot import save_figure  # noqa: E402
+
 
 def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
   """{(arch, mode, dtype): {"framework (device)": [(batch, images/s), ...]}}, batches sorted."""
@@ -52,10 +55,7 @@ def plot(panels: dict, out: Path) -> None:
     ax.set(xlabel="batch", ylabel="images/s", title=f"{arch} {mode} {dtype}", ylim=(0, None))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-  fig.tight_layout()
-  tmp = out.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=110)
-  tmp.replace(out)
+  save_figure(fig, out)
 
 
 def main(argv=None) -> int:

@@ -133,7 +133,7 @@ def make_runner(name: str, args):
   return TorchRunner(args, compiled=name == "torch-compile")
 
 
-def device_name(framework: str, runner=None) -> str:
+def device_name(framework: str, runner) -> str:
   if framework == "jax":
     d = jax.devices()[0]
     return f"{d.platform}:{d.device_kind}" + (f" x{runner.devices}" if runner.devices > 1 else "")

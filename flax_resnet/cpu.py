@@ -30,7 +30,7 @@ def one_device_per_core(batch: int) -> int:
   if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or "JAX_NUM_CPU_DEVICES" in os.environ):
     return 0
-  count = max(n for n in range(1, cores() + 1) if batch % n == 0)
+  count = _largest_divisor(batch, cores())
   jax.config.update("jax_num_cpu_devices", count)
   return count
 
@@ -38,4 +38,8 @@ def one_device_per_core(batch: int) -> int:
 def batch_devices(batch: int) -> list[jax.Device]:
   """The first devices, as many as possible, over which ``batch`` splits evenly."""
   devices = jax.devices()
-  return devices[:max(n for n in range(1, len(devices) + 1) if batch % n == 0)]
+  return devices[:_largest_divisor(batch, len(devices))]
+
+
+def _largest_divisor(batch: int, at_most: int) -> int:
+  return max(n for n in range(1, at_most + 1) if batch % n == 0)

@@ -73,7 +73,7 @@ class BatchNorm(nnx.Module):
       raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by batch_groups {g}")
     xg = x.reshape(g, x.shape[0] // g, *x.shape[1:])
     mean, var = _batch_moments(xg, f)
-    n = xg[0].size // x.shape[-1]
+    n = x.size // (g * x.shape[-1])  # elements per group and channel
     unbiased = var * (n / max(n - 1, 1))
     m, groups = self.momentum, tuple(range(mean.ndim - 1))
     # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error

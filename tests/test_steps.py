@@ -78,10 +78,10 @@ def test_per_device_statistics_do_not_depend_on_the_sharding():
 
 
 def test_ema_moves_towards_the_weights_with_a_warming_up_decay():
-  ema, new = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
-  first = ema_update(ema, new, 0, 0.999)  # decay (1 + 0) / (10 + 0) = 0.1
+  new = {"w": jnp.ones(3)}
+  first = ema_update({"w": jnp.zeros(3)}, new, 0, 0.999)  # decay (1 + 0) / (10 + 0) = 0.1
   np.testing.assert_allclose(np.asarray(first["w"]), 0.9, rtol=1e-6)
-  late = ema_update(ema, new, 100_000, 0.999)  # the warm-up has passed: decay 0.999
+  late = ema_update({"w": jnp.zeros(3)}, new, 100_000, 0.999)  # past the warm-up: decay 0.999
   np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-4)
 
 

@@ -89,13 +89,13 @@ class TrainSample(grain.transforms.RandomMap):
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     n = len(self.folder)
     for skipped in range(n):
-      path = self.folder.files[(index + skipped) % n]
+      i = (index + skipped) % n
       try:
-        image = open_image(path).convert("RGB")
+        image = open_image(self.folder.files[i]).convert("RGB")
       except ValueError as e:
         log.warning("skipping unreadable image %s", e)
         continue
-      return {"image": self._augment(image, rng), "label": self.folder.labels[(index + skipped) % n],
+      return {"image": self._augment(image, rng), "label": self.folder.labels[i],
               "skipped": skipped}
     raise ValueError(f"no readable image in {self.folder.root}")
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
-from train import config as config_lib, data  # noqa: E402
+from train import checkpointing, config as config_lib, data  # noqa: E402
 from train.train import model_spec  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers,
                              options=ocp.CheckpointManagerOptions(
-                                 best_fn=lambda m: m.get("ema_top1", m["top1"]))) as mgr:
+                                 best_fn=checkpointing.score)) as mgr:
     step = pick_step(mgr, which)
     stored = mgr.item_metadata(step)["state"]
     name = "ema" if ema else "model"

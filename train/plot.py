@@ -40,6 +40,11 @@ def plot(series: dict, out: Path) -> None:
   for ax in (loss_ax, acc_ax):
     ax.grid(alpha=0.3)
     ax.legend()
+  save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> None:
+  """Writes ``fig`` as a PNG to a temporary name, then renames it to ``out``."""
   fig.tight_layout()
   tmp = out.with_suffix(".tmp.png")
   fig.savefig(tmp, dpi=110)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -82,13 +84,13 @@ def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[s
           **accuracy(logits, labels)}
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)
 def ema_update(ema, state, step: jax.Array, decay: float):
-  """Moves the average ``ema`` of the model's state (parameters and BN statistics) towards ``state``.
+  """Moves ``ema``, an average of the model's parameters and BN statistics, towards ``state``.
 
-  The decay warms up as min(decay, (1 + step) / (10 + step)), TensorFlow's
-  ExponentialMovingAverage with num_updates, so early averages are not dominated
-  by the random initialisation.
+  ``ema`` is donated: the caller replaces it with the result. The decay warms up
+  as min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
+  with num_updates, so early averages are not dominated by the random initialisation.
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return optax.incremental_update(state, ema, 1.0 - d)
