@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from flax_resnet.model import BatchNorm, max_pool_3x3_s2
+from flax_resnet.model import BatchNorm, conv_general_dilated, max_pool_3x3_s2
 
 PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -367,3 +367,30 @@ BAD_ARGS = [
 def test_bad_arguments_raise_value_error_naming_the_argument(build, message):
   with pytest.raises(ValueError, match=message):
     build()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_as_matmul_equals_lax_conv_with_gradients(stride):
+  def loss(conv, x, w):
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    y = conv(x, w, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=dn)
+    return jnp.sum(jnp.sin(y))
+
+  with jax.enable_x64(True):
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (2, 7, 7, 16), jnp.float64)
+    w = jax.random.normal(kw, (1, 1, 16, 8), jnp.float64)
+    ours = jax.value_and_grad(functools.partial(loss, conv_general_dilated), (0, 1))(x, w)
+    ref = jax.value_and_grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, w)
+  assert ours[1][0].shape == x.shape and ours[1][1].shape == w.shape
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pointwise_convs_lower_to_matmuls_on_cpu_and_the_rest_stay_convolutions():
+  model = fr.create_model("resnet50", num_classes=10)
+  model.eval()
+  jaxpr = str(jax.make_jaxpr(lambda x: model(x))(jnp.zeros((1, 32, 32, 3))))
+  # 53 convs: 17 of them 3x3 or 7x7 (stem + 16 blocks), 36 1x1 (32 in blocks, 4 downsamples)
+  assert jaxpr.count("conv_general_dilated[") == 17
+  assert jaxpr.count("dot_general[") == 36 + 1  # + fc
