@@ -80,3 +80,26 @@ def test_plot_names_the_bad_line(tmp_path):
                         timeout=120)
   assert done.returncode == 2 and "r.json:2: not a bench/throughput.py line" in done.stderr
   assert not (tmp_path / "p.png").exists()
+
+
+def test_conv_benchmark_times_both_implementations_of_each_shape(tmp_path):
+  out = tmp_path / "convs.json"
+  done = subprocess.run(
+      [sys.executable, "bench/convs.py", "--batch", "1", "--repeats", "1", "--shapes",
+       "layer1 1x1 64->256,layer3 3x3 256->256", "--out", str(out)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [(r["shape"], r["implementation"]) for r in rows] == [
+      ("layer1 1x1 64->256", "lax"), ("layer1 1x1 64->256", "flax_resnet"),
+      ("layer3 3x3 256->256", "lax"), ("layer3 3x3 256->256", "flax_resnet")]
+  for row in rows:
+    assert min(row["forward_ms"], row["input_grad_ms"], row["kernel_grad_ms"]) > 0
+    assert row["versions"]["jax"] and row["command"] and row["backend"] == "cpu"
+  assert done.stdout.count("\n| layer") == 4
+
+
+def test_conv_benchmark_rejects_an_unknown_shape_by_name():
+  done = subprocess.run([sys.executable, "bench/convs.py", "--shapes", "layer9 5x5"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and "layer9 5x5" in done.stderr
