@@ -150,6 +150,9 @@ def make_head(num_features: int, num_classes: int, *, dtype: Dtype = None,
                     param_dtype=param_dtype, rngs=rngs)
 
 
+_NHWC = tuple(jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ("NHWC", "HWIO", "NHWC")))
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                          lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                          feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
@@ -161,16 +164,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   """
   if (jax.default_backend() == "cpu" and rhs.shape[:2] == (1, 1) and feature_group_count == 1
       and all(tuple(p) == (0, 0) for p in padding) and set(lhs_dilation or (1,)) == {1}
-      and kwargs.get("out_sharding") is None and _is_nhwc(dimension_numbers)):
+      and kwargs.get("out_sharding") is None and dimension_numbers is not None
+      and tuple(dimension_numbers) == _NHWC):
     return _pointwise(lhs, rhs, window_strides, precision, kwargs.get("preferred_element_type"))
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                       rhs_dilation, dimension_numbers, feature_group_count,
                                       precision=precision, **kwargs)
-
-
-def _is_nhwc(dimension_numbers) -> bool:
-  return tuple(dimension_numbers) == tuple(jax.lax.conv_dimension_numbers(
-      (1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC")))
 
 
 def _pointwise(x, kernel, strides, precision, preferred_element_type):

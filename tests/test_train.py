@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -292,16 +293,24 @@ def test_finetune_from_a_converted_checkpoint_with_a_new_head(cifar2, tmp_path,
   assert same_stats == freeze_bn
 
 
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
 def test_two_processes_agree_with_one_process_on_four_devices(cifar2, tmp_path):
   sets = ["global_batch=16", "max_steps=4"]
-  port = 20000 + os.getpid() % 20000
+  port = free_port()
   two = {**env(2), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
   procs = [subprocess.Popen(train_cmd(tmp_path / "two", cifar2, *sets) + [
       "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
       cwd=ROOT, env=two, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outs[0][-3000:]
+  report = "\n".join(f"process {i} exit {p.returncode}:\n{out[-3000:]}"
+                     for i, (p, out) in enumerate(zip(procs, outs)))
+  assert all(p.returncode == 0 for p in procs), report
   train(tmp_path / "one", cifar2, *sets, devices=4)
   (two_state, _), (one_state, _) = final_state(tmp_path / "two", 4), final_state(
       tmp_path / "one", 4)
