@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench/ when run as a script
-from bench.throughput import versions  # noqa: E402
+from bench.throughput import emit, versions  # noqa: E402
 from flax_resnet.model import conv_general_dilated  # noqa: E402
 
 # name: (input height = width, in channels, out channels, kernel, stride), all from ResNet-50
@@ -101,9 +100,7 @@ def main(argv=None) -> int:
                    "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                    "versions": versions(), "command": " ".join(sys.argv),
                    "date": datetime.date.today().isoformat()})
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write("".join(json.dumps(row) + "\n" for row in rows))
+  emit(rows, args.out, echo=False)
   return 0
 
 

@@ -80,16 +80,25 @@ class JaxRunner:
         (jax.random.normal(key, (args.batch, args.image_size, args.image_size, 3)),
          jax.random.randint(key, (args.batch,), 0, 1000)), NamedSharding(mesh, P("data")))
     if args.mode == "train":
-      self.optimizer = make_optimizer(self.model, 0.1)
-      self.step = lambda: train_step(self.model, self.optimizer, self.x, self.y)["loss"]
+      self.graphdef, self.state = nnx.split((self.model, make_optimizer(self.model, 0.1)))
+      self.step = self._train_step
     else:
       self.model.eval()
       graphdef, state = nnx.split(self.model)
       forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
       self.step = lambda: forward(state, self.x)
 
-  def run(self) -> None:
-    jax.block_until_ready(self.step())
+  def _train_step(self) -> jax.Array:
+    self.state, metrics = train_step(self.graphdef, self.state, self.x, self.y)
+    return metrics["loss"]
+
+  def run(self) -> float:
+    """One step to completion; returns the seconds the host took to queue it."""
+    t = time.perf_counter()
+    out = self.step()
+    queued = time.perf_counter() - t
+    jax.block_until_ready(out)
+    return queued
 
 
 class TorchRunner:
@@ -111,8 +120,9 @@ class TorchRunner:
     self.model = torch.compile(model) if compiled else model
     self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-  def run(self) -> None:
-    torch = self.torch
+  def run(self) -> float:
+    """One step to completion; returns the seconds the host took to queue it."""
+    torch, t = self.torch, time.perf_counter()
     with torch.autocast(self.device, dtype=self.dtype or torch.float32,
                         enabled=self.dtype is not None):
       if self.train:
@@ -123,8 +133,10 @@ class TorchRunner:
       else:
         with torch.inference_mode():
           self.model(self.x)
+    queued = time.perf_counter() - t
     if self.device == "cuda":
       torch.cuda.synchronize()
+    return queued
 
 
 def make_runner(name: str, args):
@@ -158,20 +170,22 @@ def prepare(names, args) -> dict:
   return runners
 
 
-def measure(runners, args) -> dict[str, list[float]]:
-  """Per-step wall times, the frameworks taking turns for ``args.rounds`` rounds."""
+def measure(runners, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Per-step wall and host-queueing times, the frameworks taking turns for ``args.rounds`` rounds.
+  """
   times = {name: [] for name in runners}
+  queued = {name: [] for name in runners}
   per_round = args.steps // args.rounds
   for r in range(args.rounds):
     for name, (runner, _) in runners.items():
       for _ in range(per_round):
         t = time.perf_counter()
-        runner.run()
+        queued[name].append(runner.run())
         times[name].append(time.perf_counter() - t)
     print(f"round {r + 1}/{args.rounds}: " + ", ".join(
         f"{n} {args.batch / statistics.median(ts):.1f} img/s" for n, ts in times.items()),
           file=sys.stderr, flush=True)
-  return times
+  return times, queued
 
 
 def versions() -> dict[str, str]:
@@ -187,7 +201,7 @@ def versions() -> dict[str, str]:
   return out
 
 
-def report(args, runners, times) -> list[dict]:
+def report(args, runners, times, queued) -> list[dict]:
   macs = flax_resnet.count_macs(nnx.eval_shape(lambda: flax_resnet.create_model(args.arch)),
                                 (1, args.image_size, args.image_size, 3))
   flops = 2 * macs * (3 if args.mode == "train" else 1)
@@ -200,6 +214,7 @@ def report(args, runners, times) -> list[dict]:
            "image_size": args.image_size, "dtype": args.dtype, "steps": len(ts),
            "step_s_median": median, "step_s_min": min(ts), "step_s_max": max(ts),
            "images_per_s": args.batch / median, "first_step_s": runners[name][1],
+           "host_s_median": statistics.median(queued[name]),
            "flops_per_image": flops, "mfu": flops * args.batch / median / peak if peak else None,
            "device": device, "versions": versions(), "command": " ".join(sys.argv),
            "date": datetime.date.today().isoformat()}
@@ -212,17 +227,22 @@ def report(args, runners, times) -> list[dict]:
   return rows
 
 
+def emit(rows: list[dict], out: Path | None, echo: bool = True) -> None:
+  """Prints the rows as JSON lines and appends them to ``out`` when given."""
+  lines = "".join(json.dumps(row) + "\n" for row in rows)
+  if echo:
+    print(lines, end="")
+  if out:
+    with open(out, "a") as f:
+      f.write(lines)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.cpu_devices == "cores":
     one_device_per_core(args.batch)
   runners = prepare(args.frameworks, args)
-  rows = report(args, runners, measure(runners, args))
-  lines = "".join(json.dumps(row) + "\n" for row in rows)
-  print(lines, end="")
-  if args.out:
-    with open(args.out, "a") as f:
-      f.write(lines)
+  emit(report(args, runners, *measure(runners, args)), args.out)
   return 0
 
 

@@ -25,10 +25,23 @@ def test_throughput_benchmark_writes_one_json_line_per_framework(tmp_path, mode)
   for row in rows:
     assert row["mode"] == mode and row["steps"] == 2 and row["images_per_s"] > 0
     assert row["step_s_min"] <= row["step_s_median"] <= row["step_s_max"]
+    assert 0 < row["host_s_median"] <= row["step_s_max"]
     assert row["flops_per_image"] == 2 * 37_523_456 * (3 if mode == "train" else 1)
     assert row["versions"]["jax"] and row["versions"]["torch"] and row["command"]
   assert rows[0]["jax_over_fastest_torch"] == pytest.approx(
       rows[0]["images_per_s"] / rows[1]["images_per_s"])
+
+
+def test_dispatch_benchmark_times_both_step_forms(tmp_path):
+  out = tmp_path / "dispatch.json"
+  done = subprocess.run(
+      [sys.executable, "bench/dispatch.py", "--arch", "resnet18", "--image-size", "8", "--steps",
+       "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["variant"] for r in rows] == ["nnx.jit(model, optimizer)", "jax.jit(graphdef, state)"]
+  for row in rows:
+    assert row["steps"] == 3 and 0 < row["host_ms_median"] <= row["step_ms_median"]
 
 
 def test_pipeline_benchmark_decodes_real_jpegs_with_and_without_workers(data_dir, tmp_path):

@@ -31,18 +31,53 @@ def test_label_smoothing_matches_torch():
   assert ours == pytest.approx(theirs, rel=1e-6)
 
 
+def _train(model, opt, x, y, steps: int) -> list[float]:
+  """``steps`` train_steps on the split (model, opt), written back into them; the losses."""
+  model.train()
+  graphdef, state = nnx.split((model, opt))
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(graphdef, state, x, y)
+    losses.append(float(metrics["loss"]))
+  nnx.update((model, opt), state)
+  return losses
+
+
+def _tiny(seed: int = 0) -> fr.ResNet:
+  return fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4,
+                   rngs=nnx.Rngs(seed))
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_train_steps_fit_a_fixed_batch(optimizer):
-  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4,
-                    rngs=nnx.Rngs(0))
+  model = _tiny()
   opt = make_optimizer(model, 0.05 if optimizer == "sgd" else 3e-3, optimizer=optimizer)
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   y = jnp.arange(8) % 4
-  losses = [float(train_step(model, opt, x, y)["loss"]) for _ in range(30)]
+  losses = _train(model, opt, x, y, 30)
   assert losses[-1] < 0.5 * losses[0]
   model.eval()
   metrics = eval_step(model, x, y)
   assert int(metrics["top1"]) >= 6 and int(metrics["top5"]) == 8
+
+
+def test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects():
+  from bench.dispatch import nnx_train_step
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
+  y = jnp.arange(8) % 4
+  ours, theirs = _tiny(), _tiny()
+  ours_opt, theirs_opt = make_optimizer(ours, 0.1), make_optimizer(theirs, 0.1)
+  before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(theirs))]
+  losses = _train(ours, ours_opt, x, y, 3)
+  theirs.train()
+  expected = [float(nnx_train_step(theirs, theirs_opt, x, y)["loss"]) for _ in range(3)]
+  np.testing.assert_allclose(losses, expected, rtol=1e-6)
+  after = jax.tree.leaves(nnx.state(theirs))
+  assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # params and statistics
+  assert int(ours_opt.step[...]) == int(theirs_opt.step[...]) == 3
+  for a, b in zip(jax.tree.leaves(nnx.state((ours, ours_opt))),
+                  jax.tree.leaves(nnx.state((theirs, theirs_opt))), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_optimizer_is_rejected():
@@ -66,8 +101,7 @@ def test_per_device_statistics_do_not_depend_on_the_sharding():
       for obj in (model, opt):
         nnx.update(obj, jax.device_put(nnx.state(obj), NamedSharding(mesh, P())))
       x, y = jax.device_put((x, y), NamedSharding(mesh, P("data")))
-    for _ in range(3):
-      train_step(model, opt, x, y)
+    _train(model, opt, x, y, 3)
     return jax.tree.leaves(nnx.state(model))
 
   per_device, one_device = run(True, 4), run(False, 4)

@@ -53,15 +53,21 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-@nnx.jit(static_argnames=("label_smoothing", "norm"), donate_argnums=(0, 1))
-def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array,
-               labels: jax.Array, label_smoothing: float = 0.0,
+@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm"), donate_argnames="state")
+def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
+               label_smoothing: float = 0.0,
                norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-               ) -> dict[str, jax.Array]:
-  """One SGD/AdamW step in train mode; returns the loss and accuracy counts.
+               ) -> tuple[nnx.State, dict[str, jax.Array]]:
+  """One SGD/AdamW step; returns the new state, the loss and accuracy counts.
 
-  With ``norm`` = (mean, std), ``images`` are uint8 and normalised here, on the device.
+  ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
+  ``state`` is donated. A plain ``jax.jit`` over the split state rather than
+  ``nnx.jit`` over the objects: nnx.jit walks the model's graph on every call, which
+  for a ResNet-50 costs the host 35 ms a step against 5 ms here (2-core CPU), time a
+  GPU step of 50 ms cannot afford. With ``norm`` = (mean, std), ``images`` are uint8
+  and normalised here, on the device.
   """
+  model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
 
@@ -71,7 +77,8 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array,
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
-  return {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+  metrics = {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+  return nnx.state((model, optimizer)), metrics
 
 
 @nnx.jit

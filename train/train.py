@@ -152,6 +152,19 @@ class Trainer:
           nnx.state(self.ema_model)))
     self.checkpoints = checkpointing.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skipped, self.best = 0, 0, 0.0
+    self._take_state()
+
+  def _take_state(self) -> None:
+    """Splits the objects into the pure state that the jitted steps take and give back."""
+    self.model.train()
+    self.graphdef, self.state = nnx.split((self.model, self.optimizer))
+    self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
+
+  def _give_state(self) -> None:
+    """Writes the state back into the objects, for evaluation and checkpoints."""
+    nnx.update((self.model, self.optimizer), self.state)
+    if self.cfg.ema_decay:
+      nnx.update(self.ema_model, self.ema_state)
 
   def resume(self) -> None:
     latest = self.checkpoints.latest_step()
@@ -166,11 +179,13 @@ class Trainer:
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
     checkpointing.restore(self.checkpoints, latest, self.objects)
+    self._take_state()
     self.batches.set_state(meta["data_state"])
     self.step, self.skipped, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
 
   def save(self, metrics: dict | None = None) -> None:
+    self._give_state()
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
             "skipped": self.skipped, "best_top1": self.best, "step": self.step}
     checkpointing.save(self.checkpoints, self.step, self.objects, meta, metrics)
@@ -184,17 +199,18 @@ class Trainer:
     local = next(self.batches)
     self.skipped += int(np.sum(local["skipped"]))
     images, labels = self.global_batch(local)
-    self.model.train()
-    metrics = train_step(self.model, self.optimizer, images, labels, self.cfg.label_smoothing,
-                         (tuple(self.cfg.mean), tuple(self.cfg.std)))
+    self.state, metrics = train_step(self.graphdef, self.state, images, labels,
+                                     self.cfg.label_smoothing,
+                                     (tuple(self.cfg.mean), tuple(self.cfg.std)))
     if self.cfg.ema_decay:
-      nnx.update(self.ema_model, ema_update(nnx.state(self.ema_model), nnx.state(self.model),
-                                            self.step, self.cfg.ema_decay))
+      model_state = self.state[0]  # of (model, optimizer)
+      self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
     self.step += 1
     return metrics
 
   def evaluate(self) -> dict[str, float]:
     """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
+    self._give_state()
     metrics = self._evaluate(self.model)
     if self.cfg.ema_decay:
       metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema_model).items()})
