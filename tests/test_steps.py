@@ -57,7 +57,7 @@ def test_train_steps_fit_a_fixed_batch(optimizer):
   losses = _train(model, opt, x, y, 30)
   assert losses[-1] < 0.5 * losses[0]
   model.eval()
-  metrics = eval_step(model, x, y)
+  metrics = eval_step(*nnx.split(model), x, y)
   assert int(metrics["top1"]) >= 6 and int(metrics["top5"]) == 8
 
 

@@ -81,10 +81,14 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   return nnx.state((model, optimizer)), metrics
 
 
-@nnx.jit
-def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-  """Summed loss and accuracy counts in eval mode; rows labelled -1 (padding) count for nothing."""
-  logits = model(images).astype(jnp.float32)
+@jax.jit
+def eval_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
+              labels: jax.Array) -> dict[str, jax.Array]:
+  """Summed loss and accuracy counts; rows labelled -1 (padding) count for nothing.
+
+  ``graphdef, state = nnx.split(model)`` with the model in eval mode.
+  """
+  logits = nnx.merge(graphdef, state)(images).astype(jnp.float32)
   valid = labels >= 0
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
   return {"loss_sum": jnp.sum(jnp.where(valid, losses, 0.0)), "count": jnp.sum(valid),

@@ -218,10 +218,11 @@ class Trainer:
 
   def _evaluate(self, model: nnx.Module) -> dict[str, float]:
     model.eval()
+    graphdef, state = nnx.split(model)
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
     for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
       self.skipped += local["skipped"]
-      out = eval_step(model, *self.global_batch(local))
+      out = eval_step(graphdef, state, *self.global_batch(local))
       for k in totals:
         totals[k] += float(out[k])
     n = max(totals["count"], 1)
