@@ -24,19 +24,11 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench/ when run as a script
 import flax_resnet  # noqa: E402
 from bench.throughput import emit, versions  # noqa: E402
-from train.steps import accuracy, cross_entropy, make_optimizer, train_step  # noqa: E402
+from train.steps import make_optimizer, train_step, update  # noqa: E402
 
 
-@nnx.jit(donate_argnums=(0, 1))
-def nnx_train_step(model, optimizer, images, labels):
-  """train.steps.train_step as nnx.jit over the objects, the form it replaced."""
-  def loss_fn(m):
-    logits = m(images)
-    return cross_entropy(logits, labels), logits
-
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-  optimizer.update(model, grads)
-  return {"loss": loss, **accuracy(logits, labels)}
+# train.steps.train_step's work as nnx.jit over the objects, the form it replaced.
+nnx_train_step = nnx.jit(update, donate_argnums=(0, 1))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

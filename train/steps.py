@@ -53,12 +53,24 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
+           label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+  """The step's work on the objects, in place: one optimiser update; the loss and accuracy counts."""
+  def loss_fn(m):
+    logits = m(images)
+    return cross_entropy(logits, labels, label_smoothing), logits
+
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+  return {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+
+
 @functools.partial(jax.jit, static_argnames=("label_smoothing", "norm"), donate_argnames="state")
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
                label_smoothing: float = 0.0,
                norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
                ) -> tuple[nnx.State, dict[str, jax.Array]]:
-  """One SGD/AdamW step; returns the new state, the loss and accuracy counts.
+  """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
   ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
   ``state`` is donated. A plain ``jax.jit`` over the split state rather than
@@ -70,14 +82,7 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
-
-  def loss_fn(m):
-    logits = m(images)
-    return cross_entropy(logits, labels, label_smoothing), logits
-
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-  optimizer.update(model, grads)
-  metrics = {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+  metrics = update(model, optimizer, images, labels, label_smoothing)
   return nnx.state((model, optimizer)), metrics
 
 
