@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for train/ when run as a script
 import flax_resnet  # noqa: E402
-from flax_resnet.cpu import batch_devices, one_device_per_core  # noqa: E402
+from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core  # noqa: E402
 from train.steps import make_optimizer, train_step  # noqa: E402
 
 # Dense bf16 / tf32 tensor-core peaks in FLOP/s, for MFU.
@@ -49,9 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=20, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--rounds", type=int, default=4, help="alternations between frameworks")
-  p.add_argument("--cpu-devices", default="cores", choices=["cores", "1"],
-                 help="JAX on a CPU: one device per core, the batch sharded over them, as "
-                      "train/train.py runs (XLA:CPU convolutions are single-threaded), or one")
+  p.add_argument("--cpu-devices", default="auto", choices=["auto", "cores", "1"],
+                 help="JAX on a CPU: as train/train.py runs (auto: one device per core, the "
+                      "batch sharded over them, where XLA:CPU convolutions are single-threaded, "
+                      "jax < 0.11; else one), one device per core, or one device")
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   args.frameworks = args.frameworks.split(",")
@@ -65,7 +66,7 @@ class JaxRunner:
   """A jitted eval forward or train step on a device-resident synthetic batch.
 
   The batch is sharded over as many devices as divide it (one device unless the
-  host has several, or ``--cpu-devices cores`` made one per core); parameters are
+  host has several, or ``--cpu-devices`` made one per core); parameters are
   replicated, as in train/train.py.
   """
 
@@ -239,7 +240,9 @@ def emit(rows: list[dict], out: Path | None, echo: bool = True) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.cpu_devices == "cores":
+  if args.cpu_devices == "auto":
+    use_every_core(args.batch)
+  elif args.cpu_devices == "cores":
     one_device_per_core(args.batch)
   runners = prepare(args.frameworks, args)
   emit(report(args, runners, *measure(runners, args)), args.out)

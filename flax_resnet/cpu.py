@@ -1,8 +1,10 @@
 """Using every core of a CPU host.
 
-XLA:CPU runs each convolution on one thread (its matmuls use them all), so one
-CPU device runs a ResNet on one core. One device per core with the batch sharded
-over them gives each core its share of every convolution.
+Up to jax 0.10, XLA:CPU runs each convolution on one thread (its matmuls use them
+all), so one CPU device runs a ResNet on one core; one device per core with the
+batch sharded over them gives each core its share of every convolution. From jax
+0.11 on, XLA:CPU spreads each convolution over the cores itself, and one device
+is the faster set-up (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # not on Linux
     return os.cpu_count() or 1
+
+
+def convolutions_use_every_core() -> bool:
+  """Whether this jax's XLA:CPU runs a convolution on all cores (jax 0.11 on)."""
+  return jax.__version_info__ >= (0, 11)
+
+
+def use_every_core(batch: int) -> int:
+  """Sets up CPU devices so that ``batch`` keeps every core busy, before JAX's first use.
+
+  One device per core (``one_device_per_core``) where convolutions are
+  single-threaded; otherwise JAX's default single CPU device is left as it is.
+  Returns the device count asked for, or 0 when none was.
+  """
+  return 0 if convolutions_use_every_core() else one_device_per_core(batch)
 
 
 def one_device_per_core(batch: int) -> int:

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
-from flax_resnet.cpu import one_device_per_core  # noqa: E402
+from flax_resnet.cpu import use_every_core  # noqa: E402
 from flax_resnet.xla_cache import enable_compilation_cache  # noqa: E402
 from train import checkpointing, config as config_lib, data  # noqa: E402
 from train.steps import ema_update, eval_step, make_optimizer, train_step  # noqa: E402
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
-    one_device_per_core(cfg.global_batch)  # on a CPU host: a device per core
+    use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
     setup_distributed(args)
     enable_compilation_cache()
     print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
