@@ -8,6 +8,7 @@ then the network.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -22,9 +23,22 @@ NORMS = ("batch", "frozen_batch", "group")
 STEMS = ("imagenet", "cifar")
 
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear's default: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)).
 linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+  """torchvision's conv initialisation of an HWIO kernel, drawn as a matrix of equal fan-out.
+
+  JAX's random bits follow the flat element order, so a (C_in, H*W*C_out) draw
+  reshaped holds the same random numbers as a rank-4 one, and XLA:CPU compiles it
+  several times faster: with one program per kernel shape, a cold ResNet-50
+  construction takes 4.8 s instead of 13.7 s (jax 0.12; BENCHMARKS.md).
+  """
+  h, w, cin, cout = shape
+  return _kaiming_normal_fan_out(key, (cin, h * w * cout), dtype).reshape(shape)
 
 
 def _linear_bias_init(fan_in: int):

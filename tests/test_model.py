@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from flax_resnet.model import BatchNorm, conv_general_dilated, max_pool_3x3_s2
+from flax_resnet.model import BatchNorm, conv_general_dilated, conv_init, max_pool_3x3_s2
 
 PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -180,6 +180,16 @@ def test_initialisation_follows_torchvision():
     assert leaf.min() >= -bound and leaf.max() <= bound and leaf.max() > 0.9 * bound
   assert np.all(np.asarray(model.layer1[0].bn2.scale[...]) == 1)
   assert np.all(np.asarray(model.layer1[0].bn2.bias[...]) == 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 64, 128), (7, 7, 3, 64), (1, 1, 256, 64),
+                                   (3, 3, 4, 128)])  # the last: a ResNeXt group's kernel
+def test_conv_init_draws_the_numbers_of_a_rank_4_kaiming_normal(shape):
+  key = jax.random.key(5)
+  rank_4 = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")(key, shape)
+  drawn = conv_init(key, shape, jnp.float32)
+  assert drawn.shape == shape
+  np.testing.assert_allclose(drawn, rank_4, rtol=1e-6, atol=0)  # an ulp: XLA fuses the scaling
 
 
 @pytest.mark.parametrize("name, last", [("resnet18", "bn2"), ("resnet50", "bn3")])
