@@ -81,24 +81,39 @@ class BatchNorm(nnx.Module):
     if self.use_running_average:
       return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
                      self.epsilon, self.dtype)
-    f = self.var[...].dtype
-    g = self.batch_groups
-    if x.shape[0] % g:
-      raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by batch_groups {g}")
-    xg = x.reshape(g, x.shape[0] // g, *x.shape[1:])
-    mean, var = _batch_moments(xg, f)
-    n = x.size // (g * x.shape[-1])  # elements per group and channel
-    unbiased = var * (n / max(n - 1, 1))
-    m, groups = self.momentum, tuple(range(mean.ndim - 1))
+    out, mean, var = _batch_norm_train(
+        x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
+        momentum=self.momentum, epsilon=self.epsilon, groups=self.batch_groups, dtype=self.dtype)
     # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
     # path walks the whole traced program; ResNet-152 traced 25x slower that way.
-    self.mean.set_value(m * self.mean[...] + (1 - m) * jnp.mean(mean, groups))
-    self.var.set_value(m * self.var[...] + (1 - m) * jnp.mean(unbiased, groups))
-    # Centre before scaling: the folded x * a + b form differentiates through
-    # mean * a, which cancels catastrophically when |mean| >> std (1% gradient error).
-    a = self.scale[...].astype(f) * jax.lax.rsqrt(var + self.epsilon)
-    out = (xg.astype(f) - mean) * a + self.bias[...].astype(f)
-    return out.reshape(x.shape).astype(self.dtype or x.dtype)
+    self.mean.set_value(mean)
+    self.var.set_value(var)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("momentum", "epsilon", "groups", "dtype"))
+def _batch_norm_train(x, scale, bias, running_mean, running_var, *, momentum, epsilon, groups,
+                      dtype):
+  """BatchNorm with batch statistics: the output and the updated running statistics.
+
+  Jitted so that the train step traces and differentiates it once per shape, not
+  once per layer: the 53 of a ResNet-50 come in 12 shapes.
+  """
+  f = running_var.dtype
+  if x.shape[0] % groups:
+    raise ValueError(f"BatchNorm: batch {x.shape[0]} is not divisible by batch_groups {groups}")
+  xg = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+  mean, var = _batch_moments(xg, f)
+  n = x.size // (groups * x.shape[-1])  # elements per group and channel
+  unbiased = var * (n / max(n - 1, 1))
+  m, axes = momentum, tuple(range(mean.ndim - 1))
+  new_mean = m * running_mean + (1 - m) * jnp.mean(mean, axes)
+  new_var = m * running_var + (1 - m) * jnp.mean(unbiased, axes)
+  # Centre before scaling: the folded x * a + b form differentiates through
+  # mean * a, which cancels catastrophically when |mean| >> std (1% gradient error).
+  a = scale.astype(f) * jax.lax.rsqrt(var + epsilon)
+  out = (xg.astype(f) - mean) * a + bias.astype(f)
+  return out.reshape(x.shape).astype(dtype or x.dtype), new_mean, new_var
 
 
 class FrozenBatchNorm(nnx.Module):

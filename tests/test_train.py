@@ -45,13 +45,14 @@ def train_cmd(workdir, data, *sets):
   return args
 
 
-def env(devices=8):
+def env(devices=8, cache=None):
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-          "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", "/tmp")}
+          "JAX_PLATFORMS": "cpu",
+          "XDG_CACHE_HOME": str(cache or os.environ.get("XDG_CACHE_HOME", "/tmp"))}
 
 
-def train(workdir, data, *sets, devices=8, check=True):
-  done = subprocess.run(train_cmd(workdir, data, *sets), cwd=ROOT, env=env(devices),
+def train(workdir, data, *sets, devices=8, check=True, cache=None):
+  done = subprocess.run(train_cmd(workdir, data, *sets), cwd=ROOT, env=env(devices, cache),
                         capture_output=True, text=True, timeout=900)
   if check:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -174,6 +175,23 @@ def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
   assert set(a) == {"model", "optimizer", "ema"}
   ema_kernel, kernel = a["ema"]["conv1"]["kernel"], a["model"]["conv1"]["kernel"]
   assert not np.array_equal(np.asarray(ema_kernel), np.asarray(kernel))
+
+
+def test_a_second_start_loads_the_traced_step_and_trains_identically(cifar2, tmp_path):
+  steps = ["global_batch=32", "max_steps=4", "log_every=1"]
+  first, second, uncached = (train(tmp_path / name, cifar2, *steps, *extra, cache=tmp_path / "c")
+                             for name, extra in (("first", []), ("second", []),
+                                                 ("uncached", ["step_cache=false"])))
+  assert "train step: traced into" in first.stdout
+  assert "train step: loaded from" in second.stdout
+  assert "train step:" not in uncached.stdout
+
+  def losses(done):
+    return [line.split()[3] for line in done.stdout.splitlines() if line.startswith("step ")]
+  assert len(losses(first)) == 4 and losses(first) == losses(second) == losses(uncached)
+  a = final_state(tmp_path / "first", 4)[0]
+  assert_identical(a, final_state(tmp_path / "second", 4)[0])
+  assert_identical(a, final_state(tmp_path / "uncached", 4)[0])
 
 
 def _run_until(workdir, data, line, sets, sig):

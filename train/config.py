@@ -51,6 +51,7 @@ class Config:
   checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
   eval_every_epochs: int = 1
   log_every: int = 50
+  step_cache: bool = True  # keep the compiled train step on disk for the next start (one process)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -30,7 +30,8 @@ def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
     tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
   else:
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-  return nnx.Optimizer(model, tx, wrt=nnx.Param)
+  # One program for the whole state rather than one zeros_like per parameter shape.
+  return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -55,7 +56,7 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
 
 def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
            label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """The step's work on the objects, in place: one optimiser update; the loss and accuracy counts."""
+  """The step's work on the objects, in place: one optimiser update; loss and accuracy counts."""
   def loss_fn(m):
     logits = m(images)
     return cross_entropy(logits, labels, label_smoothing), logits
@@ -84,6 +85,21 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
     images = normalize(images, *norm)
   metrics = update(model, optimizer, images, labels, label_smoothing)
   return nnx.state((model, optimizer)), metrics
+
+
+def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.0,
+                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+  """``train_step`` as a jitted function of (state leaves, images, labels).
+
+  It returns (new state leaves, metrics): lists and dicts of arrays, which
+  ``jax.export`` can serialise (``train.step_cache``) and nnx.State cannot.
+  ``treedef`` is that of the state: ``jax.tree.flatten(state)[1]``.
+  """
+  def step(leaves, images, labels):
+    state = jax.tree.unflatten(treedef, leaves)
+    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing, norm)
+    return jax.tree.leaves(state), metrics
+  return jax.jit(step, donate_argnums=0)
 
 
 @jax.jit

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` whe
 import flax_resnet  # noqa: E402
 from flax_resnet.cpu import use_every_core  # noqa: E402
 from flax_resnet.xla_cache import enable_compilation_cache  # noqa: E402
-from train import checkpointing, config as config_lib, data  # noqa: E402
-from train.steps import ema_update, eval_step, make_optimizer, train_step  # noqa: E402
+from train import checkpointing, config as config_lib, data, step_cache  # noqa: E402
+from train.steps import ema_update, eval_step, flat_train_step, make_optimizer  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__,
@@ -134,6 +134,8 @@ class Trainer:
     self.batches, count = data.train_batches(cfg, jax.process_index(), jax.process_count())
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+    self.step_cache = self._start_step_cache()  # loads while the model is built
+    self._step = None
     self.model = build_model(cfg)
     if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
       self.model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
@@ -154,10 +156,34 @@ class Trainer:
     self.step, self.skipped, self.best = 0, 0, 0.0
     self._take_state()
 
+  def _start_step_cache(self) -> step_cache.StepCache | None:
+    if not self.cfg.step_cache or jax.process_count() > 1:
+      return None
+    key = step_cache.run_key(config=self.cfg.to_json(), steps_per_epoch=self.steps_per_epoch,
+                             total_steps=self.total_steps)
+    return step_cache.StepCache(key, self.mesh, donate_argnums=(0,))
+
+  def _compile_step(self, args: tuple):
+    """The train step over the state's leaves: from the step cache, else traced."""
+    step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
+                           (tuple(self.cfg.mean), tuple(self.cfg.std)))
+    if self.step_cache is None:
+      return step
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                         args)
+    compiled = self.step_cache.get(args, str(self.treedef),
+                                   lambda: jax.export.export(step)(*specs))
+    if compiled is None:
+      return step
+    print(f"train step: {'loaded from' if self.step_cache.source == 'disk' else 'traced into'} "
+          f"{self.step_cache.path}", flush=True)
+    return compiled
+
   def _take_state(self) -> None:
     """Splits the objects into the pure state that the jitted steps take and give back."""
     self.model.train()
     self.graphdef, self.state = nnx.split((self.model, self.optimizer))
+    self.treedef = jax.tree.structure(self.state)
     self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
 
   def _give_state(self) -> None:
@@ -199,9 +225,11 @@ class Trainer:
     local = next(self.batches)
     self.skipped += int(np.sum(local["skipped"]))
     images, labels = self.global_batch(local)
-    self.state, metrics = train_step(self.graphdef, self.state, images, labels,
-                                     self.cfg.label_smoothing,
-                                     (tuple(self.cfg.mean), tuple(self.cfg.std)))
+    leaves = jax.tree.leaves(self.state)
+    if self._step is None:
+      self._step = self._compile_step((leaves, images, labels))
+    leaves, metrics = self._step(leaves, images, labels)
+    self.state = jax.tree.unflatten(self.treedef, leaves)
     if self.cfg.ema_decay:
       model_state = self.state[0]  # of (model, optimizer)
       self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
@@ -237,11 +265,15 @@ class Progress:
     self.trainer, self.start, self.last = trainer, time.perf_counter(), time.perf_counter()
     self.first_step, self.images = trainer.step, 0
     self.writer, self.metrics_file = None, workdir / "metrics.jsonl"
-    if jax.process_index() == 0:  # importing tensorboardX takes 2 s: not before the first step
-      self.writer = ThreadPoolExecutor(1).submit(_summary_writer, workdir / "tensorboard")
+    self.logdir = workdir / "tensorboard" if jax.process_index() == 0 else None
+    self.pending: list[tuple[str, float, int]] = []  # scalars waiting for the writer
 
   def step(self, metrics: dict) -> None:
     t = self.trainer
+    if self.logdir and not self.writer:
+      # Importing tensorboardX takes 2 s of a core: not while the first step runs.
+      jax.block_until_ready(metrics)
+      self.writer = ThreadPoolExecutor(1).submit(_summary_writer, self.logdir)
     self.images += t.cfg.global_batch
     if t.step % t.cfg.log_every and t.step != t.total_steps:
       return
@@ -254,14 +286,23 @@ class Progress:
     self.scalar("train/images_per_s", rate)
 
   def scalar(self, name: str, value: float) -> None:
-    """TensorBoard, and metrics.jsonl for train/plot.py."""
-    if self.writer:
-      self.writer.result().add_scalar(name, value, self.trainer.step)
+    """TensorBoard (once its writer is ready), and metrics.jsonl for train/plot.py."""
+    if self.logdir:
+      self.pending.append((name, value, self.trainer.step))
       with open(self.metrics_file, "a") as f:
         f.write(json.dumps({"step": self.trainer.step, "name": name, "value": value}) + "\n")
+      if self.writer and self.writer.done():
+        self._flush()
+
+  def _flush(self) -> None:
+    writer = self.writer.result()
+    for name, value, step in self.pending:
+      writer.add_scalar(name, value, step)
+    self.pending.clear()
 
   def close(self) -> None:
     if self.writer:
+      self._flush()
       self.writer.result().close()
 
   def images_per_s(self) -> float:
