@@ -35,8 +35,7 @@ def _get(folder, mesh, args, key=None):
   """(result of the cached function on args, where it came from)."""
   cache = step_cache.StepCache(key or {"run": "test"}, mesh, folder=folder)
   fn = jax.jit(lambda x: x * sys.modules["cache_helper"].SCALE)
-  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
-  compiled = cache.get(args, "tree", lambda: jax.export.export(fn)(*specs))
+  compiled = cache.get(fn, args, "tree")
   return np.asarray(compiled(*args)), cache.source
 
 

@@ -25,7 +25,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 from jax.sharding import Mesh
@@ -119,18 +119,20 @@ class StepCache:
       log.warning("step cache: ignoring %s (%s: %s)", self.path, type(e).__name__, e)
       return None
 
-  def get(self, args: tuple, tree: str,
-          export_fn: Callable[[], jax.export.Exported]) -> jax.stages.Compiled | None:
-    """The compiled entry if it takes ``args`` of ``tree``; else ``export_fn()``, saved.
+  def get(self, fn, args: tuple, tree: str) -> jax.stages.Compiled | None:
+    """The compiled entry if it takes ``args`` of ``tree``; else ``fn`` (jitted) exported for
+    ``args``, saved and compiled.
 
-    None where ``jax.export`` refuses the function (the caller runs it unexported).
+    None where ``jax.export`` refuses ``fn`` (the caller runs it unexported).
     """
     loaded = self._loading.result()
     if loaded is not None and loaded[0] == tree and fits(loaded[1], args):
       self.source = "disk"
       return loaded[1]
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                         args)
     try:
-      exported = export_fn()
+      exported = jax.export.export(fn)(*specs)
     except Exception as e:
       log.warning("step cache: not kept, jax.export failed (%s: %s)", type(e).__name__, e)
       return None

@@ -169,10 +169,7 @@ class Trainer:
                            (tuple(self.cfg.mean), tuple(self.cfg.std)))
     if self.step_cache is None:
       return step
-    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                         args)
-    compiled = self.step_cache.get(args, str(self.treedef),
-                                   lambda: jax.export.export(step)(*specs))
+    compiled = self.step_cache.get(step, args, str(self.treedef))
     if compiled is None:
       return step
     print(f"train step: {'loaded from' if self.step_cache.source == 'disk' else 'traced into'} "
@@ -182,9 +179,15 @@ class Trainer:
   def _take_state(self) -> None:
     """Splits the objects into the pure state that the jitted steps take and give back."""
     self.model.train()
-    self.graphdef, self.state = nnx.split((self.model, self.optimizer))
-    self.treedef = jax.tree.structure(self.state)
+    self.graphdef, state = nnx.split((self.model, self.optimizer))
+    # The step takes and gives the state's leaves: no per-step flatten and unflatten.
+    self.leaves, self.treedef = jax.tree.flatten(state)
     self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
+
+  @property
+  def state(self) -> nnx.State:
+    """The split state of (model, optimizer), rebuilt from the step's leaves."""
+    return jax.tree.unflatten(self.treedef, self.leaves)
 
   def _give_state(self) -> None:
     """Writes the state back into the objects, for evaluation and checkpoints."""
@@ -225,11 +228,9 @@ class Trainer:
     local = next(self.batches)
     self.skipped += int(np.sum(local["skipped"]))
     images, labels = self.global_batch(local)
-    leaves = jax.tree.leaves(self.state)
     if self._step is None:
-      self._step = self._compile_step((leaves, images, labels))
-    leaves, metrics = self._step(leaves, images, labels)
-    self.state = jax.tree.unflatten(self.treedef, leaves)
+      self._step = self._compile_step((self.leaves, images, labels))
+    self.leaves, metrics = self._step(self.leaves, images, labels)
     if self.cfg.ema_decay:
       model_state = self.state[0]  # of (model, optimizer)
       self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
