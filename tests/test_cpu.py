@@ -1,4 +1,4 @@
-"""Every core of a CPU host busy: one device per core where XLA:CPU convolutions are single-threaded."""
+"""Every core of a CPU host busy: a device per core where XLA:CPU convolutions are one-threaded."""
 
 import os
 import subprocess

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from train.files import write_atomic
+
 
 @dataclasses.dataclass
 class Config:
@@ -98,6 +100,4 @@ def _parse(key: str, raw: str, kind: type) -> Any:
 
 def save(config: Config, path: Path) -> None:
   """Writes the resolved config as JSON (atomically)."""
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n")
-  tmp.replace(path)
+  write_atomic(path, json.dumps(config.to_json(), indent=2) + "\n")

@@ -30,6 +30,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
+from train.files import write_atomic
+
 FORMAT = 1
 log = logging.getLogger(__name__)
 
@@ -144,8 +146,6 @@ class StepCache:
     try:
       meta = {"key": self.key, "tree": tree, "modules": loaded_modules()}
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-      tmp.write_bytes(json.dumps(meta).encode() + b"\n" + bytes(exported.serialize()))
-      tmp.replace(self.path)
+      write_atomic(self.path, json.dumps(meta).encode() + b"\n" + bytes(exported.serialize()))
     except Exception as e:  # a read-only or full disk: the run goes on uncached
       log.warning("step cache: could not save %s (%s: %s)", self.path, type(e).__name__, e)

@@ -35,6 +35,7 @@ import flax_resnet  # noqa: E402
 from flax_resnet.cpu import use_every_core  # noqa: E402
 from flax_resnet.xla_cache import enable_compilation_cache  # noqa: E402
 from train import checkpointing, config as config_lib, data, step_cache  # noqa: E402
+from train.files import write_atomic  # noqa: E402
 from train.steps import ema_update, eval_step, flat_train_step, make_optimizer  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -318,7 +319,8 @@ def _summary_writer(logdir: Path):
 def run(cfg, workdir: Path) -> dict:
   """Trains until ``total_steps`` or SIGTERM; returns the summary."""
   workdir.mkdir(parents=True, exist_ok=True)
-  config_lib.save(cfg, workdir / "config.json")
+  if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
+    config_lib.save(cfg, workdir / "config.json")
   trainer = Trainer(cfg, workdir)
   trainer.resume()
   preemption, progress = Preemption(), Progress(trainer, workdir)
@@ -350,9 +352,7 @@ def run(cfg, workdir: Path) -> dict:
              "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
              "preempted": preemption.requested, "config": cfg.to_json()}
   if jax.process_index() == 0:
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(workdir / "summary.json")
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
 
 
