@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -357,7 +356,6 @@ def run(cfg, workdir: Path) -> dict:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   args = parse_args(argv)
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
