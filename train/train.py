@@ -182,6 +182,7 @@ class Trainer:
     self.graphdef, state = nnx.split((self.model, self.optimizer))
     # The step takes and gives the state's leaves: no per-step flatten and unflatten.
     self.leaves, self.treedef = jax.tree.flatten(state)
+    self.model_treedef = jax.tree.structure(state[0])
     self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
 
   @property
@@ -232,7 +233,9 @@ class Trainer:
       self._step = self._compile_step((self.leaves, images, labels))
     self.leaves, metrics = self._step(self.leaves, images, labels)
     if self.cfg.ema_decay:
-      model_state = self.state[0]  # of (model, optimizer)
+      # (model, optimizer) flattens the model's leaves first: no unflattening of the rest.
+      model = self.model_treedef
+      model_state = jax.tree.unflatten(model, self.leaves[:model.num_leaves])
       self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
     self.step += 1
     return metrics
