@@ -8,7 +8,8 @@ decoded in full, random-resized-cropped to 224, flipped, normalised), the work
 of an ImageNet epoch per image. ``cifar10``: CIFAR-10-JPEG train images (32x32,
 pad-and-crop + flip). The timed batches follow ``--warmup`` untimed ones, so
 worker start-up is reported apart, and the rate is that of the second half of
-the timed batches, after grain's read-ahead buffer has drained. One JSON line
+the timed batches, after the read-ahead buffer (``prefetch`` batches per reader)
+has drained. One JSON line
 per worker count.
 """
 
@@ -88,8 +89,8 @@ def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
 def measure(cfg, batches: int, warmup: int) -> dict:
   """Start-up time and the steady images/s: over the second half of ``batches`` timed ones.
 
-  grain reads ahead (up to 500 images) while the pipeline starts; the first half
-  drains that buffer, so the second half runs at the rate images are produced.
+  The pipeline reads ahead (``prefetch`` batches per reader) while it starts; the first
+  half drains that buffer, so the second half runs at the rate images are produced.
   """
   start = time.perf_counter()
   iterator, _ = data.train_batches(cfg, 0, 1)

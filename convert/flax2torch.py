@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 from flax_resnet.checkpoint import load
+from flax_resnet.cli import ArgumentParser, report
 from flax_resnet.convert import to_torch_state_dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = ArgumentParser(description=__doc__)
   p.add_argument("--checkpoint", type=Path, required=True, help="directory from torch2flax")
   p.add_argument("--out", type=Path, required=True, help="FILE.pth, FILE.pt or FILE.safetensors")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -52,15 +52,16 @@ def main(argv=None) -> int:
   try:
     if args.out.suffix not in (".pth", ".pt", ".safetensors"):
       raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt or .safetensors")
+    if args.out.is_dir():
+      raise ValueError(f"--out {args.out} is a directory; name the file to write")
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  state = to_torch_state_dict(model)
-  write(state, args.out)
+    state = to_torch_state_dict(model)
+    write(state, args.out)
+  except (ValueError, OSError) as e:
+    return report(e)
   print(f"done: {meta['arch'] or 'custom ResNet'} ({len(state)} tensors) -> {args.out}")
   return 0
 

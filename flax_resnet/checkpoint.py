@@ -7,6 +7,8 @@ sibling directory that is renamed into place only once complete.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -19,13 +21,17 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from flax_resnet.cli import one_line
 from flax_resnet.convert import model_to_fill
 from flax_resnet.model import ResNet
+from flax_resnet.preprocess import EvalTransform
+from flax_resnet.registry import ARCHITECTURES
 
 METADATA = "metadata.json"
 STATE = "state"
 _TUPLE_OPTIONS = ("layers", "channels", "replace_stride_with_dilation")
 _DTYPE_OPTIONS = ("dtype", "param_dtype")
+_RESNET_OPTIONS = set(inspect.signature(ResNet.__init__).parameters) - {"self", "rngs"}
 
 
 def options_to_json(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,6 +69,9 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
   path = Path(path).absolute()
   if "arch" not in metadata or "options" not in metadata:
     raise ValueError("metadata must contain 'arch' and 'options' to rebuild the model")
+  if path.exists() and not path.is_dir():
+    raise FileExistsError(f"{path} is a file, not a checkpoint directory; remove it or choose "
+                          "another path")
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
   meta = {**metadata, "options": options_to_json(metadata["options"])}
@@ -74,7 +83,8 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / STATE, state)
       checkpointer.wait_until_finished()
-    (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
+                                + "\n")
     _replace_dir(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -92,14 +102,39 @@ def _replace_dir(new: Path, path: Path) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-  """The metadata of checkpoint ``path``; ``ValueError`` if it is not one."""
+  """The metadata of checkpoint ``path``, checked; ``ValueError`` naming the file and the
+  key if it is not a checkpoint or its metadata cannot rebuild the model."""
   file = Path(path) / METADATA
   if not file.is_file() or not (Path(path) / STATE).is_dir():
     raise ValueError(f"{path} is not a flax-resnet checkpoint (no {METADATA} and {STATE}/)")
   try:
-    return json.loads(file.read_text())
-  except json.JSONDecodeError as e:
+    meta = json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{file} is corrupt: {e}") from e
+  problem = _metadata_problem(meta)
+  if problem:
+    raise ValueError(f"{file}: {problem}")
+  return meta
+
+
+def _metadata_problem(meta: Any) -> str | None:
+  if not isinstance(meta, dict):
+    return "not a JSON object"
+  missing = [k for k in ("arch", "options") if k not in meta]
+  if missing:
+    return f"missing key {', '.join(map(repr, missing))}, needed to rebuild the model"
+  if not isinstance(meta["options"], dict):
+    return "'options' is not an object"
+  if meta["arch"] is not None and meta["arch"] not in ARCHITECTURES:
+    return f"unknown arch {meta['arch']!r}; known: {', '.join(ARCHITECTURES)}"
+  unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
+  if unknown:
+    return f"unknown option {', '.join(map(repr, unknown))} in 'options'"
+  preprocessing = meta.get("preprocessing") or {}
+  unknown = sorted(set(preprocessing) - {f.name for f in dataclasses.fields(EvalTransform)})
+  if unknown:
+    return f"unknown key {', '.join(map(repr, unknown))} in 'preprocessing'"
+  return None
 
 
 def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, dict[str, Any]]:
@@ -107,14 +142,22 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, dict
 
   ``option_overrides`` change options that do not alter the weights' shapes
   (e.g. ``dtype``, ``norm="frozen_batch"``, ``dropout``). Returns (model, metadata).
+  A checkpoint that cannot be read is a ``ValueError`` naming it.
   """
   path = Path(path).absolute()
   meta = read_metadata(path)
   options = {**options_from_json(meta["options"]), **option_overrides}
-  model = model_to_fill(meta["arch"], options)
+  try:
+    model = model_to_fill(meta["arch"], options)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path / METADATA}: options do not build a model ({e})") from e
   target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
+  except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
+    raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
+                     f"({type(e).__name__}: {one_line(e)[:300]})") from e
   nnx.update(model, restored)
   return model, meta
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import jax
@@ -95,30 +96,47 @@ def _numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
+def dtype_name(value: Any) -> str:
+  """A tensor's or array's dtype as numpy spells it (torch's ``torch.`` prefix dropped)."""
+  return str(value.dtype).removeprefix("torch.")
+
+
+def _is_real_float(value: Any) -> bool:
+  dtype = value.dtype
+  if hasattr(dtype, "is_floating_point"):  # torch
+    return dtype.is_floating_point
+  return np.issubdtype(dtype, np.floating)
+
+
 def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
   """Architecture name (None for a custom config) and ResNet options read off a state dict.
 
   Depth comes from block counts, the block type from the presence of ``conv3``,
-  groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``.
+  groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``. Keys of a
+  last stage without a complete first block (``layer5.*`` in a four-stage net) are not
+  counted, so that matching reports them as unexpected; a key the inference needs is named.
   """
   shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
   if "conv1.weight" not in shapes or len(shapes["conv1.weight"]) != 4:
     raise ConversionError("cannot infer the architecture: no 4-d 'conv1.weight' in the file")
-  stages = _blocks_per_stage(shapes)
+  bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in shapes)
+  last = "conv3" if bottleneck else "conv2"
+  stages = _blocks_per_stage(shapes, last)
   if not stages:
-    raise ConversionError("cannot infer the architecture: no 'layerN.M.' keys in the file")
-  bottleneck = "layer1.0.conv3.weight" in shapes
+    raise ConversionError(f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
+                          f"'layer1.0.{last}.weight' in the file")
   out, in_channels, k, _ = shapes["conv1.weight"]
+  head = shapes.get("fc.weight", shapes.get("fc.bias"))
   options: dict[str, Any] = {"in_channels": in_channels, "stem": "imagenet" if k == 7 else "cifar",
-                             "num_classes": shapes["fc.weight"][0] if "fc.weight" in shapes else 0}
-  if "bn1.weight" in shapes and "bn1.running_mean" not in shapes:
+                             "num_classes": head[0] if head else 0}
+  if not any(key.endswith("running_mean") for key in shapes):
     options["norm"] = "group"
   exp = 4 if bottleneck else 1
-  last = "conv3" if bottleneck else "conv2"
-  channels = tuple(shapes[f"layer{i + 1}.0.{last}.weight"][0] // exp for i in range(len(stages)))
+  channels = tuple(_shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp
+                   for i in range(len(stages)))
   groups, width = 1, 64
   if bottleneck:
-    conv2 = shapes["layer1.0.conv2.weight"]
+    conv2 = _shape(shapes, "layer1.0.conv2.weight")
     groups = conv2[0] // conv2[1]
     width = conv2[1] * 64 // channels[0]
   arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width)
@@ -128,15 +146,27 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   return name, options
 
 
-def _blocks_per_stage(shapes: Mapping[str, tuple]) -> list[int]:
+def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:
+  if key not in shapes:
+    raise ConversionError(f"cannot infer the architecture: missing key {key}")
+  return shapes[key]
+
+
+def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
+  """Blocks of stages 1, 2, ...; a last stage whose first block lacks ``conv1`` or its
+  ``last`` conv is left out (its keys are unexpected ones, such as a stray ``layer5.*``)."""
   counts: dict[int, int] = {}
   for key in shapes:
     m = re.match(r"layer(\d+)\.(\d+)\.", key)
     if m:
       stage, block = int(m[1]), int(m[2])
       counts[stage] = max(counts.get(stage, 0), block + 1)
-  return [counts[s] for s in sorted(counts)] if sorted(counts) == list(
-      range(1, len(counts) + 1)) else []
+  n = 0
+  while n + 1 in counts:
+    n += 1
+  if n and not all(f"layer{n}.0.{conv}.weight" in shapes for conv in ("conv1", last)):
+    n -= 1
+  return [counts[s] for s in range(1, n + 1)]
 
 
 def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
@@ -144,27 +174,37 @@ def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
   return create_model(arch, **options) if arch else ResNet(**options)
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
-                          reset_head: bool = False, **model_options: Any) -> ResNet:
-  """A flax-resnet model holding a torchvision state dict's weights.
+@dataclass
+class Conversion:
+  """What ``convert_state_dict`` made: the model, the architecture and options it resolved
+  (``arch`` None for a custom ResNet), notes on every unwrap, prefix and cast, and the
+  unwrapped state dict it read."""
+  model: ResNet
+  arch: str | None
+  options: dict[str, Any]
+  notes: list[str]
+  state_dict: dict[str, Any]
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
+                       reset_head: bool = False, **model_options: Any) -> Conversion:
+  """A flax-resnet model holding a torchvision state dict's weights, with what was resolved.
 
   Strict: every tensor is used exactly once and every model leaf is filled, with
-  shapes checked; ``num_batches_tracked`` is dropped on purpose. All problems are
-  raised together in one ``ConversionError``. ``arch`` defaults to what the keys
-  and shapes say; an ``arch`` the file contradicts is an error naming what the
-  file looks like. ``reset_head`` drops the file's ``fc`` so that a head of
-  another ``num_classes`` starts fresh. ``model_options`` go to the constructor.
+  shapes checked; ``num_batches_tracked`` is dropped on purpose. All problems
+  (missing, unexpected, misshapen, non-real or non-finite tensors) are raised
+  together in one ``ConversionError``. ``arch`` defaults to what the keys and shapes
+  say; an ``arch`` the file contradicts is an error naming what the file looks like.
+  ``reset_head`` drops the file's ``fc`` so that a head of another ``num_classes``
+  starts fresh. ``model_options`` go to the constructor.
   """
   state_dict, notes = unwrap_state_dict(state_dict)
-  for note in notes:
-    log.warning("%s", note)
   if reset_head:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
   arch, options = _resolve_architecture(state_dict, arch, reset_head, model_options)
   model = model_to_fill(arch, options)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
-  skip = ("fc",) if reset_head else ()
-  values, problems = _match(flat, state_dict, skip)
+  values, problems, casts = _match(flat, state_dict, ("fc",) if reset_head else ())
   if problems:
     raise ConversionError("state dict does not fit " + (arch or "the custom ResNet") + ":\n  "
                           + "\n  ".join(problems))
@@ -174,13 +214,26 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None
   nnx.update(model, nnx.from_flat_state(
       {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)
        for path, var in flat}))
-  return model
+  return Conversion(model, arch, options, notes + casts, state_dict)
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
+                          reset_head: bool = False, **model_options: Any) -> ResNet:
+  """The model of ``convert_state_dict``; its notes (unwraps, casts) are logged as warnings."""
+  conversion = convert_state_dict(state_dict, arch, reset_head=reset_head, **model_options)
+  for note in conversion.notes:
+    log.warning("%s", note)
+  return conversion.model
 
 
 def _resolve_architecture(state_dict, arch, reset_head, model_options):
   inferred, options = infer_architecture(state_dict)
   if reset_head:
     options.pop("num_classes")
+  elif model_options.get("num_classes", options["num_classes"]) != options["num_classes"]:
+    raise ConversionError(f"the file's head (fc) has {options['num_classes']} classes but "
+                          f"num_classes is {model_options['num_classes']}; pass --reset-head "
+                          "(reset_head=True) to start a fresh head")
   if arch is not None:
     architecture(arch)  # unknown names fail here, listing the known ones
     if inferred != arch:
@@ -198,8 +251,9 @@ def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
   return model
 
 
-def _match(flat, state_dict, skip) -> tuple[dict, list[str]]:
-  values, used, missing, shapes, bad = {}, set(), [], [], []
+def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
+  """(values by model path, problems, notes on casts) for filling ``flat`` from ``state_dict``."""
+  values, used, missing, shapes, bad, cast = {}, set(), [], [], [], {}
   for path, var in flat:
     key = torch_key(path)
     if path[:1] == skip:
@@ -208,11 +262,16 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str]]:
       missing.append(key)
       continue
     used.add(key)
-    value = from_torch_layout(_numpy(state_dict[key]))
-    expected = tuple(var.get_value().shape)
+    tensor, expected = state_dict[key], tuple(var.get_value().shape)
+    if not _is_real_float(tensor):
+      bad.append(f"{key}: dtype {dtype_name(tensor)} is not a real floating-point type")
+      continue
+    if dtype_name(tensor) != "float32":
+      cast.setdefault(dtype_name(tensor), []).append(key)
+    value = from_torch_layout(_numpy(tensor))
     if value.shape != expected:
       shapes.append(f"{key}: expected {to_torch_layout(np.empty(expected)).shape}, "
-                    f"found {tuple(state_dict[key].shape)}")
+                    f"found {tuple(tensor.shape)}")
     elif not np.all(np.isfinite(value)):
       bad.append(f"{key}: contains NaN or Inf")
     values[path] = value
@@ -220,7 +279,10 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str]]:
                       if k not in used and not k.endswith("num_batches_tracked"))
   problems = ([f"missing key: {k}" for k in missing] + [f"unexpected key: {k}" for k in unexpected]
               + [f"shape mismatch: {s}" for s in shapes] + bad)
-  return values, problems
+  notes = [f"cast {len(keys)} {dtype} tensor{'s' * (len(keys) > 1)} to float32: "
+           + ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+           for dtype, keys in cast.items()]
+  return values, problems, notes
 
 
 def to_torch_state_dict(model: ResNet) -> dict[str, Any]:

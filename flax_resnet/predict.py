@@ -1,11 +1,13 @@
 """Top-5 predictions of a converted checkpoint.
 
     python -m flax_resnet.predict --checkpoint DIR IMAGE [IMAGE ...]
+
+Every readable image is predicted; each unreadable one gets a line ``error: ...`` on
+stderr, and the exit code is then 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
@@ -14,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.checkpoint import load
-from flax_resnet.preprocess import EvalTransform
+from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
+from flax_resnet.preprocess import EvalTransform, open_image
 from flax_resnet.xla_cache import enable_compilation_cache
 
 
@@ -42,32 +45,49 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
   return np.concatenate(idx), np.concatenate(p)
 
 
+def read_images(transform: EvalTransform, paths: Sequence[str]):
+  """(NHWC batch of the readable images, their paths); each unreadable one is reported on
+  stderr in one line as it is met."""
+  images, readable = [], []
+  for path in paths:
+    try:
+      images.append(transform(open_image(path)))
+      readable.append(path)
+    except ValueError as e:
+      report(e)
+  return (np.stack(images) if images else None), readable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  """Prints the top classes of every readable image; exit 2 if any image or the checkpoint
+  could not be read (the readable images are still predicted)."""
+  parser = ArgumentParser(description=__doc__)
   parser.add_argument("--checkpoint", required=True, help="directory written by torch2flax")
-  parser.add_argument("--batch-size", type=int, default=32)
-  parser.add_argument("--top", type=int, default=5, help="how many classes to print")
+  parser.add_argument("--batch-size", type=positive_int, default=32)
+  parser.add_argument("--top", type=positive_int, default=5, help="how many classes to print")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)
     transform = EvalTransform.from_json(meta.get("preprocessing") or {})
-    images = transform.load(args.images)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (ValueError, OSError) as e:
+    return report(e)
+  images, paths = read_images(transform, args.images)
+  if paths:
+    _print_top(model, meta, images, paths, args)
+  return EXIT_OK if len(paths) == len(args.images) else EXIT_BAD_INPUT
+
+
+def _print_top(model, meta, images, paths, args) -> None:
   names = meta.get("categories") or []
-  batch = max(1, min(args.batch_size, len(images)))
-  indices, probs = top_k(model, images, min(args.top, meta["options"].get("num_classes", 1000)),
-                         batch)
-  for path, idx, prob in zip(args.images, indices, probs):
+  k = min(args.top, meta["options"].get("num_classes", 1000))
+  indices, probs = top_k(model, images, k, max(1, min(args.batch_size, len(images))))
+  for path, idx, prob in zip(paths, indices, probs):
     print(path)
     for i, p in zip(idx, prob):
       name = names[i] if i < len(names) else f"class {i}"
       print(f"  {p:7.2%}  {i:4d}  {name}")
-  return 0
 
 
 if __name__ == "__main__":

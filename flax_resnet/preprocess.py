@@ -16,6 +16,7 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
@@ -40,7 +41,7 @@ class EvalTransform:
     if self.interpolation not in _PIL_FILTERS:
       raise ValueError(f"interpolation must be one of {tuple(_PIL_FILTERS)}, "
                        f"got {self.interpolation!r}")
-    image = resize_shorter_side(image.convert("RGB"), self.resize_size,
+    image = resize_shorter_side(to_rgb(image), self.resize_size,
                                 _PIL_FILTERS[self.interpolation])
     image = center_crop(image, self.crop_size)
     x = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
@@ -52,13 +53,32 @@ class EvalTransform:
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-  """Opens an image fully (so errors surface here) or raises naming the file."""
+  """Reads an image fully (so errors surface here) as 8-bit RGB (``to_rgb``), or raises
+  ``ValueError`` naming the file; an image over PIL's pixel limit (a decompression bomb)
+  is refused before it is decoded."""
   try:
     with Image.open(path) as image:
       image.load()
-      return image.copy()
+      return to_rgb(image)
+  except Image.DecompressionBombError as e:
+    raise ValueError(f"cannot read image {path}: refused: {e}") from e
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB. 16-bit greyscale (PNG's ``I;16``, or ``I`` within 0..65535) is scaled to
+  8 bits (v / 257, rounded) where PIL's ``convert`` would clip everything above 255;
+  other 32-bit integer and floating-point pixels have no known range and are refused."""
+  if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+    x = np.asarray(image).astype(np.int64)
+    if x.size and (x.min() < 0 or x.max() > 65535):
+      raise ValueError(f"mode {image.mode} pixels range over {x.min()}..{x.max()}, "
+                       "not 16-bit: refusing to guess their scale")
+    image = Image.fromarray(np.round(x / 257).astype(np.uint8), "L")
+  elif image.mode == "F":
+    raise ValueError("floating-point pixels (mode F) have no known range")
+  return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: int) -> Image.Image:

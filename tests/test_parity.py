@@ -13,7 +13,7 @@ from flax import nnx
 
 from flax_resnet.convert import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
                                   torch_key)
-from flax_resnet.parity import flax_features, top5_agreement, torch_features
+from flax_resnet.parity import flax_features, judge, torch_features
 from torch_reference import calibrated_pair, nchw, smooth_images, torch
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -32,27 +32,21 @@ def assert_close(ours, theirs, rel, what):
   assert diff <= bound, f"{what}: max|diff| {diff:.3g} > {bound:.3g}"
 
 
-def float32_noise(reference, x, theirs):
-  """torch's own float32 error per map, relative to its max, against a float64 run."""
-  exact = torch_features(copy.deepcopy(reference).double(), nchw(x).double())
-  return {k: float(np.max(np.abs(theirs[k] - exact[k])) / np.max(np.abs(exact[k])))
-          for k in exact}
-
-
 def assert_parity(reference, model, x):
-  """Logits and every feature map within 1e-5 of torch's, relative to the map's max.
+  """Logits and every feature map as close to float64 as torchvision's float32 ones are.
 
-  Deep feature maps of random-weight nets can carry more float32 rounding than
-  that in torch itself (measured against float64): there the bound is twice
-  torch's own error, so that we are held to torchvision's accuracy, not below it.
+  The converter's rule (``parity.judge``): our error against a float64 torchvision run
+  is at most twice torch's own float32 error plus a floor of 1e-6, relative to the
+  map's largest magnitude; the logits' ordered top-5 is float64's.
   """
   ours, theirs = flax_features(model, x), torch_features(reference, nchw(x))
-  noise = float32_noise(reference, x, theirs)
+  exact = torch_features(copy.deepcopy(reference).double(), nchw(x).double())
   for key in ("stem", "layer1", "layer2", "layer3", "layer4", "logits"):
     assert ours[key].shape == theirs[key].shape, key
-    assert_close(ours[key], theirs[key], max(REL, 2 * noise[key]), key)
-  assert_close(ours["logits"], theirs["logits"], REL, "logits")
-  assert top5_agreement(ours["logits"], theirs["logits"]) == 1.0
+    flat = [a.reshape(len(a), -1) for a in (ours[key], theirs[key], exact[key])]
+    verdict = judge(*flat)
+    assert verdict["ours_vs_float64"] <= verdict["bound"], (key, verdict)
+  assert judge(ours["logits"], theirs["logits"], exact["logits"])["passed"]
 
 
 @pytest.mark.parametrize("name", per_arch(ARCHS))
@@ -74,6 +68,15 @@ def test_round_trip_is_bit_exact(name):
 def test_eval_logits_and_features_match_torchvision(name, size):
   reference, model = calibrated_pair(name)
   assert_parity(reference, model, smooth_images(1, (3, *size, 3)))
+
+
+@pytest.mark.parametrize("name", per_arch(["resnet50", "resnet101", "resnext101_64x4d",
+                                           "wide_resnet50_2"]))
+def test_deep_nets_with_realistic_batchnorm_are_as_exact_as_torchvision(name):
+  # Every BatchNorm weight in 0.6-1.4: float32 error grows with depth, torch's own
+  # included, beyond the fixed 1e-5 that once held for the nets above.
+  reference, model = calibrated_pair(name, bn_scale=(0.6, 1.4))
+  assert_parity(reference, model, smooth_images(1, (2, 224, 224, 3)))
 
 
 VARIANTS = [

@@ -163,7 +163,9 @@ def _at(tree, path):
 
 
 def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
-  steps = ["global_batch=32", "checkpoint_every=6", "ema_decay=0.9"]
+  # No warm-up: the cosine decays from step 1, over the epochs whatever max_steps says,
+  # so that stopping at 6 and going on to 12 is the same run as going to 12 at once.
+  steps = ["global_batch=32", "checkpoint_every=6", "ema_decay=0.9", "warmup_epochs=0"]
   train(tmp_path / "straight", cifar2, *steps, "max_steps=12")
   train(tmp_path / "split", cifar2, *steps, "max_steps=6")
   resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=12")
@@ -233,12 +235,34 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["global_batch=12"], "not divisible by the 8 devices"),
     (["init_from=/tmp"], "not a flax-resnet checkpoint"),
     (["no_such_field=1"], "key=value"),
-    (["bn_stats=per_host"], "bn_stats must be"),
+    (["bn_stats=per_host"], "bn_stats='per_host': must be one of"),
+    (["lr=nan"], "lr=nan: not a finite number"),
+    (["weight_decay=inf"], "weight_decay=inf: not a finite number"),
+    (["dtype=float17"], "dtype='float17': must be one of float32, bfloat16, float16"),
+    (["max_steps=-5"], "max_steps=-5: must be at least 0"),
 ], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
-        "unknown bn_stats"])
+        "unknown bn_stats", "lr nan", "weight decay inf", "unknown dtype", "negative max_steps"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
-  done = train(tmp_path, cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
+  done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(cifar2, tmp_path):
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=30", "checkpoint_every=1",
+               "lr=1e9", check=False)
+  assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+  error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(error) == 1 and "training diverged" in error[0], done.stderr[-2000:]
+  step = int(error[0].split()[2].rstrip(":"))
+  assert 1 <= step <= 30 and not (tmp_path / "summary.json").exists()
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) < step and f"step {max(saved)}, holds finite weights" in error[0]
+  for _, x in leaves(final_state(tmp_path, max(saved))[0]):
+    assert np.all(np.isfinite(np.asarray(x)))
+  json.loads((tmp_path / "config.json").read_text(),
+             parse_constant=lambda c: pytest.fail(f"config.json holds {c}"))
 
 
 def test_empty_data_dir_and_class_folder_without_images_are_named(cifar2, tmp_path):
@@ -254,15 +278,32 @@ def test_empty_data_dir_and_class_folder_without_images_are_named(cifar2, tmp_pa
   assert done.returncode == 2 and "cats" in done.stderr and "holds no" in done.stderr
 
 
-def test_workdir_of_another_architecture_is_refused(cifar2, tmp_path):
+@pytest.mark.parametrize("sets, named", [
+    (["lr=0.5"], "lr 0.2 -> 0.5"),
+    (["num_classes=3"], "num_classes 2 -> 3"),
+    (["arch=resnet50"], "arch 'resnet18' -> 'resnet50'"),
+    (["ema_decay=0.99"], "ema_decay 0.0 -> 0.99"),
+    (["epochs=3", "seed=1"], "epochs 40 -> 3, seed 0 -> 1"),
+], ids=["lr", "num_classes", "arch", "ema", "two fields"])
+def test_a_resume_that_changes_the_run_is_refused_before_anything_is_touched(
+    cifar2, tmp_path, sets, named):
   train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
-  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "arch=resnet50",
-               check=False)
-  assert done.returncode == 2 and "holds a checkpoint of resnet18" in done.stderr
-  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "ema_decay=0.99", check=False)
-  assert done.returncode == 2 and "keep EMA on or off" in done.stderr
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", *sets, check=False)
+  assert done.returncode == 2 and named in done.stderr, done.stderr[-2000:]
+  assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+  assert "Event loop" not in done.stderr and "another --workdir" in done.stderr
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_path):
+  train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=4", "log_every=1",
+               "keep_checkpoints=2")
+  assert ("resuming with changed settings: keep_checkpoints 3 -> 2, log_every 4 -> 1, "
+          "max_steps 2 -> 4") in done.stdout
+  assert "resumed from step 2" in done.stdout
+  assert json.loads((tmp_path / "config.json").read_text())["max_steps"] == 4
 
 
 @pytest.mark.parametrize("args, message", [
@@ -278,7 +319,7 @@ def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
   assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_images_are_skipped_and_counted(cifar2, tmp_path):
+def test_corrupt_images_are_skipped_counted_at_every_visit_and_logged_once(cifar2, tmp_path):
   data = tmp_path / "data"
   for split in ("train", "test"):
     for cls in CLASSES:
@@ -286,10 +327,11 @@ def test_corrupt_images_are_skipped_and_counted(cifar2, tmp_path):
       for f in sorted((cifar2 / split / cls).iterdir())[:32]:
         (data / split / cls / f.name).write_bytes(f.read_bytes())
   (data / "train" / "airplane" / "0000_broken.jpg").write_bytes(b"\xff\xd8garbage")
-  done = train(tmp_path / "w", data, "global_batch=16", "epochs=2")
+  done = train(tmp_path / "w", data, "global_batch=16", "epochs=2", "workers=2")
   summary = json.loads((tmp_path / "w" / "summary.json").read_text())
   assert summary["skipped_images"] >= 2  # once per epoch
-  assert "0000_broken.jpg" in done.stderr
+  logged = [line for line in done.stderr.splitlines() if "0000_broken.jpg" in line]
+  assert len(logged) == 1, done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,22 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
 from flax_resnet.convert import from_torch_state_dict  # noqa: E402
-
-
-def smooth_images(seed: int, shape) -> np.ndarray:
-  """NHWC float32 images with spatial structure (upsampled noise), roughly unit scale."""
-  n, h, w, c = shape
-  rng = np.random.default_rng(seed)
-  coarse = torch.from_numpy(rng.standard_normal((n, c, max(h // 8, 2), max(w // 8, 2)))).float()
-  fine = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")
-  noise = torch.from_numpy(rng.standard_normal((n, c, h, w))).float()
-  return (fine + 0.3 * noise).permute(0, 2, 3, 1).numpy().copy()
+from flax_resnet.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
 
 
 def nchw(x: np.ndarray):
   return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: int = 3):
+def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: int = 3,
+              bn_scale: tuple[float, float] | None = None):
   """Gives BatchNorm non-trivial statistics: random affine parameters, then running
-  statistics averaged over a few batches, so activations look like a trained net's."""
+  statistics averaged over a few batches, so activations look like a trained net's.
+
+  ``bn_scale`` = (low, high) draws every BatchNorm weight uniformly from that range, as
+  in nets whose residual branches all carry weight (their float32 error, torch's
+  included, grows with depth); by default each branch's last BatchNorm is kept small.
+  """
   gen = torch.Generator().manual_seed(seed)
   bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
   # Trained ResNets keep each residual branch's last BN scale small (that is what
@@ -38,7 +35,7 @@ def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: 
   with torch.no_grad():
     for bn in bns:
       if randomize_affine:
-        low, high = (0.0, 0.4) if id(bn) in last else (0.5, 1.5)
+        low, high = bn_scale or ((0.0, 0.4) if id(bn) in last else (0.5, 1.5))
         bn.weight.copy_(low + (high - low) * torch.rand(bn.weight.shape, generator=gen))
         bn.bias.copy_(torch.randn(bn.bias.shape, generator=gen) * 0.2)
       bn.reset_running_stats()
@@ -52,7 +49,8 @@ def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: 
 
 
 @functools.lru_cache(maxsize=2)
-def calibrated_pair(name: str, options: tuple = (), randomize_affine: bool = True):
+def calibrated_pair(name: str, options: tuple = (), randomize_affine: bool = True,
+                    bn_scale: tuple[float, float] | None = None):
   """(torchvision model, converted flax model), both in eval mode."""
   opts = dict(options)
   in_channels = opts.pop("in_channels", 3)
@@ -60,7 +58,8 @@ def calibrated_pair(name: str, options: tuple = (), randomize_affine: bool = Tru
   reference = getattr(torchvision.models, name)(**opts)
   if in_channels != 3:
     reference.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-  calibrate(reference, randomize_affine=randomize_affine, in_channels=in_channels)
+  calibrate(reference, randomize_affine=randomize_affine, in_channels=in_channels,
+            bn_scale=bn_scale)
   dilation = opts.get("replace_stride_with_dilation")
   extra = {"replace_stride_with_dilation": tuple(dilation)} if dilation else {}
   model = from_torch_state_dict(reference.state_dict(), name, **extra)

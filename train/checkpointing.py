@@ -24,6 +24,12 @@ def score(metrics: dict[str, float]) -> float:
   return metrics.get("ema_top1", metrics["top1"])
 
 
+def has_checkpoints(workdir: Path) -> bool:
+  """Whether ``workdir`` holds a completed checkpoint (orbax names them by their step)."""
+  folder = workdir / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   """Asynchronous saves, keeping the ``keep`` latest and the best by ``score``."""
   keep_policy = policies.AnyPreservationPolicy([

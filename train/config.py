@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,10 +33,11 @@ class Config:
   mean: tuple[float, ...] = (0.485, 0.456, 0.406)
   std: tuple[float, ...] = (0.229, 0.224, 0.225)
   workers: int = 0  # decoding processes per host; 0 decodes in the main process
+  prefetch: int = 2  # batches read ahead by each reader (the main process or each worker)
   # Optimisation
   global_batch: int = 256
   epochs: int = 90
-  max_steps: int = 0  # stop after this many steps (0: run all epochs)
+  max_steps: int = 0  # stop after this many steps (0: run all epochs); the schedule spans epochs
   optimizer: str = "sgd"  # or "adamw"
   lr: float = 0.1  # per 256 images: scaled by global_batch / 256
   momentum: float = 0.9
@@ -73,7 +75,7 @@ def load_preset(path: str | Path) -> Config:
 
 
 def override(config: Config, assignments: Sequence[str]) -> Config:
-  """Applies ``key=value`` strings, each parsed as its field's type."""
+  """Applies ``key=value`` strings, each parsed as its field's type, and ``validate``s."""
   fields = {f.name: f for f in dataclasses.fields(config)}
   changes = {}
   for item in assignments:
@@ -81,7 +83,41 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
     if not sep or key not in fields:
       raise ValueError(f"--set {item!r}: expected key=value with key one of {sorted(fields)}")
     changes[key] = _parse(key, raw, type(getattr(config, key)))
-  return dataclasses.replace(config, **changes)
+  config = dataclasses.replace(config, **changes)
+  validate(config)
+  return config
+
+
+CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "optimizer": ("sgd", "adamw"),
+           "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar")}
+AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch": 1, "epochs": 1,
+            "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
+            "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,
+            "momentum": 0, "weight_decay": 0, "warmup_epochs": 0, "label_smoothing": 0,
+            "ema_decay": 0}
+BELOW = {"label_smoothing": 1, "ema_decay": 1, "momentum": 1}
+
+
+def validate(config: Config) -> None:
+  """Raises ``ValueError`` naming the first field whose value no run can use: not finite,
+  out of range, or not one of the choices."""
+  for name, value in config.to_json().items():
+    problem = _problem(name, value)
+    if problem:
+      raise ValueError(f"config {name}={value!r}: {problem}")
+
+
+def _problem(name: str, value: Any) -> str | None:
+  numbers = value if isinstance(value, (list, tuple)) else [value]
+  if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+    return "not a finite number"
+  if name in CHOICES and value not in CHOICES[name]:
+    return f"must be one of {', '.join(CHOICES[name])}"
+  if name in AT_LEAST and value < AT_LEAST[name]:
+    return f"must be at least {AT_LEAST[name]}"
+  if name in BELOW and value >= BELOW[name]:
+    return f"must be below {BELOW[name]}"
+  return None
 
 
 def _parse(key: str, raw: str, kind: type) -> Any:
@@ -100,4 +136,4 @@ def _parse(key: str, raw: str, kind: type) -> Any:
 
 def save(config: Config, path: Path) -> None:
   """Writes the resolved config as JSON (atomically)."""
-  write_atomic(path, json.dumps(config.to_json(), indent=2) + "\n")
+  write_atomic(path, json.dumps(config.to_json(), indent=2, allow_nan=False) + "\n")

@@ -20,6 +20,7 @@ from flax_resnet.preprocess import EvalTransform, open_image
 
 log = logging.getLogger(__name__)
 EXTENSIONS = (".jpg", ".jpeg", ".png")
+SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,10 @@ class TrainSample(grain.transforms.RandomMap):
 
   uint8 moves a quarter of float32's bytes between worker processes and to the devices.
 
-  An unreadable file is logged by path and the next readable one takes its place,
-  so batches keep their size; ``skipped`` counts the files passed over.
+  An unreadable file is passed over and the next readable one takes its place, so
+  batches keep their size: ``skipped`` files from position ``first`` on were passed
+  over (``skipped_files`` names them; ``SkipLog`` logs each once, in the main process,
+  rather than every worker at every visit).
   """
 
   def __init__(self, folder: ImageFolder, size: int):
@@ -91,12 +94,11 @@ class TrainSample(grain.transforms.RandomMap):
     for skipped in range(n):
       i = (index + skipped) % n
       try:
-        image = open_image(self.folder.files[i]).convert("RGB")
-      except ValueError as e:
-        log.warning("skipping unreadable image %s", e)
+        image = open_image(self.folder.files[i])
+      except ValueError:
         continue
       return {"image": self._augment(image, rng), "label": self.folder.labels[i],
-              "skipped": skipped}
+              "skipped": skipped, "first": index % n}
     raise ValueError(f"no readable image in {self.folder.root}")
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
@@ -119,10 +121,10 @@ class EvalSample(grain.transforms.Map):
     path = self.folder.files[index]
     try:
       image = open_image(path)
-    except ValueError as e:
-      log.warning("skipping unreadable image %s", e)
-      return {"image": None, "label": -1, "skipped": 1}
-    return {"image": self.transform(image), "label": self.folder.labels[index], "skipped": 0}
+    except ValueError:
+      return {"image": None, "label": -1, "skipped": 1, "path": path}
+    return {"image": self.transform(image), "label": self.folder.labels[index], "skipped": 0,
+            "path": path}
 
 
 class SyntheticSample(grain.transforms.RandomMap):
@@ -133,14 +135,20 @@ class SyntheticSample(grain.transforms.RandomMap):
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     return {"image": rng.integers(0, 256, (self.size, self.size, 3), np.uint8),
-            "label": int(rng.integers(self.num_classes)), "skipped": 0}
+            "label": int(rng.integers(self.num_classes)), "skipped": 0, "first": 0}
 
 
 def train_batches(config, process_index: int, process_count: int):
-  """An iterator over this process's share of each global batch, endless over epochs."""
+  """(an iterator over this process's share of each global batch, endless over epochs,
+  the ImageFolder it reads or None for synthetic data).
+
+  At most ``config.prefetch`` batches are read ahead, by each worker process when
+  there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
+  """
   local_batch = config.global_batch // process_count
+  folder = None
   if config.synthetic:
-    count, op = 50_000, SyntheticSample(config.image_size, config.num_classes)  # epoch length
+    count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
   else:
     folder = ImageFolder.scan(Path(config.data_dir) / config.train_split)
     count, op = len(folder), TrainSample(folder, config.image_size)
@@ -148,11 +156,40 @@ def train_batches(config, process_index: int, process_count: int):
   # Augment before slicing: each image's randomness follows its global position, so
   # any process count sees the same samples in each global batch.
   ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
-  ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
+  ahead = grain.ReadOptions(num_threads=config.prefetch, prefetch_buffer_size=config.prefetch)
+  ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset(ahead)
   if config.workers > 0:
     _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
-  return iter(ds), count
+  return iter(ds), folder
+
+
+def skipped_files(folder: ImageFolder | None, batch: dict) -> list[str]:
+  """The files a train batch passed over, in order (each element's ``skipped`` from ``first``)."""
+  if folder is None:
+    return []
+  return [folder.files[(int(first) + s) % len(folder)]
+          for first, skipped in zip(batch["first"], batch["skipped"]) for s in range(int(skipped))]
+
+
+class SkipLog:
+  """Counts every skipped file and logs each one once, with the reason it cannot be read."""
+
+  def __init__(self, count: int = 0):
+    self.count, self.logged = count, set()
+
+  def add(self, paths: list[str]) -> None:
+    self.count += len(paths)
+    for path in paths:
+      if path not in self.logged:
+        self.logged.add(path)
+        try:
+          open_image(path)
+          reason = f"{path}: unreadable when it was read"
+        except ValueError as e:
+          reason = str(e)
+        log.warning("skipping unreadable image (logged once, counted at every visit): %s",
+                    reason)
 
 
 def _absl_flags_parsed() -> None:
@@ -187,4 +224,4 @@ def _pad_batch(rows, size: int, image_size: int) -> dict:
   pad = size - len(rows)
   return {"image": np.stack(images + [blank] * pad),
           "label": np.asarray(labels + [-1] * pad, np.int32),
-          "skipped": sum(r["skipped"] for r in rows)}
+          "skipped_files": [r["path"] for r in rows if r["skipped"]]}

@@ -16,18 +16,19 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
+from flax_resnet.cli import ArgumentParser, report  # noqa: E402
 from train import checkpointing, config as config_lib, data  # noqa: E402
 from train.train import model_spec  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = ArgumentParser(description=__doc__)
   p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
   p.add_argument("--step", default="best",
@@ -75,6 +76,7 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
   pure, meta, step = restore(workdir, which, ema)
+  _check_finite(pure, f"checkpoint {step} of {workdir}")
   cfg = config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v
                              for k, v in meta["config"].items()})
   arch, options = model_spec(cfg)
@@ -91,13 +93,19 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   return flax_resnet.save(model, out, metadata, overwrite=force)
 
 
+def _check_finite(pure: dict, where: str) -> None:
+  for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+    if not np.all(np.isfinite(np.asarray(value))):
+      name = ".".join(str(getattr(k, "key", k)) for k in path)
+      raise ValueError(f"{where} holds NaN or Inf in {name}: not exported")
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (ValueError, OSError) as e:
+    return report(e)
   print(json.dumps({"out": str(path), **flax_resnet.checkpoint.read_metadata(path)["source"]}))
   return 0
 

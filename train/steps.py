@@ -54,16 +54,23 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def global_norm(tree) -> jax.Array:
+  """The L2 norm of all of ``tree``'s arrays together, in float32."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
            label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """The step's work on the objects, in place: one optimiser update; loss and accuracy counts."""
+  """The step's work on the objects, in place: one optimiser update; the loss, the
+  gradient's global norm (the trainer stops on a non-finite one) and accuracy counts."""
   def loss_fn(m):
     logits = m(images)
     return cross_entropy(logits, labels, label_smoothing), logits
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
-  return {"loss": loss, **accuracy(logits.astype(jnp.float32), labels)}
+  return {"loss": loss, "grad_norm": global_norm(grads),
+          **accuracy(logits.astype(jnp.float32), labels)}
 
 
 @functools.partial(jax.jit, static_argnames=("label_smoothing", "norm"), donate_argnames="state")
@@ -126,3 +133,11 @@ def ema_update(ema, state, step: jax.Array, decay: float):
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return optax.incremental_update(state, ema, 1.0 - d)
+
+
+@jax.jit
+def all_finite(leaves) -> jax.Array:
+  """Whether every floating-point array in ``leaves`` is free of NaN and Inf."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(leaves)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)

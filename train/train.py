@@ -31,15 +31,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `train.` when run as a script
 import flax_resnet  # noqa: E402
+from flax_resnet.cli import EXIT_DIVERGED, ArgumentParser, report  # noqa: E402
 from flax_resnet.cpu import use_every_core  # noqa: E402
 from flax_resnet.xla_cache import enable_compilation_cache  # noqa: E402
 from train import checkpointing, config as config_lib, data, step_cache  # noqa: E402
 from train.files import write_atomic  # noqa: E402
-from train.steps import ema_update, eval_step, flat_train_step, make_optimizer  # noqa: E402
+from train.steps import (all_finite, ema_update, eval_step, flat_train_step,  # noqa: E402
+                         make_optimizer)
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = ArgumentParser(description=__doc__)
   p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field (repeatable)")
@@ -94,10 +95,15 @@ def build_model(cfg) -> nnx.Module:
   return model
 
 
-def schedule(cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """Linear warm-up then cosine decay; the peak is lr * global_batch / 256."""
+def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay over ``epochs``; the peak is lr * global_batch / 256.
+
+  ``max_steps`` only stops the run early: a run stopped and resumed with another
+  ``max_steps`` takes the same steps as one that never stopped.
+  """
   peak = cfg.lr * cfg.global_batch / 256
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  total_steps = cfg.epochs * steps_per_epoch
   # optax wants at least one warm-up step and one decay step after it.
   return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
                                             max(total_steps, warmup + 1, 2))
@@ -118,9 +124,46 @@ def check_config(cfg, devices: int) -> None:
   """Config errors that only show once the device count is known, as ValueErrors."""
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
-  if cfg.bn_stats not in ("global", "per_device"):
-    raise ValueError(f"bn_stats must be 'global' or 'per_device', got {cfg.bn_stats!r}")
   flax_resnet.registry.architecture(cfg.arch)
+
+
+# Fields a resumed run may change: they decide when to stop, log, save or evaluate, and
+# where and how the same images are read, never what a step computes.
+RESUMABLE = ("max_steps", "log_every", "workers", "prefetch", "keep_checkpoints",
+             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir")
+
+
+def changed_on_resume(cfg, workdir: Path) -> list[str]:
+  """The fields that differ from the run already in ``workdir`` (none for a new run).
+
+  Raises ``ValueError`` naming every changed field outside ``RESUMABLE``: those
+  would make the resumed run compute something else than the run it continues.
+  """
+  saved_file = workdir / "config.json"
+  if not (saved_file.is_file() and checkpointing.has_checkpoints(workdir)):
+    return []
+  try:
+    saved = json.loads(saved_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{saved_file} is corrupt ({e}): cannot check the resumed settings") from e
+  new = json.loads(json.dumps(cfg.to_json()))  # tuples as lists, as saved
+  changed = sorted(k for k in new if k in saved and saved[k] != new[k])
+  refused = [k for k in changed if k not in RESUMABLE]
+  if refused:
+    raise ValueError(f"workdir {workdir} holds a run with other settings: " + ", ".join(
+        f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused) + "; they change what the run "
+        "computes: set them back, or use another --workdir")
+  return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
+
+
+class Diverged(Exception):
+  """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
+
+  def __init__(self, step: int, what: str, last_saved: int | None, workdir: Path):
+    kept = (f"the last checkpoint, step {last_saved}, holds finite weights"
+            if last_saved is not None else "no checkpoint was saved")
+    super().__init__(f"step {step}: {what}: training diverged and stopped; {kept} "
+                     f"in {workdir / 'checkpoints'}. Lower lr or check the data")
 
 
 class Trainer:
@@ -131,7 +174,9 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
-    self.batches, count = data.train_batches(cfg, jax.process_index(), jax.process_count())
+    self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
+                                                   jax.process_count())
+    count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
@@ -140,7 +185,7 @@ class Trainer:
     if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
       self.model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     self.optimizer = make_optimizer(
-        self.model, schedule(cfg, self.steps_per_epoch, self.total_steps),
+        self.model, schedule(cfg, self.steps_per_epoch),
         optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
     replicated = NamedSharding(self.mesh, P())
@@ -153,7 +198,8 @@ class Trainer:
       nnx.update(self.ema_model, jax.jit(lambda s: jax.tree.map(jnp.copy, s))(
           nnx.state(self.ema_model)))
     self.checkpoints = checkpointing.manager(workdir, cfg.keep_checkpoints)
-    self.step, self.skipped, self.best = 0, 0, 0.0
+    self.step, self.skips, self.best = 0, data.SkipLog(), 0.0
+    self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
     self._take_state()
 
   def _start_step_cache(self) -> step_cache.StepCache | None:
@@ -211,13 +257,17 @@ class Trainer:
     checkpointing.restore(self.checkpoints, latest, self.objects)
     self._take_state()
     self.batches.set_state(meta["data_state"])
-    self.step, self.skipped, self.best = latest, meta["skipped"], meta["best_top1"]
+    self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
 
   def save(self, metrics: dict | None = None) -> None:
+    self.check_finite()  # a checkpoint never holds what a NaN made
+    if not all_finite(self.leaves):  # an update can overflow after a finite step
+      raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
+                     self.workdir)
     self._give_state()
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
-            "skipped": self.skipped, "best_top1": self.best, "step": self.step}
+            "skipped": self.skips.count, "best_top1": self.best, "step": self.step}
     checkpointing.save(self.checkpoints, self.step, self.objects, meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
@@ -227,11 +277,14 @@ class Trainer:
 
   def train_one(self) -> dict:
     local = next(self.batches)
-    self.skipped += int(np.sum(local["skipped"]))
+    self.skips.add(data.skipped_files(self.folder, local))
     images, labels = self.global_batch(local)
     if self._step is None:
       self._step = self._compile_step((self.leaves, images, labels))
     self.leaves, metrics = self._step(self.leaves, images, labels)
+    # The previous step's figures are checked while this one runs: the device never waits.
+    self.check_finite()
+    self._unchecked = (self.step + 1, metrics)
     if self.cfg.ema_decay:
       # (model, optimizer) flattens the model's leaves first: no unflattening of the rest.
       model = self.model_treedef
@@ -240,8 +293,20 @@ class Trainer:
     self.step += 1
     return metrics
 
+  def check_finite(self) -> None:
+    """Raises ``Diverged`` if the last step's loss or gradient norm is NaN or infinite."""
+    if self._unchecked is None:
+      return
+    step, metrics = self._unchecked
+    self._unchecked = None
+    loss, norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+      raise Diverged(step, f"loss {loss:.6g}, gradient norm {norm:.6g}",
+                     self.checkpoints.latest_step(), self.workdir)
+
   def evaluate(self) -> dict[str, float]:
     """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
+    self.check_finite()
     self._give_state()
     metrics = self._evaluate(self.model)
     if self.cfg.ema_decay:
@@ -253,7 +318,7 @@ class Trainer:
     graphdef, state = nnx.split(model)
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
     for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
-      self.skipped += local["skipped"]
+      self.skips.add(local["skipped_files"])
       out = eval_step(graphdef, state, *self.global_batch(local))
       for k in totals:
         totals[k] += float(out[k])
@@ -285,7 +350,7 @@ class Progress:
     rate = self.images / (time.perf_counter() - self.start)
     eta = (t.total_steps - t.step) * t.cfg.global_batch / max(rate, 1e-9)
     print(f"step {t.step}/{t.total_steps} loss {loss:.4f} {rate:.1f} img/s "
-          f"ETA {eta / 60:.1f} min skipped {t.skipped}", flush=True)
+          f"ETA {eta / 60:.1f} min skipped {t.skips.count}", flush=True)
     self.scalar("train/loss", loss)
     self.scalar("train/images_per_s", rate)
 
@@ -319,15 +384,43 @@ def _summary_writer(logdir: Path):
 
 
 def run(cfg, workdir: Path) -> dict:
-  """Trains until ``total_steps`` or SIGTERM; returns the summary."""
+  """Trains until ``total_steps`` or SIGTERM; returns the summary.
+
+  A run in a workdir that holds checkpoints resumes, if its config changes only
+  ``RESUMABLE`` fields (``changed_on_resume``); ``Diverged`` ends it on a NaN.
+  """
+  changes = changed_on_resume(cfg, workdir)
+  if changes:
+    print("resuming with changed settings: " + ", ".join(changes), flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
   trainer = Trainer(cfg, workdir)
   trainer.resume()
   preemption, progress = Preemption(), Progress(trainer, workdir)
+  started = time.perf_counter()
+  try:
+    last_eval = _loop(trainer, progress, preemption)
+  finally:  # saves already under way complete, also when the run diverged
+    trainer.checkpoints.wait_until_finished()
+    trainer.checkpoints.close()
+    progress.close()
+  summary = {"step": trainer.step, "total_steps": trainer.total_steps,
+             "last_eval": last_eval, "best_top1": trainer.best,
+             "best_of": "ema_top1" if cfg.ema_decay else "top1",
+             "skipped_images": trainer.skips.count,
+             "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
+             "preempted": preemption.requested, "config": cfg.to_json()}
+  if jax.process_index() == 0:
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
+  """Steps, evaluations and saves until the end or SIGTERM; the last eval's metrics."""
+  cfg = trainer.cfg
   every = cfg.checkpoint_every or trainer.steps_per_epoch
-  last_eval, started = {}, time.perf_counter()
+  last_eval = {}
   while trainer.step < trainer.total_steps and not preemption.requested:
     progress.step(trainer.train_one())
     epoch_end = trainer.step % trainer.steps_per_epoch == 0
@@ -345,20 +438,12 @@ def run(cfg, workdir: Path) -> dict:
   if preemption.requested:
     print(f"SIGTERM: saving at step {trainer.step} and exiting", flush=True)
     trainer.save()
-  trainer.checkpoints.wait_until_finished()
-  trainer.checkpoints.close()
-  progress.close()
-  summary = {"step": trainer.step, "total_steps": trainer.total_steps,
-             "last_eval": last_eval, "best_top1": trainer.best,
-             "best_of": "ema_top1" if cfg.ema_decay else "top1", "skipped_images": trainer.skipped,
-             "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
-             "preempted": preemption.requested, "config": cfg.to_json()}
-  if jax.process_index() == 0:
-    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  return summary
+  trainer.check_finite()
+  return last_eval
 
 
 def main(argv=None) -> int:
+  """Exit 0 when done, 2 on bad input (one line), 3 when the loss diverged (README)."""
   args = parse_args(argv)
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
@@ -368,9 +453,11 @@ def main(argv=None) -> int:
     print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
                       "processes": jax.process_count()}), flush=True)
     run(cfg, args.workdir)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (ValueError, OSError) as e:
+    return report(e)
+  except Diverged as e:
+    report(e)
+    return EXIT_DIVERGED
   return 0
 
 

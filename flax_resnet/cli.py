@@ -1,0 +1,82 @@
+"""What every command-line tool of the project shares: one-line errors and the exit codes.
+
+Exit codes (README, "Exit codes"): 0 success; 1 an unexpected error, a bug, shown with
+its traceback; 2 bad input or usage, one line ``error: ...`` on stderr with nothing
+written; 3 training stopped because the loss or gradient became NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+class CliError(Exception):
+  """A problem with a command's input, reported in one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose usage errors are one line and exit code 2, like every other input error."""
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    super().__init__(**kwargs)
+
+  def error(self, message: str):
+    print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's message on one line."""
+  return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (
+      type(error).__name__)
+
+
+def report(error: BaseException) -> int:
+  """Prints ``error: MESSAGE`` on stderr; returns the bad-input exit code."""
+  print(f"error: {one_line(error)}", file=sys.stderr)
+  return EXIT_BAD_INPUT
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer of at least 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+  return value
+
+
+def positive_float(text: str) -> float:
+  """An argparse type: a finite number above 0."""
+  value = float(text)
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"{text} is not a finite number above 0")
+  return value
+
+
+def check_writable_dir(out: Path, force: bool, flag: str = "--out") -> None:
+  """That directory ``out`` can be written (or replaced, with ``force``), before any work.
+
+  The nearest existing ancestor must take a new directory: tried, not judged from
+  permission bits, which root ignores and read-only file systems do not show.
+  """
+  if out.exists() and not out.is_dir():
+    raise CliError(f"{flag} {out} is a file, not a directory; remove it or choose another path")
+  if out.exists() and not force:
+    raise CliError(f"{flag} {out} exists; pass --force to replace it")
+  parent = out.absolute().parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise CliError(f"{flag} {out}: {parent} is a file, not a directory")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
+  except OSError as e:
+    raise CliError(f"{flag} {out}: cannot write in {parent} ({e.strerror or e})") from None
