@@ -1,7 +1,7 @@
 """torchvision's ResNet family in Flax NNX, with torchvision's numbers."""
 
-from flax_resnet.checkpoint import load, save
-from flax_resnet.convert import ConversionError, from_torch_state_dict, to_torch_state_dict
+from flax_resnet.saved_model import load, save
+from flax_resnet.torch_port import ConversionError, from_torch_state_dict, to_torch_state_dict
 from flax_resnet.flops import count_macs, xla_flops
 from flax_resnet.model import (BasicBlock, BatchNorm, Bottleneck, FeatureInfo, FrozenBatchNorm,
                                ResNet)

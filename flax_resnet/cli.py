@@ -22,15 +22,36 @@ class CliError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose usage errors are one line and exit code 2, like every other input error."""
+  """argparse whose usage errors are one line and exit code 2, like every other input error.
+
+  Building one also silences ``quiet_aborted_reads``'s noise: every command has one.
+  """
 
   def __init__(self, **kwargs):
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     super().__init__(**kwargs)
+    quiet_aborted_reads()
 
   def error(self, message: str):
     print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def quiet_aborted_reads() -> None:
+  """Drops the "Event loop is closed" errors that orbax's reads, still in flight in
+  tensorstore's threads, raise after a restore of a damaged checkpoint has failed and its
+  event loop is gone: dozens of tracebacks after the one-line error that names the file."""
+  if getattr(sys.unraisablehook, "quiets_aborted_reads", False):
+    return
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default(unraisable)
+
+  hook.quiets_aborted_reads = True
+  sys.unraisablehook = hook
 
 
 def one_line(error: BaseException) -> str:

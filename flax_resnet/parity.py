@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.convert import to_torch_state_dict, torchvision_model
+from flax_resnet.torch_port import to_torch_state_dict, torchvision_model
 
 
 def torch_features(torch_model, x_nchw) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.checkpoint import load
+from flax_resnet.saved_model import load
 from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
 from flax_resnet.preprocess import EvalTransform, open_image
 from flax_resnet.xla_cache import enable_compilation_cache

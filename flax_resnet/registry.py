@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
+
+from flax import nnx
 
 from flax_resnet.model import ResNet
 
@@ -54,6 +56,20 @@ def create_model(name: str, **options: Any) -> ResNet:
     raise ValueError(f"{sorted(fixed)} are fixed by architecture {name!r}; build a custom "
                      "network with flax_resnet.ResNet instead")
   return ResNet(**arch._asdict(), **options)
+
+
+def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
+  """Builds a named architecture or, with ``arch=None``, a custom ``ResNet``."""
+  return create_model(arch, **options) if arch else ResNet(**options)
+
+
+def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
+  """A model to receive loaded weights: abstract (nothing allocated or initialised)
+  unless it has RNG streams, which must be concrete keys."""
+  model = nnx.eval_shape(lambda: build_model(arch, options))
+  if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
+    return build_model(arch, options)
+  return model
 
 
 def _constructor(name: str):

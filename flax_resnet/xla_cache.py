@@ -1,4 +1,4 @@
-"""XLA's persistent compilation cache for the command-line tools."""
+"""Where our caches live, and XLA's persistent compilation cache for the commands."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import jax
+
+
+def cache_dir(name: str) -> Path:
+  """``~/.cache/flax_resnet/NAME`` (under $XDG_CACHE_HOME when it is set): every cache of ours."""
+  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flax_resnet" / name
 
 
 def enable_compilation_cache() -> Path:
@@ -16,8 +21,7 @@ def enable_compilation_cache() -> Path:
   """
   chosen = jax.config.jax_compilation_cache_dir
   if not chosen:
-    chosen = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                  / "flax_resnet" / "xla")
+    chosen = str(cache_dir("xla"))
     jax.config.update("jax_compilation_cache_dir", chosen)
   # Every program, however small: eager init compiles one per conv shape (57 for
   # ResNet-50, 6 s on a 2-core CPU), which otherwise falls under the 1 s default.

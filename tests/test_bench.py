@@ -74,8 +74,7 @@ def test_plot_draws_throughput_against_batch_size(tmp_path):
   results = tmp_path / "r.json"
   results.write_text("\n".join(_row(f, b, r) for f, b, r in [
       ("jax", 1, 10.0), ("jax", 8, 20.0), ("torch-eager", 1, 12.0), ("torch-eager", 8, 18.0)]))
-  sys.path.insert(0, str(ROOT))
-  from bench.plot import read_series
+  from flax_resnet.bench.plot import read_series
   assert read_series(results) == {("resnet18", "infer", "fp32"): {
       "jax (cpu)": [(1, 10.0), (8, 20.0)], "torch-eager (cpu)": [(1, 12.0), (8, 18.0)]}}
   done = subprocess.run([sys.executable, "bench/plot.py", "--results", str(results), "--out",

@@ -1,6 +1,6 @@
-"""convert/torch2flax.py and flax2torch.py end to end, and every bad input they refuse."""
+"""flax-resnet-convert and flax-resnet-export (convert/torch2flax.py and flax2torch.py) end to
+end, and every bad input they refuse."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,25 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flax_resnet.commands import convert as torch2flax
 from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_cli(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "convert" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-torch2flax = load_cli("torch2flax")
-flax2torch = load_cli("flax2torch")
 
 
 def run(*args, env=None):
   return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                         env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
+
+
+def run_entry_point(name, *args, cwd, env=None):
+  """An installed console script (beside this Python), run from ``cwd``."""
+  return subprocess.run([str(Path(sys.executable).parent / name), *map(str, args)],
+                        capture_output=True, text=True, env={**os.environ, **(env or {})},
+                        cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,8 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
   assert loaded.returncode == 0, loaded.stderr
   assert image.name in loaded.stdout and "%" in loaded.stdout
   back = tmp_path / f"back{suffix}"
-  assert flax2torch.main(["--checkpoint", str(out), "--out", str(back)]) == 0
+  done = run_entry_point("flax-resnet-export", "--checkpoint", out, "--out", back, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
   again = (torch.load(back, weights_only=True) if suffix == ".pth"
            else __import__("safetensors.torch").torch.load_file(back))
   for key, value in again.items():
@@ -93,8 +93,9 @@ def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state):
   cache.mkdir(parents=True)
   torch.save(resnet18_state, cache / "resnet18-f37072fd.pth")
   out = tmp_path / "ckpt"
-  done = run("convert/torch2flax.py", "--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", out,
-             "--no-verify", env={"TORCH_HOME": str(tmp_path / "torch-home")})
+  done = run_entry_point("flax-resnet-convert", "--weights", "ResNet18_Weights.IMAGENET1K_V1",
+                         "--out", "ckpt", "--no-verify", cwd=tmp_path,
+                         env={"TORCH_HOME": str(tmp_path / "torch-home")})
   assert done.returncode == 0, done.stderr
   meta = json.loads((out / "metadata.json").read_text())
   assert meta["source"]["name"] == "ResNet18_Weights.IMAGENET1K_V1"

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from train import config as config_lib, data
+from flax_resnet.training import config as config_lib, data
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])

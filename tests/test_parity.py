@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flax_resnet.convert import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
+from flax_resnet.torch_port import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
                                   torch_key)
 from flax_resnet.parity import flax_features, judge, torch_features
 from torch_reference import calibrated_pair, nchw, smooth_images, torch

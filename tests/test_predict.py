@@ -22,8 +22,8 @@ def predict(*args):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  from flax_resnet.checkpoint import save
-  from flax_resnet.convert import from_torch_state_dict
+  from flax_resnet.saved_model import save
+  from flax_resnet.torch_port import from_torch_state_dict
   torch.manual_seed(0)
   model = from_torch_state_dict(calibrate(torchvision.models.resnet18()).state_dict())
   return save(model, tmp_path_factory.mktemp("predict") / "ckpt",

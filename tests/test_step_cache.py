@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from train import step_cache
+from flax_resnet.training import step_cache
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from train.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
+from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
                          normalize, train_step)
 
 
@@ -62,7 +62,7 @@ def test_train_steps_fit_a_fixed_batch(optimizer):
 
 
 def test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects():
-  from bench.dispatch import nnx_train_step
+  from flax_resnet.bench.dispatch import nnx_train_step
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
   y = jnp.arange(8) % 4
   ours, theirs = _tiny(), _tiny()

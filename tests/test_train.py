@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,24 +60,16 @@ def train(workdir, data, *sets, devices=8, check=True, cache=None):
 
 def final_state(workdir, step):
   """The raw arrays and metadata of checkpoint ``step``."""
-  import jax
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints",
-                             item_handlers=handlers) as mgr:
-    shapes = mgr.item_metadata(step)["state"]  # saved on any topology: restore onto one device
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          shapes)
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                    meta=ocp.args.JsonRestore()))
-  return out["state"], out["meta"]
+  from flax_resnet.training import checkpoints
+  with checkpoints.reader(Path(workdir)) as mgr:
+    return checkpoints.restore_on_one_device(mgr, step)
 
 
 def initial_state(data, *sets) -> dict:
   """The model state that train.py starts from with these settings, before any step."""
   from flax import nnx
-  from train import config as config_lib
-  from train.train import build_model
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import build_model
   cfg = config_lib.override(config_lib.load_preset(ROOT / "train/configs/cifar10_resnet18.py"),
                             [f"data_dir={data}", *TINY, *sets])
   return nnx.to_pure_dict(nnx.state(build_model(cfg)))

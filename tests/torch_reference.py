@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[dev]')")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-from flax_resnet.convert import from_torch_state_dict  # noqa: E402
+from flax_resnet.torch_port import from_torch_state_dict  # noqa: E402
 from flax_resnet.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
 
 

@@ -5,7 +5,7 @@
         --set data_dir=$d/cifar10-jpeg
 """
 
-from train.config import Config
+from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:

@@ -7,7 +7,7 @@
 `--set freeze_bn=true` keeps BatchNorm on its ImageNet statistics (for small batches).
 """
 
-from train.config import Config
+from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:

@@ -7,7 +7,7 @@ with the device count (the learning rate follows it).
         --set data_dir=/data/imagenet --set global_batch=1024 --set workers=16
 """
 
-from train.config import Config
+from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:

@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from flax_resnet.cli import one_line
-from flax_resnet.convert import model_to_fill
+from flax_resnet.files import replace_dir
+from flax_resnet.registry import model_to_fill
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.registry import ARCHITECTURES
@@ -85,20 +86,10 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
       checkpointer.wait_until_finished()
     (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
                                 + "\n")
-    _replace_dir(tmp, path)
+    replace_dir(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return path
-
-
-def _replace_dir(new: Path, path: Path) -> None:
-  old = None
-  if path.exists():
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    path.rename(old)
-  new.rename(path)
-  if old is not None:
-    shutil.rmtree(old)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -69,3 +69,23 @@ def restore(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree
     obj_state = nnx.state(obj)
     nnx.replace_by_pure_dict(obj_state, state[name])
     nnx.update(obj, obj_state)
+
+
+def reader(workdir: Path) -> ocp.CheckpointManager:
+  """A manager that reads the checkpoints of ``workdir`` whatever topology saved them
+  (``restore_on_one_device``); ``best_step`` ranks them by ``score``."""
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"{workdir} holds no checkpoints/ folder: not a training workdir")
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers,
+                               options=ocp.CheckpointManagerOptions(best_fn=score))
+
+
+def restore_on_one_device(mgr: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+  """(the pure state of every saved object, the meta) of checkpoint ``step``, on one device."""
+  stored = mgr.item_metadata(step)["state"]
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), stored)
+  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                  meta=ocp.args.JsonRestore()))
+  return out["state"], out["meta"]

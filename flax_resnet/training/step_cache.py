@@ -30,7 +30,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from train.files import write_atomic
+from flax_resnet.files import write_atomic
+from flax_resnet.xla_cache import cache_dir
 
 FORMAT = 1
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def default_folder() -> Path:
   """``~/.cache/flax_resnet/steps`` (or under $XDG_CACHE_HOME), beside the XLA cache."""
-  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flax_resnet" / "steps"
+  return cache_dir("steps")
 
 
 def run_key(**parts: Any) -> dict:

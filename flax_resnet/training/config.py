@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from train.files import write_atomic
+from flax_resnet.files import write_atomic
 
 
 @dataclasses.dataclass

@@ -9,16 +9,19 @@ the functions that produce torch tensors.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
+from flax_resnet.cli import one_line
 from flax_resnet.model import ResNet, make_head
-from flax_resnet.registry import ARCHITECTURES, Arch, architecture, create_model
+from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +172,6 @@ def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
   return [counts[s] for s in range(1, n + 1)]
 
 
-def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
-  """Builds a named architecture or, with ``arch=None``, a custom ``ResNet``."""
-  return create_model(arch, **options) if arch else ResNet(**options)
-
-
 @dataclass
 class Conversion:
   """What ``convert_state_dict`` made: the model, the architecture and options it resolved
@@ -242,15 +240,6 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
   return inferred, {**options, **model_options}
 
 
-def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
-  """A model to receive loaded weights: abstract (nothing allocated or initialised)
-  unless it has RNG streams, which must be concrete keys."""
-  model = nnx.eval_shape(lambda: build_model(arch, options))
-  if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
-    return build_model(arch, options)
-  return model
-
-
 def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
   """(values by model path, problems, notes on casts) for filling ``flat`` from ``state_dict``."""
   values, used, missing, shapes, bad, cast = {}, set(), [], [], [], {}
@@ -297,6 +286,76 @@ def to_torch_state_dict(model: ResNet) -> dict[str, Any]:
   return out
 
 
+def load_file(path: Path) -> Any:
+  """A .pth/.pt (weights_only, never an unsafe fallback) or .safetensors file; a
+  ``ConversionError`` naming the file and what is wrong with it otherwise."""
+  if not path.is_file():
+    raise ConversionError(f"{path}: no such file")
+  if path.stat().st_size == 0:
+    raise ConversionError(f"{path}: empty file")
+  if path.suffix == ".safetensors":
+    return _load_safetensors(path)
+  import pickle
+  import torch
+
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
+      raise ConversionError(f"{path}: refused: the file holds Python objects other than tensors, "
+                     "which could run code when loaded; only plain state dicts are accepted")
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({one_line(e)})")
+  except (RuntimeError, EOFError, OSError) as e:
+    raise ConversionError(f"{path}: truncated or corrupt ({one_line(e)})")
+  except Exception as e:  # the weights-only unpickler fails on junk with assorted errors
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})")
+
+
+def _load_safetensors(path: Path) -> dict:
+  from safetensors import SafetensorError
+  from safetensors.torch import load_file as load_st
+
+  try:
+    return load_st(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
+
+
+def fetch_weights(name: str, arch: str | None):
+  """A torchvision weights entry and its state dict, through torch.hub's cache."""
+  import torch
+  from torchvision.models import get_model_weights, get_weight
+
+  try:
+    weights = get_weight(name) if "." in name else get_model_weights(_need_arch(arch))[name]
+  except (KeyError, ValueError, AttributeError) as e:
+    raise ConversionError(f"--weights {name}: not a torchvision weights entry ({e})")
+  file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+  try:
+    state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
+                                               weights_only=True, map_location="cpu")
+  except OSError as e:  # URLError is an OSError
+    raise ConversionError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
+                   f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
+  return weights, state, file
+
+
+def _need_arch(arch: str | None) -> str:
+  if not arch:
+    raise ConversionError("--weights without a 'ModelName_Weights.' prefix needs --arch")
+  return arch
+
+
+def check_roundtrip(model, bare: dict, skip_head: bool) -> None:
+  """Every source tensor must come back bit-exact (as float32) from the converted model."""
+  back = to_torch_state_dict(model)
+  for key, value in back.items():
+    if skip_head and key.startswith("fc."):
+      continue
+    if not np.array_equal(value.numpy(), bare[key].float().numpy()):
+      raise ConversionError(f"round trip changed tensor {key}")
+
+
 def torchvision_model(arch: str | None, options: Mapping[str, Any]):
   """The torchvision model equal to ``build_model(arch, options)``, or None if torchvision
   has no such model (CIFAR stem, other stage widths, other norms)."""
@@ -322,3 +381,10 @@ def torchvision_model(arch: str | None, options: Mapping[str, Any]):
   if in_channels != 3:
     model.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
   return model
+
+
+def versions() -> dict[str, str]:
+  """torch's and torchvision's versions, for the metadata of what they produced."""
+  import torch
+  import torchvision
+  return {"torch": torch.__version__, "torchvision": torchvision.__version__}

@@ -1,0 +1,34 @@
+"""``flax-resnet-bench NAME [ARGS]``: runs benchmark NAME (``python -m flax_resnet.bench``).
+
+    flax-resnet-bench throughput --arch resnet50 --mode train --batch 256 --dtype bf16
+    flax-resnet-bench pipeline --data imagenet-samples --workers 0,1,2
+    flax-resnet-bench peak-rss -- python train/train.py --config ... --workdir W
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"throughput": "train and inference images/s, JAX against PyTorch",
+              "dispatch": "host time to queue a train step: jax.jit against nnx.jit",
+              "convs": "forward and gradient times of ResNet-50's convolutions",
+              "pipeline": "images/s of the training input pipeline on real JPEGs",
+              "plot": "images/s against batch size from throughput's JSON lines, as a PNG",
+              "peak-rss": "peak memory of a command and its child processes"}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] not in BENCHMARKS:
+    listing = "\n".join(f"  {name:<11} {what}" for name, what in BENCHMARKS.items())
+    stream = sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr
+    print(f"usage: flax-resnet-bench NAME [ARGS]  (NAME --help for its options)\n{listing}",
+          file=stream)
+    return 0 if stream is sys.stdout else 2
+  module = importlib.import_module(f"flax_resnet.bench.{argv[0].replace('-', '_')}")
+  return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+  sys.exit(main())

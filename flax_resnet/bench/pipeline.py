@@ -1,0 +1,138 @@
+"""Images/s of the training input pipeline (flax_resnet/training/data.py) on real JPEGs.
+
+    python bench/pipeline.py --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
+    python bench/pipeline.py --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
+
+``imagenet-samples``: the 102 ImageNet JPEGs of ../shared/data (about 500x375,
+decoded in full, random-resized-cropped to 224, flipped, normalised), the work
+of an ImageNet epoch per image. ``cifar10``: CIFAR-10-JPEG train images (32x32,
+pad-and-crop + flip). The timed batches follow ``--warmup`` untimed ones, so
+worker start-up is reported apart, and the rate is that of the second half of
+the timed batches, after the read-ahead buffer (``prefetch`` batches per reader)
+has drained. One JSON line
+per worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+import os
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+
+from flax_resnet.bench.results import emit
+from flax_resnet.cli import ArgumentParser
+from flax_resnet.training import config as config_lib, data
+
+DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3] / "shared"
+                           / "data"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--data", choices=["imagenet-samples", "cifar10"], default="imagenet-samples")
+  p.add_argument("--data-root", type=Path, default=DATA, help="the shared data folder")
+  p.add_argument("--workers", default="0,1", help="comma-separated decoding process counts")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
+  p.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+  p.add_argument("--cifar-images", type=int, default=5000, help="train images to unpack")
+  p.add_argument("--out", type=Path, help="append JSON lines here")
+  args = p.parse_args(argv)
+  try:
+    args.workers = [int(w) for w in args.workers.split(",")]
+  except ValueError:
+    p.error(f"--workers {args.workers}: expected comma-separated integers")
+  if min(args.workers) < 0 or args.batch < 1 or args.batches < 1:
+    p.error("--workers must be >= 0, --batch and --batches >= 1")
+  return args
+
+
+def imagenet_folder(root: Path, dest: Path) -> Path:
+  """An ImageFolder of links to the sample JPEGs, one class per synset."""
+  labels = root / "imagenet-samples" / "labels.csv"
+  if not labels.is_file():
+    raise ValueError(f"{labels} not found: set --data-root or FLAX_RESNET_DATA")
+  with open(labels) as f:
+    for row in csv.DictReader(f):
+      (dest / "train" / row["synset"]).mkdir(parents=True, exist_ok=True)
+      (dest / "train" / row["synset"] / row["file"]).symlink_to(
+          root / "imagenet-samples" / row["file"])
+  return dest
+
+
+def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
+  """The first ``limit`` train JPEGs of the CIFAR-10-JPEG tarball, unpacked."""
+  archive = root / "cifar10-jpeg.tar.gz"
+  if not archive.is_file():
+    raise ValueError(f"{archive} not found: set --data-root or FLAX_RESNET_DATA")
+  count = 0
+  with tarfile.open(archive) as tar:
+    for member in tar:
+      parts = member.name.split("/")
+      if count < limit and member.isfile() and len(parts) == 4 and parts[1] == "train":
+        (dest / "train" / parts[2]).mkdir(parents=True, exist_ok=True)
+        (dest / "train" / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
+        count += 1
+  return dest
+
+
+def measure(cfg, batches: int, warmup: int) -> dict:
+  """Start-up time and the steady images/s: over the second half of ``batches`` timed ones.
+
+  The pipeline reads ahead (``prefetch`` batches per reader) while it starts; the first
+  half drains that buffer, so the second half runs at the rate images are produced.
+  """
+  start = time.perf_counter()
+  iterator, _ = data.train_batches(cfg, 0, 1)
+  for _ in range(warmup):
+    next(iterator)
+  stamps = [time.perf_counter()]
+  for _ in range(batches):
+    batch = next(iterator)
+    stamps.append(time.perf_counter())
+  if batch["image"].shape != (cfg.global_batch, cfg.image_size, cfg.image_size, 3):
+    raise RuntimeError(f"the pipeline gave a batch of shape {batch['image'].shape}")
+  half = batches // 2
+  seconds = stamps[-1] - stamps[half]
+  return {"images_per_s": (batches - half) * cfg.global_batch / seconds, "timed_s": seconds,
+          "timed_batches": batches - half, "startup_s": stamps[0] - start,
+          "dtype": str(batch["image"].dtype)}
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  with tempfile.TemporaryDirectory() as tmp:
+    try:
+      if args.data == "imagenet-samples":
+        root, size = imagenet_folder(args.data_root, Path(tmp)), 224
+      else:
+        root, size = cifar_folder(args.data_root, Path(tmp), args.cifar_images), 32
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    for workers in args.workers:
+      cfg = config_lib.Config(data_dir=str(root), image_size=size, global_batch=args.batch,
+                              workers=workers)
+      result = {"bench": "pipeline", "data": args.data, "image_size": size, "workers": workers,
+                "batch": args.batch, "batches": args.batches,
+                **measure(cfg, args.batches, args.warmup),
+                "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                "python": platform.python_version(), "date": datetime.date.today().isoformat(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+      emit([result], args.out)
+    # grain's prefetch threads outlive the measurement; quiet them as the folder goes.
+    logging.getLogger(data.__name__).setLevel(logging.ERROR)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,2 @@
+"""The converter commands: ``flax-resnet-convert`` (torchvision -> flax) and
+``flax-resnet-export`` (flax -> torchvision). They parse, call the library and print."""

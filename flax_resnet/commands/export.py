@@ -1,0 +1,63 @@
+"""Write a flax-resnet checkpoint back out as a torchvision state dict.
+
+    python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.pth
+    python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.safetensors
+
+The file loads with ``strict=True`` into ``torchvision.models.<arch>(num_classes=...)``.
+It is written under a temporary name and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flax_resnet.saved_model import load
+from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.files import atomic_path
+from flax_resnet.torch_port import to_torch_state_dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--checkpoint", type=Path, required=True, help="directory from torch2flax")
+  p.add_argument("--out", type=Path, required=True, help="FILE.pth, FILE.pt or FILE.safetensors")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  return p.parse_args(argv)
+
+
+def write(state: dict, out: Path) -> None:
+  """torch.save or safetensors by suffix, through a temporary file in the same folder."""
+  import torch
+  from safetensors.torch import save_file
+
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with atomic_path(out) as tmp:
+    if out.suffix == ".safetensors":
+      save_file(state, tmp)
+    else:
+      torch.save(state, tmp)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    if args.out.suffix not in (".pth", ".pt", ".safetensors"):
+      raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt or .safetensors")
+    if args.out.is_dir():
+      raise ValueError(f"--out {args.out} is a directory; name the file to write")
+    if args.out.exists() and not args.force:
+      raise ValueError(f"--out {args.out} exists; pass --force to replace it")
+    print(f"loading {args.checkpoint}", flush=True)
+    model, meta = load(args.checkpoint)
+    state = to_torch_state_dict(model)
+    write(state, args.out)
+  except (ValueError, OSError) as e:
+    return report(e)
+  print(f"done: {meta['arch'] or 'custom ResNet'} ({len(state)} tensors) -> {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,103 @@
+"""Export a training checkpoint as a flax-resnet model checkpoint.
+
+    python train/export.py --workdir runs/c10 --out models/c10 [--step best|latest|N] [--ema]
+
+The result is what ``convert/torch2flax.py`` writes: ``flax_resnet.load`` rebuilds
+it without the training code, ``python -m flax_resnet.predict`` classifies images
+with the run's eval preprocessing and class names, and ``convert/flax2torch.py``
+turns it into a torchvision state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import flax_resnet
+from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.training import checkpoints, config as config_lib, data
+from flax_resnet.training.trainer import model_spec
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
+  p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
+  p.add_argument("--step", default="best",
+                 help="'best' (by eval top-1; the latest if none was evaluated), 'latest' or N")
+  p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  return p.parse_args(argv)
+
+
+def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
+  """The step ``--step`` names: 'best', 'latest' or a saved step number."""
+  steps = mgr.all_steps()
+  if not steps:
+    raise ValueError(f"{mgr.directory} holds no checkpoint")
+  if which in ("best", "latest"):
+    return (mgr.best_step() if which == "best" else None) or mgr.latest_step()
+  if not which.isdigit() or int(which) not in steps:
+    raise ValueError(f"--step {which}: the checkpoints hold steps {sorted(steps)}")
+  return int(which)
+
+
+def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
+  """(the model's or the EMA's pure state on one device, the checkpoint's meta, its step)."""
+  with checkpoints.reader(workdir) as mgr:
+    step = pick_step(mgr, which)
+    if ema and "ema" not in mgr.item_metadata(step)["state"]:
+      raise ValueError(f"checkpoint {step} in {workdir} holds no EMA weights (ema_decay was 0)")
+    state, meta = checkpoints.restore_on_one_device(mgr, step)
+  return state["ema" if ema else "model"], meta, step
+
+
+def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
+           force: bool = False) -> Path:
+  """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``."""
+  if out.exists() and not force:
+    raise ValueError(f"--out {out} exists; pass --force to replace it")
+  pure, meta, step = restore(workdir, which, ema)
+  _check_finite(pure, f"checkpoint {step} of {workdir}")
+  cfg = config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in meta["config"].items()})
+  arch, options = model_spec(cfg)
+  model = flax_resnet.registry.model_to_fill(arch, options)
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(model, state)
+  classes = None
+  if cfg.data_dir and not cfg.synthetic and (Path(cfg.data_dir) / cfg.train_split).is_dir():
+    classes = list(data.ImageFolder.scan(Path(cfg.data_dir) / cfg.train_split).classes)
+  metadata = {"arch": arch, "options": options, "categories": classes,
+              "preprocessing": data.eval_transform(cfg).to_json(),
+              "source": {"workdir": str(workdir.absolute()), "step": step, "ema": ema}}
+  return flax_resnet.save(model, out, metadata, overwrite=force)
+
+
+def _check_finite(pure: dict, where: str) -> None:
+  for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+    if not np.all(np.isfinite(np.asarray(value))):
+      name = ".".join(str(getattr(k, "key", k)) for k in path)
+      raise ValueError(f"{where} holds NaN or Inf in {name}: not exported")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    path = export(args.workdir, args.out, args.step, args.ema, args.force)
+  except (ValueError, OSError) as e:
+    return report(e)
+  print(json.dumps({"out": str(path), **flax_resnet.saved_model.read_metadata(path)["source"]}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,68 @@
+"""Loss and accuracy curves of a training run as a PNG.
+
+    python train/plot.py --workdir runs/cifar10 --out runs/cifar10/curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.files import atomic_path
+
+
+def read_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:
+  """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py)."""
+  path = workdir / "metrics.jsonl"
+  if not path.is_file():
+    raise ValueError(f"{path} not found: not a train/train.py workdir, or nothing logged yet")
+  series = defaultdict(dict)
+  for line in path.read_text().splitlines():
+    row = json.loads(line)
+    series[row["name"]][row["step"]] = row["value"]  # a resumed run rewrites its last steps
+  return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def plot(series: dict, out: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for name, ax in [("train/loss", loss_ax), ("eval/loss", loss_ax), ("eval/top1", acc_ax),
+                   ("eval/top5", acc_ax)]:
+    if series.get(name):
+      steps, values = zip(*series[name])
+      ax.plot(steps, values, label=name, marker="." if name.startswith("eval") else None)
+  loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+  acc_ax.set(xlabel="step", ylabel="accuracy", title="eval accuracy", ylim=(0, 1))
+  for ax in (loss_ax, acc_ax):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> None:
+  """Writes ``fig`` as a PNG through a temporary file renamed to ``out``."""
+  fig.tight_layout()
+  with atomic_path(out) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
+
+
+def main(argv=None) -> int:
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--workdir", type=Path, required=True)
+  p.add_argument("--out", type=Path, help="default: WORKDIR/curves.png")
+  args = p.parse_args(argv)
+  try:
+    plot(read_metrics(args.workdir), args.out or args.workdir / "curves.png")
+  except (ValueError, OSError) as e:
+    return report(e)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

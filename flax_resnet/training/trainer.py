@@ -1,0 +1,464 @@
+"""Train or fine-tune a flax-resnet model: one command from a laptop CPU to a TPU pod.
+
+    python train/train.py --config train/configs/cifar10_resnet18.py --workdir runs/c10 \\
+        --set data_dir=/data/cifar10 --set epochs=30
+
+A run resumes from the latest checkpoint in --workdir. The batch is sharded over
+every device of every process (jax.distributed, initialised automatically on
+TPU pods and from --coordinator/--num-processes/--process-id elsewhere).
+BatchNorm statistics are computed over the whole global batch by default;
+``--set bn_stats=per_device`` computes them over each device's shard, as PyTorch
+DDP does per GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import flax_resnet
+from flax_resnet.cli import EXIT_DIVERGED, ArgumentParser, report
+from flax_resnet.cpu import use_every_core
+from flax_resnet.xla_cache import enable_compilation_cache
+from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
+from flax_resnet.files import write_atomic
+from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
+                         make_optimizer)
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field (repeatable)")
+  p.add_argument("--workdir", type=Path, required=True)
+  p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+  return p.parse_args(argv)
+
+
+def setup_distributed(args) -> None:
+  """``jax.distributed.initialize`` from the flags, automatically on TPU pods, else nothing."""
+  if args.coordinator:
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif os.environ.get("TPU_NAME") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  else:
+    return
+  # A first collective while the processes are still in step: CPU (gloo) collectives set
+  # up their context on first use and give up when the processes arrive 30 s apart.
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices("flax_resnet:start")
+
+
+def model_spec(cfg) -> tuple[str | None, dict]:
+  """(arch, options) for ``flax_resnet.registry.build_model``; arch None for custom depths."""
+  options = dict(num_classes=cfg.num_classes, stem=cfg.stem,
+                 dtype=None if cfg.dtype == "float32" else cfg.dtype,
+                 norm="frozen_batch" if cfg.freeze_bn else "batch")
+  if not cfg.layers:
+    return cfg.arch, options
+  block = flax_resnet.registry.architecture(cfg.arch).block
+  return None, dict(options, block=block, layers=tuple(cfg.layers),
+                    channels=tuple(cfg.channels) or (64, 128, 256, 512)[:len(cfg.layers)])
+
+
+def build_model(cfg) -> nnx.Module:
+  """A fresh model, or one started from a converted checkpoint (``init_from``)."""
+  arch, options = model_spec(cfg)
+  model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
+  if cfg.init_from:
+    source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
+    if meta["arch"] != cfg.arch:
+      raise ValueError(f"init_from {cfg.init_from} holds {meta['arch']}, not {cfg.arch}")
+    keep_head = meta["options"].get("num_classes") == cfg.num_classes
+    state = nnx.state(source)
+    if not keep_head:
+      del state["fc"]  # a fresh head for the new classes
+    nnx.update(model, state)
+    print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
+          flush=True)
+  return model
+
+
+def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay over ``epochs``; the peak is lr * global_batch / 256.
+
+  ``max_steps`` only stops the run early: a run stopped and resumed with another
+  ``max_steps`` takes the same steps as one that never stopped.
+  """
+  peak = cfg.lr * cfg.global_batch / 256
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  total_steps = cfg.epochs * steps_per_epoch
+  # optax wants at least one warm-up step and one decay step after it.
+  return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
+                                            max(total_steps, warmup + 1, 2))
+
+
+class Preemption:
+  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+
+def check_config(cfg, devices: int) -> None:
+  """Config errors that only show once the device count is known, as ValueErrors."""
+  if cfg.global_batch % devices:
+    raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
+  flax_resnet.registry.architecture(cfg.arch)
+
+
+# Fields a resumed run may change: they decide when to stop, log, save or evaluate, and
+# where and how the same images are read, never what a step computes.
+RESUMABLE = ("max_steps", "log_every", "workers", "prefetch", "keep_checkpoints",
+             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir")
+
+
+def changed_on_resume(cfg, workdir: Path) -> list[str]:
+  """The fields that differ from the run already in ``workdir`` (none for a new run).
+
+  Raises ``ValueError`` naming every changed field outside ``RESUMABLE``: those
+  would make the resumed run compute something else than the run it continues.
+  """
+  saved_file = workdir / "config.json"
+  if not (saved_file.is_file() and checkpoints.has_checkpoints(workdir)):
+    return []
+  try:
+    saved = json.loads(saved_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{saved_file} is corrupt ({e}): cannot check the resumed settings") from e
+  new = json.loads(json.dumps(cfg.to_json()))  # tuples as lists, as saved
+  changed = sorted(k for k in new if k in saved and saved[k] != new[k])
+  refused = [k for k in changed if k not in RESUMABLE]
+  if refused:
+    raise ValueError(f"workdir {workdir} holds a run with other settings: " + ", ".join(
+        f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused) + "; they change what the run "
+        "computes: set them back, or use another --workdir")
+  return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
+
+
+class Diverged(Exception):
+  """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
+
+  def __init__(self, step: int, what: str, last_saved: int | None, workdir: Path):
+    kept = (f"the last checkpoint, step {last_saved}, holds finite weights"
+            if last_saved is not None else "no checkpoint was saved")
+    super().__init__(f"step {step}: {what}: training diverged and stopped; {kept} "
+                     f"in {workdir / 'checkpoints'}. Lower lr or check the data")
+
+
+class Trainer:
+  """Owns the model, optimiser, data iterator and checkpoints of one run."""
+
+  def __init__(self, cfg, workdir: Path):
+    self.cfg, self.workdir = cfg, workdir
+    self.mesh = Mesh(np.array(jax.devices()), ("data",))
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    check_config(cfg, jax.device_count())
+    self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
+                                                   jax.process_count())
+    count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
+    self.steps_per_epoch = max(count // cfg.global_batch, 1)
+    self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+    self.step_cache = self._start_step_cache()  # loads while the model is built
+    self._step = None
+    self.model = build_model(cfg)
+    if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
+      self.model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
+    self.optimizer = make_optimizer(
+        self.model, schedule(cfg, self.steps_per_epoch),
+        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    replicated = NamedSharding(self.mesh, P())
+    for obj in (self.model, self.optimizer):
+      nnx.update(obj, jax.device_put(nnx.state(obj), replicated))
+    self.objects = {"model": self.model, "optimizer": self.optimizer}
+    if cfg.ema_decay:
+      self.objects["ema"] = self.ema_model = nnx.clone(self.model)
+      # Own buffers: train_step donates the model's, which the clone would share.
+      nnx.update(self.ema_model, jax.jit(lambda s: jax.tree.map(jnp.copy, s))(
+          nnx.state(self.ema_model)))
+    self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
+    self.step, self.skips, self.best = 0, data.SkipLog(), 0.0
+    self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
+    self._take_state()
+
+  def _start_step_cache(self) -> step_cache.StepCache | None:
+    if not self.cfg.step_cache or jax.process_count() > 1:
+      return None
+    key = step_cache.run_key(config=self.cfg.to_json(), steps_per_epoch=self.steps_per_epoch,
+                             total_steps=self.total_steps)
+    return step_cache.StepCache(key, self.mesh, donate_argnums=(0,))
+
+  def _compile_step(self, args: tuple):
+    """The train step over the state's leaves: from the step cache, else traced."""
+    step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
+                           (tuple(self.cfg.mean), tuple(self.cfg.std)))
+    if self.step_cache is None:
+      return step
+    compiled = self.step_cache.get(step, args, str(self.treedef))
+    if compiled is None:
+      return step
+    print(f"train step: {'loaded from' if self.step_cache.source == 'disk' else 'traced into'} "
+          f"{self.step_cache.path}", flush=True)
+    return compiled
+
+  def _take_state(self) -> None:
+    """Splits the objects into the pure state that the jitted steps take and give back."""
+    self.model.train()
+    self.graphdef, state = nnx.split((self.model, self.optimizer))
+    # The step takes and gives the state's leaves: no per-step flatten and unflatten.
+    self.leaves, self.treedef = jax.tree.flatten(state)
+    self.model_treedef = jax.tree.structure(state[0])
+    self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
+
+  @property
+  def state(self) -> nnx.State:
+    """The split state of (model, optimizer), rebuilt from the step's leaves."""
+    return jax.tree.unflatten(self.treedef, self.leaves)
+
+  def _give_state(self) -> None:
+    """Writes the state back into the objects, for evaluation and checkpoints."""
+    nnx.update((self.model, self.optimizer), self.state)
+    if self.cfg.ema_decay:
+      nnx.update(self.ema_model, self.ema_state)
+
+  def resume(self) -> None:
+    latest = self.checkpoints.latest_step()
+    if latest is None:
+      return
+    meta = checkpoints.read_meta(self.checkpoints, latest)
+    if meta["config"]["arch"] != self.cfg.arch:
+      raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
+                       f"this run is {self.cfg.arch}: use another --workdir")
+    if bool(meta["config"].get("ema_decay")) != bool(self.cfg.ema_decay):
+      raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
+                       f"{meta['config'].get('ema_decay')}; this run has ema_decay="
+                       f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
+    checkpoints.restore(self.checkpoints, latest, self.objects)
+    self._take_state()
+    self.batches.set_state(meta["data_state"])
+    self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
+    print(f"resumed from step {latest}", flush=True)
+
+  def save(self, metrics: dict | None = None) -> None:
+    self.check_finite()  # a checkpoint never holds what a NaN made
+    if not all_finite(self.leaves):  # an update can overflow after a finite step
+      raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
+                     self.workdir)
+    self._give_state()
+    meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
+            "skipped": self.skips.count, "best_top1": self.best, "step": self.step}
+    checkpoints.save(self.checkpoints, self.step, self.objects, meta, metrics)
+
+  def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
+    make = jax.make_array_from_process_local_data
+    return (make(self.batch_sharding, local["image"]),
+            make(self.batch_sharding, np.asarray(local["label"], np.int32)))
+
+  def train_one(self) -> dict:
+    local = next(self.batches)
+    self.skips.add(data.skipped_files(self.folder, local))
+    images, labels = self.global_batch(local)
+    if self._step is None:
+      self._step = self._compile_step((self.leaves, images, labels))
+    self.leaves, metrics = self._step(self.leaves, images, labels)
+    # The previous step's figures are checked while this one runs: the device never waits.
+    self.check_finite()
+    self._unchecked = (self.step + 1, metrics)
+    if self.cfg.ema_decay:
+      # (model, optimizer) flattens the model's leaves first: no unflattening of the rest.
+      model = self.model_treedef
+      model_state = jax.tree.unflatten(model, self.leaves[:model.num_leaves])
+      self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
+    self.step += 1
+    return metrics
+
+  def check_finite(self) -> None:
+    """Raises ``Diverged`` if the last step's loss or gradient norm is NaN or infinite."""
+    if self._unchecked is None:
+      return
+    step, metrics = self._unchecked
+    self._unchecked = None
+    loss, norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+      raise Diverged(step, f"loss {loss:.6g}, gradient norm {norm:.6g}",
+                     self.checkpoints.latest_step(), self.workdir)
+
+  def evaluate(self) -> dict[str, float]:
+    """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
+    self.check_finite()
+    self._give_state()
+    metrics = self._evaluate(self.model)
+    if self.cfg.ema_decay:
+      metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema_model).items()})
+    return metrics
+
+  def _evaluate(self, model: nnx.Module) -> dict[str, float]:
+    model.eval()
+    graphdef, state = nnx.split(model)
+    totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
+    for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
+      self.skips.add(local["skipped_files"])
+      out = eval_step(graphdef, state, *self.global_batch(local))
+      for k in totals:
+        totals[k] += float(out[k])
+    n = max(totals["count"], 1)
+    return {"loss": totals["loss_sum"] / n, "top1": totals["top1"] / n,
+            "top5": totals["top5"] / n}
+
+
+class Progress:
+  """Periodic lines with loss, images/s and ETA; TensorBoard scalars beside them."""
+
+  def __init__(self, trainer: Trainer, workdir: Path):
+    self.trainer, self.start, self.last = trainer, time.perf_counter(), time.perf_counter()
+    self.first_step, self.images = trainer.step, 0
+    self.writer, self.metrics_file = None, workdir / "metrics.jsonl"
+    self.logdir = workdir / "tensorboard" if jax.process_index() == 0 else None
+    self.pending: list[tuple[str, float, int]] = []  # scalars waiting for the writer
+
+  def step(self, metrics: dict) -> None:
+    t = self.trainer
+    if self.logdir and not self.writer:
+      # Importing tensorboardX takes 2 s of a core: not while the first step runs.
+      jax.block_until_ready(metrics)
+      self.writer = ThreadPoolExecutor(1).submit(_summary_writer, self.logdir)
+    self.images += t.cfg.global_batch
+    if t.step % t.cfg.log_every and t.step != t.total_steps:
+      return
+    loss = float(metrics["loss"])
+    rate = self.images / (time.perf_counter() - self.start)
+    eta = (t.total_steps - t.step) * t.cfg.global_batch / max(rate, 1e-9)
+    print(f"step {t.step}/{t.total_steps} loss {loss:.4f} {rate:.1f} img/s "
+          f"ETA {eta / 60:.1f} min skipped {t.skips.count}", flush=True)
+    self.scalar("train/loss", loss)
+    self.scalar("train/images_per_s", rate)
+
+  def scalar(self, name: str, value: float) -> None:
+    """TensorBoard (once its writer is ready), and metrics.jsonl for train/plot.py."""
+    if self.logdir:
+      self.pending.append((name, value, self.trainer.step))
+      with open(self.metrics_file, "a") as f:
+        f.write(json.dumps({"step": self.trainer.step, "name": name, "value": value}) + "\n")
+      if self.writer and self.writer.done():
+        self._flush()
+
+  def _flush(self) -> None:
+    writer = self.writer.result()
+    for name, value, step in self.pending:
+      writer.add_scalar(name, value, step)
+    self.pending.clear()
+
+  def close(self) -> None:
+    if self.writer:
+      self._flush()
+      self.writer.result().close()
+
+  def images_per_s(self) -> float:
+    return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _summary_writer(logdir: Path):
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(str(logdir))
+
+
+def run(cfg, workdir: Path) -> dict:
+  """Trains until ``total_steps`` or SIGTERM; returns the summary.
+
+  A run in a workdir that holds checkpoints resumes, if its config changes only
+  ``RESUMABLE`` fields (``changed_on_resume``); ``Diverged`` ends it on a NaN.
+  """
+  changes = changed_on_resume(cfg, workdir)
+  if changes:
+    print("resuming with changed settings: " + ", ".join(changes), flush=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
+    config_lib.save(cfg, workdir / "config.json")
+  trainer = Trainer(cfg, workdir)
+  trainer.resume()
+  preemption, progress = Preemption(), Progress(trainer, workdir)
+  started = time.perf_counter()
+  try:
+    last_eval = _loop(trainer, progress, preemption)
+  finally:  # saves already under way complete, also when the run diverged
+    trainer.checkpoints.wait_until_finished()
+    trainer.checkpoints.close()
+    progress.close()
+  summary = {"step": trainer.step, "total_steps": trainer.total_steps,
+             "last_eval": last_eval, "best_top1": trainer.best,
+             "best_of": "ema_top1" if cfg.ema_decay else "top1",
+             "skipped_images": trainer.skips.count,
+             "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
+             "preempted": preemption.requested, "config": cfg.to_json()}
+  if jax.process_index() == 0:
+    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
+  """Steps, evaluations and saves until the end or SIGTERM; the last eval's metrics."""
+  cfg = trainer.cfg
+  every = cfg.checkpoint_every or trainer.steps_per_epoch
+  last_eval = {}
+  while trainer.step < trainer.total_steps and not preemption.requested:
+    progress.step(trainer.train_one())
+    epoch_end = trainer.step % trainer.steps_per_epoch == 0
+    metrics = None
+    if (epoch_end and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
+        and cfg.data_dir and not cfg.synthetic):
+      last_eval = metrics = trainer.evaluate()
+      trainer.best = max(trainer.best, checkpoints.score(metrics))
+      print(f"epoch {trainer.step // trainer.steps_per_epoch} eval " + " ".join(
+          f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+      for k, v in metrics.items():
+        progress.scalar(f"eval/{k}", v)
+    if trainer.step % every == 0 or trainer.step == trainer.total_steps:
+      trainer.save(metrics)
+  if preemption.requested:
+    print(f"SIGTERM: saving at step {trainer.step} and exiting", flush=True)
+    trainer.save()
+  trainer.check_finite()
+  return last_eval
+
+
+def main(argv=None) -> int:
+  """Exit 0 when done, 2 on bad input (one line), 3 when the loss diverged (README)."""
+  args = parse_args(argv)
+  try:
+    cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
+    use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
+    setup_distributed(args)
+    enable_compilation_cache()
+    print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
+                      "processes": jax.process_count()}), flush=True)
+    run(cfg, args.workdir)
+  except (ValueError, OSError) as e:
+    return report(e)
+  except Diverged as e:
+    report(e)
+    return EXIT_DIVERGED
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
