@@ -38,16 +38,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def quiet_aborted_reads() -> None:
-  """Drops the "Event loop is closed" errors that orbax's reads, still in flight in
-  tensorstore's threads, raise after a restore of a damaged checkpoint has failed and its
-  event loop is gone: dozens of tracebacks after the one-line error that names the file."""
+  """Drops what orbax's reads, still in flight, leave behind once a restore of a damaged
+  checkpoint has failed: "Event loop is closed" errors from tensorstore's threads and the
+  errors of orbax's read coroutines that nothing awaits any more. Hundreds of lines of
+  them would follow the one-line error that names the file."""
   if getattr(sys.unraisablehook, "quiets_aborted_reads", False):
     return
   default = sys.unraisablehook
 
   def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    code = getattr(unraisable.object, "cr_code", None)
+    closed = (unraisable.exc_type is RuntimeError
+              and str(unraisable.exc_value) == "Event loop is closed")
+    if not (closed or (code and "orbax" in code.co_filename)):
       default(unraisable)
 
   hook.quiets_aborted_reads = True

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)
-    transform = EvalTransform.from_json(meta.get("preprocessing") or {})
+    transform = meta.transform
   except (ValueError, OSError) as e:
     return report(e)
   images, paths = read_images(transform, args.images)
@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_top(model, meta, images, paths, args) -> None:
-  names = meta.get("categories") or []
-  k = min(args.top, meta["options"].get("num_classes", 1000))
+  names = meta.categories or []
+  k = min(args.top, meta.options.get("num_classes", 1000))
   indices, probs = top_k(model, images, k, max(1, min(args.batch_size, len(images))))
   for path, idx, prob in zip(paths, indices, probs):
     print(path)

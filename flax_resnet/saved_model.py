@@ -1,4 +1,4 @@
-"""Converted-model checkpoints: an orbax directory plus ``metadata.json``.
+"""Model checkpoints (converted or exported): an orbax directory plus ``metadata.json``.
 
 The metadata names the architecture and every constructor option, so ``load``
 rebuilds the model from it alone (no torch needed). Writes go to a temporary
@@ -23,10 +23,9 @@ from flax import nnx
 
 from flax_resnet.cli import one_line
 from flax_resnet.files import replace_dir
-from flax_resnet.registry import model_to_fill
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.registry import ARCHITECTURES
+from flax_resnet.registry import ARCHITECTURES, model_to_fill
 
 METADATA = "metadata.json"
 STATE = "state"
@@ -59,23 +58,84 @@ def options_from_json(options: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
+@dataclasses.dataclass
+class Metadata:
+  """A model checkpoint's ``metadata.json``, the one schema the converter, the trainer's
+  export and predict share.
+
+  ``arch`` (a registry name, or None for a custom ``ResNet``) and ``options`` (constructor
+  options) rebuild the model; ``preprocessing`` (an ``EvalTransform``'s fields) and
+  ``categories`` say how to feed it and read its classes; ``source``, ``notes`` and ``head``
+  where it came from; ``parity`` what verification measured; ``versions`` and ``created``
+  what wrote it.
+  """
+  arch: str | None
+  options: dict[str, Any]
+  preprocessing: dict[str, Any] | None = None
+  categories: list[str] | None = None
+  source: dict[str, Any] | None = None
+  notes: list[str] = dataclasses.field(default_factory=list)
+  head: str | None = None
+  parity: dict[str, Any] | None = None
+  versions: dict[str, str] | None = None
+  created: str | None = None
+
+  @property
+  def transform(self) -> EvalTransform:
+    """The eval preprocessing the model expects."""
+    return EvalTransform.from_json(self.preprocessing or {})
+
+  def to_json(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "options": options_to_json(self.options)}
+
+  @classmethod
+  def from_json(cls, meta: Any) -> "Metadata":
+    """Checks ``meta`` (parsed JSON); ``ValueError`` naming the first missing or unknown key."""
+    problem = _metadata_problem(meta)
+    if problem:
+      raise ValueError(problem)
+    return cls(**{**meta, "options": options_from_json(meta["options"])})
+
+
+def _metadata_problem(meta: Any) -> str | None:
+  if not isinstance(meta, dict):
+    return "not a JSON object"
+  missing = [k for k in ("arch", "options") if k not in meta]
+  if missing:
+    return f"missing key {', '.join(map(repr, missing))}, needed to rebuild the model"
+  unknown = sorted(set(meta) - {f.name for f in dataclasses.fields(Metadata)})
+  if unknown:
+    return f"unknown key {', '.join(map(repr, unknown))}"
+  if not isinstance(meta["options"], dict):
+    return "'options' is not an object"
+  if meta["arch"] is not None and meta["arch"] not in ARCHITECTURES:
+    return f"unknown arch {meta['arch']!r}; known: {', '.join(ARCHITECTURES)}"
+  unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
+  if unknown:
+    return f"unknown option {', '.join(map(repr, unknown))} in 'options'"
+  unknown = sorted(set(meta.get("preprocessing") or {})
+                   - {f.name for f in dataclasses.fields(EvalTransform)})
+  if unknown:
+    return f"unknown key {', '.join(map(repr, unknown))} in 'preprocessing'"
+  return None
+
+
+def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[str, Any], *,
          overwrite: bool = False) -> Path:
   """Writes ``model`` and ``metadata`` to directory ``path``.
 
-  ``metadata`` must hold ``arch`` (a name, or None for a custom ``ResNet``) and
-  ``options`` (constructor options). An existing ``path`` is an error unless
-  ``overwrite``; it is replaced only after the new checkpoint is complete.
+  ``metadata`` is a ``Metadata`` or a mapping of its fields (``arch`` and ``options`` at
+  least). An existing ``path`` is an error unless ``overwrite``; it is replaced only
+  after the new checkpoint is complete.
   """
+  if not isinstance(metadata, Metadata):
+    metadata = Metadata.from_json(_with_json_options(metadata))
   path = Path(path).absolute()
-  if "arch" not in metadata or "options" not in metadata:
-    raise ValueError("metadata must contain 'arch' and 'options' to rebuild the model")
   if path.exists() and not path.is_dir():
     raise FileExistsError(f"{path} is a file, not a checkpoint directory; remove it or choose "
                           "another path")
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
-  meta = {**metadata, "options": options_to_json(metadata["options"])}
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
   try:
@@ -84,15 +144,21 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Mapping[str, Any], *,
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / STATE, state)
       checkpointer.wait_until_finished()
-    (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
-                                + "\n")
+    (tmp / METADATA).write_text(json.dumps(metadata.to_json(), indent=2, sort_keys=True,
+                                           allow_nan=False) + "\n")
     replace_dir(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def _with_json_options(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  if "options" not in metadata:
+    return dict(metadata)
+  return {**metadata, "options": options_to_json(metadata["options"])}
+
+
+def read_metadata(path: str | os.PathLike) -> Metadata:
   """The metadata of checkpoint ``path``, checked; ``ValueError`` naming the file and the
   key if it is not a checkpoint or its metadata cannot rebuild the model."""
   file = Path(path) / METADATA
@@ -102,44 +168,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta = json.loads(file.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{file} is corrupt: {e}") from e
-  problem = _metadata_problem(meta)
-  if problem:
-    raise ValueError(f"{file}: {problem}")
-  return meta
+  try:
+    return Metadata.from_json(meta)
+  except ValueError as e:
+    raise ValueError(f"{file}: {e}") from None
 
 
-def _metadata_problem(meta: Any) -> str | None:
-  if not isinstance(meta, dict):
-    return "not a JSON object"
-  missing = [k for k in ("arch", "options") if k not in meta]
-  if missing:
-    return f"missing key {', '.join(map(repr, missing))}, needed to rebuild the model"
-  if not isinstance(meta["options"], dict):
-    return "'options' is not an object"
-  if meta["arch"] is not None and meta["arch"] not in ARCHITECTURES:
-    return f"unknown arch {meta['arch']!r}; known: {', '.join(ARCHITECTURES)}"
-  unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
-  if unknown:
-    return f"unknown option {', '.join(map(repr, unknown))} in 'options'"
-  preprocessing = meta.get("preprocessing") or {}
-  unknown = sorted(set(preprocessing) - {f.name for f in dataclasses.fields(EvalTransform)})
-  if unknown:
-    return f"unknown key {', '.join(map(repr, unknown))} in 'preprocessing'"
-  return None
-
-
-def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, dict[str, Any]]:
+def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Metadata]:
   """Rebuilds the model saved at ``path`` from its metadata and restores its weights.
 
   ``option_overrides`` change options that do not alter the weights' shapes
-  (e.g. ``dtype``, ``norm="frozen_batch"``, ``dropout``). Returns (model, metadata).
+  (e.g. ``dtype``, ``norm="frozen_batch"``, ``dropout``). Returns (model, ``Metadata``).
   A checkpoint that cannot be read is a ``ValueError`` naming it.
   """
   path = Path(path).absolute()
   meta = read_metadata(path)
-  options = {**options_from_json(meta["options"]), **option_overrides}
+  options = {**meta.options, **option_overrides}
   try:
-    model = model_to_fill(meta["arch"], options)
+    model = model_to_fill(meta.arch, options)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{path / METADATA}: options do not build a model ({e})") from e
   target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))

@@ -112,11 +112,11 @@ def _exported_ema_classifies_the_test_images(workdir, data):
                          str(out), "--ema"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   model, meta = flax_resnet.load(out)
-  state, _ = final_state(workdir, meta["source"]["step"])
+  state, _ = final_state(workdir, meta.source["step"])
   np.testing.assert_array_equal(model.conv1.kernel[...], state["ema"]["conv1"]["kernel"])
-  assert meta["categories"] == list(CLASSES)
+  assert meta.categories == list(CLASSES)
   files = sorted((data / "test").glob("*/*.jpg"))
-  images = flax_resnet.EvalTransform.from_json(meta["preprocessing"]).load(files)
+  images = meta.transform.load(files)
   predicted = top_k(model, images, k=1)[0][:, 0]
   labels = [CLASSES.index(f.parent.name) for f in files]
   assert np.mean(predicted == labels) >= 0.75

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from flax_resnet.cli import report
+
 BENCHMARKS = {"throughput": "train and inference images/s, JAX against PyTorch",
               "dispatch": "host time to queue a train step: jax.jit against nnx.jit",
               "convs": "forward and gradient times of ResNet-50's convolutions",
@@ -20,12 +22,12 @@ BENCHMARKS = {"throughput": "train and inference images/s, JAX against PyTorch",
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] not in BENCHMARKS and argv[0] not in ("-h", "--help"):
+    return report(ValueError(f"unknown benchmark {argv[0]!r}; one of: {', '.join(BENCHMARKS)}"))
   if not argv or argv[0] not in BENCHMARKS:
     listing = "\n".join(f"  {name:<11} {what}" for name, what in BENCHMARKS.items())
-    stream = sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr
-    print(f"usage: flax-resnet-bench NAME [ARGS]  (NAME --help for its options)\n{listing}",
-          file=stream)
-    return 0 if stream is sys.stdout else 2
+    print(f"usage: flax-resnet-bench NAME [ARGS]  (NAME --help for its options)\n{listing}")
+    return 0 if argv else 2
   module = importlib.import_module(f"flax_resnet.bench.{argv[0].replace('-', '_')}")
   return module.main(argv[1:])
 

@@ -29,7 +29,7 @@ from flax_resnet.cli import (ArgumentParser, CliError, check_writable_dir, posit
 from flax_resnet.files import sha256
 from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
 from flax_resnet.registry import architecture
-from flax_resnet.saved_model import save
+from flax_resnet.saved_model import Metadata, save
 from flax_resnet.torch_port import (ConversionError, check_roundtrip, convert_state_dict,
                                      fetch_weights, load_file, versions)
 from flax_resnet.xla_cache import enable_compilation_cache
@@ -86,10 +86,12 @@ def check_arguments(args) -> None:
       raise CliError(f"--arch {args.arch}: {e}") from None
   if args.num_classes is not None and args.num_classes < 0:
     raise CliError(f"--num-classes {args.num_classes}: must be 0 (headless) or more")
+  if args.state_dict is not None and not args.state_dict.is_file():
+    raise CliError(f"--state-dict {args.state_dict}: no such file")
   check_writable_dir(args.out, args.force)
 
 
-def metadata(args, arch, options, source, weights, notes, parity) -> dict:
+def metadata(args, arch, options, source, weights, notes, parity) -> Metadata:
   transform = from_torchvision_weights(weights) if weights else EvalTransform(
       **{k: v for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
          if v is not None})
@@ -97,17 +99,18 @@ def metadata(args, arch, options, source, weights, notes, parity) -> dict:
   if categories is None and options.get("num_classes") == 1000 and not args.reset_head:
     from torchvision.models._meta import _IMAGENET_CATEGORIES
     categories = list(_IMAGENET_CATEGORIES)
-  return {
-      "arch": arch, "options": options, "source": source, "notes": notes,
-      "head": "reset: fresh classifier" if args.reset_head else "from source",
-      "preprocessing": transform.to_json(), "categories": categories, "parity": parity,
-      "versions": {**versions(), "jax": jax.__version__, "flax": __import__("flax").__version__,
-                   "flax_resnet": flax_resnet.__version__},
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-  }
+  return Metadata(
+      arch=arch, options=options, source=source, notes=notes,
+      head="reset: fresh classifier" if args.reset_head else "from source",
+      preprocessing=transform.to_json(), categories=categories, parity=parity,
+      versions={**versions(), "jax": jax.__version__, "flax": __import__("flax").__version__,
+                "flax_resnet": flax_resnet.__version__},
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
-def convert(args) -> dict:
+def run(args) -> tuple[Metadata, int]:
+  """Loads, converts, verifies and writes as ``args`` say; the metadata written and the
+  parameter count."""
   check_arguments(args)
   t = step(f"[1/4] loading {args.weights or args.state_dict}")
   state, source, weights = load_source(args)
@@ -119,12 +122,11 @@ def convert(args) -> dict:
     step(f"      note: {note}")
   check_roundtrip(conversion.model, conversion.state_dict, args.reset_head)
   parity = _verify(conversion, args, t)
-  t = step(f"[4/4] writing {args.out}")
+  step(f"[4/4] writing {args.out}")
   meta = metadata(args, conversion.arch, conversion.options, source, weights, conversion.notes,
                   parity)
   save(conversion.model, args.out, meta, overwrite=args.force)
-  return {**meta, "parameters": _count(conversion.model),
-          "seconds_writing": time.perf_counter() - t}
+  return meta, _count(conversion.model)
 
 
 def _verify(conversion, args, t) -> dict | None:
@@ -167,12 +169,11 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   enable_compilation_cache()
   try:
-    meta = convert(args)
+    meta, parameters = run(args)
   except (CliError, ConversionError, OSError) as e:
     return report(e)
-  name = meta["arch"] or "custom ResNet"
-  print(f"done: {name} ({meta['parameters']:,} parameters, {meta['options']}) from "
-        f"{meta['source'].get('name') or meta['source']['file']} -> {args.out}")
+  print(f"done: {meta.arch or 'custom ResNet'} ({parameters:,} parameters, {meta.options}) from "
+        f"{meta.source.get('name') or meta.source['file']} -> {args.out}")
   return 0
 
 

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     write(state, args.out)
   except (ValueError, OSError) as e:
     return report(e)
-  print(f"done: {meta['arch'] or 'custom ResNet'} ({len(state)} tensors) -> {args.out}")
+  print(f"done: {meta.arch or 'custom ResNet'} ({len(state)} tensors) -> {args.out}")
   return 0
 
 

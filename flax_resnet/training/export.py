@@ -22,6 +22,7 @@ from flax import nnx
 
 import flax_resnet
 from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.saved_model import Metadata
 from flax_resnet.training import checkpoints, config as config_lib, data
 from flax_resnet.training.trainer import model_spec
 
@@ -76,9 +77,9 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   classes = None
   if cfg.data_dir and not cfg.synthetic and (Path(cfg.data_dir) / cfg.train_split).is_dir():
     classes = list(data.ImageFolder.scan(Path(cfg.data_dir) / cfg.train_split).classes)
-  metadata = {"arch": arch, "options": options, "categories": classes,
-              "preprocessing": data.eval_transform(cfg).to_json(),
-              "source": {"workdir": str(workdir.absolute()), "step": step, "ema": ema}}
+  metadata = Metadata(arch=arch, options=options, categories=classes,
+                      preprocessing=data.eval_transform(cfg).to_json(),
+                      source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})
   return flax_resnet.save(model, out, metadata, overwrite=force)
 
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
   except (ValueError, OSError) as e:
     return report(e)
-  print(json.dumps({"out": str(path), **flax_resnet.saved_model.read_metadata(path)["source"]}))
+  print(json.dumps({"out": str(path), **flax_resnet.saved_model.read_metadata(path).source}))
   return 0
 
 

@@ -82,9 +82,9 @@ def build_model(cfg) -> nnx.Module:
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
     source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
-    if meta["arch"] != cfg.arch:
-      raise ValueError(f"init_from {cfg.init_from} holds {meta['arch']}, not {cfg.arch}")
-    keep_head = meta["options"].get("num_classes") == cfg.num_classes
+    if meta.arch != cfg.arch:
+      raise ValueError(f"init_from {cfg.init_from} holds {meta.arch}, not {cfg.arch}")
+    keep_head = meta.options.get("num_classes") == cfg.num_classes
     state = nnx.state(source)
     if not keep_head:
       del state["fc"]  # a fresh head for the new classes
