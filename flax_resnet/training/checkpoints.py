@@ -42,17 +42,13 @@ def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
 
 
-def training_state(objects: dict[str, nnx.Pytree]) -> dict:
-  """The pure state of each named object: the model, the optimiser, the EMA model."""
-  return {name: nnx.to_pure_dict(nnx.state(obj)) for name, obj in objects.items()}
-
-
-def save(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree], meta: dict,
+def save(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State], meta: dict,
          metrics: dict | None = None) -> None:
-  """Starts an asynchronous save of everything needed to resume at ``step``."""
-  mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(training_state(objects)),
-      meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  """Starts an asynchronous save of everything needed to resume at ``step``: the named
+  states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON."""
+  pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
+                                         meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -60,15 +56,16 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, objects: dict[str, nnx.Pytree]) -> None:
-  """Loads checkpoint ``step`` into the named objects, keeping their shardings."""
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state(objects))
-  state = mgr.restore(step, args=ocp.args.Composite(
+def restore(mgr: ocp.CheckpointManager, step: int,
+            states: dict[str, nnx.State]) -> dict[str, nnx.State]:
+  """Checkpoint ``step``'s values in the form and shardings of the named ``states``."""
+  pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
+  restored = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target)))["state"]
-  for name, obj in objects.items():
-    obj_state = nnx.state(obj)
-    nnx.replace_by_pure_dict(obj_state, state[name])
-    nnx.update(obj, obj_state)
+  for name, state in states.items():
+    nnx.replace_by_pure_dict(state, restored[name])
+  return states
 
 
 def reader(workdir: Path) -> ocp.CheckpointManager:

@@ -180,26 +180,49 @@ class Trainer:
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
     self._step = None
-    self.model = build_model(cfg)
-    if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
-      self.model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
-    self.optimizer = make_optimizer(
-        self.model, schedule(cfg, self.steps_per_epoch),
-        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
-    replicated = NamedSharding(self.mesh, P())
-    for obj in (self.model, self.optimizer):
-      nnx.update(obj, jax.device_put(nnx.state(obj), replicated))
-    self.objects = {"model": self.model, "optimizer": self.optimizer}
-    if cfg.ema_decay:
-      self.objects["ema"] = self.ema_model = nnx.clone(self.model)
-      # Own buffers: train_step donates the model's, which the clone would share.
-      nnx.update(self.ema_model, jax.jit(lambda s: jax.tree.map(jnp.copy, s))(
-          nnx.state(self.ema_model)))
+    self._build_state()
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips, self.best = 0, data.SkipLog(), 0.0
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
-    self._take_state()
+
+  def _build_state(self) -> None:
+    """The run's state, in the one form the jitted steps take and give: leaves.
+
+    ``leaves`` are those of the split (model, optimizer), in train mode, replicated
+    over the mesh; ``ema_leaves`` the model's part of them, averaged. Objects are
+    rebuilt from them only to evaluate (``_evaluate``) and to save (``states``).
+    """
+    cfg = self.cfg
+    model = build_model(cfg)
+    if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
+      model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
+    optimizer = make_optimizer(
+        model, schedule(cfg, self.steps_per_epoch),
+        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    model.train()
+    self.model_graphdef = nnx.split(model)[0]
+    self.graphdef, state = nnx.split((model, optimizer))
+    state = jax.device_put(state, NamedSharding(self.mesh, P()))
+    # The step takes and gives the state's leaves: no per-step flatten and unflatten.
+    self.leaves, self.treedef = jax.tree.flatten(state)
+    self.model_treedef = jax.tree.structure(state[0])
+    self.ema_leaves = None
+    if cfg.ema_decay:  # own buffers: the step donates the model's
+      self.ema_leaves = jax.jit(lambda xs: [jnp.copy(x) for x in xs])(self.model_leaves)
+
+  @property
+  def model_leaves(self) -> list[jax.Array]:
+    """The model's leaves: (model, optimizer) flattens the model first."""
+    return self.leaves[:self.model_treedef.num_leaves]
+
+  def states(self) -> dict[str, nnx.State]:
+    """The state by name, as checkpoints hold it: model, optimizer and, when kept, ema."""
+    state = jax.tree.unflatten(self.treedef, self.leaves)
+    named = {"model": state[0], "optimizer": state[1]}
+    if self.ema_leaves is not None:
+      named["ema"] = jax.tree.unflatten(self.model_treedef, self.ema_leaves)
+    return named
 
   def _start_step_cache(self) -> step_cache.StepCache | None:
     if not self.cfg.step_cache or jax.process_count() > 1:
@@ -221,26 +244,6 @@ class Trainer:
           f"{self.step_cache.path}", flush=True)
     return compiled
 
-  def _take_state(self) -> None:
-    """Splits the objects into the pure state that the jitted steps take and give back."""
-    self.model.train()
-    self.graphdef, state = nnx.split((self.model, self.optimizer))
-    # The step takes and gives the state's leaves: no per-step flatten and unflatten.
-    self.leaves, self.treedef = jax.tree.flatten(state)
-    self.model_treedef = jax.tree.structure(state[0])
-    self.ema_state = nnx.state(self.ema_model) if self.cfg.ema_decay else None
-
-  @property
-  def state(self) -> nnx.State:
-    """The split state of (model, optimizer), rebuilt from the step's leaves."""
-    return jax.tree.unflatten(self.treedef, self.leaves)
-
-  def _give_state(self) -> None:
-    """Writes the state back into the objects, for evaluation and checkpoints."""
-    nnx.update((self.model, self.optimizer), self.state)
-    if self.cfg.ema_decay:
-      nnx.update(self.ema_model, self.ema_state)
-
   def resume(self) -> None:
     latest = self.checkpoints.latest_step()
     if latest is None:
@@ -253,8 +256,10 @@ class Trainer:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
-    checkpoints.restore(self.checkpoints, latest, self.objects)
-    self._take_state()
+    restored = checkpoints.restore(self.checkpoints, latest, self.states())
+    self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
+    if self.ema_leaves is not None:
+      self.ema_leaves = jax.tree.leaves(restored["ema"])
     self.batches.set_state(meta["data_state"])
     self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
@@ -264,10 +269,9 @@ class Trainer:
     if not all_finite(self.leaves):  # an update can overflow after a finite step
       raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
                      self.workdir)
-    self._give_state()
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
             "skipped": self.skips.count, "best_top1": self.best, "step": self.step}
-    checkpoints.save(self.checkpoints, self.step, self.objects, meta, metrics)
+    checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
     make = jax.make_array_from_process_local_data
@@ -284,11 +288,9 @@ class Trainer:
     # The previous step's figures are checked while this one runs: the device never waits.
     self.check_finite()
     self._unchecked = (self.step + 1, metrics)
-    if self.cfg.ema_decay:
-      # (model, optimizer) flattens the model's leaves first: no unflattening of the rest.
-      model = self.model_treedef
-      model_state = jax.tree.unflatten(model, self.leaves[:model.num_leaves])
-      self.ema_state = ema_update(self.ema_state, model_state, self.step, self.cfg.ema_decay)
+    if self.ema_leaves is not None:
+      self.ema_leaves = ema_update(self.ema_leaves, self.model_leaves, self.step,
+                                   self.cfg.ema_decay)
     self.step += 1
     return metrics
 
@@ -306,13 +308,14 @@ class Trainer:
   def evaluate(self) -> dict[str, float]:
     """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
     self.check_finite()
-    self._give_state()
-    metrics = self._evaluate(self.model)
-    if self.cfg.ema_decay:
-      metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema_model).items()})
+    states = self.states()
+    metrics = self._evaluate(states["model"])
+    if "ema" in states:
+      metrics.update({f"ema_{k}": v for k, v in self._evaluate(states["ema"]).items()})
     return metrics
 
-  def _evaluate(self, model: nnx.Module) -> dict[str, float]:
+  def _evaluate(self, model_state: nnx.State) -> dict[str, float]:
+    model = nnx.merge(self.model_graphdef, model_state)
     model.eval()
     graphdef, state = nnx.split(model)
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
