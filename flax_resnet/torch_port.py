@@ -190,7 +190,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *
 
   Strict: every tensor is used exactly once and every model leaf is filled, with
   shapes checked; ``num_batches_tracked`` is dropped on purpose. All problems
-  (missing, unexpected, misshapen, non-real or non-finite tensors) are raised
+  (missing, unexpected, misshapen, non-floating-point or non-finite tensors) are raised
   together in one ``ConversionError``. ``arch`` defaults to what the keys and shapes
   say; an ``arch`` the file contradicts is an error naming what the file looks like.
   ``reset_head`` drops the file's ``fc`` so that a head of another ``num_classes``
