@@ -1,0 +1,126 @@
+"""A training config's recipe in PyTorch, written from the config alone: the reference that
+flax-resnet's trainer is held to.
+
+torchvision's model (any stage count and width, the CIFAR stem, frozen BatchNorm),
+``torch.optim.SGD`` (coupled weight decay, momentum, Nesterov) or ``AdamW`` with
+parameter groups for the decay mask, a per-step linear warm-up and cosine decay over
+``epochs``, and cross-entropy with label smoothing. Nothing here calls JAX or optax:
+the schedule is the formula, not optax's function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from flax_resnet.registry import architecture
+
+DEFAULT_CHANNELS = (64, 128, 256, 512)
+
+
+class TorchResNet(nn.Module):
+  """torchvision's ResNet for any stage count and base widths (``flax_resnet.ResNet``'s
+  generic config); the state-dict keys are torchvision's."""
+
+  def __init__(self, block, layers, channels, num_classes: int, stem: str, norm_layer,
+               groups: int = 1, width_per_group: int = 64):
+    super().__init__()
+    # torchvision's ResNet._make_layer reads these attributes of its ``self``.
+    self._norm_layer, self.groups, self.base_width, self.dilation = (
+        norm_layer, groups, width_per_group, 1)
+    self.inplanes = channels[0]
+    if stem == "cifar":
+      self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
+      self.maxpool = nn.Identity()
+    else:
+      self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.bn1 = norm_layer(self.inplanes)
+    self.relu = nn.ReLU(inplace=True)
+    self.stages = len(layers)
+    for i, (depth, planes) in enumerate(zip(layers, channels)):
+      setattr(self, f"layer{i + 1}",
+              tv.ResNet._make_layer(self, block, planes, depth, stride=1 if i == 0 else 2))
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc = nn.Linear(self.inplanes, num_classes)
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    for i in range(self.stages):
+      x = getattr(self, f"layer{i + 1}")(x)
+    return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def model(cfg) -> nn.Module:
+  """The torch model a ``Config`` describes, in train mode."""
+  arch = architecture(cfg.arch)
+  block = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}[arch.block]
+  layers = tuple(cfg.layers) or arch.layers
+  channels = tuple(cfg.channels) or DEFAULT_CHANNELS[:len(layers)]
+  norm = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
+  return TorchResNet(block, layers, channels, cfg.num_classes, cfg.stem, norm, arch.groups,
+                     arch.width_per_group).train()
+
+
+def decays(name: str, param: torch.Tensor, decay_all: bool) -> bool:
+  """Weight decay on conv and linear weights only, unless ``decay_all``."""
+  return decay_all or (name.endswith("weight") and param.ndim > 1)
+
+
+def optimizer(cfg, net: nn.Module, steps_per_epoch: int):
+  """(``torch.optim`` optimizer with the decay mask as parameter groups, its per-step
+  ``LambdaLR`` schedule)."""
+  params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+  groups = [{"params": [p for n, p in params if decays(n, p, cfg.decay_all)],
+             "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in params if not decays(n, p, cfg.decay_all)],
+             "weight_decay": 0.0}]
+  peak = cfg.lr * cfg.global_batch / 256
+  if cfg.optimizer == "sgd":
+    opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, nesterov=cfg.nesterov)
+  else:
+    opt = torch.optim.AdamW(groups, lr=peak)
+  return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(cfg, steps_per_epoch, k))
+
+
+def lr_factor(cfg, steps_per_epoch: int, step: int) -> float:
+  """The learning rate of optimizer step ``step`` (from 0) over the peak: linear from 0 over
+  ``warmup_epochs``, then cosine to 0 at the end of ``epochs``."""
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  if step < warmup:
+    return step / warmup
+  start = warmup or 1  # without warm-up, step 0 runs at the peak and the decay starts after it
+  if step < start:
+    return 1.0
+  length = max(cfg.epochs * steps_per_epoch, warmup + 1, 2) - start
+  return 0.5 * (1 + math.cos(math.pi * min(step - start, length) / length))
+
+
+def loss_fn(cfg) -> nn.Module:
+  """Mean cross-entropy with the config's label smoothing."""
+  return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def normalize(cfg, images_uint8_nhwc: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+  """uint8 NHWC batches as the trainer feeds them: (x / 255 - mean) / std, NCHW."""
+  mean = torch.tensor(cfg.mean, dtype=dtype)
+  std = torch.tensor(cfg.std, dtype=dtype)
+  x = (images_uint8_nhwc.to(dtype) / 255.0 - mean) / std
+  return x.permute(0, 3, 1, 2).contiguous()
+
+
+def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor):
+  """One optimizer step on a normalised NCHW batch; the loss before it."""
+  opt.zero_grad(set_to_none=True)
+  loss = criterion(net(images), labels)
+  loss.backward()
+  opt.step()
+  scheduler.step()
+  return float(loss.detach())
