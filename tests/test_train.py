@@ -104,6 +104,28 @@ def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
   _exported_ema_classifies_the_test_images(tmp_path, cifar2)
 
 
+def test_the_pytorch_reference_learns_the_same_config_and_plots_beside_ours(cifar2, tmp_path):
+  sets = ["global_batch=32", "epochs=3", "ema_decay=0.9"]
+  cmd = [sys.executable, "bench/train_torch.py", "--config", "train/configs/cifar10_resnet18.py",
+         "--workdir", str(tmp_path / "torch"), "--set", f"data_dir={cifar2}"]
+  for s in [*TINY, *sets]:
+    cmd += ["--set", s]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  summary = json.loads((tmp_path / "torch" / "summary.json").read_text())
+  assert summary["framework"] == "torch" and summary["step"] == 48  # 3 epochs of 512 / 32
+  assert summary["last_eval"]["top1"] >= 0.65 and "ema_top1" in summary["last_eval"]  # chance: 0.5
+  rows = [json.loads(line) for line in (tmp_path / "torch" / "metrics.jsonl").open()]
+  losses = [r["value"] for r in rows if r["name"] == "train/loss"]
+  assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+  train(tmp_path / "jax", cifar2, *sets)
+  plotted = subprocess.run([sys.executable, "train/plot.py", "--workdir", str(tmp_path / "jax"),
+                            str(tmp_path / "torch"), "--out", str(tmp_path / "both.png")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert plotted.returncode == 0, plotted.stderr
+  assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def _exported_ema_classifies_the_test_images(workdir, data):
   import flax_resnet
   from flax_resnet.predict import top_k

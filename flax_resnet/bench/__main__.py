@@ -17,7 +17,8 @@ BENCHMARKS = {"throughput": "train and inference images/s, JAX against PyTorch",
               "convs": "forward and gradient times of ResNet-50's convolutions",
               "pipeline": "images/s of the training input pipeline on real JPEGs",
               "plot": "images/s against batch size from throughput's JSON lines, as a PNG",
-              "peak-rss": "peak memory of a command and its child processes"}
+              "peak-rss": "peak memory of a command and its child processes",
+              "train-torch": "the PyTorch reference trainer for a training config"}
 
 
 def main(argv: list[str] | None = None) -> int:

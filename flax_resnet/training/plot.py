@@ -1,6 +1,10 @@
-"""Loss and accuracy curves of a training run as a PNG.
+"""Loss and accuracy curves of training runs as a PNG: one run, or several on one figure.
 
     python train/plot.py --workdir runs/cifar10 --out runs/cifar10/curves.png
+    python train/plot.py --workdir runs/jax runs/torch --out both.png   # flax-resnet-bench train-torch
+
+Any workdir with a ``metrics.jsonl`` of the trainer's format: ``flax-resnet-train``'s or
+the PyTorch reference's.
 """
 
 from __future__ import annotations
@@ -26,17 +30,20 @@ def read_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:
   return {name: sorted(points.items()) for name, points in series.items()}
 
 
-def plot(series: dict, out: Path) -> None:
+def plot(runs: dict[str, dict], out: Path) -> None:
+  """The series of each run (by label) on two panels: losses, and eval accuracies."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-  for name, ax in [("train/loss", loss_ax), ("eval/loss", loss_ax), ("eval/top1", acc_ax),
-                   ("eval/top5", acc_ax)]:
-    if series.get(name):
-      steps, values = zip(*series[name])
-      ax.plot(steps, values, label=name, marker="." if name.startswith("eval") else None)
+  for label, series in runs.items():
+    for name, ax in [("train/loss", loss_ax), ("eval/loss", loss_ax), ("eval/top1", acc_ax),
+                     ("eval/top5", acc_ax)]:
+      if series.get(name):
+        steps, values = zip(*series[name])
+        ax.plot(steps, values, label=f"{label}{name}",
+                marker="." if name.startswith("eval") else None)
   loss_ax.set(xlabel="step", ylabel="loss", title="loss")
   acc_ax.set(xlabel="step", ylabel="accuracy", title="eval accuracy", ylim=(0, 1))
   for ax in (loss_ax, acc_ax):
@@ -54,11 +61,17 @@ def save_figure(fig, out: Path) -> None:
 
 def main(argv=None) -> int:
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--workdir", type=Path, required=True)
-  p.add_argument("--out", type=Path, help="default: WORKDIR/curves.png")
+  p.add_argument("--workdir", type=Path, nargs="+", required=True,
+                 help="one run, or several to draw on one figure")
+  p.add_argument("--out", type=Path, help="default: the first WORKDIR/curves.png")
   args = p.parse_args(argv)
+  names = [w.name for w in args.workdir]
+  if len(set(names)) < len(names):  # runs/a/w and runs/b/w
+    names = [str(w) for w in args.workdir]
+  labels = [f"{n}: " for n in names] if len(names) > 1 else [""]
   try:
-    plot(read_metrics(args.workdir), args.out or args.workdir / "curves.png")
+    runs = {label: read_metrics(w) for label, w in zip(labels, args.workdir)}
+    plot(runs, args.out or args.workdir[0] / "curves.png")
   except (ValueError, OSError) as e:
     return report(e)
   return 0

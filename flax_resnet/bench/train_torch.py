@@ -1,0 +1,204 @@
+"""The PyTorch reference trainer: a training config run with torchvision and torch.optim.
+
+    flax-resnet-bench train-torch --config train/configs/cifar10_resnet18.py --workdir W \\
+        --set data_dir=DIR [--set KEY=VALUE ...]
+    python bench/train_torch.py ...   (the same)
+
+The recipe is ``torch_recipe``'s (model, optimizer, schedule, loss); the data is
+torchvision's ``ImageFolder`` with torchvision's transforms doing what the trainer's
+pipeline does (pad-and-crop + flip at 32x32, random-resized-crop + flip above; eval:
+resize, centre crop), an epoch order fixed by ``seed``, bf16 autocast when
+``dtype=bfloat16``, the same EMA of weights and BN statistics, and the same logs:
+``WORKDIR/metrics.jsonl`` (``flax-resnet-plot --workdir A B`` draws both runs) and
+``summary.json``. It keeps no checkpoints: a reference run is short and starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from flax_resnet.bench import torch_recipe
+from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.files import write_atomic
+from flax_resnet.training import config as config_lib
+
+
+def parse_args(argv=None):
+  p = ArgumentParser(description=__doc__)
+  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field (repeatable)")
+  p.add_argument("--workdir", type=Path, required=True)
+  return p.parse_args(argv)
+
+
+def train_transform(cfg) -> transforms.Compose:
+  """torchvision's version of the trainer's augmentation, to a normalised tensor."""
+  size = cfg.image_size
+  if size <= 32:
+    steps = [transforms.Resize((size, size)), transforms.RandomCrop(size, padding=4)]
+  else:
+    steps = [transforms.RandomResizedCrop(size)]
+  return transforms.Compose([*steps, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                             transforms.Normalize(cfg.mean, cfg.std)])
+
+
+def eval_transform(cfg) -> transforms.Compose:
+  """Resize the shorter side, centre crop, normalise: the trainer's eval preprocessing."""
+  return transforms.Compose([transforms.Resize(cfg.eval_resize), transforms.CenterCrop(
+      cfg.image_size), transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
+
+
+def loaders(cfg) -> tuple[DataLoader, DataLoader]:
+  """(train batches, shuffled per epoch from ``seed``, last partial batch dropped; eval)."""
+  root = Path(cfg.data_dir)
+  for split in (cfg.train_split, cfg.eval_split):
+    if not (root / split).is_dir():
+      raise ValueError(f"data folder {root / split} does not exist")
+  train = datasets.ImageFolder(str(root / cfg.train_split), train_transform(cfg))
+  test = datasets.ImageFolder(str(root / cfg.eval_split), eval_transform(cfg))
+  generator = torch.Generator().manual_seed(cfg.seed)
+  common = {"batch_size": cfg.global_batch, "num_workers": cfg.workers}
+  return (DataLoader(train, shuffle=True, drop_last=True, generator=generator, **common),
+          DataLoader(test, shuffle=False, **common))
+
+
+class Ema:
+  """The trainer's EMA: weights and BN statistics, decay min(decay, (1 + t) / (10 + t))."""
+
+  def __init__(self, net: torch.nn.Module, decay: float):
+    self.decay, self.state = decay, {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+  @torch.no_grad()
+  def update(self, net: torch.nn.Module, step: int) -> None:
+    d = min(self.decay, (1 + step) / (10 + step))
+    for k, v in net.state_dict().items():
+      if v.dtype.is_floating_point:
+        self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+      else:
+        self.state[k].copy_(v)
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, batches: DataLoader, device, autocast) -> dict[str, float]:
+  """Mean loss, top-1 and top-5 over the eval split."""
+  net.eval()
+  total = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
+  for images, labels in batches:
+    images, labels = images.to(device), labels.to(device)
+    with autocast():
+      logits = net(images).float()
+    total["loss"] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+    total["top1"] += int((top5[:, 0] == labels).sum())
+    total["top5"] += int((top5 == labels[:, None]).any(1).sum())
+    total["count"] += len(labels)
+  net.train()
+  n = max(total["count"], 1)
+  return {"loss": total["loss"] / n, "top1": total["top1"] / n, "top5": total["top5"] / n}
+
+
+class Log:
+  """metrics.jsonl as the trainer writes it, and its console lines."""
+
+  def __init__(self, workdir: Path):
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.file = workdir / "metrics.jsonl"
+    self.file.write_text("")
+
+  def scalar(self, step: int, name: str, value: float) -> None:
+    with open(self.file, "a") as f:
+      f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
+
+
+class Reference:
+  """One reference run: the net, its optimiser and schedule, the EMA, the logs."""
+
+  def __init__(self, cfg, workdir: Path):
+    torch.manual_seed(cfg.seed)
+    self.cfg, self.workdir = cfg, workdir
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    self.train, self.test = loaders(cfg)
+    self.steps_per_epoch = max(len(self.train), 1)
+    self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+    self.net = torch_recipe.model(cfg).to(self.device).to(memory_format=torch.channels_last)
+    self.opt, self.scheduler = torch_recipe.optimizer(cfg, self.net, self.steps_per_epoch)
+    self.criterion, self.log = torch_recipe.loss_fn(cfg), Log(workdir)
+    self.ema = Ema(self.net, cfg.ema_decay) if cfg.ema_decay else None
+    self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
+    self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, 0.0
+
+  def autocast(self):
+    return torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None)
+
+  def run(self) -> dict:
+    """Trains to ``total`` steps, evaluating at epoch ends; the summary."""
+    while self.step < self.total:
+      for images, labels in self.train:
+        self.train_one(images.to(self.device), labels.to(self.device))
+        if self.step % self.steps_per_epoch == 0:
+          self.evaluate_epoch()
+        if self.step >= self.total:
+          break
+    return self.summary()
+
+  def train_one(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    with self.autocast():
+      logits = self.net(images.contiguous(memory_format=torch.channels_last))
+      loss = self.criterion(logits.float(), labels)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    self.scheduler.step()
+    if self.ema:
+      self.ema.update(self.net, self.step)
+    self.step += 1
+    if self.step % self.cfg.log_every == 0 or self.step == self.total:
+      rate = self.step * self.cfg.global_batch / (time.perf_counter() - self.start)
+      print(f"step {self.step}/{self.total} loss {float(loss):.4f} {rate:.1f} img/s",
+            flush=True)
+      self.log.scalar(self.step, "train/loss", float(loss))
+      self.log.scalar(self.step, "train/images_per_s", rate)
+
+  def evaluate_epoch(self) -> None:
+    epoch = self.step // self.steps_per_epoch
+    if epoch % self.cfg.eval_every_epochs:
+      return
+    metrics = evaluate(self.net, self.test, self.device, self.autocast)
+    if self.ema:
+      averaged = torch_recipe.model(self.cfg).to(self.device)
+      averaged.load_state_dict(self.ema.state)
+      metrics.update({f"ema_{k}": v for k, v in
+                      evaluate(averaged, self.test, self.device, self.autocast).items()})
+    self.last_eval, self.best = metrics, max(self.best, metrics.get("ema_top1", metrics["top1"]))
+    print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+          flush=True)
+    for k, v in metrics.items():
+      self.log.scalar(self.step, f"eval/{k}", v)
+
+  def summary(self) -> dict:
+    wall = time.perf_counter() - self.start
+    summary = {"framework": "torch", "step": self.step, "total_steps": self.total,
+               "last_eval": self.last_eval, "best_top1": self.best,
+               "best_of": "ema_top1" if self.cfg.ema_decay else "top1", "wall_s": wall,
+               "images_per_s": self.step * self.cfg.global_batch / wall,
+               "versions": {"torch": torch.__version__}, "config": self.cfg.to_json()}
+    write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+  """Exit 0 when done, 2 on bad input (one line)."""
+  args = parse_args(argv)
+  try:
+    cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
+    Reference(cfg, args.workdir).run()
+  except (ValueError, OSError) as e:
+    return report(e)
+  return 0

@@ -1,0 +1,23 @@
+"""A narrow ResNet (CIFAR stem, 16-32-64 channels, one block a stage) that a 2-core CPU trains in
+minutes: the accuracy-parity benchmark of the trainer against PyTorch's reference (BENCHMARKS.md).
+
+    d=$(mktemp -d) && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$d"
+    python train/train.py --config train/configs/cifar10_tiny.py --workdir runs/tiny-jax \
+        --set data_dir=$d/cifar10-jpeg --set seed=0
+    python bench/train_torch.py --config train/configs/cifar10_tiny.py --workdir runs/tiny-torch \
+        --set data_dir=$d/cifar10-jpeg --set seed=0
+    python train/plot.py --workdir runs/tiny-jax runs/tiny-torch --out tiny.png
+
+float32, SGD with Nesterov momentum, one warm-up epoch then cosine, weight decay on kernels.
+"""
+
+from flax_resnet.training.config import Config
+
+
+def get_config() -> Config:
+  return Config(arch="resnet18", num_classes=10, stem="cifar", layers=(1, 1, 1),
+                channels=(16, 32, 64), image_size=32, eval_resize=32,
+                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                train_split="train", eval_split="test", dtype="float32", global_batch=128,
+                epochs=8, lr=0.4, weight_decay=5e-4, nesterov=True, warmup_epochs=1.0,
+                workers=0, log_every=50)
