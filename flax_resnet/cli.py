@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3  # 1 is Python's own, for a traceback
 
 
 class CliError(Exception):

@@ -27,6 +27,7 @@ from flax_resnet.bench import torch_recipe
 from flax_resnet.cli import ArgumentParser, report
 from flax_resnet.files import write_atomic
 from flax_resnet.training import config as config_lib
+from flax_resnet.training.plot import append_metric
 
 
 def parse_args(argv=None):
@@ -113,8 +114,7 @@ class Log:
     self.file.write_text("")
 
   def scalar(self, step: int, name: str, value: float) -> None:
-    with open(self.file, "a") as f:
-      f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
+    append_metric(self.file, step, name, value)
 
 
 class Reference:

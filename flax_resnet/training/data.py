@@ -168,8 +168,8 @@ def skipped_files(folder: ImageFolder | None, batch: dict) -> list[str]:
   """The files a train batch passed over, in order (each element's ``skipped`` from ``first``)."""
   if folder is None:
     return []
-  return [folder.files[(int(first) + s) % len(folder)]
-          for first, skipped in zip(batch["first"], batch["skipped"]) for s in range(int(skipped))]
+  return [folder.files[(int(batch["first"][j]) + s) % len(folder)]
+          for j in np.flatnonzero(batch["skipped"]) for s in range(int(batch["skipped"][j]))]
 
 
 class SkipLog:

@@ -18,6 +18,12 @@ from flax_resnet.cli import ArgumentParser, report
 from flax_resnet.files import atomic_path
 
 
+def append_metric(file: Path, step: int, name: str, value: float) -> None:
+  """One line of ``metrics.jsonl``, the format ``read_metrics`` reads."""
+  with open(file, "a") as f:
+    f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
+
+
 def read_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:
   """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py)."""
   path = workdir / "metrics.jsonl"

@@ -35,6 +35,7 @@ from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
+from flax_resnet.training.plot import append_metric
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                          make_optimizer)
 
@@ -360,8 +361,7 @@ class Progress:
     """TensorBoard (once its writer is ready), and metrics.jsonl for train/plot.py."""
     if self.logdir:
       self.pending.append((name, value, self.trainer.step))
-      with open(self.metrics_file, "a") as f:
-        f.write(json.dumps({"step": self.trainer.step, "name": name, "value": value}) + "\n")
+      append_metric(self.metrics_file, self.trainer.step, name, value)
       if self.writer and self.writer.done():
         self._flush()
 
