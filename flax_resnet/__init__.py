@@ -1,22 +1,46 @@
-"""torchvision's ResNet family in Flax NNX, with torchvision's numbers."""
+"""torchvision's ResNet family in Flax NNX, with torchvision's numbers.
 
-from flax_resnet.saved_model import Metadata, load, save
-from flax_resnet.torch_port import ConversionError, from_torch_state_dict, to_torch_state_dict
-from flax_resnet.flops import count_macs, xla_flops
-from flax_resnet.model import (BasicBlock, BatchNorm, Bottleneck, FeatureInfo, FrozenBatchNorm,
-                               ResNet)
-from flax_resnet.preprocess import EvalTransform
-from flax_resnet.registry import (ARCHITECTURES, ResNet18, ResNet34, ResNet50, ResNet101,
-                                  ResNet152, ResNeXt50_32X4D, ResNeXt101_32X8D,
-                                  ResNeXt101_64X4D, WideResNet50_2, WideResNet101_2,
-                                  create_model, list_models)
+The names below are imported on first use (PEP 562), so that ``import flax_resnet``
+and its light modules (``preprocess``, ``cli``, the input pipeline's worker
+processes) do not pay for JAX, Flax and orbax until a model is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES", "BasicBlock", "BatchNorm", "Bottleneck", "ConversionError", "EvalTransform",
-    "FeatureInfo", "FrozenBatchNorm", "Metadata", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
-    "ResNet152", "ResNeXt50_32X4D", "ResNeXt101_32X8D", "ResNeXt101_64X4D", "WideResNet50_2",
-    "WideResNet101_2", "count_macs", "create_model", "from_torch_state_dict", "list_models",
-    "load", "save", "to_torch_state_dict", "xla_flops",
-]
+_WHERE = {
+    "flax_resnet.saved_model": ("Metadata", "load", "save"),
+    "flax_resnet.torch_port": ("ConversionError", "from_torch_state_dict", "to_torch_state_dict"),
+    "flax_resnet.flops": ("count_macs", "xla_flops"),
+    "flax_resnet.model": ("BasicBlock", "BatchNorm", "Bottleneck", "FeatureInfo",
+                          "FrozenBatchNorm", "ResNet"),
+    "flax_resnet.folding": ("fold_batchnorm",),
+    "flax_resnet.pretrained": ("load_pretrained",),
+    "flax_resnet.preprocess": ("EvalTransform",),
+    "flax_resnet.registry": ("ARCHITECTURES", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
+                             "ResNet152", "ResNeXt50_32X4D", "ResNeXt101_32X8D",
+                             "ResNeXt101_64X4D", "WideResNet50_2", "WideResNet101_2",
+                             "create_model", "list_models"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+  if name in _MODULE_OF:
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+  elif importlib.util.find_spec(f"flax_resnet.{name}") is not None:  # flax_resnet.model, ...
+    value = importlib.import_module(f"flax_resnet.{name}")
+  else:
+    raise AttributeError(f"module 'flax_resnet' has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from flax_resnet.folding import fold_batchnorm
+from flax_resnet.model import BatchNorm, FrozenBatchNorm
 from flax_resnet.saved_model import load
 from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
 from flax_resnet.preprocess import EvalTransform, open_image
@@ -24,10 +26,11 @@ from flax_resnet.xla_cache import enable_compilation_cache
 def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
   """(indices, probabilities), each (N, k), from a jitted eval forward in batches.
 
+  The forward runs on an eval-mode copy with BatchNorm folded into the convolutions
+  (``fold_batchnorm``), whichever mode ``model`` is in; ``model`` is not changed.
   The last batch is padded to ``batch_size`` so that one compiled program serves all.
   """
-  model.eval()
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(_inference_copy(model))
 
   @jax.jit
   def probs(state, x):
@@ -43,6 +46,14 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
     p.append(np.asarray(top_p)[:len(chunk)])
     idx.append(np.asarray(top_i)[:len(chunk)])
   return np.concatenate(idx), np.concatenate(p)
+
+
+def _inference_copy(model):
+  if isinstance(model.bn1, (BatchNorm, FrozenBatchNorm)):
+    return fold_batchnorm(model)
+  model = nnx.clone(model)
+  model.eval()
+  return model
 
 
 def read_images(transform: EvalTransform, paths: Sequence[str]):

@@ -43,13 +43,27 @@ def architecture(name: str) -> Arch:
   return ARCHITECTURES[name]
 
 
-def create_model(name: str, **options: Any) -> ResNet:
+def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
+                 **options: Any) -> ResNet:
   """Builds architecture ``name`` with ``ResNet``'s keyword ``options``.
 
-  ``create_model("resnet50", num_classes=10, rngs=nnx.Rngs(0))``. Options that
-  define the architecture itself (block, layers, groups, width_per_group) come from
-  the table and cannot be overridden.
+  ``create_model("resnet50", num_classes=10, rngs=nnx.Rngs(0))``: random
+  initialisation, in train mode. Options that define the architecture itself
+  (block, layers, groups, width_per_group) come from the table and cannot be
+  overridden.
+
+  ``weights`` loads torchvision's pretrained weights, as torchvision's own
+  ``weights=``: ``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``
+  or the enum member. ``pretrained=True`` (timm's spelling) means ``"DEFAULT"``.
+  The model comes in eval mode; ``flax_resnet.load_pretrained`` also returns the
+  weights' metadata (preprocessing, categories). The first call downloads and
+  converts (torch needed); later ones read ``~/.cache/flax_resnet/weights``.
   """
+  if pretrained and weights is not None:
+    raise ValueError("pass weights=... or pretrained=True, not both")
+  if pretrained or weights is not None:
+    from flax_resnet.pretrained import load_pretrained
+    return load_pretrained(name, "DEFAULT" if weights is None else weights, **options)[0]
   arch = architecture(name)
   fixed = set(arch._fields) & set(options)
   if fixed:
@@ -73,10 +87,11 @@ def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
 
 
 def _constructor(name: str):
-  def build(**options: Any) -> ResNet:
-    return create_model(name, **options)
+  def build(*, weights: Any = None, pretrained: bool = False, **options: Any) -> ResNet:
+    return create_model(name, weights=weights, pretrained=pretrained, **options)
   build.__name__ = build.__qualname__ = name
-  build.__doc__ = f"torchvision's ``{name}``; keyword options as ``ResNet``."
+  build.__doc__ = (f"torchvision's ``{name}``; ``weights``/``pretrained`` and keyword options "
+                   "as ``create_model``.")
   return build
 
 

@@ -23,6 +23,7 @@ from flax import nnx
 
 from flax_resnet.cli import one_line
 from flax_resnet.files import replace_dir
+from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.registry import ARCHITECTURES, model_to_fill
@@ -128,6 +129,9 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
   least). An existing ``path`` is an error unless ``overwrite``; it is replaced only
   after the new checkpoint is complete.
   """
+  if any(isinstance(m, FoldedNorm) for _, m in nnx.iter_modules(model)):
+    raise ValueError("this model's BatchNorms are folded (fold_batchnorm): save the model it "
+                     "was folded from, and fold after loading")
   if not isinstance(metadata, Metadata):
     metadata = Metadata.from_json(_with_json_options(metadata))
   path = Path(path).absolute()
@@ -175,7 +179,8 @@ def read_metadata(path: str | os.PathLike) -> Metadata:
 
 
 def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Metadata]:
-  """Rebuilds the model saved at ``path`` from its metadata and restores its weights.
+  """Rebuilds the model saved at ``path`` from its metadata and restores its weights,
+  in eval mode (running BatchNorm statistics, no dropout): ``model.train()`` to train.
 
   ``option_overrides`` change options that do not alter the weights' shapes
   (e.g. ``dtype``, ``norm="frozen_batch"``, ``dropout``). Returns (model, ``Metadata``).
@@ -196,6 +201,7 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Meta
     raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
                      f"({type(e).__name__}: {one_line(e)[:300]})") from e
   nnx.update(model, restored)
+  model.eval()
   return model, meta
 
 

@@ -217,10 +217,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
                           reset_head: bool = False, **model_options: Any) -> ResNet:
-  """The model of ``convert_state_dict``; its notes (unwraps, casts) are logged as warnings."""
+  """The model of ``convert_state_dict``, in eval mode (``model.train()`` to train); its
+  notes (unwraps, casts) are logged as warnings."""
   conversion = convert_state_dict(state_dict, arch, reset_head=reset_head, **model_options)
   for note in conversion.notes:
     log.warning("%s", note)
+  conversion.model.eval()
   return conversion.model
 
 

@@ -404,3 +404,76 @@ def test_pointwise_convs_lower_to_matmuls_on_cpu_and_the_rest_stay_convolutions(
   # 53 convs: 17 of them 3x3 or 7x7 (stem + 16 blocks), 36 1x1 (32 in blocks, 4 downsamples)
   assert jaxpr.count("conv_general_dilated[") == 17
   assert jaxpr.count("dot_general[") == 36 + 1  # + fc
+
+
+def test_a_folded_model_keeps_the_mode_and_weights_of_its_original():
+  model = fr.ResNet18(num_classes=10)
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  folded = fr.fold_batchnorm(model)
+  assert not model.bn1.use_running_average, "the original stays in train mode"
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(model)))
+  params = [path for path, _ in nnx.to_flat_state(nnx.state(folded, nnx.Param))]
+  assert params and not [p for p in params if any(str(k).startswith("bn") for k in p)]
+
+
+def test_bfloat16_folded_model_matches_the_unfolded_one():
+  model = fr.ResNet18(num_classes=10, dtype=jnp.bfloat16)
+  model.eval()
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
+  ours, folded = model(x), fr.fold_batchnorm(model)(x)
+  assert folded.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(folded, np.float32), np.asarray(ours, np.float32),
+                             atol=0.05 * float(jnp.max(jnp.abs(ours))))
+
+
+def test_group_norm_models_cannot_be_folded():
+  with pytest.raises(ValueError, match="bn1 is GroupNorm, not a BatchNorm"):
+    fr.fold_batchnorm(fr.ResNet18(norm="group"))
+
+
+def test_a_folded_model_cannot_be_saved(tmp_path):
+  folded = fr.fold_batchnorm(fr.ResNet18())
+  with pytest.raises(ValueError, match="folded"):
+    fr.save(folded, tmp_path / "ckpt", {"arch": "resnet18", "options": {}})
+  assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fused_batchnorm_backward_equals_autodiff_in_float64(groups):
+  from flax_resnet.model import _batch_norm_train
+  rng = np.random.default_rng(groups)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((8, 5, 6, 7)) * 3 + 2)
+    args = (x, jnp.asarray(rng.uniform(0.5, 1.5, 7)), jnp.asarray(rng.standard_normal(7)),
+            jnp.zeros(7), jnp.ones(7))
+    # Cotangents on the running statistics too: the hand-written rule must not drop them.
+    cotangents = (jnp.asarray(rng.standard_normal(x.shape)),
+                  jnp.asarray(rng.standard_normal(7)), jnp.asarray(rng.standard_normal(7)))
+    results = []
+    for backward in ("autodiff", "fused"):
+      out, vjp = jax.vjp(functools.partial(
+          _batch_norm_train, momentum=0.9, epsilon=1e-5, groups=groups, dtype=None,
+          backward=backward), *args)
+      results.append((out, vjp(cotangents)))
+  for a, b in zip(*[jax.tree.map(np.asarray, jax.tree.leaves(r)) for r in results]):
+    assert a.dtype == np.float64 and np.max(np.abs(a - b)) <= 1e-13 * np.max(np.abs(a))
+
+
+def test_one_pass_variance_loses_digits_only_when_the_mean_dwarfs_the_std():
+  rng = np.random.default_rng(0)
+  errors = {}
+  for offset in (0.0, 1000.0):
+    x = rng.standard_normal((1, 64, 8, 8, 4)) + offset
+    exact = x.var(axis=(1, 2, 3), keepdims=True)
+    for moments in ("two_pass", "one_pass"):
+      _, var = fr.model._batch_moments(jnp.asarray(x, jnp.float32), jnp.float32, moments)
+      errors[offset, moments] = float(np.max(np.abs(np.asarray(var) - exact) / exact))
+  assert errors[0.0, "one_pass"] < 1e-5 and errors[0.0, "two_pass"] < 1e-5
+  assert errors[1000.0, "two_pass"] < 1e-5 < 1e-2 < errors[1000.0, "one_pass"]
+
+
+def test_an_unknown_batchnorm_option_names_itself():
+  model = fr.ResNet18(num_classes=10)
+  model.set_attributes(backward="cudnn", raise_if_not_found=False)
+  with pytest.raises(ValueError, match="BatchNorm backward must be one of .*'cudnn'"):
+    model(jnp.ones((2, 32, 32, 3)))

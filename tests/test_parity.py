@@ -13,6 +13,8 @@ from flax import nnx
 
 from flax_resnet.torch_port import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
                                   torch_key)
+from flax_resnet.folding import FoldedNorm, fold_batchnorm
+from flax_resnet.model import BatchNorm
 from flax_resnet.parity import flax_features, judge, torch_features
 from torch_reference import calibrated_pair, nchw, smooth_images, torch
 
@@ -79,6 +81,16 @@ def test_deep_nets_with_realistic_batchnorm_are_as_exact_as_torchvision(name):
   assert_parity(reference, model, smooth_images(1, (2, 224, 224, 3)))
 
 
+@pytest.mark.parametrize("name", per_arch(ARCHS))
+def test_folded_batchnorm_is_as_exact_as_torchvision(name):
+  # Folding rounds once more (kernel * scale), and must stay within torch's own error.
+  reference, model = calibrated_pair(name, bn_scale=(0.6, 1.4))
+  folded = fold_batchnorm(model)
+  assert isinstance(folded.layer1[0].bn1, FoldedNorm)
+  assert isinstance(model.layer1[0].bn1, BatchNorm), "the original must stay unfolded"
+  assert_parity(reference, folded, smooth_images(4, (2, 97, 131, 3)))
+
+
 VARIANTS = [
     ("resnet18", (("num_classes", 10),)),
     ("resnet50", (("replace_stride_with_dilation", (False, True, True)),)),
@@ -131,8 +143,11 @@ def _torch_train_run(reference, x, labels, steps):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_train_mode_logits_statistics_and_gradients_match_torchvision(name):
+@pytest.mark.parametrize("moments, backward", [("two_pass", "autodiff"), ("one_pass", "fused")])
+def test_train_mode_logits_statistics_and_gradients_match_torchvision(name, moments, backward):
   reference, model = calibrated_pair(name)
+  model = nnx.clone(model)
+  model.set_attributes(moments=moments, backward=backward, raise_if_not_found=False)
   # ReLU's gradient jumps at 0, and a forward pass has ~1e6 pre-activations with
   # float32 rounding ~1e-6: on some inputs one of them lands on the other side of
   # the kink than in torch, and one element's gradient (a 1/16 share of a BN bias
@@ -160,6 +175,18 @@ def test_train_mode_logits_statistics_and_gradients_match_torchvision(name):
 def test_train_mode_gradients_equal_torchvision_in_float64(name, seed):
   """Exact semantics, free of float32 kink crossings (which seed 4 has for resnet18 in
   float32, and seeds 5 and 7 for resnet50: up to 1% error in one tensor there)."""
+  assert_float64_gradients_equal_torchvision(name, seed)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("moments, backward", [("two_pass", "fused"), ("one_pass", "autodiff"),
+                                               ("one_pass", "fused")])
+def test_batchnorm_speed_options_keep_float64_gradients_equal_torchvision(name, moments,
+                                                                          backward):
+  assert_float64_gradients_equal_torchvision(name, 5, moments=moments, backward=backward)
+
+
+def assert_float64_gradients_equal_torchvision(name, seed, **batchnorm):
   reference, _ = calibrated_pair(name)
   reference = copy.deepcopy(reference).double().train()
   x = smooth_images(seed, (4, 64, 64, 3)).astype(np.float64)
@@ -169,6 +196,8 @@ def test_train_mode_gradients_equal_torchvision_in_float64(name, seed):
   with jax.enable_x64(True):
     model = from_torch_state_dict(reference.state_dict(), name, param_dtype=jnp.float64)
     model.train()
+    if batchnorm:
+      model.set_attributes(**batchnorm, raise_if_not_found=False)
 
     def loss_fn(m):
       logp = jax.nn.log_softmax(m(jnp.asarray(x)))

@@ -128,3 +128,22 @@ def test_on_device_normalisation_equals_torchvision_to_tensor_and_normalize():
   theirs = np.stack([tf.normalize(tf.to_tensor(Image.fromarray(p)), mean, std).permute(1, 2, 0)
                      .numpy() for p in pixels])
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_path, capsys):
+  from types import SimpleNamespace
+
+  from flax_resnet.training import trainer as trainer_lib
+  run = SimpleNamespace(cfg=SimpleNamespace(global_batch=8, log_every=1000), step=0,
+                        total_steps=10, skips=SimpleNamespace(count=0))
+  progress = trainer_lib.Progress(run, tmp_path)
+  run.step = 1
+  progress.step({"loss": 2.5})
+  assert capsys.readouterr().out == ""
+  progress.last -= trainer_lib.LOG_SECONDS  # half a minute without a line
+  run.step = 2
+  progress.step({"loss": 2.25})
+  assert capsys.readouterr().out.startswith("step 2/10 loss 2.2500")
+  progress.close()
+  # The time-driven line stays out of metrics.jsonl, which must not depend on speed.
+  assert not (tmp_path / "metrics.jsonl").exists()

@@ -128,12 +128,16 @@ def test_the_pytorch_reference_learns_the_same_config_and_plots_beside_ours(cifa
 
 def _exported_ema_classifies_the_test_images(workdir, data):
   import flax_resnet
+  from flax_resnet.training import checkpoints
   from flax_resnet.predict import top_k
   out = workdir / "exported"
   done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(workdir), "--out",
                          str(out), "--ema"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   model, meta = flax_resnet.load(out)
+  with checkpoints.reader(workdir) as mgr:  # "best" is the highest eval score (latest of ties)
+    scores = {s: checkpoints.score(mgr.metrics(s)) for s in mgr.all_steps() if mgr.metrics(s)}
+  assert len(scores) >= 2 and meta.source["step"] == max(scores, key=lambda s: (scores[s], s))
   state, _ = final_state(workdir, meta.source["step"])
   np.testing.assert_array_equal(model.conv1.kernel[...], state["ema"]["conv1"]["kernel"])
   assert meta.categories == list(CLASSES)
@@ -249,12 +253,13 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["init_from=/tmp"], "not a flax-resnet checkpoint"),
     (["no_such_field=1"], "key=value"),
     (["bn_stats=per_host"], "bn_stats='per_host': must be one of"),
+    (["bn_backward=cudnn"], "bn_backward='cudnn': must be one of autodiff, fused"),
     (["lr=nan"], "lr=nan: not a finite number"),
     (["weight_decay=inf"], "weight_decay=inf: not a finite number"),
     (["dtype=float17"], "dtype='float17': must be one of float32, bfloat16, float16"),
     (["max_steps=-5"], "max_steps=-5: must be at least 0"),
 ], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
-        "unknown bn_stats", "lr nan", "weight decay inf", "unknown dtype", "negative max_steps"])
+        "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype", "negative max_steps"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
@@ -320,11 +325,14 @@ def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ema"], "holds no EMA weights"),
+    (["--ema", "--step", "latest"], "holds no EMA weights"),
     (["--step", "7"], "the checkpoints hold steps [2]"),
-], ids=["no EMA kept", "no such step"])
+    ([], "no checkpoint was evaluated"),
+], ids=["no EMA kept", "no such step", "no best without an eval"])
 def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
   train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  # Two steps are less than an epoch: nothing was evaluated, so nothing is best.
+  assert json.loads((tmp_path / "summary.json").read_text())["best_top1"] is None
   done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(tmp_path), "--out",
                          str(tmp_path / "out"), *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import logging
 import os
 import platform
@@ -85,6 +86,33 @@ def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
   return dest
 
 
+class WorkerStart:
+  """Run first in each worker process: writes when it got there and what it had imported.
+
+  A spawned worker imports what unpickling the pipeline needs before this runs, so
+  its time since the iterator was made is the worker's start-up.
+  """
+  HEAVY = ("jax", "flax", "orbax.checkpoint", "optax", "torch", "tensorflow")
+
+  def __init__(self, folder: Path, start: float):
+    self.folder, self.start = folder, start
+
+  def __call__(self, index: int, count: int) -> None:
+    record = {"worker": index, "ready_s": time.time() - self.start,
+              "imported": [m for m in self.HEAVY if m in sys.modules]}
+    (self.folder / f"worker-{index}.json").write_text(json.dumps(record))
+
+
+def worker_starts(folder: Path) -> dict:
+  """The slowest worker's start-up and the heavy modules the workers had imported."""
+  records = [json.loads(p.read_text()) for p in sorted(folder.glob("worker-*.json"))]
+  if not records:
+    return {}
+  return {"workers_ready_s_max": max(r["ready_s"] for r in records),
+          "workers_ready_s_min": min(r["ready_s"] for r in records),
+          "worker_imports": sorted({m for r in records for m in r["imported"]})}
+
+
 def measure(cfg, batches: int, warmup: int) -> dict:
   """Start-up time and the steady images/s: over the second half of ``batches`` timed ones.
 
@@ -92,7 +120,9 @@ def measure(cfg, batches: int, warmup: int) -> dict:
   half drains that buffer, so the second half runs at the rate images are produced.
   """
   start = time.perf_counter()
-  iterator, _ = data.train_batches(cfg, 0, 1)
+  # Beside the split folders, in the data folder that main() removes at the end.
+  reports = Path(tempfile.mkdtemp(prefix="workers-", dir=cfg.data_dir))
+  iterator, _ = data.train_batches(cfg, 0, 1, worker_init=WorkerStart(reports, time.time()))
   for _ in range(warmup):
     next(iterator)
   stamps = [time.perf_counter()]
@@ -105,7 +135,7 @@ def measure(cfg, batches: int, warmup: int) -> dict:
   seconds = stamps[-1] - stamps[half]
   return {"images_per_s": (batches - half) * cfg.global_batch / seconds, "timed_s": seconds,
           "timed_batches": batches - half, "startup_s": stamps[0] - start,
-          "dtype": str(batch["image"].dtype)}
+          "dtype": str(batch["image"].dtype), **worker_starts(reports)}
 
 
 def main(argv=None) -> int:

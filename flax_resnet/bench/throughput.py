@@ -5,14 +5,23 @@
 
 Synthetic data already on the device. Compilation and warm-up are timed apart;
 the timed steps alternate between frameworks in rounds so that their ratio holds
-on a noisy machine. One JSON line per framework and configuration is appended
-to --out (and printed).
+on a noisy machine. One JSON line per framework, variant and configuration is
+appended to --out (and printed).
+
+``--variants`` runs JAX once per speed option of the library (``VARIANTS``):
+BatchNorm's one-pass moments and fused backward in training, BatchNorm folded
+into the convolutions (``flax_resnet.fold_batchnorm``) for inference.
+
+With torch in the same process on a GPU, JAX is limited to ``JAX_MEM_FRACTION``
+of the GPU's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``, unless already set):
+its default preallocation of 75% would leave torch a quarter.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +40,13 @@ from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
 from flax_resnet.training.steps import make_optimizer, train_step
 
+VARIANTS = {
+    "train": {"baseline": {}, "bn_fused_backward": {"backward": "fused"},
+              "bn_one_pass": {"moments": "one_pass"},
+              "bn_one_pass_fused_backward": {"moments": "one_pass", "backward": "fused"}},
+    "infer": {"baseline": {}, "folded": {"fold": True}},
+}
+JAX_MEM_FRACTION = "0.45"
 # Dense bf16 / tf32 tensor-core peaks in FLOP/s, for MFU.
 PEAK_FLOPS = {("H100", "bf16"): 989e12, ("H200", "bf16"): 989e12,
               ("H100", "fp32"): 494e12, ("H200", "fp32"): 494e12}
@@ -45,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
   p.add_argument("--frameworks", default="jax,torch-eager",
                  help="comma-separated: jax, torch-eager, torch-compile")
+  p.add_argument("--variants", default="baseline",
+                 help="comma-separated JAX variants, or 'all': train: "
+                      f"{', '.join(VARIANTS['train'])}; infer: {', '.join(VARIANTS['infer'])}")
   p.add_argument("--steps", type=int, default=20, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--rounds", type=int, default=4, help="alternations between frameworks")
@@ -58,7 +77,30 @@ def parse_args(argv=None) -> argparse.Namespace:
   unknown = set(args.frameworks) - {"jax", "torch-eager", "torch-compile"}
   if unknown or args.steps < args.rounds or args.batch < 1:
     p.error(f"bad --frameworks {sorted(unknown)} or --steps < --rounds or --batch < 1")
+  known = VARIANTS[args.mode]
+  args.variants = list(known) if args.variants == "all" else args.variants.split(",")
+  if set(args.variants) - set(known):
+    p.error(f"--variants {','.join(sorted(set(args.variants) - set(known)))}: not a {args.mode} "
+            f"variant ({', '.join(known)})")
   return args
+
+
+def runner_names(args) -> list[str]:
+  """``jax`` (the baseline), ``jax:VARIANT`` for the others, then the torch frameworks."""
+  names = []
+  for framework in args.frameworks:
+    if framework == "jax":
+      names += ["jax" if v == "baseline" else f"jax:{v}" for v in args.variants]
+    else:
+      names.append(framework)
+  return names
+
+
+def split_gpu_memory(frameworks) -> str | None:
+  """Limits JAX's preallocation when torch shares the process; the fraction in force."""
+  if any(f.startswith("torch") for f in frameworks):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEM_FRACTION)
+  return os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 class JaxRunner:
@@ -69,9 +111,13 @@ class JaxRunner:
   replicated, as in train/train.py.
   """
 
-  def __init__(self, args):
+  def __init__(self, args, variant: str = "baseline"):
     dtype = jnp.bfloat16 if args.dtype == "bf16" else None
+    options = dict(VARIANTS[args.mode][variant])
+    fold = options.pop("fold", False)
     self.model = flax_resnet.create_model(args.arch, dtype=dtype, rngs=nnx.Rngs(0))
+    if options:
+      self.model.set_attributes(**options, raise_if_not_found=False)
     mesh = Mesh(np.array(batch_devices(args.batch)), ("data",))
     self.devices = mesh.size
     nnx.update(self.model, jax.device_put(nnx.state(self.model), NamedSharding(mesh, P())))
@@ -84,7 +130,7 @@ class JaxRunner:
       self.step = self._train_step
     else:
       self.model.eval()
-      graphdef, state = nnx.split(self.model)
+      graphdef, state = nnx.split(flax_resnet.fold_batchnorm(self.model) if fold else self.model)
       forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
       self.step = lambda: forward(state, self.x)
 
@@ -140,13 +186,13 @@ class TorchRunner:
 
 
 def make_runner(name: str, args):
-  if name == "jax":
-    return JaxRunner(args)
+  if name.startswith("jax"):
+    return JaxRunner(args, name.partition(":")[2] or "baseline")
   return TorchRunner(args, compiled=name == "torch-compile")
 
 
 def device_name(framework: str, runner) -> str:
-  if framework == "jax":
+  if framework.startswith("jax"):
     d = jax.devices()[0]
     return f"{d.platform}:{d.device_kind}" + (f" x{runner.devices}" if runner.devices > 1 else "")
   import torch
@@ -197,16 +243,19 @@ def report(args, runners, times, queued) -> list[dict]:
     median = statistics.median(ts)
     device = device_name(name, runners[name][0])
     peak = next((v for (k, d), v in PEAK_FLOPS.items() if k in device and d == args.dtype), None)
-    row = {"framework": name, "arch": args.arch, "mode": args.mode, "batch": args.batch,
+    framework, _, variant = name.partition(":")
+    row = {"framework": framework, "variant": variant or "baseline", "arch": args.arch, "mode": args.mode, "batch": args.batch,
            "image_size": args.image_size, "dtype": args.dtype, "steps": len(ts),
            "step_s_median": median, "step_s_min": min(ts), "step_s_max": max(ts),
            "images_per_s": args.batch / median, "first_step_s": runners[name][1],
            "host_s_median": statistics.median(queued[name]),
            "flops_per_image": flops, "mfu": flops * args.batch / median / peak if peak else None,
-           "device": device, "versions": versions(), "command": " ".join(sys.argv),
+           "device": device, "jax_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+           if framework == "jax" and device.startswith("gpu") else None,
+           "versions": versions(), "command": " ".join(sys.argv),
            "date": datetime.date.today().isoformat()}
     rows.append(row)
-    if name != "jax":
+    if framework != "jax":
       fastest_torch = max(fastest_torch or 0, row["images_per_s"])
   for row in rows:
     if row["framework"] == "jax" and fastest_torch:
@@ -216,11 +265,15 @@ def report(args, runners, times, queued) -> list[dict]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  fraction = split_gpu_memory(args.frameworks)  # before JAX's first use of a device
   if args.cpu_devices == "auto":
     use_every_core(args.batch)
   elif args.cpu_devices == "cores":
     one_device_per_core(args.batch)
-  runners = prepare(args.frameworks, args)
+  if fraction and jax.default_backend() == "gpu":
+    print(f"JAX may use {float(fraction):.0%} of the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION),"
+          " torch the rest", file=sys.stderr, flush=True)
+  runners = prepare(runner_names(args), args)
   emit(report(args, runners, *measure(runners, args)), args.out)
   return 0
 

@@ -132,7 +132,7 @@ class Reference:
     self.criterion, self.log = torch_recipe.loss_fn(cfg), Log(workdir)
     self.ema = Ema(self.net, cfg.ema_decay) if cfg.ema_decay else None
     self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
-    self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, 0.0
+    self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, None
 
   def autocast(self):
     return torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None)
@@ -176,7 +176,8 @@ class Reference:
       averaged.load_state_dict(self.ema.state)
       metrics.update({f"ema_{k}": v for k, v in
                       evaluate(averaged, self.test, self.device, self.autocast).items()})
-    self.last_eval, self.best = metrics, max(self.best, metrics.get("ema_top1", metrics["top1"]))
+    self.last_eval = metrics
+    self.best = max(self.best or 0.0, metrics.get("ema_top1", metrics["top1"]))
     print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
           flush=True)
     for k, v in metrics.items():

@@ -21,18 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
-
-import flax_resnet
+# Only the light modules here: arguments are checked before JAX, orbax or torch load.
 from flax_resnet.cli import (ArgumentParser, CliError, check_writable_dir, positive_float,
                              positive_int, report)
 from flax_resnet.files import sha256
-from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
-from flax_resnet.registry import architecture
-from flax_resnet.saved_model import Metadata, save
-from flax_resnet.torch_port import (ConversionError, check_roundtrip, convert_state_dict,
-                                     fetch_weights, load_file, versions)
-from flax_resnet.xla_cache import enable_compilation_cache
+from flax_resnet.preprocess import EvalTransform
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +59,7 @@ def step(message: str) -> float:
 
 def load_source(args) -> tuple[dict, dict, Any]:
   """(state dict, source description, torchvision weights entry or None)."""
+  from flax_resnet.torch_port import fetch_weights, load_file
   if args.weights:
     weights, state, file = fetch_weights(args.weights, args.arch)
     source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
@@ -79,7 +73,11 @@ def load_source(args) -> tuple[dict, dict, Any]:
 
 def check_arguments(args) -> None:
   """What can be judged before anything is loaded: names, numbers and the output's place."""
+  if args.weights and "." not in args.weights and args.arch is None:
+    raise CliError(f"--weights {args.weights} needs --arch (or a full name such as "
+                   f"ResNet50_Weights.{args.weights})")
   if args.arch is not None:
+    from flax_resnet.registry import architecture
     try:
       architecture(args.arch)
     except ValueError as e:
@@ -91,27 +89,35 @@ def check_arguments(args) -> None:
   check_writable_dir(args.out, args.force)
 
 
-def metadata(args, arch, options, source, weights, notes, parity) -> Metadata:
+def metadata(args, arch, options, source, weights, notes, parity):
+  """The checkpoint's ``Metadata``."""
+  import flax
+  import jax
+
+  import flax_resnet
+  from flax_resnet.preprocess import from_torchvision_weights
+  from flax_resnet.saved_model import Metadata
+  from flax_resnet.torch_port import versions
   transform = from_torchvision_weights(weights) if weights else EvalTransform(
       **{k: v for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
          if v is not None})
-  categories = weights.meta.get("categories") if weights else None
-  if categories is None and options.get("num_classes") == 1000 and not args.reset_head:
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-    categories = list(_IMAGENET_CATEGORIES)
+  # Only weights that name their classes get names: a --state-dict's 1000 outputs may be anything.
+  categories = weights.meta.get("categories") if weights and not args.reset_head else None
   return Metadata(
       arch=arch, options=options, source=source, notes=notes,
       head="reset: fresh classifier" if args.reset_head else "from source",
       preprocessing=transform.to_json(), categories=categories, parity=parity,
-      versions={**versions(), "jax": jax.__version__, "flax": __import__("flax").__version__,
+      versions={**versions(), "jax": jax.__version__, "flax": flax.__version__,
                 "flax_resnet": flax_resnet.__version__},
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
-def run(args) -> tuple[Metadata, int]:
-  """Loads, converts, verifies and writes as ``args`` say; the metadata written and the
+def run(args) -> tuple[Any, int]:
+  """Loads, converts, verifies and writes as ``args`` say; the ``Metadata`` written and the
   parameter count."""
   check_arguments(args)
+  from flax_resnet.saved_model import save
+  from flax_resnet.torch_port import check_roundtrip, convert_state_dict
   t = step(f"[1/4] loading {args.weights or args.state_dict}")
   state, source, weights = load_source(args)
   t = step(f"      loaded in {time.perf_counter() - t:.1f}s\n"
@@ -161,12 +167,19 @@ def describe(parity: dict) -> str:
 
 
 def _count(model) -> int:
+  import jax
   from flax import nnx
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  try:
+    check_arguments(args)
+  except CliError as e:
+    return report(e)
+  from flax_resnet.torch_port import ConversionError
+  from flax_resnet.xla_cache import enable_compilation_cache
   enable_compilation_cache()
   try:
     meta, parameters = run(args)

@@ -37,8 +37,9 @@ def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
       policies.BestN(get_metric_fn=score, reverse=False, n=1,
                      keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, create=True,
-                                         enable_async_checkpointing=True)
+  # best_fn too: without it orbax keeps no metrics on disk, and no reader can rank them.
+  options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, best_fn=score,
+                                         create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
 
 

@@ -23,6 +23,8 @@ class Config:
   channels: tuple[int, ...] = ()  # base channels per stage, with layers
   dtype: str = "bfloat16"  # compute dtype; parameters, BN statistics and loss stay float32
   bn_stats: str = "global"  # BatchNorm batch statistics over the "global" batch or "per_device"
+  bn_moments: str = "two_pass"  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
+  bn_backward: str = "autodiff"  # or "fused": BatchNorm's gradient by hand, the same function
   # Data
   data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
   train_split: str = "train"
@@ -89,7 +91,8 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
 
 
 CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "optimizer": ("sgd", "adamw"),
-           "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar")}
+           "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar"),
+           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused")}
 AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch": 1, "epochs": 1,
             "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
             "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,

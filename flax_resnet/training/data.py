@@ -138,12 +138,13 @@ class SyntheticSample(grain.transforms.RandomMap):
             "label": int(rng.integers(self.num_classes)), "skipped": 0, "first": 0}
 
 
-def train_batches(config, process_index: int, process_count: int):
+def train_batches(config, process_index: int, process_count: int, worker_init=None):
   """(an iterator over this process's share of each global batch, endless over epochs,
   the ImageFolder it reads or None for synthetic data).
 
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
+  ``worker_init(index, count)`` runs first in each worker process.
   """
   local_batch = config.global_batch // process_count
   folder = None
@@ -160,7 +161,8 @@ def train_batches(config, process_index: int, process_count: int):
   ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset(ahead)
   if config.workers > 0:
     _absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers),
+                        worker_init_fn=worker_init)
   return iter(ds), folder
 
 

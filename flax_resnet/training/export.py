@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
   p.add_argument("--step", default="best",
-                 help="'best' (by eval top-1; the latest if none was evaluated), 'latest' or N")
+                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N")
   p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   return p.parse_args(argv)
@@ -43,8 +43,15 @@ def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
   steps = mgr.all_steps()
   if not steps:
     raise ValueError(f"{mgr.directory} holds no checkpoint")
-  if which in ("best", "latest"):
-    return (mgr.best_step() if which == "best" else None) or mgr.latest_step()
+  if which == "latest":
+    return mgr.latest_step()
+  if which == "best":
+    best = mgr.best_step()
+    if best is None:  # orbax ranks only the checkpoints saved with eval metrics
+      raise ValueError(f"{mgr.directory}: no checkpoint was evaluated (a run shorter than "
+                       "eval_every_epochs epochs evaluates nothing), so none is best; pass "
+                       "--step latest or a step number")
+    return best
   if not which.isdigit() or int(which) not in steps:
     raise ValueError(f"--step {which}: the checkpoints hold steps {sorted(steps)}")
   return int(which)

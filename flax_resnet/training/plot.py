@@ -37,7 +37,11 @@ def read_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot(runs: dict[str, dict], out: Path) -> None:
-  """The series of each run (by label) on two panels: losses, and eval accuracies."""
+  """The series of each run (by label) on two panels: losses, and eval accuracies.
+
+  Every point is marked, so that a run of a few logged steps still shows; a run that
+  has not been evaluated yet says so in the accuracy panel instead of an empty plot.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -48,13 +52,16 @@ def plot(runs: dict[str, dict], out: Path) -> None:
                      ("eval/top5", acc_ax)]:
       if series.get(name):
         steps, values = zip(*series[name])
-        ax.plot(steps, values, label=f"{label}{name}",
-                marker="." if name.startswith("eval") else None)
+        ax.plot(steps, values, label=f"{label}{name}", marker=".")
   loss_ax.set(xlabel="step", ylabel="loss", title="loss")
   acc_ax.set(xlabel="step", ylabel="accuracy", title="eval accuracy", ylim=(0, 1))
+  if not acc_ax.lines:
+    acc_ax.text(0.5, 0.5, "no evaluation yet\n(the first comes at the end of an epoch)",
+                ha="center", va="center", transform=acc_ax.transAxes)
   for ax in (loss_ax, acc_ax):
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+      ax.legend()
   save_figure(fig, out)
 
 

@@ -183,7 +183,7 @@ class Trainer:
     self._step = None
     self._build_state()
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
-    self.step, self.skips, self.best = 0, data.SkipLog(), 0.0
+    self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
 
   def _build_state(self) -> None:
@@ -197,6 +197,8 @@ class Trainer:
     model = build_model(cfg)
     if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
+    model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward,
+                         raise_if_not_found=False)
     optimizer = make_optimizer(
         model, schedule(cfg, self.steps_per_epoch),
         optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -330,8 +332,13 @@ class Trainer:
             "top5": totals["top5"] / n}
 
 
+LOG_SECONDS = 30  # a progress line at least this often, whatever log_every says
+
+
 class Progress:
-  """Periodic lines with loss, images/s and ETA; TensorBoard scalars beside them."""
+  """Lines with loss, images/s and ETA every ``log_every`` steps and at least every
+  ``LOG_SECONDS``; TensorBoard scalars and metrics.jsonl at the ``log_every`` steps only,
+  so that they do not depend on the machine's speed."""
 
   def __init__(self, trainer: Trainer, workdir: Path):
     self.trainer, self.start, self.last = trainer, time.perf_counter(), time.perf_counter()
@@ -347,15 +354,18 @@ class Progress:
       jax.block_until_ready(metrics)
       self.writer = ThreadPoolExecutor(1).submit(_summary_writer, self.logdir)
     self.images += t.cfg.global_batch
-    if t.step % t.cfg.log_every and t.step != t.total_steps:
+    scheduled = t.step % t.cfg.log_every == 0 or t.step == t.total_steps
+    if not scheduled and time.perf_counter() - self.last < LOG_SECONDS:
       return
     loss = float(metrics["loss"])
-    rate = self.images / (time.perf_counter() - self.start)
+    self.last = time.perf_counter()
+    rate = self.images / (self.last - self.start)
     eta = (t.total_steps - t.step) * t.cfg.global_batch / max(rate, 1e-9)
     print(f"step {t.step}/{t.total_steps} loss {loss:.4f} {rate:.1f} img/s "
-          f"ETA {eta / 60:.1f} min skipped {t.skips.count}", flush=True)
-    self.scalar("train/loss", loss)
-    self.scalar("train/images_per_s", rate)
+          f"ETA {_duration(eta)} skipped {t.skips.count}", flush=True)
+    if scheduled:
+      self.scalar("train/loss", loss)
+      self.scalar("train/images_per_s", rate)
 
   def scalar(self, name: str, value: float) -> None:
     """TensorBoard (once its writer is ready), and metrics.jsonl for train/plot.py."""
@@ -380,6 +390,20 @@ class Progress:
     return self.images / max(time.perf_counter() - self.start, 1e-9)
 
 
+def _duration(seconds: float) -> str:
+  if seconds < 3600:
+    return f"{seconds / 60:.1f} min"
+  return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
+
+
+def _warn_if_cpu(trainer: Trainer) -> None:
+  if jax.default_backend() == "cpu" and jax.process_index() == 0:
+    print(f"note: no accelerator: this run's {trainer.total_steps} steps of "
+          f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
+          f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
+          "for GPUs and TPUs can take days here.", flush=True)
+
+
 def _summary_writer(logdir: Path):
   from tensorboardX import SummaryWriter
   return SummaryWriter(str(logdir))
@@ -399,6 +423,7 @@ def run(cfg, workdir: Path) -> dict:
     config_lib.save(cfg, workdir / "config.json")
   trainer = Trainer(cfg, workdir)
   trainer.resume()
+  _warn_if_cpu(trainer)
   preemption, progress = Preemption(), Progress(trainer, workdir)
   started = time.perf_counter()
   try:
@@ -430,7 +455,7 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
     if (epoch_end and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
         and cfg.data_dir and not cfg.synthetic):
       last_eval = metrics = trainer.evaluate()
-      trainer.best = max(trainer.best, checkpoints.score(metrics))
+      trainer.best = max(trainer.best or 0.0, checkpoints.score(metrics))
       print(f"epoch {trainer.step // trainer.steps_per_epoch} eval " + " ".join(
           f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
       for k, v in metrics.items():
