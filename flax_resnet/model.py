@@ -25,25 +25,66 @@ STEMS = ("imagenet", "cifar")
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear's default: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)).
-linear_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_linear_uniform = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
+def _host_rng(key: jax.Array) -> np.random.Generator | None:
+  """numpy's generator seeded by a concrete JAX key (the same key, the same numbers on
+  every host), or None for a traced key (abstract construction: shapes only)."""
+  if isinstance(key, jax.core.Tracer):
+    return None
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+def _filled(n: int, value: float, dtype) -> jax.Array:
+  # From numpy: jnp.ones would compile a program for each of the net's channel counts.
+  return jax.device_put(np.full((n,), value, np.dtype(dtype)))
+
+
+def _draw_dtype(dtype) -> np.dtype:
+  return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+
+
 def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-  """torchvision's conv initialisation of an HWIO kernel, drawn as a matrix of equal fan-out.
+  """torchvision's conv initialisation of an HWIO kernel: normal, std sqrt(2 / fan_out).
 
-  JAX's random bits follow the flat element order, so a (C_in, H*W*C_out) draw
-  reshaped holds the same random numbers as a rank-4 one, and XLA:CPU compiles it
-  several times faster: with one program per kernel shape, a cold ResNet-50
-  construction takes 4.8 s instead of 13.7 s (jax 0.12; BENCHMARKS.md).
+  Drawn on the host with numpy, seeded by ``key``: ``jax.random`` compiles one XLA
+  program per kernel shape, 3-4 s of a cold ResNet-50 construction on a CPU, where
+  numpy takes milliseconds (BENCHMARKS.md). A traced key (``nnx.eval_shape``,
+  ``nnx.jit``) takes the ``jax.random`` path of the same distribution.
   """
-  h, w, cin, cout = shape
-  return _kaiming_normal_fan_out(key, (cin, h * w * cout), dtype).reshape(shape)
+  rng = _host_rng(key)
+  if rng is None:
+    return _kaiming_normal_fan_out(key, shape, dtype)
+  h, w, _, cout = shape
+  x = rng.standard_normal(shape, dtype=_draw_dtype(dtype)) * np.sqrt(2.0 / (h * w * cout))
+  return _to_device(x, dtype)
+
+
+def linear_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+  """torch.nn.Linear's kernel initialisation, U(+-1/sqrt(fan_in)), on the host as ``conv_init``."""
+  return _uniform(key, shape, dtype, 1.0 / math.sqrt(shape[0]), _linear_uniform)
 
 
 def _linear_bias_init(fan_in: int):
   bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+  jax_path = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+  return lambda key, shape, dtype: _uniform(key, shape, dtype, bound, jax_path)
+
+
+def _uniform(key, shape, dtype, bound: float, jax_path) -> jax.Array:
+  rng = _host_rng(key)
+  if rng is None:
+    return jax_path(key, shape, dtype)
+  x = rng.random(shape, dtype=_draw_dtype(dtype)) * (2 * bound) - bound
+  return _to_device(x, dtype)
+
+
+def _to_device(x: np.ndarray, dtype) -> jax.Array:
+  # Cast by numpy: jnp.asarray(x, dtype) compiles a conversion for every kernel shape.
+  return jax.device_put(x.astype(np.dtype(dtype), copy=False))
 
 
 class BatchNorm(nnx.Module):
@@ -80,10 +121,10 @@ class BatchNorm(nnx.Module):
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
     del rngs  # no random initialisation; accepted for a uniform norm signature
     stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
-    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
-    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
+    self.scale = nnx.Param(_filled(num_features, 1, param_dtype))
+    self.bias = nnx.Param(_filled(num_features, 0, param_dtype))
+    self.mean = nnx.BatchStat(_filled(num_features, 0, stat_dtype))
+    self.var = nnx.BatchStat(_filled(num_features, 1, stat_dtype))
     self.momentum, self.epsilon = momentum, epsilon
     self.use_running_average = use_running_average
     self.dtype = dtype
@@ -196,10 +237,10 @@ class FrozenBatchNorm(nnx.Module):
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
     del rngs  # no random initialisation; accepted for a uniform norm signature
     stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
-    self.scale = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
-    self.bias = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
+    self.scale = nnx.BatchStat(_filled(num_features, 1, stat_dtype))
+    self.bias = nnx.BatchStat(_filled(num_features, 0, stat_dtype))
+    self.mean = nnx.BatchStat(_filled(num_features, 0, stat_dtype))
+    self.var = nnx.BatchStat(_filled(num_features, 1, stat_dtype))
     self.epsilon, self.dtype = epsilon, dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ same PIL resize and repeat the float32 arithmetic, and return NHWC arrays.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
@@ -52,18 +53,19 @@ class EvalTransform:
     return np.stack([self(open_image(p)) for p in paths])
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) -> Image.Image:
   """Reads an image fully (so errors surface here) as 8-bit RGB (``to_rgb``), or raises
-  ``ValueError`` naming the file; an image over PIL's pixel limit (a decompression bomb)
-  is refused before it is decoded."""
+  ``ValueError`` naming the file (or ``name``, for bytes in memory); an image over PIL's
+  pixel limit (a decompression bomb) is refused before it is decoded."""
+  name = name or path
   try:
     with Image.open(path) as image:
       image.load()
       return to_rgb(image)
   except Image.DecompressionBombError as e:
-    raise ValueError(f"cannot read image {path}: refused: {e}") from e
+    raise ValueError(f"cannot read image {name}: refused: {e}") from e
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from e
+    raise ValueError(f"cannot read image {name}: {e}") from e
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -13,7 +13,7 @@ LIBRARY = sorted((ROOT / "flax_resnet").glob("*.py"))
 TORCH_FACING = {"torch_port.py", "parity.py"}
 COMMANDS = {"flax-resnet-convert", "flax-resnet-export", "flax-resnet-predict",
             "flax-resnet-train", "flax-resnet-train-export", "flax-resnet-plot",
-            "flax-resnet-bench"}
+            "flax-resnet-bench", "flax-resnet-shards"}
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:

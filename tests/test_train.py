@@ -340,7 +340,33 @@ def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
   assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_images_are_skipped_counted_at_every_visit_and_logged_once(cifar2, tmp_path):
+def as_shards(folder: Path, out: Path) -> Path:
+  """``folder``'s train and test splits written by train/shards.py into ``out``."""
+  done = subprocess.run([sys.executable, "train/shards.py", "--folder", str(folder), "--out",
+                         str(out), "--splits", "train,test", "--records-per-shard", "100"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  return out
+
+
+@pytest.fixture(scope="module")
+def cifar2_shards(cifar2, tmp_path_factory):
+  return as_shards(cifar2, tmp_path_factory.mktemp("cifar2_shards"))
+
+
+def test_training_on_shards_equals_training_on_the_folder(cifar2, cifar2_shards, tmp_path):
+  sets = ["global_batch=16", "max_steps=6", "log_every=1", "workers=2"]
+  runs = {name: train(tmp_path / name, where, *sets)
+          for name, where in (("folder", cifar2), ("shards", cifar2_shards))}
+  losses = {name: [line.split()[3] for line in done.stdout.splitlines()
+                   if line.startswith("step")] for name, done in runs.items()}
+  assert len(losses["folder"]) == 6 and losses["shards"] == losses["folder"]
+  assert_identical(final_state(tmp_path / "folder", 6)[0], final_state(tmp_path / "shards", 6)[0])
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_corrupt_images_are_skipped_counted_at_every_visit_and_logged_once(cifar2, tmp_path,
+                                                                           layout):
   data = tmp_path / "data"
   for split in ("train", "test"):
     for cls in CLASSES:
@@ -348,6 +374,8 @@ def test_corrupt_images_are_skipped_counted_at_every_visit_and_logged_once(cifar
       for f in sorted((cifar2 / split / cls).iterdir())[:32]:
         (data / split / cls / f.name).write_bytes(f.read_bytes())
   (data / "train" / "airplane" / "0000_broken.jpg").write_bytes(b"\xff\xd8garbage")
+  if layout == "shards":  # the broken file becomes a broken record
+    data = as_shards(data, tmp_path / "shards")
   done = train(tmp_path / "w", data, "global_batch=16", "epochs=2", "workers=2")
   summary = json.loads((tmp_path / "w" / "summary.json").read_text())
   assert summary["skipped_images"] >= 2  # once per epoch
@@ -396,22 +424,25 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one_process_on_four_devices(cifar2, tmp_path):
+@pytest.mark.parametrize("count, layout", [(2, "folder"), (4, "shards")])
+def test_several_processes_agree_with_one_process_on_four_devices(request, tmp_path, count,
+                                                                  layout):
+  data = request.getfixturevalue("cifar2" if layout == "folder" else "cifar2_shards")
   sets = ["global_batch=16", "max_steps=4"]
   port = free_port()
-  two = {**env(2), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-  procs = [subprocess.Popen(train_cmd(tmp_path / "two", cifar2, *sets) + [
-      "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
-      cwd=ROOT, env=two, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
+  several = {**env(4 // count), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  procs = [subprocess.Popen(train_cmd(tmp_path / "several", data, *sets) + [
+      "--coordinator", f"localhost:{port}", "--num-processes", str(count), "--process-id",
+      str(i)], cwd=ROOT, env=several, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(count)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   report = "\n".join(f"process {i} exit {p.returncode}:\n{out[-3000:]}"
                      for i, (p, out) in enumerate(zip(procs, outs)))
   assert all(p.returncode == 0 for p in procs), report
-  train(tmp_path / "one", cifar2, *sets, devices=4)
-  (two_state, _), (one_state, _) = final_state(tmp_path / "two", 4), final_state(
+  train(tmp_path / "one", data, *sets, devices=4)
+  (several_state, _), (one_state, _) = final_state(tmp_path / "several", 4), final_state(
       tmp_path / "one", 4)
-  for (path, x), (_, y) in zip(leaves(two_state["model"]), leaves(one_state["model"]),
+  for (path, x), (_, y) in zip(leaves(several_state["model"]), leaves(one_state["model"]),
                                strict=True):
     x, y = np.asarray(x), np.asarray(y)
     assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path

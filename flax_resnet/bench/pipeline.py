@@ -31,7 +31,7 @@ from pathlib import Path
 
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
-from flax_resnet.training import config as config_lib, data
+from flax_resnet.training import config as config_lib, data, shards
 
 DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3] / "shared"
                            / "data"))
@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
   p.add_argument("--warmup", type=int, default=1, help="untimed batches first")
   p.add_argument("--cifar-images", type=int, default=5000, help="train images to unpack")
+  p.add_argument("--format", default="folder", choices=["folder", "shards", "both"],
+                 help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both")
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   try:
@@ -138,6 +140,17 @@ def measure(cfg, batches: int, warmup: int) -> dict:
           "dtype": str(batch["image"].dtype), **worker_starts(reports)}
 
 
+def sources(layout: str, folder: Path, tmp: Path) -> list[tuple[str, Path]]:
+  """(format, data_dir) to read: the folder, its shards (written here first), or both."""
+  out = []
+  if layout in ("folder", "both"):
+    out.append(("folder", folder))
+  if layout in ("shards", "both"):
+    shards.convert(str(folder), str(tmp / "shards"), ["train"], 1024, log=lambda _: None)
+    out.append(("shards", tmp / "shards"))
+  return out
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
@@ -149,16 +162,18 @@ def main(argv=None) -> int:
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
-    for workers in args.workers:
-      cfg = config_lib.Config(data_dir=str(root), image_size=size, global_batch=args.batch,
-                              workers=workers)
-      result = {"bench": "pipeline", "data": args.data, "image_size": size, "workers": workers,
-                "batch": args.batch, "batches": args.batches,
-                **measure(cfg, args.batches, args.warmup),
-                "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                "python": platform.python_version(), "date": datetime.date.today().isoformat(),
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-      emit([result], args.out)
+    for layout, where in sources(args.format, root, Path(tmp)):
+      for workers in args.workers:
+        cfg = config_lib.Config(data_dir=str(where), image_size=size, global_batch=args.batch,
+                                workers=workers)
+        result = {"bench": "pipeline", "data": args.data, "format": layout, "image_size": size,
+                  "workers": workers, "batch": args.batch, "batches": args.batches,
+                  **measure(cfg, args.batches, args.warmup),
+                  "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                  "python": platform.python_version(),
+                  "date": datetime.date.today().isoformat(),
+                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+        emit([result], args.out)
     # grain's prefetch threads outlive the measurement; quiet them as the folder goes.
     logging.getLogger(data.__name__).setLevel(logging.ERROR)
   return 0

@@ -1,4 +1,5 @@
-"""Grain input pipelines: ImageFolder JPEG/PNG files or synthetic images.
+"""Grain input pipelines: ImageFolder JPEG/PNG files, ArrayRecord shards of them
+(``train/shards.py``), or synthetic images.
 
 The order is a pure function of the seed (a per-epoch permutation), each process
 reads its own slice, and the iterator's state goes into every checkpoint, so a
@@ -51,6 +52,21 @@ class ImageFolder:
   def __len__(self) -> int:
     return len(self.files)
 
+  def read(self, i: int) -> tuple[Image.Image, int]:
+    """(8-bit RGB image, label) of file ``i``; ``ValueError`` naming it if unreadable."""
+    return open_image(self.files[i]), self.labels[i]
+
+  def name(self, i: int) -> str:
+    return self.files[i]
+
+
+def open_split(data_dir: str, split: str):
+  """The images of ``data_dir/split``: ``shards.Shards`` where it holds a complete set of
+  shards (their index.json), else an ``ImageFolder``."""
+  from flax_resnet.training import shards
+  where = f"{data_dir.rstrip('/')}/{split}"
+  return shards.Shards(where) if shards.is_shards(where) else ImageFolder.scan(where)
+
 
 def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
   """torchvision's RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)), bilinear."""
@@ -80,26 +96,26 @@ class TrainSample(grain.transforms.RandomMap):
 
   uint8 moves a quarter of float32's bytes between worker processes and to the devices.
 
-  An unreadable file is passed over and the next readable one takes its place, so
-  batches keep their size: ``skipped`` files from position ``first`` on were passed
-  over (``skipped_files`` names them; ``SkipLog`` logs each once, in the main process,
-  rather than every worker at every visit).
+  An unreadable image is passed over and the next readable one takes its place, so
+  batches keep their size: ``skipped`` images from position ``first`` on were passed
+  over (``skipped_indices`` lists them; ``SkipLog`` logs each once, in the main process,
+  rather than every worker at every visit). ``source`` is an ``ImageFolder`` or
+  ``shards.Shards``: the same images in the same order give the same samples.
   """
 
-  def __init__(self, folder: ImageFolder, size: int):
-    self.folder, self.size = folder, size
+  def __init__(self, source, size: int):
+    self.source, self.size = source, size
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    n = len(self.folder)
+    n = len(self.source)
     for skipped in range(n):
-      i = (index + skipped) % n
       try:
-        image = open_image(self.folder.files[i])
+        image, label = self.source.read((index + skipped) % n)
       except ValueError:
         continue
-      return {"image": self._augment(image, rng), "label": self.folder.labels[i],
-              "skipped": skipped, "first": index % n}
-    raise ValueError(f"no readable image in {self.folder.root}")
+      return {"image": self._augment(image, rng), "label": label, "skipped": skipped,
+              "first": index % n}
+    raise ValueError(f"no readable image in {self.source.root}")
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.size <= 32:
@@ -112,19 +128,17 @@ class TrainSample(grain.transforms.RandomMap):
 
 
 class EvalSample(grain.transforms.Map):
-  """Index -> the converter's eval preprocessing; unreadable files are skipped as in training."""
+  """Index -> the converter's eval preprocessing; unreadable images are skipped as in training."""
 
-  def __init__(self, folder: ImageFolder, transform: EvalTransform):
-    self.folder, self.transform = folder, transform
+  def __init__(self, source, transform: EvalTransform):
+    self.source, self.transform = source, transform
 
   def map(self, index: int) -> dict:
-    path = self.folder.files[index]
     try:
-      image = open_image(path)
+      image, label = self.source.read(index)
     except ValueError:
-      return {"image": None, "label": -1, "skipped": 1, "path": path}
-    return {"image": self.transform(image), "label": self.folder.labels[index], "skipped": 0,
-            "path": path}
+      return {"image": None, "label": -1, "skipped": 1, "index": index}
+    return {"image": self.transform(image), "label": label, "skipped": 0, "index": index}
 
 
 class SyntheticSample(grain.transforms.RandomMap):
@@ -140,7 +154,7 @@ class SyntheticSample(grain.transforms.RandomMap):
 
 def train_batches(config, process_index: int, process_count: int, worker_init=None):
   """(an iterator over this process's share of each global batch, endless over epochs,
-  the ImageFolder it reads or None for synthetic data).
+  the source it reads, an ImageFolder or Shards, or None for synthetic data).
 
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
@@ -151,7 +165,7 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
   if config.synthetic:
     count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
   else:
-    folder = ImageFolder.scan(Path(config.data_dir) / config.train_split)
+    folder = open_split(config.data_dir, config.train_split)
     count, op = len(folder), TrainSample(folder, config.image_size)
   ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
   # Augment before slicing: each image's randomness follows its global position, so
@@ -166,28 +180,30 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
   return iter(ds), folder
 
 
-def skipped_files(folder: ImageFolder | None, batch: dict) -> list[str]:
-  """The files a train batch passed over, in order (each element's ``skipped`` from ``first``)."""
-  if folder is None:
+def skipped_indices(source, batch: dict) -> list[int]:
+  """The positions a train batch passed over, in order (each element's ``skipped`` from
+  ``first``); none for synthetic data (``source`` None)."""
+  if source is None:
     return []
-  return [folder.files[(int(batch["first"][j]) + s) % len(folder)]
+  return [(int(batch["first"][j]) + s) % len(source)
           for j in np.flatnonzero(batch["skipped"]) for s in range(int(batch["skipped"][j]))]
 
 
 class SkipLog:
-  """Counts every skipped file and logs each one once, with the reason it cannot be read."""
+  """Counts every skipped image and logs each one once, with the reason it cannot be read."""
 
   def __init__(self, count: int = 0):
     self.count, self.logged = count, set()
 
-  def add(self, paths: list[str]) -> None:
-    self.count += len(paths)
-    for path in paths:
-      if path not in self.logged:
-        self.logged.add(path)
+  def add(self, source, indices: list[int]) -> None:
+    self.count += len(indices)
+    for i in indices:
+      name = source.name(i)
+      if name not in self.logged:
+        self.logged.add(name)
         try:
-          open_image(path)
-          reason = f"{path}: unreadable when it was read"
+          source.read(i)
+          reason = f"{name}: unreadable when it was read"
         except ValueError as e:
           reason = str(e)
         log.warning("skipping unreadable image (logged once, counted at every visit): %s",
@@ -208,15 +224,19 @@ def eval_transform(config) -> EvalTransform:
 
 
 def eval_batches(config, process_index: int, process_count: int):
-  """This process's eval images in fixed order, padded to full batches (label -1)."""
-  folder = ImageFolder.scan(Path(config.data_dir) / config.eval_split)
+  """(the eval source, an iterator over this process's eval images in fixed order, padded
+  to full batches with label -1)."""
+  source = open_split(config.data_dir, config.eval_split)
   transform = eval_transform(config)
   local_batch = config.global_batch // process_count
-  ds = grain.MapDataset.range(len(folder))[process_index::process_count]
-  ds = ds.map(EvalSample(folder, transform))
-  for start in range(0, len(ds), local_batch):
-    rows = [ds[i] for i in range(start, min(start + local_batch, len(ds)))]
-    yield _pad_batch(rows, local_batch, config.image_size)
+  ds = grain.MapDataset.range(len(source))[process_index::process_count]
+  ds = ds.map(EvalSample(source, transform))
+
+  def batches():
+    for start in range(0, len(ds), local_batch):
+      rows = [ds[i] for i in range(start, min(start + local_batch, len(ds)))]
+      yield _pad_batch(rows, local_batch, config.image_size)
+  return source, batches()
 
 
 def _pad_batch(rows, size: int, image_size: int) -> dict:
@@ -226,4 +246,4 @@ def _pad_batch(rows, size: int, image_size: int) -> dict:
   pad = size - len(rows)
   return {"image": np.stack(images + [blank] * pad),
           "label": np.asarray(labels + [-1] * pad, np.int32),
-          "skipped_files": [r["path"] for r in rows if r["skipped"]]}
+          "skipped_indices": [r["index"] for r in rows if r["skipped"]]}

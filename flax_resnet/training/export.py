@@ -83,7 +83,7 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   nnx.update(model, state)
   classes = None
   if cfg.data_dir and not cfg.synthetic and (Path(cfg.data_dir) / cfg.train_split).is_dir():
-    classes = list(data.ImageFolder.scan(Path(cfg.data_dir) / cfg.train_split).classes)
+    classes = list(data.open_split(cfg.data_dir, cfg.train_split).classes)
   metadata = Metadata(arch=arch, options=options, categories=classes,
                       preprocessing=data.eval_transform(cfg).to_json(),
                       source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})

@@ -283,7 +283,8 @@ class Trainer:
 
   def train_one(self) -> dict:
     local = next(self.batches)
-    self.skips.add(data.skipped_files(self.folder, local))
+    if self.folder is not None:
+      self.skips.add(self.folder, data.skipped_indices(self.folder, local))
     images, labels = self.global_batch(local)
     if self._step is None:
       self._step = self._compile_step((self.leaves, images, labels))
@@ -322,8 +323,9 @@ class Trainer:
     model.eval()
     graphdef, state = nnx.split(model)
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
-    for local in data.eval_batches(self.cfg, jax.process_index(), jax.process_count()):
-      self.skips.add(local["skipped_files"])
+    source, batches = data.eval_batches(self.cfg, jax.process_index(), jax.process_count())
+    for local in batches:
+      self.skips.add(source, local["skipped_indices"])
       out = eval_step(graphdef, state, *self.global_batch(local))
       for k in totals:
         totals[k] += float(out[k])

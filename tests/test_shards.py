@@ -1,0 +1,112 @@
+"""train/shards.py: ImageFolder splits as ArrayRecord shards, read back as the folder reads."""
+
+import csv
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flax_resnet.preprocess import open_image
+from flax_resnet.training import data, shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def convert(folder, out, *args):
+  return subprocess.run([sys.executable, "train/shards.py", "--folder", str(folder), "--out",
+                         str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def imagenet(data_dir, tmp_path_factory):
+  """The 102 ImageNet samples as an ImageFolder split, one class per synset."""
+  root = tmp_path_factory.mktemp("imagenet")
+  with open(data_dir / "imagenet-samples" / "labels.csv") as f:
+    for row in csv.DictReader(f):
+      (root / "val" / row["synset"]).mkdir(parents=True, exist_ok=True)
+      (root / "val" / row["synset"] / row["file"]).write_bytes(
+          (data_dir / "imagenet-samples" / row["file"]).read_bytes())
+  return root
+
+
+@pytest.fixture(scope="module")
+def cifar(data_dir, tmp_path_factory):
+  """The first 300 train and 100 test JPEGs of the CIFAR-10 tarball, in their folders."""
+  root, counts = tmp_path_factory.mktemp("cifar"), {"train": 0, "test": 0}
+  with tarfile.open(data_dir / "cifar10-jpeg.tar.gz") as tar:
+    for member in tar:
+      parts = member.name.split("/")
+      if len(parts) == 4 and member.isfile() and counts[parts[1]] < (300 if parts[1] == "train"
+                                                                     else 100):
+        counts[parts[1]] += 1
+        (root / parts[1] / parts[2]).mkdir(parents=True, exist_ok=True)
+        (root / parts[1] / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
+  return root
+
+
+@pytest.mark.parametrize("which, splits", [("imagenet", "val"), ("cifar", "train,test")])
+def test_records_hold_the_folders_files_byte_for_byte_in_their_order(request, tmp_path, which,
+                                                                     splits):
+  folder = request.getfixturevalue(which)
+  done = convert(folder, tmp_path / "shards", "--splits", splits, "--records-per-shard", "37")
+  assert done.returncode == 0, done.stderr
+  assert "ETA" in done.stdout
+  for split in splits.split(","):
+    source = data.ImageFolder.scan(folder / split)
+    read = data.open_split(str(tmp_path / "shards"), split)
+    assert isinstance(read, shards.Shards) and len(read) == len(source) > 0
+    assert read.classes == source.classes
+    assert len(read.shards) == -(-len(source) // 37)
+    for i in range(len(source)):
+      label, name, raw = shards.decode(read.source[i])
+      assert raw == Path(source.files[i]).read_bytes() and label == source.labels[i]
+      assert source.files[i].endswith(name)
+    image, label = read.read(len(source) - 1)
+    assert np.array_equal(np.asarray(image), np.asarray(open_image(source.files[-1])))
+
+
+def test_an_interrupted_conversion_resumes_and_writes_the_same_shards(cifar, tmp_path):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train", "--records-per-shard", "64").returncode == 0
+  first = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+  (out / "train" / "index.json").unlink()  # as if stopped before the last shard
+  (out / "train" / "train-00004-of-00005.array_record").unlink()
+  (out / "train" / ".train-00004-of-00005.array_record.tmp").write_bytes(b"half")
+  with pytest.raises(ValueError, match="did not finish"):
+    data.open_split(str(out), "train")
+  again = convert(cifar, out, "--splits", "train", "--records-per-shard", "64")
+  assert again.returncode == 0 and "(1 shards written now)" in again.stdout, again.stdout
+  assert {p.name: p.read_bytes() for p in (out / "train").iterdir()
+          if not p.name.endswith(".tmp")} == first
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--records-per-shard", "50"], "shards of another layout"),
+    (["--splits", "test"], None),
+], ids=["other shard size", "another split beside"])
+def test_a_conversion_into_used_shards_keeps_them_consistent(cifar, tmp_path, change, message):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train", "--records-per-shard", "64").returncode == 0
+  done = convert(cifar, out, "--splits", "train", *change) if message else convert(
+      cifar, out, *change)
+  if message:
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+  else:
+    assert done.returncode == 0 and json.loads((out / "test" / "index.json").read_text())
+
+
+def test_other_classes_in_the_same_out_are_refused(cifar, tmp_path):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train").returncode == 0
+  (out / "classes.json").write_text('["cat", "dog"]\n')
+  done = convert(cifar, out, "--splits", "train")
+  assert done.returncode == 2 and "lists other classes" in done.stderr
+
+
+def test_a_record_that_is_not_ours_is_a_clear_error():
+  with pytest.raises(ValueError, match="not written by train/shards.py"):
+    shards.decode(b"\x00" * 64)
