@@ -29,3 +29,12 @@ def test_read_ahead_is_bounded_by_prefetch(monkeypatch, prefetch):
   next(batches)
   time.sleep(0.2)
   assert made[0] <= (prefetch + 3) * cfg.global_batch, made[0]
+
+
+def test_short_shared_memory_is_named_before_workers_stall(tmp_path, caplog):
+  from flax_resnet.training.data import _warn_if_shared_memory_is_short
+  _warn_if_shared_memory_is_short(2**60, str(tmp_path))
+  assert "--shm-size" in caplog.text and str(tmp_path) in caplog.text
+  caplog.clear()
+  _warn_if_shared_memory_is_short(1, str(tmp_path))
+  assert caplog.text == ""

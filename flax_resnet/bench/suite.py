@@ -47,7 +47,7 @@ SIZES = {
     "gpu": dict(arch="resnet50", batch="256", image="224", dtype="bf16", steps="20",
                 frameworks="jax,torch-eager,torch-compile",
                 train_variants="baseline,bn_fused_backward,bn_one_pass_fused_backward",
-                workers="8,16", pipeline_batch="256", pipeline_batches="30"),
+                workers="8,16", pipeline_batch="256", pipeline_batches="64"),
     "tiny": dict(arch="resnet18", batch="4", image="32", dtype="bf16", steps="2",
                  frameworks="jax,torch-eager", train_variants="baseline,bn_fused_backward",
                  workers="0,1", pipeline_batch="4", pipeline_batches="2"),

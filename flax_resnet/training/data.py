@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,8 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
   ahead = grain.ReadOptions(num_threads=config.prefetch, prefetch_buffer_size=config.prefetch)
   ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset(ahead)
   if config.workers > 0:
+    _warn_if_shared_memory_is_short(config.workers * (config.prefetch + 1) * local_batch
+                                    * config.image_size ** 2 * 3)
     _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers),
                         worker_init_fn=worker_init)
@@ -208,6 +211,18 @@ class SkipLog:
           reason = str(e)
         log.warning("skipping unreadable image (logged once, counted at every visit): %s",
                     reason)
+
+
+def _warn_if_shared_memory_is_short(need: int, shm: str = "/dev/shm") -> None:
+  """Worker processes hand batches over in shared memory; containers often have 64 MB of it."""
+  try:
+    free = shutil.disk_usage(shm).free
+  except OSError:
+    return
+  if free < need:
+    log.warning("%s has %.0f MB free, and the workers may hold %.0f MB of batches there: they "
+                "can stall or crash. Give the container more (docker run --shm-size), or lower "
+                "workers, prefetch or the batch", shm, free / 2**20, need / 2**20)
 
 
 def _absl_flags_parsed() -> None:

@@ -1,0 +1,50 @@
+"""Every Python snippet of README.md runs as written, each in a fresh process.
+
+The directory they run in holds what a reader would have: cat.jpg (an ImageNet sample), and
+torch.hub's cache holding a file by the name of ResNet50_Weights.IMAGENET1K_V2's (random
+weights: no network at test time).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torch_reference import calibrate, torch, torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+SNIPPETS = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def reader_dir(data_dir, tmp_path_factory):
+  home = tmp_path_factory.mktemp("reader")
+  (home / "cat.jpg").write_bytes((data_dir / "imagenet-samples" / "000_n01440764.JPEG")
+                                 .read_bytes())
+  weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+  hub = home / "torch-home" / "hub" / "checkpoints"
+  hub.mkdir(parents=True)
+  torch.manual_seed(0)
+  torch.save(calibrate(torchvision.models.resnet50()).state_dict(), hub / Path(weights.url).name)
+  return home
+
+
+def test_the_readme_has_its_snippets():
+  assert len(SNIPPETS) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+def test_readme_snippet_runs_as_written(reader_dir, index):
+  env = {**os.environ, "TORCH_HOME": str(reader_dir / "torch-home"),
+         "FLAX_RESNET_WEIGHTS": str(reader_dir / "weights"), "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": str(ROOT)}
+  env.pop("XLA_FLAGS", None)  # as a reader runs it: one CPU device
+  work = reader_dir / f"snippet{index}"
+  work.mkdir()
+  (work / "cat.jpg").symlink_to(reader_dir / "cat.jpg")
+  done = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=work, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, SNIPPETS[index] + done.stderr[-3000:]
