@@ -36,6 +36,20 @@ def cifar2(data_dir, tmp_path_factory):
   return root
 
 
+def as_shards(folder: Path, out: Path) -> Path:
+  """``folder``'s train and test splits written by train/shards.py into ``out``."""
+  done = subprocess.run([sys.executable, "train/shards.py", "--folder", str(folder), "--out",
+                         str(out), "--splits", "train,test", "--records-per-shard", "100"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr
+  return out
+
+
+@pytest.fixture(scope="module")
+def cifar2_shards(cifar2, tmp_path_factory):
+  return as_shards(cifar2, tmp_path_factory.mktemp("cifar2_shards"))
+
+
 def train_cmd(workdir, data, *sets):
   args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_resnet18.py",
           "--workdir", str(workdir), "--set", f"data_dir={data}"]
@@ -179,7 +193,9 @@ def _at(tree, path):
   return tree
 
 
-def test_resume_in_a_new_process_is_bit_exact(cifar2, tmp_path):
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_resume_in_a_new_process_is_bit_exact(request, tmp_path, layout):
+  cifar2 = request.getfixturevalue("cifar2" if layout == "folder" else "cifar2_shards")
   # No warm-up: the cosine decays from step 1, over the epochs whatever max_steps says,
   # so that stopping at 6 and going on to 12 is the same run as going to 12 at once.
   steps = ["global_batch=32", "checkpoint_every=6", "ema_decay=0.9", "warmup_epochs=0"]
@@ -338,20 +354,6 @@ def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
                         timeout=300)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
   assert not (tmp_path / "out").exists()
-
-
-def as_shards(folder: Path, out: Path) -> Path:
-  """``folder``'s train and test splits written by train/shards.py into ``out``."""
-  done = subprocess.run([sys.executable, "train/shards.py", "--folder", str(folder), "--out",
-                         str(out), "--splits", "train,test", "--records-per-shard", "100"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr
-  return out
-
-
-@pytest.fixture(scope="module")
-def cifar2_shards(cifar2, tmp_path_factory):
-  return as_shards(cifar2, tmp_path_factory.mktemp("cifar2_shards"))
 
 
 def test_training_on_shards_equals_training_on_the_folder(cifar2, cifar2_shards, tmp_path):
