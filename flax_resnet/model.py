@@ -31,11 +31,13 @@ _linear_uniform = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uni
 def _host_rng(key: jax.Array) -> np.random.Generator | None:
   """numpy's generator seeded by a concrete JAX key (the same key, the same numbers on
   every host), or None for a traced key (abstract construction: shapes only)."""
-  if isinstance(key, jax.core.Tracer):
-    return None
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
-  return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+  try:
+    seed = np.asarray(key, np.uint32)
+  except jax.errors.TracerArrayConversionError:
+    return None
+  return np.random.default_rng(seed.ravel().tolist())
 
 
 def _filled(n: int, value: float, dtype) -> jax.Array:

@@ -75,17 +75,17 @@ def top_kernels(events, steps: int, top: int) -> list[dict]:
           for name, ns in total.most_common(top)]
 
 
-def profile(runner, steps: int) -> Path:
-  """Runs ``steps`` steps under the profiler; the trace's xplane file."""
+def profile(runner, steps: int) -> list[tuple[str, int]]:
+  """Runs ``steps`` steps under the profiler; the trace's kernel events (``device_events``)."""
   import jax
-  trace_dir = Path(tempfile.mkdtemp(prefix="flax-resnet-profile-"))
-  with jax.profiler.trace(str(trace_dir)):
-    for _ in range(steps):
-      runner.run()
-  found = sorted(trace_dir.rglob("*.xplane.pb"))
-  if not found:
-    raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {trace_dir}")
-  return found[-1]
+  with tempfile.TemporaryDirectory(prefix="flax-resnet-profile-") as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        runner.run()
+    found = sorted(Path(trace_dir).rglob("*.xplane.pb"))
+    if not found:
+      raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {trace_dir}")
+    return list(device_events(found[-1]))
 
 
 def write_hlo(runner, path: Path) -> int:
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             "versions": versions(), "command": " ".join(sys.argv)}
   if args.hlo:
     common["hlo_file"], common["hlo_xz_bytes"] = args.hlo.name, write_hlo(runner, args.hlo)
-  rows = top_kernels(device_events(profile(runner, args.steps)), args.steps, args.top)
+  rows = top_kernels(profile(runner, args.steps), args.steps, args.top)
   emit([{**common, "rank": i + 1, **row} for i, row in enumerate(rows)], args.out)
   return 0
 
