@@ -147,3 +147,12 @@ def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_pat
   progress.close()
   # The time-driven line stays out of metrics.jsonl, which must not depend on speed.
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_run_without_eval_plots_its_losses_and_says_no_eval_yet(tmp_path, recwarn):
+  from flax_resnet.training.plot import append_metric, main
+  for step, loss in [(4, 2.3), (8, 2.1)]:
+    append_metric(tmp_path / "metrics.jsonl", step, "train/loss", loss)
+  assert main(["--workdir", str(tmp_path)]) == 0
+  assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert not [w for w in recwarn if "legend" in str(w.message).lower()]
