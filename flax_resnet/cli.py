@@ -8,6 +8,7 @@ written; 3 training stopped because the loss or gradient became NaN or infinite.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -55,6 +56,14 @@ def quiet_aborted_reads() -> None:
 
   hook.quiets_aborted_reads = True
   sys.unraisablehook = hook
+  # Python 3.12's asyncio.run logs the same tasks' errors at shutdown, thousands of lines.
+  logging.getLogger("asyncio").addFilter(_not_an_aborted_orbax_read)
+
+
+def _not_an_aborted_orbax_read(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return not (message.startswith("unhandled exception during asyncio.run() shutdown")
+              and "orbax" in message)
 
 
 def one_line(error: BaseException) -> str:
