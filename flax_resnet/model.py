@@ -24,8 +24,6 @@ STEMS = ("imagenet", "cifar")
 
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# torch.nn.Linear's default: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)).
-_linear_uniform = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def _host_rng(key: jax.Array) -> np.random.Generator | None:
@@ -66,20 +64,19 @@ def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
 
 
 def linear_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-  """torch.nn.Linear's kernel initialisation, U(+-1/sqrt(fan_in)), on the host as ``conv_init``."""
-  return _uniform(key, shape, dtype, 1.0 / math.sqrt(shape[0]), _linear_uniform)
+  """torch.nn.Linear's kernel initialisation, kaiming_uniform_(a=sqrt(5)), that is
+  U(+-1/sqrt(fan_in)); on the host as ``conv_init``."""
+  return _uniform(key, shape, dtype, 1.0 / math.sqrt(shape[0]))
 
 
 def _linear_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-  jax_path = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-  return lambda key, shape, dtype: _uniform(key, shape, dtype, bound, jax_path)
+  return lambda key, shape, dtype: _uniform(key, shape, dtype, 1.0 / math.sqrt(fan_in))
 
 
-def _uniform(key, shape, dtype, bound: float, jax_path) -> jax.Array:
+def _uniform(key, shape, dtype, bound: float) -> jax.Array:
   rng = _host_rng(key)
   if rng is None:
-    return jax_path(key, shape, dtype)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
   x = rng.random(shape, dtype=_draw_dtype(dtype)) * (2 * bound) - bound
   return _to_device(x, dtype)
 

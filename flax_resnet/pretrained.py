@@ -9,7 +9,6 @@ calls only read that checkpoint: no torch import, no download.
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 from pathlib import Path
@@ -54,37 +53,27 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   path = weights_dir() / f"{arch}.{entry_name(weights)}"
   if not (path / "metadata.json").is_file():
     convert_pretrained(arch, entry_name(weights), path)
-  model, meta = load(path, **options)
-  model.eval()
-  return model, meta
+  return load(path, **options)  # in eval mode
 
 
 def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
   """Fetches, converts, verifies and saves torchvision's ``arch`` weights ``entry`` at
   ``path``; the name it resolved to (``DEFAULT`` is an alias) is in the metadata."""
-  import flax
-  import jax
-
   from flax_resnet.parity import verify
   from flax_resnet.preprocess import from_torchvision_weights
-  from flax_resnet.saved_model import Metadata, save
-  from flax_resnet.torch_port import (ConversionError, check_roundtrip, convert_state_dict,
-                                       fetch_weights, versions)
+  from flax_resnet.saved_model import save
+  from flax_resnet.torch_port import (ConversionError, check_roundtrip, checkpoint_metadata,
+                                       convert_state_dict, fetch_weights)
 
-  weights, state, file = fetch_weights(entry, arch)
+  weights, state, source = fetch_weights(entry, arch)
   conversion = convert_state_dict(state, arch)
   check_roundtrip(conversion.model, conversion.state_dict, False)
   parity = verify(conversion.model, arch, conversion.options)
   if not parity["passed"]:
     raise ConversionError(f"{weights}: verification against torchvision failed ({parity})")
-  meta = Metadata(
-      arch=arch, options=conversion.options, notes=conversion.notes, head="from source",
-      source={"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-              "file": str(file)},
-      preprocessing=from_torchvision_weights(weights).to_json(),
-      categories=weights.meta.get("categories"), parity=parity,
-      versions={**versions(), "jax": jax.__version__, "flax": flax.__version__},
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  meta = checkpoint_metadata(conversion, source=source, parity=parity,
+                             transform=from_torchvision_weights(weights),
+                             categories=weights.meta.get("categories"))
   try:
     save(conversion.model, path, meta)
   except FileExistsError:  # another process converted the same weights meanwhile

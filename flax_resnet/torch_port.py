@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.cli import one_line
+from flax_resnet.files import sha256
 from flax_resnet.model import ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
 
@@ -324,7 +325,8 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def fetch_weights(name: str, arch: str | None):
-  """A torchvision weights entry and its state dict, through torch.hub's cache."""
+  """(torchvision weights entry, its state dict, the source for ``checkpoint_metadata``:
+  name, URL, the file in torch.hub's cache and its SHA-256), through torch.hub's cache."""
   import torch
   from torchvision.models import get_model_weights, get_weight
 
@@ -339,7 +341,9 @@ def fetch_weights(name: str, arch: str | None):
   except OSError as e:  # URLError is an OSError
     raise ConversionError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
                    f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
-  return weights, state, file
+  source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
+            "file": str(file), "sha256": sha256(file) if file.is_file() else None}
+  return weights, state, source
 
 
 def _need_arch(arch: str | None) -> str:
@@ -390,3 +394,23 @@ def versions() -> dict[str, str]:
   import torch
   import torchvision
   return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any], transform,
+                        categories: list[str] | None, parity: dict | None,
+                        head: str = "from source"):
+  """The ``Metadata`` of a converted checkpoint: what it came from, its eval preprocessing
+  (an ``EvalTransform``), class names, the verification's figures, and every version
+  that made it."""
+  import datetime
+
+  import flax
+
+  from flax_resnet import __version__
+  from flax_resnet.saved_model import Metadata
+  return Metadata(
+      arch=conversion.arch, options=conversion.options, source=source, notes=conversion.notes,
+      head=head, preprocessing=transform.to_json(), categories=categories, parity=parity,
+      versions={**versions(), "jax": jax.__version__, "flax": flax.__version__,
+                "flax_resnet": __version__},
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

@@ -1,6 +1,5 @@
 """train/shards.py: ImageFolder splits as ArrayRecord shards, read back as the folder reads."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flax_resnet.bench.pipeline import imagenet_folder
 from flax_resnet.preprocess import open_image
 from flax_resnet.training import data, shards
 
@@ -23,14 +23,8 @@ def convert(folder, out, *args):
 
 @pytest.fixture(scope="module")
 def imagenet(data_dir, tmp_path_factory):
-  """The 102 ImageNet samples as an ImageFolder split, one class per synset."""
-  root = tmp_path_factory.mktemp("imagenet")
-  with open(data_dir / "imagenet-samples" / "labels.csv") as f:
-    for row in csv.DictReader(f):
-      (root / "val" / row["synset"]).mkdir(parents=True, exist_ok=True)
-      (root / "val" / row["synset"] / row["file"]).write_bytes(
-          (data_dir / "imagenet-samples" / row["file"]).read_bytes())
-  return root
+  """The 102 ImageNet samples as an ImageFolder split (train), one class per synset."""
+  return imagenet_folder(data_dir, tmp_path_factory.mktemp("imagenet"))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def cifar(data_dir, tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize("which, splits", [("imagenet", "val"), ("cifar", "train,test")])
+@pytest.mark.parametrize("which, splits", [("imagenet", "train"), ("cifar", "train,test")])
 def test_records_hold_the_folders_files_byte_for_byte_in_their_order(request, tmp_path, which,
                                                                      splits):
   folder = request.getfixturevalue(which)

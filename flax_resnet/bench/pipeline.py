@@ -30,12 +30,10 @@ import time
 from pathlib import Path
 
 
-from flax_resnet.bench.results import emit
+from flax_resnet.bench.results import DATA, emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training import config as config_lib, data, shards
 
-DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3] / "shared"
-                           / "data"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

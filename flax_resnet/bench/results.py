@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
+
+# The real images the benchmarks read: $FLAX_RESNET_DATA, or ../shared/data beside the checkout.
+DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3] / "shared"
+                           / "data"))
 
 
 def versions() -> dict[str, str]:

@@ -35,13 +35,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flax_resnet.bench.results import DATA
 from flax_resnet.bench.suite_report import write_report
 from flax_resnet.cli import ArgumentParser, CliError, check_writable_dir, positive_float
 
 MAX_FILE_BYTES = 16 * 2**20
 RESULTS, LOG, HLO = "results.jsonl", "suite.log", "train_step_hlo.txt.xz"
-DEFAULT_DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3]
-                                   / "shared" / "data"))
 # The measured sizes (issue 18): ResNet-50 bf16 at batch 256; the CPU plumbing's are tiny.
 SIZES = {
     "gpu": dict(arch="resnet50", batch="256", image="224", dtype="bf16", steps="20",
@@ -69,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("out", type=Path, help="the report's folder (created; must be empty)")
   p.add_argument("--budget", type=positive_float, default=450.0,
                  help="seconds for all steps together (the wrapper's install comes on top)")
-  p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+  p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
   p.add_argument("--tiny", action="store_true", help="tiny sizes: the plumbing, on a CPU")
   p.add_argument("--facts", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)

@@ -15,7 +15,6 @@ top-5 is float64's; otherwise it exits 2 with nothing written. Exit codes: READM
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -61,9 +60,7 @@ def load_source(args) -> tuple[dict, dict, Any]:
   """(state dict, source description, torchvision weights entry or None)."""
   from flax_resnet.torch_port import fetch_weights, load_file
   if args.weights:
-    weights, state, file = fetch_weights(args.weights, args.arch)
-    source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-              "file": str(file), "sha256": sha256(file) if file.is_file() else None}
+    weights, state, source = fetch_weights(args.weights, args.arch)
     return state, source, weights
   state = load_file(args.state_dict)
   source = {"kind": "file", "file": str(args.state_dict.absolute()),
@@ -89,27 +86,18 @@ def check_arguments(args) -> None:
   check_writable_dir(args.out, args.force)
 
 
-def metadata(args, arch, options, source, weights, notes, parity):
+def metadata(args, conversion, source, weights, parity):
   """The checkpoint's ``Metadata``."""
-  import flax
-  import jax
-
-  import flax_resnet
   from flax_resnet.preprocess import from_torchvision_weights
-  from flax_resnet.saved_model import Metadata
-  from flax_resnet.torch_port import versions
+  from flax_resnet.torch_port import checkpoint_metadata
   transform = from_torchvision_weights(weights) if weights else EvalTransform(
       **{k: v for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
          if v is not None})
   # Only weights that name their classes get names: a --state-dict's 1000 outputs may be anything.
   categories = weights.meta.get("categories") if weights and not args.reset_head else None
-  return Metadata(
-      arch=arch, options=options, source=source, notes=notes,
-      head="reset: fresh classifier" if args.reset_head else "from source",
-      preprocessing=transform.to_json(), categories=categories, parity=parity,
-      versions={**versions(), "jax": jax.__version__, "flax": flax.__version__,
-                "flax_resnet": flax_resnet.__version__},
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  return checkpoint_metadata(
+      conversion, source=source, transform=transform, categories=categories, parity=parity,
+      head="reset: fresh classifier" if args.reset_head else "from source")
 
 
 def run(args) -> tuple[Any, int]:
@@ -129,8 +117,7 @@ def run(args) -> tuple[Any, int]:
   check_roundtrip(conversion.model, conversion.state_dict, args.reset_head)
   parity = _verify(conversion, args, t)
   step(f"[4/4] writing {args.out}")
-  meta = metadata(args, conversion.arch, conversion.options, source, weights, conversion.notes,
-                  parity)
+  meta = metadata(args, conversion, source, weights, parity)
   save(conversion.model, args.out, meta, overwrite=args.force)
   return meta, _count(conversion.model)
 

@@ -201,12 +201,11 @@ class SkipLog:
   def add(self, source, indices: list[int]) -> None:
     self.count += len(indices)
     for i in indices:
-      name = source.name(i)
-      if name not in self.logged:
-        self.logged.add(name)
+      if (str(source.root), i) not in self.logged:  # a visit already logged reads nothing
+        self.logged.add((str(source.root), i))
         try:
           source.read(i)
-          reason = f"{name}: unreadable when it was read"
+          reason = f"{source.name(i)}: unreadable when it was read"
         except ValueError as e:
           reason = str(e)
         log.warning("skipping unreadable image (logged once, counted at every visit): %s",

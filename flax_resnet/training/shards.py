@@ -151,6 +151,7 @@ def _progress(log, out, done: int, total: int, written: int, start: float) -> No
 
 
 def _write_text(path, text: str) -> None:
+  # files.write_atomic takes local paths only; this one also writes to gs://.
   tmp = path.parent / f".{path.name}.tmp"
   tmp.write_text(text)
   tmp.replace(path)

@@ -283,8 +283,7 @@ class Trainer:
 
   def train_one(self) -> dict:
     local = next(self.batches)
-    if self.folder is not None:
-      self.skips.add(self.folder, data.skipped_indices(self.folder, local))
+    self.skips.add(self.folder, data.skipped_indices(self.folder, local))
     images, labels = self.global_batch(local)
     if self._step is None:
       self._step = self._compile_step((self.leaves, images, labels))
