@@ -4,6 +4,7 @@ torch runs in float32; JAX at the highest matmul precision (flax_features sets i
 """
 
 import copy
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import flax_resnet.model
 from flax_resnet.torch_port import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
                                   torch_key)
 from flax_resnet.folding import FoldedNorm, fold_batchnorm
@@ -20,18 +22,11 @@ from torch_reference import calibrated_pair, nchw, smooth_images, torch
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
-REL = 1e-5
 
 
 def per_arch(names):
   # One xdist worker per architecture keeps each pair built once.
   return [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
-
-
-def assert_close(ours, theirs, rel, what):
-  bound = rel * float(np.max(np.abs(theirs)))
-  diff = float(np.max(np.abs(ours.astype(np.float64) - theirs)))
-  assert diff <= bound, f"{what}: max|diff| {diff:.3g} > {bound:.3g}"
 
 
 def assert_parity(reference, model, x):
@@ -113,6 +108,73 @@ def test_zero_init_residual_variant_matches_torchvision():
   assert_parity(reference, model, smooth_images(3, (3, 97, 131, 3)))
 
 
+class Pattern(NamedTuple):
+  """Where the kinks of a train-mode pass fall: each ReLU's input > 0 (NHWC, call order),
+  and the stem max-pool's chosen element (torch's flat index into each H x W plane)."""
+  masks: list
+  pool: np.ndarray
+
+
+def kink_pattern(reference, x) -> Pattern:
+  """The ``Pattern`` of a float64 train-mode pass.
+
+  ReLU's gradient jumps at 0 and max-pool's where two window entries tie: a train-mode
+  pass has ~1e6 pre-activations, some within float32 rounding of 0, and 5e4 pool
+  windows whose top two can differ by 4e-7. Which side they fall on depends on the
+  order of each sum, so on the CPU's vector code (AVX2 or AVX-512, thread count), and
+  one element on the other side changes a BatchNorm bias gradient by ~1e-3 (seen on an
+  AVX2 machine). Both float32 runs take this pattern instead, which makes every
+  compared number a continuous function of rounding, on any machine.
+  """
+  reference = copy.deepcopy(reference).double().train()
+  masks = []
+  for m in reference.modules():
+    if isinstance(m, torch.nn.ReLU):
+      m.register_forward_hook(lambda m, args, out: masks.append(out > 0))
+  pool = []
+  reference.maxpool.register_forward_hook(lambda m, args, out: pool.append(
+      torch.nn.functional.max_pool2d(args[0], 3, 2, 1, return_indices=True)[1]))
+  with torch.no_grad():
+    reference(nchw(x).double())
+  return Pattern([m.permute(0, 2, 3, 1).numpy() if m.ndim == 4 else m.numpy() for m in masks],
+                 pool[0].numpy())
+
+
+def pin_torch_kinks(reference, pattern: Pattern) -> None:
+  """Makes ``reference``'s ReLUs multiply by the pattern's masks (cycling per pass) and
+  its max-pool take the pattern's elements."""
+  masks = [torch.from_numpy(np.ascontiguousarray(m.transpose(0, 3, 1, 2) if m.ndim == 4 else m))
+           for m in pattern.masks]
+  calls = iter(range(10**9))
+  for m in reference.modules():
+    if isinstance(m, torch.nn.ReLU):
+      m.inplace = False
+      m.register_forward_hook(
+          lambda m, args, out: args[0] * masks[next(calls) % len(masks)].to(args[0].dtype))
+  index = torch.from_numpy(pattern.pool)
+  reference.maxpool.register_forward_hook(
+      lambda m, args, out: args[0].flatten(2).gather(2, index.flatten(2)).view_as(out))
+
+
+def pin_flax_kinks(monkeypatch, pattern: Pattern) -> None:
+  """The same for flax-resnet: ``nnx.relu`` and the stem pool replaced while patched."""
+  calls = iter(range(10**9))
+
+  def relu(x):
+    mask = pattern.masks[next(calls) % len(pattern.masks)]
+    assert mask.shape == x.shape, (mask.shape, x.shape)
+    return x * jnp.asarray(mask, x.dtype)
+
+  def pool(x):
+    n, h, w, c = x.shape
+    index = pattern.pool.transpose(0, 2, 3, 1)  # N, Ho, Wo, C
+    picked = jnp.take_along_axis(x.reshape(n, h * w, c), index.reshape(n, -1, c), axis=1)
+    return picked.reshape(index.shape)
+
+  monkeypatch.setattr(nnx, "relu", relu)
+  monkeypatch.setattr(flax_resnet.model, "max_pool_3x3_s2", pool)
+
+
 def _flax_train_run(model, x, labels, steps):
   """Logits of the first train-mode pass, gradients of its loss, stats after ``steps``."""
   model = nnx.clone(model)
@@ -131,9 +193,10 @@ def _flax_train_run(model, x, labels, steps):
   return np.asarray(logits), grads, model
 
 
-def _torch_train_run(reference, x, labels, steps):
-  import copy
+def _torch_train_run(reference, x, labels, steps, pattern=None):
   reference = copy.deepcopy(reference).train()
+  if pattern is not None:
+    pin_torch_kinks(reference, pattern)
   logits = reference(nchw(x))
   torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
   with torch.no_grad():
@@ -142,32 +205,51 @@ def _torch_train_run(reference, x, labels, steps):
   return logits.detach().numpy(), reference
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("moments, backward", [("two_pass", "autodiff"), ("one_pass", "fused")])
-def test_train_mode_logits_statistics_and_gradients_match_torchvision(name, moments, backward):
+def train_mode_errors(name, moments, backward, x, monkeypatch) -> dict[str, float]:
+  """Relative errors of our float32 train-mode logits, statistics after 3 passes and
+  gradients against torchvision's float32, both on the float64 run's kink pattern."""
   reference, model = calibrated_pair(name)
   model = nnx.clone(model)
   model.set_attributes(moments=moments, backward=backward, raise_if_not_found=False)
-  # ReLU's gradient jumps at 0, and a forward pass has ~1e6 pre-activations with
-  # float32 rounding ~1e-6: on some inputs one of them lands on the other side of
-  # the kink than in torch, and one element's gradient (a 1/16 share of a BN bias
-  # in layer4 at this size) changes. This input has no such crossing; the float64
-  # test below shows the gradients are equal on the inputs that do.
-  x = smooth_images(6, (4, 64, 64, 3))
-  labels = np.array([0, 97, 194, 291])
-  ours, grads, trained = _flax_train_run(model, jnp.asarray(x), jnp.asarray(labels), 3)
-  theirs, trained_ref = _torch_train_run(reference, x, labels, 3)
-  assert_close(ours, theirs, REL, "train-mode logits")
+  labels = np.array([0, 97, 194, 291])[:len(x)]
+  pattern = kink_pattern(reference, x)
+  with monkeypatch.context() as patch:
+    pin_flax_kinks(patch, pattern)
+    ours, grads, trained = _flax_train_run(model, jnp.asarray(x), jnp.asarray(labels), 3)
+  theirs, trained_ref = _torch_train_run(reference, x, labels, 3, pattern)
+  errors = {"logits": max_relative(ours, theirs)}
   ref_state = trained_ref.state_dict()
   for path, var in nnx.to_flat_state(nnx.state(trained, nnx.BatchStat)):
-    key, value = torch_key(path), to_torch_layout(np.asarray(var.get_value()))
-    assert_close(value, ref_state[key].numpy(), REL, key)
+    key = torch_key(path)
+    errors[key] = max_relative(to_torch_layout(np.asarray(var.get_value())), ref_state[key].numpy())
   ref_params = dict(trained_ref.named_parameters())
   for path, g in nnx.to_flat_state(grads):
     key, value = torch_key(path), to_torch_layout(np.asarray(g.get_value()))
     expected = ref_params[key].grad.numpy()
-    err = np.linalg.norm(value - expected) / np.linalg.norm(expected)
-    assert err <= 1e-4, f"gradient of {key}: relative error {err:.3g}"
+    errors[f"grad {key}"] = float(np.linalg.norm(value - expected) / np.linalg.norm(expected))
+  return errors
+
+
+def max_relative(ours, theirs) -> float:
+  """max|ours - theirs| relative to max|theirs|."""
+  return float(np.max(np.abs(ours.astype(np.float64) - theirs)) / np.max(np.abs(theirs)))
+
+
+# On the pinned pattern, float32 errors are those of the sums' rounding alone. Measured
+# over 1-ulp perturbations of the input (BENCHMARKS.md, "Numerical bounds"): values up to
+# 1.9e-6 of the largest, gradients up to 6.9e-6 in norm, with AVX-512 and AVX2 code; the
+# unpinned gradients of the same runs reached 1e-2 (3 of 10 ResNet-50 inputs).
+VALUE_REL, GRAD_REL = 1e-5, 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("moments, backward", [("two_pass", "autodiff"), ("one_pass", "fused")])
+def test_train_mode_logits_statistics_and_gradients_match_torchvision(name, moments, backward,
+                                                                      monkeypatch):
+  errors = train_mode_errors(name, moments, backward, smooth_images(6, (4, 64, 64, 3)),
+                             monkeypatch)
+  bad = {k: v for k, v in errors.items() if v > (GRAD_REL if k.startswith("grad") else VALUE_REL)}
+  assert not bad, f"beyond float32's bounds: {bad}"
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

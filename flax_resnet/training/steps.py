@@ -35,8 +35,8 @@ def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
-  """Mean cross-entropy in float32, with torch's label smoothing."""
-  logits = logits.astype(jnp.float32)
+  """Mean cross-entropy in float32 (float64 for float64 logits), with torch's label smoothing."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
   return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
@@ -49,9 +49,13 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
 
 
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
-  """uint8 images to float32 as torchvision's ToTensor + Normalize: (x / 255 - mean) / std."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  """uint8 images to float32 as torchvision's ToTensor + Normalize: (x / 255 - mean) / std.
+
+  float64 when 64-bit types are enabled (``jax.enable_x64``), for float64 models.
+  """
+  dtype = jnp.result_type(float)  # float32, or float64 under enable_x64
+  x = images.astype(dtype) / 255.0
+  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
 def global_norm(tree) -> jax.Array:

@@ -105,8 +105,11 @@ def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   total_steps = cfg.epochs * steps_per_epoch
   # optax wants at least one warm-up step and one decay step after it.
-  return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
+  rate = optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
                                             max(total_steps, warmup + 1, 2))
+  # optax divides the int32 step count, which JAX turns into float32 even under
+  # enable_x64; counting in the default int (int64 there) keeps a float64 run's rate exact.
+  return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
 
 
 class Preemption:
