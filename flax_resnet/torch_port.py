@@ -31,6 +31,7 @@ LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": 
                  "var": "running_var"}
 CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's rule for the hash in a file name
 DEFAULT_STAGE_CHANNELS = (64, 128, 256, 512)
 
 
@@ -324,6 +325,25 @@ def _load_safetensors(path: Path) -> dict:
     raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
 
 
+def hash_prefix(name: str) -> str | None:
+  """The SHA-256 prefix a torchvision file name carries (``resnet18-f37072fd.pth`` ->
+  ``f37072fd``), found as torch.hub finds it; None if the name carries none."""
+  match = HASH_IN_NAME.search(os.path.basename(name))
+  return match[1] if match and match[1] else None
+
+
+def check_hash(file: Path, name: str | None = None) -> str:
+  """The SHA-256 of ``file``; a ``ConversionError`` naming the file and both hashes unless
+  it starts with the prefix in ``name`` (a URL or file name; default the file's own name)."""
+  digest = sha256(file)
+  prefix = hash_prefix(name or file.name)
+  if prefix and not digest.startswith(prefix):
+    raise ConversionError(f"{file}: SHA-256 {digest} does not start with {prefix}, the hash in "
+                          "torchvision's file name: not torchvision's file (another model, or a "
+                          "damaged download); remove it and fetch it again")
+  return digest
+
+
 def fetch_weights(name: str, arch: str | None):
   """(torchvision weights entry, its state dict, the source for ``checkpoint_metadata``:
   name, URL, the file in torch.hub's cache and its SHA-256), through torch.hub's cache."""
@@ -335,14 +355,18 @@ def fetch_weights(name: str, arch: str | None):
   except (KeyError, ValueError, AttributeError) as e:
     raise ConversionError(f"--weights {name}: not a torchvision weights entry ({e})")
   file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+  # torch.hub checks the hash only of what it downloads; a file placed by hand is checked here.
+  digest = check_hash(file, weights.url) if file.is_file() else None
   try:
     state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
                                                weights_only=True, map_location="cpu")
   except OSError as e:  # URLError is an OSError
     raise ConversionError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
                    f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
+  if digest is None and file.is_file():
+    digest = check_hash(file, weights.url)
   source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-            "file": str(file), "sha256": sha256(file) if file.is_file() else None}
+            "file": str(file), "sha256": digest}
   return weights, state, source
 
 

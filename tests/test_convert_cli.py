@@ -89,17 +89,24 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
     assert torch.equal(value, resnet18_state[key]), key
 
 
-def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state):
+def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state, monkeypatch):
+  # A random state dict cannot carry torchvision's hash: it is named after its own SHA-256
+  # prefix, as torchvision names its files, and torchvision's entry points at that name.
+  from flax_resnet.files import sha256
   cache = tmp_path / "torch-home" / "hub" / "checkpoints"
   cache.mkdir(parents=True)
-  torch.save(resnet18_state, cache / "resnet18-f37072fd.pth")
+  torch.save(resnet18_state, cache / "resnet18.pth")
+  name = f"resnet18-{sha256(cache / 'resnet18.pth')[:8]}.pth"
+  (cache / "resnet18.pth").rename(cache / name)
+  monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
+                      f"https://download.pytorch.org/models/{name}")
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
   out = tmp_path / "ckpt"
-  done = run_entry_point("flax-resnet-convert", "--weights", "ResNet18_Weights.IMAGENET1K_V1",
-                         "--out", "ckpt", "--no-verify", cwd=tmp_path,
-                         env={"TORCH_HOME": str(tmp_path / "torch-home")})
-  assert done.returncode == 0, done.stderr
+  assert torch2flax.main(["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(out),
+                          "--no-verify"]) == 0
   meta = json.loads((out / "metadata.json").read_text())
   assert meta["source"]["name"] == "ResNet18_Weights.IMAGENET1K_V1"
+  assert meta["source"]["sha256"] == sha256(cache / name)
   assert meta["categories"][0] == "tench" and meta["preprocessing"]["crop_size"] == 224
 
 
