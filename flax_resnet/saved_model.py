@@ -12,7 +12,6 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line
-from flax_resnet.files import replace_dir
+from flax_resnet.cli import one_line, replace_problem
+from flax_resnet.files import remove_stale_temp_dirs, replace_dir, temp_dir_beside
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
@@ -126,8 +125,10 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
   """Writes ``model`` and ``metadata`` to directory ``path``.
 
   ``metadata`` is a ``Metadata`` or a mapping of its fields (``arch`` and ``options`` at
-  least). An existing ``path`` is an error unless ``overwrite``; it is replaced only
-  after the new checkpoint is complete.
+  least). An existing ``path`` is an error unless ``overwrite``, and even then unless it
+  is a flax-resnet checkpoint or empty (a user's data is never replaced); it is replaced
+  only after the new checkpoint is complete. Temporary directories that killed saves
+  left in ``path``'s parent are removed first.
   """
   if any(isinstance(m, FoldedNorm) for _, m in nnx.iter_modules(model)):
     raise ValueError("this model's BatchNorms are folded (fold_batchnorm): save the model it "
@@ -140,8 +141,13 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
                           "another path")
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
+  problem = replace_problem(path) if path.exists() else None
+  if problem:
+    raise FileExistsError(f"{path} {problem}: overwrite=True (--force) replaces only a "
+                          "flax-resnet checkpoint; choose another path")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  remove_stale_temp_dirs(path.parent)
+  tmp = temp_dir_beside(path)
   try:
     tmp.chmod(0o755)
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
