@@ -85,8 +85,10 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
   assert done.returncode == 0, done.stderr
   again = (torch.load(back, weights_only=True) if suffix == ".pth"
            else __import__("safetensors.torch").torch.load_file(back))
+  # Exactly torchvision's keys: num_batches_tracked too, with the counts the source had.
+  assert set(again) == set(resnet18_state)
   for key, value in again.items():
-    assert torch.equal(value, resnet18_state[key]), key
+    assert value.dtype == resnet18_state[key].dtype and torch.equal(value, resnet18_state[key]), key
 
 
 def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state, monkeypatch):
@@ -231,6 +233,35 @@ def test_train_export_force_never_replaces_a_folder_of_the_users(tmp_path):
   assert done.stderr.startswith(f"error: --out {out} is not a flax-resnet checkpoint")
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr
   assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_exports_follow_the_umask_and_hold_every_key_of_torchvision(checkpoint, tmp_path, umask,
+                                                                    suffix):
+  from flax_resnet.commands import export as flax2torch
+  out = tmp_path / f"back{suffix}"
+  previous = os.umask(umask)
+  try:
+    assert flax2torch.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+  finally:
+    os.umask(previous)
+  assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+  state = (torch.load(out, weights_only=True) if suffix == ".pth"
+           else __import__("safetensors.torch").torch.load_file(out))
+  reference = torchvision.models.resnet18()
+  assert set(state) == set(reference.state_dict())
+  reference.load_state_dict(state, strict=True)
+  assert reference.layer1[0].bn1.num_batches_tracked.dtype == torch.int64
+  assert int(reference.layer1[0].bn1.num_batches_tracked) == 2  # calibrate's 2 batches
+
+
+def test_a_bad_num_batches_tracked_in_metadata_is_one_line(checkpoint, tmp_path):
+  _edit_metadata(checkpoint, lambda m: m["source"].update(num_batches_tracked="many"))
+  done = run("convert/flax2torch.py", "--checkpoint", checkpoint, "--out", tmp_path / "b.pth")
+  assert done.returncode == 2 and "source.num_batches_tracked" in done.stderr, done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1 and "metadata.json" in done.stderr
+  assert not (tmp_path / "b.pth").exists()
 
 
 def test_train_export_force_replaces_a_checkpoint(checkpoint, tmp_path):
