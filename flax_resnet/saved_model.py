@@ -113,11 +113,28 @@ def _metadata_problem(meta: Any) -> str | None:
   unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
   if unknown:
     return f"unknown option {', '.join(map(repr, unknown))} in 'options'"
-  unknown = sorted(set(meta.get("preprocessing") or {})
-                   - {f.name for f in dataclasses.fields(EvalTransform)})
+  for key in _DTYPE_OPTIONS:
+    value = meta["options"].get(key)
+    if value is not None and not _is_float_dtype(value):
+      return f"'options.{key}': {value!r} is not a floating-point dtype such as 'float32'"
+  preprocessing = meta.get("preprocessing") or {}
+  if not isinstance(preprocessing, dict):
+    return "'preprocessing' is not an object"
+  unknown = sorted(set(preprocessing) - {f.name for f in dataclasses.fields(EvalTransform)})
   if unknown:
     return f"unknown key {', '.join(map(repr, unknown))} in 'preprocessing'"
+  try:
+    EvalTransform.from_json(preprocessing)
+  except ValueError as e:
+    return f"'preprocessing': {e}"
   return None
+
+
+def _is_float_dtype(name: Any) -> bool:
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(name), jnp.floating))
+  except (TypeError, ValueError):
+    return False
 
 
 def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[str, Any], *,
