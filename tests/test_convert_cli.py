@@ -306,24 +306,36 @@ def test_saving_over_a_folder_of_the_users_is_refused_even_with_overwrite(tmp_pa
   assert sorted(p.name for p in again.iterdir()) == ["metadata.json", "state"]
 
 
+KILLED_MID_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from flax_resnet.files import temp_dir_beside
+folder = temp_dir_beside(Path(sys.argv[1]))
+(folder / "state").write_bytes(b"x" * 1000)
+print(folder, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 def test_temporary_folders_of_killed_saves_are_removed_by_the_next_save(tmp_path, checkpoint):
   from flax_resnet import load, save
   from flax_resnet.files import temp_dir_beside
   model, meta = load(checkpoint)
   parent = tmp_path / "models"
   parent.mkdir()
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True).stdout.strip()
+  killed = run("-c", KILLED_MID_SAVE, parent / "a")
+  assert killed.returncode == -9, killed.stderr
+  left = Path(killed.stdout.strip())
+  assert left.parent == parent and left.is_dir()
   mine = temp_dir_beside(parent / "a")  # this process is alive: perhaps saving now
-  host = mine.name.split(".")[-3]
-  stale = [parent / f".a.flax-resnet-tmp.{host}.{dead}.k1ll3d_x",  # a killed save's
-           parent / f".b.flax-resnet-tmp.{host}.{dead}.old"]  # b replaced it, then the kill
+  _, _, host, dead, _ = left.name.rsplit(".", 4)
+  stale = [left, parent / f".b.flax-resnet-tmp.{host}.{dead}.old"]  # b replaced it, then a kill
   kept = [mine, parent / f".c.flax-resnet-tmp.{host}.{os.getppid()}.abcdefgh",
           parent / f".a.flax-resnet-tmp.otherhost.{dead}.abcdefgh",  # a shared file system's
           parent / f".d.flax-resnet-tmp.{host}.{dead}.old",  # d is gone: the previous d
           parent / ".a.xyz12345.tmp", parent / "user-folder.flax-resnet-tmp"]
   (parent / "b").mkdir()
-  for folder in stale + kept[1:]:
+  for folder in stale[1:] + kept[1:]:
     folder.mkdir()
     (folder / "state").write_bytes(b"x" * 1000)
   save(model, parent / "new", meta)
