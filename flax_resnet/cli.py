@@ -113,3 +113,36 @@ def check_writable_dir(out: Path, force: bool, flag: str = "--out") -> None:
     os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
   except OSError as e:
     raise CliError(f"{flag} {out}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+CHECKPOINT_ENTRIES = ("metadata.json", "state")
+
+
+def replace_problem(path: Path) -> str | None:
+  """Why directory ``path`` may not be replaced by a new checkpoint (``--force``), or None.
+
+  Only what holds nothing of a user's may go: an empty directory, or a flax-resnet
+  checkpoint (``metadata.json`` and ``state/``, and nothing else).
+  """
+  if path.is_symlink():
+    return "is a symbolic link"
+  if not path.is_dir():
+    return "is not a directory"
+  entries = sorted(p.name for p in path.iterdir())
+  if not entries:
+    return None
+  if not ((path / "metadata.json").is_file() and (path / "state").is_dir()):
+    return "is not a flax-resnet checkpoint (no metadata.json and state/)"
+  others = [e for e in entries if e not in CHECKPOINT_ENTRIES]
+  if others:
+    return (f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which is not "
+            "part of a flax-resnet checkpoint")
+  return None
+
+
+def check_replaceable(out: Path, flag: str = "--out") -> None:
+  """A ``CliError`` naming ``out`` if ``--force`` would replace something not ours there."""
+  problem = replace_problem(out) if out.exists() or out.is_symlink() else None
+  if problem:
+    raise CliError(f"{flag} {out} {problem}: --force replaces only a flax-resnet checkpoint; "
+                   "choose another path")

@@ -8,6 +8,8 @@ same PIL resize and repeat the float32 arithmetic, and return NHWC arrays.
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
@@ -30,18 +32,36 @@ class EvalTransform:
   mean: tuple[float, ...] = IMAGENET_MEAN
   std: tuple[float, ...] = IMAGENET_STD
 
+  def __post_init__(self):
+    """``ValueError`` naming the first field that cannot describe a transform."""
+    for name in ("resize_size", "crop_size"):
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if self.interpolation not in _PIL_FILTERS:
+      raise ValueError(f"interpolation must be one of {tuple(_PIL_FILTERS)}, "
+                       f"not {self.interpolation!r}")
+    for name in ("mean", "std"):
+      values = getattr(self, name)
+      if isinstance(values, list):  # JSON's and a caller's lists, kept as the tuples they mean
+        values = tuple(values)
+        object.__setattr__(self, name, values)
+      if not (isinstance(values, tuple) and values and all(
+          isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+          and (v > 0 or name == "mean") for v in values)):
+        raise ValueError(f"{name} must be a list of finite numbers"
+                         f"{' above 0' if name == 'std' else ''}, not {values!r}")
+
   def to_json(self) -> dict:
     return asdict(self)
 
   @classmethod
   def from_json(cls, d: dict) -> "EvalTransform":
-    return cls(**{**d, **{k: tuple(d[k]) for k in ("mean", "std") if k in d}})
+    """The transform ``to_json`` wrote; ``ValueError`` naming a field of the wrong type."""
+    return cls(**d)
 
   def __call__(self, image: Image.Image) -> np.ndarray:
     """One PIL image to a float32 (crop, crop, 3) array."""
-    if self.interpolation not in _PIL_FILTERS:
-      raise ValueError(f"interpolation must be one of {tuple(_PIL_FILTERS)}, "
-                       f"got {self.interpolation!r}")
     image = resize_shorter_side(to_rgb(image), self.resize_size,
                                 _PIL_FILTERS[self.interpolation])
     image = center_crop(image, self.crop_size)

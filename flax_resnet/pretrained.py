@@ -1,22 +1,55 @@
 """torchvision's pretrained weights in one call: ``create_model("resnet50", weights="DEFAULT")``.
 
 The first call for a weights entry fetches torchvision's file through torch.hub's
-cache (its hash check, ``weights_only=True``), converts it, verifies it against
-torchvision as ``flax-resnet-convert`` does, and keeps the checkpoint in
-``~/.cache/flax_resnet/weights`` (``$FLAX_RESNET_WEIGHTS`` to move it). Later
-calls only read that checkpoint: no torch import, no download.
+cache (``weights_only=True``; its SHA-256 checked against the prefix in the file name,
+also for a file placed there by hand), converts it, verifies it against torchvision
+as ``flax-resnet-convert`` does, and keeps the checkpoint in
+``~/.cache/flax_resnet/weights/ARCH.ENTRY`` (``$FLAX_RESNET_WEIGHTS`` to move it),
+saying each stage on stderr. Later calls only read that checkpoint, after checking
+the source hash it records: no torch import, no download. ``DEFAULT`` is resolved to
+the entry it names, so that it shares that entry's checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from flax_resnet.xla_cache import cache_dir
 
 WEIGHTS_ENV = "FLAX_RESNET_WEIGHTS"
+# torchvision 0.29.1's file of each weights entry of the ten architectures, and the entry
+# each DEFAULT names: DEFAULT resolves, and a cached checkpoint's source hash is checked,
+# without torch. tests/test_pretrained.py checks them against torchvision's enums.
+TORCHVISION_FILES = {
+    "resnet18": {"IMAGENET1K_V1": "resnet18-f37072fd.pth"},
+    "resnet34": {"IMAGENET1K_V1": "resnet34-b627a593.pth"},
+    "resnet50": {"IMAGENET1K_V1": "resnet50-0676ba61.pth",
+                 "IMAGENET1K_V2": "resnet50-11ad3fa6.pth"},
+    "resnet101": {"IMAGENET1K_V1": "resnet101-63fe2227.pth",
+                  "IMAGENET1K_V2": "resnet101-cd907fc2.pth"},
+    "resnet152": {"IMAGENET1K_V1": "resnet152-394f9c45.pth",
+                  "IMAGENET1K_V2": "resnet152-f82ba261.pth"},
+    "resnext50_32x4d": {"IMAGENET1K_V1": "resnext50_32x4d-7cdf4587.pth",
+                        "IMAGENET1K_V2": "resnext50_32x4d-1a0047aa.pth"},
+    "resnext101_32x8d": {"IMAGENET1K_V1": "resnext101_32x8d-8ba56ff5.pth",
+                         "IMAGENET1K_V2": "resnext101_32x8d-110c445d.pth"},
+    "resnext101_64x4d": {"IMAGENET1K_V1": "resnext101_64x4d-173b62eb.pth"},
+    "wide_resnet50_2": {"IMAGENET1K_V1": "wide_resnet50_2-95faca4d.pth",
+                        "IMAGENET1K_V2": "wide_resnet50_2-9ba9bcbe.pth"},
+    "wide_resnet101_2": {"IMAGENET1K_V1": "wide_resnet101_2-32ee1156.pth",
+                         "IMAGENET1K_V2": "wide_resnet101_2-d733dc28.pth"},
+}
+DEFAULT_ENTRY = {
+    "resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2",
+    "resnet101": "IMAGENET1K_V2", "resnet152": "IMAGENET1K_V2",
+    "resnext50_32x4d": "IMAGENET1K_V2", "resnext101_32x8d": "IMAGENET1K_V2",
+    "resnext101_64x4d": "IMAGENET1K_V1", "wide_resnet50_2": "IMAGENET1K_V2",
+    "wide_resnet101_2": "IMAGENET1K_V2",
+}
 _NAME = re.compile(r"^(?:(?P<enum>\w+_Weights)\.)?(?P<entry>[A-Z0-9_]+)$")
 
 
@@ -50,30 +83,67 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
                      f"num_classes={options['num_classes']}: load them, then replace model.fc "
                      "(or convert with --num-classes N --reset-head)")
   options.pop("num_classes", None)
-  path = weights_dir() / f"{arch}.{entry_name(weights)}"
+  entry = resolve_entry(arch, weights)
+  path = weights_dir() / f"{arch}.{entry}"
   if not (path / "metadata.json").is_file():
-    convert_pretrained(arch, entry_name(weights), path)
+    convert_pretrained(arch, entry, path)
+  check_cached_source(path, arch, entry)
   return load(path, **options)  # in eval mode
+
+
+def resolve_entry(arch: str, weights: Any) -> str:
+  """The weights entry ``weights`` names for ``arch``: ``DEFAULT`` resolved, without torch,
+  to the entry torchvision's DEFAULT is (``IMAGENET1K_V2`` for ``resnet50``)."""
+  entry = entry_name(weights)
+  return DEFAULT_ENTRY.get(arch, entry) if entry == "DEFAULT" else entry
+
+
+def check_cached_source(path: Path, arch: str, entry: str) -> None:
+  """That converted checkpoint ``path`` records a source whose SHA-256 starts with the
+  prefix in torchvision's file name for ``arch`` ``entry`` (the URL it records, for an
+  entry not in ``TORCHVISION_FILES``); a ``ValueError`` naming the file otherwise."""
+  from flax_resnet.saved_model import METADATA, read_metadata
+  from flax_resnet.torch_port import ConversionError, hash_prefix
+
+  source = read_metadata(path).source or {}
+  expected = TORCHVISION_FILES.get(arch, {}).get(entry) or os.path.basename(
+      str(source.get("url") or ""))
+  prefix, digest = hash_prefix(expected), source.get("sha256")
+  if not prefix or not isinstance(digest, str) or not digest.startswith(prefix):
+    raise ConversionError(
+        f"{path / METADATA}: source sha256 {digest} does not start with {prefix}, the hash in "
+        f"torchvision's file name {expected or '(none recorded)'}: converted from another "
+        f"file; remove {path} to convert torchvision's file again")
+
+
+def _say(message: str) -> None:
+  """One line on stderr about a first call's slow work, as it starts."""
+  print(f"flax_resnet: {message}", file=sys.stderr, flush=True)
 
 
 def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
   """Fetches, converts, verifies and saves torchvision's ``arch`` weights ``entry`` at
-  ``path``; the name it resolved to (``DEFAULT`` is an alias) is in the metadata."""
+  ``path``, saying each stage on stderr."""
   from flax_resnet.parity import verify
   from flax_resnet.preprocess import from_torchvision_weights
   from flax_resnet.saved_model import save
   from flax_resnet.torch_port import (ConversionError, check_roundtrip, checkpoint_metadata,
                                        convert_state_dict, fetch_weights)
 
+  _say(f"{arch} {entry}: fetching torchvision's weights through torch.hub's cache and "
+       "checking their SHA-256 (first use only)")
   weights, state, source = fetch_weights(entry, arch)
+  _say(f"converting {weights} ({source['file']})")
   conversion = convert_state_dict(state, arch)
   check_roundtrip(conversion.model, conversion.state_dict, False)
+  _say("verifying against torchvision in float32 and float64 on a fixed batch")
   parity = verify(conversion.model, arch, conversion.options)
   if not parity["passed"]:
     raise ConversionError(f"{weights}: verification against torchvision failed ({parity})")
   meta = checkpoint_metadata(conversion, source=source, parity=parity,
                              transform=from_torchvision_weights(weights),
                              categories=weights.meta.get("categories"))
+  _say(f"saving to {path}")
   try:
     save(conversion.model, path, meta)
   except FileExistsError:  # another process converted the same weights meanwhile

@@ -12,7 +12,6 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line
-from flax_resnet.files import replace_dir
+from flax_resnet.cli import one_line, replace_problem
+from flax_resnet.files import remove_stale_temp_dirs, replace_dir, temp_dir_beside
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
@@ -114,11 +113,28 @@ def _metadata_problem(meta: Any) -> str | None:
   unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
   if unknown:
     return f"unknown option {', '.join(map(repr, unknown))} in 'options'"
-  unknown = sorted(set(meta.get("preprocessing") or {})
-                   - {f.name for f in dataclasses.fields(EvalTransform)})
+  for key in _DTYPE_OPTIONS:
+    value = meta["options"].get(key)
+    if value is not None and not _is_float_dtype(value):
+      return f"'options.{key}': {value!r} is not a floating-point dtype such as 'float32'"
+  preprocessing = meta.get("preprocessing") or {}
+  if not isinstance(preprocessing, dict):
+    return "'preprocessing' is not an object"
+  unknown = sorted(set(preprocessing) - {f.name for f in dataclasses.fields(EvalTransform)})
   if unknown:
     return f"unknown key {', '.join(map(repr, unknown))} in 'preprocessing'"
+  try:
+    EvalTransform.from_json(preprocessing)
+  except ValueError as e:
+    return f"'preprocessing': {e}"
   return None
+
+
+def _is_float_dtype(name: Any) -> bool:
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(name), jnp.floating))
+  except (TypeError, ValueError):
+    return False
 
 
 def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[str, Any], *,
@@ -126,8 +142,10 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
   """Writes ``model`` and ``metadata`` to directory ``path``.
 
   ``metadata`` is a ``Metadata`` or a mapping of its fields (``arch`` and ``options`` at
-  least). An existing ``path`` is an error unless ``overwrite``; it is replaced only
-  after the new checkpoint is complete.
+  least). An existing ``path`` is an error unless ``overwrite``, and even then unless it
+  is a flax-resnet checkpoint or empty (a user's data is never replaced); it is replaced
+  only after the new checkpoint is complete. Temporary directories that killed saves
+  left in ``path``'s parent are removed first.
   """
   if any(isinstance(m, FoldedNorm) for _, m in nnx.iter_modules(model)):
     raise ValueError("this model's BatchNorms are folded (fold_batchnorm): save the model it "
@@ -140,8 +158,13 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
                           "another path")
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
+  problem = replace_problem(path) if path.exists() else None
+  if problem:
+    raise FileExistsError(f"{path} {problem}: overwrite=True (--force) replaces only a "
+                          "flax-resnet checkpoint; choose another path")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  remove_stale_temp_dirs(path.parent)
+  tmp = temp_dir_beside(path)
   try:
     tmp.chmod(0o755)
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))

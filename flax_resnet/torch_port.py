@@ -31,6 +31,7 @@ LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": 
                  "var": "running_var"}
 CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's rule for the hash in a file name
 DEFAULT_STAGE_CHANNELS = (64, 128, 256, 512)
 
 
@@ -277,16 +278,37 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
   return values, problems, notes
 
 
-def to_torch_state_dict(model: ResNet) -> dict[str, Any]:
-  """The model's weights as a torchvision state dict (strict-loadable, no
-  ``num_batches_tracked``, which torch fills in on load)."""
+def to_torch_state_dict(model: ResNet,
+                        num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, Any]:
+  """The model's weights as a torchvision state dict, strict-loadable, with exactly the keys
+  of torchvision's own: each BatchNorm's ``num_batches_tracked`` too, an int64 scalar
+  holding ``num_batches_tracked`` (one count, or counts by BatchNorm name such as
+  ``"layer1.0.bn1"``, a missing name 0)."""
   import torch
 
   out = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
     value = np.asarray(jax.device_get(var.get_value()))
-    out[torch_key(path)] = torch.from_numpy(np.array(to_torch_layout(value), order="C"))
+    key = torch_key(path)
+    out[key] = torch.from_numpy(np.array(to_torch_layout(value), order="C"))
+    if key.endswith(".running_var"):
+      norm = key.removesuffix(".running_var")
+      count = (num_batches_tracked.get(norm, 0) if isinstance(num_batches_tracked, Mapping)
+               else num_batches_tracked)
+      out[f"{norm}.num_batches_tracked"] = torch.tensor(int(count), dtype=torch.int64)
   return out
+
+
+def batches_tracked(state_dict: Mapping[str, Any]) -> int | dict[str, int] | None:
+  """The ``num_batches_tracked`` of a state dict's BatchNorms: one count if they all agree,
+  else counts by BatchNorm name; None if it has none."""
+  counts = {}
+  for key, value in state_dict.items():
+    if key.endswith(".num_batches_tracked") and np.size(_numpy(value)) == 1:
+      counts[key.removesuffix(".num_batches_tracked")] = int(_numpy(value).reshape(()))
+  if not counts:
+    return None
+  return next(iter(counts.values())) if len(set(counts.values())) == 1 else counts
 
 
 def load_file(path: Path) -> Any:
@@ -324,6 +346,25 @@ def _load_safetensors(path: Path) -> dict:
     raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
 
 
+def hash_prefix(name: str) -> str | None:
+  """The SHA-256 prefix a torchvision file name carries (``resnet18-f37072fd.pth`` ->
+  ``f37072fd``), found as torch.hub finds it; None if the name carries none."""
+  match = HASH_IN_NAME.search(os.path.basename(name))
+  return match[1] if match and match[1] else None
+
+
+def check_hash(file: Path, name: str | None = None) -> str:
+  """The SHA-256 of ``file``; a ``ConversionError`` naming the file and both hashes unless
+  it starts with the prefix in ``name`` (a URL or file name; default the file's own name)."""
+  digest = sha256(file)
+  prefix = hash_prefix(name or file.name)
+  if prefix and not digest.startswith(prefix):
+    raise ConversionError(f"{file}: SHA-256 {digest} does not start with {prefix}, the hash in "
+                          "torchvision's file name: not torchvision's file (another model, or a "
+                          "damaged download); remove it and fetch it again")
+  return digest
+
+
 def fetch_weights(name: str, arch: str | None):
   """(torchvision weights entry, its state dict, the source for ``checkpoint_metadata``:
   name, URL, the file in torch.hub's cache and its SHA-256), through torch.hub's cache."""
@@ -335,14 +376,18 @@ def fetch_weights(name: str, arch: str | None):
   except (KeyError, ValueError, AttributeError) as e:
     raise ConversionError(f"--weights {name}: not a torchvision weights entry ({e})")
   file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+  # torch.hub checks the hash only of what it downloads; a file placed by hand is checked here.
+  digest = check_hash(file, weights.url) if file.is_file() else None
   try:
     state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
                                                weights_only=True, map_location="cpu")
   except OSError as e:  # URLError is an OSError
     raise ConversionError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
                    f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
+  if digest is None and file.is_file():
+    digest = check_hash(file, weights.url)
   source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-            "file": str(file), "sha256": sha256(file) if file.is_file() else None}
+            "file": str(file), "sha256": digest}
   return weights, state, source
 
 
@@ -356,7 +401,7 @@ def check_roundtrip(model, bare: dict, skip_head: bool) -> None:
   """Every source tensor must come back bit-exact (as float32) from the converted model."""
   back = to_torch_state_dict(model)
   for key, value in back.items():
-    if skip_head and key.startswith("fc."):
+    if (skip_head and key.startswith("fc.")) or key.endswith("num_batches_tracked"):
       continue
     if not np.array_equal(value.numpy(), bare[key].float().numpy()):
       raise ConversionError(f"round trip changed tensor {key}")
@@ -399,15 +444,18 @@ def versions() -> dict[str, str]:
 def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any], transform,
                         categories: list[str] | None, parity: dict | None,
                         head: str = "from source"):
-  """The ``Metadata`` of a converted checkpoint: what it came from, its eval preprocessing
-  (an ``EvalTransform``), class names, the verification's figures, and every version
-  that made it."""
+  """The ``Metadata`` of a converted checkpoint: what it came from (with the source's
+  ``num_batches_tracked``, if it has them), its eval preprocessing (an ``EvalTransform``),
+  class names, the verification's figures, and every version that made it."""
   import datetime
 
   import flax
 
   from flax_resnet import __version__
   from flax_resnet.saved_model import Metadata
+  counts = batches_tracked(conversion.state_dict)
+  if counts is not None:  # flax2torch writes them back
+    source = {**source, "num_batches_tracked": counts}
   return Metadata(
       arch=conversion.arch, options=conversion.options, source=source, notes=conversion.notes,
       head=head, preprocessing=transform.to_json(), categories=categories, parity=parity,

@@ -85,21 +85,30 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
   assert done.returncode == 0, done.stderr
   again = (torch.load(back, weights_only=True) if suffix == ".pth"
            else __import__("safetensors.torch").torch.load_file(back))
+  # Exactly torchvision's keys: num_batches_tracked too, with the counts the source had.
+  assert set(again) == set(resnet18_state)
   for key, value in again.items():
-    assert torch.equal(value, resnet18_state[key]), key
+    assert value.dtype == resnet18_state[key].dtype and torch.equal(value, resnet18_state[key]), key
 
 
-def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state):
+def test_weights_entry_loads_from_the_hub_cache(tmp_path, resnet18_state, monkeypatch):
+  # A random state dict cannot carry torchvision's hash: it is named after its own SHA-256
+  # prefix, as torchvision names its files, and torchvision's entry points at that name.
+  from flax_resnet.files import sha256
   cache = tmp_path / "torch-home" / "hub" / "checkpoints"
   cache.mkdir(parents=True)
-  torch.save(resnet18_state, cache / "resnet18-f37072fd.pth")
+  torch.save(resnet18_state, cache / "resnet18.pth")
+  name = f"resnet18-{sha256(cache / 'resnet18.pth')[:8]}.pth"
+  (cache / "resnet18.pth").rename(cache / name)
+  monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
+                      f"https://download.pytorch.org/models/{name}")
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
   out = tmp_path / "ckpt"
-  done = run_entry_point("flax-resnet-convert", "--weights", "ResNet18_Weights.IMAGENET1K_V1",
-                         "--out", "ckpt", "--no-verify", cwd=tmp_path,
-                         env={"TORCH_HOME": str(tmp_path / "torch-home")})
-  assert done.returncode == 0, done.stderr
+  assert torch2flax.main(["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(out),
+                          "--no-verify"]) == 0
   meta = json.loads((out / "metadata.json").read_text())
   assert meta["source"]["name"] == "ResNet18_Weights.IMAGENET1K_V1"
+  assert meta["source"]["sha256"] == sha256(cache / name)
   assert meta["categories"][0] == "tench" and meta["preprocessing"]["crop_size"] == 224
 
 
@@ -184,9 +193,153 @@ def test_existing_out_is_left_untouched_without_force(tmp_path, pth, capsys):
   (out / "keep.txt").write_text("precious")
   fails(capsys, ["--state-dict", pth, "--out", out], "--force")
   assert [p.name for p in out.iterdir()] == ["keep.txt"]
-  assert torch2flax.main(["--state-dict", str(pth), "--out", str(out), "--force",
-                          "--no-verify"]) == 0
-  assert (out / "metadata.json").exists() and not (out / "keep.txt").exists()
+
+
+def test_force_never_replaces_a_folder_of_the_users(tmp_path, pth, capsys):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "keep.txt").write_text("precious")
+  fails(capsys, ["--state-dict", pth, "--out", out, "--force"],
+        f"--out {out} is not a flax-resnet checkpoint", "--force replaces only")
+  assert [p.name for p in out.iterdir()] == ["keep.txt"]
+  assert (out / "keep.txt").read_text() == "precious"
+  assert "[1/4]" not in capsys.readouterr().out  # refused before anything was loaded
+
+
+def test_force_never_replaces_a_checkpoint_holding_a_users_file(checkpoint, pth, capsys):
+  (checkpoint / "notes.txt").write_text("mine")
+  before = (checkpoint / "metadata.json").read_text()
+  fails(capsys, ["--state-dict", pth, "--out", checkpoint, "--force"], "holds notes.txt")
+  assert (checkpoint / "notes.txt").read_text() == "mine"
+  assert (checkpoint / "metadata.json").read_text() == before
+
+
+def test_force_replaces_a_checkpoint(checkpoint, pth, tmp_path):
+  before = json.loads((checkpoint / "metadata.json").read_text())
+  assert torch2flax.main(["--state-dict", str(pth), "--num-classes", "10", "--reset-head",
+                          "--out", str(checkpoint), "--force", "--no-verify"]) == 0
+  after = json.loads((checkpoint / "metadata.json").read_text())
+  assert before["options"]["num_classes"] == 1000 and after["options"]["num_classes"] == 10
+  assert sorted(p.name for p in checkpoint.iterdir()) == ["metadata.json", "state"]
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "leftovers"
+
+
+def test_train_export_force_never_replaces_a_folder_of_the_users(tmp_path):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "keep.txt").write_text("precious")
+  done = run("train/export.py", "--workdir", tmp_path / "run", "--out", out, "--force")
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.startswith(f"error: --out {out} is not a flax-resnet checkpoint")
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_exports_follow_the_umask_and_hold_every_key_of_torchvision(checkpoint, tmp_path, umask,
+                                                                    suffix):
+  from flax_resnet.commands import export as flax2torch
+  out = tmp_path / f"back{suffix}"
+  previous = os.umask(umask)
+  try:
+    assert flax2torch.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+  finally:
+    os.umask(previous)
+  assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+  state = (torch.load(out, weights_only=True) if suffix == ".pth"
+           else __import__("safetensors.torch").torch.load_file(out))
+  reference = torchvision.models.resnet18()
+  assert set(state) == set(reference.state_dict())
+  reference.load_state_dict(state, strict=True)
+  assert reference.layer1[0].bn1.num_batches_tracked.dtype == torch.int64
+  assert int(reference.layer1[0].bn1.num_batches_tracked) == 2  # calibrate's 2 batches
+
+
+def test_a_bad_num_batches_tracked_in_metadata_is_one_line(checkpoint, tmp_path):
+  _edit_metadata(checkpoint, lambda m: m["source"].update(num_batches_tracked="many"))
+  done = run("convert/flax2torch.py", "--checkpoint", checkpoint, "--out", tmp_path / "b.pth")
+  assert done.returncode == 2 and "source.num_batches_tracked" in done.stderr, done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1 and "metadata.json" in done.stderr
+  assert not (tmp_path / "b.pth").exists()
+
+
+def test_train_export_force_replaces_a_checkpoint(checkpoint, tmp_path):
+  workdir = tmp_path / "run"
+  tiny = ["synthetic=True", "layers=1,1", "channels=8,16", "num_classes=2", "dtype=float32",
+          "global_batch=8", "max_steps=1", "workers=0", "step_cache=False"]
+  done = run("train/train.py", "--config", "train/configs/cifar10_resnet18.py", "--workdir",
+             workdir, *[a for s in tiny for a in ("--set", s)], env={"JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  done = run("train/export.py", "--workdir", workdir, "--out", checkpoint, "--step", "latest",
+             "--force")
+  assert done.returncode == 0, done.stderr[-3000:]
+  meta = json.loads((checkpoint / "metadata.json").read_text())
+  assert meta["options"]["num_classes"] == 2 and meta["source"]["workdir"] == str(workdir)
+
+
+def test_flax2torch_force_replaces_a_file_but_never_a_folder(checkpoint, tmp_path):
+  folder = tmp_path / "model.pth"
+  folder.mkdir()
+  (folder / "keep.txt").write_text("precious")
+  done = run("convert/flax2torch.py", "--checkpoint", checkpoint, "--out", folder, "--force")
+  assert done.returncode == 2 and "is a directory" in done.stderr, done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+  file = tmp_path / "old.pth"
+  file.write_bytes(b"an older export")
+  done = run("convert/flax2torch.py", "--checkpoint", checkpoint, "--out", file, "--force")
+  assert done.returncode == 0, done.stderr
+  assert "conv1.weight" in torch.load(file, weights_only=True)
+
+
+def test_saving_over_a_folder_of_the_users_is_refused_even_with_overwrite(tmp_path, checkpoint):
+  from flax_resnet import load, save
+  model, meta = load(checkpoint)
+  user = tmp_path / "mine"
+  user.mkdir()
+  (user / "data.csv").write_text("1,2,3")
+  with pytest.raises(FileExistsError, match="mine is not a flax-resnet checkpoint"):
+    save(model, user, meta, overwrite=True)
+  assert [p.name for p in user.iterdir()] == ["data.csv"]
+  again = save(model, checkpoint, meta, overwrite=True)  # a checkpoint is replaced
+  assert sorted(p.name for p in again.iterdir()) == ["metadata.json", "state"]
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from flax_resnet.files import temp_dir_beside
+folder = temp_dir_beside(Path(sys.argv[1]))
+(folder / "state").write_bytes(b"x" * 1000)
+print(folder, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporary_folders_of_killed_saves_are_removed_by_the_next_save(tmp_path, checkpoint):
+  from flax_resnet import load, save
+  from flax_resnet.files import temp_dir_beside
+  model, meta = load(checkpoint)
+  parent = tmp_path / "models"
+  parent.mkdir()
+  killed = run("-c", KILLED_MID_SAVE, parent / "a")
+  assert killed.returncode == -9, killed.stderr
+  left = Path(killed.stdout.strip())
+  assert left.parent == parent and left.is_dir()
+  mine = temp_dir_beside(parent / "a")  # this process is alive: perhaps saving now
+  _, _, host, dead, _ = left.name.rsplit(".", 4)
+  stale = [left, parent / f".b.flax-resnet-tmp.{host}.{dead}.old"]  # b replaced it, then a kill
+  kept = [mine, parent / f".c.flax-resnet-tmp.{host}.{os.getppid()}.abcdefgh",
+          parent / f".a.flax-resnet-tmp.otherhost.{dead}.abcdefgh",  # a shared file system's
+          parent / f".d.flax-resnet-tmp.{host}.{dead}.old",  # d is gone: the previous d
+          parent / ".a.xyz12345.tmp", parent / "user-folder.flax-resnet-tmp"]
+  (parent / "b").mkdir()
+  for folder in stale[1:] + kept[1:]:
+    folder.mkdir()
+    (folder / "state").write_bytes(b"x" * 1000)
+  save(model, parent / "new", meta)
+  assert all(p.is_dir() for p in kept) and not any(p.exists() for p in stale)
 
 
 class _RunsCode:

@@ -86,3 +86,32 @@ def test_a_count_below_one_is_one_line(checkpoint, good, flag):
   done = predict("--checkpoint", checkpoint, flag, "-3", good)
   assert done.returncode == 2 and f"argument {flag}: -3 is not a positive integer" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["options"].update(dtype="float17"), "'options.dtype': 'float17'"),
+    (lambda m: m["options"].update(param_dtype="int8"), "'options.param_dtype': 'int8'"),
+    (lambda m: m.update(preprocessing={"crop_size": 224.5}), "crop_size must be a positive integer"),
+    (lambda m: m.update(preprocessing={"crop_size": "224"}), "crop_size must be a positive integer"),
+    (lambda m: m.update(preprocessing={"resize_size": 0}), "resize_size must be a positive integer"),
+    (lambda m: m.update(preprocessing={"std": [0.2, 0, 0.2]}), "std must be a list of finite"),
+    (lambda m: m.update(preprocessing={"mean": 0.5}), "mean must be a list of finite"),
+    (lambda m: m.update(preprocessing={"interpolation": "lanczos"}), "interpolation must be"),
+], ids=["bad dtype", "integer param_dtype", "fractional crop", "crop as text", "resize 0",
+        "std 0", "mean not a list", "unknown interpolation"])
+def test_bad_metadata_values_are_one_line_naming_file_and_key(checkpoint, good, tmp_path, edit,
+                                                              needle):
+  import json
+  import shutil
+  import flax_resnet
+  copy = shutil.copytree(checkpoint, tmp_path / "ckpt")
+  meta = json.loads((copy / "metadata.json").read_text())
+  edit(meta)
+  (copy / "metadata.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError) as error:
+    flax_resnet.load(copy)
+  assert str(error.value).startswith(f"{copy / 'metadata.json'}: ") and needle in str(error.value)
+  done = predict("--checkpoint", copy, good)
+  assert done.returncode == 2 and needle in done.stderr, done.stderr[-3000:]
+  assert done.stderr.startswith(f"error: {copy / 'metadata.json'}: ")
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]

@@ -10,26 +10,55 @@ import numpy as np
 import pytest
 
 import flax_resnet
+from flax_resnet import pretrained
+from flax_resnet.commands import convert as torch2flax
+from flax_resnet.files import sha256
 from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_FILE = "resnet18-f37072fd.pth"  # ResNet18_Weights.IMAGENET1K_V1, also its DEFAULT
+MODELS = "https://download.pytorch.org/models/"
+# Points torchvision's entry and our table at another file: a random state dict cannot be
+# given torchvision's hash, so the tests name theirs after their own hash, as torchvision does.
+REDIRECT_TORCHVISION = ("import torchvision\n"
+                        "torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value.url = {url!r}\n")
+REDIRECT_TABLE = ("import flax_resnet.pretrained\n"
+                  "flax_resnet.pretrained.TORCHVISION_FILES['resnet18']['IMAGENET1K_V1'] = {name!r}\n")
 
 
 @pytest.fixture
-def homes(tmp_path, monkeypatch):
-  """torch.hub's cache holding a (random, calibrated) file of the expected name, and an
-  empty weights cache: what a first call meets, without a network."""
-  hub = tmp_path / "torch-home" / "hub" / "checkpoints"
-  hub.mkdir(parents=True)
+def empty_homes(tmp_path, monkeypatch):
+  """An empty torch.hub cache and an empty weights cache, and a random calibrated
+  ResNet-18 state dict."""
+  (tmp_path / "torch-home" / "hub" / "checkpoints").mkdir(parents=True)
   torch.manual_seed(0)
   state = calibrate(torchvision.models.resnet18()).state_dict()
-  torch.save(state, hub / HUB_FILE)
   env = {"TORCH_HOME": str(tmp_path / "torch-home"),
          "FLAX_RESNET_WEIGHTS": str(tmp_path / "weights")}
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   return env, state
+
+
+def hub_dir(env) -> Path:
+  return Path(env["TORCH_HOME"]) / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def homes(empty_homes, monkeypatch):
+  """What a first call meets, without a network: torch.hub's cache holding the random
+  state dict as ``resnet18-<its SHA-256 prefix>.pth``, with torchvision's ResNet-18
+  IMAGENET1K_V1 entry (its DEFAULT) and our table pointing at that name in this process
+  (``REDIRECT_*`` do it in another one); returns (env, state dict, file name)."""
+  env, state = empty_homes
+  tmp = hub_dir(env) / "resnet18.pth"
+  torch.save(state, tmp)
+  name = f"resnet18-{sha256(tmp)[:8]}.pth"
+  tmp.rename(hub_dir(env) / name)
+  monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
+                      MODELS + name)
+  monkeypatch.setitem(pretrained.TORCHVISION_FILES["resnet18"], "IMAGENET1K_V1", name)
+  return env, state, name
 
 
 def python(code, env):
@@ -49,16 +78,24 @@ print("eval" if model.bn1.use_running_average else "train", "torch" in sys.modul
 
 
 def test_weights_are_converted_once_then_loaded_without_torch(homes, tmp_path):
-  env, state = homes
-  first = python(PROBE.format(build='flax_resnet.ResNet18(weights="DEFAULT")'), env)
+  env, state, name = homes
+  redirect = REDIRECT_TABLE.format(name=name)
+  first = python(REDIRECT_TORCHVISION.format(url=MODELS + name) + redirect
+                 + PROBE.format(build='flax_resnet.ResNet18(weights="DEFAULT")'), env)
   assert first.returncode == 0, first.stderr[-3000:]
   assert first.stdout.split()[:2] == ["eval", "True"]
-  assert (tmp_path / "weights" / "resnet18.DEFAULT" / "metadata.json").is_file()
-  code = PROBE.format(build='flax_resnet.create_model("resnet18", pretrained=True)').replace(
-      '"/dev/null"', f'"{tmp_path / "logits.npy"}"')
+  # DEFAULT is IMAGENET1K_V1 for resnet18: one checkpoint for both names.
+  assert [p.name for p in (tmp_path / "weights").iterdir()] == ["resnet18.IMAGENET1K_V1"]
+  stages = [line for line in first.stderr.splitlines() if line.startswith("flax_resnet: ")]
+  assert [s.split()[1] for s in stages] == ["resnet18", "converting", "verifying", "saving"]
+  assert "fetching" in stages[0] and "SHA-256" in stages[0]
+  code = redirect + PROBE.format(
+      build='flax_resnet.create_model("resnet18", pretrained=True)').replace(
+          '"/dev/null"', f'"{tmp_path / "logits.npy"}"')
   second = python(code, env)
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stdout.split()[:2] == ["eval", "False"], "the cached load imported torch"
+  assert "flax_resnet: " not in second.stderr
   reference = calibrate(torchvision.models.resnet18())
   reference.load_state_dict(state)
   x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
@@ -77,9 +114,8 @@ def test_metadata_carries_the_weights_preprocessing_and_class_names(homes):
   assert meta.parity["passed"]
 
 
-def test_offline_names_the_url_and_where_to_put_the_file(homes, monkeypatch):
-  env, _ = homes
-  (Path(env["TORCH_HOME"]) / "hub" / "checkpoints" / HUB_FILE).unlink()
+def test_offline_names_the_url_and_where_to_put_the_file(empty_homes, monkeypatch):
+  env, _ = empty_homes
 
   def offline(*args, **kwargs):
     raise urllib.error.URLError("no network")
@@ -101,3 +137,56 @@ def test_offline_names_the_url_and_where_to_put_the_file(homes, monkeypatch):
 def test_bad_weights_are_one_clear_error(homes, call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+def test_a_hand_placed_file_of_other_weights_is_refused_and_nothing_cached(empty_homes):
+  env, state = empty_homes
+  torch.save(state, hub_dir(env) / HUB_FILE)  # random weights under torchvision's name
+  digest = sha256(hub_dir(env) / HUB_FILE)
+  with pytest.raises(ValueError) as error:
+    flax_resnet.ResNet18(weights="DEFAULT")
+  message = str(error.value)
+  assert "\n" not in message and str(hub_dir(env) / HUB_FILE) in message
+  assert f"SHA-256 {digest} does not start with f37072fd" in message
+  assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists() or not any(
+      Path(env["FLAX_RESNET_WEIGHTS"]).iterdir())
+
+
+def test_the_converter_refuses_a_hand_placed_file_of_other_weights(empty_homes, tmp_path,
+                                                                   capsys):
+  env, state = empty_homes
+  torch.save(state, hub_dir(env) / HUB_FILE)
+  out = tmp_path / "ckpt"
+  code = torch2flax.main(["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(out)])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+  assert HUB_FILE in err and sha256(hub_dir(env) / HUB_FILE) in err and "f37072fd" in err
+  assert not out.exists()
+
+
+def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes):
+  # What an earlier version cached from a hand-placed file: torchvision's URL, another hash.
+  env, state = empty_homes
+  from flax_resnet.saved_model import save
+  from flax_resnet.torch_port import from_torch_state_dict
+  entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
+  forged = "853aa964" + "0" * 56
+  save(from_torch_state_dict(state), entry, {
+      "arch": "resnet18", "options": {},
+      "source": {"kind": "torchvision_weights", "url": MODELS + HUB_FILE, "sha256": forged}})
+  with pytest.raises(ValueError) as error:
+    flax_resnet.create_model("resnet18", pretrained=True)
+  message = str(error.value)
+  assert "\n" not in message and str(entry / "metadata.json") in message
+  assert f"sha256 {forged} does not start with f37072fd" in message
+  assert (entry / "metadata.json").is_file()  # the user decides what to remove
+
+
+def test_the_table_of_files_and_defaults_is_torchvisions():
+  from torchvision.models import get_model_weights
+  assert set(pretrained.TORCHVISION_FILES) == set(flax_resnet.ARCHITECTURES)
+  for arch, files in pretrained.TORCHVISION_FILES.items():
+    enum = get_model_weights(arch)
+    assert files == {w.name: os.path.basename(w.url) for w in enum}, arch
+    assert pretrained.DEFAULT_ENTRY[arch] == enum.DEFAULT.name, arch
+    assert pretrained.resolve_entry(arch, "DEFAULT") == enum.DEFAULT.name

@@ -1,8 +1,10 @@
 """Every Python snippet of README.md runs as written, each in a fresh process.
 
 The directory they run in holds what a reader would have: cat.jpg (an ImageNet sample), and
-torch.hub's cache holding a file by the name of ResNet50_Weights.IMAGENET1K_V2's (random
-weights: no network at test time).
+torch.hub's cache holding ResNet50_Weights.IMAGENET1K_V2's file (random weights: no network at
+test time). Random weights cannot carry torchvision's hash, which is checked: the file is named
+after its own, as torchvision names its files, and a sitecustomize points torchvision's entry
+and flax_resnet's table at that name.
 """
 
 import os
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from flax_resnet.files import sha256
 from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +31,27 @@ def reader_dir(data_dir, tmp_path_factory):
   hub = home / "torch-home" / "hub" / "checkpoints"
   hub.mkdir(parents=True)
   torch.manual_seed(0)
-  torch.save(calibrate(torchvision.models.resnet50()).state_dict(), hub / Path(weights.url).name)
+  torch.save(calibrate(torchvision.models.resnet50()).state_dict(), hub / "resnet50.pth")
+  name = f"resnet50-{sha256(hub / 'resnet50.pth')[:8]}.pth"
+  (hub / "resnet50.pth").rename(hub / name)
+  (home / "site").mkdir()
+  (home / "site" / "sitecustomize.py").write_text(REDIRECT.format(
+      name=name, url=f"{weights.url.rsplit('/', 1)[0]}/{name}"))
   return home
+
+
+REDIRECT = """
+import flax_resnet.pretrained, flax_resnet.torch_port as port
+flax_resnet.pretrained.TORCHVISION_FILES["resnet50"]["IMAGENET1K_V2"] = {name!r}
+fetch = port.fetch_weights
+
+def fetch_redirected(name, arch):
+  import torchvision
+  torchvision.models.ResNet50_Weights.IMAGENET1K_V2.value.url = {url!r}
+  return fetch(name, arch)
+
+port.fetch_weights = fetch_redirected
+"""
 
 
 def test_the_readme_has_its_snippets():
@@ -40,7 +62,7 @@ def test_the_readme_has_its_snippets():
 def test_readme_snippet_runs_as_written(reader_dir, index):
   env = {**os.environ, "TORCH_HOME": str(reader_dir / "torch-home"),
          "FLAX_RESNET_WEIGHTS": str(reader_dir / "weights"), "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": str(ROOT)}
+         "PYTHONPATH": f"{reader_dir / 'site'}{os.pathsep}{ROOT}"}
   env.pop("XLA_FLAGS", None)  # as a reader runs it: one CPU device
   work = reader_dir / f"snippet{index}"
   work.mkdir()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 # Only the light modules here: arguments are checked before JAX, orbax or torch load.
-from flax_resnet.cli import (ArgumentParser, CliError, check_writable_dir, positive_float,
-                             positive_int, report)
+from flax_resnet.cli import (ArgumentParser, CliError, check_replaceable, check_writable_dir,
+                             positive_float, positive_int, report)
 from flax_resnet.files import sha256
 from flax_resnet.preprocess import EvalTransform
 
@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--reset-head", action="store_true",
                  help="drop the file's classifier and start a fresh one of --num-classes")
   p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--force", action="store_true",
+                 help="replace an existing --out that is a flax-resnet checkpoint (or empty)")
   p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                  help="compare logits with torchvision on a fixed batch (default: on)")
   p.add_argument("--tolerance", type=positive_float,
@@ -84,6 +85,7 @@ def check_arguments(args) -> None:
   if args.state_dict is not None and not args.state_dict.is_file():
     raise CliError(f"--state-dict {args.state_dict}: no such file")
   check_writable_dir(args.out, args.force)
+  check_replaceable(args.out)
 
 
 def metadata(args, conversion, source, weights, parity):

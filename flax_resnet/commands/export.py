@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from flax_resnet.saved_model import load
 from flax_resnet.cli import ArgumentParser, report
-from flax_resnet.files import atomic_path
+from flax_resnet.files import atomic_path, chmod_as_new_file
+from flax_resnet.saved_model import METADATA, Metadata, load
 from flax_resnet.torch_port import to_torch_state_dict
 
 
@@ -23,7 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--checkpoint", type=Path, required=True, help="directory from torch2flax")
   p.add_argument("--out", type=Path, required=True, help="FILE.pth, FILE.pt or FILE.safetensors")
-  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--force", action="store_true",
+                 help="replace an existing --out file (never a directory)")
   return p.parse_args(argv)
 
 
@@ -36,8 +37,20 @@ def write(state: dict, out: Path) -> None:
   with atomic_path(out) as tmp:
     if out.suffix == ".safetensors":
       save_file(state, tmp)
+      chmod_as_new_file(tmp)  # safetensors writes 0600; every other file follows the umask
     else:
       torch.save(state, tmp)
+
+
+def batches_tracked(meta: Metadata, checkpoint: Path) -> int | dict[str, int]:
+  """The ``num_batches_tracked`` the checkpoint's source had (recorded by the converter),
+  else 0; a ``ValueError`` naming the file and key if it is not counts."""
+  value = (meta.source or {}).get("num_batches_tracked", 0)
+  counts = value.values() if isinstance(value, dict) else [value]
+  if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+    raise ValueError(f"{checkpoint / METADATA}: source.num_batches_tracked must be a count or "
+                     f"counts by BatchNorm name, not {value!r}")
+  return value
 
 
 def main(argv=None) -> int:
@@ -47,11 +60,13 @@ def main(argv=None) -> int:
       raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt or .safetensors")
     if args.out.is_dir():
       raise ValueError(f"--out {args.out} is a directory; name the file to write")
+    if args.out.exists() and not args.out.is_file():  # --force replaces only a file
+      raise ValueError(f"--out {args.out} is not a regular file; name the file to write")
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
-    state = to_torch_state_dict(model)
+    state = to_torch_state_dict(model, batches_tracked(meta, args.checkpoint))
     write(state, args.out)
   except (ValueError, OSError) as e:
     return report(e)

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import flax_resnet
-from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.cli import ArgumentParser, replace_problem, report
 from flax_resnet.saved_model import Metadata
 from flax_resnet.training import checkpoints, config as config_lib, data
 from flax_resnet.training.trainer import model_spec
@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--step", default="best",
                  help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N")
   p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
-  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--force", action="store_true",
+                 help="replace an existing --out that is a flax-resnet checkpoint (or empty)")
   return p.parse_args(argv)
 
 
@@ -72,6 +73,10 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``."""
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
+  problem = replace_problem(out) if out.exists() else None
+  if problem:  # checked before the restore: a user's data is never replaced
+    raise ValueError(f"--out {out} {problem}: --force replaces only a flax-resnet checkpoint; "
+                     "choose another path")
   pure, meta, step = restore(workdir, which, ema)
   _check_finite(pure, f"checkpoint {step} of {workdir}")
   cfg = config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v
