@@ -66,7 +66,7 @@ def _fold(conv: nnx.Conv, norm) -> FoldedNorm:
 def _conv_norm_pairs(model: ResNet):
   """(owner, conv attribute, norm attribute) for every conv followed by a norm."""
   yield model, "conv1", "bn1"
-  for stage in model.stages():
+  for stage in model.stages:
     for block in stage:
       for i in range(1, 4):
         if hasattr(block, f"conv{i}"):

@@ -372,8 +372,10 @@ class BasicBlock(nnx.Module):
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
 
-  def residual_norms(self) -> list[nnx.Module]:
-    return [self.bn2]
+  @property
+  def residual_norms(self) -> tuple[nnx.Module, ...]:
+    """The residual branch's last norm (a property: see ``ResNet.stages``)."""
+    return (self.bn2,)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
@@ -405,8 +407,10 @@ class Bottleneck(nnx.Module):
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
 
-  def residual_norms(self) -> list[nnx.Module]:
-    return [self.bn3]
+  @property
+  def residual_norms(self) -> tuple[nnx.Module, ...]:
+    """The residual branch's last norm (a property: see ``ResNet.stages``)."""
+    return (self.bn3,)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
@@ -518,14 +522,19 @@ class ResNet(nnx.Module):
     self.feature_info = tuple(info)
 
   def _zero_init_residual(self):
-    for stage in self.stages():
+    for stage in self.stages:
       for blk in stage:
-        for norm in blk.residual_norms():
+        for norm in blk.residual_norms:
           norm.scale[...] = jnp.zeros_like(norm.scale[...])
 
-  def stages(self) -> list[nnx.List]:
-    """The stages ``layer1``, ``layer2``, ... in order."""
-    return [getattr(self, info.name) for info in self.feature_info[1:]]
+  @property
+  def stages(self) -> tuple[nnx.List, ...]:
+    """The stages ``layer1``, ``layer2``, ... in order.
+
+    A property, not a method: ``nnx.tabulate`` tabulates every public method's output,
+    and cannot display a list of modules.
+    """
+    return tuple(getattr(self, info.name) for info in self.feature_info[1:])
 
   def features(self, x: jax.Array) -> dict[str, jax.Array]:
     """Feature maps by name: ``stem`` (after conv1/bn1/relu) and each ``layerN``.
@@ -537,7 +546,7 @@ class ResNet(nnx.Module):
     out = {"stem": x}
     if self.stem == "imagenet":
       x = max_pool_3x3_s2(x)
-    for info, stage in zip(self.feature_info[1:], self.stages()):
+    for info, stage in zip(self.feature_info[1:], self.stages):
       for blk in stage:
         x = blk(x)
       out[info.name] = x

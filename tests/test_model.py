@@ -142,7 +142,7 @@ def test_headless_model_returns_pooled_features(name, width):
 
 def test_custom_depths_from_the_generic_config():
   resnet26 = nnx.eval_shape(lambda: fr.ResNet("bottleneck", (2, 2, 2, 2)))
-  assert sum(1 for s in resnet26.stages() for _ in s) == 8  # 8 blocks * 3 convs + 2 = 26
+  assert sum(1 for s in resnet26.stages for _ in s) == 8  # 8 blocks * 3 convs + 2 = 26
   assert out_shape(resnet26, (1, 64, 64, 3)) == (1, 1000)
   three = nnx.eval_shape(lambda: fr.ResNet("basic", (2, 2, 2), channels=(16, 32, 64),
                                            stem="cifar", num_classes=10))
@@ -222,7 +222,7 @@ class _count_compiles:
 @pytest.mark.parametrize("name, last", [("resnet18", "bn2"), ("resnet50", "bn3")])
 def test_zero_init_residual_zeroes_the_last_norm_of_each_branch(name, last):
   model = fr.create_model(name, zero_init_residual=True, num_classes=0)
-  blocks = [b for stage in model.stages() for b in stage]
+  blocks = [b for stage in model.stages for b in stage]
   assert all(np.all(np.asarray(getattr(b, last).scale[...]) == 0) for b in blocks)
   assert np.all(np.asarray(blocks[0].bn1.scale[...]) == 1)
 
@@ -504,3 +504,10 @@ def test_an_unknown_batchnorm_option_names_itself():
   model.set_attributes(backward="cudnn", raise_if_not_found=False)
   with pytest.raises(ValueError, match="BatchNorm backward must be one of .*'cudnn'"):
     model(jnp.ones((2, 32, 32, 3)))
+
+
+def test_nnx_tabulate_summarises_a_resnet_with_torchvisions_parameter_count():
+  # nnx.tabulate tabulates every public method's output; one returning modules crashed it.
+  summary = nnx.tabulate(fr.ResNet18(), jnp.ones((1, 32, 32, 3)), depth=1)
+  assert "11,689,512" in summary  # sum(p.numel() for p in torchvision's resnet18.parameters())
+  assert "layer4" in summary and "fc" in summary
