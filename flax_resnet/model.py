@@ -552,6 +552,20 @@ class ResNet(nnx.Module):
       out[info.name] = x
     return out
 
+  def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs | None = None) -> None:
+    """Replaces ``fc`` by a new one for ``num_classes`` classes, initialised as
+    ``torch.nn.Linear`` (what torchvision users do with ``model.fc = nn.Linear(...)``);
+    ``num_classes=0`` removes it, and the model returns pooled features. The backbone
+    is untouched; ``rngs`` draws the new weights (``nnx.Rngs(0)`` if omitted)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+      raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if self.num_classes:
+      del self.fc
+    self.num_classes = num_classes
+    if num_classes:
+      self.fc = make_head(self.num_features, num_classes, dtype=self.dtype,
+                          param_dtype=self.conv1.kernel[...].dtype, rngs=rngs or nnx.Rngs(0))
+
   def forward_head(self, x: jax.Array) -> jax.Array:
     """Global average pool and, unless headless, the classifier."""
     x = jnp.mean(x, axis=(1, 2))

@@ -73,22 +73,29 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   """(model in eval mode, its ``Metadata``) for torchvision's weights entry ``weights`` of
   ``arch``; ``metadata.transform`` is their eval preprocessing, ``metadata.categories``
   their class names. ``options`` change what does not change the weights' shapes
-  (``dtype``, ``norm="frozen_batch"``, ``dropout``), as in ``flax_resnet.load``."""
+  (``dtype``, ``norm="frozen_batch"``, ``dropout``), as in ``flax_resnet.load``, and
+  ``num_classes``: another count gives the pretrained backbone a new classifier
+  (``ResNet.reset_classifier``, drawn from ``rngs``), as for fine-tuning."""
+  import dataclasses
+
   from flax_resnet.registry import architecture
   from flax_resnet.saved_model import load
 
   architecture(arch)
-  if options.get("num_classes", 1000) != 1000:
-    raise ValueError(f"torchvision's {arch} weights have 1000 classes, not "
-                     f"num_classes={options['num_classes']}: load them, then replace model.fc "
-                     "(or convert with --num-classes N --reset-head)")
-  options.pop("num_classes", None)
+  num_classes, rngs = options.pop("num_classes", 1000), options.pop("rngs", None)
   entry = resolve_entry(arch, weights)
   path = weights_dir() / f"{arch}.{entry}"
   if not (path / "metadata.json").is_file():
     convert_pretrained(arch, entry, path)
   check_cached_source(path, arch, entry)
-  return load(path, **options)  # in eval mode
+  model, meta = load(path, **options)  # in eval mode
+  if num_classes == meta.options.get("num_classes"):
+    return model, meta
+  model.reset_classifier(num_classes, rngs=rngs)
+  return model, dataclasses.replace(
+      meta, options={**meta.options, "num_classes": num_classes}, categories=None,
+      head=f"new: {num_classes} classes, initialised as torch.nn.Linear" if num_classes
+      else "removed: the model returns pooled features")
 
 
 def resolve_entry(arch: str, weights: Any) -> str:

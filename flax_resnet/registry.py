@@ -80,6 +80,8 @@ def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
 def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
   """A model to receive loaded weights: abstract (nothing allocated or initialised)
   unless it has RNG streams, which must be concrete keys."""
+  if options.get("rngs") is not None:  # the caller's streams cannot advance inside a trace
+    return build_model(arch, options)
   model = nnx.eval_shape(lambda: build_model(arch, options))
   if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
     return build_model(arch, options)

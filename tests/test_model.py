@@ -511,3 +511,25 @@ def test_nnx_tabulate_summarises_a_resnet_with_torchvisions_parameter_count():
   summary = nnx.tabulate(fr.ResNet18(), jnp.ones((1, 32, 32, 3)), depth=1)
   assert "11,689,512" in summary  # sum(p.numel() for p in torchvision's resnet18.parameters())
   assert "layer4" in summary and "fc" in summary
+
+
+def test_reset_classifier_gives_a_fresh_head_or_none_and_keeps_the_backbone():
+  model = fr.ResNet18(num_classes=7)
+  model.eval()
+  x = jnp.ones((2, 32, 32, 3))
+  pooled = jnp.mean(model.features(x)["layer4"], axis=(1, 2))
+  model.reset_classifier(10, rngs=nnx.Rngs(1))
+  assert model(x).shape == (2, 10) and model.num_classes == 10
+  bound = 1 / math.sqrt(512)  # torch.nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  assert float(jnp.abs(model.fc.kernel[...]).max()) <= bound
+  model.reset_classifier(0)
+  assert not hasattr(model, "fc") and np.array_equal(model(x), pooled)
+  with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+    model.reset_classifier(-1)
+
+
+def test_a_saved_model_loads_with_its_own_rng_streams(tmp_path):
+  fr.save(fr.ResNet18(num_classes=3), tmp_path / "ck", {"arch": "resnet18",
+                                                       "options": {"num_classes": 3}})
+  model, _ = fr.load(tmp_path / "ck", rngs=nnx.Rngs(0), dropout=0.1)  # once a trace error
+  assert model.num_classes == 3 and model.layer1[0].dropout.rate == 0.1

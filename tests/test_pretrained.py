@@ -132,8 +132,8 @@ def test_offline_names_the_url_and_where_to_put_the_file(empty_homes, monkeypatc
     (lambda: flax_resnet.ResNet18(weights="IMAGENET1K_V9"), "IMAGENET1K_V9"),
     (lambda: flax_resnet.ResNet18(weights="imagenet"), "expected a torchvision weights name"),
     (lambda: flax_resnet.ResNet18(weights="DEFAULT", pretrained=True), "not both"),
-    (lambda: flax_resnet.ResNet18(weights="DEFAULT", num_classes=10), "replace model.fc"),
-], ids=["unknown entry", "not a name", "both spellings", "other head"])
+    (lambda: flax_resnet.ResNet18(weights="DEFAULT", num_classes=-1), "num_classes"),
+], ids=["unknown entry", "not a name", "both spellings", "negative classes"])
 def test_bad_weights_are_one_clear_error(homes, call, message):
   with pytest.raises(ValueError, match=message):
     call()
@@ -190,3 +190,23 @@ def test_the_table_of_files_and_defaults_is_torchvisions():
     assert files == {w.name: os.path.basename(w.url) for w in enum}, arch
     assert pretrained.DEFAULT_ENTRY[arch] == enum.DEFAULT.name, arch
     assert pretrained.resolve_entry(arch, "DEFAULT") == enum.DEFAULT.name
+
+
+def test_pretrained_backbone_with_a_new_head_in_one_call(homes):
+  from flax import nnx
+  full, meta = flax_resnet.load_pretrained("resnet18", "DEFAULT")
+  model, new_meta = flax_resnet.load_pretrained("resnet18", "DEFAULT", num_classes=10,
+                                                rngs=nnx.Rngs(3))
+  assert model.fc.kernel.shape == (512, 10) and model.fc.bias.shape == (10,)
+  assert new_meta.options["num_classes"] == 10 and new_meta.categories is None
+  assert new_meta.head.startswith("new: 10 classes") and meta.categories
+  ours = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
+  for path, var in nnx.to_flat_state(nnx.state(full, nnx.Any(nnx.Param, nnx.BatchStat))):
+    if path[0] != "fc":
+      assert np.array_equal(np.asarray(ours[path].get_value()), np.asarray(var.get_value())), path
+  bound = 1 / np.sqrt(512)  # torch.nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  kernel = np.asarray(model.fc.kernel[...])
+  assert np.abs(kernel).max() <= bound and kernel.std() > bound / 2
+  headless = flax_resnet.create_model("resnet18", weights="DEFAULT", num_classes=0)
+  x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  assert headless(x).shape == (2, 512) and not hasattr(headless, "fc")
