@@ -248,10 +248,22 @@ class Trainer:
     return compiled
 
   def resume(self) -> None:
-    latest = self.checkpoints.latest_step()
-    if latest is None:
+    """Continues from the newest intact checkpoint: newer damaged ones are moved aside
+    with a warning each (``checkpoints.restore_newest_intact``)."""
+    found = checkpoints.restore_newest_intact(self.checkpoints, self.states(),
+                                              self._check_resumable, _warn)
+    if found is None:
       return
-    meta = checkpoints.read_meta(self.checkpoints, latest)
+    step, meta, restored = found
+    self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
+    if self.ema_leaves is not None:
+      self.ema_leaves = jax.tree.leaves(restored["ema"])
+    self.batches.set_state(meta["data_state"])
+    self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
+    print(f"resumed from step {step}", flush=True)
+
+  def _check_resumable(self, meta: dict) -> None:
+    """Raises ``ValueError`` for a checkpoint of another architecture or EMA setting."""
     if meta["config"]["arch"] != self.cfg.arch:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
                        f"this run is {self.cfg.arch}: use another --workdir")
@@ -259,13 +271,6 @@ class Trainer:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
-    restored = checkpoints.restore(self.checkpoints, latest, self.states())
-    self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
-    if self.ema_leaves is not None:
-      self.ema_leaves = jax.tree.leaves(restored["ema"])
-    self.batches.set_state(meta["data_state"])
-    self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
-    print(f"resumed from step {latest}", flush=True)
 
   def save(self, metrics: dict | None = None) -> None:
     self.check_finite()  # a checkpoint never holds what a NaN made
@@ -389,6 +394,10 @@ class Progress:
 
   def images_per_s(self) -> float:
     return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _warn(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:
