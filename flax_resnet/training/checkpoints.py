@@ -11,8 +11,12 @@ deleted file, garbled JSON) is skipped on resume for the newest intact one
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +40,16 @@ def has_checkpoints(workdir: Path) -> bool:
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+class Manager(ocp.CheckpointManager):
+  """orbax's manager, remembering the steps it was asked to save: a save fails in orbax's
+  background threads and surfaces at the next call, and its message should name it."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.started: list[int] = []
+
+
+def manager(workdir: Path, keep: int) -> Manager:
   """Asynchronous saves, keeping the ``keep`` latest and the best by ``score``."""
   keep_policy = policies.AnyPreservationPolicy([
       policies.LatestN(keep),
@@ -46,16 +59,90 @@ def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   # best_fn too: without it orbax keeps no metrics on disk, and no reader can rank them.
   options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, best_fn=score,
                                          create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
+  _quiet_background_save_errors()
+  return Manager(workdir.absolute() / "checkpoints", options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State], meta: dict,
+def save(mgr: Manager, step: int, states: dict[str, nnx.State], meta: dict,
          metrics: dict | None = None) -> None:
   """Starts an asynchronous save of everything needed to resume at ``step``: the named
-  states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON."""
+  states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON. A ``SaveFailed``
+  where the previous save failed (it surfaces here)."""
   pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
-                                         meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  with _saves_checked(mgr, step):
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
+                                           meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  mgr.started.append(step)
+
+
+def finish(mgr: Manager) -> None:
+  """Waits for the saves under way and closes ``mgr``; ``SaveFailed`` where one failed."""
+  try:
+    with _saves_checked(mgr):
+      mgr.wait_until_finished()
+  finally:
+    mgr.close()
+
+
+class SaveFailed(OSError):
+  """A checkpoint could not be written (a full disk, most often); its temporary folder
+  was removed and the earlier checkpoints are intact."""
+
+
+@contextlib.contextmanager
+def _saves_checked(mgr: Manager, starting: int | None = None):
+  """Turns the error of a failed save into one ``SaveFailed`` naming its step: the save
+  in flight (orbax runs one at a time) or the one ``starting``."""
+  try:
+    yield
+  except Exception as e:  # tensorstore's ValueError, OSError, orbax's own types
+    folder = Path(mgr.directory)
+    failed = [step for step in [*mgr.started[-1:], starting]
+              if step is not None and not (folder / str(step)).is_dir()]
+    if not failed:
+      raise
+    removed = _remove_temporaries(folder, failed)
+    intact = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    raise SaveFailed(
+        f"saving checkpoint step {failed[0]} in {mgr.directory} failed: {_save_error(e)}; "
+        f"{'removed its temporary folder; ' if removed else ''}"
+        + (f"the checkpoints before it are intact: free space and run the same command to "
+           f"resume from step {max(intact)}" if intact else "no checkpoint was saved")) from e
+
+
+def _save_error(error: BaseException) -> str:
+  for cause in _chain(error):
+    if (getattr(cause, "errno", None) == errno.ENOSPC or "No space left on device" in str(cause)
+        or "os_error_code='28'" in str(cause)):
+      return "no space left on device"
+  return f"{type(error).__name__}: {one_line(error)[:300]}"
+
+
+def _remove_temporaries(folder: Path, steps: list[int]) -> bool:
+  """Removes the temporary folders of our own failed saves of ``steps`` (orbax names them
+  ``STEP.orbax-checkpoint-tmp*``); only process 0, as orbax itself writes them."""
+  if jax.process_index() != 0:
+    return False
+  found = [p for step in steps for p in folder.glob(f"{step}.orbax-checkpoint-tmp*")]
+  for path in found:
+    shutil.rmtree(path, ignore_errors=True)
+  return bool(found)
+
+
+# What orbax's background save threads log, each with a traceback, before the same error
+# reaches the main thread, where it is reported in one line (``SaveFailed``).
+_SAVE_THREAD_ERRORS = ("raised an exception", "background save thread", "Save Finalize thread")
+
+
+def _quiet_background_save_errors() -> None:
+  absl = logging.getLogger("absl")
+  if not any(f is _not_a_save_thread_error for f in absl.filters):
+    absl.addFilter(_not_a_save_thread_error)
+
+
+def _not_a_save_thread_error(record: logging.LogRecord) -> bool:
+  return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+              and any(s in record.getMessage() for s in _SAVE_THREAD_ERRORS))
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

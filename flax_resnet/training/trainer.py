@@ -439,9 +439,10 @@ def run(cfg, workdir: Path) -> dict:
   try:
     last_eval = _loop(trainer, progress, preemption)
   finally:  # saves already under way complete, also when the run diverged
-    trainer.checkpoints.wait_until_finished()
-    trainer.checkpoints.close()
-    progress.close()
+    try:
+      checkpoints.finish(trainer.checkpoints)
+    finally:
+      progress.close()
   summary = {"step": trainer.step, "total_steps": trainer.total_steps,
              "last_eval": last_eval, "best_top1": trainer.best,
              "best_of": "ema_top1" if cfg.ema_decay else "top1",
