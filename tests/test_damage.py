@@ -6,8 +6,10 @@ import filecmp
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,76 @@ def test_a_full_disk_is_one_line_cleans_its_temporaries_and_the_run_resumes(tmp_
   again = train(workdir, "max_steps=6", "checkpoint_every=1")
   assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr[-3000:]
   assert steps(workdir)[-1] == 6
+
+
+def start(workdir, *sets, stderr=subprocess.PIPE):
+  """The trainer in a session of its own (a terminal's Ctrl-C reaches its whole group),
+  once its step 3 is logged; (process, its child processes)."""
+  proc = subprocess.Popen(train_cmd(workdir, *sets), cwd=ROOT, env=env(), text=True,
+                          stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+  for line in proc.stdout:
+    if line.startswith("step 3/"):
+      break
+  return proc, children(proc.pid)
+
+
+def children(pid: int) -> list[int]:
+  return [int(p.name) for p in Path("/proc").iterdir()
+          if p.name.isdigit() and _stat(int(p.name))[1] == pid]
+
+
+def _stat(pid: int) -> tuple[str, int]:
+  """(state, parent pid) of process ``pid``; ("gone", 0) once it is reaped."""
+  try:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  except (FileNotFoundError, ProcessLookupError):
+    return "gone", 0
+  return fields[0], int(fields[1])
+
+
+def alive(pids: list[int]) -> list[int]:
+  return [pid for pid in pids if _stat(pid)[0] not in ("gone", "Z")]
+
+
+LONG = ["max_steps=400", "checkpoint_every=1000", "workers=2"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_ctrl_c_saves_exits_130_in_one_line_and_the_run_resumes(tmp_path):
+  workdir = tmp_path / "w"
+  shm = set(os.listdir("/dev/shm"))
+  proc, workers = start(workdir, *LONG)
+  assert len(workers) >= 2  # grain's worker processes (and multiprocessing's tracker)
+  os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-3000:]
+  lines = stderr_lines(subprocess.CompletedProcess([], 130, out, err))
+  assert len(lines) == 1 and lines[0].startswith("interrupted: saved step "), err[-3000:]
+  saved = int(lines[0].split()[3])
+  assert f"SIGINT: saving at step {saved}" in out and steps(workdir) == [saved]
+  assert json.loads((workdir / "summary.json").read_text())["signal"] == "SIGINT"
+  time.sleep(1)
+  assert alive(workers) == [] and not {f for f in set(os.listdir("/dev/shm")) - shm
+                                       if f.startswith(("psm_", "sem."))}
+  again = train(workdir, f"max_steps={saved + 2}", *LONG[1:])
+  assert again.returncode == 0 and f"resumed from step {saved}" in again.stdout, again.stderr
+  assert steps(workdir)[-1] == saved + 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_the_workers_die_with_a_trainer_killed_with_sigkill(tmp_path):
+  # stderr to a file: a pipe would stay open as long as any orphaned worker lives.
+  with open(tmp_path / "stderr", "w") as stderr:
+    proc, workers = start(tmp_path / "w", *LONG, stderr=stderr)
+  try:
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while alive(workers) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert alive(workers) == [], [Path(f"/proc/{p}/cmdline").read_text() for p in
+                                  alive(workers)]
+  finally:
+    for pid in alive(workers):  # only what this test started, by pid
+      os.kill(pid, signal.SIGKILL)

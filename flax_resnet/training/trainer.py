@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
-from flax_resnet.cli import EXIT_DIVERGED, ArgumentParser, report
+from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, ArgumentParser, report
 from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
@@ -110,14 +110,19 @@ def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
 
 
 class Preemption:
-  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
+  """Turns SIGTERM (TPU preemption, job schedulers) and SIGINT (Ctrl-C) into a flag the
+  loop checks: the run saves and stops. A second Ctrl-C stops at once, without saving
+  (``KeyboardInterrupt``, reported in one line)."""
 
   def __init__(self):
-    self.requested = False
+    self.requested: str | None = None  # the signal's name, once one came
     signal.signal(signal.SIGTERM, self._handle)
+    signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if self.requested == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
 
 
 def check_config(cfg, devices: int) -> None:
@@ -431,10 +436,11 @@ def run(cfg, workdir: Path) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
+  preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
   trainer = Trainer(cfg, workdir)
   trainer.resume()
   _warn_if_cpu(trainer)
-  preemption, progress = Preemption(), Progress(trainer, workdir)
+  progress = Progress(trainer, workdir)
   started = time.perf_counter()
   try:
     last_eval = _loop(trainer, progress, preemption)
@@ -448,7 +454,8 @@ def run(cfg, workdir: Path) -> dict:
              "best_of": "ema_top1" if cfg.ema_decay else "top1",
              "skipped_images": trainer.skips.count,
              "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
-             "preempted": preemption.requested, "config": cfg.to_json()}
+             "preempted": bool(preemption.requested), "signal": preemption.requested,
+             "config": cfg.to_json()}
   if jax.process_index() == 0:
     write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
@@ -474,14 +481,16 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
     if trainer.step % every == 0 or trainer.step == trainer.total_steps:
       trainer.save(metrics)
   if preemption.requested:
-    print(f"SIGTERM: saving at step {trainer.step} and exiting", flush=True)
-    trainer.save()
+    print(f"{preemption.requested}: saving at step {trainer.step} and exiting", flush=True)
+    if trainer.checkpoints.latest_step() != trainer.step:  # saved already at this step
+      trainer.save()
   trainer.check_finite()
   return last_eval
 
 
 def main(argv=None) -> int:
-  """Exit 0 when done, 2 on bad input (one line), 3 when the loss diverged (README)."""
+  """Exit 0 when done (or saved on SIGTERM), 2 on bad input (one line), 3 when the loss
+  diverged, 130 when saved and stopped on Ctrl-C (README)."""
   args = parse_args(argv)
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
@@ -490,12 +499,19 @@ def main(argv=None) -> int:
     enable_compilation_cache()
     print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
                       "processes": jax.process_count()}), flush=True)
-    run(cfg, args.workdir)
+    summary = run(cfg, args.workdir)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before the run could save
+    print("interrupted: stopped without saving", file=sys.stderr)
+    return EXIT_INTERRUPTED
   except (ValueError, OSError) as e:
     return report(e)
   except Diverged as e:
     report(e)
     return EXIT_DIVERGED
+  if summary["signal"] == "SIGINT":
+    print(f"interrupted: saved step {summary['step']} in {args.workdir / 'checkpoints'}; the "
+          "same command resumes from it", file=sys.stderr)
+    return EXIT_INTERRUPTED
   return 0
 
 
