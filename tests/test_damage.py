@@ -234,3 +234,20 @@ def test_the_workers_die_with_a_trainer_killed_with_sigkill(tmp_path):
   finally:
     for pid in alive(workers):  # only what this test started, by pid
       os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_trainer_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
+  workdir = tmp_path / "w"
+  first, _ = start(workdir, "max_steps=400", "checkpoint_every=2")
+  try:
+    before = (workdir / "config.json").read_bytes()
+    second = train(workdir, "max_steps=500", "checkpoint_every=2")
+    assert second.returncode == 2, second.stderr[-3000:]
+    error = one_error(second)
+    assert f"workdir {workdir} is in use by another train.py (pid {first.pid} on " in error
+    assert (workdir / "config.json").read_bytes() == before  # max_steps 400 still
+  finally:
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=300)
+  assert first.returncode == 0 and "SIGTERM: saving" in out, err[-3000:]
+  assert "Traceback" not in err and not list((workdir / "checkpoints").glob("*tmp*"))

@@ -14,13 +14,16 @@ DDP does per GPU.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import jax
 import jax.numpy as jnp
@@ -424,6 +427,28 @@ def _summary_writer(logdir: Path):
   return SummaryWriter(str(logdir))
 
 
+def lock_workdir(workdir: Path) -> IO:
+  """An exclusive lock on ``workdir`` for this process, held while the returned file is
+  open; ``ValueError`` naming the holder when another run has it: two runs in one
+  workdir overwrite each other's checkpoints (orbax's temporary folders vanish).
+
+  Each process of a run locks a file of its own (``.lock.process_N``): the processes of
+  one multi-host run share the workdir, and process N of a second run is refused.
+  """
+  path = workdir / f".lock.process_{jax.process_index()}"
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise ValueError(f"workdir {workdir} is in use by another train.py ({holder}, "
+                     f"holding {path}): wait for it to end, or use another --workdir") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  return os.fdopen(fd, "w")
+
+
 def run(cfg, workdir: Path) -> dict:
   """Trains until ``total_steps`` or SIGTERM; returns the summary.
 
@@ -434,6 +459,7 @@ def run(cfg, workdir: Path) -> dict:
   if changes:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = lock_workdir(workdir)  # noqa: F841 (held until this function returns)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
   preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
