@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line
+from flax_resnet.cli import one_line, quiet_aborted_reads
 from flax_resnet.files import replace_dir
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
@@ -198,6 +198,7 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Meta
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
   except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
+    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
     raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
                      f"({type(e).__name__}: {one_line(e)[:300]})") from e
   nnx.update(model, restored)

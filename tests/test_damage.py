@@ -251,3 +251,107 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
     out, err = first.communicate(timeout=300)
   assert first.returncode == 0 and "SIGTERM: saving" in out, err[-3000:]
   assert "Traceback" not in err and not list((workdir / "checkpoints").glob("*tmp*"))
+
+
+@pytest.mark.parametrize("preset, line, raised", [
+    ("import no_such_module_here\n", 1, "ModuleNotFoundError: No module named"),
+    ("def get_config(:\n  pass\n", 1, "SyntaxError"),
+    ("def get_config():\n  return 1 / 0\n", 2, "ZeroDivisionError: division by zero"),
+], ids=["import", "syntax", "get_config raises"])
+def test_a_preset_that_raises_is_one_line_naming_file_and_line(tmp_path, preset, line, raised):
+  path = tmp_path / "preset.py"
+  path.write_text(preset)
+  done = subprocess.run([sys.executable, "train/train.py", "--config", str(path), "--workdir",
+                         str(tmp_path / "w")], cwd=ROOT, env=env(), capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 2 and len(stderr_lines(done)) == 1, done.stderr[-3000:]
+  assert one_error(done).startswith(f"error: --config {path} line {line}: {raised}")
+  assert not (tmp_path / "w").exists()
+
+
+def plot(workdir):
+  return subprocess.run([sys.executable, "train/plot.py", "--workdir", str(workdir)], cwd=ROOT,
+                        env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_a_cut_last_metrics_line_is_skipped_by_plot_and_repaired_by_the_resumed_run(tmp_path):
+  workdir = tmp_path / "w"
+  assert train(workdir, "max_steps=2").returncode == 0
+  metrics = workdir / "metrics.jsonl"
+  whole = metrics.read_bytes()
+  metrics.write_bytes(whole + b'{"step": 3, "name": "train/lo')  # killed while writing
+  done = plot(workdir)
+  assert done.returncode == 0 and (workdir / "curves.png").is_file(), done.stderr
+  cut_line = len(whole.splitlines()) + 1
+  assert done.stderr.strip() == f"note: {metrics} line {cut_line} is cut short (a run stopped " \
+      "while writing it): skipped"
+  again = train(workdir, "max_steps=4")
+  assert again.returncode == 0 and f"removed the last line of {metrics}" in again.stdout
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # all whole
+  assert metrics.read_bytes().startswith(whole) and {r["step"] for r in rows} == {1, 2, 3, 4}
+  metrics.write_text('{"step": 1}\n' + metrics.read_text())  # damage within: not ours to drop
+  done = plot(workdir)
+  assert done.returncode == 2 and len(stderr_lines(done)) == 1
+  assert one_error(done).startswith(f"error: {metrics} line 1 is not a metric (KeyError")
+
+
+def test_a_failed_load_from_python_leaves_nothing_behind_its_error(tmp_path):
+  script = f"""
+import flax_resnet
+from flax import nnx
+from flax_resnet import saved_model
+from flax_resnet.registry import build_model
+model = build_model("resnet18", dict(num_classes=10, rngs=nnx.Rngs(0)))
+path = saved_model.save(model, "{tmp_path / 'model'}", {{"arch": "resnet18",
+                                                         "options": {{"num_classes": 10}}}})
+for f in (path / "state" / "ocdbt.process_0" / "d").iterdir():
+  f.write_bytes(f.read_bytes()[:100])
+try:
+  flax_resnet.load(path)
+except ValueError as e:
+  print("refused:", e)
+"""
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env(),
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and "refused:" in done.stdout and "truncated" in done.stdout
+  assert done.stderr == "", done.stderr[-3000:]  # was 16 "Event loop is closed" tracebacks
+
+
+def test_an_image_over_the_pixel_limit_is_refused_not_decoded_with_a_warning(tmp_path,
+                                                                           monkeypatch):
+  import warnings
+  import numpy as np
+  from PIL import Image
+  from flax_resnet.preprocess import open_image
+  Image.fromarray(np.zeros((100, 150, 3), np.uint8)).save(tmp_path / "big.png")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 15,000 pixels: between 1x and 2x
+  with warnings.catch_warnings(record=True) as warned:  # not decoded with PIL's warning
+    with pytest.raises(ValueError, match=r"big.png: refused: 150x100 = 15000 pixels is over"):
+      open_image(tmp_path / "big.png")
+  assert not [w for w in warned if issubclass(w.category, Image.DecompressionBombWarning)]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # python -W error: PIL's warning is raised, and refused too
+    with pytest.raises(ValueError, match=r"big.png: refused: Image size \(15000 pixels\)"):
+      open_image(tmp_path / "big.png")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15_000)  # at the limit: read
+  assert open_image(tmp_path / "big.png").size == (150, 100)
+
+
+def test_sixteen_bit_images_become_eight_bits_without_wide_copies(tmp_path):
+  import tracemalloc
+  import numpy as np
+  from PIL import Image
+  from flax_resnet.preprocess import open_image
+  every = np.arange(65536, dtype=np.uint16)
+  ramp = np.tile(every, 16).reshape(1024, 1024)  # every 16-bit value, 16 times
+  Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+  tracemalloc.start()
+  try:
+    got = np.asarray(open_image(tmp_path / "ramp16.png"))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  np.testing.assert_array_equal(got[..., 0], np.round(ramp / 257).astype(np.uint8))
+  # The uint16 array, one uint32 copy, the uint8 result and RGB: 10 bytes a pixel; the
+  # int64 and float64 copies before took 30.
+  assert peak < 12 * ramp.size, peak / ramp.size

@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line
+from flax_resnet.cli import one_line, quiet_aborted_reads
 
 policies = ocp.checkpoint_managers
 
@@ -191,6 +191,7 @@ class Damaged(Exception):
 
   def __init__(self, step: int, folder: Path, error: BaseException):
     self.step = step
+    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
     super().__init__(f"checkpoint step {step} is damaged: {_where(folder, error)}")
 
 

@@ -38,7 +38,7 @@ from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
-from flax_resnet.training.plot import append_metric
+from flax_resnet.training.plot import append_metric, repair_last_line
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                          make_optimizer)
 
@@ -360,6 +360,9 @@ class Progress:
     self.writer, self.metrics_file = None, workdir / "metrics.jsonl"
     self.logdir = workdir / "tensorboard" if jax.process_index() == 0 else None
     self.pending: list[tuple[str, float, int]] = []  # scalars waiting for the writer
+    if self.logdir and repair_last_line(self.metrics_file):
+      print(f"note: removed the last line of {self.metrics_file}, cut short when the run "
+            "before stopped", flush=True)
 
   def step(self, metrics: dict) -> None:
     t = self.trainer
