@@ -233,7 +233,8 @@ def load_intact(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.Sta
   folder = Path(mgr.directory) / str(step)
   try:
     meta = read_meta(mgr, step)
-    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta
+               or (k == "config" and not isinstance(meta[k], dict))]
   except Exception as e:  # orbax and tensorstore raise many types for damaged files
     raise Damaged(step, folder, e) from e
   if missing:
