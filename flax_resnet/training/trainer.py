@@ -447,6 +447,9 @@ def lock_workdir(workdir: Path) -> IO:
     os.close(fd)
     raise ValueError(f"workdir {workdir} is in use by another train.py ({holder}, "
                      f"holding {path}): wait for it to end, or use another --workdir") from None
+  except OSError as e:  # a file system without locks (some FUSE mounts): run, but say so
+    _warn(f"warning: cannot lock {path} ({e.strerror or e}): make sure no other run uses "
+          f"workdir {workdir}")
   os.ftruncate(fd, 0)
   os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
   return os.fdopen(fd, "w")
