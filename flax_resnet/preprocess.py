@@ -60,11 +60,16 @@ def open_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) ->
   pixel limit (a decompression bomb) is refused before it is decoded."""
   name = name or path
   try:
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+      # PIL decodes images between once and twice its limit with a warning: an error here.
+      # (catch_warnings is not thread-safe: where threads race, the check below refuses.)
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(path)
+    with image:
       _refuse_over_the_pixel_limit(image)
       image.load()
       return to_rgb(image)
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # -W error
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise ValueError(f"cannot read image {name}: refused: {e}") from e
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read image {name}: {e}") from e
@@ -73,17 +78,12 @@ def open_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) ->
 def _refuse_over_the_pixel_limit(image: Image.Image) -> None:
   """PIL itself refuses only images over twice ``Image.MAX_IMAGE_PIXELS`` and decodes those
   between once and twice with a warning; we refuse everything over it, from the header,
-  before any pixel is decoded."""
+  before any pixel is decoded (for PIL's formats that skip its own check too)."""
   limit = Image.MAX_IMAGE_PIXELS
   if limit and image.width * image.height > limit:
     raise Image.DecompressionBombError(
         f"{image.width}x{image.height} = {image.width * image.height} pixels is over PIL's "
         f"limit of {limit} (Image.MAX_IMAGE_PIXELS; raise it if you trust the file)")
-
-
-# PIL's warning is for images between once and twice its limit, which open_image refuses:
-# a warning would only repeat the refusal, once per process.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
