@@ -2,7 +2,8 @@
 
 Exit codes (README, "Exit codes"): 0 success; 1 an unexpected error, a bug, shown with
 its traceback; 2 bad input or usage, one line ``error: ...`` on stderr with nothing
-written; 3 training stopped because the loss or gradient became NaN or infinite.
+written; 3 training stopped because the loss or gradient became NaN or infinite; 130
+training stopped on Ctrl-C (after saving, unless pressed twice), as shells report SIGINT.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3  # 1 is Python's own, for a traceback
+EXIT_INTERRUPTED = 128 + 2  # SIGINT's number, as a shell reports a process it stopped
 
 
 class CliError(Exception):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line, replace_problem
+from flax_resnet.cli import one_line, quiet_aborted_reads, replace_problem
 from flax_resnet.files import remove_stale_temp_dirs, replace_dir, temp_dir_beside
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
@@ -221,6 +221,7 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Meta
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
   except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
+    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
     raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
                      f"({type(e).__name__}: {one_line(e)[:300]})") from e
   nnx.update(model, restored)

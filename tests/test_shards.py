@@ -104,3 +104,81 @@ def test_other_classes_in_the_same_out_are_refused(cifar, tmp_path):
 def test_a_record_that_is_not_ours_is_a_clear_error():
   with pytest.raises(ValueError, match="not written by train/shards.py"):
     shards.decode(b"\x00" * 64)
+
+
+def tiny_train(workdir, data, *sets):
+  """train/train.py with the tiny preset on ``data``'s shards (train and test splits)."""
+  args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_tiny.py",
+          "--workdir", str(workdir), "--set", f"data_dir={data}", "--set", "global_batch=32"]
+  for s in sets:
+    args += ["--set", s]
+  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def garble(path: Path, offset: int, length: int = 64) -> None:
+  raw = bytearray(path.read_bytes())
+  raw[offset:offset + length] = bytes(b ^ 0x5A for b in raw[offset:offset + length])
+  path.write_bytes(bytes(raw))
+
+
+def unreadable(split: shards.Shards) -> list[int]:
+  bad = []
+  for i in range(len(split)):
+    try:
+      split.read(i)
+    except ValueError as e:
+      assert f"record {i} of" in str(e) and "hash mismatch" in str(e), e
+      bad.append(i)
+  return bad
+
+
+def test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image(cifar, tmp_path):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train,test", "--records-per-shard", "64").returncode == 0
+  garble(out / "train" / "train-00001-of-00005.array_record", 20_000)
+  bad = unreadable(data.open_split(str(out), "train"))
+  assert 1 <= len(bad) <= 3, bad  # the chunks the garbled bytes fall in, nothing else
+  done = tiny_train(tmp_path / "w", out, "epochs=2", "max_steps=18", "log_every=9")
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+  assert summary["skipped_images"] == 2 * len(bad) and summary["step"] == 18  # every visit
+  logged = [line for line in done.stderr.splitlines() if "hash mismatch" in line]
+  assert len(logged) == len(bad) and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert all(f"record {i} of" in "".join(logged) for i in bad)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_truncated_or_missing_shard_is_one_line_naming_it_at_start(cifar, tmp_path, damage):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train,test", "--records-per-shard", "64").returncode == 0
+  shard = out / "train" / "train-00002-of-00005.array_record"
+  if damage == "missing":
+    shard.unlink()
+  else:
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+  done = tiny_train(tmp_path / "w", out, "max_steps=2")
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: shard ")
+  assert f"{shard} is {damage}" in done.stderr and "train/shards.py again" in done.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "missing"])
+def test_a_second_conversion_rewrites_a_damaged_shard(cifar, tmp_path, damage):
+  out = tmp_path / "shards"
+  assert convert(cifar, out, "--splits", "train", "--records-per-shard", "64").returncode == 0
+  first = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+  shard = out / "train" / "train-00001-of-00005.array_record"
+  if damage == "truncated":
+    shard.write_bytes(shard.read_bytes()[:5000])
+  elif damage == "garbled":
+    garble(shard, 20_000)
+  else:
+    shard.unlink()
+  again = convert(cifar, out, "--splits", "train", "--records-per-shard", "64")
+  assert again.returncode == 0, again.stderr
+  assert "(1 shards written now)" in again.stdout and "Traceback" not in again.stderr
+  if damage != "missing":
+    assert f"{shard}: truncated or damaged" in again.stdout and "rewriting it" in again.stdout
+  assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == first
+  assert unreadable(data.open_split(str(out), "train")) == []

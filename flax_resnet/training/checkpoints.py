@@ -4,17 +4,27 @@ A checkpoint holds the model's parameters and BatchNorm statistics, the optimise
 state, the EMA weights when kept, the step, the data iterator's state and the
 config. orbax writes each one
 to a temporary folder and renames it when complete, so a save killed half-way
-leaves the previous checkpoint as the latest.
+leaves the previous checkpoint as the latest. A checkpoint damaged afterwards (a cut or
+deleted file, garbled JSON) is skipped on resume for the newest intact one
+(``restore_newest_intact``), and moved aside, never deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import logging
+import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from flax_resnet.cli import one_line, quiet_aborted_reads
 
 policies = ocp.checkpoint_managers
 
@@ -30,7 +40,16 @@ def has_checkpoints(workdir: Path) -> bool:
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+class Manager(ocp.CheckpointManager):
+  """orbax's manager, remembering the steps it was asked to save: a save fails in orbax's
+  background threads and surfaces at the next call, and its message should name it."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.started: list[int] = []
+
+
+def manager(workdir: Path, keep: int) -> Manager:
   """Asynchronous saves, keeping the ``keep`` latest and the best by ``score``."""
   keep_policy = policies.AnyPreservationPolicy([
       policies.LatestN(keep),
@@ -40,16 +59,90 @@ def manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   # best_fn too: without it orbax keeps no metrics on disk, and no reader can rank them.
   options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, best_fn=score,
                                          create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=options)
+  _quiet_background_save_errors()
+  return Manager(workdir.absolute() / "checkpoints", options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State], meta: dict,
+def save(mgr: Manager, step: int, states: dict[str, nnx.State], meta: dict,
          metrics: dict | None = None) -> None:
   """Starts an asynchronous save of everything needed to resume at ``step``: the named
-  states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON."""
+  states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON. A ``SaveFailed``
+  where the previous save failed (it surfaces here)."""
   pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
-                                         meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  with _saves_checked(mgr, step):
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
+                                           meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  mgr.started.append(step)
+
+
+def finish(mgr: Manager) -> None:
+  """Waits for the saves under way and closes ``mgr``; ``SaveFailed`` where one failed."""
+  try:
+    with _saves_checked(mgr):
+      mgr.wait_until_finished()
+  finally:
+    mgr.close()
+
+
+class SaveFailed(OSError):
+  """A checkpoint could not be written (a full disk, most often); its temporary folder
+  was removed and the earlier checkpoints are intact."""
+
+
+@contextlib.contextmanager
+def _saves_checked(mgr: Manager, starting: int | None = None):
+  """Turns the error of a failed save into one ``SaveFailed`` naming its step: the save
+  in flight (orbax runs one at a time) or the one ``starting``."""
+  try:
+    yield
+  except Exception as e:  # tensorstore's ValueError, OSError, orbax's own types
+    folder = Path(mgr.directory)
+    failed = [step for step in [*mgr.started[-1:], starting]
+              if step is not None and not (folder / str(step)).is_dir()]
+    if not failed:
+      raise
+    removed = _remove_temporaries(folder, failed)
+    intact = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    raise SaveFailed(
+        f"saving checkpoint step {failed[0]} in {mgr.directory} failed: {_save_error(e)}; "
+        f"{'removed its temporary folder; ' if removed else ''}"
+        + (f"the checkpoints before it are intact: free space and run the same command to "
+           f"resume from step {max(intact)}" if intact else "no checkpoint was saved")) from e
+
+
+def _save_error(error: BaseException) -> str:
+  for cause in _chain(error):
+    if (getattr(cause, "errno", None) == errno.ENOSPC or "No space left on device" in str(cause)
+        or "os_error_code='28'" in str(cause)):
+      return "no space left on device"
+  return f"{type(error).__name__}: {one_line(error)[:300]}"
+
+
+def _remove_temporaries(folder: Path, steps: list[int]) -> bool:
+  """Removes the temporary folders of our own failed saves of ``steps`` (orbax names them
+  ``STEP.orbax-checkpoint-tmp*``); only process 0, as orbax itself writes them."""
+  if jax.process_index() != 0:
+    return False
+  found = [p for step in steps for p in folder.glob(f"{step}.orbax-checkpoint-tmp*")]
+  for path in found:
+    shutil.rmtree(path, ignore_errors=True)
+  return bool(found)
+
+
+# What orbax's background save threads log, each with a traceback, before the same error
+# reaches the main thread, where it is reported in one line (``SaveFailed``).
+_SAVE_THREAD_ERRORS = ("raised an exception", "background save thread", "Save Finalize thread")
+
+
+def _quiet_background_save_errors() -> None:
+  absl = logging.getLogger("absl")
+  if not any(f is _not_a_save_thread_error for f in absl.filters):
+    absl.addFilter(_not_a_save_thread_error)
+
+
+def _not_a_save_thread_error(record: logging.LogRecord) -> bool:
+  return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+              and any(s in record.getMessage() for s in _SAVE_THREAD_ERRORS))
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -87,3 +180,116 @@ def restore_on_one_device(mgr: ocp.CheckpointManager, step: int) -> tuple[dict, 
   out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                   meta=ocp.args.JsonRestore()))
   return out["state"], out["meta"]
+
+
+META_KEYS = ("config", "data_state", "skipped", "best_top1")  # what a resume reads
+DAMAGED = "checkpoints.damaged"  # beside checkpoints/: where damaged ones are moved
+
+
+class Damaged(Exception):
+  """A checkpoint that does not read back whole; the message names its step and file."""
+
+  def __init__(self, step: int, folder: Path, error: BaseException):
+    self.step = step
+    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
+    super().__init__(f"checkpoint step {step} is damaged: {_where(folder, error)}")
+
+
+def _where(folder: Path, error: BaseException) -> str:
+  """The damaged file of checkpoint ``folder`` and what is wrong with it, in one line:
+  orbax's own errors name no file (a JSON error) or bury it in a tensorstore spec."""
+  for name in ("meta/metadata", "state/_METADATA"):
+    file = folder / name
+    if not file.is_file():
+      return f"{file} is missing"
+    try:
+      json.loads(file.read_bytes())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
+      return f"{file} is not valid JSON ({e})"
+  if not (folder / "state" / "manifest.ocdbt").is_file():
+    return f"{folder / 'state' / 'manifest.ocdbt'} is missing"
+  for cause in _chain(error):  # orbax wraps tensorstore's error, which names the array
+    message = one_line(cause)
+    array = re.search(r'(?:Error reading|Metadata at) "([^"/]+)', message)
+    if array:  # the array, then a tensorstore spec of hundreds of characters
+      reason = message.split(" [tensorstore_spec")[0].split(" in OCDBT database")[0][:200]
+      return f"{folder / 'state'}: array {array.group(1)} cannot be read ({reason})"
+  return f"{folder}: {type(error).__name__}: {one_line(error)[:200]}"
+
+
+def _chain(error: BaseException | None):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def load_intact(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State],
+                check_meta: Callable[[dict], None]) -> tuple[dict, dict[str, nnx.State]]:
+  """(meta, restored states) of checkpoint ``step``; ``Damaged`` where a file is missing,
+  cut or garbled. ``check_meta`` raises for a checkpoint of another run (its error
+  passes through: that checkpoint is sound, only not this run's)."""
+  folder = Path(mgr.directory) / str(step)
+  try:
+    meta = read_meta(mgr, step)
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta
+               or (k == "config" and not isinstance(meta[k], dict))]
+  except Exception as e:  # orbax and tensorstore raise many types for damaged files
+    raise Damaged(step, folder, e) from e
+  if missing:
+    raise Damaged(step, folder, ValueError(f"{folder / 'meta/metadata'} lacks {missing}"))
+  check_meta(meta)
+  try:
+    return meta, restore(mgr, step, states)
+  except Exception as e:
+    raise Damaged(step, folder, e) from e
+
+
+def restore_newest_intact(mgr: ocp.CheckpointManager, states: dict[str, nnx.State],
+                          check_meta: Callable[[dict], None],
+                          warn: Callable[[str], None]) -> tuple[int, dict, dict] | None:
+  """(step, meta, restored states) of the newest checkpoint that reads back whole, or None
+  where there is none at all.
+
+  Each newer damaged one is moved to ``checkpoints.damaged/`` beside (left for the user,
+  and out of the way of the steps the run saves again), with one ``warn`` line naming
+  its step, file and the step resumed from. Raises ``ValueError`` naming every damaged
+  one, moving nothing, when none is intact.
+  """
+  damaged = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    try:
+      meta, restored = load_intact(mgr, step, states, check_meta)
+    except Damaged as e:
+      damaged.append(e)
+      continue
+    for e in damaged:
+      aside = _set_aside(Path(mgr.directory), e.step)
+      warn(f"warning: {e}; skipped it, moved it to {aside} for you to inspect or delete, "
+           f"and resumed from step {step}")
+    if damaged:
+      mgr.reload()  # the steps on disk changed
+    return step, meta, restored
+  if damaged:
+    raise ValueError(f"every checkpoint in {mgr.directory} is damaged: " + "; ".join(
+        map(str, damaged)) + ". Nothing was changed: move the checkpoints/ folder away to "
+        "start afresh")
+  return None
+
+
+def _set_aside(folder: Path, step: int) -> Path:
+  """Moves checkpoint ``step`` to ``DAMAGED/<step>`` (``<step>.1``, ... if taken); only
+  process 0 moves, the others wait for it: the processes of a run share the folder."""
+  target = folder.parent / DAMAGED / str(step)
+  if jax.process_index() == 0:
+    target.parent.mkdir(exist_ok=True)
+    n = 0
+    while target.exists():
+      n += 1
+      target = folder.parent / DAMAGED / f"{step}.{n}"
+    (folder / str(step)).rename(target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"flax_resnet:set aside {step}")
+  return target

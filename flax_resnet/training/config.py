@@ -64,16 +64,37 @@ class Config:
 
 
 def load_preset(path: str | Path) -> Config:
-  """Runs a preset file and returns its ``get_config()``."""
+  """Runs a preset file and returns its ``get_config()``; ``ValueError`` naming the file
+  and line where running it raises (a preset is the user's code: its error is input)."""
   path = Path(path)
   if not path.is_file():
     raise ValueError(f"--config {path}: no such file")
   spec = importlib.util.spec_from_file_location(f"preset_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"--config {path}: defines no get_config()")
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ValueError(f"--config {path}: defines no get_config()")
+    config = module.get_config()
+  except ValueError as e:
+    if str(e).startswith(f"--config {path}:"):
+      raise
+    raise ValueError(_preset_error(path, e)) from e
+  except Exception as e:  # SyntaxError, ImportError, NameError...: the preset's own bug
+    raise ValueError(_preset_error(path, e)) from e
+  return config
+
+
+def _preset_error(path: Path, error: BaseException) -> str:
+  """``--config PATH line N: Type: message``, N the preset's deepest line in the traceback."""
+  import traceback
+  line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+  for frame in traceback.extract_tb(error.__traceback__):
+    if Path(frame.filename).resolve() == path.resolve():
+      line = frame.lineno
+  message = "; ".join(s.strip() for s in str(error).splitlines() if s.strip())
+  return (f"--config {path}{f' line {line}' if line else ''}: {type(error).__name__}: "
+          f"{message[:300]}")
 
 
 def override(config: Config, assignments: Sequence[str]) -> Config:

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grain
 import numpy as np
@@ -159,7 +164,7 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
 
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
-  ``worker_init(index, count)`` runs first in each worker process.
+  ``worker_init(index, count)`` runs in each worker process after ``WorkerSetup``'s.
   """
   local_batch = config.global_batch // process_count
   folder = None
@@ -179,8 +184,37 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
                                     * config.image_size ** 2 * 3)
     _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers),
-                        worker_init_fn=worker_init)
+                        worker_init_fn=WorkerSetup(os.getpid(), worker_init))
   return iter(ds), folder
+
+
+class WorkerSetup:
+  """Run first in each grain worker process: the worker ignores SIGINT (Ctrl-C reaches the
+  whole process group; the trainer saves, then stops its workers) and exits when the
+  trainer is gone, even killed with SIGKILL, which no handler sees: orphaned, each held
+  hundreds of MB and kept multiprocessing's resource tracker, and so the shared memory
+  of their batches, alive. Then ``then(index, count)``, where given.
+
+  A thread polls the parent's pid (``PR_SET_PDEATHSIG`` would fire when the *thread*
+  that started the worker ends, and is Linux only).
+  """
+
+  POLL_S = 0.5
+
+  def __init__(self, parent: int, then: Callable[[int, int], None] | None = None):
+    self.parent, self.then = parent, then
+
+  def __call__(self, index: int, count: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=self._exit_with_parent, name="exit-with-trainer",
+                     daemon=True).start()
+    if self.then is not None:
+      self.then(index, count)
+
+  def _exit_with_parent(self) -> None:
+    while os.getppid() == self.parent:
+      time.sleep(self.POLL_S)
+    os._exit(1)  # the trainer is gone: nothing left to hand batches to
 
 
 def skipped_indices(source, batch: dict) -> list[int]:

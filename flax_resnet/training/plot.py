@@ -24,16 +24,44 @@ def append_metric(file: Path, step: int, name: str, value: float) -> None:
     f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
 
 
-def read_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:
-  """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py)."""
+def read_metrics(workdir: Path, note=lambda line: print(line, file=sys.stderr)
+                 ) -> dict[str, list[tuple[int, float]]]:
+  """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py).
+
+  A last line cut short (a run killed while writing it) is skipped with a ``note``; any
+  other line that is not a metric is a ``ValueError`` naming the file and line.
+  """
   path = workdir / "metrics.jsonl"
   if not path.is_file():
     raise ValueError(f"{path} not found: not a train/train.py workdir, or nothing logged yet")
   series = defaultdict(dict)
-  for line in path.read_text().splitlines():
-    row = json.loads(line)
-    series[row["name"]][row["step"]] = row["value"]  # a resumed run rewrites its last steps
+  text = path.read_text(errors="replace")
+  lines = text.splitlines()
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+      series[row["name"]][row["step"]] = float(row["value"])  # a resume rewrites its last steps
+    except (ValueError, TypeError, KeyError) as e:
+      if number == len(lines) and not text.endswith("\n"):
+        note(f"note: {path} line {number} is cut short (a run stopped while writing it): "
+             "skipped")
+        continue
+      raise ValueError(f"{path} line {number} is not a metric ({type(e).__name__}: {e})") from e
   return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def repair_last_line(file: Path) -> bool:
+  """Truncates a last line of ``file`` that was cut short (no newline: a run killed while
+  writing it), so that the next line appended does not run into it; whether it did."""
+  try:
+    with open(file, "rb+") as f:
+      data = f.read()  # a line per logged scalar: small
+      if not data or data.endswith(b"\n"):
+        return False
+      f.truncate(data.rfind(b"\n") + 1)
+      return True
+  except FileNotFoundError:
+    return False
 
 
 def plot(runs: dict[str, dict], out: Path) -> None:

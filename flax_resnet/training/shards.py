@@ -24,7 +24,7 @@ import time
 
 from etils import epath
 
-from flax_resnet.cli import ArgumentParser, positive_int, report
+from flax_resnet.cli import ArgumentParser, one_line, positive_int, report
 from flax_resnet.preprocess import open_image
 
 INDEX, CLASSES, SUFFIX = "index.json", "classes.json", ".array_record"
@@ -74,7 +74,10 @@ class Shards:
     self.classes = tuple(json.loads((self.root.parent / CLASSES).read_text()))
     self.shards = [str(self.root / name) for name in index["shards"]]
     self.count = index["records"]
-    self.source = grain.sources.ArrayRecordDataSource(self.shards)
+    try:
+      self.source = grain.sources.ArrayRecordDataSource(self.shards)
+    except RuntimeError:  # array_record's, naming no file or only the first missing one
+      raise ValueError(_first_damaged_shard(self.shards)) from None
     if len(self.source) != self.count:
       raise ValueError(f"{self.root}: the shards hold {len(self.source)} records, index.json "
                        f"says {self.count}")
@@ -84,18 +87,40 @@ class Shards:
 
   def read(self, i: int):
     """(8-bit RGB image, label) of record ``i``; ``ValueError`` naming it if unreadable."""
-    try:
-      label, name, data = decode(self.source[i])
-    except ValueError as e:
-      raise ValueError(f"cannot read record {i} of {self.root}: {e}") from None
+    label, name, data = decode(self._record(i))
     return open_image(io.BytesIO(data), name=f"{self.root}/{name} (record {i})"), label
+
+  def _record(self, i: int) -> bytes:
+    """Record ``i``'s bytes, a ``ValueError`` naming it where they are damaged: array_record
+    raises ``RuntimeError`` for a chunk whose hash does not match, and the trainer skips
+    only ``ValueError``s, as it does unreadable images."""
+    try:
+      record = self.source[i]
+      decode(record)
+    except (RuntimeError, ValueError) as e:
+      raise ValueError(f"cannot read record {i} of {self.root}: {one_line(e)[:300]}") from None
+    return record
 
   def name(self, i: int) -> str:
     """What the record is called in messages: its image's path and record number."""
     try:
-      return f"{self.root}/{decode(self.source[i])[1]} (record {i})"
+      return f"{self.root}/{decode(self._record(i))[1]} (record {i})"
     except ValueError:
       return f"record {i} of {self.root}"
+
+
+def _first_damaged_shard(paths: list[str]) -> str:
+  """Why the first unreadable shard of ``paths`` cannot be read, in one line naming it."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  for path in paths:
+    if not epath.Path(path).exists():
+      return f"shard {path} is missing: run train/shards.py again to write it"
+    try:
+      _records(ArrayRecordReader, path)
+    except RuntimeError as e:
+      return (f"shard {path} is truncated or damaged ({_why(e)}): run "
+              "train/shards.py again to rewrite it")
+  return f"the shards of {epath.Path(paths[0]).parent} cannot be opened"
 
 
 def shard_plan(count: int, per_shard: int) -> list[tuple[int, int]]:
@@ -118,9 +143,12 @@ def write_split(folder, out, per_shard: int, log=print) -> int:
   done, written, start = 0, 0, time.perf_counter()
   for name, (first, end) in zip(names, plan):
     final = out / name
-    if final.exists() and _records(ArrayRecordReader, final) == end - first:
+    problem = _shard_problem(ArrayRecordReader, final, end - first)
+    if problem is None:
       done += end - first
       continue
+    if final.exists():
+      log(f"{final}: {problem}: rewriting it")
     tmp = out / f".{name}.tmp"
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     for i in range(first, end):
@@ -134,6 +162,33 @@ def write_split(folder, out, per_shard: int, log=print) -> int:
            "source": str(folder.root)}
   _write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
   return written
+
+
+def _shard_problem(reader_class, path, count: int) -> str | None:
+  """Why shard ``path`` must be (re)written, or None where it holds ``count`` sound records.
+
+  Each record is read back: its chunk hash and our header are checked, which costs a
+  read of the shard, far less than writing it from the image files.
+  """
+  if not path.exists():
+    return "missing"
+  try:
+    reader = reader_class(str(path))
+    try:
+      if reader.num_records() != count:
+        return f"holds {reader.num_records()} records, not {count}"
+      for record in reader.read_all():
+        decode(record)
+    finally:
+      reader.close()  # a truncated file's error comes here, with no message
+  except (RuntimeError, ValueError) as e:
+    return f"truncated or damaged ({_why(e)})"
+  return None
+
+
+def _why(error: RuntimeError) -> str:
+  # array_record's error for a file cut short (its footer gone) has no message.
+  return one_line(error)[:200] if str(error).strip() else "array_record cannot open it"
 
 
 def _records(reader_class, path) -> int:

@@ -14,13 +14,16 @@ DDP does per GPU.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +33,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
-from flax_resnet.cli import EXIT_DIVERGED, ArgumentParser, report
+from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, ArgumentParser, report
 from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
-from flax_resnet.training.plot import append_metric
+from flax_resnet.training.plot import append_metric, repair_last_line
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                          make_optimizer)
 
@@ -113,14 +116,19 @@ def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
 
 
 class Preemption:
-  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
+  """Turns SIGTERM (TPU preemption, job schedulers) and SIGINT (Ctrl-C) into a flag the
+  loop checks: the run saves and stops. A second Ctrl-C stops at once, without saving
+  (``KeyboardInterrupt``, reported in one line)."""
 
   def __init__(self):
-    self.requested = False
+    self.requested: str | None = None  # the signal's name, once one came
     signal.signal(signal.SIGTERM, self._handle)
+    signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if self.requested == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
 
 
 def check_config(cfg, devices: int) -> None:
@@ -251,10 +259,22 @@ class Trainer:
     return compiled
 
   def resume(self) -> None:
-    latest = self.checkpoints.latest_step()
-    if latest is None:
+    """Continues from the newest intact checkpoint: newer damaged ones are moved aside
+    with a warning each (``checkpoints.restore_newest_intact``)."""
+    found = checkpoints.restore_newest_intact(self.checkpoints, self.states(),
+                                              self._check_resumable, _warn)
+    if found is None:
       return
-    meta = checkpoints.read_meta(self.checkpoints, latest)
+    step, meta, restored = found
+    self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
+    if self.ema_leaves is not None:
+      self.ema_leaves = jax.tree.leaves(restored["ema"])
+    self.batches.set_state(meta["data_state"])
+    self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
+    print(f"resumed from step {step}", flush=True)
+
+  def _check_resumable(self, meta: dict) -> None:
+    """Raises ``ValueError`` for a checkpoint of another architecture or EMA setting."""
     if meta["config"]["arch"] != self.cfg.arch:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
                        f"this run is {self.cfg.arch}: use another --workdir")
@@ -262,13 +282,6 @@ class Trainer:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
-    restored = checkpoints.restore(self.checkpoints, latest, self.states())
-    self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
-    if self.ema_leaves is not None:
-      self.ema_leaves = jax.tree.leaves(restored["ema"])
-    self.batches.set_state(meta["data_state"])
-    self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
-    print(f"resumed from step {latest}", flush=True)
 
   def save(self, metrics: dict | None = None) -> None:
     self.check_finite()  # a checkpoint never holds what a NaN made
@@ -350,6 +363,9 @@ class Progress:
     self.writer, self.metrics_file = None, workdir / "metrics.jsonl"
     self.logdir = workdir / "tensorboard" if jax.process_index() == 0 else None
     self.pending: list[tuple[str, float, int]] = []  # scalars waiting for the writer
+    if self.logdir and repair_last_line(self.metrics_file):
+      print(f"note: removed the last line of {self.metrics_file}, cut short when the run "
+            "before stopped", flush=True)
 
   def step(self, metrics: dict) -> None:
     t = self.trainer
@@ -394,6 +410,10 @@ class Progress:
     return self.images / max(time.perf_counter() - self.start, 1e-9)
 
 
+def _warn(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
 def _duration(seconds: float) -> str:
   if seconds < 3600:
     return f"{seconds / 60:.1f} min"
@@ -413,6 +433,31 @@ def _summary_writer(logdir: Path):
   return SummaryWriter(str(logdir))
 
 
+def lock_workdir(workdir: Path) -> IO:
+  """An exclusive lock on ``workdir`` for this process, held while the returned file is
+  open; ``ValueError`` naming the holder when another run has it: two runs in one
+  workdir overwrite each other's checkpoints (orbax's temporary folders vanish).
+
+  Each process of a run locks a file of its own (``.lock.process_N``): the processes of
+  one multi-host run share the workdir, and process N of a second run is refused.
+  """
+  path = workdir / f".lock.process_{jax.process_index()}"
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise ValueError(f"workdir {workdir} is in use by another train.py ({holder}, "
+                     f"holding {path}): wait for it to end, or use another --workdir") from None
+  except OSError as e:  # a file system without locks (some FUSE mounts): run, but say so
+    _warn(f"warning: cannot lock {path} ({e.strerror or e}): make sure no other run uses "
+          f"workdir {workdir}")
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  return os.fdopen(fd, "w")
+
+
 def run(cfg, workdir: Path) -> dict:
   """Trains until ``total_steps`` or SIGTERM; returns the summary.
 
@@ -423,25 +468,29 @@ def run(cfg, workdir: Path) -> dict:
   if changes:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = lock_workdir(workdir)  # noqa: F841 (held until this function returns)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
+  preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
   trainer = Trainer(cfg, workdir)
   trainer.resume()
   _warn_if_cpu(trainer)
-  preemption, progress = Preemption(), Progress(trainer, workdir)
+  progress = Progress(trainer, workdir)
   started = time.perf_counter()
   try:
     last_eval = _loop(trainer, progress, preemption)
   finally:  # saves already under way complete, also when the run diverged
-    trainer.checkpoints.wait_until_finished()
-    trainer.checkpoints.close()
-    progress.close()
+    try:
+      checkpoints.finish(trainer.checkpoints)
+    finally:
+      progress.close()
   summary = {"step": trainer.step, "total_steps": trainer.total_steps,
              "last_eval": last_eval, "best_top1": trainer.best,
              "best_of": "ema_top1" if cfg.ema_decay else "top1",
              "skipped_images": trainer.skips.count,
              "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
-             "preempted": preemption.requested, "config": cfg.to_json()}
+             "preempted": bool(preemption.requested), "signal": preemption.requested,
+             "config": cfg.to_json()}
   if jax.process_index() == 0:
     write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
@@ -467,14 +516,16 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
     if trainer.step % every == 0 or trainer.step == trainer.total_steps:
       trainer.save(metrics)
   if preemption.requested:
-    print(f"SIGTERM: saving at step {trainer.step} and exiting", flush=True)
-    trainer.save()
+    print(f"{preemption.requested}: saving at step {trainer.step} and exiting", flush=True)
+    if trainer.checkpoints.latest_step() != trainer.step:  # saved already at this step
+      trainer.save()
   trainer.check_finite()
   return last_eval
 
 
 def main(argv=None) -> int:
-  """Exit 0 when done, 2 on bad input (one line), 3 when the loss diverged (README)."""
+  """Exit 0 when done (or saved on SIGTERM), 2 on bad input (one line), 3 when the loss
+  diverged, 130 when saved and stopped on Ctrl-C (README)."""
   args = parse_args(argv)
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
@@ -483,12 +534,19 @@ def main(argv=None) -> int:
     enable_compilation_cache()
     print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
                       "processes": jax.process_count()}), flush=True)
-    run(cfg, args.workdir)
+    summary = run(cfg, args.workdir)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before the run could save
+    print("interrupted: stopped without saving", file=sys.stderr)
+    return EXIT_INTERRUPTED
   except (ValueError, OSError) as e:
     return report(e)
   except Diverged as e:
     report(e)
     return EXIT_DIVERGED
+  if summary["signal"] == "SIGINT":
+    print(f"interrupted: saved step {summary['step']} in {args.workdir / 'checkpoints'}; the "
+          "same command resumes from it", file=sys.stderr)
+    return EXIT_INTERRUPTED
   return 0
 
 
