@@ -21,6 +21,7 @@ _WHERE = {
     "flax_resnet.folding": ("fold_batchnorm",),
     "flax_resnet.pretrained": ("load_pretrained",),
     "flax_resnet.preprocess": ("EvalTransform",),
+    "flax_resnet.torchvision_weights": ("Weights", "list_pretrained"),
     "flax_resnet.registry": ("ARCHITECTURES", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
                              "ResNet152", "ResNeXt50_32X4D", "ResNeXt101_32X8D",
                              "ResNeXt101_64X4D", "WideResNet50_2", "WideResNet101_2",

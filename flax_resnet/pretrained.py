@@ -18,38 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flax_resnet.torchvision_weights import DEFAULT, find, list_pretrained
 from flax_resnet.xla_cache import cache_dir
 
 WEIGHTS_ENV = "FLAX_RESNET_WEIGHTS"
-# torchvision 0.29.1's file of each weights entry of the ten architectures, and the entry
-# each DEFAULT names: DEFAULT resolves, and a cached checkpoint's source hash is checked,
-# without torch. tests/test_pretrained.py checks them against torchvision's enums.
-TORCHVISION_FILES = {
-    "resnet18": {"IMAGENET1K_V1": "resnet18-f37072fd.pth"},
-    "resnet34": {"IMAGENET1K_V1": "resnet34-b627a593.pth"},
-    "resnet50": {"IMAGENET1K_V1": "resnet50-0676ba61.pth",
-                 "IMAGENET1K_V2": "resnet50-11ad3fa6.pth"},
-    "resnet101": {"IMAGENET1K_V1": "resnet101-63fe2227.pth",
-                  "IMAGENET1K_V2": "resnet101-cd907fc2.pth"},
-    "resnet152": {"IMAGENET1K_V1": "resnet152-394f9c45.pth",
-                  "IMAGENET1K_V2": "resnet152-f82ba261.pth"},
-    "resnext50_32x4d": {"IMAGENET1K_V1": "resnext50_32x4d-7cdf4587.pth",
-                        "IMAGENET1K_V2": "resnext50_32x4d-1a0047aa.pth"},
-    "resnext101_32x8d": {"IMAGENET1K_V1": "resnext101_32x8d-8ba56ff5.pth",
-                         "IMAGENET1K_V2": "resnext101_32x8d-110c445d.pth"},
-    "resnext101_64x4d": {"IMAGENET1K_V1": "resnext101_64x4d-173b62eb.pth"},
-    "wide_resnet50_2": {"IMAGENET1K_V1": "wide_resnet50_2-95faca4d.pth",
-                        "IMAGENET1K_V2": "wide_resnet50_2-9ba9bcbe.pth"},
-    "wide_resnet101_2": {"IMAGENET1K_V1": "wide_resnet101_2-32ee1156.pth",
-                         "IMAGENET1K_V2": "wide_resnet101_2-d733dc28.pth"},
-}
-DEFAULT_ENTRY = {
-    "resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2",
-    "resnet101": "IMAGENET1K_V2", "resnet152": "IMAGENET1K_V2",
-    "resnext50_32x4d": "IMAGENET1K_V2", "resnext101_32x8d": "IMAGENET1K_V2",
-    "resnext101_64x4d": "IMAGENET1K_V1", "wide_resnet50_2": "IMAGENET1K_V2",
-    "wide_resnet101_2": "IMAGENET1K_V2",
-}
 _NAME = re.compile(r"^(?:(?P<enum>\w+_Weights)\.)?(?P<entry>[A-Z0-9_]+)$")
 
 
@@ -84,6 +56,10 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   architecture(arch)
   num_classes, rngs = options.pop("num_classes", 1000), options.pop("rngs", None)
   entry = resolve_entry(arch, weights)
+  if find(arch, entry) is None:  # before torch is imported: the table knows every entry
+    names = ", ".join(["DEFAULT"] + [w.name for w in list_pretrained(arch)])
+    raise ValueError(f"weights={weights!r}: {arch} has no such torchvision weights; "
+                     f"known: {names}")
   path = weights_dir() / f"{arch}.{entry}"
   if not (path / "metadata.json").is_file():
     convert_pretrained(arch, entry, path)
@@ -102,18 +78,19 @@ def resolve_entry(arch: str, weights: Any) -> str:
   """The weights entry ``weights`` names for ``arch``: ``DEFAULT`` resolved, without torch,
   to the entry torchvision's DEFAULT is (``IMAGENET1K_V2`` for ``resnet50``)."""
   entry = entry_name(weights)
-  return DEFAULT_ENTRY.get(arch, entry) if entry == "DEFAULT" else entry
+  return DEFAULT.get(arch, entry) if entry == "DEFAULT" else entry
 
 
 def check_cached_source(path: Path, arch: str, entry: str) -> None:
   """That converted checkpoint ``path`` records a source whose SHA-256 starts with the
   prefix in torchvision's file name for ``arch`` ``entry`` (the URL it records, for an
-  entry not in ``TORCHVISION_FILES``); a ``ValueError`` naming the file otherwise."""
+  entry not in ``torchvision_weights.TABLE``); a ``ValueError`` naming the file otherwise."""
   from flax_resnet.saved_model import METADATA, read_metadata
   from flax_resnet.torch_port import ConversionError, hash_prefix
 
   source = read_metadata(path).source or {}
-  expected = TORCHVISION_FILES.get(arch, {}).get(entry) or os.path.basename(
+  known = find(arch, entry)
+  expected = known.file if known else os.path.basename(
       str(source.get("url") or ""))
   prefix, digest = hash_prefix(expected), source.get("sha256")
   if not prefix or not isinstance(digest, str) or not digest.startswith(prefix):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import flax_resnet
-from flax_resnet import pretrained
+from flax_resnet import pretrained, torchvision_weights
 from flax_resnet.commands import convert as torch2flax
 from flax_resnet.files import sha256
 from torch_reference import calibrate, torch, torchvision
@@ -22,8 +22,9 @@ MODELS = "https://download.pytorch.org/models/"
 # given torchvision's hash, so the tests name theirs after their own hash, as torchvision does.
 REDIRECT_TORCHVISION = ("import torchvision\n"
                         "torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value.url = {url!r}\n")
-REDIRECT_TABLE = ("import flax_resnet.pretrained\n"
-                  "flax_resnet.pretrained.TORCHVISION_FILES['resnet18']['IMAGENET1K_V1'] = {name!r}\n")
+REDIRECT_TABLE = ("import flax_resnet.torchvision_weights as t\n"
+                  "t.TABLE = tuple(w._replace(file={name!r}) if w.file == 'resnet18-f37072fd.pth'"
+                  " else w for w in t.TABLE)\n")
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def homes(empty_homes, monkeypatch):
   tmp.rename(hub_dir(env) / name)
   monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
                       MODELS + name)
-  monkeypatch.setitem(pretrained.TORCHVISION_FILES["resnet18"], "IMAGENET1K_V1", name)
+  monkeypatch.setattr(torchvision_weights, "TABLE", tuple(
+      w._replace(file=name) if w.file == HUB_FILE else w for w in torchvision_weights.TABLE))
   return env, state, name
 
 
@@ -182,14 +184,38 @@ def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes)
   assert (entry / "metadata.json").is_file()  # the user decides what to remove
 
 
-def test_the_table_of_files_and_defaults_is_torchvisions():
+def test_the_weights_table_is_torchvisions():
   from torchvision.models import get_model_weights
-  assert set(pretrained.TORCHVISION_FILES) == set(flax_resnet.ARCHITECTURES)
-  for arch, files in pretrained.TORCHVISION_FILES.items():
-    enum = get_model_weights(arch)
-    assert files == {w.name: os.path.basename(w.url) for w in enum}, arch
-    assert pretrained.DEFAULT_ENTRY[arch] == enum.DEFAULT.name, arch
-    assert pretrained.resolve_entry(arch, "DEFAULT") == enum.DEFAULT.name
+  ours = {(w.arch, w.name): w for w in flax_resnet.list_pretrained()}
+  assert {w.arch for w in ours.values()} == set(flax_resnet.ARCHITECTURES)
+  theirs = {(arch, w.name): w for arch in flax_resnet.ARCHITECTURES
+            for w in get_model_weights(arch)}
+  assert set(ours) == set(theirs)
+  for key, w in theirs.items():
+    t, acc = w.transforms(), w.meta["_metrics"]["ImageNet-1K"]
+    assert ours[key] == (*key, os.path.basename(w.url), acc["acc@1"], acc["acc@5"],
+                         t.resize_size[0], t.crop_size[0], w.meta["num_params"],
+                         t.interpolation.value), key
+    assert ours[key].url == w.url and ours[key].is_default == (get_model_weights(key[0])
+                                                                .DEFAULT is w), key
+    assert pretrained.resolve_entry(key[0], "DEFAULT") == get_model_weights(key[0]).DEFAULT.name
+
+
+def test_the_weights_table_and_its_checks_need_no_torch():
+  code = ("import flax_resnet\n"
+          "table = flax_resnet.list_pretrained('resnet50')\n"
+          "assert [w.name for w in table] == ['IMAGENET1K_V1', 'IMAGENET1K_V2'], table\n"
+          "assert table[1].is_default and table[1].acc1 == 80.858 and table[1].crop == 224\n"
+          "try:\n"
+          "  flax_resnet.ResNet50(weights='IMAGENET1K_V3')\n"
+          "except ValueError as e:\n"
+          "  assert 'known: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2' in str(e), e\n"
+          "else:\n"
+          "  raise AssertionError('IMAGENET1K_V3 accepted')\n")
+  # torch made unimportable: the table must not need it
+  blocked = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+  done = python(blocked + code, {})
+  assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_pretrained_backbone_with_a_new_head_in_one_call(homes):

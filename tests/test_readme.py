@@ -41,8 +41,9 @@ def reader_dir(data_dir, tmp_path_factory):
 
 
 REDIRECT = """
-import flax_resnet.pretrained, flax_resnet.torch_port as port
-flax_resnet.pretrained.TORCHVISION_FILES["resnet50"]["IMAGENET1K_V2"] = {name!r}
+import flax_resnet.torchvision_weights as table, flax_resnet.torch_port as port
+table.TABLE = tuple(w._replace(file={name!r}) if w.file == "resnet50-11ad3fa6.pth" else w
+                    for w in table.TABLE)
 fetch = port.fetch_weights
 
 def fetch_redirected(name, arch):
