@@ -280,7 +280,7 @@ def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
   assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
-  assert not (tmp_path / "w" / "checkpoints").exists()
+  assert not (tmp_path / "w").exists()  # nothing written, not even config.json
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(cifar2, tmp_path):
@@ -448,3 +448,68 @@ def test_several_processes_agree_with_one_process_on_four_devices(request, tmp_p
                                strict=True):
     x, y = np.asarray(x), np.asarray(y)
     assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path
+
+
+def small_copy(cifar2: Path, root: Path, per_class: int = 8) -> Path:
+  """``per_class`` images of each class and split of ``cifar2``, in ``root``."""
+  for split in ("train", "test"):
+    for cls in CLASSES:
+      (root / split / cls).mkdir(parents=True)
+      for f in sorted((cifar2 / split / cls).iterdir())[:per_class]:
+        (root / split / cls / f.name).write_bytes(f.read_bytes())
+  return root
+
+
+def _third_class(data: Path) -> Path:
+  (data / "train" / "bird").mkdir()
+  for f in sorted((data / "train" / "airplane").iterdir())[:2]:
+    (data / "train" / "bird" / f.name).write_bytes(f.read_bytes())
+  return data
+
+
+def _no_eval_split(data: Path) -> Path:
+  for f in (data / "test").rglob("*.jpg"):
+    f.unlink()
+  for d in sorted((data / "test").rglob("*"), reverse=True):
+    d.rmdir()
+  (data / "test").rmdir()
+  return data
+
+
+def _other_eval_classes(data: Path) -> Path:
+  (data / "test" / "automobile").rename(data / "test" / "truck")
+  return data
+
+
+def _classes_json(classes: list[str]):
+  def edit(data: Path) -> Path:
+    shards = as_shards(data, data.parent / "shards")
+    (shards / "classes.json").write_text(json.dumps(classes))
+    return shards
+  return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_third_class, "has 3 classes (airplane, automobile, bird) but num_classes=2: pass "
+                   "--set num_classes=3"),
+    (_no_eval_split, "/test does not exist"),
+    (_other_eval_classes, "other classes (airplane, truck) than the training split"),
+    (_classes_json(["airplane", "truck"]), "classes.json names label 1 'truck', but record"),
+    (_classes_json(["airplane", "automobile", "bird"]),
+     "classes.json lists 3 classes, but the records of"),
+], ids=["3 classes for num_classes 2", "no eval split", "eval split of other classes",
+        "renamed class in classes.json", "extra class in classes.json"])
+def test_data_that_would_train_wrongly_or_fail_later_is_refused_at_start(cifar2, tmp_path,
+                                                                         damage, message):
+  data = damage(small_copy(cifar2, tmp_path / "data"))
+  done = train(tmp_path / "w", data, "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w").exists()  # nothing written, not even config.json
+
+
+def test_a_missing_data_dir_says_that_it_is_not_set(tmp_path):
+  done = train(tmp_path / "w", "", "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and "error: data_dir is not set: pass --set data_dir=PATH" \
+      in done.stderr, done.stderr[-2000:]
+  assert not (tmp_path / "w").exists()

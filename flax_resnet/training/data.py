@@ -65,6 +65,9 @@ def open_split(data_dir: str, split: str):
   """The images of ``data_dir/split``: ``shards.Shards`` where it holds a complete set of
   shards (their index.json), else an ``ImageFolder``."""
   from flax_resnet.training import shards
+  if not data_dir:
+    raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
+                     "train and eval splits), or --set synthetic=true")
   where = f"{data_dir.rstrip('/')}/{split}"
   return shards.Shards(where) if shards.is_shards(where) else ImageFolder.scan(where)
 
@@ -261,3 +264,76 @@ def _pad_batch(rows, size: int, image_size: int) -> dict:
   return {"image": np.stack(images + [blank] * pad),
           "label": np.asarray(labels + [-1] * pad, np.int32),
           "skipped_indices": [r["index"] for r in rows if r["skipped"]]}
+
+
+def check_splits(config, train) -> None:
+  """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
+  shards whose ``classes.json`` disagrees with their records, a class count other than
+  ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split
+  that is missing (found after a whole epoch otherwise) or has other classes."""
+  classes = verified_classes(train)
+  if len(classes) != config.num_classes:
+    raise ValueError(f"the training data {train.root} has {len(classes)} classes "
+                     f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
+                     f"--set num_classes={len(classes)}")
+  evaluated = verified_classes(open_split(config.data_dir, config.eval_split))
+  if evaluated != classes:
+    raise ValueError(f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "
+                     f"other classes ({_listed(evaluated)}) than the training split "
+                     f"({_listed(classes)}): their labels would not match")
+
+
+def _listed(classes: tuple[str, ...], at_most: int = 5) -> str:
+  shown = ", ".join(classes[:at_most])
+  return shown + (f", ... {len(classes) - at_most} more" if len(classes) > at_most else "")
+
+
+def verified_classes(source) -> tuple[str, ...]:
+  """The class names of an ``ImageFolder`` (its folders) or of ``shards.Shards`` (their
+  ``classes.json``, checked against the records' labels and paths: ``ValueError`` if
+  edited)."""
+  from flax_resnet.training import shards
+  if isinstance(source, shards.Shards):
+    _check_shard_classes(source)
+  return tuple(source.classes)
+
+
+def _check_shard_classes(source) -> None:
+  """Each label's name in ``classes.json`` against the class folder its records came from.
+
+  train/shards.py writes records in class order, so a bisection reads only about
+  classes * log2(images per class) records to meet the first and last record of
+  every label; unreadable records are passed over (the trainer skips them).
+  """
+  from flax_resnet.training import shards
+  names, seen = tuple(source.classes), {}
+  where = f"{source.root.parent / shards.CLASSES}"
+
+  def label_at(i: int) -> int | None:
+    if i not in seen:
+      try:
+        label, path, _ = shards.decode(source.source[i])
+      except (ValueError, RuntimeError):
+        seen[i] = None
+        return None
+      folder = path.split("/")[0]
+      if label >= len(names) or names[label] != folder:
+        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
+            f"lists {len(names)} classes, no label {label}")
+        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
+                         f"{path!r} with label {label}: the file was edited or belongs to "
+                         "other shards; write the shards again with train/shards.py")
+      seen[i] = label
+    return seen[i]
+
+  spans = [(0, len(source) - 1)] if len(source) else []
+  while spans:
+    lo, hi = spans.pop()
+    first, last = label_at(lo), label_at(hi)
+    if hi - lo > 1 and (first is None or first != last):
+      spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
+  labels = {label for label in seen.values() if label is not None}
+  if labels and max(labels) + 1 != len(names):
+    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
+                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
+                     "other shards; write the shards again with train/shards.py")

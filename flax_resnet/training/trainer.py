@@ -176,12 +176,16 @@ class Trainer:
     check_config(cfg, jax.device_count())
     self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
                                                    jax.process_count())
+    if self.folder is not None:
+      data.check_splits(cfg, self.folder)
     count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
     self._step = None
     self._build_state()
+    # The first write to the workdir: every check of the input has passed.
+    workdir.mkdir(parents=True, exist_ok=True)
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
@@ -419,11 +423,12 @@ def run(cfg, workdir: Path) -> dict:
   changes = changed_on_resume(cfg, workdir)
   if changes:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
-    config_lib.save(cfg, workdir / "config.json")
+  # Bad input is refused before anything is written: the data, the model and the
+  # resumed checkpoint are checked first.
   trainer = Trainer(cfg, workdir)
   trainer.resume()
+  if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
+    config_lib.save(cfg, workdir / "config.json")
   _warn_if_cpu(trainer)
   preemption, progress = Preemption(), Progress(trainer, workdir)
   started = time.perf_counter()
