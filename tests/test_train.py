@@ -513,3 +513,36 @@ def test_a_missing_data_dir_says_that_it_is_not_set(tmp_path):
   assert done.returncode == 2 and "error: data_dir is not set: pass --set data_dir=PATH" \
       in done.stderr, done.stderr[-2000:]
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["layers=", "channels=", "stem=cifar"],
+     "is a network with stem='imagenet', this run builds stem='cifar'"),
+    ([], "is a network with layers=[2, 2, 2, 2], this run builds layers=[1, 1]"),
+    (["layers=", "channels=", "arch=resnet34"], "holds resnet18, this run builds resnet34"),
+], ids=["another stem", "another depth", "another arch"])
+def test_init_from_a_checkpoint_of_another_network_is_refused_in_one_line(
+    cifar2, tmp_path, converted_resnet18, sets, message):
+  done = train(tmp_path / "w", cifar2, "global_batch=16", "max_steps=2",
+               f"init_from={converted_resnet18}", *sets, check=False)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes():
+  from flax import nnx
+  import flax_resnet
+  from flax_resnet.training.trainer import check_same_shapes
+
+  def state(channels, classes=2):
+    return nnx.state(flax_resnet.ResNet("basic", (1, 1), channels=channels, stem="cifar",
+                                        num_classes=classes, rngs=nnx.Rngs(0)))
+  check_same_shapes("ckpt", state((8, 16)), state((8, 16)))
+  # the first key in sorted order
+  with pytest.raises(ValueError, match=r"ckpt: bn1.bias has shape \(16,\) there and \(8,\) "
+                                       r"in this run's model"):
+    check_same_shapes("ckpt", state((8, 16)), state((16, 16)))
+  with pytest.raises(ValueError, match=r"fc.kernel has shape \(16, 5\) there and \(16, 2\)"):
+    check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5))
+  check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5), skip=("fc",))

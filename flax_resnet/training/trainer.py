@@ -14,6 +14,7 @@ DDP does per GPU.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import signal
@@ -83,16 +84,70 @@ def build_model(cfg) -> nnx.Module:
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
     source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
-    if meta.arch != cfg.arch:
-      raise ValueError(f"init_from {cfg.init_from} holds {meta.arch}, not {cfg.arch}")
     keep_head = meta.options.get("num_classes") == cfg.num_classes
+    check_same_network(cfg.init_from, (arch, options), (meta.arch, meta.options))
     state = nnx.state(source)
     if not keep_head:
       del state["fc"]  # a fresh head for the new classes
+    check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
     print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
           flush=True)
   return model
+
+
+# Constructor options that make another network, whether or not its tensors' shapes
+# differ (a dilation or a stem keeps some); num_classes decides whether the head is kept,
+# dtype and norm are the run's own.
+NETWORK_OPTIONS = ("block", "layers", "channels", "groups", "width_per_group", "stem",
+                   "replace_stride_with_dilation", "in_channels", "expansion", "norm_groups")
+
+
+def network_options(arch: str | None, options: dict) -> dict:
+  """``NETWORK_OPTIONS`` as (arch, options) build them, defaults and the table included."""
+  defaults = {k: p.default for k, p in inspect.signature(flax_resnet.ResNet.__init__).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  table = flax_resnet.registry.architecture(arch)._asdict() if arch else {}
+  merged = {**defaults, **table, **options}
+  plain = {k: list(v) if isinstance(v, (list, tuple)) else v
+           for k, v in merged.items() if k in NETWORK_OPTIONS}
+  block = plain["block"]  # a class or its name
+  plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace(
+      "block", "")
+  if not any(plain["replace_stride_with_dilation"] or ()):
+    plain["replace_stride_with_dilation"] = None  # None and all False are the same network
+  return plain
+
+
+def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:
+  """``ValueError`` naming the first ``NETWORK_OPTIONS`` entry in which checkpoint ``path``
+  (``theirs``: its arch and options) differs from the run's model (``ours``)."""
+  if ours[0] and theirs[0] and ours[0] != theirs[0]:
+    raise ValueError(f"init_from {path} holds {theirs[0]}, this run builds {ours[0]}: set "
+                     f"--set arch={theirs[0]}, or start from a {ours[0]} checkpoint")
+  mine, saved = network_options(*ours), network_options(*theirs)
+  for k in NETWORK_OPTIONS:
+    if mine[k] != saved[k]:
+      raise ValueError(f"init_from {path} is a network with {k}={saved[k]!r}, this run builds "
+                       f"{k}={mine[k]!r}: set the run's {k} to match, or start from another "
+                       "checkpoint")
+
+
+def check_same_shapes(path: str, ours: nnx.State, theirs: nnx.State, skip=()) -> None:
+  """``ValueError`` naming the first tensor whose key or shape differs between checkpoint
+  ``path`` (``theirs``) and the run's model (``ours``), ``skip``ped top-level keys apart:
+  ``nnx.update`` would otherwise put a tensor of another shape in the model silently."""
+  def shapes(state):
+    return {".".join(str(getattr(k, "key", k)) for k in key): tuple(np.shape(x))
+            for key, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+            if str(getattr(key[0], "key", key[0])) not in skip}
+  mine, saved = shapes(ours), shapes(theirs)
+  for key in [*mine, *saved]:
+    if mine.get(key) != saved.get(key):
+      there = saved[key] if key in saved else "absent"
+      here = mine[key] if key in mine else "absent"
+      raise ValueError(f"init_from {path}: {key} has shape {there} there and {here} in this "
+                       "run's model: start from a checkpoint of the same network")
 
 
 def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
