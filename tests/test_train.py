@@ -543,6 +543,6 @@ def test_a_tensor_of_another_shape_is_named_with_both_shapes():
   with pytest.raises(ValueError, match=r"ckpt: bn1.bias has shape \(16,\) there and \(8,\) "
                                        r"in this run's model"):
     check_same_shapes("ckpt", state((8, 16)), state((16, 16)))
-  with pytest.raises(ValueError, match=r"fc.kernel has shape \(16, 5\) there and \(16, 2\)"):
+  with pytest.raises(ValueError, match=r"fc.bias has shape \(5,\) there and \(2,\)"):
     check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5))
   check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5), skip=("fc",))
