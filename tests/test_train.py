@@ -546,3 +546,32 @@ def test_a_tensor_of_another_shape_is_named_with_both_shapes():
   with pytest.raises(ValueError, match=r"fc.bias has shape \(5,\) there and \(2,\)"):
     check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5))
   check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5), skip=("fc",))
+
+
+@pytest.mark.parametrize("before, after", [(0, 2), (2, 0)])
+def test_a_resume_with_another_worker_count_continues_with_the_same_batches(cifar2, tmp_path,
+                                                                          before, after):
+  from flax_resnet.training.data import state_for_workers
+  steps = ["global_batch=16", "checkpoint_every=3", "warmup_epochs=0", "log_every=1"]
+  straight = train(tmp_path / "straight", cifar2, *steps, "max_steps=6", "workers=0")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=3", f"workers={before}")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=6", f"workers={after}")
+  assert f"workers {before} -> {after}" in resumed.stdout and "resumed from step 3" in \
+      resumed.stdout
+
+  def losses(done):
+    return [line.split()[3] for line in done.stdout.splitlines() if line.startswith("step ")]
+  assert losses(resumed) == losses(straight)[3:]
+  (a, meta_a), (b, meta_b) = final_state(tmp_path / "straight", 6), final_state(
+      tmp_path / "split", 6)
+  assert_identical(a, b)
+  assert state_for_workers(meta_b["data_state"], 0) == meta_a["data_state"] == {"next_index": 6}
+
+
+def test_an_iterator_state_of_another_form_is_refused_naming_the_remedy():
+  from flax_resnet.training.data import state_for_workers
+  assert state_for_workers({"next_index": 5}, 2)["iterators_in_use_states"] == [
+      {"next_index": 3}, {"next_index": 2}]
+  shuffled = {**state_for_workers({"next_index": 5}, 2), "next_index_in_cycle": 0}
+  with pytest.raises(ValueError, match="resume with the workers it was saved with"):
+    state_for_workers(shuffled, 0)

@@ -322,7 +322,8 @@ class Trainer:
     self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
     if self.ema_leaves is not None:
       self.ema_leaves = jax.tree.leaves(restored["ema"])
-    self.batches.set_state(meta["data_state"])
+    # The saved position, in the form of this run's worker count (it may have changed).
+    self.batches.set_state(data.state_for_workers(meta["data_state"], self.cfg.workers))
     self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
 
