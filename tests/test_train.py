@@ -575,3 +575,27 @@ def test_an_iterator_state_of_another_form_is_refused_naming_the_remedy():
   shuffled = {**state_for_workers({"next_index": 5}, 2), "next_index_in_cycle": 0}
   with pytest.raises(ValueError, match="resume with the workers it was saved with"):
     state_for_workers(shuffled, 0)
+
+
+def test_a_resume_on_other_images_is_refused_and_on_moved_images_continues(cifar2, tmp_path):
+  import shutil
+  data = small_copy(cifar2, tmp_path / "data", per_class=32)
+  sets = ["global_batch=16", "checkpoint_every=2"]
+  train(tmp_path / "w", data, *sets, "max_steps=2")
+  before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
+  more = shutil.copytree(data, tmp_path / "more")
+  for f in sorted((cifar2 / "train" / "airplane").iterdir())[-3:]:
+    (more / "train" / "airplane" / f.name).write_bytes(f.read_bytes())
+  done = train(tmp_path / "w", more, *sets, "max_steps=4", check=False)
+  assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr[-2000:]
+  assert f"data_dir {more} holds other training images than the run being resumed (67 " \
+         "images, not 64)" in done.stderr
+  assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
+  renamed = shutil.copytree(data, tmp_path / "renamed")
+  first = sorted((renamed / "train" / "airplane").iterdir())[0]
+  first.rename(first.with_name("x" + first.name))
+  done = train(tmp_path / "w", renamed, *sets, "max_steps=4", check=False)
+  assert done.returncode == 2 and "(other file names)" in done.stderr, done.stderr[-2000:]
+  moved = shutil.move(data, tmp_path / "moved")
+  done = train(tmp_path / "w", moved, *sets, "max_steps=4")
+  assert "resumed from step 2" in done.stdout and f"data_dir '{data}' -> '{moved}'" in done.stdout

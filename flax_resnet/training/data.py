@@ -8,6 +8,7 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import shutil
@@ -373,3 +374,32 @@ def _check_shard_classes(source) -> None:
     raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
                      f"have labels 0 to {max(labels)}: the file was edited or belongs to "
                      "other shards; write the shards again with train/shards.py")
+
+
+def fingerprint(source) -> dict:
+  """What identifies a split's images in a checkpoint: class names, image count and, for
+  an ``ImageFolder``, the SHA-256 of its sorted relative paths (shards are identified by
+  names and count only: hashing their paths would read every record)."""
+  found = {"classes": list(source.classes), "images": len(source)}
+  if isinstance(source, ImageFolder):
+    paths = sorted(str(Path(f).relative_to(source.root)) for f in source.files)
+    found["paths_sha256"] = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+  return found
+
+
+def check_same_images(saved: dict | None, now: dict, where: str) -> None:
+  """``ValueError`` if ``now`` (a ``fingerprint``) describes other images than ``saved``, the
+  one a checkpoint holds (None in checkpoints older than fingerprints: not checked)."""
+  if not saved:
+    return
+  differ = [k for k in ("classes", "images", "paths_sha256")
+            if k in saved and k in now and saved[k] != now[k]]
+  if not differ:
+    return
+  what = {"classes": lambda: f"classes {_listed(tuple(now['classes']))}, not "
+                             f"{_listed(tuple(saved['classes']))}",
+          "images": lambda: f"{now['images']} images, not {saved['images']}",
+          "paths_sha256": lambda: "other file names"}[differ[0]]()
+  raise ValueError(f"{where} holds other training images than the run being resumed ({what}): "
+                   "a resume must read the same images; point data_dir at them, or use "
+                   "another --workdir")

@@ -231,8 +231,10 @@ class Trainer:
     check_config(cfg, jax.device_count())
     self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
                                                    jax.process_count())
+    self.data_fingerprint = None  # synthetic data: nothing to compare on resume
     if self.folder is not None:
       data.check_splits(cfg, self.folder)
+      self.data_fingerprint = data.fingerprint(self.folder)
     count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
@@ -318,6 +320,9 @@ class Trainer:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
+    if self.data_fingerprint is not None:
+      data.check_same_images(meta.get("train_data"), self.data_fingerprint,
+                             f"data_dir {self.cfg.data_dir}")
     restored = checkpoints.restore(self.checkpoints, latest, self.states())
     self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
     if self.ema_leaves is not None:
@@ -333,7 +338,8 @@ class Trainer:
       raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
                      self.workdir)
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
-            "skipped": self.skips.count, "best_top1": self.best, "step": self.step}
+            "skipped": self.skips.count, "best_top1": self.best, "step": self.step,
+            "train_data": self.data_fingerprint}
     checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
