@@ -343,7 +343,7 @@ def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_p
 @pytest.mark.parametrize("args, message", [
     (["--ema", "--step", "latest"], "holds no EMA weights"),
     (["--step", "7"], "the checkpoints hold steps [2]"),
-    ([], "no checkpoint was evaluated"),
+    (["--step", "best"], "no checkpoint was evaluated"),
 ], ids=["no EMA kept", "no such step", "no best without an eval"])
 def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
   train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
@@ -599,3 +599,15 @@ def test_a_resume_on_other_images_is_refused_and_on_moved_images_continues(cifar
   moved = shutil.move(data, tmp_path / "moved")
   done = train(tmp_path / "w", moved, *sets, "max_steps=4")
   assert "resumed from step 2" in done.stdout and f"data_dir '{data}' -> '{moved}'" in done.stdout
+
+
+def test_export_without_step_falls_back_to_the_latest_when_nothing_was_evaluated(cifar2,
+                                                                                 tmp_path):
+  import flax_resnet
+  train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(tmp_path), "--out",
+                         str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "note: no checkpoint in" in done.stderr and "exporting the latest, step 2" in done.stderr
+  assert flax_resnet.saved_model.read_metadata(tmp_path / "out").source["step"] == 2

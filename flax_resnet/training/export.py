@@ -31,18 +31,27 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
-  p.add_argument("--step", default="best",
-                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N")
+  p.add_argument("--step", default=None,
+                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N; "
+                      "default: best, or the latest when no checkpoint was evaluated")
   p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   return p.parse_args(argv)
 
 
-def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
-  """The step ``--step`` names: 'best', 'latest' or a saved step number."""
+def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
+  """The step ``--step`` names: 'best', 'latest' or a saved step number; without one
+  (None), the best, or the latest with a note when none was evaluated (a run shorter
+  than ``eval_every_epochs`` epochs)."""
   steps = mgr.all_steps()
   if not steps:
     raise ValueError(f"{mgr.directory} holds no checkpoint")
+  if which is None:
+    if mgr.best_step() is not None:
+      return mgr.best_step()
+    print(f"note: no checkpoint in {mgr.directory} was evaluated, so none is best: exporting "
+          f"the latest, step {mgr.latest_step()}", file=sys.stderr)
+    return mgr.latest_step()
   if which == "latest":
     return mgr.latest_step()
   if which == "best":
@@ -57,7 +66,7 @@ def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
   return int(which)
 
 
-def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
+def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, int]:
   """(the model's or the EMA's pure state on one device, the checkpoint's meta, its step)."""
   with checkpoints.reader(workdir) as mgr:
     step = pick_step(mgr, which)
@@ -67,7 +76,7 @@ def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
   return state["ema" if ema else "model"], meta, step
 
 
-def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
+def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False,
            force: bool = False) -> Path:
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``."""
   if out.exists() and not force:
