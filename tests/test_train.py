@@ -611,3 +611,35 @@ def test_export_without_step_falls_back_to_the_latest_when_nothing_was_evaluated
   assert done.returncode == 0, done.stderr[-2000:]
   assert "note: no checkpoint in" in done.stderr and "exporting the latest, step 2" in done.stderr
   assert flax_resnet.saved_model.read_metadata(tmp_path / "out").source["step"] == 2
+
+
+@pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",
+                                    "train/shards.py"])
+def test_help_answers_without_importing_jax(script):
+  probe = ("import runpy, sys\n"
+           f"sys.argv = [{script!r}, '--help']\n"
+           "try:\n"
+           f"  runpy.run_path({script!r}, run_name='__main__')\n"
+           "except SystemExit as e:\n"
+           "  print('exit', e.code)\n"
+           "print('imported:', sorted({'jax', 'flax', 'orbax', 'grain'} & set(sys.modules)))\n")
+  done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert "usage:" in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
+  assert "imported: []" in done.stdout, done.stdout[-500:]
+
+
+def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(cifar2,
+                                                                               tmp_path):
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=2", "checkpoint_every=1")
+  lines = done.stdout.splitlines()
+  start = lines.index("config (8 devices, 1 processes):")
+  fields = [line for line in lines[start + 1:start + 60] if line.startswith("  ")]
+  assert "  layers=1,1" in fields and f"  data_dir={cifar2}" in fields and "  seed=0" in fields
+  assert len(fields) == len(json.loads((tmp_path / "config.json").read_text()))
+  assert "tracked_metric" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+  plotted = subprocess.run([sys.executable, "train/plot.py", "--workdir", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert plotted.returncode == 0 and plotted.stdout == f"{tmp_path / 'curves.png'}\n", \
+      plotted.stderr
+  assert (tmp_path / "curves.png").is_file()

@@ -14,17 +14,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
+from typing import TYPE_CHECKING
 
 import flax_resnet
 from flax_resnet.cli import ArgumentParser, report
-from flax_resnet.saved_model import Metadata
-from flax_resnet.training import checkpoints, config as config_lib, data
-from flax_resnet.training.trainer import model_spec
+from flax_resnet.training import config as config_lib
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
+
+# JAX, Flax, orbax and grain (2-3 s to import) are imported inside the functions that use
+# them: --help and usage errors answer at once.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +68,7 @@ def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
 
 def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, int]:
   """(the model's or the EMA's pure state on one device, the checkpoint's meta, its step)."""
+  from flax_resnet.training import checkpoints
   with checkpoints.reader(workdir) as mgr:
     step = pick_step(mgr, which)
     if ema and "ema" not in mgr.item_metadata(step)["state"]:
@@ -79,6 +80,10 @@ def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, in
 def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False,
            force: bool = False) -> Path:
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``."""
+  from flax import nnx
+  from flax_resnet.saved_model import Metadata
+  from flax_resnet.training import data
+  from flax_resnet.training.trainer import model_spec
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
   pure, meta, step = restore(workdir, which, ema)
@@ -100,6 +105,8 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
 
 
 def _check_finite(pure: dict, where: str) -> None:
+  import jax
+  import numpy as np
   for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
     if not np.all(np.isfinite(np.asarray(value))):
       name = ".".join(str(getattr(k, "key", k)) for k in path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import signal
 import sys
@@ -31,25 +32,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
-from flax_resnet.cli import EXIT_DIVERGED, ArgumentParser, report
+from flax_resnet.cli import EXIT_DIVERGED, report
 from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
-from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
+from flax_resnet.training import checkpoints, commands, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                          make_optimizer)
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = ArgumentParser(description=__doc__)
-  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field (repeatable)")
-  p.add_argument("--workdir", type=Path, required=True)
-  p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
-  p.add_argument("--num-processes", type=int)
-  p.add_argument("--process-id", type=int)
-  return p.parse_args(argv)
+parse_args = commands.parse_train_args  # defined where parsing needs no JAX
 
 
 def setup_distributed(args) -> None:
@@ -211,6 +203,25 @@ def changed_on_resume(cfg, workdir: Path) -> list[str]:
   return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 
 
+class _SaveWithoutMetrics(logging.Filter):
+  """Drops orbax's warning that a save of a manager with ``best_fn`` carries no metrics.
+
+  Ours carry eval metrics at the epochs that evaluate and none in between (nor in runs
+  shorter than an epoch): orbax then ranks only the evaluated ones, which is what "best"
+  means here. Every other absl message passes.
+  """
+  MESSAGE = "Requested `tracked_metric`; did not provide metrics."
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.getMessage() != self.MESSAGE
+
+
+def _expect_saves_without_metrics() -> None:
+  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _SaveWithoutMetrics) for f in absl_logger.filters):
+    absl_logger.addFilter(_SaveWithoutMetrics())
+
+
 class Diverged(Exception):
   """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
 
@@ -243,6 +254,7 @@ class Trainer:
     self._build_state()
     # The first write to the workdir: every check of the input has passed.
     workdir.mkdir(parents=True, exist_ok=True)
+    _expect_saves_without_metrics()
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
@@ -537,16 +549,27 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
   return last_eval
 
 
+def config_lines(cfg, devices: int, processes: int) -> str:
+  """The resolved config as printed at start: one ``key=value`` a line, as ``--set`` takes."""
+  def text(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+  return "\n".join([f"config ({devices} devices, {processes} processes):"] + [
+      f"  {k}={text(v)}" for k, v in cfg.to_json().items()])
+
+
 def main(argv=None) -> int:
   """Exit 0 when done, 2 on bad input (one line), 3 when the loss diverged (README)."""
-  args = parse_args(argv)
+  return run_command(parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+  """Runs the parsed command line; ``main``'s exit codes."""
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
     use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
     setup_distributed(args)
     enable_compilation_cache()
-    print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
-                      "processes": jax.process_count()}), flush=True)
+    print(config_lines(cfg, jax.device_count(), jax.process_count()), flush=True)
     run(cfg, args.workdir)
   except (ValueError, OSError) as e:
     return report(e)
