@@ -633,7 +633,7 @@ def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(
                                                                                tmp_path):
   done = train(tmp_path, cifar2, "global_batch=16", "max_steps=2", "checkpoint_every=1")
   lines = done.stdout.splitlines()
-  start = lines.index("config (8 devices, 1 processes):")
+  start = lines.index("config (devices 8, processes 1):")
   fields = [line for line in lines[start + 1:start + 60] if line.startswith("  ")]
   assert "  layers=1,1" in fields and f"  data_dir={cifar2}" in fields and "  seed=0" in fields
   assert len(fields) == len(json.loads((tmp_path / "config.json").read_text()))
@@ -643,3 +643,17 @@ def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(
   assert plotted.returncode == 0 and plotted.stdout == f"{tmp_path / 'curves.png'}\n", \
       plotted.stderr
   assert (tmp_path / "curves.png").is_file()
+
+
+def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
+  from flax import nnx
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import build_model, host_memory_estimate
+  cfg = config_lib.load_preset(ROOT / "train/configs/finetune.py")
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
+  parts = host_memory_estimate(cfg, graphdef, state)
+  assert 10.5 <= sum(parts.values()) / 2**30 <= 12.5, parts  # measured: 11-12 GB
+  assert 0.45 <= parts["workers"] / 2**30 / 4 <= 0.5  # 8 workers of 210 MB and read-ahead
+  smaller = config_lib.override(cfg, ["global_batch=16", "workers=2"])
+  small = host_memory_estimate(smaller, graphdef, state)
+  assert small["activations"] * 4 == parts["activations"] and sum(small.values()) < 4.5 * 2**30

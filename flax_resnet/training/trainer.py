@@ -97,8 +97,8 @@ NETWORK_OPTIONS = ("block", "layers", "channels", "groups", "width_per_group", "
 
 def network_options(arch: str | None, options: dict) -> dict:
   """``NETWORK_OPTIONS`` as (arch, options) build them, defaults and the table included."""
-  defaults = {k: p.default for k, p in inspect.signature(flax_resnet.ResNet.__init__).parameters.items()
-              if p.default is not inspect.Parameter.empty}
+  parameters = inspect.signature(flax_resnet.ResNet.__init__).parameters.values()
+  defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
   table = flax_resnet.registry.architecture(arch)._asdict() if arch else {}
   merged = {**defaults, **table, **options}
   plain = {k: list(v) if isinstance(v, (list, tuple)) else v
@@ -481,6 +481,67 @@ def _warn_if_cpu(trainer: Trainer) -> None:
           f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
           f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
           "for GPUs and TPUs can take days here.", flush=True)
+    state = jax.tree.unflatten(trainer.model_treedef, trainer.model_leaves)
+    parts = host_memory_estimate(trainer.cfg, trainer.model_graphdef, state,
+                                 jax.process_count())
+    print(f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
+          f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())}){_of_total()}; "
+          "lower global_batch, workers or image_size if that is more than it has", flush=True)
+
+
+# Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
+# batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3.
+_BYTES_SAVED_PER_ACTIVATION = 12  # float32 convolution output, BatchNorm output, ReLU output
+_WORKER_BYTES = 210 * 2**20  # a grain worker process's own memory (measured: 210 MB)
+_RUNTIME_BYTES = 2**30  # Python, JAX, XLA:CPU and its compiled step in the main process
+_STATE_COPIES = 5  # weights, gradients, momentum, and the two the update holds at once
+
+
+def host_memory_estimate(cfg, graphdef: nnx.GraphDef, state: nnx.State,
+                         processes: int = 1) -> dict[str, float]:
+  """Bytes of host memory a CPU run of this process needs, by part: what the train step
+  keeps for its backward pass (from the model's convolution and matmul outputs, read off
+  its trace), the weights and optimiser state, the worker processes with their read-ahead,
+  and the runtime. An estimate, calibrated on the finetune preset (above)."""
+  local_batch = cfg.global_batch // processes
+  weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
+  batch_bytes = local_batch * cfg.image_size ** 2 * 3
+  parts = {"activations": _activation_count(graphdef, state, cfg.image_size) * local_batch
+                          * _BYTES_SAVED_PER_ACTIVATION,
+           "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
+           "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
+           "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
+  return {k: float(v) for k, v in parts.items()}
+
+
+def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, image_size: int) -> int:
+  """Elements that the convolutions and matrix products of one image's forward pass output."""
+  def forward(state, x):
+    return nnx.merge(graphdef, state)(x)
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  return _outputs(jax.make_jaxpr(forward)(abstract, image).jaxpr)
+
+
+def _outputs(jaxpr) -> int:
+  from jax.extend import core
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      total += int(np.prod(eqn.outvars[0].aval.shape))
+    for sub in jax.tree.leaves(list(eqn.params.values()),
+                               is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
+      if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
+        total += _outputs(getattr(sub, "jaxpr", sub))
+  return total
+
+
+def _of_total() -> str:
+  try:
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):  # not every system names them
+    return ""
+  return f" of this machine's {total / 2**30:.0f} GB"
 
 
 def _summary_writer(logdir: Path):
@@ -553,7 +614,7 @@ def config_lines(cfg, devices: int, processes: int) -> str:
   """The resolved config as printed at start: one ``key=value`` a line, as ``--set`` takes."""
   def text(value):
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-  return "\n".join([f"config ({devices} devices, {processes} processes):"] + [
+  return "\n".join([f"config (devices {devices}, processes {processes}):"] + [
       f"  {k}={text(v)}" for k, v in cfg.to_json().items()])
 
 
