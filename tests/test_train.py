@@ -601,16 +601,19 @@ def test_a_resume_on_other_images_is_refused_and_on_moved_images_continues(cifar
   assert "resumed from step 2" in done.stdout and f"data_dir '{data}' -> '{moved}'" in done.stdout
 
 
-def test_export_without_step_falls_back_to_the_latest_when_nothing_was_evaluated(cifar2,
-                                                                                 tmp_path):
+def test_export_without_step_falls_back_to_the_latest_and_names_the_trained_classes(
+    cifar2, tmp_path):
   import flax_resnet
-  train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
+  data = small_copy(cifar2, tmp_path / "data", per_class=32)  # 4 steps an epoch
+  train(tmp_path, data, "global_batch=16", "max_steps=2")
+  (data / "train" / "automobile").rename(data / "train" / "car")  # edited after the run
   done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(tmp_path), "--out",
                          str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "note: no checkpoint in" in done.stderr and "exporting the latest, step 2" in done.stderr
-  assert flax_resnet.saved_model.read_metadata(tmp_path / "out").source["step"] == 2
+  exported = flax_resnet.saved_model.read_metadata(tmp_path / "out")
+  assert exported.source["step"] == 2 and exported.categories == list(CLASSES)
 
 
 @pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",

@@ -95,9 +95,12 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(model, state)
-  classes = None
-  if cfg.data_dir and not cfg.synthetic and (Path(cfg.data_dir) / cfg.train_split).is_dir():
-    classes = list(data.open_split(cfg.data_dir, cfg.train_split).classes)
+  # The class names the run trained with, as its checkpoints record them; older
+  # checkpoints: those of the data, checked against shards' records.
+  classes = (meta.get("train_data") or {}).get("classes")
+  if classes is None and cfg.data_dir and not cfg.synthetic and (
+      Path(cfg.data_dir) / cfg.train_split).is_dir():
+    classes = list(data.verified_classes(data.open_split(cfg.data_dir, cfg.train_split)))
   metadata = Metadata(arch=arch, options=options, categories=classes,
                       preprocessing=data.eval_transform(cfg).to_json(),
                       source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})
