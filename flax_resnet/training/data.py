@@ -382,7 +382,8 @@ def fingerprint(source) -> dict:
   names and count only: hashing their paths would read every record)."""
   found = {"classes": list(source.classes), "images": len(source)}
   if isinstance(source, ImageFolder):
-    paths = sorted(str(Path(f).relative_to(source.root)) for f in source.files)
+    prefix = len(str(source.root)) + 1  # files are str(root / class / name): no Path per file
+    paths = sorted(f[prefix:] for f in source.files)
     found["paths_sha256"] = hashlib.sha256("\n".join(paths).encode()).hexdigest()
   return found
 

@@ -506,21 +506,23 @@ def host_memory_estimate(cfg, graphdef: nnx.GraphDef, state: nnx.State,
   local_batch = cfg.global_batch // processes
   weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
   batch_bytes = local_batch * cfg.image_size ** 2 * 3
-  parts = {"activations": _activation_count(graphdef, state, cfg.image_size) * local_batch
-                          * _BYTES_SAVED_PER_ACTIVATION,
+  per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
+  parts = {"activations": per_image * local_batch * _BYTES_SAVED_PER_ACTIVATION,
            "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
            "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
            "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
   return {k: float(v) for k, v in parts.items()}
 
 
-def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, image_size: int) -> int:
-  """Elements that the convolutions and matrix products of one image's forward pass output."""
+def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, batch: int,
+                      image_size: int) -> float:
+  """Elements that the convolutions and matrix products of the forward pass output, per
+  image. Traced at the run's global batch, which per-device BatchNorm groups divide."""
   def forward(state, x):
     return nnx.merge(graphdef, state)(x)
-  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  return _outputs(jax.make_jaxpr(forward)(abstract, image).jaxpr)
+  return _outputs(jax.make_jaxpr(forward)(abstract, images).jaxpr) / batch
 
 
 def _outputs(jaxpr) -> int:
