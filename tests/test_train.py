@@ -565,16 +565,19 @@ def test_a_resume_with_another_worker_count_continues_with_the_same_batches(cifa
   (a, meta_a), (b, meta_b) = final_state(tmp_path / "straight", 6), final_state(
       tmp_path / "split", 6)
   assert_identical(a, b)
-  assert state_for_workers(meta_b["data_state"], 0) == meta_a["data_state"] == {"next_index": 6}
+  assert state_for_workers(meta_b["data_state"], after, 0) == meta_a["data_state"] == {
+      "next_index": 6}
 
 
 def test_an_iterator_state_of_another_form_is_refused_naming_the_remedy():
   from flax_resnet.training.data import state_for_workers
-  assert state_for_workers({"next_index": 5}, 2)["iterators_in_use_states"] == [
-      {"next_index": 3}, {"next_index": 2}]
-  shuffled = {**state_for_workers({"next_index": 5}, 2), "next_index_in_cycle": 0}
+  two = state_for_workers({"next_index": 5}, 0, 2)
+  assert two["iterators_in_use_states"] == [{"next_index": 3}, {"next_index": 2}]
+  assert state_for_workers(two, 2, 1)["iterators_in_use_states"] == [{"next_index": 5}]
+  shuffled = {**two, "next_index_in_cycle": 0}
+  assert state_for_workers(shuffled, 2, 2) is shuffled  # the same count: as saved
   with pytest.raises(ValueError, match="resume with the workers it was saved with"):
-    state_for_workers(shuffled, 0)
+    state_for_workers(shuffled, 2, 0)
 
 
 def test_a_resume_on_other_images_is_refused_and_on_moved_images_continues(cifar2, tmp_path):

@@ -187,31 +187,34 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
   return iter(ds), folder
 
 
-def state_for_workers(state: dict, workers: int) -> dict:
-  """A saved iterator ``state`` (``train_batches``'s, with any worker count) as the state
-  of the same position in a pipeline of ``workers`` worker processes.
+def state_for_workers(state: dict, saved_workers: int, workers: int) -> dict:
+  """A saved iterator ``state`` (``train_batches``'s with ``saved_workers``) as the state of
+  the same position in a pipeline of ``workers`` worker processes (``state`` itself when
+  the count is the same).
 
   The position is the number of batches delivered: with no workers grain counts them
   (``next_index``); ``workers`` processes each read every ``workers``-th batch, taken in
   turn (grain 0.2's interleave state). ``ValueError`` for a state of another form.
   """
-  return _interleave_state(_position(state), workers) if workers else {
-      "next_index": _position(state)}
+  if saved_workers == workers:
+    return state
+  position = _position(state)
+  return _interleave_state(position, workers) if workers else {"next_index": position}
 
 
 def _position(state: dict) -> int:
   if set(state) == {"next_index"}:
     return int(state["next_index"])
   try:
-    counts = [int(s["next_index"]) for s in state["iterators_in_use_states"]]
-    position = sum(counts)
-    same = _interleave_state(position, len(counts)) == {**state, "future_states": {}} and (
-        not state["future_states"])
+    position = sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
+    # Only the form the conversion writes is read back: another (a later grain's) could
+    # mean another position.
+    known = state == _interleave_state(position, len(state["iterators_in_use_states"]))
   except (KeyError, TypeError, ValueError):
-    same = False
-  if not same:
-    raise ValueError("the checkpoint's data iterator state is not one this trainer wrote "
-                     f"({str(state)[:200]}): resume with the workers it was saved with")
+    known = False
+  if not known:
+    raise ValueError("the checkpoint's data iterator state is not one this trainer can "
+                     f"convert ({str(state)[:200]}): resume with the workers it was saved with")
   return position
 
 

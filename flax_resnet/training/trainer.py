@@ -217,6 +217,7 @@ class _SaveWithoutMetrics(logging.Filter):
 
 
 def _expect_saves_without_metrics() -> None:
+  """Installs ``_SaveWithoutMetrics`` on absl's logger, once per process."""
   absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
   if not any(isinstance(f, _SaveWithoutMetrics) for f in absl_logger.filters):
     absl_logger.addFilter(_SaveWithoutMetrics())
@@ -340,7 +341,8 @@ class Trainer:
     if self.ema_leaves is not None:
       self.ema_leaves = jax.tree.leaves(restored["ema"])
     # The saved position, in the form of this run's worker count (it may have changed).
-    self.batches.set_state(data.state_for_workers(meta["data_state"], self.cfg.workers))
+    self.batches.set_state(data.state_for_workers(
+        meta["data_state"], meta["config"]["workers"], self.cfg.workers))
     self.step, self.skips.count, self.best = latest, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {latest}", flush=True)
 
