@@ -182,3 +182,50 @@ def test_a_second_conversion_rewrites_a_damaged_shard(cifar, tmp_path, damage):
     assert f"{shard}: truncated or damaged" in again.stdout and "rewriting it" in again.stdout
   assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == first
   assert unreadable(data.open_split(str(out), "train")) == []
+
+
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+  """Shards of 5 classes of 40 tiny PNGs each (200 records, 64 a shard)."""
+  from PIL import Image
+  root = tmp_path_factory.mktemp("five")
+  for c in range(5):
+    (root / "folder" / "train" / f"class{c}").mkdir(parents=True)
+    for i in range(40):
+      image = Image.new("RGB", (4, 4), (c, i, 0))
+      image.save(root / "folder" / "train" / f"class{c}" / f"{i}.png")
+  shards.convert(str(root / "folder"), str(root / "shards"), ["train"], 64, log=lambda _: None)
+  return root / "shards"
+
+
+class CountingReads:
+  """A shards' record source that counts the records read."""
+
+  def __init__(self, source):
+    self.source, self.reads = source, 0
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.source[i]
+
+  def __len__(self):
+    return len(self.source)
+
+
+def test_classes_json_is_checked_against_every_label_reading_few_records(five_classes,
+                                                                         tmp_path):
+  split = shards.Shards(str(five_classes / "train"))
+  split.source = CountingReads(split.source)
+  assert data.verified_classes(split) == tuple(f"class{c}" for c in range(5))
+  assert split.source.reads < 60  # of 200: the first and last record of each label
+  edited = tmp_path / "edited"
+  (edited / "train").mkdir(parents=True)
+  for f in (five_classes / "train").iterdir():
+    (edited / "train" / f.name).symlink_to(f)
+  names = [f"class{c}" for c in range(5)]
+  for classes, message in [(names[:2] + ["cat"] + names[3:], "names label 2 'cat', but record"),
+                           (names[:4], "lists 4 classes, no label 4"),
+                           (names + ["class5"], "lists 6 classes, but the records of")]:
+    (edited / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(ValueError, match=message):
+      data.verified_classes(shards.Shards(str(edited / "train")))

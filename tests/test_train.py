@@ -280,7 +280,7 @@ def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
   assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
-  assert not (tmp_path / "w" / "checkpoints").exists()
+  assert not (tmp_path / "w").exists()  # nothing written, not even config.json
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(cifar2, tmp_path):
@@ -343,7 +343,7 @@ def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_p
 @pytest.mark.parametrize("args, message", [
     (["--ema", "--step", "latest"], "holds no EMA weights"),
     (["--step", "7"], "the checkpoints hold steps [2]"),
-    ([], "no checkpoint was evaluated"),
+    (["--step", "best"], "no checkpoint was evaluated"),
 ], ids=["no EMA kept", "no such step", "no best without an eval"])
 def test_export_names_what_the_workdir_lacks(cifar2, tmp_path, args, message):
   train(tmp_path, cifar2, "global_batch=16", "max_steps=2")
@@ -448,3 +448,218 @@ def test_several_processes_agree_with_one_process_on_four_devices(request, tmp_p
                                strict=True):
     x, y = np.asarray(x), np.asarray(y)
     assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(x)), 1e-3), path
+
+
+def small_copy(cifar2: Path, root: Path, per_class: int = 8) -> Path:
+  """``per_class`` images of each class and split of ``cifar2``, in ``root``."""
+  for split in ("train", "test"):
+    for cls in CLASSES:
+      (root / split / cls).mkdir(parents=True)
+      for f in sorted((cifar2 / split / cls).iterdir())[:per_class]:
+        (root / split / cls / f.name).write_bytes(f.read_bytes())
+  return root
+
+
+def _third_class(data: Path) -> Path:
+  (data / "train" / "bird").mkdir()
+  for f in sorted((data / "train" / "airplane").iterdir())[:2]:
+    (data / "train" / "bird" / f.name).write_bytes(f.read_bytes())
+  return data
+
+
+def _no_eval_split(data: Path) -> Path:
+  for f in (data / "test").rglob("*.jpg"):
+    f.unlink()
+  for d in sorted((data / "test").rglob("*"), reverse=True):
+    d.rmdir()
+  (data / "test").rmdir()
+  return data
+
+
+def _other_eval_classes(data: Path) -> Path:
+  (data / "test" / "automobile").rename(data / "test" / "truck")
+  return data
+
+
+def _classes_json(classes: list[str]):
+  def edit(data: Path) -> Path:
+    shards = as_shards(data, data.parent / "shards")
+    (shards / "classes.json").write_text(json.dumps(classes))
+    return shards
+  return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_third_class, "has 3 classes (airplane, automobile, bird) but num_classes=2: pass "
+                   "--set num_classes=3"),
+    (_no_eval_split, "/test does not exist"),
+    (_other_eval_classes, "other classes (airplane, truck) than the training split"),
+    (_classes_json(["airplane", "truck"]), "classes.json names label 1 'truck', but record"),
+    (_classes_json(["airplane", "automobile", "bird"]),
+     "classes.json lists 3 classes, but the records of"),
+], ids=["3 classes for num_classes 2", "no eval split", "eval split of other classes",
+        "renamed class in classes.json", "extra class in classes.json"])
+def test_data_that_would_train_wrongly_or_fail_later_is_refused_at_start(cifar2, tmp_path,
+                                                                         damage, message):
+  data = damage(small_copy(cifar2, tmp_path / "data"))
+  done = train(tmp_path / "w", data, "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w").exists()  # nothing written, not even config.json
+
+
+def test_a_missing_data_dir_says_that_it_is_not_set(tmp_path):
+  done = train(tmp_path / "w", "", "max_steps=2", "global_batch=16", check=False)
+  assert done.returncode == 2 and "error: data_dir is not set: pass --set data_dir=PATH" \
+      in done.stderr, done.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["layers=", "channels=", "stem=cifar"],
+     "is a network with stem='imagenet', this run builds stem='cifar'"),
+    ([], "is a network with layers=[2, 2, 2, 2], this run builds layers=[1, 1]"),
+    (["layers=", "channels=", "arch=resnet34"], "holds resnet18, this run builds resnet34"),
+], ids=["another stem", "another depth", "another arch"])
+def test_init_from_a_checkpoint_of_another_network_is_refused_in_one_line(
+    cifar2, tmp_path, converted_resnet18, sets, message):
+  done = train(tmp_path / "w", cifar2, "global_batch=16", "max_steps=2",
+               f"init_from={converted_resnet18}", *sets, check=False)
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes():
+  from flax import nnx
+  import flax_resnet
+  from flax_resnet.training.trainer import check_same_shapes
+
+  def state(channels, classes=2):
+    return nnx.state(flax_resnet.ResNet("basic", (1, 1), channels=channels, stem="cifar",
+                                        num_classes=classes, rngs=nnx.Rngs(0)))
+  check_same_shapes("ckpt", state((8, 16)), state((8, 16)))
+  # the first key in sorted order
+  with pytest.raises(ValueError, match=r"ckpt: bn1.bias has shape \(16,\) there and \(8,\) "
+                                       r"in this run's model"):
+    check_same_shapes("ckpt", state((8, 16)), state((16, 16)))
+  with pytest.raises(ValueError, match=r"fc.bias has shape \(5,\) there and \(2,\)"):
+    check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5))
+  check_same_shapes("ckpt", state((8, 16)), state((8, 16), classes=5), skip=("fc",))
+
+
+@pytest.mark.parametrize("before, after", [(0, 2), (2, 0)])
+def test_a_resume_with_another_worker_count_continues_with_the_same_batches(cifar2, tmp_path,
+                                                                          before, after):
+  from flax_resnet.training.data import state_for_workers
+  steps = ["global_batch=16", "checkpoint_every=3", "warmup_epochs=0", "log_every=1"]
+  straight = train(tmp_path / "straight", cifar2, *steps, "max_steps=6", "workers=0")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=3", f"workers={before}")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=6", f"workers={after}")
+  assert f"workers {before} -> {after}" in resumed.stdout and "resumed from step 3" in \
+      resumed.stdout
+
+  def losses(done):
+    return [line.split()[3] for line in done.stdout.splitlines() if line.startswith("step ")]
+  assert losses(resumed) == losses(straight)[3:]
+  (a, meta_a), (b, meta_b) = final_state(tmp_path / "straight", 6), final_state(
+      tmp_path / "split", 6)
+  assert_identical(a, b)
+  assert state_for_workers(meta_b["data_state"], after, 0) == meta_a["data_state"] == {
+      "next_index": 6}
+
+
+def test_an_iterator_state_of_another_form_is_refused_naming_the_remedy():
+  from flax_resnet.training.data import state_for_workers
+  two = state_for_workers({"next_index": 5}, 0, 2)
+  assert two["iterators_in_use_states"] == [{"next_index": 3}, {"next_index": 2}]
+  assert state_for_workers(two, 2, 1)["iterators_in_use_states"] == [{"next_index": 5}]
+  shuffled = {**two, "next_index_in_cycle": 0}
+  assert state_for_workers(shuffled, 2, 2) is shuffled  # the same count: as saved
+  with pytest.raises(ValueError, match="resume with the workers it was saved with"):
+    state_for_workers(shuffled, 2, 0)
+
+
+def test_a_resume_on_other_images_is_refused_and_on_moved_images_continues(cifar2, tmp_path):
+  import shutil
+  data = small_copy(cifar2, tmp_path / "data", per_class=32)
+  sets = ["global_batch=16", "checkpoint_every=2"]
+  train(tmp_path / "w", data, *sets, "max_steps=2")
+  before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
+  more = shutil.copytree(data, tmp_path / "more")
+  for f in sorted((cifar2 / "train" / "airplane").iterdir())[-3:]:
+    (more / "train" / "airplane" / f.name).write_bytes(f.read_bytes())
+  done = train(tmp_path / "w", more, *sets, "max_steps=4", check=False)
+  assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr[-2000:]
+  assert f"data_dir {more} holds other training images than the run being resumed (67 " \
+         "images, not 64)" in done.stderr
+  assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
+  renamed = shutil.copytree(data, tmp_path / "renamed")
+  first = sorted((renamed / "train" / "airplane").iterdir())[0]
+  first.rename(first.with_name("x" + first.name))
+  done = train(tmp_path / "w", renamed, *sets, "max_steps=4", check=False)
+  assert done.returncode == 2 and "(other file names)" in done.stderr, done.stderr[-2000:]
+  moved = shutil.move(data, tmp_path / "moved")
+  done = train(tmp_path / "w", moved, *sets, "max_steps=4")
+  assert "resumed from step 2" in done.stdout and f"data_dir '{data}' -> '{moved}'" in done.stdout
+
+
+def test_export_without_step_falls_back_to_the_latest_and_names_the_trained_classes(
+    cifar2, tmp_path):
+  import flax_resnet
+  data = small_copy(cifar2, tmp_path / "data", per_class=32)  # 4 steps an epoch
+  train(tmp_path, data, "global_batch=16", "max_steps=2")
+  (data / "train" / "automobile").rename(data / "train" / "car")  # edited after the run
+  done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(tmp_path), "--out",
+                         str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "note: no checkpoint in" in done.stderr and "exporting the latest, step 2" in done.stderr
+  exported = flax_resnet.saved_model.read_metadata(tmp_path / "out")
+  assert exported.source["step"] == 2 and exported.categories == list(CLASSES)
+
+
+@pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",
+                                    "train/shards.py"])
+def test_help_answers_without_importing_jax(script):
+  probe = ("import runpy, sys\n"
+           f"sys.argv = [{script!r}, '--help']\n"
+           "try:\n"
+           f"  runpy.run_path({script!r}, run_name='__main__')\n"
+           "except SystemExit as e:\n"
+           "  print('exit', e.code)\n"
+           "print('imported:', sorted({'jax', 'flax', 'orbax', 'grain'} & set(sys.modules)))\n")
+  done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert "usage:" in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
+  assert "imported: []" in done.stdout, done.stdout[-500:]
+
+
+def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(cifar2,
+                                                                               tmp_path):
+  done = train(tmp_path, cifar2, "global_batch=16", "max_steps=2", "checkpoint_every=1")
+  lines = done.stdout.splitlines()
+  start = lines.index("config (devices 8, processes 1):")
+  fields = [line for line in lines[start + 1:start + 60] if line.startswith("  ")]
+  assert "  layers=1,1" in fields and f"  data_dir={cifar2}" in fields and "  seed=0" in fields
+  assert len(fields) == len(json.loads((tmp_path / "config.json").read_text()))
+  assert "tracked_metric" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+  plotted = subprocess.run([sys.executable, "train/plot.py", "--workdir", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert plotted.returncode == 0 and plotted.stdout == f"{tmp_path / 'curves.png'}\n", \
+      plotted.stderr
+  assert (tmp_path / "curves.png").is_file()
+
+
+def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
+  from flax import nnx
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import build_model, host_memory_estimate
+  cfg = config_lib.load_preset(ROOT / "train/configs/finetune.py")
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
+  parts = host_memory_estimate(cfg, graphdef, state)
+  assert 10.5 <= sum(parts.values()) / 2**30 <= 12.5, parts  # measured: 11-12 GB
+  assert 0.45 <= parts["workers"] / 2**30 / 4 <= 0.5  # 8 workers of 210 MB and read-ahead
+  smaller = config_lib.override(cfg, ["global_batch=16", "workers=2"])
+  small = host_memory_estimate(smaller, graphdef, state)
+  assert small["activations"] * 4 == parts["activations"] and sum(small.values()) < 4.5 * 2**30

@@ -8,6 +8,7 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -70,6 +71,9 @@ def open_split(data_dir: str, split: str):
   """The images of ``data_dir/split``: ``shards.Shards`` where it holds a complete set of
   shards (their index.json), else an ``ImageFolder``."""
   from flax_resnet.training import shards
+  if not data_dir:
+    raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
+                     "train and eval splits), or --set synthetic=true")
   where = f"{data_dir.rstrip('/')}/{split}"
   return shards.Shards(where) if shards.is_shards(where) else ImageFolder.scan(where)
 
@@ -217,6 +221,45 @@ class WorkerSetup:
     os._exit(1)  # the trainer is gone: nothing left to hand batches to
 
 
+def state_for_workers(state: dict, saved_workers: int, workers: int) -> dict:
+  """A saved iterator ``state`` (``train_batches``'s with ``saved_workers``) as the state of
+  the same position in a pipeline of ``workers`` worker processes (``state`` itself when
+  the count is the same).
+
+  The position is the number of batches delivered: with no workers grain counts them
+  (``next_index``); ``workers`` processes each read every ``workers``-th batch, taken in
+  turn (grain 0.2's interleave state). ``ValueError`` for a state of another form.
+  """
+  if saved_workers == workers:
+    return state
+  position = _position(state)
+  return _interleave_state(position, workers) if workers else {"next_index": position}
+
+
+def _position(state: dict) -> int:
+  if set(state) == {"next_index"}:
+    return int(state["next_index"])
+  try:
+    position = sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
+    # Only the form the conversion writes is read back: another (a later grain's) could
+    # mean another position.
+    known = state == _interleave_state(position, len(state["iterators_in_use_states"]))
+  except (KeyError, TypeError, ValueError):
+    known = False
+  if not known:
+    raise ValueError("the checkpoint's data iterator state is not one this trainer can "
+                     f"convert ({str(state)[:200]}): resume with the workers it was saved with")
+  return position
+
+
+def _interleave_state(position: int, workers: int) -> dict:
+  return {"next_index_in_cycle": position % workers, "next_index_in_datasets": workers,
+          "iterators_in_use_indices": list(range(workers)),
+          "iterators_in_use_states": [{"next_index": -(-(position - w) // workers)}
+                                      for w in range(workers)],
+          "exhausted": [0] * workers, "future_states": {}}
+
+
 def skipped_indices(source, batch: dict) -> list[int]:
   """The positions a train batch passed over, in order (each element's ``skipped`` from
   ``first``); none for synthetic data (``source`` None)."""
@@ -295,3 +338,106 @@ def _pad_batch(rows, size: int, image_size: int) -> dict:
   return {"image": np.stack(images + [blank] * pad),
           "label": np.asarray(labels + [-1] * pad, np.int32),
           "skipped_indices": [r["index"] for r in rows if r["skipped"]]}
+
+
+def check_splits(config, train) -> None:
+  """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
+  shards whose ``classes.json`` disagrees with their records, a class count other than
+  ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split
+  that is missing (found after a whole epoch otherwise) or has other classes."""
+  classes = verified_classes(train)
+  if len(classes) != config.num_classes:
+    raise ValueError(f"the training data {train.root} has {len(classes)} classes "
+                     f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
+                     f"--set num_classes={len(classes)}")
+  evaluated = verified_classes(open_split(config.data_dir, config.eval_split))
+  if evaluated != classes:
+    raise ValueError(f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "
+                     f"other classes ({_listed(evaluated)}) than the training split "
+                     f"({_listed(classes)}): their labels would not match")
+
+
+def _listed(classes: tuple[str, ...], at_most: int = 5) -> str:
+  shown = ", ".join(classes[:at_most])
+  return shown + (f", ... {len(classes) - at_most} more" if len(classes) > at_most else "")
+
+
+def verified_classes(source) -> tuple[str, ...]:
+  """The class names of an ``ImageFolder`` (its folders) or of ``shards.Shards`` (their
+  ``classes.json``, checked against the records' labels and paths: ``ValueError`` if
+  edited)."""
+  from flax_resnet.training import shards
+  if isinstance(source, shards.Shards):
+    _check_shard_classes(source)
+  return tuple(source.classes)
+
+
+def _check_shard_classes(source) -> None:
+  """Each label's name in ``classes.json`` against the class folder its records came from.
+
+  train/shards.py writes records in class order, so a bisection reads only about
+  classes * log2(images per class) records to meet the first and last record of
+  every label; unreadable records are passed over (the trainer skips them).
+  """
+  from flax_resnet.training import shards
+  names, seen = tuple(source.classes), {}
+  where = f"{source.root.parent / shards.CLASSES}"
+
+  def label_at(i: int) -> int | None:
+    if i not in seen:
+      try:
+        label, path, _ = shards.decode(source.source[i])
+      except (ValueError, RuntimeError):
+        seen[i] = None
+        return None
+      folder = path.split("/")[0]
+      if label >= len(names) or names[label] != folder:
+        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
+            f"lists {len(names)} classes, no label {label}")
+        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
+                         f"{path!r} with label {label}: the file was edited or belongs to "
+                         "other shards; write the shards again with train/shards.py")
+      seen[i] = label
+    return seen[i]
+
+  spans = [(0, len(source) - 1)] if len(source) else []
+  while spans:
+    lo, hi = spans.pop()
+    first, last = label_at(lo), label_at(hi)
+    if hi - lo > 1 and (first is None or first != last):
+      spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
+  labels = {label for label in seen.values() if label is not None}
+  if labels and max(labels) + 1 != len(names):
+    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
+                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
+                     "other shards; write the shards again with train/shards.py")
+
+
+def fingerprint(source) -> dict:
+  """What identifies a split's images in a checkpoint: class names, image count and, for
+  an ``ImageFolder``, the SHA-256 of its sorted relative paths (shards are identified by
+  names and count only: hashing their paths would read every record)."""
+  found = {"classes": list(source.classes), "images": len(source)}
+  if isinstance(source, ImageFolder):
+    prefix = len(str(source.root)) + 1  # files are str(root / class / name): no Path per file
+    paths = sorted(f[prefix:] for f in source.files)
+    found["paths_sha256"] = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+  return found
+
+
+def check_same_images(saved: dict | None, now: dict, where: str) -> None:
+  """``ValueError`` if ``now`` (a ``fingerprint``) describes other images than ``saved``, the
+  one a checkpoint holds (None in checkpoints older than fingerprints: not checked)."""
+  if not saved:
+    return
+  differ = [k for k in ("classes", "images", "paths_sha256")
+            if k in saved and k in now and saved[k] != now[k]]
+  if not differ:
+    return
+  what = {"classes": lambda: f"classes {_listed(tuple(now['classes']))}, not "
+                             f"{_listed(tuple(saved['classes']))}",
+          "images": lambda: f"{now['images']} images, not {saved['images']}",
+          "paths_sha256": lambda: "other file names"}[differ[0]]()
+  raise ValueError(f"{where} holds other training images than the run being resumed ({what}): "
+                   "a resume must read the same images; point data_dir at them, or use "
+                   "another --workdir")

@@ -14,36 +14,45 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
+from typing import TYPE_CHECKING
 
 import flax_resnet
 from flax_resnet.cli import ArgumentParser, replace_problem, report
-from flax_resnet.saved_model import Metadata
-from flax_resnet.training import checkpoints, config as config_lib, data
-from flax_resnet.training.trainer import model_spec
+from flax_resnet.training import config as config_lib
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
+
+# JAX, Flax, orbax and grain (2-3 s to import) are imported inside the functions that use
+# them: --help and usage errors answer at once.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
-  p.add_argument("--step", default="best",
-                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N")
+  p.add_argument("--step", default=None,
+                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N; "
+                      "default: best, or the latest when no checkpoint was evaluated")
   p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
   p.add_argument("--force", action="store_true",
                  help="replace an existing --out that is a flax-resnet checkpoint (or empty)")
   return p.parse_args(argv)
 
 
-def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
-  """The step ``--step`` names: 'best', 'latest' or a saved step number."""
+def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
+  """The step ``--step`` names: 'best', 'latest' or a saved step number; without one
+  (None), the best, or the latest with a note when none was evaluated (a run shorter
+  than ``eval_every_epochs`` epochs)."""
   steps = mgr.all_steps()
   if not steps:
     raise ValueError(f"{mgr.directory} holds no checkpoint")
+  if which is None:
+    if mgr.best_step() is not None:
+      return mgr.best_step()
+    print(f"note: no checkpoint in {mgr.directory} was evaluated, so none is best: exporting "
+          f"the latest, step {mgr.latest_step()}", file=sys.stderr)
+    return mgr.latest_step()
   if which == "latest":
     return mgr.latest_step()
   if which == "best":
@@ -58,8 +67,9 @@ def pick_step(mgr: ocp.CheckpointManager, which: str) -> int:
   return int(which)
 
 
-def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
+def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, int]:
   """(the model's or the EMA's pure state on one device, the checkpoint's meta, its step)."""
+  from flax_resnet.training import checkpoints
   with checkpoints.reader(workdir) as mgr:
     step = pick_step(mgr, which)
     if ema and "ema" not in mgr.item_metadata(step)["state"]:
@@ -68,9 +78,13 @@ def restore(workdir: Path, which: str, ema: bool) -> tuple[dict, dict, int]:
   return state["ema" if ema else "model"], meta, step
 
 
-def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
+def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False,
            force: bool = False) -> Path:
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``."""
+  from flax import nnx
+  from flax_resnet.saved_model import Metadata
+  from flax_resnet.training import data
+  from flax_resnet.training.trainer import model_spec
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
   problem = replace_problem(out) if out.exists() else None
@@ -86,9 +100,12 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(model, state)
-  classes = None
-  if cfg.data_dir and not cfg.synthetic and (Path(cfg.data_dir) / cfg.train_split).is_dir():
-    classes = list(data.open_split(cfg.data_dir, cfg.train_split).classes)
+  # The class names the run trained with, as its checkpoints record them; older
+  # checkpoints: those of the data, checked against shards' records.
+  classes = (meta.get("train_data") or {}).get("classes")
+  if classes is None and cfg.data_dir and not cfg.synthetic and (
+      Path(cfg.data_dir) / cfg.train_split).is_dir():
+    classes = list(data.verified_classes(data.open_split(cfg.data_dir, cfg.train_split)))
   metadata = Metadata(arch=arch, options=options, categories=classes,
                       preprocessing=data.eval_transform(cfg).to_json(),
                       source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})
@@ -96,6 +113,8 @@ def export(workdir: Path, out: Path, which: str = "best", ema: bool = False,
 
 
 def _check_finite(pure: dict, where: str) -> None:
+  import jax
+  import numpy as np
   for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
     if not np.all(np.isfinite(np.asarray(value))):
       name = ".".join(str(getattr(k, "key", k)) for k in path)

@@ -112,9 +112,11 @@ def main(argv=None) -> int:
   labels = [f"{n}: " for n in names] if len(names) > 1 else [""]
   try:
     runs = {label: read_metrics(w) for label, w in zip(labels, args.workdir)}
-    plot(runs, args.out or args.workdir[0] / "curves.png")
+    out = args.out or args.workdir[0] / "curves.png"
+    plot(runs, out)
   except (ValueError, OSError) as e:
     return report(e)
+  print(out)  # what was written, for the user and for scripts
   return 0
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import inspect
 import json
+import logging
 import os
 import signal
 import socket
@@ -33,25 +35,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
-from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, ArgumentParser, report
+from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, report
 from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
-from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
+from flax_resnet.training import checkpoints, commands, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric, repair_last_line
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                          make_optimizer)
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = ArgumentParser(description=__doc__)
-  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field (repeatable)")
-  p.add_argument("--workdir", type=Path, required=True)
-  p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
-  p.add_argument("--num-processes", type=int)
-  p.add_argument("--process-id", type=int)
-  return p.parse_args(argv)
+parse_args = commands.parse_train_args  # defined where parsing needs no JAX
 
 
 def setup_distributed(args) -> None:
@@ -86,16 +79,70 @@ def build_model(cfg) -> nnx.Module:
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
     source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
-    if meta.arch != cfg.arch:
-      raise ValueError(f"init_from {cfg.init_from} holds {meta.arch}, not {cfg.arch}")
     keep_head = meta.options.get("num_classes") == cfg.num_classes
+    check_same_network(cfg.init_from, (arch, options), (meta.arch, meta.options))
     state = nnx.state(source)
     if not keep_head:
       del state["fc"]  # a fresh head for the new classes
+    check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
     print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
           flush=True)
   return model
+
+
+# Constructor options that make another network, whether or not its tensors' shapes
+# differ (a dilation or a stem keeps some); num_classes decides whether the head is kept,
+# dtype and norm are the run's own.
+NETWORK_OPTIONS = ("block", "layers", "channels", "groups", "width_per_group", "stem",
+                   "replace_stride_with_dilation", "in_channels", "expansion", "norm_groups")
+
+
+def network_options(arch: str | None, options: dict) -> dict:
+  """``NETWORK_OPTIONS`` as (arch, options) build them, defaults and the table included."""
+  parameters = inspect.signature(flax_resnet.ResNet.__init__).parameters.values()
+  defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+  table = flax_resnet.registry.architecture(arch)._asdict() if arch else {}
+  merged = {**defaults, **table, **options}
+  plain = {k: list(v) if isinstance(v, (list, tuple)) else v
+           for k, v in merged.items() if k in NETWORK_OPTIONS}
+  block = plain["block"]  # a class or its name
+  plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace(
+      "block", "")
+  if not any(plain["replace_stride_with_dilation"] or ()):
+    plain["replace_stride_with_dilation"] = None  # None and all False are the same network
+  return plain
+
+
+def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:
+  """``ValueError`` naming the first ``NETWORK_OPTIONS`` entry in which checkpoint ``path``
+  (``theirs``: its arch and options) differs from the run's model (``ours``)."""
+  if ours[0] and theirs[0] and ours[0] != theirs[0]:
+    raise ValueError(f"init_from {path} holds {theirs[0]}, this run builds {ours[0]}: set "
+                     f"--set arch={theirs[0]}, or start from a {ours[0]} checkpoint")
+  mine, saved = network_options(*ours), network_options(*theirs)
+  for k in NETWORK_OPTIONS:
+    if mine[k] != saved[k]:
+      raise ValueError(f"init_from {path} is a network with {k}={saved[k]!r}, this run builds "
+                       f"{k}={mine[k]!r}: set the run's {k} to match, or start from another "
+                       "checkpoint")
+
+
+def check_same_shapes(path: str, ours: nnx.State, theirs: nnx.State, skip=()) -> None:
+  """``ValueError`` naming the first tensor whose key or shape differs between checkpoint
+  ``path`` (``theirs``) and the run's model (``ours``), ``skip``ped top-level keys apart:
+  ``nnx.update`` would otherwise put a tensor of another shape in the model silently."""
+  def shapes(state):
+    return {".".join(str(getattr(k, "key", k)) for k in key): tuple(np.shape(x))
+            for key, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+            if str(getattr(key[0], "key", key[0])) not in skip}
+  mine, saved = shapes(ours), shapes(theirs)
+  for key in [*mine, *saved]:
+    if mine.get(key) != saved.get(key):
+      there = saved[key] if key in saved else "absent"
+      here = mine[key] if key in mine else "absent"
+      raise ValueError(f"init_from {path}: {key} has shape {there} there and {here} in this "
+                       "run's model: start from a checkpoint of the same network")
 
 
 def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
@@ -167,6 +214,26 @@ def changed_on_resume(cfg, workdir: Path) -> list[str]:
   return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 
 
+class _SaveWithoutMetrics(logging.Filter):
+  """Drops orbax's warning that a save of a manager with ``best_fn`` carries no metrics.
+
+  Ours carry eval metrics at the epochs that evaluate and none in between (nor in runs
+  shorter than an epoch): orbax then ranks only the evaluated ones, which is what "best"
+  means here. Every other absl message passes.
+  """
+  MESSAGE = "Requested `tracked_metric`; did not provide metrics."
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.getMessage() != self.MESSAGE
+
+
+def _expect_saves_without_metrics() -> None:
+  """Installs ``_SaveWithoutMetrics`` on absl's logger, once per process."""
+  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _SaveWithoutMetrics) for f in absl_logger.filters):
+    absl_logger.addFilter(_SaveWithoutMetrics())
+
+
 class Diverged(Exception):
   """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
 
@@ -187,12 +254,19 @@ class Trainer:
     check_config(cfg, jax.device_count())
     self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
                                                    jax.process_count())
+    self.data_fingerprint = None  # synthetic data: nothing to compare on resume
+    if self.folder is not None:
+      data.check_splits(cfg, self.folder)
+      self.data_fingerprint = data.fingerprint(self.folder)
     count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
     self._step = None
     self._build_state()
+    # The first write to the workdir: every check of the input has passed.
+    workdir.mkdir(parents=True, exist_ok=True)
+    _expect_saves_without_metrics()
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
@@ -269,12 +343,15 @@ class Trainer:
     self.leaves = jax.tree.leaves((restored["model"], restored["optimizer"]))
     if self.ema_leaves is not None:
       self.ema_leaves = jax.tree.leaves(restored["ema"])
-    self.batches.set_state(meta["data_state"])
+    # The saved position, in the form of this run's worker count (it may have changed).
+    self.batches.set_state(data.state_for_workers(
+        meta["data_state"], meta["config"]["workers"], self.cfg.workers))
     self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {step}", flush=True)
 
   def _check_resumable(self, meta: dict) -> None:
-    """Raises ``ValueError`` for a checkpoint of another architecture or EMA setting."""
+    """Raises ``ValueError`` for a checkpoint of another architecture, EMA setting or
+    training images."""
     if meta["config"]["arch"] != self.cfg.arch:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint of {meta['config']['arch']}; "
                        f"this run is {self.cfg.arch}: use another --workdir")
@@ -282,6 +359,9 @@ class Trainer:
       raise ValueError(f"workdir {self.workdir} holds a checkpoint with ema_decay="
                        f"{meta['config'].get('ema_decay')}; this run has ema_decay="
                        f"{self.cfg.ema_decay}: keep EMA on or off for the whole run")
+    if self.data_fingerprint is not None:
+      data.check_same_images(meta.get("train_data"), self.data_fingerprint,
+                             f"data_dir {self.cfg.data_dir}")
 
   def save(self, metrics: dict | None = None) -> None:
     self.check_finite()  # a checkpoint never holds what a NaN made
@@ -289,7 +369,8 @@ class Trainer:
       raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
                      self.workdir)
     meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
-            "skipped": self.skips.count, "best_top1": self.best, "step": self.step}
+            "skipped": self.skips.count, "best_top1": self.best, "step": self.step,
+            "train_data": self.data_fingerprint}
     checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
@@ -426,6 +507,69 @@ def _warn_if_cpu(trainer: Trainer) -> None:
           f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
           f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
           "for GPUs and TPUs can take days here.", flush=True)
+    state = jax.tree.unflatten(trainer.model_treedef, trainer.model_leaves)
+    parts = host_memory_estimate(trainer.cfg, trainer.model_graphdef, state,
+                                 jax.process_count())
+    print(f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
+          f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())}){_of_total()}; "
+          "lower global_batch, workers or image_size if that is more than it has", flush=True)
+
+
+# Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
+# batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3.
+_BYTES_SAVED_PER_ACTIVATION = 12  # float32 convolution output, BatchNorm output, ReLU output
+_WORKER_BYTES = 210 * 2**20  # a grain worker process's own memory (measured: 210 MB)
+_RUNTIME_BYTES = 2**30  # Python, JAX, XLA:CPU and its compiled step in the main process
+_STATE_COPIES = 5  # weights, gradients, momentum, and the two the update holds at once
+
+
+def host_memory_estimate(cfg, graphdef: nnx.GraphDef, state: nnx.State,
+                         processes: int = 1) -> dict[str, float]:
+  """Bytes of host memory a CPU run of this process needs, by part: what the train step
+  keeps for its backward pass (from the model's convolution and matmul outputs, read off
+  its trace), the weights and optimiser state, the worker processes with their read-ahead,
+  and the runtime. An estimate, calibrated on the finetune preset (above)."""
+  local_batch = cfg.global_batch // processes
+  weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
+  batch_bytes = local_batch * cfg.image_size ** 2 * 3
+  per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
+  parts = {"activations": per_image * local_batch * _BYTES_SAVED_PER_ACTIVATION,
+           "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
+           "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
+           "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
+  return {k: float(v) for k, v in parts.items()}
+
+
+def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, batch: int,
+                      image_size: int) -> float:
+  """Elements that the convolutions and matrix products of the forward pass output, per
+  image. Traced at the run's global batch, which per-device BatchNorm groups divide."""
+  def forward(state, x):
+    return nnx.merge(graphdef, state)(x)
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  return _outputs(jax.make_jaxpr(forward)(abstract, images).jaxpr) / batch
+
+
+def _outputs(jaxpr) -> int:
+  from jax.extend import core
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      total += int(np.prod(eqn.outvars[0].aval.shape))
+    for sub in jax.tree.leaves(list(eqn.params.values()),
+                               is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
+      if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
+        total += _outputs(getattr(sub, "jaxpr", sub))
+  return total
+
+
+def _of_total() -> str:
+  try:
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):  # not every system names them
+    return ""
+  return f" of this machine's {total / 2**30:.0f} GB"
 
 
 def _summary_writer(logdir: Path):
@@ -467,13 +611,14 @@ def run(cfg, workdir: Path) -> dict:
   changes = changed_on_resume(cfg, workdir)
   if changes:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
-  workdir.mkdir(parents=True, exist_ok=True)
+  preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
+  # Bad input is refused before anything is written: the data and the model are checked
+  # before Trainer creates the workdir; the lock comes before any checkpoint is touched.
+  trainer = Trainer(cfg, workdir)
   lock = lock_workdir(workdir)  # noqa: F841 (held until this function returns)
+  trainer.resume()
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
-  preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
-  trainer = Trainer(cfg, workdir)
-  trainer.resume()
   _warn_if_cpu(trainer)
   progress = Progress(trainer, workdir)
   started = time.perf_counter()
@@ -523,17 +668,28 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
   return last_eval
 
 
+def config_lines(cfg, devices: int, processes: int) -> str:
+  """The resolved config as printed at start: one ``key=value`` a line, as ``--set`` takes."""
+  def text(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+  return "\n".join([f"config (devices {devices}, processes {processes}):"] + [
+      f"  {k}={text(v)}" for k, v in cfg.to_json().items()])
+
+
 def main(argv=None) -> int:
   """Exit 0 when done (or saved on SIGTERM), 2 on bad input (one line), 3 when the loss
   diverged, 130 when saved and stopped on Ctrl-C (README)."""
-  args = parse_args(argv)
+  return run_command(parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+  """Runs the parsed command line; ``main``'s exit codes."""
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
     use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
     setup_distributed(args)
     enable_compilation_cache()
-    print(json.dumps({"config": cfg.to_json(), "devices": jax.device_count(),
-                      "processes": jax.process_count()}), flush=True)
+    print(config_lines(cfg, jax.device_count(), jax.process_count()), flush=True)
     summary = run(cfg, args.workdir)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before the run could save
     print("interrupted: stopped without saving", file=sys.stderr)
