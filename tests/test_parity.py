@@ -240,10 +240,11 @@ def max_relative(ours, theirs) -> float:
   return float(np.max(np.abs(ours.astype(np.float64) - theirs)) / np.max(np.abs(theirs)))
 
 
-# On the pinned pattern, float32 errors are those of the sums' rounding alone. Measured
-# over 1-ulp perturbations of the input (BENCHMARKS.md, "Numerical bounds"): values up to
-# 1.9e-6 of the largest, gradients up to 6.9e-6 in norm, with AVX-512 and AVX2 code; the
-# unpinned gradients of the same runs reached 1e-2 (3 of 10 ResNet-50 inputs).
+# On the pinned pattern, float32 errors are those of the sums' rounding alone, a continuous
+# function of it. Measured over 1-ulp perturbations of the input (tests/probe_kinks.py,
+# BENCHMARKS.md "Numerical bounds"): values up to 2.6e-6 of the largest, gradients up to
+# 7.6e-6 in norm, with AVX-512 and AVX2 code; the bounds leave 4x and 13x for other
+# machines. Unpinned, 3 of 10 ResNet-50 inputs had a gradient off by 2e-3 to 1e-2.
 VALUE_REL, GRAD_REL = 1e-5, 1e-4
 
 
