@@ -11,16 +11,13 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-import jax
 import numpy as np
-from flax import nnx
 
-from flax_resnet.folding import fold_batchnorm
-from flax_resnet.model import BatchNorm, FrozenBatchNorm
-from flax_resnet.saved_model import load
 from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
 from flax_resnet.preprocess import EvalTransform, open_image
-from flax_resnet.xla_cache import enable_compilation_cache
+
+# JAX, Flax and orbax (2-3 s to import) are imported where they are used: --help and usage
+# errors answer at once.
 
 
 def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
@@ -30,6 +27,9 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
   (``fold_batchnorm``), whichever mode ``model`` is in; ``model`` is not changed.
   The last batch is padded to ``batch_size`` so that one compiled program serves all.
   """
+  import jax
+  from flax import nnx
+
   graphdef, state = nnx.split(_inference_copy(model))
 
   @jax.jit
@@ -49,6 +49,10 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
 
 
 def _inference_copy(model):
+  from flax import nnx
+
+  from flax_resnet.folding import fold_batchnorm
+  from flax_resnet.model import BatchNorm, FrozenBatchNorm
   if isinstance(model.bn1, (BatchNorm, FrozenBatchNorm)):
     return fold_batchnorm(model)
   model = nnx.clone(model)
@@ -78,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--top", type=positive_int, default=5, help="how many classes to print")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
+  from flax_resnet.saved_model import load
+  from flax_resnet.xla_cache import enable_compilation_cache
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)

@@ -620,12 +620,15 @@ def test_export_without_step_falls_back_to_the_latest_and_names_the_trained_clas
 
 
 @pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",
-                                    "train/shards.py"])
+                                    "train/shards.py", "convert/torch2flax.py",
+                                    "convert/flax2torch.py", "flax_resnet.predict"])
 def test_help_answers_without_importing_jax(script):
+  run = (f"runpy.run_path({script!r}, run_name='__main__')" if script.endswith(".py")
+         else f"runpy.run_module({script!r}, run_name='__main__')")
   probe = ("import runpy, sys\n"
            f"sys.argv = [{script!r}, '--help']\n"
            "try:\n"
-           f"  runpy.run_path({script!r}, run_name='__main__')\n"
+           f"  {run}\n"
            "except SystemExit as e:\n"
            "  print('exit', e.code)\n"
            "print('imported:', sorted({'jax', 'flax', 'orbax', 'grain'} & set(sys.modules)))\n")

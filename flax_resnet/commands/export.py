@@ -13,10 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from flax_resnet.cli import ArgumentParser, report
 from flax_resnet.files import atomic_path, chmod_as_new_file
-from flax_resnet.saved_model import METADATA, Metadata, load
-from flax_resnet.torch_port import to_torch_state_dict
+
+if TYPE_CHECKING:
+  from flax_resnet.saved_model import Metadata
+# JAX, Flax and orbax (2-3 s to import) are imported after the arguments are parsed.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +49,7 @@ def write(state: dict, out: Path) -> None:
 def batches_tracked(meta: Metadata, checkpoint: Path) -> int | dict[str, int]:
   """The ``num_batches_tracked`` the checkpoint's source had (recorded by the converter),
   else 0; a ``ValueError`` naming the file and key if it is not counts."""
+  from flax_resnet.saved_model import METADATA
   value = (meta.source or {}).get("num_batches_tracked", 0)
   counts = value.values() if isinstance(value, dict) else [value]
   if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
@@ -64,6 +69,8 @@ def main(argv=None) -> int:
       raise ValueError(f"--out {args.out} is not a regular file; name the file to write")
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
+    from flax_resnet.saved_model import load
+    from flax_resnet.torch_port import to_torch_state_dict
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
     state = to_torch_state_dict(model, batches_tracked(meta, args.checkpoint))
