@@ -217,11 +217,13 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Meta
   except (TypeError, ValueError) as e:
     raise ValueError(f"{path / METADATA}: options do not build a model ({e})") from e
   target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+  # A failed restore's reads still in flight each print an "Event loop is closed" error,
+  # some while the restore is failing: the filter must be in place before it starts.
+  quiet_aborted_reads()
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
   except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
-    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
     raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
                      f"({type(e).__name__}: {one_line(e)[:300]})") from e
   nnx.update(model, restored)

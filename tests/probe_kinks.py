@@ -13,7 +13,8 @@ import os
 import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Run as a script, this folder comes first on the import path: test_parity and
+# torch_reference import from here.
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

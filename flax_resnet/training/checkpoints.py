@@ -191,7 +191,6 @@ class Damaged(Exception):
 
   def __init__(self, step: int, folder: Path, error: BaseException):
     self.step = step
-    quiet_aborted_reads()  # the failed restore's reads still in flight would each print one
     super().__init__(f"checkpoint step {step} is damaged: {_where(folder, error)}")
 
 
@@ -258,6 +257,7 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, states: dict[str, nnx.Stat
   one, moving nothing, when none is intact.
   """
   damaged = []
+  quiet_aborted_reads()  # before any restore: a failing one's reads print while it fails
   for step in sorted(mgr.all_steps(), reverse=True):
     try:
       meta, restored = load_intact(mgr, step, states, check_meta)

@@ -597,9 +597,15 @@ def lock_workdir(workdir: Path) -> IO:
   except OSError as e:  # a file system without locks (some FUSE mounts): run, but say so
     _warn(f"warning: cannot lock {path} ({e.strerror or e}): make sure no other run uses "
           f"workdir {workdir}")
-  os.ftruncate(fd, 0)
-  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
   return os.fdopen(fd, "w")
+
+
+def record_holder(lock: IO) -> None:
+  """Writes this process's pid and host into its lock file, for a second run's message.
+  Only once the run has passed its checks: a refused run leaves the workdir as it was."""
+  lock.truncate(0)
+  lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+  lock.flush()
 
 
 def run(cfg, workdir: Path) -> dict:
@@ -615,8 +621,9 @@ def run(cfg, workdir: Path) -> dict:
   # Bad input is refused before anything is written: the data and the model are checked
   # before Trainer creates the workdir; the lock comes before any checkpoint is touched.
   trainer = Trainer(cfg, workdir)
-  lock = lock_workdir(workdir)  # noqa: F841 (held until this function returns)
+  lock = lock_workdir(workdir)  # held until this function returns
   trainer.resume()
+  record_holder(lock)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
   _warn_if_cpu(trainer)
