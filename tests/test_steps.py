@@ -3,12 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
-                         normalize, train_step)
+from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step,
+                                       freeze_norms, make_optimizer, normalize, part_of,
+                                       train_step, transform)
 
 
 def test_weight_decay_applies_to_kernels_only():
@@ -156,3 +158,77 @@ def test_a_run_without_eval_plots_its_losses_and_says_no_eval_yet(tmp_path, recw
   assert main(["--workdir", str(tmp_path)]) == 0
   assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not [w for w in recwarn if "legend" in str(w.message).lower()]
+
+
+def _grads(model, x, y):
+  """The loss's gradient with respect to the model's Params, the model left as it was."""
+  model = nnx.clone(model)
+  model.train()
+  return nnx.to_pure_dict(nnx.grad(lambda m: cross_entropy(m(x), y))(model))
+
+
+def _batch():
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
+  return x, jnp.arange(8) % 4
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm_as_optax_defines_it():
+  model, (x, y) = _tiny(), _batch()
+  grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  norm = float(optax.tree.norm(grads))
+  for max_norm, factor in [(1e-3, 1e-3 / norm), (10 * norm, 1.0)]:  # clipped, then not
+    tx = transform(1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=max_norm)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
+      np.testing.assert_allclose(np.asarray(u), -np.asarray(g) * factor, rtol=1e-6, atol=1e-12)
+  assert norm > 1e-2  # so that 1e-3 clips
+
+
+def _changed(before, model) -> set[str]:
+  """The top-level parts (``part_of``) of the model whose Params or statistics differ
+  from ``before`` (a flat dict of arrays) in any bit."""
+  after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+  return {part_of(p) for p in before if not np.array_equal(before[p], after[p])}
+
+
+def _snapshot(model) -> dict:
+  return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+@pytest.mark.parametrize("frozen", [("stem", "layer1"), ("layer2",), ("stem", "layer1", "layer2")],
+                         ids=["stem and layer1", "layer2", "linear probe"])
+def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen):
+  model, (x, y) = _tiny(), _batch()
+  # decay and momentum on: a frozen parameter must get neither
+  opt = make_optimizer(model, 0.1, weight_decay=0.1, frozen=frozen)
+  before = _snapshot(model)
+  model.train()
+  freeze_norms(model, frozen)
+  graphdef, state = nnx.split((model, opt))
+  for _ in range(3):
+    state, _ = train_step(graphdef, state, x, y)
+  nnx.update((model, opt), state)
+  assert _changed(before, model) == {"stem", "layer1", "layer2", "fc"} - set(frozen)
+
+
+def test_freezing_a_part_the_model_lacks_is_refused():
+  with pytest.raises(ValueError, match="cannot freeze layer3: the model's parts are stem, "
+                                       "layer1, layer2"):
+    make_optimizer(_tiny(), 0.1, frozen=("layer3",))
+
+
+def test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads():
+  model, (x, y) = _tiny(), _batch()
+  grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  def updates(mult):
+    tx = transform(0.5, momentum=0.0, weight_decay=0.0, backbone_lr_mult=mult)
+    updates = tx.update(grads, tx.init(params), params)[0]
+    return dict(jax.tree_util.tree_flatten_with_path(updates)[0])
+  full, tenth = updates(1.0), updates(0.1)
+  assert {part_of(p) for p in full} == {"stem", "layer1", "layer2", "fc"}
+  for path, u in full.items():
+    factor = 1.0 if part_of(path) == "fc" else 0.1
+    # SGD without momentum or decay: the update is -lr * mult * gradient, exactly
+    np.testing.assert_allclose(np.asarray(tenth[path]), np.asarray(u) * factor, rtol=1e-7, atol=0)
+    assert np.any(np.asarray(u) != 0), path

@@ -274,8 +274,11 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["weight_decay=inf"], "weight_decay=inf: not a finite number"),
     (["dtype=float17"], "dtype='float17': must be one of float32, bfloat16, float16"),
     (["max_steps=-5"], "max_steps=-5: must be at least 0"),
+    (["freeze=layer3"], "config freeze='layer3': this model has no layer3; its parts are stem, "
+                        "layer1, layer2"),
 ], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
-        "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype", "negative max_steps"])
+        "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype",
+        "negative max_steps", "freeze a missing stage"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
@@ -666,3 +669,47 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
   smaller = config_lib.override(cfg, ["global_batch=16", "workers=2"])
   small = host_memory_estimate(smaller, graphdef, state)
   assert small["activations"] * 4 == parts["activations"] and sum(small.values()) < 4.5 * 2**30
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("clip_grad_norm=-1", "config clip_grad_norm=-1.0: must be at least 0"),
+    ("freeze=stem,head", "config freeze='stem,head': 'head' is not a part: name stem, layer1"),
+    ("linear_probe=maybe", "--set linear_probe=maybe: not a valid bool"),
+    ("backbone_lr_mult=-0.5", "config backbone_lr_mult=-0.5: must be at least 0"),
+], ids=["negative clip norm", "freeze the head", "linear probe not a bool",
+        "negative lr multiplier"])
+def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, message):
+  from flax_resnet.training import config as config_lib
+  with pytest.raises(ValueError) as error:
+    config_lib.override(config_lib.Config(), [assignment])
+  assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
+
+
+def test_what_trains_and_how_is_refused_on_resume():
+  from flax_resnet.training.trainer import RESUMABLE
+  # each changes what a step computes, or the optimiser state's form
+  assert not {"clip_grad_norm", "freeze", "linear_probe", "backbone_lr_mult"} & set(RESUMABLE)
+
+
+def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
+  from flax import nnx
+
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import build_model
+  sets = ["global_batch=16", "max_steps=2", "linear_probe=true"]
+  train(tmp_path, cifar2, *sets)
+  cfg = config_lib.override(config_lib.load_preset(ROOT / "train/configs/cifar10_resnet18.py"),
+                            [f"data_dir={cifar2}", *TINY, *sets])
+  start = nnx.to_pure_dict(nnx.state(build_model(cfg)))  # the run's initialisation
+  trained = final_state(tmp_path, 2)[0]["model"]
+  keys = [(tuple(str(getattr(k, "key", k)) for k in path), x) for path, x in leaves(trained)]
+  changed = {path[0] for path, x in keys if not np.array_equal(np.asarray(x),
+                                                                np.asarray(_at(start, path)))}
+  assert changed == {"fc"}  # weights and BatchNorm statistics of the rest: every bit kept
+
+
+def _at(tree: dict, path: tuple):
+  """``tree``'s leaf at ``path``, whose integer keys orbax restores as strings."""
+  for key in path:
+    tree = tree[key] if key in tree else tree[int(key)]
+  return tree

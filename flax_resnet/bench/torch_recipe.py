@@ -116,11 +116,16 @@ def normalize(cfg, images_uint8_nhwc: torch.Tensor, dtype=torch.float32) -> torc
   return x.permute(0, 3, 1, 2).contiguous()
 
 
-def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor):
-  """One optimizer step on a normalised NCHW batch; the loss before it."""
+def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor,
+               clip_grad_norm: float = 0.0):
+  """One optimizer step on a normalised NCHW batch; the loss before it. ``clip_grad_norm``
+  > 0 clips the gradient's global norm first, as torchvision's reference trainer does
+  (torch divides by the norm plus 1e-6, optax by the norm: a relative 1e-6 / norm apart)."""
   opt.zero_grad(set_to_none=True)
   loss = criterion(net(images), labels)
   loss.backward()
+  if clip_grad_norm:
+    nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
   opt.step()
   scheduler.step()
   return float(loss.detach())

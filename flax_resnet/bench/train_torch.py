@@ -154,6 +154,8 @@ class Reference:
       loss = self.criterion(logits.float(), labels)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
+    if self.cfg.clip_grad_norm:  # torchvision's reference: clip, then step
+      torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad_norm)
     self.opt.step()
     self.scheduler.step()
     if self.ema:

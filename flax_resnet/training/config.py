@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,7 +50,12 @@ class Config:
   warmup_epochs: float = 0.0
   label_smoothing: float = 0.0
   ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
+  clip_grad_norm: float = 0.0  # > 0: gradient scaled down to this global L2 norm (0: off)
   seed: int = 0
+  # What trains (fine-tuning)
+  freeze: str = ""  # comma-separated parts kept as they are: stem, layer1..layer4
+  linear_probe: bool = False  # train fc only: every other part frozen
+  backbone_lr_mult: float = 1.0  # learning rate of everything but fc, relative to fc's
   # Checkpoints and logs
   init_from: str = ""  # a converted checkpoint (convert/torch2flax.py) to start from
   freeze_bn: bool = False  # with init_from: BatchNorm uses and keeps its running statistics
@@ -118,7 +124,7 @@ AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch":
             "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
             "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,
             "momentum": 0, "weight_decay": 0, "warmup_epochs": 0, "label_smoothing": 0,
-            "ema_decay": 0}
+            "ema_decay": 0, "clip_grad_norm": 0, "backbone_lr_mult": 0}
 BELOW = {"label_smoothing": 1, "ema_decay": 1, "momentum": 1}
 
 
@@ -141,7 +147,19 @@ def _problem(name: str, value: Any) -> str | None:
     return f"must be at least {AT_LEAST[name]}"
   if name in BELOW and value >= BELOW[name]:
     return f"must be below {BELOW[name]}"
+  if name == "freeze":
+    bad = [part for part in frozen_parts(value) if not PART.fullmatch(part)]
+    if bad:
+      return f"{bad[0]!r} is not a part: name stem, layer1, layer2... separated by commas"
   return None
+
+
+PART = re.compile(r"stem|layer[1-9][0-9]*")
+
+
+def frozen_parts(freeze: str) -> tuple[str, ...]:
+  """The parts ``freeze`` names: ``"stem, layer1"`` is ("stem", "layer1")."""
+  return tuple(part.strip() for part in freeze.split(",") if part.strip())
 
 
 def _parse(key: str, raw: str, kind: type) -> Any:

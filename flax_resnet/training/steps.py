@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +21,91 @@ def decay_mask(params) -> object:
 
 def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
                    optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
-                   weight_decay: float = 1e-4, decay_all: bool = False) -> nnx.Optimizer:
-  """SGD (torch-style coupled weight decay) or AdamW, over the model's ``nnx.Param``s."""
-  mask = None if decay_all else decay_mask
-  if optimizer == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
-                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
-  elif optimizer == "adamw":
-    tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
-  else:
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+                   weight_decay: float = 1e-4, decay_all: bool = False,
+                   clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
+                   backbone_lr_mult: float = 1.0) -> nnx.Optimizer:
+  """``transform``'s optimiser over the model's ``nnx.Param``s; ``ValueError`` for a
+  ``frozen`` part the model lacks."""
+  unknown = set(frozen) - set(parts(model))
+  if unknown:
+    raise ValueError(f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are "
+                     f"{', '.join(parts(model))}")
+  tx = transform(learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+                 weight_decay=weight_decay, decay_all=decay_all, clip_grad_norm=clip_grad_norm,
+                 frozen=frozen, backbone_lr_mult=backbone_lr_mult)
   # One program for the whole state rather than one zeros_like per parameter shape.
   return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
+
+
+def transform(learning_rate: float | optax.Schedule, *, optimizer: str = "sgd",
+              momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 1e-4,
+              decay_all: bool = False, clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
+              backbone_lr_mult: float = 1.0) -> optax.GradientTransformation:
+  """SGD (torch-style coupled weight decay) or AdamW, for a ResNet's parameters.
+
+  ``clip_grad_norm`` > 0 first scales the gradient down to that global L2 norm when
+  it is longer (``optax.clip_by_global_norm``), as torchvision's reference trainer
+  calls ``nn.utils.clip_grad_norm_`` before ``optimizer.step()``: the weight decay
+  is added after clipping, inside the step. ``frozen`` parts (``stem``, ``layerN``;
+  see ``part_of``) get no update at all, not even weight decay, no optimiser state,
+  and take no part in the clipped norm (torch's frozen parameters have no gradient);
+  ``freeze_norms`` puts their BatchNorm in eval mode. ``backbone_lr_mult`` multiplies
+  the learning rate of every parameter but ``fc``'s.
+  """
+  tx = base_transform(optimizer, learning_rate, momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, decay_all=decay_all)
+  if backbone_lr_mult != 1:
+    # SGD's and AdamW's updates are linear in the learning rate (momentum and Adam's
+    # moments do not depend on it), so scaling the update is torch's per-group lr.
+    tx = optax.chain(tx, optax.multi_transform(
+        {"head": optax.identity(), "backbone": optax.scale(backbone_lr_mult)},
+        _labels(lambda part: "head" if part == "fc" else "backbone")))
+  if clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
+  if frozen:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               _labels(lambda part: "frozen" if part in frozen else "train"))
+  return tx
+
+
+def parts(model: nnx.Module) -> tuple[str, ...]:
+  """The parts of a ResNet that can be frozen: ``stem``, ``layer1``, ``layer2``..."""
+  return tuple(info.name for info in model.feature_info)
+
+
+def part_of(path: tuple) -> str:
+  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``),
+  ``layerN`` or ``fc``."""
+  first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
+  return "stem" if first in ("conv1", "bn1") else first
+
+
+def _labels(label: Callable[[str], str]) -> Callable:
+  """optax's labels function: ``label`` of each parameter's part, by its path."""
+  return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: label(part_of(p)), params)
+
+
+def freeze_norms(model: nnx.Module, frozen: Sequence[str]) -> None:
+  """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
+  statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
+  for part in frozen:
+    if part == "stem":
+      model.bn1.set_attributes(use_running_average=True, raise_if_not_found=False)
+    else:
+      getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
+
+
+def base_transform(optimizer: str, learning_rate: float | optax.Schedule, *, momentum: float,
+                   nesterov: bool, weight_decay: float,
+                   decay_all: bool) -> optax.GradientTransformation:
+  """The optimiser's own transformation: SGD with coupled decay, or AdamW."""
+  mask = None if decay_all else decay_mask
+  if optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  if optimizer == "adamw":
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
+  raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):

@@ -41,8 +41,9 @@ from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, commands, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric, repair_last_line
+from flax_resnet.training import steps as steps_lib
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
-                         make_optimizer)
+                                       freeze_norms, make_optimizer)
 
 parse_args = commands.parse_train_args  # defined where parsing needs no JAX
 
@@ -160,6 +161,29 @@ def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
   # optax divides the int32 step count, which JAX turns into float32 even under
   # enable_x64; counting in the default int (int64 there) keeps a float64 run's rate exact.
   return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
+
+
+def frozen(cfg, model: nnx.Module) -> tuple[str, ...]:
+  """The parts of ``model`` that the run keeps as they are: every part but ``fc`` for a
+  linear probe, else those ``freeze`` names; ``ValueError`` for one the model lacks."""
+  have = steps_lib.parts(model)
+  if cfg.linear_probe:
+    return have
+  names = config_lib.frozen_parts(cfg.freeze)
+  missing = [name for name in names if name not in have]
+  if missing:
+    raise ValueError(f"config freeze={cfg.freeze!r}: this model has no {missing[0]}; its "
+                     f"parts are {', '.join(have)}")
+  return names
+
+
+def run_optimizer(cfg, model: nnx.Module, steps_per_epoch: int) -> nnx.Optimizer:
+  """The optimiser that ``cfg`` describes, over ``model``'s parameters."""
+  return make_optimizer(
+      model, schedule(cfg, steps_per_epoch), optimizer=cfg.optimizer, momentum=cfg.momentum,
+      nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
+      clip_grad_norm=cfg.clip_grad_norm, frozen=frozen(cfg, model),
+      backbone_lr_mult=cfg.backbone_lr_mult)
 
 
 class Preemption:
@@ -284,11 +308,9 @@ class Trainer:
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward,
                          raise_if_not_found=False)
-    optimizer = make_optimizer(
-        model, schedule(cfg, self.steps_per_epoch),
-        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    optimizer = run_optimizer(cfg, model, self.steps_per_epoch)
     model.train()
+    freeze_norms(model, frozen(cfg, model))
     self.model_graphdef = nnx.split(model)[0]
     self.graphdef, state = nnx.split((model, optimizer))
     state = jax.device_put(state, NamedSharding(self.mesh, P()))
