@@ -232,3 +232,47 @@ def test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads():
     # SGD without momentum or decay: the update is -lr * mult * gradient, exactly
     np.testing.assert_allclose(np.asarray(tenth[path]), np.asarray(u) * factor, rtol=1e-7, atol=0)
     assert np.any(np.asarray(u) != 0), path
+
+
+def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", steps: int = 3):
+  """Losses and final state of ``steps`` train_steps on a batch of 32 taken in
+  ``accumulate_steps`` micro-batches; SGD with Nesterov momentum and weight decay."""
+  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4, norm=norm,
+                    param_dtype=dtype, rngs=nnx.Rngs(0))
+  opt = make_optimizer(model, 0.2, nesterov=True, weight_decay=1e-2)
+  model.train()
+  graphdef, state = nnx.split((model, opt))
+  x = jax.random.normal(jax.random.key(1), (32, 16, 16, 3), dtype) * 2 + 0.5
+  y = jnp.arange(32) % 4
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(graphdef, state, x, y, accumulate_steps=accumulate_steps)
+    losses.append(np.asarray(metrics["loss"]))
+    assert int(metrics["top5"]) == 32
+  return np.array(losses), [np.asarray(v) for v in jax.tree.leaves(nnx.state(
+      nnx.merge(graphdef, state)[0]))]
+
+
+def _relative(a, b) -> float:
+  return float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-30)
+
+
+def test_four_micro_batches_of_8_take_the_step_of_one_batch_of_32():
+  # float64 and frozen BatchNorm (no batch statistics): equal but for the order of sums.
+  with jax.enable_x64(True):
+    whole, accumulated = _accumulated_run(1, jnp.float64), _accumulated_run(4, jnp.float64)
+    assert whole[0].dtype == np.float64
+  assert _relative(accumulated[0], whole[0]) < 1e-10
+  for a, b in zip(accumulated[1], whole[1], strict=True):
+    assert _relative(a, b) < 1e-10
+  # float32: the same within rounding of the sums
+  whole, accumulated = _accumulated_run(1, jnp.float32), _accumulated_run(4, jnp.float32)
+  np.testing.assert_allclose(accumulated[0], whole[0], rtol=1e-5)
+  for a, b in zip(accumulated[1], whole[1], strict=True):
+    assert _relative(a, b) < 1e-5
+
+
+def test_accumulation_normalises_each_micro_batch_with_its_own_statistics():
+  whole, accumulated = _accumulated_run(1, jnp.float32, "batch"), _accumulated_run(
+      4, jnp.float32, "batch")
+  assert _relative(accumulated[0], whole[0]) > 1e-3  # other statistics: another step

@@ -276,9 +276,11 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["max_steps=-5"], "max_steps=-5: must be at least 0"),
     (["freeze=layer3"], "config freeze='layer3': this model has no layer3; its parts are stem, "
                         "layer1, layer2"),
+    (["accumulate_steps=4"], "config accumulate_steps=4: global_batch 16 does not split into 4 "
+                             "micro-batches with an equal share of each of the 8 devices"),
 ], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
         "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype",
-        "negative max_steps", "freeze a missing stage"])
+        "negative max_steps", "freeze a missing stage", "indivisible micro-batches"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
@@ -676,8 +678,9 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
     ("freeze=stem,head", "config freeze='stem,head': 'head' is not a part: name stem, layer1"),
     ("linear_probe=maybe", "--set linear_probe=maybe: not a valid bool"),
     ("backbone_lr_mult=-0.5", "config backbone_lr_mult=-0.5: must be at least 0"),
+    ("accumulate_steps=0", "config accumulate_steps=0: must be at least 1"),
 ], ids=["negative clip norm", "freeze the head", "linear probe not a bool",
-        "negative lr multiplier"])
+        "negative lr multiplier", "no micro-batch"])
 def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, message):
   from flax_resnet.training import config as config_lib
   with pytest.raises(ValueError) as error:
@@ -688,7 +691,8 @@ def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, messag
 def test_what_trains_and_how_is_refused_on_resume():
   from flax_resnet.training.trainer import RESUMABLE
   # each changes what a step computes, or the optimiser state's form
-  assert not {"clip_grad_norm", "freeze", "linear_probe", "backbone_lr_mult"} & set(RESUMABLE)
+  assert not {"clip_grad_norm", "freeze", "linear_probe", "backbone_lr_mult",
+              "accumulate_steps"} & set(RESUMABLE)
 
 
 def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
@@ -713,3 +717,16 @@ def _at(tree: dict, path: tuple):
   for key in path:
     tree = tree[key] if key in tree else tree[int(key)]
   return tree
+
+
+def test_accumulated_micro_batches_train_as_the_whole_batch_on_eight_devices(cifar2, tmp_path):
+  # frozen BatchNorm: no batch statistics, so that micro-batches change only sums' order
+  sets = ["global_batch=32", "max_steps=2", "freeze_bn=true"]
+  train(tmp_path / "whole", cifar2, *sets)
+  train(tmp_path / "micro", cifar2, *sets, "accumulate_steps=2")  # 2 images a device each
+  whole, micro = final_state(tmp_path / "whole", 2)[0], final_state(tmp_path / "micro", 2)[0]
+  pairs = [(path, np.asarray(a), np.asarray(b)) for (path, a), (_, b) in zip(
+      leaves(micro["model"]), leaves(whole["model"]), strict=True)]
+  for path, a, b in pairs:  # float32 sums in another order
+    assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(b)), 1e-30), path
+  assert any(not np.array_equal(a, b) for _, a, b in pairs), "no micro-batches were taken"

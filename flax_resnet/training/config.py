@@ -51,6 +51,10 @@ class Config:
   label_smoothing: float = 0.0
   ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
   clip_grad_norm: float = 0.0  # > 0: gradient scaled down to this global L2 norm (0: off)
+  # k > 1: each step's global_batch images go through the network in k micro-batches of
+  # global_batch / k (one at a time: less memory), one optimiser step on their mean gradient;
+  # BatchNorm normalises each micro-batch with its own statistics, as torch's accumulation
+  accumulate_steps: int = 1
   seed: int = 0
   # What trains (fine-tuning)
   freeze: str = ""  # comma-separated parts kept as they are: stem, layer1..layer4
@@ -124,7 +128,8 @@ AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch":
             "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
             "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,
             "momentum": 0, "weight_decay": 0, "warmup_epochs": 0, "label_smoothing": 0,
-            "ema_decay": 0, "clip_grad_norm": 0, "backbone_lr_mult": 0}
+            "ema_decay": 0, "clip_grad_norm": 0, "backbone_lr_mult": 0,
+            "accumulate_steps": 1}
 BELOW = {"label_smoothing": 1, "ema_decay": 1, "momentum": 1}
 
 

@@ -138,24 +138,74 @@ def global_norm(tree) -> jax.Array:
 
 
 def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
-           label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+           label_smoothing: float = 0.0, accumulate_steps: int = 1) -> dict[str, jax.Array]:
   """The step's work on the objects, in place: one optimiser update; the loss, the
-  gradient's global norm (the trainer stops on a non-finite one) and accuracy counts."""
-  def loss_fn(m):
-    logits = m(images)
-    return cross_entropy(logits, labels, label_smoothing), logits
+  gradient's global norm (the trainer stops on a non-finite one) and accuracy counts.
 
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  ``accumulate_steps`` = k splits the batch into k micro-batches (``micro_batches``),
+  one at a time through the network: the gradient is their mean, as one batch of all
+  of them, and BatchNorm normalises each with its own statistics and moves its running
+  statistics k times, as torch's gradient accumulation does.
+  """
+  if accumulate_steps > 1:
+    loss, grads, counts = accumulated_gradient(model, images, labels, label_smoothing,
+                                               accumulate_steps)
+  else:
+    def loss_fn(m):
+      logits = m(images)
+      return cross_entropy(logits, labels, label_smoothing), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    counts = accuracy(logits.astype(jnp.float32), labels)
   optimizer.update(model, grads)
-  return {"loss": loss, "grad_norm": global_norm(grads),
-          **accuracy(logits.astype(jnp.float32), labels)}
+  return {"loss": loss, "grad_norm": global_norm(grads), **counts}
 
 
-@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm"), donate_argnames="state")
+def micro_batches(x: jax.Array, k: int) -> jax.Array:
+  """``x`` (B, ...) as k micro-batches (k, B / k, ...); micro-batch j holds rows j, j + k,
+  j + 2k...: each device's contiguous shard of a sharded batch gives every micro-batch
+  an equal part, so none moves between devices and per-device BatchNorm groups stay
+  the devices' shards."""
+  return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+
+def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                         label_smoothing: float, k: int):
+  """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
+  ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
+  state (BatchNorm's running statistics) is carried from one micro-batch to the next
+  and written back."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def micro(carry, batch):
+    rest, total = carry
+    x, y = batch
+
+    def loss_fn(params, rest):
+      # copy: variables of this trace; merge would reuse the caller's, which BatchNorm
+      # cannot update from inside the scan (TraceContextError).
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      logits = m(x)
+      return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(nnx.Param)))
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
+    total = jax.tree.map(jnp.add, total, grads)
+    return (rest, total), (loss, accuracy(logits.astype(jnp.float32), y))
+
+  (rest, total), (losses, counts) = jax.lax.scan(
+      micro, (rest, jax.tree.map(jnp.zeros_like, params)),
+      (micro_batches(images, k), micro_batches(labels, k)))
+  nnx.update(model, rest)
+  # Equal micro-batches: the mean of their mean losses is the batch's mean loss.
+  return (jnp.mean(losses), jax.tree.map(lambda g: g / k, total),
+          jax.tree.map(lambda c: jnp.sum(c, axis=0), counts))
+
+
+@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm", "accumulate_steps"),
+                   donate_argnames="state")
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
                label_smoothing: float = 0.0,
-               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-               ) -> tuple[nnx.State, dict[str, jax.Array]]:
+               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+               accumulate_steps: int = 1) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
   ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
@@ -163,17 +213,19 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   ``nnx.jit`` over the objects: nnx.jit walks the model's graph on every call, which
   for a ResNet-50 costs the host 35 ms a step against 5 ms here (2-core CPU), time a
   GPU step of 50 ms cannot afford. With ``norm`` = (mean, std), ``images`` are uint8
-  and normalised here, on the device.
+  and normalised here, on the device. ``accumulate_steps`` = k takes the batch in k
+  micro-batches (``update``); the batch must divide by k.
   """
   model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
-  metrics = update(model, optimizer, images, labels, label_smoothing)
+  metrics = update(model, optimizer, images, labels, label_smoothing, accumulate_steps)
   return nnx.state((model, optimizer)), metrics
 
 
 def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.0,
-                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                    accumulate_steps: int = 1):
   """``train_step`` as a jitted function of (state leaves, images, labels).
 
   It returns (new state leaves, metrics): lists and dicts of arrays, which
@@ -182,7 +234,8 @@ def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.
   """
   def step(leaves, images, labels):
     state = jax.tree.unflatten(treedef, leaves)
-    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing, norm)
+    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing,
+                                            norm, accumulate_steps)
     return jax.tree.leaves(state), metrics
   return jax.jit(step, donate_argnums=0)
 

@@ -206,6 +206,10 @@ def check_config(cfg, devices: int) -> None:
   """Config errors that only show once the device count is known, as ValueErrors."""
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
+  if cfg.global_batch % (devices * cfg.accumulate_steps):
+    raise ValueError(f"config accumulate_steps={cfg.accumulate_steps}: global_batch "
+                     f"{cfg.global_batch} does not split into {cfg.accumulate_steps} micro-batches "
+                     f"with an equal share of each of the {devices} devices")
   flax_resnet.registry.architecture(cfg.arch)
 
 
@@ -344,7 +348,7 @@ class Trainer:
   def _compile_step(self, args: tuple):
     """The train step over the state's leaves: from the step cache, else traced."""
     step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
-                           (tuple(self.cfg.mean), tuple(self.cfg.std)))
+                           (tuple(self.cfg.mean), tuple(self.cfg.std)), self.cfg.accumulate_steps)
     if self.step_cache is None:
       return step
     compiled = self.step_cache.get(step, args, str(self.treedef))
@@ -555,7 +559,8 @@ def host_memory_estimate(cfg, graphdef: nnx.GraphDef, state: nnx.State,
   weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
   batch_bytes = local_batch * cfg.image_size ** 2 * 3
   per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
-  parts = {"activations": per_image * local_batch * _BYTES_SAVED_PER_ACTIVATION,
+  micro_batch = local_batch // cfg.accumulate_steps  # what the backward pass keeps at once
+  parts = {"activations": per_image * micro_batch * _BYTES_SAVED_PER_ACTIVATION,
            "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
            "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
            "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
