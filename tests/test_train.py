@@ -679,8 +679,9 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
     ("linear_probe=maybe", "--set linear_probe=maybe: not a valid bool"),
     ("backbone_lr_mult=-0.5", "config backbone_lr_mult=-0.5: must be at least 0"),
     ("accumulate_steps=0", "config accumulate_steps=0: must be at least 1"),
+    ("remat=layer", "config remat='layer': must be one of none, block, stage"),
 ], ids=["negative clip norm", "freeze the head", "linear probe not a bool",
-        "negative lr multiplier", "no micro-batch"])
+        "negative lr multiplier", "no micro-batch", "unknown remat"])
 def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, message):
   from flax_resnet.training import config as config_lib
   with pytest.raises(ValueError) as error:
@@ -730,3 +731,16 @@ def test_accumulated_micro_batches_train_as_the_whole_batch_on_eight_devices(cif
   for path, a, b in pairs:  # float32 sums in another order
     assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(b)), 1e-30), path
   assert any(not np.array_equal(a, b) for _, a, b in pairs), "no micro-batches were taken"
+
+
+def test_a_run_resumed_with_activation_checkpointing_continues_as_without(cifar2, tmp_path):
+  sets = ["global_batch=16", "max_steps=4"]
+  train(tmp_path / "straight", cifar2, *sets)
+  train(tmp_path / "switched", cifar2, "global_batch=16", "max_steps=2")
+  done = train(tmp_path / "switched", cifar2, *sets, "remat=block")
+  assert "remat 'none' -> 'block'" in done.stdout
+  straight = final_state(tmp_path / "straight", 4)[0]
+  for (path, a), (_, b) in zip(leaves(final_state(tmp_path / "switched", 4)[0]),
+                               leaves(straight), strict=True):
+    a, b = np.asarray(a), np.asarray(b)  # the same function: float32 rounding at most
+    assert np.max(np.abs(a - b)) <= 1e-6 * max(np.max(np.abs(b)), 1e-30), path

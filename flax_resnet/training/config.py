@@ -26,6 +26,10 @@ class Config:
   bn_stats: str = "global"  # BatchNorm batch statistics over the "global" batch or "per_device"
   bn_moments: str = "two_pass"  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
   bn_backward: str = "autodiff"  # or "fused": BatchNorm's gradient by hand, the same function
+  # Activation checkpointing: "block" or "stage" recomputes each residual block's (stage's)
+  # activations in the backward pass instead of keeping them: less memory, more compute;
+  # the same function (changeable on resume)
+  remat: str = "none"
   # Data
   data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
   train_split: str = "train"
@@ -123,7 +127,8 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
 
 CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "optimizer": ("sgd", "adamw"),
            "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar"),
-           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused")}
+           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused"),
+           "remat": ("none", "block", "stage")}
 AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch": 1, "epochs": 1,
             "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
             "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,

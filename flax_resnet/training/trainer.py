@@ -214,9 +214,10 @@ def check_config(cfg, devices: int) -> None:
 
 
 # Fields a resumed run may change: they decide when to stop, log, save or evaluate, and
-# where and how the same images are read, never what a step computes.
+# where and how the same images are read, never what a step computes; remat trades the
+# step's memory for compute, the same function.
 RESUMABLE = ("max_steps", "log_every", "workers", "prefetch", "keep_checkpoints",
-             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir")
+             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir", "remat")
 
 
 def changed_on_resume(cfg, workdir: Path) -> list[str]:
@@ -312,6 +313,7 @@ class Trainer:
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward,
                          raise_if_not_found=False)
+    model.remat = cfg.remat
     optimizer = run_optimizer(cfg, model, self.steps_per_epoch)
     model.train()
     freeze_norms(model, frozen(cfg, model))
