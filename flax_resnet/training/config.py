@@ -65,7 +65,12 @@ class Config:
   linear_probe: bool = False  # train fc only: every other part frozen
   backbone_lr_mult: float = 1.0  # learning rate of everything but fc, relative to fc's
   # Checkpoints and logs
-  init_from: str = ""  # a converted checkpoint (convert/torch2flax.py) to start from
+  # Start from a converted checkpoint folder (convert/torch2flax.py, train/export.py), or from
+  # torchvision's weights for arch by name: "torchvision:IMAGENET1K_V2" (or a bare
+  # IMAGENET1K_V2, DEFAULT, ResNet50_Weights.IMAGENET1K_V2 when no such path exists),
+  # converted once into the cache of create_model(weights=...). A fresh head when
+  # num_classes differs from theirs.
+  init_from: str = ""
   freeze_bn: bool = False  # with init_from: BatchNorm uses and keeps its running statistics
   keep_checkpoints: int = 3  # the last N, plus the best by eval top-1
   checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)

@@ -75,11 +75,12 @@ def model_spec(cfg) -> tuple[str | None, dict]:
 
 
 def build_model(cfg) -> nnx.Module:
-  """A fresh model, or one started from a converted checkpoint (``init_from``)."""
+  """A fresh model, or one started from ``init_from``: a converted checkpoint, or
+  torchvision's weights by name (``torchvision_weights``)."""
   arch, options = model_spec(cfg)
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
-    source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
+    source, meta, what = load_init(cfg, arch, options)
     keep_head = meta.options.get("num_classes") == cfg.num_classes
     check_same_network(cfg.init_from, (arch, options), (meta.arch, meta.options))
     state = nnx.state(source)
@@ -87,9 +88,40 @@ def build_model(cfg) -> nnx.Module:
       del state["fc"]  # a fresh head for the new classes
     check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
-    print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
-          flush=True)
+    print(f"initialised from {what} ({'its' if keep_head else 'a fresh'} head)", flush=True)
   return model
+
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def torchvision_weights(init_from: str) -> str | None:
+  """The torchvision weights name ``init_from`` gives, or None for a checkpoint folder:
+  ``torchvision:NAME`` always names weights; a bare ``IMAGENET1K_V2``, ``DEFAULT`` or
+  ``ResNet50_Weights.IMAGENET1K_V2`` does unless a path of that name exists."""
+  if init_from.startswith(TORCHVISION_PREFIX):
+    return init_from[len(TORCHVISION_PREFIX):]
+  from flax_resnet.pretrained import _NAME
+  return init_from if _NAME.match(init_from) and not os.path.exists(init_from) else None
+
+
+def load_init(cfg, arch: str | None, options: dict) -> tuple[nnx.Module, object, str]:
+  """(model, metadata, a description) that ``init_from`` names, in the run's norm and
+  dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
+  through the cache that ``create_model(weights=...)`` uses."""
+  weights = torchvision_weights(cfg.init_from)
+  common = {"norm": options["norm"], "dtype": options["dtype"]}
+  if weights is None:
+    return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
+  if arch is None:
+    raise ValueError(f"config init_from={cfg.init_from!r}: torchvision's weights are for "
+                     f"{cfg.arch}'s own depths and widths; set layers= and channels= empty")
+  from flax_resnet.pretrained import load_pretrained, resolve_entry
+  try:
+    source, meta = load_pretrained(arch, weights, **common)
+  except ValueError as e:
+    raise ValueError(f"config init_from={cfg.init_from!r}: {e}") from e
+  return source, meta, f"torchvision's {arch} {resolve_entry(arch, weights)}"
 
 
 # Constructor options that make another network, whether or not its tensors' shapes
