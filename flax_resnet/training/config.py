@@ -60,8 +60,10 @@ class Config:
   # BatchNorm normalises each micro-batch with its own statistics, as torch's accumulation
   accumulate_steps: int = 1
   seed: int = 0
-  # What trains (fine-tuning)
-  freeze: str = ""  # comma-separated parts kept as they are: stem, layer1..layer4
+  # What trains (fine-tuning). Frozen parts keep every bit of their parameters (no update, no
+  # weight decay, no optimiser state) and run their BatchNorm in eval mode (running statistics
+  # used and kept).
+  freeze: str = ""  # comma-separated parts: any of stem, layer1..layer4 (e.g. "stem,layer1")
   linear_probe: bool = False  # train fc only: every other part frozen
   backbone_lr_mult: float = 1.0  # learning rate of everything but fc, relative to fc's
   # Checkpoints and logs
