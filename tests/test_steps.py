@@ -205,10 +205,31 @@ def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen):
   model.train()
   freeze_norms(model, frozen)
   graphdef, state = nnx.split((model, opt))
-  for _ in range(3):
+  for _ in range(3):  # the optimiser alone freezes: the backward pass here spans everything
     state, _ = train_step(graphdef, state, x, y)
   nnx.update((model, opt), state)
   assert _changed(before, model) == {"stem", "layer1", "layer2", "fc"} - set(frozen)
+
+
+@pytest.mark.parametrize("accumulate_steps", [1, 2])
+def test_the_backward_pass_stops_where_nothing_before_it_trains(accumulate_steps):
+  x, y = _batch()
+
+  def convolutions(frozen, only_forward=False):
+    model = _tiny()
+    opt = make_optimizer(model, 0.1, frozen=frozen)
+    model.train()
+    freeze_norms(model, frozen)
+    graphdef, state = nnx.split((model, opt))
+    if only_forward:
+      jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)[0](x))(state)
+    else:
+      jaxpr = jax.make_jaxpr(lambda s: train_step.__wrapped__(
+          graphdef, s, x, y, accumulate_steps=accumulate_steps, frozen=frozen))(state)
+    return _count(jaxpr.jaxpr, ("conv_general_dilated",))
+  forward = convolutions((), only_forward=True)
+  probe = convolutions(("stem", "layer1", "layer2"))
+  assert probe == forward < convolutions(("stem", "layer1")) < convolutions(())
 
 
 def test_freezing_a_part_the_model_lacks_is_refused():
@@ -301,14 +322,19 @@ def _loss_and_grads(remat: str):
 
 def _count_checkpoints(jaxpr) -> int:
   """The ``jax.checkpoint`` calls in ``jaxpr``, nested programs included."""
+  return _count(jaxpr, ("checkpoint", "remat2"))  # the name varies with JAX
+
+
+def _count(jaxpr, primitives: tuple[str, ...]) -> int:
+  """The calls of ``primitives`` in ``jaxpr``, nested programs included."""
   from jax.extend import core
   count = 0
   for eqn in jaxpr.eqns:
-    count += eqn.primitive.name in ("checkpoint", "remat2")  # the name varies with JAX
+    count += eqn.primitive.name in primitives
     for sub in jax.tree.leaves(list(eqn.params.values()),
                                is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
       if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
-        count += _count_checkpoints(getattr(sub, "jaxpr", sub))
+        count += _count(getattr(sub, "jaxpr", sub), primitives)
   return count
 
 

@@ -138,27 +138,42 @@ def global_norm(tree) -> jax.Array:
 
 
 def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
-           label_smoothing: float = 0.0, accumulate_steps: int = 1) -> dict[str, jax.Array]:
+           label_smoothing: float = 0.0, accumulate_steps: int = 1,
+           frozen: Sequence[str] = ()) -> dict[str, jax.Array]:
   """The step's work on the objects, in place: one optimiser update; the loss, the
   gradient's global norm (the trainer stops on a non-finite one) and accuracy counts.
 
   ``accumulate_steps`` = k splits the batch into k micro-batches (``micro_batches``),
   one at a time through the network: the gradient is their mean, as one batch of all
   of them, and BatchNorm normalises each with its own statistics and moves its running
-  statistics k times, as torch's gradient accumulation does.
+  statistics k times, as torch's gradient accumulation does. The ``frozen`` parts'
+  parameters are not differentiated (zeros go to the optimiser, which ignores them):
+  the backward pass stops where nothing before it trains.
   """
+  wrt = trainable(frozen)
   if accumulate_steps > 1:
     loss, grads, counts = accumulated_gradient(model, images, labels, label_smoothing,
-                                               accumulate_steps)
+                                               accumulate_steps, wrt)
   else:
     def loss_fn(m):
       logits = m(images)
       return cross_entropy(logits, labels, label_smoothing), logits
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
+                                               has_aux=True)(model)
     counts = accuracy(logits.astype(jnp.float32), labels)
+  norm = global_norm(grads)
+  if frozen:  # the optimiser takes a gradient for every Param
+    grads = nnx.merge_state(jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)), grads)
   optimizer.update(model, grads)
-  return {"loss": loss, "grad_norm": global_norm(grads), **counts}
+  return {"loss": loss, "grad_norm": norm, **counts}
+
+
+def trainable(frozen: Sequence[str]):
+  """The nnx filter of the parameters outside the ``frozen`` parts."""
+  if not frozen:
+    return nnx.Param
+  return nnx.All(nnx.Param, lambda path, _: part_of(path) not in frozen)
 
 
 def micro_batches(x: jax.Array, k: int) -> jax.Array:
@@ -170,12 +185,12 @@ def micro_batches(x: jax.Array, k: int) -> jax.Array:
 
 
 def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
-                         label_smoothing: float, k: int):
+                         label_smoothing: float, k: int, wrt=nnx.Param):
   """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
   ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
   state (BatchNorm's running statistics) is carried from one micro-batch to the next
-  and written back."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  and written back. ``wrt``: the parameters differentiated."""
+  graphdef, params, rest = nnx.split(model, wrt, ...)
 
   def micro(carry, batch):
     rest, total = carry
@@ -186,7 +201,7 @@ def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array
       # cannot update from inside the scan (TraceContextError).
       m = nnx.merge(graphdef, params, rest, copy=True)
       logits = m(x)
-      return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(nnx.Param)))
+      return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(wrt)))
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
     total = jax.tree.map(jnp.add, total, grads)
     return (rest, total), (loss, accuracy(logits.astype(jnp.float32), y))
@@ -200,12 +215,13 @@ def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array
           jax.tree.map(lambda c: jnp.sum(c, axis=0), counts))
 
 
-@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm", "accumulate_steps"),
-                   donate_argnames="state")
+@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm", "accumulate_steps",
+                                             "frozen"), donate_argnames="state")
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
                label_smoothing: float = 0.0,
                norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-               accumulate_steps: int = 1) -> tuple[nnx.State, dict[str, jax.Array]]:
+               accumulate_steps: int = 1, frozen: tuple[str, ...] = ()
+               ) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
   ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
@@ -214,18 +230,19 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   for a ResNet-50 costs the host 35 ms a step against 5 ms here (2-core CPU), time a
   GPU step of 50 ms cannot afford. With ``norm`` = (mean, std), ``images`` are uint8
   and normalised here, on the device. ``accumulate_steps`` = k takes the batch in k
-  micro-batches (``update``); the batch must divide by k.
+  micro-batches (``update``); the batch must divide by k. ``frozen``: the parts that
+  the optimiser freezes (``make_optimizer``), left out of the backward pass.
   """
   model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
-  metrics = update(model, optimizer, images, labels, label_smoothing, accumulate_steps)
+  metrics = update(model, optimizer, images, labels, label_smoothing, accumulate_steps, frozen)
   return nnx.state((model, optimizer)), metrics
 
 
 def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.0,
                     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                    accumulate_steps: int = 1):
+                    accumulate_steps: int = 1, frozen: tuple[str, ...] = ()):
   """``train_step`` as a jitted function of (state leaves, images, labels).
 
   It returns (new state leaves, metrics): lists and dicts of arrays, which
@@ -235,7 +252,7 @@ def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.
   def step(leaves, images, labels):
     state = jax.tree.unflatten(treedef, leaves)
     state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing,
-                                            norm, accumulate_steps)
+                                            norm, accumulate_steps, frozen)
     return jax.tree.leaves(state), metrics
   return jax.jit(step, donate_argnums=0)
 

@@ -348,7 +348,8 @@ class Trainer:
     model.remat = cfg.remat
     optimizer = run_optimizer(cfg, model, self.steps_per_epoch)
     model.train()
-    freeze_norms(model, frozen(cfg, model))
+    self.frozen = frozen(cfg, model)
+    freeze_norms(model, self.frozen)
     self.model_graphdef = nnx.split(model)[0]
     self.graphdef, state = nnx.split((model, optimizer))
     state = jax.device_put(state, NamedSharding(self.mesh, P()))
@@ -382,7 +383,8 @@ class Trainer:
   def _compile_step(self, args: tuple):
     """The train step over the state's leaves: from the step cache, else traced."""
     step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
-                           (tuple(self.cfg.mean), tuple(self.cfg.std)), self.cfg.accumulate_steps)
+                           (tuple(self.cfg.mean), tuple(self.cfg.std)), self.cfg.accumulate_steps,
+                           self.frozen)
     if self.step_cache is None:
       return step
     compiled = self.step_cache.get(step, args, str(self.treedef))
