@@ -744,3 +744,15 @@ def test_a_run_resumed_with_activation_checkpointing_continues_as_without(cifar2
                                leaves(straight), strict=True):
     a, b = np.asarray(a), np.asarray(b)  # the same function: float32 rounding at most
     assert np.max(np.abs(a - b)) <= 1e-6 * max(np.max(np.abs(b)), 1e-30), path
+
+
+@pytest.mark.parametrize("assignment", ["freeze=stem", "linear_probe=true",
+                                        "backbone_lr_mult=0.1", "init_from=DEFAULT"])
+def test_the_pytorch_reference_refuses_what_it_does_not_implement(assignment):
+  pytest.importorskip("torch", reason="the PyTorch reference")
+  from flax_resnet.bench.train_torch import check_supported
+  from flax_resnet.training import config as config_lib
+  check_supported(config_lib.Config())
+  with pytest.raises(ValueError, match=f"config {assignment.split('=')[0]}=.*: the PyTorch "
+                                       "reference trains from scratch"):
+    check_supported(config_lib.override(config_lib.Config(), [assignment]))
