@@ -247,7 +247,7 @@ def check_config(cfg, devices: int) -> None:
 
 # Fields a resumed run may change: they decide when to stop, log, save or evaluate, and
 # where and how the same images are read, never what a step computes; remat trades the
-# step's memory for compute, the same function.
+# step's memory for compute, the same function (in bfloat16, rounded otherwise).
 RESUMABLE = ("max_steps", "log_every", "workers", "prefetch", "keep_checkpoints",
              "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir", "remat")
 
