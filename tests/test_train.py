@@ -756,3 +756,16 @@ def test_the_pytorch_reference_refuses_what_it_does_not_implement(assignment):
   with pytest.raises(ValueError, match=f"config {assignment.split('=')[0]}=.*: the PyTorch "
                                        "reference trains from scratch"):
     check_supported(config_lib.override(config_lib.Config(), [assignment]))
+
+
+def test_init_from_names_torchvision_weights_unless_a_path_of_that_name_exists(tmp_path,
+                                                                               monkeypatch):
+  from flax_resnet.training.trainer import weights_name
+  monkeypatch.chdir(tmp_path)
+  assert weights_name("torchvision:IMAGENET1K_V2") == "IMAGENET1K_V2"
+  assert weights_name("ResNet50_Weights.IMAGENET1K_V2") == "ResNet50_Weights.IMAGENET1K_V2"
+  assert weights_name("DEFAULT") == "DEFAULT"
+  assert weights_name(str(tmp_path)) is None and weights_name("ckpt/resnet50") is None
+  (tmp_path / "DEFAULT").mkdir()  # a converted folder of that name: the folder
+  assert weights_name("DEFAULT") is None
+  assert weights_name("torchvision:DEFAULT") == "DEFAULT"

@@ -76,7 +76,7 @@ def model_spec(cfg) -> tuple[str | None, dict]:
 
 def build_model(cfg) -> nnx.Module:
   """A fresh model, or one started from ``init_from``: a converted checkpoint, or
-  torchvision's weights by name (``torchvision_weights``)."""
+  torchvision's weights by name (``weights_name``)."""
   arch, options = model_spec(cfg)
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
@@ -95,7 +95,7 @@ def build_model(cfg) -> nnx.Module:
 TORCHVISION_PREFIX = "torchvision:"
 
 
-def torchvision_weights(init_from: str) -> str | None:
+def weights_name(init_from: str) -> str | None:
   """The torchvision weights name ``init_from`` gives, or None for a checkpoint folder:
   ``torchvision:NAME`` always names weights; a bare ``IMAGENET1K_V2``, ``DEFAULT`` or
   ``ResNet50_Weights.IMAGENET1K_V2`` does unless a path of that name exists."""
@@ -109,7 +109,7 @@ def load_init(cfg, arch: str | None, options: dict) -> tuple[nnx.Module, object,
   """(model, metadata, a description) that ``init_from`` names, in the run's norm and
   dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
   through the cache that ``create_model(weights=...)`` uses."""
-  weights = torchvision_weights(cfg.init_from)
+  weights = weights_name(cfg.init_from)
   common = {"norm": options["norm"], "dtype": options["dtype"]}
   if weights is None:
     return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
