@@ -769,3 +769,27 @@ def test_init_from_names_torchvision_weights_unless_a_path_of_that_name_exists(t
   (tmp_path / "DEFAULT").mkdir()  # a converted folder of that name: the folder
   assert weights_name("DEFAULT") is None
   assert weights_name("torchvision:DEFAULT") == "DEFAULT"
+
+
+def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
+  import jax
+  from flax import nnx
+
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.steps import train_step
+  from flax_resnet.training.trainer import build_model, run_optimizer
+  cfg = config_lib.override(config_lib.Config(), [
+      "layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "dtype=float32",
+      "momentum=0", "weight_decay=0", "lr=25.6", "global_batch=8", "clip_grad_norm=1e-3"])
+  model = build_model(cfg)
+  optimizer = run_optimizer(cfg, model, steps_per_epoch=10)  # peak rate 25.6 * 8 / 256 = 0.8
+  before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]  # donated
+  model.train()
+  graphdef, state = nnx.split((model, optimizer))
+  x = np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype(np.float32)
+  state, metrics = train_step(graphdef, state, x, np.arange(8) % 4)
+  assert float(metrics["grad_norm"]) > 1e-2  # so that 1e-3 clips
+  after = jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+  step = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b)) ** 2)
+                     for a, b in zip(after, before)))
+  assert step == pytest.approx(0.8 * 1e-3, rel=1e-3)  # the rate times the clipped norm
