@@ -793,3 +793,14 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
   step = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b)) ** 2)
                      for a, b in zip(after, before)))
   assert step == pytest.approx(0.8 * 1e-3, rel=1e-3)  # the rate times the clipped norm
+
+
+def test_a_fine_tuning_run_resumes_bit_exactly(cifar2, tmp_path):
+  # every new optimiser form at once: frozen stem, a slower backbone, clipping, micro-batches
+  steps = ["global_batch=32", "checkpoint_every=2", "warmup_epochs=0", "freeze=stem",
+           "backbone_lr_mult=0.1", "clip_grad_norm=0.5", "accumulate_steps=2"]
+  train(tmp_path / "straight", cifar2, *steps, "max_steps=4")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=2")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=4")
+  assert "resumed from step 2" in resumed.stdout
+  assert_identical(final_state(tmp_path / "straight", 4)[0], final_state(tmp_path / "split", 4)[0])
