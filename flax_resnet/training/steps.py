@@ -169,7 +169,7 @@ def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, label
   return {"loss": loss, "grad_norm": norm, **counts}
 
 
-def trainable(frozen: Sequence[str]):
+def trainable(frozen: Sequence[str]) -> nnx.filterlib.Filter:
   """The nnx filter of the parameters outside the ``frozen`` parts."""
   if not frozen:
     return nnx.Param
@@ -185,7 +185,8 @@ def micro_batches(x: jax.Array, k: int) -> jax.Array:
 
 
 def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
-                         label_smoothing: float, k: int, wrt=nnx.Param):
+                         label_smoothing: float, k: int, wrt: nnx.filterlib.Filter = nnx.Param
+                         ) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
   """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
   ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
   state (BatchNorm's running statistics) is carried from one micro-batch to the next
