@@ -465,6 +465,11 @@ class ResNet(nnx.Module):
 
   Models start in training mode, as torch modules do: call ``model.eval()`` to use
   running statistics and disable dropout, ``model.train()`` to switch back.
+
+  Activation checkpointing: ``model.remat = "block"`` (or ``"stage"``) wraps each
+  residual block (each stage) in ``nnx.remat``, so that a backward pass recomputes its
+  activations instead of keeping them: less memory for more compute; the same function,
+  parameters and state paths. ``"none"`` (the default) keeps them.
   """
 
   def __init__(self, block: type[nnx.Module] | str, layers: Sequence[int],
@@ -482,6 +487,7 @@ class ResNet(nnx.Module):
     make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
     self.dtype = dtype
+    self.remat = "none"
     width = channels[0]
     if stem == "imagenet":
       self.conv1 = make.conv(in_channels, width, 7, 2, padding=3)
@@ -546,9 +552,13 @@ class ResNet(nnx.Module):
     out = {"stem": x}
     if self.stem == "imagenet":
       x = max_pool_3x3_s2(x)
+    _choice("remat", self.remat, REMATS)
     for info, stage in zip(self.feature_info[1:], self.stages):
-      for blk in stage:
-        x = blk(x)
+      if self.remat == "stage":
+        x = nnx.remat(_run_blocks)(stage, x)
+      else:
+        for blk in stage:
+          x = nnx.remat(_run_blocks)((blk,), x) if self.remat == "block" else blk(x)
       out[info.name] = x
     return out
 
@@ -579,6 +589,16 @@ class ResNet(nnx.Module):
     if x.ndim != 4 or x.shape[-1] != self.in_channels:
       raise ValueError(f"input must be NHWC with C={self.in_channels} (in_channels), got shape "
                        f"{tuple(x.shape)}; transpose NCHW arrays with x.transpose(0, 2, 3, 1)")
+
+
+REMATS = ("none", "block", "stage")
+
+
+def _run_blocks(blocks, x: jax.Array) -> jax.Array:
+  """``x`` through ``blocks`` in turn: the function that ``nnx.remat`` recomputes."""
+  for blk in blocks:
+    x = blk(x)
+  return x
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:

@@ -236,3 +236,68 @@ def test_pretrained_backbone_with_a_new_head_in_one_call(homes):
   headless = flax_resnet.create_model("resnet18", weights="DEFAULT", num_classes=0)
   x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
   assert headless(x).shape == (2, 512) and not hasattr(headless, "fc")
+
+
+def _train_config(*assignments):
+  from flax_resnet.training import config as config_lib
+  return config_lib.override(config_lib.Config(), [
+      "arch=resnet18", "num_classes=10", "dtype=float32", "synthetic=true", "image_size=32",
+      "global_batch=8", "max_steps=1", "workers=0", *assignments])
+
+
+@pytest.mark.parametrize("init_from", ["torchvision:IMAGENET1K_V1", "DEFAULT",
+                                       "ResNet18_Weights.IMAGENET1K_V1"])
+def test_the_trainer_starts_from_torchvision_weights_by_name(homes, init_from, capsys):
+  from flax import nnx
+  from flax_resnet.training.trainer import build_model
+  model = build_model(_train_config(f"init_from={init_from}"))
+  assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in (
+      capsys.readouterr().out)
+  full, _ = flax_resnet.load_pretrained("resnet18", "IMAGENET1K_V1")  # the same cache
+  ours = dict(nnx.to_flat_state(nnx.state(model)))
+  theirs = dict(nnx.to_flat_state(nnx.state(full)))
+  assert {p for p in ours if p[0] != "fc"} == {p for p in theirs if p[0] != "fc"}
+  for path, var in theirs.items():
+    if path[0] != "fc":
+      assert np.array_equal(np.asarray(ours[path].get_value()), np.asarray(var.get_value()))
+  assert model.fc.kernel.shape == (512, 10)
+
+
+def test_a_training_run_from_a_weights_name_uses_the_converted_cache(homes, tmp_path):
+  env, _, name = homes
+  flax_resnet.load_pretrained("resnet18", "DEFAULT")  # converted here; the run reads it
+  code = (REDIRECT_TORCHVISION.format(url=MODELS + name) + REDIRECT_TABLE.format(name=name)
+          + "import sys\nfrom flax_resnet.training.commands import train\n"
+          "sys.exit(train(sys.argv[1:]))\n")
+  args = ["--config", "train/configs/finetune.py", "--workdir", str(tmp_path / "run")]
+  for s in ["init_from=torchvision:IMAGENET1K_V1", "arch=resnet18", "num_classes=10",
+            "dtype=float32", "synthetic=true", "image_size=32", "global_batch=8", "max_steps=1",
+            "workers=0", "step_cache=false"]:
+    args += ["--set", s]
+  done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env={**os.environ, **env, "JAX_PLATFORMS": "cpu",
+                                                     "XLA_FLAGS": ""})
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in done.stdout
+  assert "flax_resnet: " not in done.stderr  # no second conversion
+
+
+@pytest.mark.parametrize("init_from, message", [
+    ("IMAGENET1K_V9", "config init_from='IMAGENET1K_V9': weights='IMAGENET1K_V9': resnet18 has "
+                      "no such torchvision weights; known: DEFAULT, IMAGENET1K_V1"),
+    ("torchvision:imagenet", "config init_from='torchvision:imagenet': weights='imagenet': "
+                             "expected a torchvision weights name"),
+], ids=["unknown entry", "not a name"])
+def test_a_bad_weights_name_for_the_trainer_is_one_line_naming_the_field(homes, init_from,
+                                                                         message):
+  from flax_resnet.training.trainer import build_model
+  with pytest.raises(ValueError) as error:
+    build_model(_train_config(f"init_from={init_from}"))
+  assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
+
+
+def test_a_weights_name_with_custom_depths_is_refused():
+  from flax_resnet.training.trainer import build_model
+  with pytest.raises(ValueError, match="config init_from='DEFAULT': torchvision's weights are "
+                                       "for resnet18's own depths and widths"):
+    build_model(_train_config("init_from=DEFAULT", "layers=1,1", "channels=8,16"))

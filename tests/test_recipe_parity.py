@@ -53,7 +53,8 @@ def torch_run(cfg, start: dict, bn_momentum: float = 0.1):
   criterion, (images, labels) = torch_recipe.loss_fn(cfg), fixed_batches()
   losses = [torch_recipe.train_step(net, opt, scheduler, criterion,
                                     torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64),
-                                    torch.from_numpy(y)) for x, y in zip(images, labels)]
+                                    torch.from_numpy(y), accumulate_steps=cfg.accumulate_steps)
+            for x, y in zip(images, labels)]
   return np.array(losses), {k: v.detach().numpy() for k, v in net.state_dict().items()
                             if not k.endswith("num_batches_tracked")}
 
@@ -71,7 +72,7 @@ def jax_run(cfg, start: dict):
     losses = []
     for x, y in zip(*fixed_batches()):
       state, metrics = train_step(graphdef, state, x, y.astype(np.int32), cfg.label_smoothing,
-                                  (tuple(cfg.mean), tuple(cfg.std)))
+                                  (tuple(cfg.mean), tuple(cfg.std)), cfg.accumulate_steps)
       losses.append(np.asarray(metrics["loss"]))
     model, _ = nnx.merge(graphdef, state)
     final = {torch_key(path): to_torch_layout(np.asarray(var.get_value()))
@@ -107,7 +108,9 @@ def mismatches(cfg, torch_cfg=None, bn_momentum: float = 0.1) -> list[str]:
 CASES = {"sgd nesterov, decay mask": {}, "sgd, decay on all": {"decay_all": True,
                                                                  "nesterov": False},
          "adamw": {"optimizer": "adamw", "lr": 0.02, "weight_decay": 0.05},
-         "frozen batchnorm": {"freeze_bn": True}}
+         "frozen batchnorm": {"freeze_bn": True},
+         # BatchNorm's statistics per micro-batch of 2, running statistics moved 4 times a step
+         "gradient accumulation": {"accumulate_steps": 4}}
 
 
 @pytest.mark.parametrize("changes", CASES.values(), ids=CASES.keys())
@@ -117,7 +120,8 @@ def test_every_step_and_every_tensor_equal_pytorch_in_float64(changes):
 
 @pytest.mark.parametrize("torch_changes, bn_momentum", [
     ({"nesterov": False}, 0.1), ({"decay_all": True}, 0.1), ({}, 0.2),
-], ids=["nesterov", "decay mask", "batchnorm momentum"])
+    ({"accumulate_steps": 4}, 0.1),
+], ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation"])
 def test_one_semantic_difference_is_caught(torch_changes, bn_momentum):
   found = mismatches(BASE, dataclasses.replace(BASE, **torch_changes), bn_momentum)
   assert found, "a different recipe passed as equal"

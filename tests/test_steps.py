@@ -3,12 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step, make_optimizer,
-                         normalize, train_step)
+from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step,
+                                       freeze_norms, make_optimizer, normalize, part_of,
+                                       train_step, transform)
 
 
 def test_weight_decay_applies_to_kernels_only():
@@ -156,3 +158,204 @@ def test_a_run_without_eval_plots_its_losses_and_says_no_eval_yet(tmp_path, recw
   assert main(["--workdir", str(tmp_path)]) == 0
   assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not [w for w in recwarn if "legend" in str(w.message).lower()]
+
+
+def _grads(model, x, y):
+  """The loss's gradient with respect to the model's Params, the model left as it was."""
+  model = nnx.clone(model)
+  model.train()
+  return nnx.to_pure_dict(nnx.grad(lambda m: cross_entropy(m(x), y))(model))
+
+
+def _batch():
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
+  return x, jnp.arange(8) % 4
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm_as_optax_defines_it():
+  model, (x, y) = _tiny(), _batch()
+  grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  norm = float(optax.tree.norm(grads))
+  for max_norm, factor in [(1e-3, 1e-3 / norm), (10 * norm, 1.0)]:  # clipped, then not
+    tx = transform(1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=max_norm)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
+      np.testing.assert_allclose(np.asarray(u), -np.asarray(g) * factor, rtol=1e-6, atol=1e-12)
+  assert norm > 1e-2  # so that 1e-3 clips
+
+
+def _changed(before, model) -> set[str]:
+  """The top-level parts (``part_of``) of the model whose Params or statistics differ
+  from ``before`` (a flat dict of arrays) in any bit."""
+  after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+  return {part_of(p) for p in before if not np.array_equal(before[p], after[p])}
+
+
+def _snapshot(model) -> dict:
+  return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+@pytest.mark.parametrize("frozen", [("stem", "layer1"), ("layer2",), ("stem", "layer1", "layer2")],
+                         ids=["stem and layer1", "layer2", "linear probe"])
+@pytest.mark.parametrize("differentiated", ["all", "trainable"])
+def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen, differentiated):
+  model, (x, y) = _tiny(), _batch()
+  # decay and momentum on: a frozen parameter must get neither
+  opt = make_optimizer(model, 0.1, weight_decay=0.1, frozen=frozen)
+  before = _snapshot(model)
+  model.train()
+  freeze_norms(model, frozen)
+  graphdef, state = nnx.split((model, opt))
+  # "all": the optimiser alone freezes, the backward pass spans everything
+  skip = frozen if differentiated == "trainable" else ()
+  for _ in range(3):
+    state, _ = train_step(graphdef, state, x, y, frozen=skip)
+  nnx.update((model, opt), state)
+  assert _changed(before, model) == {"stem", "layer1", "layer2", "fc"} - set(frozen)
+
+
+@pytest.mark.parametrize("accumulate_steps", [1, 2])
+def test_the_backward_pass_stops_where_nothing_before_it_trains(accumulate_steps):
+  x, y = _batch()
+
+  def convolutions(frozen, only_forward=False):
+    model = _tiny()
+    opt = make_optimizer(model, 0.1, frozen=frozen)
+    model.train()
+    freeze_norms(model, frozen)
+    graphdef, state = nnx.split((model, opt))
+    if only_forward:
+      jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)[0](x))(state)
+    else:
+      jaxpr = jax.make_jaxpr(lambda s: train_step.__wrapped__(
+          graphdef, s, x, y, accumulate_steps=accumulate_steps, frozen=frozen))(state)
+    return _count(jaxpr.jaxpr, ("conv_general_dilated",))
+  forward = convolutions((), only_forward=True)
+  probe = convolutions(("stem", "layer1", "layer2"))
+  assert probe == forward < convolutions(("stem", "layer1")) < convolutions(())
+
+
+def test_freezing_a_part_the_model_lacks_is_refused():
+  with pytest.raises(ValueError, match="cannot freeze layer3: the model's parts are stem, "
+                                       "layer1, layer2"):
+    make_optimizer(_tiny(), 0.1, frozen=("layer3",))
+
+
+def test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads():
+  model, (x, y) = _tiny(), _batch()
+  grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  def updates(mult):
+    tx = transform(0.5, momentum=0.0, weight_decay=0.0, backbone_lr_mult=mult)
+    updates = tx.update(grads, tx.init(params), params)[0]
+    return dict(jax.tree_util.tree_flatten_with_path(updates)[0])
+  full, tenth = updates(1.0), updates(0.1)
+  assert {part_of(p) for p in full} == {"stem", "layer1", "layer2", "fc"}
+  for path, u in full.items():
+    factor = 1.0 if part_of(path) == "fc" else 0.1
+    # SGD without momentum or decay: the update is -lr * mult * gradient, exactly
+    np.testing.assert_allclose(np.asarray(tenth[path]), np.asarray(u) * factor, rtol=1e-7, atol=0)
+    assert np.any(np.asarray(u) != 0), path
+
+
+def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", steps: int = 3):
+  """Losses and final state of ``steps`` train_steps on a batch of 32 taken in
+  ``accumulate_steps`` micro-batches; SGD with Nesterov momentum and weight decay."""
+  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4, norm=norm,
+                    param_dtype=dtype, rngs=nnx.Rngs(0))
+  opt = make_optimizer(model, 0.2, nesterov=True, weight_decay=1e-2)
+  model.train()
+  graphdef, state = nnx.split((model, opt))
+  x = jax.random.normal(jax.random.key(1), (32, 16, 16, 3), dtype) * 2 + 0.5
+  y = jnp.arange(32) % 4
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(graphdef, state, x, y, accumulate_steps=accumulate_steps)
+    losses.append(np.asarray(metrics["loss"]))
+    assert int(metrics["top5"]) == 32
+  return np.array(losses), [np.asarray(v) for v in jax.tree.leaves(nnx.state(
+      nnx.merge(graphdef, state)[0]))]
+
+
+def _relative(a, b) -> float:
+  return float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-30)
+
+
+def test_four_micro_batches_of_8_take_the_step_of_one_batch_of_32():
+  # float64 and frozen BatchNorm (no batch statistics): equal but for the order of sums.
+  with jax.enable_x64(True):
+    whole, accumulated = _accumulated_run(1, jnp.float64), _accumulated_run(4, jnp.float64)
+    assert whole[0].dtype == np.float64
+  assert _relative(accumulated[0], whole[0]) < 1e-10
+  for a, b in zip(accumulated[1], whole[1], strict=True):
+    assert _relative(a, b) < 1e-10
+  # float32: the same within rounding of the sums
+  whole, accumulated = _accumulated_run(1, jnp.float32), _accumulated_run(4, jnp.float32)
+  np.testing.assert_allclose(accumulated[0], whole[0], rtol=1e-5)
+  for a, b in zip(accumulated[1], whole[1], strict=True):
+    assert _relative(a, b) < 1e-5
+
+
+def test_accumulation_normalises_each_micro_batch_with_its_own_statistics():
+  whole, accumulated = _accumulated_run(1, jnp.float32, "batch"), _accumulated_run(
+      4, jnp.float32, "batch")
+  assert _relative(accumulated[0], whole[0]) > 1e-3  # other statistics: another step
+
+
+def _loss_and_grads(remat: str):
+  """Loss, gradients and updated BatchNorm statistics of a train-mode forward and
+  backward pass with activation checkpointing ``remat``; the count of checkpointed
+  calls in its program."""
+  model = fr.ResNet("basic", (2, 1), channels=(8, 16), stem="cifar", num_classes=4,
+                    rngs=nnx.Rngs(0))
+  model.remat = remat
+  x, y = _batch()
+
+  def loss_and_grads(state):
+    m = nnx.merge(graphdef, state)
+    m.train()
+    loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(m)
+    return loss, grads, nnx.state(m, nnx.BatchStat)
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(loss_and_grads)(state)
+  checkpoints = _count_checkpoints(jaxpr.jaxpr)
+  loss, grads, stats = jax.jit(loss_and_grads)(state)
+  return loss, jax.tree.leaves(grads), jax.tree.leaves(stats), checkpoints
+
+
+def _count_checkpoints(jaxpr) -> int:
+  """The ``jax.checkpoint`` calls in ``jaxpr``, nested programs included."""
+  return _count(jaxpr, ("checkpoint", "remat2"))  # the name varies with JAX
+
+
+def _count(jaxpr, primitives: tuple[str, ...]) -> int:
+  """The calls of ``primitives`` in ``jaxpr``, nested programs included."""
+  from jax.extend import core
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name in primitives
+    for sub in jax.tree.leaves(list(eqn.params.values()),
+                               is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
+      if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
+        count += _count(getattr(sub, "jaxpr", sub), primitives)
+  return count
+
+
+@pytest.mark.parametrize("remat, calls", [("block", 3), ("stage", 2)])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(remat, calls):
+  loss, grads, stats, none = _loss_and_grads("none")
+  remat_loss, remat_grads, remat_stats, checkpoints = _loss_and_grads(remat)
+  assert none == 0 and checkpoints == calls  # each block (stage) recomputed in the backward
+  # Recomputation runs the forward's operations again, which XLA may fuse and so round
+  # otherwise: float32 rounding of sums of ~1e3 terms, relative 1e-6 of the largest.
+  # (On the 2-core CPU of this project's tests they come out bit-equal.)
+  assert abs(float(remat_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+  for a, b in zip([*remat_grads, *remat_stats], [*grads, *stats], strict=True):
+    assert _relative(np.asarray(a), np.asarray(b)) <= 1e-6
+
+
+def test_an_unknown_remat_is_refused():
+  model = _tiny()
+  model.remat = "layer"
+  with pytest.raises(ValueError, match="remat must be one of"):
+    model(jnp.zeros((1, 16, 16, 3)))

@@ -274,8 +274,13 @@ def test_kill_during_saves_leaves_a_usable_checkpoint(cifar2, tmp_path):
     (["weight_decay=inf"], "weight_decay=inf: not a finite number"),
     (["dtype=float17"], "dtype='float17': must be one of float32, bfloat16, float16"),
     (["max_steps=-5"], "max_steps=-5: must be at least 0"),
+    (["freeze=layer3"], "config freeze='layer3': this model has no layer3; its parts are stem, "
+                        "layer1, layer2"),
+    (["accumulate_steps=4"], "config accumulate_steps=4: global_batch 16 does not split into 4 "
+                             "micro-batches with an equal share of each of the 8 devices"),
 ], ids=["missing data dir", "indivisible batch", "init_from not a checkpoint", "unknown key",
-        "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype", "negative max_steps"])
+        "unknown bn_stats", "unknown bn_backward", "lr nan", "weight decay inf", "unknown dtype",
+        "negative max_steps", "freeze a missing stage", "indivisible micro-batches"])
 def test_bad_input_is_one_clear_error(cifar2, tmp_path, sets, message):
   done = train(tmp_path / "w", cifar2, "max_steps=2", "global_batch=16", *sets, check=False)
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
@@ -666,3 +671,136 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
   smaller = config_lib.override(cfg, ["global_batch=16", "workers=2"])
   small = host_memory_estimate(smaller, graphdef, state)
   assert small["activations"] * 4 == parts["activations"] and sum(small.values()) < 4.5 * 2**30
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("clip_grad_norm=-1", "config clip_grad_norm=-1.0: must be at least 0"),
+    ("freeze=stem,head", "config freeze='stem,head': 'head' is not a part: name stem, layer1"),
+    ("linear_probe=maybe", "--set linear_probe=maybe: not a valid bool"),
+    ("backbone_lr_mult=-0.5", "config backbone_lr_mult=-0.5: must be at least 0"),
+    ("accumulate_steps=0", "config accumulate_steps=0: must be at least 1"),
+    ("remat=layer", "config remat='layer': must be one of none, block, stage"),
+], ids=["negative clip norm", "freeze the head", "linear probe not a bool",
+        "negative lr multiplier", "no micro-batch", "unknown remat"])
+def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, message):
+  from flax_resnet.training import config as config_lib
+  with pytest.raises(ValueError) as error:
+    config_lib.override(config_lib.Config(), [assignment])
+  assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
+
+
+def test_what_trains_and_how_is_refused_on_resume():
+  from flax_resnet.training.trainer import RESUMABLE
+  # each changes what a step computes, or the optimiser state's form
+  assert not {"clip_grad_norm", "freeze", "linear_probe", "backbone_lr_mult",
+              "accumulate_steps"} & set(RESUMABLE)
+
+
+def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
+  from flax import nnx
+
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import build_model
+  sets = ["global_batch=16", "max_steps=2", "linear_probe=true"]
+  train(tmp_path, cifar2, *sets)
+  cfg = config_lib.override(config_lib.load_preset(ROOT / "train/configs/cifar10_resnet18.py"),
+                            [f"data_dir={cifar2}", *TINY, *sets])
+  start = nnx.to_pure_dict(nnx.state(build_model(cfg)))  # the run's initialisation
+  trained = final_state(tmp_path, 2)[0]["model"]
+  keys = [(tuple(str(getattr(k, "key", k)) for k in path), x) for path, x in leaves(trained)]
+  changed = {path[0] for path, x in keys if not np.array_equal(np.asarray(x),
+                                                                np.asarray(_at(start, path)))}
+  assert changed == {"fc"}  # weights and BatchNorm statistics of the rest: every bit kept
+
+
+def _at(tree: dict, path: tuple):
+  """``tree``'s leaf at ``path``, whose integer keys orbax restores as strings."""
+  for key in path:
+    tree = tree[key] if key in tree else tree[int(key)]
+  return tree
+
+
+def test_accumulated_micro_batches_train_as_the_whole_batch_on_eight_devices(cifar2, tmp_path):
+  # frozen BatchNorm: no batch statistics, so that micro-batches change only sums' order
+  sets = ["global_batch=32", "max_steps=2", "freeze_bn=true"]
+  train(tmp_path / "whole", cifar2, *sets)
+  train(tmp_path / "micro", cifar2, *sets, "accumulate_steps=2")  # 2 images a device each
+  whole, micro = final_state(tmp_path / "whole", 2)[0], final_state(tmp_path / "micro", 2)[0]
+  pairs = [(path, np.asarray(a), np.asarray(b)) for (path, a), (_, b) in zip(
+      leaves(micro["model"]), leaves(whole["model"]), strict=True)]
+  for path, a, b in pairs:  # float32 sums in another order
+    assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(b)), 1e-30), path
+  assert any(not np.array_equal(a, b) for _, a, b in pairs), "no micro-batches were taken"
+
+
+def test_a_run_resumed_with_activation_checkpointing_continues_as_without(cifar2, tmp_path):
+  sets = ["global_batch=16", "max_steps=4"]
+  train(tmp_path / "straight", cifar2, *sets)
+  train(tmp_path / "switched", cifar2, "global_batch=16", "max_steps=2")
+  done = train(tmp_path / "switched", cifar2, *sets, "remat=block")
+  assert "remat 'none' -> 'block'" in done.stdout
+  straight = final_state(tmp_path / "straight", 4)[0]
+  for (path, a), (_, b) in zip(leaves(final_state(tmp_path / "switched", 4)[0]),
+                               leaves(straight), strict=True):
+    a, b = np.asarray(a), np.asarray(b)  # the same function: float32 rounding at most
+    assert np.max(np.abs(a - b)) <= 1e-6 * max(np.max(np.abs(b)), 1e-30), path
+
+
+@pytest.mark.parametrize("assignment", ["freeze=stem", "linear_probe=true",
+                                        "backbone_lr_mult=0.1", "init_from=DEFAULT"])
+def test_the_pytorch_reference_refuses_what_it_does_not_implement(assignment):
+  pytest.importorskip("torch", reason="the PyTorch reference")
+  from flax_resnet.bench.train_torch import check_supported
+  from flax_resnet.training import config as config_lib
+  check_supported(config_lib.Config())
+  with pytest.raises(ValueError, match=f"config {assignment.split('=')[0]}=.*: the PyTorch "
+                                       "reference trains from scratch"):
+    check_supported(config_lib.override(config_lib.Config(), [assignment]))
+
+
+def test_init_from_names_torchvision_weights_unless_a_path_of_that_name_exists(tmp_path,
+                                                                               monkeypatch):
+  from flax_resnet.training.trainer import weights_name
+  monkeypatch.chdir(tmp_path)
+  assert weights_name("torchvision:IMAGENET1K_V2") == "IMAGENET1K_V2"
+  assert weights_name("ResNet50_Weights.IMAGENET1K_V2") == "ResNet50_Weights.IMAGENET1K_V2"
+  assert weights_name("DEFAULT") == "DEFAULT"
+  assert weights_name(str(tmp_path)) is None and weights_name("ckpt/resnet50") is None
+  (tmp_path / "DEFAULT").mkdir()  # a converted folder of that name: the folder
+  assert weights_name("DEFAULT") is None
+  assert weights_name("torchvision:DEFAULT") == "DEFAULT"
+
+
+def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
+  import jax
+  from flax import nnx
+
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.steps import train_step
+  from flax_resnet.training.trainer import build_model, run_optimizer
+  cfg = config_lib.override(config_lib.Config(), [
+      "layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "dtype=float32",
+      "momentum=0", "weight_decay=0", "lr=25.6", "global_batch=8", "clip_grad_norm=1e-3"])
+  model = build_model(cfg)
+  optimizer = run_optimizer(cfg, model, steps_per_epoch=10)  # peak rate 25.6 * 8 / 256 = 0.8
+  before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]  # donated
+  model.train()
+  graphdef, state = nnx.split((model, optimizer))
+  x = np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype(np.float32)
+  state, metrics = train_step(graphdef, state, x, np.arange(8) % 4)
+  assert float(metrics["grad_norm"]) > 1e-2  # so that 1e-3 clips
+  after = jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+  step = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b)) ** 2)
+                     for a, b in zip(after, before)))
+  assert step == pytest.approx(0.8 * 1e-3, rel=1e-3)  # the rate times the clipped norm
+
+
+def test_a_fine_tuning_run_resumes_bit_exactly(cifar2, tmp_path):
+  # every new optimiser form at once: frozen stem, a slower backbone, clipping, micro-batches
+  steps = ["global_batch=32", "checkpoint_every=2", "warmup_epochs=0", "freeze=stem",
+           "backbone_lr_mult=0.1", "clip_grad_norm=0.5", "accumulate_steps=2"]
+  train(tmp_path / "straight", cifar2, *steps, "max_steps=4")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=2")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=4")
+  assert "resumed from step 2" in resumed.stdout
+  assert_identical(final_state(tmp_path / "straight", 4)[0], final_state(tmp_path / "split", 4)[0])

@@ -116,11 +116,25 @@ def normalize(cfg, images_uint8_nhwc: torch.Tensor, dtype=torch.float32) -> torc
   return x.permute(0, 3, 1, 2).contiguous()
 
 
-def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor):
-  """One optimizer step on a normalised NCHW batch; the loss before it."""
+def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor,
+               clip_grad_norm: float = 0.0, accumulate_steps: int = 1):
+  """One optimizer step on a normalised NCHW batch; the loss before it.
+
+  ``clip_grad_norm`` > 0 clips the gradient's global norm first, as torchvision's
+  reference trainer does (torch divides by the norm plus 1e-6, optax by the norm: a
+  relative 1e-6 / norm apart). ``accumulate_steps`` = k is torch's gradient
+  accumulation: k forward and backward passes of a micro-batch each, the loss divided
+  by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do.
+  """
   opt.zero_grad(set_to_none=True)
-  loss = criterion(net(images), labels)
-  loss.backward()
+  total = 0.0
+  for j in range(accumulate_steps):
+    x, y = images[j::accumulate_steps], labels[j::accumulate_steps]
+    loss = criterion(net(x), y) / accumulate_steps
+    loss.backward()
+    total += float(loss.detach())
+  if clip_grad_norm:
+    nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
   opt.step()
   scheduler.step()
-  return float(loss.detach())
+  return total

@@ -117,10 +117,24 @@ class Log:
     append_metric(self.file, step, name, value)
 
 
+# Fields whose non-default values the reference does not implement: refused rather than
+# silently trained otherwise.
+UNSUPPORTED = {"init_from": "", "freeze": "", "linear_probe": False, "backbone_lr_mult": 1.0}
+
+
+def check_supported(cfg) -> None:
+  """``ValueError`` naming the first field set to something the reference cannot do."""
+  for name, default in UNSUPPORTED.items():
+    if getattr(cfg, name) != default:
+      raise ValueError(f"config {name}={getattr(cfg, name)!r}: the PyTorch reference trains "
+                       f"from scratch with the whole network; it has no {name}")
+
+
 class Reference:
   """One reference run: the net, its optimiser and schedule, the EMA, the logs."""
 
   def __init__(self, cfg, workdir: Path):
+    check_supported(cfg)
     torch.manual_seed(cfg.seed)
     self.cfg, self.workdir = cfg, workdir
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,11 +163,16 @@ class Reference:
     return self.summary()
 
   def train_one(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-    with self.autocast():
-      logits = self.net(images.contiguous(memory_format=torch.channels_last))
-      loss = self.criterion(logits.float(), labels)
     self.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    k, loss = self.cfg.accumulate_steps, 0.0
+    for j in range(k):  # micro-batch j: images j, j + k, ..., as flax-resnet's trainer
+      with self.autocast():
+        logits = self.net(images[j::k].contiguous(memory_format=torch.channels_last))
+        micro = self.criterion(logits.float(), labels[j::k]) / k
+      micro.backward()
+      loss += micro.detach()
+    if self.cfg.clip_grad_norm:  # torchvision's reference: clip, then step
+      torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad_norm)
     self.opt.step()
     self.scheduler.step()
     if self.ema:

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,10 @@ class Config:
   bn_stats: str = "global"  # BatchNorm batch statistics over the "global" batch or "per_device"
   bn_moments: str = "two_pass"  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
   bn_backward: str = "autodiff"  # or "fused": BatchNorm's gradient by hand, the same function
+  # Activation checkpointing: "block" or "stage" recomputes each residual block's (stage's)
+  # activations in the backward pass instead of keeping them: less memory, more compute;
+  # the same function (changeable on resume)
+  remat: str = "none"
   # Data
   data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
   train_split: str = "train"
@@ -49,9 +54,25 @@ class Config:
   warmup_epochs: float = 0.0
   label_smoothing: float = 0.0
   ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
+  clip_grad_norm: float = 0.0  # > 0: gradient scaled down to this global L2 norm (0: off)
+  # k > 1: each step's global_batch images go through the network in k micro-batches of
+  # global_batch / k (one at a time: less memory), one optimiser step on their mean gradient;
+  # BatchNorm normalises each micro-batch with its own statistics, as torch's accumulation
+  accumulate_steps: int = 1
   seed: int = 0
+  # What trains (fine-tuning). Frozen parts keep every bit of their parameters (no update, no
+  # weight decay, no optimiser state) and run their BatchNorm in eval mode (running statistics
+  # used and kept).
+  freeze: str = ""  # comma-separated parts: any of stem, layer1..layer4 (e.g. "stem,layer1")
+  linear_probe: bool = False  # train fc only: every other part frozen
+  backbone_lr_mult: float = 1.0  # learning rate of everything but fc, relative to fc's
   # Checkpoints and logs
-  init_from: str = ""  # a converted checkpoint (convert/torch2flax.py) to start from
+  # Start from a converted checkpoint folder (convert/torch2flax.py, train/export.py), or from
+  # torchvision's weights for arch by name: "torchvision:IMAGENET1K_V2" (or a bare
+  # IMAGENET1K_V2, DEFAULT, ResNet50_Weights.IMAGENET1K_V2 when no such path exists),
+  # converted once into the cache of create_model(weights=...). A fresh head when
+  # num_classes differs from theirs.
+  init_from: str = ""
   freeze_bn: bool = False  # with init_from: BatchNorm uses and keeps its running statistics
   keep_checkpoints: int = 3  # the last N, plus the best by eval top-1
   checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
@@ -113,12 +134,14 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
 
 CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "optimizer": ("sgd", "adamw"),
            "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar"),
-           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused")}
+           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused"),
+           "remat": ("none", "block", "stage")}
 AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch": 1, "epochs": 1,
             "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
             "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,
             "momentum": 0, "weight_decay": 0, "warmup_epochs": 0, "label_smoothing": 0,
-            "ema_decay": 0}
+            "ema_decay": 0, "clip_grad_norm": 0, "backbone_lr_mult": 0,
+            "accumulate_steps": 1}
 BELOW = {"label_smoothing": 1, "ema_decay": 1, "momentum": 1}
 
 
@@ -141,7 +164,19 @@ def _problem(name: str, value: Any) -> str | None:
     return f"must be at least {AT_LEAST[name]}"
   if name in BELOW and value >= BELOW[name]:
     return f"must be below {BELOW[name]}"
+  if name == "freeze":
+    bad = [part for part in frozen_parts(value) if not PART.fullmatch(part)]
+    if bad:
+      return f"{bad[0]!r} is not a part: name stem, layer1, layer2... separated by commas"
   return None
+
+
+PART = re.compile(r"stem|layer[1-9][0-9]*")
+
+
+def frozen_parts(freeze: str) -> tuple[str, ...]:
+  """The parts ``freeze`` names: ``"stem, layer1"`` is ("stem", "layer1")."""
+  return tuple(part.strip() for part in freeze.split(",") if part.strip())
 
 
 def _parse(key: str, raw: str, kind: type) -> Any:

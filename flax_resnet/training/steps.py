@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +21,91 @@ def decay_mask(params) -> object:
 
 def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
                    optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
-                   weight_decay: float = 1e-4, decay_all: bool = False) -> nnx.Optimizer:
-  """SGD (torch-style coupled weight decay) or AdamW, over the model's ``nnx.Param``s."""
-  mask = None if decay_all else decay_mask
-  if optimizer == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
-                     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
-  elif optimizer == "adamw":
-    tx = optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
-  else:
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+                   weight_decay: float = 1e-4, decay_all: bool = False,
+                   clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
+                   backbone_lr_mult: float = 1.0) -> nnx.Optimizer:
+  """``transform``'s optimiser over the model's ``nnx.Param``s; ``ValueError`` for a
+  ``frozen`` part the model lacks."""
+  unknown = set(frozen) - set(parts(model))
+  if unknown:
+    raise ValueError(f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are "
+                     f"{', '.join(parts(model))}")
+  tx = transform(learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+                 weight_decay=weight_decay, decay_all=decay_all, clip_grad_norm=clip_grad_norm,
+                 frozen=frozen, backbone_lr_mult=backbone_lr_mult)
   # One program for the whole state rather than one zeros_like per parameter shape.
   return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
+
+
+def transform(learning_rate: float | optax.Schedule, *, optimizer: str = "sgd",
+              momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 1e-4,
+              decay_all: bool = False, clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
+              backbone_lr_mult: float = 1.0) -> optax.GradientTransformation:
+  """SGD (torch-style coupled weight decay) or AdamW, for a ResNet's parameters.
+
+  ``clip_grad_norm`` > 0 first scales the gradient down to that global L2 norm when
+  it is longer (``optax.clip_by_global_norm``), as torchvision's reference trainer
+  calls ``nn.utils.clip_grad_norm_`` before ``optimizer.step()``: the weight decay
+  is added after clipping, inside the step. ``frozen`` parts (``stem``, ``layerN``;
+  see ``part_of``) get no update at all, not even weight decay, no optimiser state,
+  and take no part in the clipped norm (torch's frozen parameters have no gradient);
+  ``freeze_norms`` puts their BatchNorm in eval mode. ``backbone_lr_mult`` multiplies
+  the learning rate of every parameter but ``fc``'s.
+  """
+  tx = base_transform(optimizer, learning_rate, momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, decay_all=decay_all)
+  if backbone_lr_mult != 1:
+    # SGD's and AdamW's updates are linear in the learning rate (momentum and Adam's
+    # moments do not depend on it), so scaling the update is torch's per-group lr.
+    tx = optax.chain(tx, optax.multi_transform(
+        {"head": optax.identity(), "backbone": optax.scale(backbone_lr_mult)},
+        _labels(lambda part: "head" if part == "fc" else "backbone")))
+  if clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
+  if frozen:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               _labels(lambda part: "frozen" if part in frozen else "train"))
+  return tx
+
+
+def parts(model: nnx.Module) -> tuple[str, ...]:
+  """The parts of a ResNet that can be frozen: ``stem``, ``layer1``, ``layer2``..."""
+  return tuple(info.name for info in model.feature_info)
+
+
+def part_of(path: tuple) -> str:
+  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``),
+  ``layerN`` or ``fc``."""
+  first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
+  return "stem" if first in ("conv1", "bn1") else first
+
+
+def _labels(label: Callable[[str], str]) -> Callable:
+  """optax's labels function: ``label`` of each parameter's part, by its path."""
+  return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: label(part_of(p)), params)
+
+
+def freeze_norms(model: nnx.Module, frozen: Sequence[str]) -> None:
+  """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
+  statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
+  for part in frozen:
+    if part == "stem":
+      model.bn1.set_attributes(use_running_average=True, raise_if_not_found=False)
+    else:
+      getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
+
+
+def base_transform(optimizer: str, learning_rate: float | optax.Schedule, *, momentum: float,
+                   nesterov: bool, weight_decay: float,
+                   decay_all: bool) -> optax.GradientTransformation:
+  """The optimiser's own transformation: SGD with coupled decay, or AdamW."""
+  mask = None if decay_all else decay_mask
+  if optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+  if optimizer == "adamw":
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
+  raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -64,23 +138,90 @@ def global_norm(tree) -> jax.Array:
 
 
 def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
-           label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+           label_smoothing: float = 0.0, accumulate_steps: int = 1,
+           frozen: Sequence[str] = ()) -> dict[str, jax.Array]:
   """The step's work on the objects, in place: one optimiser update; the loss, the
-  gradient's global norm (the trainer stops on a non-finite one) and accuracy counts."""
-  def loss_fn(m):
-    logits = m(images)
-    return cross_entropy(logits, labels, label_smoothing), logits
+  gradient's global norm (the trainer stops on a non-finite one) and accuracy counts.
 
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  ``accumulate_steps`` = k splits the batch into k micro-batches (``micro_batches``),
+  one at a time through the network: the gradient is their mean, as one batch of all
+  of them, and BatchNorm normalises each with its own statistics and moves its running
+  statistics k times, as torch's gradient accumulation does. The ``frozen`` parts'
+  parameters are not differentiated (zeros go to the optimiser, which ignores them):
+  the backward pass stops where nothing before it trains.
+  """
+  wrt = trainable(frozen)
+  if accumulate_steps > 1:
+    loss, grads, counts = accumulated_gradient(model, images, labels, label_smoothing,
+                                               accumulate_steps, wrt)
+  else:
+    def loss_fn(m):
+      logits = m(images)
+      return cross_entropy(logits, labels, label_smoothing), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
+                                               has_aux=True)(model)
+    counts = accuracy(logits.astype(jnp.float32), labels)
+  norm = global_norm(grads)
+  if frozen:  # the optimiser takes a gradient for every Param
+    grads = nnx.merge_state(jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)), grads)
   optimizer.update(model, grads)
-  return {"loss": loss, "grad_norm": global_norm(grads),
-          **accuracy(logits.astype(jnp.float32), labels)}
+  return {"loss": loss, "grad_norm": norm, **counts}
 
 
-@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm"), donate_argnames="state")
+def trainable(frozen: Sequence[str]) -> nnx.filterlib.Filter:
+  """The nnx filter of the parameters outside the ``frozen`` parts."""
+  if not frozen:
+    return nnx.Param
+  return nnx.All(nnx.Param, lambda path, _: part_of(path) not in frozen)
+
+
+def micro_batches(x: jax.Array, k: int) -> jax.Array:
+  """``x`` (B, ...) as k micro-batches (k, B / k, ...); micro-batch j holds rows j, j + k,
+  j + 2k...: each device's contiguous shard of a sharded batch gives every micro-batch
+  an equal part, so none moves between devices and per-device BatchNorm groups stay
+  the devices' shards."""
+  return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+
+def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                         label_smoothing: float, k: int, wrt: nnx.filterlib.Filter = nnx.Param
+                         ) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
+  """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
+  ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
+  state (BatchNorm's running statistics) is carried from one micro-batch to the next
+  and written back. ``wrt``: the parameters differentiated."""
+  graphdef, params, rest = nnx.split(model, wrt, ...)
+
+  def micro(carry, batch):
+    rest, total = carry
+    x, y = batch
+
+    def loss_fn(params, rest):
+      # copy: variables of this trace; merge would reuse the caller's, which BatchNorm
+      # cannot update from inside the scan (TraceContextError).
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      logits = m(x)
+      return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(wrt)))
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
+    total = jax.tree.map(jnp.add, total, grads)
+    return (rest, total), (loss, accuracy(logits.astype(jnp.float32), y))
+
+  (rest, total), (losses, counts) = jax.lax.scan(
+      micro, (rest, jax.tree.map(jnp.zeros_like, params)),
+      (micro_batches(images, k), micro_batches(labels, k)))
+  nnx.update(model, rest)
+  # Equal micro-batches: the mean of their mean losses is the batch's mean loss.
+  return (jnp.mean(losses), jax.tree.map(lambda g: g / k, total),
+          jax.tree.map(lambda c: jnp.sum(c, axis=0), counts))
+
+
+@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm", "accumulate_steps",
+                                             "frozen"), donate_argnames="state")
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
                label_smoothing: float = 0.0,
-               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+               accumulate_steps: int = 1, frozen: tuple[str, ...] = ()
                ) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
@@ -89,17 +230,20 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   ``nnx.jit`` over the objects: nnx.jit walks the model's graph on every call, which
   for a ResNet-50 costs the host 35 ms a step against 5 ms here (2-core CPU), time a
   GPU step of 50 ms cannot afford. With ``norm`` = (mean, std), ``images`` are uint8
-  and normalised here, on the device.
+  and normalised here, on the device. ``accumulate_steps`` = k takes the batch in k
+  micro-batches (``update``); the batch must divide by k. ``frozen``: the parts that
+  the optimiser freezes (``make_optimizer``), left out of the backward pass.
   """
   model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
-  metrics = update(model, optimizer, images, labels, label_smoothing)
+  metrics = update(model, optimizer, images, labels, label_smoothing, accumulate_steps, frozen)
   return nnx.state((model, optimizer)), metrics
 
 
 def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.0,
-                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                    accumulate_steps: int = 1, frozen: tuple[str, ...] = ()):
   """``train_step`` as a jitted function of (state leaves, images, labels).
 
   It returns (new state leaves, metrics): lists and dicts of arrays, which
@@ -108,7 +252,8 @@ def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.
   """
   def step(leaves, images, labels):
     state = jax.tree.unflatten(treedef, leaves)
-    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing, norm)
+    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing,
+                                            norm, accumulate_steps, frozen)
     return jax.tree.leaves(state), metrics
   return jax.jit(step, donate_argnums=0)
 

@@ -41,8 +41,9 @@ from flax_resnet.xla_cache import enable_compilation_cache
 from flax_resnet.training import checkpoints, commands, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric, repair_last_line
+from flax_resnet.training import steps as steps_lib
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
-                         make_optimizer)
+                                       freeze_norms, make_optimizer)
 
 parse_args = commands.parse_train_args  # defined where parsing needs no JAX
 
@@ -74,11 +75,12 @@ def model_spec(cfg) -> tuple[str | None, dict]:
 
 
 def build_model(cfg) -> nnx.Module:
-  """A fresh model, or one started from a converted checkpoint (``init_from``)."""
+  """A fresh model, or one started from ``init_from``: a converted checkpoint, or
+  torchvision's weights by name (``weights_name``)."""
   arch, options = model_spec(cfg)
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
-    source, meta = flax_resnet.load(cfg.init_from, norm=options["norm"], dtype=options["dtype"])
+    source, meta, what = load_init(cfg, arch, options)
     keep_head = meta.options.get("num_classes") == cfg.num_classes
     check_same_network(cfg.init_from, (arch, options), (meta.arch, meta.options))
     state = nnx.state(source)
@@ -86,9 +88,40 @@ def build_model(cfg) -> nnx.Module:
       del state["fc"]  # a fresh head for the new classes
     check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
-    print(f"initialised from {cfg.init_from} ({'its' if keep_head else 'a fresh'} head)",
-          flush=True)
+    print(f"initialised from {what} ({'its' if keep_head else 'a fresh'} head)", flush=True)
   return model
+
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def weights_name(init_from: str) -> str | None:
+  """The torchvision weights name ``init_from`` gives, or None for a checkpoint folder:
+  ``torchvision:NAME`` always names weights; a bare ``IMAGENET1K_V2``, ``DEFAULT`` or
+  ``ResNet50_Weights.IMAGENET1K_V2`` does unless a path of that name exists."""
+  if init_from.startswith(TORCHVISION_PREFIX):
+    return init_from[len(TORCHVISION_PREFIX):]
+  from flax_resnet.pretrained import _NAME
+  return init_from if _NAME.match(init_from) and not os.path.exists(init_from) else None
+
+
+def load_init(cfg, arch: str | None, options: dict) -> tuple[nnx.Module, object, str]:
+  """(model, metadata, a description) that ``init_from`` names, in the run's norm and
+  dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
+  through the cache that ``create_model(weights=...)`` uses."""
+  weights = weights_name(cfg.init_from)
+  common = {"norm": options["norm"], "dtype": options["dtype"]}
+  if weights is None:
+    return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
+  if arch is None:
+    raise ValueError(f"config init_from={cfg.init_from!r}: torchvision's weights are for "
+                     f"{cfg.arch}'s own depths and widths; set layers= and channels= empty")
+  from flax_resnet.pretrained import load_pretrained, resolve_entry
+  try:
+    source, meta = load_pretrained(arch, weights, **common)
+  except ValueError as e:
+    raise ValueError(f"config init_from={cfg.init_from!r}: {e}") from e
+  return source, meta, f"torchvision's {arch} {resolve_entry(arch, weights)}"
 
 
 # Constructor options that make another network, whether or not its tensors' shapes
@@ -162,6 +195,29 @@ def schedule(cfg, steps_per_epoch: int) -> optax.Schedule:
   return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
 
 
+def frozen(cfg, model: nnx.Module) -> tuple[str, ...]:
+  """The parts of ``model`` that the run keeps as they are: every part but ``fc`` for a
+  linear probe, else those ``freeze`` names; ``ValueError`` for one the model lacks."""
+  have = steps_lib.parts(model)
+  if cfg.linear_probe:
+    return have
+  names = config_lib.frozen_parts(cfg.freeze)
+  missing = [name for name in names if name not in have]
+  if missing:
+    raise ValueError(f"config freeze={cfg.freeze!r}: this model has no {missing[0]}; its "
+                     f"parts are {', '.join(have)}")
+  return names
+
+
+def run_optimizer(cfg, model: nnx.Module, steps_per_epoch: int) -> nnx.Optimizer:
+  """The optimiser that ``cfg`` describes, over ``model``'s parameters."""
+  return make_optimizer(
+      model, schedule(cfg, steps_per_epoch), optimizer=cfg.optimizer, momentum=cfg.momentum,
+      nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
+      clip_grad_norm=cfg.clip_grad_norm, frozen=frozen(cfg, model),
+      backbone_lr_mult=cfg.backbone_lr_mult)
+
+
 class Preemption:
   """Turns SIGTERM (TPU preemption, job schedulers) and SIGINT (Ctrl-C) into a flag the
   loop checks: the run saves and stops. A second Ctrl-C stops at once, without saving
@@ -182,13 +238,18 @@ def check_config(cfg, devices: int) -> None:
   """Config errors that only show once the device count is known, as ValueErrors."""
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
+  if cfg.global_batch % (devices * cfg.accumulate_steps):
+    raise ValueError(f"config accumulate_steps={cfg.accumulate_steps}: global_batch "
+                     f"{cfg.global_batch} does not split into {cfg.accumulate_steps} micro-batches "
+                     f"with an equal share of each of the {devices} devices")
   flax_resnet.registry.architecture(cfg.arch)
 
 
 # Fields a resumed run may change: they decide when to stop, log, save or evaluate, and
-# where and how the same images are read, never what a step computes.
+# where and how the same images are read, never what a step computes; remat trades the
+# step's memory for compute, the same function (in bfloat16, rounded otherwise).
 RESUMABLE = ("max_steps", "log_every", "workers", "prefetch", "keep_checkpoints",
-             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir")
+             "checkpoint_every", "eval_every_epochs", "step_cache", "data_dir", "remat")
 
 
 def changed_on_resume(cfg, workdir: Path) -> list[str]:
@@ -284,11 +345,11 @@ class Trainer:
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward,
                          raise_if_not_found=False)
-    optimizer = make_optimizer(
-        model, schedule(cfg, self.steps_per_epoch),
-        optimizer=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    model.remat = cfg.remat
+    optimizer = run_optimizer(cfg, model, self.steps_per_epoch)
     model.train()
+    self.frozen = frozen(cfg, model)
+    freeze_norms(model, self.frozen)
     self.model_graphdef = nnx.split(model)[0]
     self.graphdef, state = nnx.split((model, optimizer))
     state = jax.device_put(state, NamedSharding(self.mesh, P()))
@@ -322,7 +383,8 @@ class Trainer:
   def _compile_step(self, args: tuple):
     """The train step over the state's leaves: from the step cache, else traced."""
     step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
-                           (tuple(self.cfg.mean), tuple(self.cfg.std)))
+                           (tuple(self.cfg.mean), tuple(self.cfg.std)), self.cfg.accumulate_steps,
+                           self.frozen)
     if self.step_cache is None:
       return step
     compiled = self.step_cache.get(step, args, str(self.treedef))
@@ -533,7 +595,8 @@ def host_memory_estimate(cfg, graphdef: nnx.GraphDef, state: nnx.State,
   weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
   batch_bytes = local_batch * cfg.image_size ** 2 * 3
   per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
-  parts = {"activations": per_image * local_batch * _BYTES_SAVED_PER_ACTIVATION,
+  micro_batch = local_batch // cfg.accumulate_steps  # what the backward pass keeps at once
+  parts = {"activations": per_image * micro_batch * _BYTES_SAVED_PER_ACTIVATION,
            "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
            "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
            "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
