@@ -22,10 +22,10 @@ _WHERE = {
     "flax_resnet.pretrained": ("load_pretrained",),
     "flax_resnet.preprocess": ("EvalTransform",),
     "flax_resnet.torchvision_weights": ("Weights", "list_pretrained"),
-    "flax_resnet.registry": ("ARCHITECTURES", "ResNet18", "ResNet34", "ResNet50", "ResNet101",
-                             "ResNet152", "ResNeXt50_32X4D", "ResNeXt101_32X8D",
-                             "ResNeXt101_64X4D", "WideResNet50_2", "WideResNet101_2",
-                             "create_model", "list_models"),
+    "flax_resnet.registry": ("ARCHITECTURES", "list_models"),
+    "flax_resnet.builders": ("ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
+                             "ResNeXt50_32X4D", "ResNeXt101_32X8D", "ResNeXt101_64X4D",
+                             "WideResNet50_2", "WideResNet101_2", "create_model"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.torchvision_weights import DEFAULT, find, list_pretrained
+from flax_resnet.torchvision_weights import DEFAULT, find, hash_prefix, list_pretrained
 from flax_resnet.xla_cache import cache_dir
 
 WEIGHTS_ENV = "FLAX_RESNET_WEIGHTS"
@@ -86,7 +86,7 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
   prefix in torchvision's file name for ``arch`` ``entry`` (the URL it records, for an
   entry not in ``torchvision_weights.TABLE``); a ``ValueError`` naming the file otherwise."""
   from flax_resnet.saved_model import METADATA, read_metadata
-  from flax_resnet.torch_port import ConversionError, hash_prefix
+  from flax_resnet.torch_port import ConversionError
 
   source = read_metadata(path).source or {}
   known = find(arch, entry)

@@ -1,4 +1,5 @@
-"""One table of architectures, ``create_model`` and torchvision-style constructors."""
+"""One table of architectures, and building them: what loading a checkpoint needs (no
+weights are fetched here; ``builders`` adds them on top)."""
 
 from __future__ import annotations
 
@@ -43,27 +44,13 @@ def architecture(name: str) -> Arch:
   return ARCHITECTURES[name]
 
 
-def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
-                 **options: Any) -> ResNet:
-  """Builds architecture ``name`` with ``ResNet``'s keyword ``options``.
+def build(name: str, **options: Any) -> ResNet:
+  """Architecture ``name`` with ``ResNet``'s keyword ``options``, randomly initialised.
 
-  ``create_model("resnet50", num_classes=10, rngs=nnx.Rngs(0))``: random
-  initialisation, in train mode. Options that define the architecture itself
-  (block, layers, groups, width_per_group) come from the table and cannot be
-  overridden.
-
-  ``weights`` loads torchvision's pretrained weights, as torchvision's own
-  ``weights=``: ``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``
-  or the enum member. ``pretrained=True`` (timm's spelling) means ``"DEFAULT"``.
-  The model comes in eval mode; ``flax_resnet.load_pretrained`` also returns the
-  weights' metadata (preprocessing, categories). The first call downloads and
-  converts (torch needed); later ones read ``~/.cache/flax_resnet/weights``.
+  Options that define the architecture itself (block, layers, groups,
+  width_per_group) come from the table and cannot be overridden. Pretrained weights
+  are ``flax_resnet.create_model``'s, a layer above (``builders``).
   """
-  if pretrained and weights is not None:
-    raise ValueError("pass weights=... or pretrained=True, not both")
-  if pretrained or weights is not None:
-    from flax_resnet.pretrained import load_pretrained
-    return load_pretrained(name, "DEFAULT" if weights is None else weights, **options)[0]
   arch = architecture(name)
   fixed = set(arch._fields) & set(options)
   if fixed:
@@ -74,7 +61,7 @@ def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
 
 def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:
   """Builds a named architecture or, with ``arch=None``, a custom ``ResNet``."""
-  return create_model(arch, **options) if arch else ResNet(**options)
+  return build(arch, **options) if arch else ResNet(**options)
 
 
 def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
@@ -86,24 +73,3 @@ def model_to_fill(arch: str | None, options: Mapping[str, Any]) -> ResNet:
   if nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat))):
     return build_model(arch, options)
   return model
-
-
-def _constructor(name: str):
-  def build(*, weights: Any = None, pretrained: bool = False, **options: Any) -> ResNet:
-    return create_model(name, weights=weights, pretrained=pretrained, **options)
-  build.__name__ = build.__qualname__ = name
-  build.__doc__ = (f"torchvision's ``{name}``; ``weights``/``pretrained`` and keyword options "
-                   "as ``create_model``.")
-  return build
-
-
-ResNet18 = _constructor("resnet18")
-ResNet34 = _constructor("resnet34")
-ResNet50 = _constructor("resnet50")
-ResNet101 = _constructor("resnet101")
-ResNet152 = _constructor("resnet152")
-ResNeXt50_32X4D = _constructor("resnext50_32x4d")
-ResNeXt101_32X8D = _constructor("resnext101_32x8d")
-ResNeXt101_64X4D = _constructor("resnext101_64x4d")
-WideResNet50_2 = _constructor("wide_resnet50_2")
-WideResNet101_2 = _constructor("wide_resnet101_2")

@@ -23,6 +23,7 @@ from flax_resnet.cli import one_line
 from flax_resnet.files import sha256
 from flax_resnet.model import ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
+from flax_resnet.torchvision_weights import hash_prefix
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": 
                  "var": "running_var"}
 CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
-HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's rule for the hash in a file name
 DEFAULT_STAGE_CHANNELS = (64, 128, 256, 512)
 
 
@@ -344,13 +344,6 @@ def _load_safetensors(path: Path) -> dict:
     return load_st(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
-
-
-def hash_prefix(name: str) -> str | None:
-  """The SHA-256 prefix a torchvision file name carries (``resnet18-f37072fd.pth`` ->
-  ``f37072fd``), found as torch.hub finds it; None if the name carries none."""
-  match = HASH_IN_NAME.search(os.path.basename(name))
-  return match[1] if match and match[1] else None
 
 
 def check_hash(file: Path, name: str | None = None) -> str:

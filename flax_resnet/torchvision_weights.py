@@ -9,9 +9,19 @@ checks this table against torchvision's own enums, so it cannot drift.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import NamedTuple
 
 URL_BASE = "https://download.pytorch.org/models/"
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's rule for the hash in a file name
+
+
+def hash_prefix(name: str) -> str | None:
+  """The SHA-256 prefix a torchvision file name carries (``resnet18-f37072fd.pth`` ->
+  ``f37072fd``), found as torch.hub finds it; None if the name carries none."""
+  match = HASH_IN_NAME.search(os.path.basename(name))
+  return match[1] if match and match[1] else None
 
 
 class Weights(NamedTuple):
@@ -37,7 +47,7 @@ class Weights(NamedTuple):
   @property
   def hash_prefix(self) -> str:
     """The SHA-256 prefix in the file's name (torch.hub's rule)."""
-    return self.file.rsplit("-", 1)[1].split(".")[0]
+    return hash_prefix(self.file)
 
   @property
   def is_default(self) -> bool:

@@ -143,8 +143,8 @@ async def full(slices, spec, **kwargs):
   return await write(slices, spec, **kwargs)
 
 serialization.async_serialize_from_host = full
-from flax_resnet.training.trainer import main
-sys.exit(main(sys.argv[1:]))
+from flax_resnet.training.commands import train
+sys.exit(train(sys.argv[1:]))
 """
 
 

@@ -188,6 +188,7 @@ def test_one_device_and_eight_devices_agree(cifar2, tmp_path):
 
 
 def _at(tree, path):
+  """``tree``'s leaf at ``path``, whose integer keys orbax restores as strings."""
   for key in path:
     tree = tree[key] if key in tree else tree[int(key)]
   return tree
@@ -711,13 +712,6 @@ def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
   changed = {path[0] for path, x in keys if not np.array_equal(np.asarray(x),
                                                                 np.asarray(_at(start, path)))}
   assert changed == {"fc"}  # weights and BatchNorm statistics of the rest: every bit kept
-
-
-def _at(tree: dict, path: tuple):
-  """``tree``'s leaf at ``path``, whose integer keys orbax restores as strings."""
-  for key in path:
-    tree = tree[key] if key in tree else tree[int(key)]
-  return tree
 
 
 def test_accumulated_micro_batches_train_as_the_whole_batch_on_eight_devices(cifar2, tmp_path):

@@ -116,7 +116,7 @@ def cifar_steps(args, work: Path) -> list[Step]:
   sets = ["--set", f"data_dir={data}"]
   return [Step(f"cifar10-{which}", [*command, "--config", preset, "--workdir",
                                     str(work / f"run-{which}"), *sets], 300, needs_s=300)
-          for which, command in (("jax", [sys.executable, "-m", "flax_resnet.training.trainer"]),
+          for which, command in (("jax", [sys.executable, "-m", "flax_resnet.training.commands"]),
                                  ("torch", bench("train-torch")))]
 
 

@@ -59,7 +59,7 @@ def manager(workdir: Path, keep: int) -> Manager:
   # best_fn too: without it orbax keeps no metrics on disk, and no reader can rank them.
   options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, best_fn=score,
                                          create=True, enable_async_checkpointing=True)
-  _quiet_background_save_errors()
+  _quiet_expected_orbax_logs()
   return Manager(workdir.absolute() / "checkpoints", options=options)
 
 
@@ -132,17 +132,26 @@ def _remove_temporaries(folder: Path, steps: list[int]) -> bool:
 # What orbax's background save threads log, each with a traceback, before the same error
 # reaches the main thread, where it is reported in one line (``SaveFailed``).
 _SAVE_THREAD_ERRORS = ("raised an exception", "background save thread", "Save Finalize thread")
+# orbax's warning on every save without metrics of a manager with ``best_fn``: ours carry
+# eval metrics at the epochs that evaluate and none in between (nor in runs shorter than
+# an epoch), and orbax then ranks only the evaluated ones, which is what "best" means here.
+_SAVE_WITHOUT_METRICS = "Requested `tracked_metric`; did not provide metrics."
 
 
-def _quiet_background_save_errors() -> None:
+def _quiet_expected_orbax_logs() -> None:
+  """Installs ``_not_expected_from_orbax`` on absl's logger (orbax logs through it), once."""
   absl = logging.getLogger("absl")
-  if not any(f is _not_a_save_thread_error for f in absl.filters):
-    absl.addFilter(_not_a_save_thread_error)
+  if not any(f is _not_expected_from_orbax for f in absl.filters):
+    absl.addFilter(_not_expected_from_orbax)
 
 
-def _not_a_save_thread_error(record: logging.LogRecord) -> bool:
+def _not_expected_from_orbax(record: logging.LogRecord) -> bool:
+  """False for the two kinds of orbax log above; every other absl message passes."""
+  message = record.getMessage()
+  if message == _SAVE_WITHOUT_METRICS:
+    return False
   return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-              and any(s in record.getMessage() for s in _SAVE_THREAD_ERRORS))
+              and any(s in message for s in _SAVE_THREAD_ERRORS))
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

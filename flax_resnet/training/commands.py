@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 
 from flax_resnet.cli import ArgumentParser
@@ -44,3 +45,7 @@ def train(argv=None) -> int:
   args = parse_train_args(argv)
   from flax_resnet.training import trainer
   return trainer.run_command(args)
+
+
+if __name__ == "__main__":
+  sys.exit(train())

@@ -16,61 +16,23 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import grain
 import numpy as np
 from PIL import Image
 
-from flax_resnet.preprocess import EvalTransform, open_image
+from flax_resnet.preprocess import EvalTransform
+from flax_resnet.training import shards
+from flax_resnet.training.folder import ImageFolder
 
 log = logging.getLogger(__name__)
-EXTENSIONS = (".jpg", ".jpeg", ".png")
 SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
-
-
-@dataclass(frozen=True)
-class ImageFolder:
-  """Files under ``root/<class>/``; classes are the sorted sub-folder names."""
-  root: Path
-  classes: tuple[str, ...]
-  files: tuple[str, ...]
-  labels: tuple[int, ...]
-
-  @classmethod
-  def scan(cls, root: str | Path) -> "ImageFolder":
-    root = Path(root)
-    if not root.is_dir():
-      raise ValueError(f"data folder {root} does not exist")
-    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
-    if not classes:
-      raise ValueError(f"data folder {root} has no class sub-folders")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-      found = sorted(str(p) for p in (root / name).iterdir() if p.suffix.lower() in EXTENSIONS)
-      if not found:
-        raise ValueError(f"class folder {root / name} holds no {'/'.join(EXTENSIONS)} images")
-      files += found
-      labels += [label] * len(found)
-    return cls(root, classes, tuple(files), tuple(labels))
-
-  def __len__(self) -> int:
-    return len(self.files)
-
-  def read(self, i: int) -> tuple[Image.Image, int]:
-    """(8-bit RGB image, label) of file ``i``; ``ValueError`` naming it if unreadable."""
-    return open_image(self.files[i]), self.labels[i]
-
-  def name(self, i: int) -> str:
-    return self.files[i]
 
 
 def open_split(data_dir: str, split: str):
   """The images of ``data_dir/split``: ``shards.Shards`` where it holds a complete set of
   shards (their index.json), else an ``ImageFolder``."""
-  from flax_resnet.training import shards
   if not data_dir:
     raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
                      "train and eval splits), or --set synthetic=true")
@@ -366,51 +328,9 @@ def verified_classes(source) -> tuple[str, ...]:
   """The class names of an ``ImageFolder`` (its folders) or of ``shards.Shards`` (their
   ``classes.json``, checked against the records' labels and paths: ``ValueError`` if
   edited)."""
-  from flax_resnet.training import shards
   if isinstance(source, shards.Shards):
-    _check_shard_classes(source)
+    shards.check_classes(source)
   return tuple(source.classes)
-
-
-def _check_shard_classes(source) -> None:
-  """Each label's name in ``classes.json`` against the class folder its records came from.
-
-  train/shards.py writes records in class order, so a bisection reads only about
-  classes * log2(images per class) records to meet the first and last record of
-  every label; unreadable records are passed over (the trainer skips them).
-  """
-  from flax_resnet.training import shards
-  names, seen = tuple(source.classes), {}
-  where = f"{source.root.parent / shards.CLASSES}"
-
-  def label_at(i: int) -> int | None:
-    if i not in seen:
-      try:
-        label, path, _ = shards.decode(source.source[i])
-      except (ValueError, RuntimeError):
-        seen[i] = None
-        return None
-      folder = path.split("/")[0]
-      if label >= len(names) or names[label] != folder:
-        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
-            f"lists {len(names)} classes, no label {label}")
-        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
-                         f"{path!r} with label {label}: the file was edited or belongs to "
-                         "other shards; write the shards again with train/shards.py")
-      seen[i] = label
-    return seen[i]
-
-  spans = [(0, len(source) - 1)] if len(source) else []
-  while spans:
-    lo, hi = spans.pop()
-    first, last = label_at(lo), label_at(hi)
-    if hi - lo > 1 and (first is None or first != last):
-      spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
-  labels = {label for label in seen.values() if label is not None}
-  if labels and max(labels) + 1 != len(names):
-    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
-                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
-                     "other shards; write the shards again with train/shards.py")
 
 
 def fingerprint(source) -> dict:

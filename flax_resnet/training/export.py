@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import flax_resnet
-from flax_resnet.cli import ArgumentParser, replace_problem, report
+from flax_resnet.cli import ArgumentParser, CliError, check_replaceable, report
 from flax_resnet.training import config as config_lib
 
 if TYPE_CHECKING:
@@ -87,10 +87,7 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   from flax_resnet.training.trainer import model_spec
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
-  problem = replace_problem(out) if out.exists() else None
-  if problem:  # checked before the restore: a user's data is never replaced
-    raise ValueError(f"--out {out} {problem}: --force replaces only a flax-resnet checkpoint; "
-                     "choose another path")
+  check_replaceable(out)  # before the restore: a user's data is never replaced
   pure, meta, step = restore(workdir, which, ema)
   _check_finite(pure, f"checkpoint {step} of {workdir}")
   cfg = config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v
@@ -125,7 +122,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, CliError) as e:
     return report(e)
   print(json.dumps({"out": str(path), **flax_resnet.saved_model.read_metadata(path).source}))
   return 0

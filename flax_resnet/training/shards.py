@@ -26,6 +26,7 @@ from etils import epath
 
 from flax_resnet.cli import ArgumentParser, one_line, positive_int, report
 from flax_resnet.preprocess import open_image
+from flax_resnet.training.folder import ImageFolder
 
 INDEX, CLASSES, SUFFIX = "index.json", "classes.json", ".array_record"
 _HEADER = struct.Struct("<4sIH")  # magic, label, length of the path that follows
@@ -107,6 +108,47 @@ class Shards:
       return f"{self.root}/{decode(self._record(i))[1]} (record {i})"
     except ValueError:
       return f"record {i} of {self.root}"
+
+
+def check_classes(source: Shards) -> None:
+  """Each label's name in ``classes.json`` against the class folder its records came from;
+  a ``ValueError`` naming the file if they differ (it was edited, or is of other shards).
+
+  train/shards.py writes records in class order, so a bisection reads only about
+  classes * log2(images per class) records to meet the first and last record of
+  every label; unreadable records are passed over (the trainer skips them).
+  """
+  names, seen = tuple(source.classes), {}
+  where = f"{source.root.parent / CLASSES}"
+
+  def label_at(i: int) -> int | None:
+    if i not in seen:
+      try:
+        label, path, _ = decode(source.source[i])
+      except (ValueError, RuntimeError):
+        seen[i] = None
+        return None
+      folder = path.split("/")[0]
+      if label >= len(names) or names[label] != folder:
+        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
+            f"lists {len(names)} classes, no label {label}")
+        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
+                         f"{path!r} with label {label}: the file was edited or belongs to "
+                         "other shards; write the shards again with train/shards.py")
+      seen[i] = label
+    return seen[i]
+
+  spans = [(0, len(source) - 1)] if len(source) else []
+  while spans:
+    lo, hi = spans.pop()
+    first, last = label_at(lo), label_at(hi)
+    if hi - lo > 1 and (first is None or first != last):
+      spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
+  labels = {label for label in seen.values() if label is not None}
+  if labels and max(labels) + 1 != len(names):
+    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
+                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
+                     "other shards; write the shards again with train/shards.py")
 
 
 def _first_damaged_shard(paths: list[str]) -> str:
@@ -227,7 +269,6 @@ def write_classes(out, classes: tuple[str, ...]) -> None:
 
 def convert(folder: str, out: str, splits: list[str], per_shard: int, log=print) -> None:
   """Every split of ImageFolder ``folder`` into shards under ``out``."""
-  from flax_resnet.training.data import ImageFolder
   folders = {split: ImageFolder.scan(epath.Path(folder) / split) for split in splits}
   classes = {tuple(f.classes) for f in folders.values()}
   if len(classes) > 1:

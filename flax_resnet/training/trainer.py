@@ -17,7 +17,6 @@ import argparse
 import fcntl
 import inspect
 import json
-import logging
 import os
 import signal
 import socket
@@ -38,15 +37,12 @@ import flax_resnet
 from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, report
 from flax_resnet.cpu import use_every_core
 from flax_resnet.xla_cache import enable_compilation_cache
-from flax_resnet.training import checkpoints, commands, config as config_lib, data, step_cache
+from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric, repair_last_line
 from flax_resnet.training import steps as steps_lib
 from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
                                        freeze_norms, make_optimizer)
-
-parse_args = commands.parse_train_args  # defined where parsing needs no JAX
-
 
 def setup_distributed(args) -> None:
   """``jax.distributed.initialize`` from the flags, automatically on TPU pods, else nothing."""
@@ -101,8 +97,12 @@ def weights_name(init_from: str) -> str | None:
   ``ResNet50_Weights.IMAGENET1K_V2`` does unless a path of that name exists."""
   if init_from.startswith(TORCHVISION_PREFIX):
     return init_from[len(TORCHVISION_PREFIX):]
-  from flax_resnet.pretrained import _NAME
-  return init_from if _NAME.match(init_from) and not os.path.exists(init_from) else None
+  from flax_resnet.pretrained import entry_name
+  try:
+    entry_name(init_from)  # the spelling weights= accepts
+  except ValueError:
+    return None
+  return None if os.path.exists(init_from) else init_from
 
 
 def load_init(cfg, arch: str | None, options: dict) -> tuple[nnx.Module, object, str]:
@@ -275,26 +275,6 @@ def changed_on_resume(cfg, workdir: Path) -> list[str]:
   return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 
 
-class _SaveWithoutMetrics(logging.Filter):
-  """Drops orbax's warning that a save of a manager with ``best_fn`` carries no metrics.
-
-  Ours carry eval metrics at the epochs that evaluate and none in between (nor in runs
-  shorter than an epoch): orbax then ranks only the evaluated ones, which is what "best"
-  means here. Every other absl message passes.
-  """
-  MESSAGE = "Requested `tracked_metric`; did not provide metrics."
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.getMessage() != self.MESSAGE
-
-
-def _expect_saves_without_metrics() -> None:
-  """Installs ``_SaveWithoutMetrics`` on absl's logger, once per process."""
-  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
-  if not any(isinstance(f, _SaveWithoutMetrics) for f in absl_logger.filters):
-    absl_logger.addFilter(_SaveWithoutMetrics())
-
-
 class Diverged(Exception):
   """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
 
@@ -327,7 +307,6 @@ class Trainer:
     self._build_state()
     # The first write to the workdir: every check of the input has passed.
     workdir.mkdir(parents=True, exist_ok=True)
-    _expect_saves_without_metrics()
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
@@ -746,14 +725,10 @@ def config_lines(cfg, devices: int, processes: int) -> str:
       f"  {k}={text(v)}" for k, v in cfg.to_json().items()])
 
 
-def main(argv=None) -> int:
-  """Exit 0 when done (or saved on SIGTERM), 2 on bad input (one line), 3 when the loss
-  diverged, 130 when saved and stopped on Ctrl-C (README)."""
-  return run_command(parse_args(argv))
-
-
 def run_command(args: argparse.Namespace) -> int:
-  """Runs the parsed command line; ``main``'s exit codes."""
+  """Runs ``flax-resnet-train``'s parsed command line (``commands.train`` parses it): exit 0
+  when done (or saved on SIGTERM), 2 on bad input (one line), 3 when the loss diverged,
+  130 when saved and stopped on Ctrl-C (README)."""
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
     use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
@@ -774,7 +749,3 @@ def run_command(args: argparse.Namespace) -> int:
           "same command resumes from it", file=sys.stderr)
     return EXIT_INTERRUPTED
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
