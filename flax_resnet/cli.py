@@ -9,12 +9,13 @@ training stopped on Ctrl-C (after saving, unless pressed twice), as shells repor
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from flax_resnet.errors import one_line, quiet_aborted_reads, replace_problem
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3  # 1 is Python's own, for a traceback
 EXIT_INTERRUPTED = 128 + 2  # SIGINT's number, as a shell reports a process it stopped
@@ -38,43 +39,6 @@ class ArgumentParser(argparse.ArgumentParser):
   def error(self, message: str):
     print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
-
-
-def quiet_aborted_reads() -> None:
-  """Drops what orbax's reads, still in flight, leave behind once a restore of a damaged
-  checkpoint has failed: "Event loop is closed" errors from tensorstore's threads and the
-  errors of orbax's read coroutines that nothing awaits any more. Hundreds of lines of
-  them would follow the one-line error that names the file."""
-  if getattr(sys.unraisablehook, "quiets_aborted_reads", False):
-    return
-  default = sys.unraisablehook
-
-  def hook(unraisable):
-    code = getattr(unraisable.object, "cr_code", None)
-    closed = (unraisable.exc_type is RuntimeError
-              and str(unraisable.exc_value) == "Event loop is closed")
-    if not (closed or (code and "orbax" in code.co_filename)):
-      default(unraisable)
-
-  hook.quiets_aborted_reads = True
-  sys.unraisablehook = hook
-  # Python 3.12's asyncio.run logs the same tasks' errors at shutdown, thousands of lines.
-  logging.getLogger("asyncio").addFilter(_not_an_aborted_orbax_read)
-
-
-def _not_an_aborted_orbax_read(record: logging.LogRecord) -> bool:
-  message = record.getMessage()
-  # The same read's error, logged once its task is collected: seen under load, as a
-  # 60-line traceback after the one-line warning of a damaged checkpoint.
-  return not (message.startswith(("unhandled exception during asyncio.run() shutdown",
-                                  "Task exception was never retrieved"))
-              and "orbax" in message)
-
-
-def one_line(error: BaseException) -> str:
-  """An exception's message on one line."""
-  return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (
-      type(error).__name__)
 
 
 def report(error: BaseException) -> int:
@@ -118,31 +82,6 @@ def check_writable_dir(out: Path, force: bool, flag: str = "--out") -> None:
     os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=parent))
   except OSError as e:
     raise CliError(f"{flag} {out}: cannot write in {parent} ({e.strerror or e})") from None
-
-
-CHECKPOINT_ENTRIES = ("metadata.json", "state")
-
-
-def replace_problem(path: Path) -> str | None:
-  """Why directory ``path`` may not be replaced by a new checkpoint (``--force``), or None.
-
-  Only what holds nothing of a user's may go: an empty directory, or a flax-resnet
-  checkpoint (``metadata.json`` and ``state/``, and nothing else).
-  """
-  if path.is_symlink():
-    return "is a symbolic link"
-  if not path.is_dir():
-    return "is not a directory"
-  entries = sorted(p.name for p in path.iterdir())
-  if not entries:
-    return None
-  if not ((path / "metadata.json").is_file() and (path / "state").is_dir()):
-    return "is not a flax-resnet checkpoint (no metadata.json and state/)"
-  others = [e for e in entries if e not in CHECKPOINT_ENTRIES]
-  if others:
-    return (f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which is not "
-            "part of a flax-resnet checkpoint")
-  return None
 
 
 def check_replaceable(out: Path, flag: str = "--out") -> None:

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
   from flax_resnet.saved_model import load
-  from flax_resnet.xla_cache import enable_compilation_cache
+  from flax_resnet.caches import enable_compilation_cache
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)

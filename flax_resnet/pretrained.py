@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flax_resnet.torchvision_weights import DEFAULT, find, hash_prefix, list_pretrained
-from flax_resnet.xla_cache import cache_dir
+from flax_resnet.caches import cache_dir
 
 WEIGHTS_ENV = "FLAX_RESNET_WEIGHTS"
 _NAME = re.compile(r"^(?:(?P<enum>\w+_Weights)\.)?(?P<entry>[A-Z0-9_]+)$")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line, quiet_aborted_reads, replace_problem
+from flax_resnet.errors import one_line, quiet_aborted_reads, replace_problem
 from flax_resnet.files import remove_stale_temp_dirs, replace_dir, temp_dir_beside
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.cli import one_line
+from flax_resnet.errors import one_line
 from flax_resnet.files import sha256
 from flax_resnet.model import ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
@@ -427,13 +427,6 @@ def torchvision_model(arch: str | None, options: Mapping[str, Any]):
   return model
 
 
-def versions() -> dict[str, str]:
-  """torch's and torchvision's versions, for the metadata of what they produced."""
-  import torch
-  import torchvision
-  return {"torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
 def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any], transform,
                         categories: list[str] | None, parity: dict | None,
                         head: str = "from source"):
@@ -442,16 +435,13 @@ def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any], trans
   class names, the verification's figures, and every version that made it."""
   import datetime
 
-  import flax
-
-  from flax_resnet import __version__
   from flax_resnet.saved_model import Metadata
+  from flax_resnet.versions import versions
   counts = batches_tracked(conversion.state_dict)
   if counts is not None:  # flax2torch writes them back
     source = {**source, "num_batches_tracked": counts}
   return Metadata(
       arch=conversion.arch, options=conversion.options, source=source, notes=conversion.notes,
       head=head, preprocessing=transform.to_json(), categories=categories, parity=parity,
-      versions={**versions(), "jax": jax.__version__, "flax": flax.__version__,
-                "flax_resnet": __version__},
+      versions=versions(),
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.bench.results import emit, versions
+from flax_resnet.bench.results import emit
+from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.model import conv_general_dilated
 

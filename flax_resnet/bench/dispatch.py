@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import flax_resnet
-from flax_resnet.bench.results import emit, versions
+from flax_resnet.bench.results import emit
+from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training.steps import make_optimizer, train_step, update
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from flax_resnet.bench.results import emit, versions
+from flax_resnet.bench.results import emit
+from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser, positive_int
 from flax_resnet.files import write_atomic
 

@@ -197,7 +197,7 @@ def facts(out: Path) -> int:
 
   import jax
 
-  from flax_resnet.bench.results import versions
+  from flax_resnet.versions import versions
   row = {"bench": "facts", "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
          "versions": versions(), "cpu_count": os.cpu_count(),
          "dev_shm_bytes": shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir()

@@ -35,7 +35,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
-from flax_resnet.bench.results import emit, versions
+from flax_resnet.bench.results import emit
+from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
 from flax_resnet.training.steps import make_optimizer, train_step

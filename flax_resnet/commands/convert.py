@@ -168,7 +168,7 @@ def main(argv=None) -> int:
   except CliError as e:
     return report(e)
   from flax_resnet.torch_port import ConversionError
-  from flax_resnet.xla_cache import enable_compilation_cache
+  from flax_resnet.caches import enable_compilation_cache
   enable_compilation_cache()
   try:
     meta, parameters = run(args)

@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.cli import one_line, quiet_aborted_reads
+from flax_resnet.errors import one_line, quiet_aborted_reads
 
 policies = ocp.checkpoint_managers
 

@@ -24,7 +24,8 @@ import time
 
 from etils import epath
 
-from flax_resnet.cli import ArgumentParser, one_line, positive_int, report
+from flax_resnet.cli import ArgumentParser, positive_int, report
+from flax_resnet.errors import one_line
 from flax_resnet.preprocess import open_image
 from flax_resnet.training.folder import ImageFolder
 

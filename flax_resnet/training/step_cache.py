@@ -31,7 +31,7 @@ import jax
 from jax.sharding import Mesh
 
 from flax_resnet.files import write_atomic
-from flax_resnet.xla_cache import cache_dir
+from flax_resnet.caches import cache_dir
 
 FORMAT = 1
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import flax_resnet
 from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, report
 from flax_resnet.cpu import use_every_core
-from flax_resnet.xla_cache import enable_compilation_cache
+from flax_resnet.caches import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
 from flax_resnet.training.plot import append_metric, repair_last_line

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-SNIPPET = ("from flax_resnet.xla_cache import enable_compilation_cache; import jax; "
+SNIPPET = ("from flax_resnet.caches import enable_compilation_cache; import jax; "
            "print(enable_compilation_cache()); "
            "print(jax.config.jax_persistent_cache_min_compile_time_secs)")
 

@@ -1,0 +1,73 @@
+"""What the library and the commands share about failures: one-line messages, the rule for
+what a new checkpoint may replace, and the silencing of what orbax's aborted reads leave behind.
+
+Library code raises with these; only the commands (``cli.py``) turn errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def quiet_aborted_reads() -> None:
+  """Drops what orbax's reads, still in flight, leave behind once a restore of a damaged
+  checkpoint has failed: "Event loop is closed" errors from tensorstore's threads and the
+  errors of orbax's read coroutines that nothing awaits any more. Hundreds of lines of
+  them would follow the one-line error that names the file."""
+  if getattr(sys.unraisablehook, "quiets_aborted_reads", False):
+    return
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    closed = (unraisable.exc_type is RuntimeError
+              and str(unraisable.exc_value) == "Event loop is closed")
+    if not (closed or (code and "orbax" in code.co_filename)):
+      default(unraisable)
+
+  hook.quiets_aborted_reads = True
+  sys.unraisablehook = hook
+  # Python 3.12's asyncio.run logs the same tasks' errors at shutdown, thousands of lines.
+  logging.getLogger("asyncio").addFilter(_not_an_aborted_orbax_read)
+
+
+def _not_an_aborted_orbax_read(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  # The same read's error, logged once its task is collected: seen under load, as a
+  # 60-line traceback after the one-line warning of a damaged checkpoint.
+  return not (message.startswith(("unhandled exception during asyncio.run() shutdown",
+                                  "Task exception was never retrieved"))
+              and "orbax" in message)
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's message on one line."""
+  return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (
+      type(error).__name__)
+
+
+CHECKPOINT_ENTRIES = ("metadata.json", "state")
+
+
+def replace_problem(path: Path) -> str | None:
+  """Why directory ``path`` may not be replaced by a new checkpoint, or None.
+
+  Only what holds nothing of a user's may go: an empty directory, or a flax-resnet
+  checkpoint (``metadata.json`` and ``state/``, and nothing else).
+  """
+  if path.is_symlink():
+    return "is a symbolic link"
+  if not path.is_dir():
+    return "is not a directory"
+  entries = sorted(p.name for p in path.iterdir())
+  if not entries:
+    return None
+  if not ((path / "metadata.json").is_file() and (path / "state").is_dir()):
+    return "is not a flax-resnet checkpoint (no metadata.json and state/)"
+  others = [e for e in entries if e not in CHECKPOINT_ENTRIES]
+  if others:
+    return (f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which is not "
+            "part of a flax-resnet checkpoint")
+  return None
