@@ -21,6 +21,7 @@ Dtype = Any
 
 NORMS = ("batch", "frozen_batch", "group")
 STEMS = ("imagenet", "cifar")
+DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter net takes a prefix
 
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -477,7 +478,7 @@ class ResNet(nnx.Module):
                width_per_group: int = 64,
                replace_stride_with_dilation: Sequence[bool] | None = None,
                norm: str = "batch", norm_groups: int = 32, in_channels: int = 3,
-               stem: str = "imagenet", channels: Sequence[int] = (64, 128, 256, 512),
+               stem: str = "imagenet", channels: Sequence[int] = DEFAULT_CHANNELS,
                expansion: int | None = None, dropout: float = 0.0, dtype: Dtype = None,
                param_dtype: Dtype = jnp.float32, *, rngs: nnx.Rngs | None = None):
     block = _check_args(block, layers, num_classes, groups, width_per_group,

@@ -21,7 +21,7 @@ from flax import nnx
 
 from flax_resnet.errors import one_line
 from flax_resnet.files import sha256
-from flax_resnet.model import ResNet, make_head
+from flax_resnet.model import DEFAULT_CHANNELS, ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
 from flax_resnet.torchvision_weights import hash_prefix
 
@@ -32,7 +32,6 @@ LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": 
                  "var": "running_var"}
 CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
-DEFAULT_STAGE_CHANNELS = (64, 128, 256, 512)
 
 
 class ConversionError(ValueError):
@@ -146,7 +145,7 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
     width = conv2[1] * 64 // channels[0]
   arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width)
   name = next((n for n, a in ARCHITECTURES.items() if a == arch), None)
-  if name is None or channels != DEFAULT_STAGE_CHANNELS or out != 64:
+  if name is None or channels != DEFAULT_CHANNELS or out != 64:
     return None, {**arch._asdict(), "channels": channels, **options}
   return name, options
 
@@ -410,7 +409,7 @@ def torchvision_model(arch: str | None, options: Mapping[str, Any]):
   opts = dict(options)
   if opts.pop("stem", "imagenet") != "imagenet" or opts.pop("norm", "batch") != "batch":
     return None
-  if opts.pop("channels", DEFAULT_STAGE_CHANNELS) != DEFAULT_STAGE_CHANNELS:
+  if opts.pop("channels", DEFAULT_CHANNELS) != DEFAULT_CHANNELS:
     return None
   in_channels = opts.pop("in_channels", 3)
   for unused in ("dtype", "param_dtype", "dropout", "norm_groups", "rngs"):

@@ -17,9 +17,9 @@ from torch import nn
 from torchvision.models import resnet as tv
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from flax_resnet.model import DEFAULT_CHANNELS
 from flax_resnet.registry import architecture
 
-DEFAULT_CHANNELS = (64, 128, 256, 512)
 
 
 class TorchResNet(nn.Module):

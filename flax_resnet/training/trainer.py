@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import flax_resnet
 from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, report
 from flax_resnet.cpu import use_every_core
+from flax_resnet.model import DEFAULT_CHANNELS
 from flax_resnet.caches import enable_compilation_cache
 from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
 from flax_resnet.files import write_atomic
@@ -67,7 +68,7 @@ def model_spec(cfg) -> tuple[str | None, dict]:
     return cfg.arch, options
   block = flax_resnet.registry.architecture(cfg.arch).block
   return None, dict(options, block=block, layers=tuple(cfg.layers),
-                    channels=tuple(cfg.channels) or (64, 128, 256, 512)[:len(cfg.layers)])
+                    channels=tuple(cfg.channels) or DEFAULT_CHANNELS[:len(cfg.layers)])
 
 
 def build_model(cfg) -> nnx.Module:
