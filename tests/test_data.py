@@ -1,10 +1,17 @@
-"""train/data.py: the pipeline reads ahead a bounded number of batches."""
+"""training/data.py: the pipeline reads ahead a bounded number of batches, and carries why
+an image was skipped from where it was read."""
 
+import logging
 import threading
 import time
+from pathlib import Path
 
+import grain
+import numpy as np
 import pytest
+from PIL import Image
 
+from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training import config as config_lib, data
 
 
@@ -38,3 +45,40 @@ def test_short_shared_memory_is_named_before_workers_stall(tmp_path, caplog):
   caplog.clear()
   _warn_if_shared_memory_is_short(1, str(tmp_path))
   assert caplog.text == ""
+
+
+class Broken:
+  """An image source whose images 3 and 4 cannot be read; it counts every read."""
+  root, classes = Path("broken"), ("even", "odd")
+
+  def __init__(self):
+    self.reads = 0
+
+  def __len__(self) -> int:
+    return 8
+
+  def read(self, i: int):
+    self.reads += 1
+    if i in (3, 4):
+      raise ValueError(f"cannot read image {i}: broken where it was read")
+    return Image.new("RGB", (8, 8), (i, i, i)), i % 2
+
+
+def test_train_and_eval_batches_carry_the_readers_reasons_and_the_log_reads_nothing(caplog):
+  source = Broken()
+  train = grain.MapDataset.range(8).random_map(data.TrainSample(source, 8), seed=0).batch(8)[0]
+  evaluate = data.EvalSample(source, EvalTransform(8, 8, mean=(0,) * 3, std=(1,) * 3))
+  padded = data._pad_batch([evaluate.map(i) for i in range(8)], 10, 8)
+  assert set(train) == set(padded)  # one encoding
+  assert list(train["label"]) == [0, 1, 0, 1, 1, 1, 0, 1]  # 3 and 4 replaced by 5
+  assert list(padded["label"]) == [0, 1, 0, -1, -1, 1, 0, 1, -1, -1]
+  why = {i: f"cannot read image {i}: broken where it was read" for i in (3, 4)}
+  assert data.skips(train, 8) == [(3, why[3]), (4, why[4]), (4, why[4])]
+  assert data.skips(padded, 8) == [(3, why[3]), (4, why[4])]
+  reads, skips = source.reads, data.SkipLog()
+  with caplog.at_level(logging.WARNING):
+    skips.add(source, train)
+    skips.add(source, padded)
+  assert source.reads == reads and skips.count == 3 + 2  # every visit counted
+  assert caplog.messages == ["skipping unreadable image (logged once, counted at every "
+                             f"visit): {why[i]}" for i in (3, 4)]

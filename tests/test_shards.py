@@ -1,18 +1,17 @@
 """train/shards.py: ImageFolder splits as ArrayRecord shards, read back as the folder reads."""
 
-import collections
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flax_resnet.bench.datasets import unpack_cifar
 from flax_resnet.bench.pipeline import imagenet_folder
 from flax_resnet.preprocess import open_image
-from flax_resnet.training import data, shards
+from flax_resnet.training import shard_format, shards, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,16 +31,7 @@ def imagenet(data_dir, tmp_path_factory):
 def cifar(data_dir, tmp_path_factory):
   """The first 30 train and 10 test JPEGs of each CIFAR-10 class, in their folders (the
   tarball's first 300 are all birds: one class, which the trainer refuses for 10)."""
-  root, counts = tmp_path_factory.mktemp("cifar"), collections.Counter()
-  with tarfile.open(data_dir / "cifar10-jpeg.tar.gz") as tar:
-    for member in tar:
-      parts = member.name.split("/")
-      if len(parts) == 4 and member.isfile() and counts[parts[1], parts[2]] < (
-          30 if parts[1] == "train" else 10):
-        counts[parts[1], parts[2]] += 1
-        (root / parts[1] / parts[2]).mkdir(parents=True, exist_ok=True)
-        (root / parts[1] / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
-  return root
+  return unpack_cifar(data_dir, tmp_path_factory.mktemp("cifar"), {"train": 30, "test": 10})
 
 
 @pytest.mark.parametrize("which, splits", [("imagenet", "train"), ("cifar", "train,test")])
@@ -52,13 +42,13 @@ def test_records_hold_the_folders_files_byte_for_byte_in_their_order(request, tm
   assert done.returncode == 0, done.stderr
   assert "ETA" in done.stdout
   for split in splits.split(","):
-    source = data.ImageFolder.scan(folder / split)
-    read = data.open_split(str(tmp_path / "shards"), split)
-    assert isinstance(read, shards.Shards) and len(read) == len(source) > 0
+    source = sources.ImageFolder.scan(folder / split)
+    read = sources.open_split(str(tmp_path / "shards"), split)
+    assert isinstance(read, sources.Shards) and len(read) == len(source) > 0
     assert read.classes == source.classes
     assert len(read.shards) == -(-len(source) // 37)
     for i in range(len(source)):
-      label, name, raw = shards.decode(read.source[i])
+      label, name, raw = shard_format.decode(read.source[i])
       assert raw == Path(source.files[i]).read_bytes() and label == source.labels[i]
       assert source.files[i].endswith(name)
     image, label = read.read(len(source) - 1)
@@ -73,7 +63,7 @@ def test_an_interrupted_conversion_resumes_and_writes_the_same_shards(cifar, tmp
   (out / "train" / "train-00004-of-00005.array_record").unlink()
   (out / "train" / ".train-00004-of-00005.array_record.tmp").write_bytes(b"half")
   with pytest.raises(ValueError, match="did not finish"):
-    data.open_split(str(out), "train")
+    sources.open_split(str(out), "train")
   again = convert(cifar, out, "--splits", "train", "--records-per-shard", "64")
   assert again.returncode == 0 and "(1 shards written now)" in again.stdout, again.stdout
   assert {p.name: p.read_bytes() for p in (out / "train").iterdir()
@@ -105,7 +95,7 @@ def test_other_classes_in_the_same_out_are_refused(cifar, tmp_path):
 
 def test_a_record_that_is_not_ours_is_a_clear_error():
   with pytest.raises(ValueError, match="not written by train/shards.py"):
-    shards.decode(b"\x00" * 64)
+    shard_format.decode(b"\x00" * 64)
 
 
 def tiny_train(workdir, data, *sets):
@@ -123,7 +113,7 @@ def garble(path: Path, offset: int, length: int = 64) -> None:
   path.write_bytes(bytes(raw))
 
 
-def unreadable(split: shards.Shards) -> list[int]:
+def unreadable(split: sources.Shards) -> list[int]:
   bad = []
   for i in range(len(split)):
     try:
@@ -138,7 +128,7 @@ def test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image(ci
   out = tmp_path / "shards"
   assert convert(cifar, out, "--splits", "train,test", "--records-per-shard", "64").returncode == 0
   garble(out / "train" / "train-00001-of-00005.array_record", 20_000)
-  bad = unreadable(data.open_split(str(out), "train"))
+  bad = unreadable(sources.open_split(str(out), "train"))
   assert 1 <= len(bad) <= 3, bad  # the chunks the garbled bytes fall in, nothing else
   done = tiny_train(tmp_path / "w", out, "epochs=2", "max_steps=18", "log_every=9")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -183,7 +173,7 @@ def test_a_second_conversion_rewrites_a_damaged_shard(cifar, tmp_path, damage):
   if damage != "missing":
     assert f"{shard}: truncated or damaged" in again.stdout and "rewriting it" in again.stdout
   assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == first
-  assert unreadable(data.open_split(str(out), "train")) == []
+  assert unreadable(sources.open_split(str(out), "train")) == []
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +206,9 @@ class CountingReads:
 
 def test_classes_json_is_checked_against_every_label_reading_few_records(five_classes,
                                                                          tmp_path):
-  split = shards.Shards(str(five_classes / "train"))
+  split = sources.Shards(str(five_classes / "train"))
   split.source = CountingReads(split.source)
-  assert data.verified_classes(split) == tuple(f"class{c}" for c in range(5))
+  assert split.verified_classes() == tuple(f"class{c}" for c in range(5))
   assert split.source.reads < 60  # of 200: the first and last record of each label
   edited = tmp_path / "edited"
   (edited / "train").mkdir(parents=True)
@@ -230,4 +220,4 @@ def test_classes_json_is_checked_against_every_label_reading_few_records(five_cl
                            (names + ["class5"], "lists 6 classes, but the records of")]:
     (edited / "classes.json").write_text(json.dumps(classes))
     with pytest.raises(ValueError, match=message):
-      data.verified_classes(shards.Shards(str(edited / "train")))
+      sources.Shards(str(edited / "train")).verified_classes()

@@ -6,11 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from flax_resnet.bench.datasets import unpack_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("airplane", "automobile")
@@ -21,18 +22,10 @@ TINY = ["layers=1,1", "channels=16,32", "num_classes=2", "dtype=float32", "worke
 @pytest.fixture(scope="module")
 def cifar2(data_dir, tmp_path_factory):
   """256 train and 64 test images of two CIFAR-10 classes, unpacked from the shared tarball."""
-  root = tmp_path_factory.mktemp("cifar2")
-  limits, counts = {"train": 256, "test": 64}, {}
-  with tarfile.open(data_dir / "cifar10-jpeg.tar.gz") as tar:
-    for member in tar:
-      parts = member.name.split("/")
-      if len(parts) == 4 and member.isfile() and parts[2] in CLASSES:
-        key = (parts[1], parts[2])
-        if counts.get(key, 0) < limits[parts[1]]:
-          counts[key] = counts.get(key, 0) + 1
-          (root / parts[1] / parts[2]).mkdir(parents=True, exist_ok=True)
-          (root / parts[1] / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
-  assert len(counts) == 4
+  root = unpack_cifar(data_dir, tmp_path_factory.mktemp("cifar2"), {"train": 256, "test": 64},
+                      CLASSES)
+  assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*")) == [
+      f"{split}/{name}" for split in ("test", "train") for name in CLASSES]
   return root
 
 

@@ -24,16 +24,14 @@ import logging
 import os
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-
+from flax_resnet.bench.datasets import CIFAR_ARCHIVE, unpack_cifar
 from flax_resnet.bench.results import DATA, emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training import config as config_lib, data, shards
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,18 +71,9 @@ def imagenet_folder(root: Path, dest: Path) -> Path:
 
 def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
   """The first ``limit`` train JPEGs of the CIFAR-10-JPEG tarball, unpacked."""
-  archive = root / "cifar10-jpeg.tar.gz"
-  if not archive.is_file():
-    raise ValueError(f"{archive} not found: set --data-root or FLAX_RESNET_DATA")
-  count = 0
-  with tarfile.open(archive) as tar:
-    for member in tar:
-      parts = member.name.split("/")
-      if count < limit and member.isfile() and len(parts) == 4 and parts[1] == "train":
-        (dest / "train" / parts[2]).mkdir(parents=True, exist_ok=True)
-        (dest / "train" / parts[2] / parts[3]).write_bytes(tar.extractfile(member).read())
-        count += 1
-  return dest
+  if not (root / CIFAR_ARCHIVE).is_file():
+    raise ValueError(f"{root / CIFAR_ARCHIVE} not found: set --data-root or FLAX_RESNET_DATA")
+  return unpack_cifar(root, dest, {"train": limit}, per_class=False)
 
 
 class WorkerStart:

@@ -29,12 +29,12 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flax_resnet.bench.datasets import unpack_cifar
 from flax_resnet.bench.results import DATA
 from flax_resnet.bench.suite_report import write_report
 from flax_resnet.cli import ArgumentParser, CliError, check_writable_dir, positive_float
@@ -145,12 +145,11 @@ def run_step(step: Step, log, deadline: float, prepare=None) -> dict:
   return {**row, "status": status, "seconds": round(time.monotonic() - start, 1)}
 
 
-def unpack_cifar(data: Path, dest: Path):
+def unpack_cifar_once(data: Path, dest: Path):
   """A function that unpacks CIFAR-10's tarball into ``dest`` once."""
   def unpack():
     if not dest.exists():
-      with tarfile.open(data / "cifar10-jpeg.tar.gz") as tar:
-        tar.extractall(dest, filter="data")
+      unpack_cifar(data, dest)
   return unpack
 
 
@@ -162,7 +161,7 @@ def run(args) -> int:
   statuses = []
   with tempfile.TemporaryDirectory(prefix="flax-resnet-suite-") as work, \
        open(args.out / LOG, "a") as log:
-    unpack = unpack_cifar(args.data, Path(work) / "cifar10")
+    unpack = unpack_cifar_once(args.data, Path(work) / "cifar10" / "cifar10-jpeg")
     for step in plan(args, results, Path(work)):
       row = run_step(step, log, deadline, unpack if step.name.startswith("cifar10") else None)
       statuses.append(row)

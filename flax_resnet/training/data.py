@@ -1,5 +1,5 @@
-"""Grain input pipelines: ImageFolder JPEG/PNG files, ArrayRecord shards of them
-(``train/shards.py``), or synthetic images.
+"""Grain input pipelines over an image source (``sources.py``: ImageFolder JPEG/PNG files or
+ArrayRecord shards of them), or over synthetic images.
 
 The order is a pure function of the seed (a per-epoch permutation), each process
 reads its own slice, and the iterator's state goes into every checkpoint, so a
@@ -8,7 +8,6 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -23,21 +22,20 @@ import numpy as np
 from PIL import Image
 
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.training import shards
-from flax_resnet.training.folder import ImageFolder
+from flax_resnet.training.sources import ImageSource, open_split
 
 log = logging.getLogger(__name__)
 SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
+# Between the reasons of one element's skipped images: no error message holds it.
+REASONS_SEPARATOR = "\x1e"
 
 
-def open_split(data_dir: str, split: str):
-  """The images of ``data_dir/split``: ``shards.Shards`` where it holds a complete set of
-  shards (their index.json), else an ``ImageFolder``."""
-  if not data_dir:
-    raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
-                     "train and eval splits), or --set synthetic=true")
-  where = f"{data_dir.rstrip('/')}/{split}"
-  return shards.Shards(where) if shards.is_shards(where) else ImageFolder.scan(where)
+def element(image, label: int, first: int, reasons: list[str]) -> dict:
+  """One element of a batch, train or eval alike: the image and its label, after the images
+  passed over to reach it: ``len(reasons)`` of them (``skipped``) from position ``first`` on,
+  each with the reason its reader raised, where the failure happened (a worker process)."""
+  return {"image": image, "label": label, "skipped": len(reasons), "first": first,
+          "reasons": REASONS_SEPARATOR.join(reasons)}
 
 
 def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -69,24 +67,23 @@ class TrainSample(grain.transforms.RandomMap):
   uint8 moves a quarter of float32's bytes between worker processes and to the devices.
 
   An unreadable image is passed over and the next readable one takes its place, so
-  batches keep their size: ``skipped`` images from position ``first`` on were passed
-  over (``skipped_indices`` lists them; ``SkipLog`` logs each once, in the main process,
-  rather than every worker at every visit). ``source`` is an ``ImageFolder`` or
-  ``shards.Shards``: the same images in the same order give the same samples.
+  batches keep their size; the element carries what was passed over and why (``element``),
+  and ``SkipLog`` logs each once, in the main process, rather than every worker at every
+  visit. The same images in the same order give the same samples, whatever the source.
   """
 
-  def __init__(self, source, size: int):
+  def __init__(self, source: ImageSource, size: int):
     self.source, self.size = source, size
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    n = len(self.source)
+    n, reasons = len(self.source), []
     for skipped in range(n):
       try:
         image, label = self.source.read((index + skipped) % n)
-      except ValueError:
+      except ValueError as e:
+        reasons.append(str(e))
         continue
-      return {"image": self._augment(image, rng), "label": label, "skipped": skipped,
-              "first": index % n}
+      return element(self._augment(image, rng), label, index % n, reasons)
     raise ValueError(f"no readable image in {self.source.root}")
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
@@ -102,15 +99,15 @@ class TrainSample(grain.transforms.RandomMap):
 class EvalSample(grain.transforms.Map):
   """Index -> the converter's eval preprocessing; unreadable images are skipped as in training."""
 
-  def __init__(self, source, transform: EvalTransform):
+  def __init__(self, source: ImageSource, transform: EvalTransform):
     self.source, self.transform = source, transform
 
   def map(self, index: int) -> dict:
     try:
       image, label = self.source.read(index)
-    except ValueError:
-      return {"image": None, "label": -1, "skipped": 1, "index": index}
-    return {"image": self.transform(image), "label": label, "skipped": 0, "index": index}
+    except ValueError as e:
+      return element(None, -1, index, [str(e)])  # image None: a blank pads its place
+    return element(self.transform(image), label, index, [])
 
 
 class SyntheticSample(grain.transforms.RandomMap):
@@ -120,25 +117,25 @@ class SyntheticSample(grain.transforms.RandomMap):
     self.size, self.num_classes = size, num_classes
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    return {"image": rng.integers(0, 256, (self.size, self.size, 3), np.uint8),
-            "label": int(rng.integers(self.num_classes)), "skipped": 0, "first": 0}
+    return element(rng.integers(0, 256, (self.size, self.size, 3), np.uint8),
+                   int(rng.integers(self.num_classes)), 0, [])
 
 
 def train_batches(config, process_index: int, process_count: int, worker_init=None):
   """(an iterator over this process's share of each global batch, endless over epochs,
-  the source it reads, an ImageFolder or Shards, or None for synthetic data).
+  the ``ImageSource`` it reads, or None for synthetic data).
 
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
   ``worker_init(index, count)`` runs in each worker process after ``WorkerSetup``'s.
   """
   local_batch = config.global_batch // process_count
-  folder = None
+  source = None
   if config.synthetic:
     count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
   else:
-    folder = open_split(config.data_dir, config.train_split)
-    count, op = len(folder), TrainSample(folder, config.image_size)
+    source = open_split(config.data_dir, config.train_split)
+    count, op = len(source), TrainSample(source, config.image_size)
   ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
   # Augment before slicing: each image's randomness follows its global position, so
   # any process count sees the same samples in each global batch.
@@ -151,7 +148,7 @@ def train_batches(config, process_index: int, process_count: int, worker_init=No
     _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers),
                         worker_init_fn=WorkerSetup(os.getpid(), worker_init))
-  return iter(ds), folder
+  return iter(ds), source
 
 
 class WorkerSetup:
@@ -222,13 +219,14 @@ def _interleave_state(position: int, workers: int) -> dict:
           "exhausted": [0] * workers, "future_states": {}}
 
 
-def skipped_indices(source, batch: dict) -> list[int]:
-  """The positions a train batch passed over, in order (each element's ``skipped`` from
-  ``first``); none for synthetic data (``source`` None)."""
-  if source is None:
-    return []
-  return [(int(batch["first"][j]) + s) % len(source)
-          for j in np.flatnonzero(batch["skipped"]) for s in range(int(batch["skipped"][j]))]
+def skips(batch: dict, count: int) -> list[tuple[int, str]]:
+  """(position, reason) of each image a batch (train or eval) passed over, in order: each
+  element's ``skipped`` from ``first`` on, in a source of ``count`` images."""
+  found = []
+  for j in np.flatnonzero(batch["skipped"]):
+    reasons = str(batch["reasons"][j]).split(REASONS_SEPARATOR)
+    found += [((int(batch["first"][j]) + s) % count, r) for s, r in enumerate(reasons)]
+  return found
 
 
 class SkipLog:
@@ -237,16 +235,15 @@ class SkipLog:
   def __init__(self, count: int = 0):
     self.count, self.logged = count, set()
 
-  def add(self, source, indices: list[int]) -> None:
-    self.count += len(indices)
-    for i in indices:
-      if (str(source.root), i) not in self.logged:  # a visit already logged reads nothing
+  def add(self, source: ImageSource | None, batch: dict) -> None:
+    """Counts the images ``batch`` passed over in ``source`` and logs those not logged yet;
+    synthetic data (``source`` None) passes over none."""
+    if source is None:
+      return
+    for i, reason in skips(batch, len(source)):
+      self.count += 1
+      if (str(source.root), i) not in self.logged:
         self.logged.add((str(source.root), i))
-        try:
-          source.read(i)
-          reason = f"{source.name(i)}: unreadable when it was read"
-        except ValueError as e:
-          reason = str(e)
         log.warning("skipping unreadable image (logged once, counted at every visit): %s",
                     reason)
 
@@ -292,27 +289,27 @@ def eval_batches(config, process_index: int, process_count: int):
   return source, batches()
 
 
-def _pad_batch(rows, size: int, image_size: int) -> dict:
+def _pad_batch(rows: list[dict], size: int, image_size: int) -> dict:
+  """``rows`` (``element``s) as one batch of ``size``: blank images with label -1 in place
+  of the unreadable ones and after the last row."""
   blank = np.zeros((image_size, image_size, 3), np.float32)
-  images = [r["image"] if r["image"] is not None else blank for r in rows]
-  labels = [r["label"] for r in rows]
-  pad = size - len(rows)
-  return {"image": np.stack(images + [blank] * pad),
-          "label": np.asarray(labels + [-1] * pad, np.int32),
-          "skipped_indices": [r["index"] for r in rows if r["skipped"]]}
+  rows = rows + [element(blank, -1, 0, [])] * (size - len(rows))
+  batch = {k: np.asarray([r[k] for r in rows]) for k in ("skipped", "first", "reasons")}
+  return {"image": np.stack([blank if r["image"] is None else r["image"] for r in rows]),
+          "label": np.asarray([r["label"] for r in rows], np.int32), **batch}
 
 
-def check_splits(config, train) -> None:
+def check_splits(config, train: ImageSource) -> None:
   """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
   shards whose ``classes.json`` disagrees with their records, a class count other than
   ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split
   that is missing (found after a whole epoch otherwise) or has other classes."""
-  classes = verified_classes(train)
+  classes = train.verified_classes()
   if len(classes) != config.num_classes:
     raise ValueError(f"the training data {train.root} has {len(classes)} classes "
                      f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
                      f"--set num_classes={len(classes)}")
-  evaluated = verified_classes(open_split(config.data_dir, config.eval_split))
+  evaluated = open_split(config.data_dir, config.eval_split).verified_classes()
   if evaluated != classes:
     raise ValueError(f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "
                      f"other classes ({_listed(evaluated)}) than the training split "
@@ -324,30 +321,10 @@ def _listed(classes: tuple[str, ...], at_most: int = 5) -> str:
   return shown + (f", ... {len(classes) - at_most} more" if len(classes) > at_most else "")
 
 
-def verified_classes(source) -> tuple[str, ...]:
-  """The class names of an ``ImageFolder`` (its folders) or of ``shards.Shards`` (their
-  ``classes.json``, checked against the records' labels and paths: ``ValueError`` if
-  edited)."""
-  if isinstance(source, shards.Shards):
-    shards.check_classes(source)
-  return tuple(source.classes)
-
-
-def fingerprint(source) -> dict:
-  """What identifies a split's images in a checkpoint: class names, image count and, for
-  an ``ImageFolder``, the SHA-256 of its sorted relative paths (shards are identified by
-  names and count only: hashing their paths would read every record)."""
-  found = {"classes": list(source.classes), "images": len(source)}
-  if isinstance(source, ImageFolder):
-    prefix = len(str(source.root)) + 1  # files are str(root / class / name): no Path per file
-    paths = sorted(f[prefix:] for f in source.files)
-    found["paths_sha256"] = hashlib.sha256("\n".join(paths).encode()).hexdigest()
-  return found
-
-
 def check_same_images(saved: dict | None, now: dict, where: str) -> None:
-  """``ValueError`` if ``now`` (a ``fingerprint``) describes other images than ``saved``, the
-  one a checkpoint holds (None in checkpoints older than fingerprints: not checked)."""
+  """``ValueError`` if ``now`` (an ``ImageSource.fingerprint``) describes other images than
+  ``saved``, the one a checkpoint holds (None in checkpoints older than fingerprints: not
+  checked)."""
   if not saved:
     return
   differ = [k for k in ("classes", "images", "paths_sha256")

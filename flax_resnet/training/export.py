@@ -84,6 +84,7 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   from flax import nnx
   from flax_resnet.saved_model import Metadata
   from flax_resnet.training import data
+  from flax_resnet.training.sources import open_split
   from flax_resnet.training.trainer import model_spec
   if out.exists() and not force:
     raise ValueError(f"--out {out} exists; pass --force to replace it")
@@ -102,7 +103,7 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   classes = (meta.get("train_data") or {}).get("classes")
   if classes is None and cfg.data_dir and not cfg.synthetic and (
       Path(cfg.data_dir) / cfg.train_split).is_dir():
-    classes = list(data.verified_classes(data.open_split(cfg.data_dir, cfg.train_split)))
+    classes = list(open_split(cfg.data_dir, cfg.train_split).verified_classes())
   metadata = Metadata(arch=arch, options=options, categories=classes,
                       preprocessing=data.eval_transform(cfg).to_json(),
                       source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})

@@ -294,13 +294,13 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
-    self.batches, self.folder = data.train_batches(cfg, jax.process_index(),
+    self.batches, self.source = data.train_batches(cfg, jax.process_index(),
                                                    jax.process_count())
     self.data_fingerprint = None  # synthetic data: nothing to compare on resume
-    if self.folder is not None:
-      data.check_splits(cfg, self.folder)
-      self.data_fingerprint = data.fingerprint(self.folder)
-    count = len(self.folder) if self.folder else data.SYNTHETIC_EPOCH
+    if self.source is not None:
+      data.check_splits(cfg, self.source)
+      self.data_fingerprint = self.source.fingerprint()
+    count = len(self.source) if self.source else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
@@ -422,7 +422,7 @@ class Trainer:
 
   def train_one(self) -> dict:
     local = next(self.batches)
-    self.skips.add(self.folder, data.skipped_indices(self.folder, local))
+    self.skips.add(self.source, local)
     images, labels = self.global_batch(local)
     if self._step is None:
       self._step = self._compile_step((self.leaves, images, labels))
@@ -463,7 +463,7 @@ class Trainer:
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
     source, batches = data.eval_batches(self.cfg, jax.process_index(), jax.process_count())
     for local in batches:
-      self.skips.add(source, local["skipped_indices"])
+      self.skips.add(source, local)
       out = eval_step(graphdef, state, *self.global_batch(local))
       for k in totals:
         totals[k] += float(out[k])

@@ -1,0 +1,223 @@
+"""Image sources: what the input pipeline reads, declared once (``ImageSource``), and its two
+readers, image files in class folders (``ImageFolder``) and ArrayRecord shards of them
+(``Shards``, written by ``shards.py``). ``open_split`` picks the one a split holds."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from etils import epath
+from PIL import Image
+
+from flax_resnet.errors import one_line
+from flax_resnet.preprocess import open_image
+from flax_resnet.training.shard_format import CLASSES, INDEX, SUFFIX, array_record_error, decode
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class ImageSource(Protocol):
+  """``len(source)`` labelled images at positions 0 to len - 1, in a fixed order: the same
+  images in the same order give the same batches, whatever reads them. Picklable: grain's
+  worker processes each read their own copy."""
+
+  root: os.PathLike  # where the images are, as messages name it
+  classes: tuple[str, ...]  # label i is class name i
+
+  def __len__(self) -> int: ...
+
+  def read(self, i: int) -> tuple[Image.Image, int]:
+    """(8-bit RGB image, label) of image ``i``; ``ValueError`` naming it if unreadable."""
+    ...
+
+  def verified_classes(self) -> tuple[str, ...]:
+    """The class names, checked against the images' labels where the source records both
+    (``ValueError`` if they disagree)."""
+    ...
+
+  def fingerprint(self) -> dict:
+    """What identifies these images in a checkpoint (``data.check_same_images`` compares)."""
+    ...
+
+
+def open_split(data_dir: str, split: str) -> ImageSource:
+  """The images of ``data_dir/split``: ``Shards`` where it holds a complete set of shards
+  (their index.json), else an ``ImageFolder``."""
+  if not data_dir:
+    raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
+                     "train and eval splits), or --set synthetic=true")
+  where = f"{data_dir.rstrip('/')}/{split}"
+  return Shards(where) if is_shards(where) else ImageFolder.scan(where)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+  """Files under ``root/<class>/``; classes are the sorted sub-folder names."""
+  root: Path
+  classes: tuple[str, ...]
+  files: tuple[str, ...]
+  labels: tuple[int, ...]
+
+  @classmethod
+  def scan(cls, root: str | Path) -> "ImageFolder":
+    """The image files under ``root``; ``ValueError`` for no folder, no class folders, or
+    a class folder without images."""
+    root = Path(root)
+    if not root.is_dir():
+      raise ValueError(f"data folder {root} does not exist")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+      raise ValueError(f"data folder {root} has no class sub-folders")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+      found = sorted(str(p) for p in (root / name).iterdir() if p.suffix.lower() in EXTENSIONS)
+      if not found:
+        raise ValueError(f"class folder {root / name} holds no {'/'.join(EXTENSIONS)} images")
+      files += found
+      labels += [label] * len(found)
+    return cls(root, classes, tuple(files), tuple(labels))
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def read(self, i: int) -> tuple[Image.Image, int]:
+    """(8-bit RGB image, label) of file ``i``; ``ValueError`` naming it if unreadable."""
+    return open_image(self.files[i]), self.labels[i]
+
+  def verified_classes(self) -> tuple[str, ...]:
+    """The class folders' names: the labels are their positions, nothing to disagree."""
+    return self.classes
+
+  def fingerprint(self) -> dict:
+    """Class names, image count and the SHA-256 of the sorted relative paths."""
+    prefix = len(str(self.root)) + 1  # files are str(root / class / name): no Path per file
+    paths = sorted(f[prefix:] for f in self.files)
+    return {"classes": list(self.classes), "images": len(self),
+            "paths_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest()}
+
+
+def is_shards(split_dir: str) -> bool:
+  """Whether ``split_dir`` holds a complete split of shards (its index.json); a
+  ``ValueError`` if it holds shards but no index: a conversion that did not finish."""
+  root = epath.Path(split_dir)
+  if (root / INDEX).exists():
+    return True
+  if root.is_dir() and any(root.glob(f"*{SUFFIX}")):
+    raise ValueError(f"{root} holds shards but no {INDEX}: their conversion did not finish; "
+                     "run train/shards.py again to complete it")
+  return False
+
+
+class Shards:
+  """One split of shards as a random-access image source, read as its ``ImageFolder`` is.
+
+  Picklable: Grain's worker processes each open their own readers.
+  """
+
+  def __init__(self, split_dir: str):
+    import grain
+    self.root = epath.Path(split_dir)
+    index = json.loads((self.root / INDEX).read_text())
+    self.classes = tuple(json.loads((self.root.parent / CLASSES).read_text()))
+    self.shards = [str(self.root / name) for name in index["shards"]]
+    self.count = index["records"]
+    try:
+      self.source = grain.sources.ArrayRecordDataSource(self.shards)
+    except RuntimeError:  # array_record's, naming no file or only the first missing one
+      raise ValueError(_first_damaged_shard(self.shards)) from None
+    if len(self.source) != self.count:
+      raise ValueError(f"{self.root}: the shards hold {len(self.source)} records, index.json "
+                       f"says {self.count}")
+
+  def __len__(self) -> int:
+    return self.count
+
+  def read(self, i: int) -> tuple[Image.Image, int]:
+    """(8-bit RGB image, label) of record ``i``; ``ValueError`` naming it if unreadable."""
+    label, name, data = decode(self._record(i))
+    return open_image(io.BytesIO(data), name=f"{self.root}/{name} (record {i})"), label
+
+  def _record(self, i: int) -> bytes:
+    """Record ``i``'s bytes, a ``ValueError`` naming it where they are damaged: array_record
+    raises ``RuntimeError`` for a chunk whose hash does not match, and the trainer skips
+    only ``ValueError``s, as it does unreadable images."""
+    try:
+      record = self.source[i]
+      decode(record)
+    except (RuntimeError, ValueError) as e:
+      raise ValueError(f"cannot read record {i} of {self.root}: {one_line(e)[:300]}") from None
+    return record
+
+  def verified_classes(self) -> tuple[str, ...]:
+    """``classes.json``, checked against the records' labels and paths (``check_labels``)."""
+    check_labels(self)
+    return self.classes
+
+  def fingerprint(self) -> dict:
+    """Class names and record count: hashing the records' paths would read every record."""
+    return {"classes": list(self.classes), "images": len(self)}
+
+
+def check_labels(source: Shards) -> None:
+  """Each label's name in ``classes.json`` against the class folder its records came from;
+  a ``ValueError`` naming the file if they differ (it was edited, or is of other shards).
+
+  train/shards.py writes records in class order, so a bisection reads only about
+  classes * log2(images per class) records to meet the first and last record of
+  every label; unreadable records are passed over (the trainer skips them).
+  """
+  names, seen = tuple(source.classes), {}
+  where = f"{source.root.parent / CLASSES}"
+
+  def label_at(i: int) -> int | None:
+    if i not in seen:
+      try:
+        label, path, _ = decode(source.source[i])
+      except (ValueError, RuntimeError):
+        seen[i] = None
+        return None
+      folder = path.split("/")[0]
+      if label >= len(names) or names[label] != folder:
+        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
+            f"lists {len(names)} classes, no label {label}")
+        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
+                         f"{path!r} with label {label}: the file was edited or belongs to "
+                         "other shards; write the shards again with train/shards.py")
+      seen[i] = label
+    return seen[i]
+
+  spans = [(0, len(source) - 1)] if len(source) else []
+  while spans:
+    lo, hi = spans.pop()
+    first, last = label_at(lo), label_at(hi)
+    if hi - lo > 1 and (first is None or first != last):
+      spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
+  labels = {label for label in seen.values() if label is not None}
+  if labels and max(labels) + 1 != len(names):
+    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
+                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
+                     "other shards; write the shards again with train/shards.py")
+
+
+def _first_damaged_shard(paths: list[str]) -> str:
+  """Why the first unreadable shard of ``paths`` cannot be read, in one line naming it."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  for path in paths:
+    if not epath.Path(path).exists():
+      return f"shard {path} is missing: run train/shards.py again to write it"
+    try:
+      reader = ArrayRecordReader(str(path))
+      try:
+        reader.num_records()
+      finally:
+        reader.close()  # a truncated file's error comes here, with no message
+    except RuntimeError as e:
+      return (f"shard {path} is truncated or damaged ({array_record_error(e)}): run "
+              "train/shards.py again to rewrite it")
+  return f"the shards of {epath.Path(paths[0]).parent} cannot be opened"
