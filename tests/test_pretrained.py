@@ -170,7 +170,7 @@ def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes)
   # What an earlier version cached from a hand-placed file: torchvision's URL, another hash.
   env, state = empty_homes
   from flax_resnet.saved_model import save
-  from flax_resnet.torch_port import from_torch_state_dict
+  from flax_resnet.port.state_dict import from_torch_state_dict
   entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
   forged = "853aa964" + "0" * 56
   save(from_torch_state_dict(state), entry, {
