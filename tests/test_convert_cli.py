@@ -1,4 +1,4 @@
-"""flax-resnet-convert and flax-resnet-export (convert/torch2flax.py and flax2torch.py) end to
+"""flax-resnet-convert and flax-resnet-flax2torch (convert/torch2flax.py and flax2torch.py) end to
 end, and every bad input they refuse."""
 
 import json
@@ -75,13 +75,15 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
   assert meta["categories"] is None and meta["versions"]["torch"] == torch.__version__
   image = data_dir / "imagenet-samples" / "000_n01440764.JPEG"
   probe = ("import sys, flax_resnet; m, meta = flax_resnet.load(sys.argv[1]); "
-           "from flax_resnet.commands.predict import main; main(['--checkpoint', sys.argv[1], sys.argv[2]]);"
-           " assert 'torch' not in sys.modules, 'torch was imported'")
+           "from flax_resnet.commands.predict import main; "
+           "main(['--checkpoint', sys.argv[1], sys.argv[2]]); "
+           "assert 'torch' not in sys.modules, 'torch was imported'")
   loaded = run("-c", probe, out, image)
   assert loaded.returncode == 0, loaded.stderr
   assert image.name in loaded.stdout and "%" in loaded.stdout
   back = tmp_path / f"back{suffix}"
-  done = run_entry_point("flax-resnet-export", "--checkpoint", out, "--out", back, cwd=tmp_path)
+  done = run_entry_point("flax-resnet-flax2torch", "--checkpoint", out, "--out", back,
+                         cwd=tmp_path)
   assert done.returncode == 0, done.stderr
   again = (torch.load(back, weights_only=True) if suffix == ".pth"
            else __import__("safetensors.torch").torch.load_file(back))
