@@ -1,4 +1,5 @@
-"""A flax-resnet checkpoint to a torchvision state dict: ``flax-resnet-flax2torch`` (also ``flax-resnet-export``), as a script (``python convert/flax2torch.py --help``).
+"""A flax-resnet checkpoint to a torchvision state dict: ``flax-resnet-flax2torch`` (its old
+name ``flax-resnet-export`` still works), as a script (``python convert/flax2torch.py --help``).
 
 The code is ``flax_resnet.commands.flax2torch``.
 """

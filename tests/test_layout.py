@@ -14,7 +14,8 @@ LIBRARY = sorted([*(ROOT / "flax_resnet").glob("*.py"),
 TORCH_FACING = {"torch_files.py", "parity.py", "twin.py"}
 TORCH_MODULES = {"twin.py"}  # the torchvision twin is torch modules: imported only where needed
 COMMANDS = {"flax-resnet-convert", "flax-resnet-flax2torch", "flax-resnet-export",
-            "flax-resnet-predict", "flax-resnet-train", "flax-resnet-train-export", "flax-resnet-plot",
+            "flax-resnet-predict", "flax-resnet-train", "flax-resnet-train-export",
+            "flax-resnet-plot",
             "flax-resnet-bench", "flax-resnet-shards"}
 
 

@@ -1,4 +1,5 @@
-"""flax-resnet-predict (python -m flax_resnet.commands.predict) on good and bad images: every readable one is predicted."""
+"""flax-resnet-predict (python -m flax_resnet.commands.predict) on good and bad images: every
+readable one is predicted."""
 
 import struct
 import subprocess

@@ -70,7 +70,7 @@ class Steps:
     elif stage == "convert":
       self.say(f"      loaded in {self.since()}\n[2/4] mapping tensors onto the flax model")
     elif stage == "note":
-      print(f"      note: {details['note']}", flush=True)
+      self.say(f"      note: {details['note']}")
     elif stage == "unverified":
       self.say(f"[3/4] verification skipped (--no-verify); mapped in {self.since()}")
     elif stage == "verify":

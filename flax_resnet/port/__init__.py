@@ -4,6 +4,7 @@ torchvision twin of a configuration (``twin``), the numerical verification again
 (``parity``), and the one conversion pipeline that the converter command and ``weights=``
 both run (``pipeline``).
 
-Only ``torch_files``, ``twin``, ``parity`` and ``pipeline`` need torch, each inside its
-functions or on import of that module alone; ``state_dict`` never imports it.
+torch is imported inside the functions of ``torch_files`` and ``parity`` that need it, and
+by ``twin`` (torch modules) on its own import; ``state_dict`` never imports it, so loading a
+converted checkpoint needs no torch.
 """
