@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "flax_resnet.saved_model": ("Metadata", "load", "save"),
-    "flax_resnet.torch_port": ("ConversionError", "from_torch_state_dict", "to_torch_state_dict"),
+    "flax_resnet.port.state_dict": ("ConversionError", "from_torch_state_dict"),
+    "flax_resnet.port.torch_files": ("to_torch_state_dict",),
     "flax_resnet.flops": ("count_macs", "xla_flops"),
     "flax_resnet.model": ("BasicBlock", "BatchNorm", "Bottleneck", "FeatureInfo",
                           "FrozenBatchNorm", "ResNet"),

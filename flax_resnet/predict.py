@@ -1,23 +1,16 @@
-"""Top-5 predictions of a converted checkpoint.
-
-    python -m flax_resnet.predict --checkpoint DIR IMAGE [IMAGE ...]
-
-Every readable image is predicted; each unreadable one gets a line ``error: ...`` on
-stderr, and the exit code is then 2.
-"""
+"""Predictions of a model: ``top_k`` classes (on a folded copy) and reading images for it.
+``flax-resnet-predict`` (``flax_resnet.commands.predict``) prints them."""
 
 from __future__ import annotations
 
-import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
 from flax_resnet.preprocess import EvalTransform, open_image
 
-# JAX, Flax and orbax (2-3 s to import) are imported where they are used: --help and usage
-# errors answer at once.
+# JAX and Flax (2-3 s to import) are imported where they are used: a command's --help and
+# usage errors answer at once.
 
 
 def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
@@ -60,52 +53,15 @@ def _inference_copy(model):
   return model
 
 
-def read_images(transform: EvalTransform, paths: Sequence[str]):
-  """(NHWC batch of the readable images, their paths); each unreadable one is reported on
-  stderr in one line as it is met."""
+def read_images(transform: EvalTransform, paths: Sequence[str],
+                on_error: Callable[[ValueError], object]):
+  """(NHWC batch of the readable images or None, their paths); each unreadable one's error
+  goes to ``on_error`` as it is met."""
   images, readable = [], []
   for path in paths:
     try:
       images.append(transform(open_image(path)))
       readable.append(path)
     except ValueError as e:
-      report(e)
+      on_error(e)
   return (np.stack(images) if images else None), readable
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Prints the top classes of every readable image; exit 2 if any image or the checkpoint
-  could not be read (the readable images are still predicted)."""
-  parser = ArgumentParser(description=__doc__)
-  parser.add_argument("--checkpoint", required=True, help="directory written by torch2flax")
-  parser.add_argument("--batch-size", type=positive_int, default=32)
-  parser.add_argument("--top", type=positive_int, default=5, help="how many classes to print")
-  parser.add_argument("images", nargs="+")
-  args = parser.parse_args(argv)
-  from flax_resnet.saved_model import load
-  from flax_resnet.caches import enable_compilation_cache
-  enable_compilation_cache()
-  try:
-    model, meta = load(args.checkpoint)
-    transform = meta.transform
-  except (ValueError, OSError) as e:
-    return report(e)
-  images, paths = read_images(transform, args.images)
-  if paths:
-    _print_top(model, meta, images, paths, args)
-  return EXIT_OK if len(paths) == len(args.images) else EXIT_BAD_INPUT
-
-
-def _print_top(model, meta, images, paths, args) -> None:
-  names = meta.categories or []
-  k = min(args.top, meta.options.get("num_classes", 1000))
-  indices, probs = top_k(model, images, k, max(1, min(args.batch_size, len(images))))
-  for path, idx, prob in zip(paths, indices, probs):
-    print(path)
-    for i, p in zip(idx, prob):
-      name = names[i] if i < len(names) else f"class {i}"
-      print(f"  {p:7.2%}  {i:4d}  {name}")
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -86,7 +86,7 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
   prefix in torchvision's file name for ``arch`` ``entry`` (the URL it records, for an
   entry not in ``torchvision_weights.TABLE``); a ``ValueError`` naming the file otherwise."""
   from flax_resnet.saved_model import METADATA, read_metadata
-  from flax_resnet.torch_port import ConversionError
+  from flax_resnet.port.state_dict import ConversionError
 
   source = read_metadata(path).source or {}
   known = find(arch, entry)
@@ -100,36 +100,32 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
         f"file; remove {path} to convert torchvision's file again")
 
 
-def _say(message: str) -> None:
-  """One line on stderr about a first call's slow work, as it starts."""
-  print(f"flax_resnet: {message}", file=sys.stderr, flush=True)
+class _Say:
+  """``port``'s progress for a first call: one line on stderr for each slow stage, as it
+  starts."""
+
+  def __init__(self, arch: str, entry: str):
+    self.arch, self.entry = arch, entry
+
+  def __call__(self, stage: str, **details: Any) -> None:
+    message = {
+        "load": lambda: f"{self.arch} {self.entry}: fetching torchvision's weights through "
+                        "torch.hub's cache and checking their SHA-256 (first use only)",
+        "convert": lambda: f"converting {details['weights']} ({details['source']['file']})",
+        "verify": lambda: "verifying against torchvision in float32 and float64 on a fixed batch",
+        "save": lambda: f"saving to {details['path']}",
+    }.get(stage)
+    if message:
+      print(f"flax_resnet: {message()}", file=sys.stderr, flush=True)
 
 
 def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
   """Fetches, converts, verifies and saves torchvision's ``arch`` weights ``entry`` at
-  ``path``, saying each stage on stderr."""
-  from flax_resnet.parity import verify
-  from flax_resnet.preprocess import from_torchvision_weights
-  from flax_resnet.saved_model import save
-  from flax_resnet.torch_port import (ConversionError, check_roundtrip, checkpoint_metadata,
-                                       convert_state_dict, fetch_weights)
+  ``path`` (``port.pipeline.port``), saying each stage on stderr."""
+  from flax_resnet.port.pipeline import port
 
-  _say(f"{arch} {entry}: fetching torchvision's weights through torch.hub's cache and "
-       "checking their SHA-256 (first use only)")
-  weights, state, source = fetch_weights(entry, arch)
-  _say(f"converting {weights} ({source['file']})")
-  conversion = convert_state_dict(state, arch)
-  check_roundtrip(conversion.model, conversion.state_dict, False)
-  _say("verifying against torchvision in float32 and float64 on a fixed batch")
-  parity = verify(conversion.model, arch, conversion.options)
-  if not parity["passed"]:
-    raise ConversionError(f"{weights}: verification against torchvision failed ({parity})")
-  meta = checkpoint_metadata(conversion, source=source, parity=parity,
-                             transform=from_torchvision_weights(weights),
-                             categories=weights.meta.get("categories"))
-  _say(f"saving to {path}")
   try:
-    save(conversion.model, path, meta)
+    port(weights=entry, arch=arch, out=path, progress=_Say(arch, entry))
   except FileExistsError:  # another process converted the same weights meanwhile
     pass
   return path

@@ -8,6 +8,7 @@ sibling directory that is renamed into place only once complete.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 import json
 import os
@@ -26,6 +27,7 @@ from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.registry import ARCHITECTURES, model_to_fill
+from flax_resnet.versions import versions
 
 METADATA = "metadata.json"
 STATE = "state"
@@ -97,6 +99,14 @@ class Metadata:
     return cls(**{**meta, "options": options_from_json(meta["options"])})
 
 
+def new_metadata(**fields: Any) -> Metadata:
+  """A ``Metadata`` of ``fields`` (``arch`` and ``options`` at least) stamped with what writes
+  it now: every version (``versions()``) and the time, in UTC: the one way the converter,
+  ``weights=`` and the training export fill ``versions`` and ``created``."""
+  created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  return Metadata(**fields, versions=versions(), created=created)
+
+
 def _metadata_problem(meta: Any) -> str | None:
   if not isinstance(meta, dict):
     return "not a JSON object"
@@ -157,7 +167,7 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
     raise FileExistsError(f"{path} is a file, not a checkpoint directory; remove it or choose "
                           "another path")
   if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
+    raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
   problem = replace_problem(path) if path.exists() else None
   if problem:
     raise FileExistsError(f"{path} {problem}: overwrite=True (--force) replaces only a "

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import test_parity as tp  # noqa: E402
-from flax_resnet.torch_port import to_torch_layout, torch_key  # noqa: E402
+from flax_resnet.port.state_dict import to_torch_layout, torch_key  # noqa: E402
 from torch_reference import calibrated_pair, smooth_images  # noqa: E402
 
 VARIANTS = [("two_pass", "autodiff"), ("one_pass", "fused")]

@@ -1,4 +1,4 @@
-"""flax-resnet-convert and flax-resnet-export (convert/torch2flax.py and flax2torch.py) end to
+"""flax-resnet-convert and flax-resnet-flax2torch (convert/torch2flax.py and flax2torch.py) end to
 end, and every bad input they refuse."""
 
 import json
@@ -75,13 +75,15 @@ def test_convert_verify_load_without_torch_and_predict(tmp_path, resnet18_state,
   assert meta["categories"] is None and meta["versions"]["torch"] == torch.__version__
   image = data_dir / "imagenet-samples" / "000_n01440764.JPEG"
   probe = ("import sys, flax_resnet; m, meta = flax_resnet.load(sys.argv[1]); "
-           "from flax_resnet.predict import main; main(['--checkpoint', sys.argv[1], sys.argv[2]]);"
-           " assert 'torch' not in sys.modules, 'torch was imported'")
+           "from flax_resnet.commands.predict import main; "
+           "main(['--checkpoint', sys.argv[1], sys.argv[2]]); "
+           "assert 'torch' not in sys.modules, 'torch was imported'")
   loaded = run("-c", probe, out, image)
   assert loaded.returncode == 0, loaded.stderr
   assert image.name in loaded.stdout and "%" in loaded.stdout
   back = tmp_path / f"back{suffix}"
-  done = run_entry_point("flax-resnet-export", "--checkpoint", out, "--out", back, cwd=tmp_path)
+  done = run_entry_point("flax-resnet-flax2torch", "--checkpoint", out, "--out", back,
+                         cwd=tmp_path)
   assert done.returncode == 0, done.stderr
   again = (torch.load(back, weights_only=True) if suffix == ".pth"
            else __import__("safetensors.torch").torch.load_file(back))
@@ -239,7 +241,7 @@ def test_train_export_force_never_replaces_a_folder_of_the_users(tmp_path):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_exports_follow_the_umask_and_hold_every_key_of_torchvision(checkpoint, tmp_path, umask,
                                                                     suffix):
-  from flax_resnet.commands import export as flax2torch
+  from flax_resnet.commands import flax2torch
   out = tmp_path / f"back{suffix}"
   previous = os.umask(umask)
   try:
@@ -395,7 +397,7 @@ def test_fixed_tolerance_still_refuses_what_exceeds_it(tmp_path, pth, capsys):
 
 
 def test_verdict_fails_a_conversion_less_exact_than_torchvision():
-  from flax_resnet.parity import judge
+  from flax_resnet.port.parity import judge
   rng = np.random.default_rng(0)
   exact = rng.standard_normal((2, 1000)) * 5
   theirs = (exact * (1 + 1e-6 * rng.standard_normal(exact.shape))).astype(np.float32)
@@ -499,7 +501,7 @@ def _edit_metadata(checkpoint, edit):
 def test_bad_metadata_is_one_line_naming_the_key(checkpoint, edit, needle, data_dir):
   _edit_metadata(checkpoint, edit)
   image = data_dir / "imagenet-samples" / "000_n01440764.JPEG"
-  for cli in (["-m", "flax_resnet.predict", "--checkpoint", checkpoint, image],
+  for cli in (["-m", "flax_resnet.commands.predict", "--checkpoint", checkpoint, image],
               ["convert/flax2torch.py", "--checkpoint", checkpoint, "--out",
                checkpoint.parent / "back.pth"]):
     done = run(*cli)
@@ -512,6 +514,6 @@ def test_truncated_state_is_one_line(checkpoint, data_dir):
                 key=lambda p: p.stat().st_size)
   biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
   image = data_dir / "imagenet-samples" / "000_n01440764.JPEG"
-  done = run("-m", "flax_resnet.predict", "--checkpoint", checkpoint, image)
+  done = run("-m", "flax_resnet.commands.predict", "--checkpoint", checkpoint, image)
   assert done.returncode == 2 and "truncated or corrupt" in done.stderr, done.stderr[-3000:]
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]

@@ -13,12 +13,13 @@ import pytest
 from flax import nnx
 
 import flax_resnet.model
-from flax_resnet.torch_port import (from_torch_state_dict, to_torch_layout, to_torch_state_dict,
-                                  torch_key)
+from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
+from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.folding import FoldedNorm, fold_batchnorm
 from flax_resnet.model import BatchNorm
-from flax_resnet.parity import flax_features, judge, torch_features
-from torch_reference import calibrated_pair, nchw, smooth_images, torch
+from flax_resnet.port.parity import flax_features, judge, torch_features
+from torch_reference import calibrate, calibrated_pair, nchw, smooth_images, torch
+from flax_resnet.port.twin import torch_resnet  # noqa: E402 (needs torch: after the skip)
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -104,6 +105,33 @@ def test_variant_matches_torchvision(name, options):
   reference, model = calibrated_pair(name, options)
   channels = dict(options).get("in_channels", 3)
   assert_parity(reference, model, smooth_images(2, (3, 97, 131, channels)))
+
+
+TWINS = {
+    "generic two-stage CIFAR": (None, {"block": "basic", "layers": (1, 2), "channels": (8, 16),
+                                       "stem": "cifar", "num_classes": 5}),
+    "resnet18 CIFAR stem": ("resnet18", {"stem": "cifar", "num_classes": 10}),
+    "resnet50 frozen BatchNorm": ("resnet50", {"norm": "frozen_batch"}),
+}
+
+
+@pytest.mark.parametrize("arch, options", TWINS.values(), ids=list(TWINS))
+def test_the_twin_of_generic_cifar_stem_and_frozen_nets_computes_ours(arch, options):
+  torch.manual_seed(0)
+  trained = calibrate(torch_resnet(arch, {**options, "norm": "batch"})).state_dict()
+  reference = torch_resnet(arch, options)
+  frozen = options.get("norm") == "frozen_batch"
+  reference.load_state_dict({k: v for k, v in trained.items()
+                             if not (frozen and k.endswith("num_batches_tracked"))})
+  reference.eval()
+  model = from_torch_state_dict(reference.state_dict(), arch,
+                                **({"norm": "frozen_batch"} if frozen else {}))
+  x = smooth_images(3, (2, 64, 64, 3))
+  with torch.no_grad():
+    theirs = reference(nchw(x)).numpy()
+    exact = copy.deepcopy(reference).double()(nchw(x).double()).numpy()
+  verdict = judge(flax_features(model, x)["logits"], theirs, exact)
+  assert verdict["passed"], verdict
 
 
 def test_zero_init_residual_variant_matches_torchvision():

@@ -1,4 +1,5 @@
-"""python -m flax_resnet.predict on good and bad images: every readable one is predicted."""
+"""flax-resnet-predict (python -m flax_resnet.commands.predict) on good and bad images: every
+readable one is predicted."""
 
 import struct
 import subprocess
@@ -16,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def predict(*args):
-  return subprocess.run([sys.executable, "-m", "flax_resnet.predict", *map(str, args)],
+  return subprocess.run([sys.executable, "-m", "flax_resnet.commands.predict", *map(str, args)],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   from flax_resnet.saved_model import save
-  from flax_resnet.torch_port import from_torch_state_dict
+  from flax_resnet.port.state_dict import from_torch_state_dict
   torch.manual_seed(0)
   model = from_torch_state_dict(calibrate(torchvision.models.resnet18()).state_dict())
   return save(model, tmp_path_factory.mktemp("predict") / "ckpt",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_resnet.parity import flax_features
+from flax_resnet.port.parity import flax_features
 from flax_resnet.preprocess import EvalTransform
 from torch_reference import calibrated_pair, torch
 

@@ -1,6 +1,8 @@
 """weights= / pretrained=True: fetched through torch.hub's cache, converted once, then cached."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -170,7 +172,7 @@ def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes)
   # What an earlier version cached from a hand-placed file: torchvision's URL, another hash.
   env, state = empty_homes
   from flax_resnet.saved_model import save
-  from flax_resnet.torch_port import from_torch_state_dict
+  from flax_resnet.port.state_dict import from_torch_state_dict
   entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
   forged = "853aa964" + "0" * 56
   save(from_torch_state_dict(state), entry, {
@@ -301,3 +303,49 @@ def test_a_weights_name_with_custom_depths_is_refused():
   with pytest.raises(ValueError, match="config init_from='DEFAULT': torchvision's weights are "
                                        "for resnet18's own depths and widths"):
     build_model(_train_config("init_from=DEFAULT", "layers=1,1", "channels=8,16"))
+
+
+def test_errors_raised_from_python_name_no_command_line_flag(empty_homes, tmp_path, monkeypatch):
+  env, state = empty_homes
+  from flax_resnet.port.pipeline import port
+
+  def offline(*args, **kwargs):
+    raise urllib.error.URLError("no network")
+  monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+  existing = tmp_path / "mine"
+  existing.mkdir()
+  (existing / "keep.txt").write_text("precious")
+
+  def hand_placed_other_weights():
+    torch.save(state, hub_dir(env) / HUB_FILE)
+    flax_resnet.ResNet18(weights="DEFAULT")
+  calls = [  # in this order: the last one places a file in the hub cache
+      (lambda: flax_resnet.ResNet18(weights="imagenet"), "weights='imagenet'"),
+      (lambda: flax_resnet.ResNet18(weights="IMAGENET1K_V9"), "weights='IMAGENET1K_V9'"),
+      (lambda: flax_resnet.ResNet18(weights="IMAGENET1K_V1"), "weights='IMAGENET1K_V1'"),
+      (lambda: port(weights="IMAGENET1K_V1"), "needs an arch"),
+      (lambda: flax_resnet.from_torch_state_dict(state, "resnet34"), "arch='resnet34'"),
+      (lambda: flax_resnet.from_torch_state_dict(state, num_classes=10), "reset_head=True"),
+      (lambda: flax_resnet.save(flax_resnet.ResNet18(), existing,
+                                {"arch": "resnet18", "options": {}}), "overwrite=True"),
+      (hand_placed_other_weights, "does not start with f37072fd"),
+  ]
+  for call, needle in calls:
+    with pytest.raises((ValueError, OSError)) as error:
+      call()
+    message = str(error.value)
+    assert needle in message and not re.search(r"(^|\W)--\w", message), message
+
+
+def test_the_converter_and_weights_write_the_same_metadata_for_the_same_file(homes, tmp_path):
+  _, meta = flax_resnet.load_pretrained("resnet18", "IMAGENET1K_V1")
+  out = tmp_path / "converted"
+  assert torch2flax.main(["--weights", "ResNet18_Weights.IMAGENET1K_V1", "--out", str(out)]) == 0
+  cached = json.loads((Path(os.environ["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
+                       / "metadata.json").read_text())
+  converted = json.loads((out / "metadata.json").read_text())
+  assert set(cached) == set(converted) and set(cached["source"]) == set(converted["source"])
+  assert cached["parity"] == converted["parity"] and cached["parity"]["passed"]
+  assert {k: v for k, v in cached.items() if k != "created"} == {
+      k: v for k, v in converted.items() if k != "created"}
+  assert meta.parity == converted["parity"]

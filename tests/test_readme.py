@@ -41,7 +41,7 @@ def reader_dir(data_dir, tmp_path_factory):
 
 
 REDIRECT = """
-import flax_resnet.torchvision_weights as table, flax_resnet.torch_port as port
+import flax_resnet.torchvision_weights as table, flax_resnet.port.torch_files as port
 table.TABLE = tuple(w._replace(file={name!r}) if w.file == "resnet50-11ad3fa6.pth" else w
                     for w in table.TABLE)
 fetch = port.fetch_weights

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 
 from flax_resnet.bench import torch_recipe
-from flax_resnet.torch_port import from_torch_state_dict, to_torch_layout, torch_key
+from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
 from flax_resnet.training.steps import make_optimizer, train_step
 from flax_resnet.training.trainer import schedule

@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[dev]')")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-from flax_resnet.torch_port import from_torch_state_dict  # noqa: E402
-from flax_resnet.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
+from flax_resnet.port.state_dict import from_torch_state_dict  # noqa: E402
+from flax_resnet.port.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
+from flax_resnet.port.twin import torch_resnet  # noqa: E402
 
 
 def nchw(x: np.ndarray):
@@ -51,13 +52,12 @@ def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: 
 @functools.lru_cache(maxsize=2)
 def calibrated_pair(name: str, options: tuple = (), randomize_affine: bool = True,
                     bn_scale: tuple[float, float] | None = None):
-  """(torchvision model, converted flax model), both in eval mode."""
+  """(torchvision model, converted flax model), both in eval mode; ``options`` are
+  flax-resnet's (``port.twin`` builds the torchvision model)."""
   opts = dict(options)
-  in_channels = opts.pop("in_channels", 3)
+  in_channels = opts.get("in_channels", 3)
   torch.manual_seed(0)
-  reference = getattr(torchvision.models, name)(**opts)
-  if in_channels != 3:
-    reference.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+  reference = torch_resnet(name, opts)
   calibrate(reference, randomize_affine=randomize_affine, in_channels=in_channels,
             bn_scale=bn_scale)
   dilation = opts.get("replace_stride_with_dilation")

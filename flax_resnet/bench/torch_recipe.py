@@ -14,59 +14,20 @@ import math
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tv
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from flax_resnet.model import DEFAULT_CHANNELS
+from flax_resnet.port.twin import torch_resnet
 from flax_resnet.registry import architecture
 
 
-
-class TorchResNet(nn.Module):
-  """torchvision's ResNet for any stage count and base widths (``flax_resnet.ResNet``'s
-  generic config); the state-dict keys are torchvision's."""
-
-  def __init__(self, block, layers, channels, num_classes: int, stem: str, norm_layer,
-               groups: int = 1, width_per_group: int = 64):
-    super().__init__()
-    # torchvision's ResNet._make_layer reads these attributes of its ``self``.
-    self._norm_layer, self.groups, self.base_width, self.dilation = (
-        norm_layer, groups, width_per_group, 1)
-    self.inplanes = channels[0]
-    if stem == "cifar":
-      self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
-      self.maxpool = nn.Identity()
-    else:
-      self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-    self.bn1 = norm_layer(self.inplanes)
-    self.relu = nn.ReLU(inplace=True)
-    self.stages = len(layers)
-    for i, (depth, planes) in enumerate(zip(layers, channels)):
-      setattr(self, f"layer{i + 1}",
-              tv.ResNet._make_layer(self, block, planes, depth, stride=1 if i == 0 else 2))
-    self.avgpool = nn.AdaptiveAvgPool2d(1)
-    self.fc = nn.Linear(self.inplanes, num_classes)
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    for i in range(self.stages):
-      x = getattr(self, f"layer{i + 1}")(x)
-    return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def model(cfg) -> nn.Module:
-  """The torch model a ``Config`` describes, in train mode."""
+  """The torch model a ``Config`` describes (``port.twin``'s torchvision twin), in train mode."""
   arch = architecture(cfg.arch)
-  block = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}[arch.block]
   layers = tuple(cfg.layers) or arch.layers
-  channels = tuple(cfg.channels) or DEFAULT_CHANNELS[:len(layers)]
-  norm = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
-  return TorchResNet(block, layers, channels, cfg.num_classes, cfg.stem, norm, arch.groups,
-                     arch.width_per_group).train()
+  options = {**arch._asdict(), "layers": layers, "num_classes": cfg.num_classes,
+             "channels": tuple(cfg.channels) or DEFAULT_CHANNELS[:len(layers)], "stem": cfg.stem,
+             "norm": "frozen_batch" if cfg.freeze_bn else "batch"}
+  return torch_resnet(None, options).train()
 
 
 def decays(name: str, param: torch.Tensor, decay_all: bool) -> bool:

@@ -23,7 +23,6 @@ from typing import Any
 # Only the light modules here: arguments are checked before JAX, orbax or torch load.
 from flax_resnet.cli import (ArgumentParser, CliError, check_replaceable, check_writable_dir,
                              positive_float, positive_int, report)
-from flax_resnet.files import sha256
 from flax_resnet.preprocess import EvalTransform
 
 
@@ -52,21 +51,41 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def step(message: str) -> float:
-  print(message, flush=True)
-  return time.perf_counter()
+class Steps:
+  """``port``'s progress as the command's numbered steps, each with the time since the last."""
 
+  def __init__(self):
+    self.t = time.perf_counter()
 
-def load_source(args) -> tuple[dict, dict, Any]:
-  """(state dict, source description, torchvision weights entry or None)."""
-  from flax_resnet.torch_port import fetch_weights, load_file
-  if args.weights:
-    weights, state, source = fetch_weights(args.weights, args.arch)
-    return state, source, weights
-  state = load_file(args.state_dict)
-  source = {"kind": "file", "file": str(args.state_dict.absolute()),
-            "sha256": sha256(args.state_dict)}
-  return state, source, None
+  def say(self, message: str) -> None:
+    print(message, flush=True)
+    self.t = time.perf_counter()
+
+  def since(self) -> str:
+    return f"{time.perf_counter() - self.t:.1f}s"
+
+  def __call__(self, stage: str, **details: Any) -> None:
+    if stage == "load":
+      self.say(f"[1/4] loading {details['source']}")
+    elif stage == "convert":
+      self.say(f"      loaded in {self.since()}\n[2/4] mapping tensors onto the flax model")
+    elif stage == "note":
+      self.say(f"      note: {details['note']}")
+    elif stage == "unverified":
+      self.say(f"[3/4] verification skipped (--no-verify); mapped in {self.since()}")
+    elif stage == "verify":
+      self.say(f"[3/4] verifying against torchvision in float32 and float64 (mapped in "
+               f"{self.since()}; runs the models on a fixed batch, compiling first)")
+    elif stage == "verified":
+      self.verified(details["parity"])
+    elif stage == "save":
+      self.say(f"[4/4] writing {details['path']}")
+
+  def verified(self, parity: dict | None) -> None:
+    if parity is None:
+      self.say("      torchvision has no model for this configuration: verification skipped")
+    else:
+      self.say(f"      {describe(parity)}, in {self.since()}")
 
 
 def check_arguments(args) -> None:
@@ -88,58 +107,18 @@ def check_arguments(args) -> None:
   check_replaceable(args.out)
 
 
-def metadata(args, conversion, source, weights, parity):
-  """The checkpoint's ``Metadata``."""
-  from flax_resnet.preprocess import from_torchvision_weights
-  from flax_resnet.torch_port import checkpoint_metadata
-  transform = from_torchvision_weights(weights) if weights else EvalTransform(
-      **{k: v for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
-         if v is not None})
-  # Only weights that name their classes get names: a --state-dict's 1000 outputs may be anything.
-  categories = weights.meta.get("categories") if weights and not args.reset_head else None
-  return checkpoint_metadata(
-      conversion, source=source, transform=transform, categories=categories, parity=parity,
-      head="reset: fresh classifier" if args.reset_head else "from source")
-
-
 def run(args) -> tuple[Any, int]:
-  """Loads, converts, verifies and writes as ``args`` say; the ``Metadata`` written and the
-  parameter count."""
-  check_arguments(args)
-  from flax_resnet.saved_model import save
-  from flax_resnet.torch_port import check_roundtrip, convert_state_dict
-  t = step(f"[1/4] loading {args.weights or args.state_dict}")
-  state, source, weights = load_source(args)
-  t = step(f"      loaded in {time.perf_counter() - t:.1f}s\n"
-           "[2/4] mapping tensors onto the flax model")
-  options = {} if args.num_classes is None else {"num_classes": args.num_classes}
-  conversion = convert_state_dict(state, args.arch, reset_head=args.reset_head, **options)
-  for note in conversion.notes:
-    step(f"      note: {note}")
-  check_roundtrip(conversion.model, conversion.state_dict, args.reset_head)
-  parity = _verify(conversion, args, t)
-  step(f"[4/4] writing {args.out}")
-  meta = metadata(args, conversion, source, weights, parity)
-  save(conversion.model, args.out, meta, overwrite=args.force)
-  return meta, _count(conversion.model)
+  """Loads, converts, verifies and writes as ``args`` (already checked) say; the ``Metadata``
+  written and the parameter count."""
+  from flax_resnet.port.pipeline import port
 
-
-def _verify(conversion, args, t) -> dict | None:
-  from flax_resnet.parity import verify
-
-  if not args.verify:
-    step(f"[3/4] verification skipped (--no-verify); mapped in {time.perf_counter() - t:.1f}s")
-    return None
-  t = step(f"[3/4] verifying against torchvision in float32 and float64 (mapped in "
-           f"{time.perf_counter() - t:.1f}s; runs the models on a fixed batch, compiling first)")
-  parity = verify(conversion.model, conversion.arch, conversion.options, tolerance=args.tolerance)
-  if parity is None:
-    step("      torchvision has no model for this configuration: verification skipped")
-    return None
-  step(f"      {describe(parity)}, in {time.perf_counter() - t:.1f}s")
-  if not parity["passed"]:
-    raise CliError(f"verification failed: {describe(parity)}; nothing written")
-  return parity
+  transform = EvalTransform(**{k: v for k, v in [("resize_size", args.resize_size),
+                                                 ("crop_size", args.crop_size)] if v is not None})
+  ported = port(weights=args.weights, state_dict=args.state_dict, arch=args.arch,
+                num_classes=args.num_classes, reset_head=args.reset_head, verify=args.verify,
+                tolerance=args.tolerance, transform=transform, out=args.out,
+                overwrite=args.force, progress=Steps())
+  return ported.metadata, _count(ported.conversion.model)
 
 
 def describe(parity: dict) -> str:
@@ -161,18 +140,44 @@ def _count(model) -> int:
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+# The library's arguments, as this command's flags.
+FLAGS = {"weights": "--weights", "arch": "--arch", "num_classes": "--num-classes",
+         "reset_head": "--reset-head"}
+
+
+def flag_spelling(parameter: str, value: Any) -> str:
+  """An argument as this command's flag: ``--reset-head``, ``--arch resnet50``."""
+  return FLAGS[parameter] if value is True else f"{FLAGS[parameter]} {value}"
+
+
+def in_flags(error: Exception, args) -> Exception:
+  """The library's error as this command says it: naming flags, not Python parameters."""
+  from flax_resnet.port.pipeline import VerificationError
+  from flax_resnet.port.torch_files import DownloadError
+
+  if isinstance(error, VerificationError):
+    return CliError(f"verification failed: {describe(error.parity)}; nothing written")
+  if isinstance(error, DownloadError):
+    return CliError(f"--weights {args.weights}: could not download {error.url} ({error.reason})"
+                    f". Offline, fetch that file elsewhere and pass --state-dict PATH, or place "
+                    f"it at {error.file}")
+  return CliError(error.spelled(flag_spelling))
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     check_arguments(args)
   except CliError as e:
     return report(e)
-  from flax_resnet.torch_port import ConversionError
+  from flax_resnet.port.state_dict import ConversionError
   from flax_resnet.caches import enable_compilation_cache
   enable_compilation_cache()
   try:
     meta, parameters = run(args)
-  except (CliError, ConversionError, OSError) as e:
+  except ConversionError as e:
+    return report(in_flags(e, args))
+  except (CliError, OSError) as e:
     return report(e)
   print(f"done: {meta.arch or 'custom ResNet'} ({parameters:,} parameters, {meta.options}) from "
         f"{meta.source.get('name') or meta.source['file']} -> {args.out}")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.torch_port import to_torch_state_dict, torchvision_model
+from flax_resnet.port.torch_files import to_torch_state_dict
 
 
 def torch_features(torch_model, x_nchw) -> dict[str, Any]:
@@ -112,12 +112,14 @@ def judge(ours: np.ndarray, theirs: np.ndarray, exact: np.ndarray,
 
 def verify(model, arch: str | None, options: Mapping[str, Any], batch: int = 2, size: int = 224,
            seed: int = 0, tolerance: float | None = None) -> dict[str, Any] | None:
-  """Loads the model's weights into the matching torchvision model, runs both, and torch
-  once more in float64, on a fixed batch of ``smooth_images``; ``judge``'s verdict.
-  None when torchvision has no such model."""
+  """Loads the model's weights into the matching torchvision model (``twin``), runs both,
+  and torch once more in float64, on a fixed batch of ``smooth_images``; ``judge``'s
+  verdict. None when torchvision's own ResNet has no such model."""
   import torch
 
-  reference = torchvision_model(arch, options)
+  from flax_resnet.port.twin import torch_resnet
+
+  reference = torch_resnet(arch, options, torchvision_only=True)
   if reference is None:
     return None
   reference.load_state_dict(to_torch_state_dict(model), strict=True)

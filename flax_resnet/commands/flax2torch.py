@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
     from flax_resnet.saved_model import load
-    from flax_resnet.torch_port import to_torch_state_dict
+    from flax_resnet.port.torch_files import to_torch_state_dict
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
     state = to_torch_state_dict(model, batches_tracked(meta, args.checkpoint))

@@ -2,28 +2,25 @@
 
 A model leaf at path ``("layer1", 0, "downsample", 1, "scale")`` is torchvision's
 ``layer1.0.downsample.1.weight``. Conv kernels are HWIO here and OIHW in torch,
-linear kernels (in, out) here and (out, in) in torch. torch is imported only inside
-the functions that produce torch tensors.
+linear kernels (in, out) here and (out, in) in torch. numpy only: torch is never
+imported here (its tensors are read through their own methods); ``torch_files`` makes torch
+tensors.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
+import string
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.errors import one_line
-from flax_resnet.files import sha256
 from flax_resnet.model import DEFAULT_CHANNELS, ResNet, make_head
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
-from flax_resnet.torchvision_weights import hash_prefix
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +31,29 @@ CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
 
 
+def python_spelling(parameter: str, value: Any) -> str:
+  """How a Python caller writes an argument: ``reset_head=True``."""
+  return f"{parameter}={value!r}"
+
+
 class ConversionError(ValueError):
-  """A state dict that does not fit the model; the message lists every problem."""
+  """A source that cannot be converted as asked; the message lists every problem.
+
+  A message may name the caller's arguments as ``$parameter`` (``arguments`` holds their
+  values): ``str()`` spells them as Python does (``reset_head=True``), ``spelled`` as the
+  caller says, so that a command can name its flags instead.
+  """
+
+  def __init__(self, message: str, **arguments: Any):
+    self.template, self.arguments = message, arguments
+    super().__init__(self.spelled(python_spelling))
+
+  def spelled(self, spell: Callable[[str, Any], str]) -> str:
+    """The message with each named argument written as ``spell(parameter, value)``."""
+    if not self.arguments:
+      return self.template
+    return string.Template(self.template).safe_substitute(
+        {name: spell(name, value) for name, value in self.arguments.items()})
 
 
 def torch_key(path: tuple) -> str:
@@ -233,13 +251,13 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
     options.pop("num_classes")
   elif model_options.get("num_classes", options["num_classes"]) != options["num_classes"]:
     raise ConversionError(f"the file's head (fc) has {options['num_classes']} classes but "
-                          f"num_classes is {model_options['num_classes']}; pass --reset-head "
-                          "(reset_head=True) to start a fresh head")
+                          "$num_classes; pass $reset_head to start a fresh head",
+                          num_classes=model_options["num_classes"], reset_head=True)
   if arch is not None:
     architecture(arch)  # unknown names fail here, listing the known ones
     if inferred != arch:
       looks = inferred or f"a custom ResNet {options}"
-      raise ConversionError(f"file looks like {looks}, not {arch} (--arch)")
+      raise ConversionError(f"file looks like {looks}, not $arch", arch=arch)
   return inferred, {**options, **model_options}
 
 
@@ -277,24 +295,21 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
   return values, problems, notes
 
 
-def to_torch_state_dict(model: ResNet,
-                        num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, Any]:
-  """The model's weights as a torchvision state dict, strict-loadable, with exactly the keys
-  of torchvision's own: each BatchNorm's ``num_batches_tracked`` too, an int64 scalar
-  holding ``num_batches_tracked`` (one count, or counts by BatchNorm name such as
-  ``"layer1.0.bn1"``, a missing name 0)."""
-  import torch
-
+def to_state_dict(model: ResNet,
+                  num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, np.ndarray]:
+  """The model's weights as a torchvision state dict of numpy arrays in torch's layouts, with
+  exactly the keys of torchvision's own: each BatchNorm's ``num_batches_tracked`` too, an
+  int64 scalar holding ``num_batches_tracked`` (one count, or counts by BatchNorm name such
+  as ``"layer1.0.bn1"``, a missing name 0)."""
   out = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-    value = np.asarray(jax.device_get(var.get_value()))
     key = torch_key(path)
-    out[key] = torch.from_numpy(np.array(to_torch_layout(value), order="C"))
+    out[key] = np.array(to_torch_layout(np.asarray(jax.device_get(var.get_value()))), order="C")
     if key.endswith(".running_var"):
       norm = key.removesuffix(".running_var")
       count = (num_batches_tracked.get(norm, 0) if isinstance(num_batches_tracked, Mapping)
                else num_batches_tracked)
-      out[f"{norm}.num_batches_tracked"] = torch.tensor(int(count), dtype=torch.int64)
+      out[f"{norm}.num_batches_tracked"] = np.array(int(count), dtype=np.int64)
   return out
 
 
@@ -310,137 +325,10 @@ def batches_tracked(state_dict: Mapping[str, Any]) -> int | dict[str, int] | Non
   return next(iter(counts.values())) if len(set(counts.values())) == 1 else counts
 
 
-def load_file(path: Path) -> Any:
-  """A .pth/.pt (weights_only, never an unsafe fallback) or .safetensors file; a
-  ``ConversionError`` naming the file and what is wrong with it otherwise."""
-  if not path.is_file():
-    raise ConversionError(f"{path}: no such file")
-  if path.stat().st_size == 0:
-    raise ConversionError(f"{path}: empty file")
-  if path.suffix == ".safetensors":
-    return _load_safetensors(path)
-  import pickle
-  import torch
-
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
-      raise ConversionError(f"{path}: refused: the file holds Python objects other than tensors, "
-                     "which could run code when loaded; only plain state dicts are accepted")
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({one_line(e)})")
-  except (RuntimeError, EOFError, OSError) as e:
-    raise ConversionError(f"{path}: truncated or corrupt ({one_line(e)})")
-  except Exception as e:  # the weights-only unpickler fails on junk with assorted errors
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})")
-
-
-def _load_safetensors(path: Path) -> dict:
-  from safetensors import SafetensorError
-  from safetensors.torch import load_file as load_st
-
-  try:
-    return load_st(path)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
-
-
-def check_hash(file: Path, name: str | None = None) -> str:
-  """The SHA-256 of ``file``; a ``ConversionError`` naming the file and both hashes unless
-  it starts with the prefix in ``name`` (a URL or file name; default the file's own name)."""
-  digest = sha256(file)
-  prefix = hash_prefix(name or file.name)
-  if prefix and not digest.startswith(prefix):
-    raise ConversionError(f"{file}: SHA-256 {digest} does not start with {prefix}, the hash in "
-                          "torchvision's file name: not torchvision's file (another model, or a "
-                          "damaged download); remove it and fetch it again")
-  return digest
-
-
-def fetch_weights(name: str, arch: str | None):
-  """(torchvision weights entry, its state dict, the source for ``checkpoint_metadata``:
-  name, URL, the file in torch.hub's cache and its SHA-256), through torch.hub's cache."""
-  import torch
-  from torchvision.models import get_model_weights, get_weight
-
-  try:
-    weights = get_weight(name) if "." in name else get_model_weights(_need_arch(arch))[name]
-  except (KeyError, ValueError, AttributeError) as e:
-    raise ConversionError(f"--weights {name}: not a torchvision weights entry ({e})")
-  file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-  # torch.hub checks the hash only of what it downloads; a file placed by hand is checked here.
-  digest = check_hash(file, weights.url) if file.is_file() else None
-  try:
-    state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
-                                               weights_only=True, map_location="cpu")
-  except OSError as e:  # URLError is an OSError
-    raise ConversionError(f"--weights {name}: could not download {weights.url} ({e}). Offline, fetch "
-                   f"that file elsewhere and pass --state-dict PATH, or place it at {file}")
-  if digest is None and file.is_file():
-    digest = check_hash(file, weights.url)
-  source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-            "file": str(file), "sha256": digest}
-  return weights, state, source
-
-
-def _need_arch(arch: str | None) -> str:
-  if not arch:
-    raise ConversionError("--weights without a 'ModelName_Weights.' prefix needs --arch")
-  return arch
-
-
 def check_roundtrip(model, bare: dict, skip_head: bool) -> None:
   """Every source tensor must come back bit-exact (as float32) from the converted model."""
-  back = to_torch_state_dict(model)
-  for key, value in back.items():
+  for key, value in to_state_dict(model).items():
     if (skip_head and key.startswith("fc.")) or key.endswith("num_batches_tracked"):
       continue
-    if not np.array_equal(value.numpy(), bare[key].float().numpy()):
+    if not np.array_equal(value, _numpy(bare[key]).astype(np.float32)):
       raise ConversionError(f"round trip changed tensor {key}")
-
-
-def torchvision_model(arch: str | None, options: Mapping[str, Any]):
-  """The torchvision model equal to ``build_model(arch, options)``, or None if torchvision
-  has no such model (CIFAR stem, other stage widths, other norms)."""
-  import torch
-  import torchvision
-  from torchvision.models import resnet as tv
-
-  opts = dict(options)
-  if opts.pop("stem", "imagenet") != "imagenet" or opts.pop("norm", "batch") != "batch":
-    return None
-  if opts.pop("channels", DEFAULT_CHANNELS) != DEFAULT_CHANNELS:
-    return None
-  in_channels = opts.pop("in_channels", 3)
-  for unused in ("dtype", "param_dtype", "dropout", "norm_groups", "rngs"):
-    opts.pop(unused, None)
-  if opts.get("num_classes", 1000) == 0:
-    return None
-  if arch:
-    model = getattr(torchvision.models, arch)(**opts)
-  else:
-    block = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}[opts.pop("block")]
-    model = tv.ResNet(block, list(opts.pop("layers")), **opts)
-  if in_channels != 3:
-    model.conv1 = torch.nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-  return model
-
-
-def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any], transform,
-                        categories: list[str] | None, parity: dict | None,
-                        head: str = "from source"):
-  """The ``Metadata`` of a converted checkpoint: what it came from (with the source's
-  ``num_batches_tracked``, if it has them), its eval preprocessing (an ``EvalTransform``),
-  class names, the verification's figures, and every version that made it."""
-  import datetime
-
-  from flax_resnet.saved_model import Metadata
-  from flax_resnet.versions import versions
-  counts = batches_tracked(conversion.state_dict)
-  if counts is not None:  # flax2torch writes them back
-    source = {**source, "num_batches_tracked": counts}
-  return Metadata(
-      arch=conversion.arch, options=conversion.options, source=source, notes=conversion.notes,
-      head=head, preprocessing=transform.to_json(), categories=categories, parity=parity,
-      versions=versions(),
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

@@ -1,0 +1,117 @@
+"""The torchvision twin of a flax-resnet configuration: the torch model with the same
+state-dict keys and the same function, for the verification (``parity``), the PyTorch
+training recipe (``flax_resnet.bench.torch_recipe``) and the tests.
+
+Named architectures, and four-stage nets of torchvision's widths with the ImageNet stem, are
+built by torchvision's own ``resnet.py`` (``torchvision.models.resnet50(...)``,
+``ResNet(block, layers)``), so that what is compared with them is torchvision itself. Other
+stage counts and widths and the CIFAR stem are ``StageResNet``: torchvision's
+``_make_layer`` under either stem. Frozen BatchNorm is torchvision's ``FrozenBatchNorm2d``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import resnet as tv
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from flax_resnet.model import DEFAULT_CHANNELS
+from flax_resnet.registry import architecture
+
+BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
+NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
+# Options that change neither the keys nor the eval function: precision, dropout, streams.
+_NOT_IN_TORCH = ("dtype", "param_dtype", "dropout", "norm_groups", "rngs")
+
+
+class StageResNet(nn.Module):
+  """torchvision's ResNet for any stage count and base widths, with the ImageNet or the
+  CIFAR stem (3x3/1 conv, no max-pool); the state-dict keys are torchvision's."""
+
+  def __init__(self, block: type[nn.Module], layers: Sequence[int], channels: Sequence[int],
+               num_classes: int = 1000, stem: str = "imagenet", in_channels: int = 3,
+               norm_layer: type[nn.Module] = nn.BatchNorm2d, groups: int = 1,
+               width_per_group: int = 64,
+               replace_stride_with_dilation: Sequence[bool] | None = None,
+               zero_init_residual: bool = False):
+    super().__init__()
+    # torchvision's ResNet._make_layer reads these attributes of its ``self``.
+    self._norm_layer, self.groups, self.base_width, self.dilation = (
+        norm_layer, groups, width_per_group, 1)
+    self.inplanes = channels[0]
+    if stem == "cifar":
+      self.conv1 = nn.Conv2d(in_channels, self.inplanes, 3, 1, 1, bias=False)
+      self.maxpool = nn.Identity()
+    else:
+      self.conv1 = nn.Conv2d(in_channels, self.inplanes, 7, 2, 3, bias=False)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.bn1 = norm_layer(self.inplanes)
+    self.relu = nn.ReLU(inplace=True)
+    self._make_stages(block, layers, channels, replace_stride_with_dilation)
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc = nn.Linear(self.inplanes, num_classes)
+    self._init_weights(zero_init_residual)
+
+  def _make_stages(self, block, layers, channels, dilate) -> None:
+    self.stages = len(layers)
+    dilate = tuple(dilate or (False,) * (len(layers) - 1))
+    for i, (depth, planes) in enumerate(zip(layers, channels)):
+      setattr(self, f"layer{i + 1}", tv.ResNet._make_layer(
+          self, block, planes, depth, stride=1 if i == 0 else 2,
+          dilate=i > 0 and dilate[i - 1]))
+
+  def _init_weights(self, zero_init_residual: bool) -> None:
+    """torchvision's initialisation."""
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    for m in self.modules() if zero_init_residual else ():
+      if isinstance(m, tv.Bottleneck):
+        nn.init.zeros_(m.bn3.weight)
+      elif isinstance(m, tv.BasicBlock):
+        nn.init.zeros_(m.bn2.weight)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    for i in range(self.stages):
+      x = getattr(self, f"layer{i + 1}")(x)
+    return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def torch_resnet(arch: str | None, options: Mapping[str, Any], *,
+                 torchvision_only: bool = False) -> nn.Module | None:
+  """The torch model equal to ``registry.build_model(arch, options)``, as torch builds it (in
+  train mode, torch's initialisation), or None where torch has no such model: group norm,
+  a headless net (``num_classes=0``), another ``expansion``. With ``torchvision_only``, also
+  None where torchvision's own ResNet does not build it (CIFAR stem, other widths)."""
+  spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
+  norm = spec.pop("norm", "batch")
+  if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
+    return None
+  spec["norm_layer"] = NORM_LAYERS[norm]
+  stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
+  channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
+  if stem == "imagenet" and channels == DEFAULT_CHANNELS:
+    model = _torchvision(arch, spec)
+    if in_channels != 3:
+      model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    return model
+  if torchvision_only:
+    return None
+  table = architecture(arch)._asdict() if arch else {}
+  spec = {**table, **spec}
+  return StageResNet(BLOCKS[spec.pop("block")], channels=channels, stem=stem,
+                     in_channels=in_channels, **spec)
+
+
+def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
+  """torchvision's named builder for ``arch``, or its ``ResNet`` for a custom ``spec``."""
+  if arch:
+    return getattr(torchvision.models, arch)(**spec)
+  block, layers = BLOCKS[spec.pop("block")], list(spec.pop("layers"))
+  return tv.ResNet(block, layers, **spec)
+
