@@ -1,5 +1,6 @@
 """train/train.py on a 2-class CIFAR-10 subset: learning, sharding, exact resume, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -800,3 +801,33 @@ def test_a_fine_tuning_run_resumes_bit_exactly(cifar2, tmp_path):
   resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=4")
   assert "resumed from step 2" in resumed.stdout
   assert_identical(final_state(tmp_path / "straight", 4)[0], final_state(tmp_path / "split", 4)[0])
+
+
+def test_a_preset_is_found_by_name_or_by_its_path():
+  from flax_resnet.training import config as config_lib
+  by_name = config_lib.load_preset("cifar10_tiny")
+  assert by_name == config_lib.load_preset(config_lib.PRESETS / "cifar10_tiny.py")
+  assert by_name.channels == (16, 32, 64)
+  with pytest.raises(config_lib.SettingError) as error:
+    config_lib.load_preset("cifar10_huge")
+  assert error.value.parameter == "preset" and "cifar10_tiny" in error.value.detail
+
+
+def test_a_saved_config_reads_back_as_the_same_config():
+  from flax_resnet.training import config as config_lib
+  cfg = config_lib.override(config_lib.load_preset("cifar10_tiny"), ["freeze=stem"])
+  assert config_lib.Config.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+  with pytest.raises(ValueError, match="'colour' is not one of this version's"):
+    config_lib.Config.from_json({**cfg.to_json(), "colour": "blue"})
+
+
+def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path):
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import changed_on_resume
+  cfg = config_lib.Config()
+  assert changed_on_resume(cfg, tmp_path) == []  # a new run
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  with pytest.raises(ValueError, match="holds checkpoints but no config.json"):
+    changed_on_resume(cfg, tmp_path)
+  config_lib.save(dataclasses.replace(cfg, max_steps=7), tmp_path / "config.json")
+  assert changed_on_resume(cfg, tmp_path) == ["max_steps 7 -> 0"]

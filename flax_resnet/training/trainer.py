@@ -223,7 +223,7 @@ class Trainer:
     """Continues from the newest intact checkpoint: newer damaged ones are moved aside
     with a warning each (``checkpoints.restore_newest_intact``)."""
     found = checkpoints.restore_newest_intact(self.checkpoints, self.states(),
-                                              self._check_resumable, _warn)
+                                              self._check_same_images, _warn)
     if found is None:
       return
     step, meta, restored = found
@@ -236,7 +236,7 @@ class Trainer:
     self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {step}", flush=True)
 
-  def _check_resumable(self, meta: dict) -> None:
+  def _check_same_images(self, meta: dict) -> None:
     """Raises ``ValueError`` for a checkpoint of other training images (the settings were
     compared before: ``changed_on_resume``)."""
     if self.data_fingerprint is not None:
