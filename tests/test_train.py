@@ -628,7 +628,8 @@ def test_export_without_step_falls_back_to_the_latest_and_names_the_trained_clas
 
 @pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",
                                     "train/shards.py", "convert/torch2flax.py",
-                                    "convert/flax2torch.py", "flax_resnet.predict"])
+                                    "convert/flax2torch.py", "flax_resnet.predict",
+                                    "flax_resnet.commands.bench"])
 def test_help_answers_without_importing_jax(script):
   run = (f"runpy.run_path({script!r}, run_name='__main__')" if script.endswith(".py")
          else f"runpy.run_module({script!r}, run_name='__main__')")
