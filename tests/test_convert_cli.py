@@ -270,7 +270,7 @@ def test_train_export_force_replaces_a_checkpoint(checkpoint, tmp_path):
   workdir = tmp_path / "run"
   tiny = ["synthetic=True", "layers=1,1", "channels=8,16", "num_classes=2", "dtype=float32",
           "global_batch=8", "max_steps=1", "workers=0", "step_cache=False"]
-  done = run("train/train.py", "--config", "train/configs/cifar10_resnet18.py", "--workdir",
+  done = run("train/train.py", "--config", "cifar10_resnet18", "--workdir",
              workdir, *[a for s in tiny for a in ("--set", s)], env={"JAX_PLATFORMS": "cpu"})
   assert done.returncode == 0, done.stderr[-3000:]
   done = run("train/export.py", "--workdir", workdir, "--out", checkpoint, "--step", "latest",

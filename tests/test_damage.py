@@ -22,7 +22,7 @@ SYNTHETIC = ["synthetic=true", "global_batch=16", "log_every=1", "checkpoint_eve
 
 
 def train_cmd(workdir, *sets):
-  args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_tiny.py",
+  args = [sys.executable, "train/train.py", "--config", "cifar10_tiny",
           "--workdir", str(workdir)]
   for s in [*SYNTHETIC, *sets]:
     args += ["--set", s]
@@ -143,7 +143,7 @@ async def full(slices, spec, **kwargs):
   return await write(slices, spec, **kwargs)
 
 serialization.async_serialize_from_host = full
-from flax_resnet.training.commands import train
+from flax_resnet.commands.train import main as train
 sys.exit(train(sys.argv[1:]))
 """
 

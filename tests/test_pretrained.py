@@ -251,7 +251,7 @@ def _train_config(*assignments):
                                        "ResNet18_Weights.IMAGENET1K_V1"])
 def test_the_trainer_starts_from_torchvision_weights_by_name(homes, init_from, capsys):
   from flax import nnx
-  from flax_resnet.training.trainer import build_model
+  from flax_resnet.training.models import build_model
   model = build_model(_train_config(f"init_from={init_from}"))
   assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in (
       capsys.readouterr().out)
@@ -269,9 +269,9 @@ def test_a_training_run_from_a_weights_name_uses_the_converted_cache(homes, tmp_
   env, _, name = homes
   flax_resnet.load_pretrained("resnet18", "DEFAULT")  # converted here; the run reads it
   code = (REDIRECT_TORCHVISION.format(url=MODELS + name) + REDIRECT_TABLE.format(name=name)
-          + "import sys\nfrom flax_resnet.training.commands import train\n"
+          + "import sys\nfrom flax_resnet.commands.train import main as train\n"
           "sys.exit(train(sys.argv[1:]))\n")
-  args = ["--config", "train/configs/finetune.py", "--workdir", str(tmp_path / "run")]
+  args = ["--config", "finetune", "--workdir", str(tmp_path / "run")]
   for s in ["init_from=torchvision:IMAGENET1K_V1", "arch=resnet18", "num_classes=10",
             "dtype=float32", "synthetic=true", "image_size=32", "global_batch=8", "max_steps=1",
             "workers=0", "step_cache=false"]:
@@ -292,14 +292,14 @@ def test_a_training_run_from_a_weights_name_uses_the_converted_cache(homes, tmp_
 ], ids=["unknown entry", "not a name"])
 def test_a_bad_weights_name_for_the_trainer_is_one_line_naming_the_field(homes, init_from,
                                                                          message):
-  from flax_resnet.training.trainer import build_model
+  from flax_resnet.training.models import build_model
   with pytest.raises(ValueError) as error:
     build_model(_train_config(f"init_from={init_from}"))
   assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
 
 
 def test_a_weights_name_with_custom_depths_is_refused():
-  from flax_resnet.training.trainer import build_model
+  from flax_resnet.training.models import build_model
   with pytest.raises(ValueError, match="config init_from='DEFAULT': torchvision's weights are "
                                        "for resnet18's own depths and widths"):
     build_model(_train_config("init_from=DEFAULT", "layers=1,1", "channels=8,16"))

@@ -100,7 +100,7 @@ def test_a_record_that_is_not_ours_is_a_clear_error():
 
 def tiny_train(workdir, data, *sets):
   """train/train.py with the tiny preset on ``data``'s shards (train and test splits)."""
-  args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_tiny.py",
+  args = [sys.executable, "train/train.py", "--config", "cifar10_tiny",
           "--workdir", str(workdir), "--set", f"data_dir={data}", "--set", "global_batch=32"]
   for s in sets:
     args += ["--set", s]

@@ -133,18 +133,12 @@ def test_on_device_normalisation_equals_torchvision_to_tensor_and_normalize():
 
 
 def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_path, capsys):
-  from types import SimpleNamespace
-
-  from flax_resnet.training import trainer as trainer_lib
-  run = SimpleNamespace(cfg=SimpleNamespace(global_batch=8, log_every=1000), step=0,
-                        total_steps=10, skips=SimpleNamespace(count=0))
-  progress = trainer_lib.Progress(run, tmp_path)
-  run.step = 1
-  progress.step({"loss": 2.5})
+  from flax_resnet.training.metrics import LOG_SECONDS, Progress
+  progress = Progress(tmp_path, global_batch=8, log_every=1000, total_steps=10)
+  progress.step(1, {"loss": 2.5}, skipped=0)
   assert capsys.readouterr().out == ""
-  progress.last -= trainer_lib.LOG_SECONDS  # half a minute without a line
-  run.step = 2
-  progress.step({"loss": 2.25})
+  progress.last -= LOG_SECONDS  # half a minute without a line
+  progress.step(2, {"loss": 2.25}, skipped=0)
   assert capsys.readouterr().out.startswith("step 2/10 loss 2.2500")
   progress.close()
   # The time-driven line stays out of metrics.jsonl, which must not depend on speed.
@@ -152,7 +146,8 @@ def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_pat
 
 
 def test_a_run_without_eval_plots_its_losses_and_says_no_eval_yet(tmp_path, recwarn):
-  from flax_resnet.training.plot import append_metric, main
+  from flax_resnet.commands.plot import main
+  from flax_resnet.training.metrics import append_metric
   for step, loss in [(4, 2.3), (8, 2.1)]:
     append_metric(tmp_path / "metrics.jsonl", step, "train/loss", loss)
   assert main(["--workdir", str(tmp_path)]) == 0

@@ -1,5 +1,6 @@
 """train/train.py on a 2-class CIFAR-10 subset: learning, sharding, exact resume, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ def cifar2_shards(cifar2, tmp_path_factory):
 
 
 def train_cmd(workdir, data, *sets):
-  args = [sys.executable, "train/train.py", "--config", "train/configs/cifar10_resnet18.py",
+  args = [sys.executable, "train/train.py", "--config", "cifar10_resnet18",
           "--workdir", str(workdir), "--set", f"data_dir={data}"]
   for s in [*TINY, *sets]:
     args += ["--set", s]
@@ -76,8 +77,8 @@ def initial_state(data, *sets) -> dict:
   """The model state that train.py starts from with these settings, before any step."""
   from flax import nnx
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.trainer import build_model
-  cfg = config_lib.override(config_lib.load_preset(ROOT / "train/configs/cifar10_resnet18.py"),
+  from flax_resnet.training.models import build_model
+  cfg = config_lib.override(config_lib.load_preset("cifar10_resnet18"),
                             [f"data_dir={data}", *TINY, *sets])
   return nnx.to_pure_dict(nnx.state(build_model(cfg)))
 
@@ -113,7 +114,7 @@ def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
 
 def test_the_pytorch_reference_learns_the_same_config_and_plots_beside_ours(cifar2, tmp_path):
   sets = ["global_batch=32", "epochs=3", "ema_decay=0.9"]
-  cmd = [sys.executable, "bench/train_torch.py", "--config", "train/configs/cifar10_resnet18.py",
+  cmd = [sys.executable, "bench/train_torch.py", "--config", "cifar10_resnet18",
          "--workdir", str(tmp_path / "torch"), "--set", f"data_dir={cifar2}"]
   for s in [*TINY, *sets]:
     cmd += ["--set", s]
@@ -532,7 +533,7 @@ def test_init_from_a_checkpoint_of_another_network_is_refused_in_one_line(
 def test_a_tensor_of_another_shape_is_named_with_both_shapes():
   from flax import nnx
   import flax_resnet
-  from flax_resnet.training.trainer import check_same_shapes
+  from flax_resnet.training.models import check_same_shapes
 
   def state(channels, classes=2):
     return nnx.state(flax_resnet.ResNet("basic", (1, 1), channels=channels, stem="cifar",
@@ -620,7 +621,8 @@ def test_export_without_step_falls_back_to_the_latest_and_names_the_trained_clas
 
 @pytest.mark.parametrize("script", ["train/train.py", "train/export.py", "train/plot.py",
                                     "train/shards.py", "convert/torch2flax.py",
-                                    "convert/flax2torch.py", "flax_resnet.commands.predict"])
+                                    "convert/flax2torch.py", "flax_resnet.commands.predict",
+                                    "flax_resnet.commands.bench"])
 def test_help_answers_without_importing_jax(script):
   run = (f"runpy.run_path({script!r}, run_name='__main__')" if script.endswith(".py")
          else f"runpy.run_module({script!r}, run_name='__main__')")
@@ -656,8 +658,9 @@ def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(
 def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
   from flax import nnx
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.trainer import build_model, host_memory_estimate
-  cfg = config_lib.load_preset(ROOT / "train/configs/finetune.py")
+  from flax_resnet.training.memory import host_memory_estimate
+  from flax_resnet.training.models import build_model
+  cfg = config_lib.load_preset("finetune")
   graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
   parts = host_memory_estimate(cfg, graphdef, state)
   assert 10.5 <= sum(parts.values()) / 2**30 <= 12.5, parts  # measured: 11-12 GB
@@ -670,7 +673,7 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
 @pytest.mark.parametrize("assignment, message", [
     ("clip_grad_norm=-1", "config clip_grad_norm=-1.0: must be at least 0"),
     ("freeze=stem,head", "config freeze='stem,head': 'head' is not a part: name stem, layer1"),
-    ("linear_probe=maybe", "--set linear_probe=maybe: not a valid bool"),
+    ("linear_probe=maybe", "assignments linear_probe=maybe: not a valid bool"),
     ("backbone_lr_mult=-0.5", "config backbone_lr_mult=-0.5: must be at least 0"),
     ("accumulate_steps=0", "config accumulate_steps=0: must be at least 1"),
     ("remat=layer", "config remat='layer': must be one of none, block, stage"),
@@ -684,7 +687,7 @@ def test_a_bad_fine_tuning_value_is_one_line_naming_the_field(assignment, messag
 
 
 def test_what_trains_and_how_is_refused_on_resume():
-  from flax_resnet.training.trainer import RESUMABLE
+  from flax_resnet.training.config import RESUMABLE
   # each changes what a step computes, or the optimiser state's form
   assert not {"clip_grad_norm", "freeze", "linear_probe", "backbone_lr_mult",
               "accumulate_steps"} & set(RESUMABLE)
@@ -694,10 +697,10 @@ def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
   from flax import nnx
 
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.trainer import build_model
+  from flax_resnet.training.models import build_model
   sets = ["global_batch=16", "max_steps=2", "linear_probe=true"]
   train(tmp_path, cifar2, *sets)
-  cfg = config_lib.override(config_lib.load_preset(ROOT / "train/configs/cifar10_resnet18.py"),
+  cfg = config_lib.override(config_lib.load_preset("cifar10_resnet18"),
                             [f"data_dir={cifar2}", *TINY, *sets])
   start = nnx.to_pure_dict(nnx.state(build_model(cfg)))  # the run's initialisation
   trained = final_state(tmp_path, 2)[0]["model"]
@@ -747,7 +750,7 @@ def test_the_pytorch_reference_refuses_what_it_does_not_implement(assignment):
 
 def test_init_from_names_torchvision_weights_unless_a_path_of_that_name_exists(tmp_path,
                                                                                monkeypatch):
-  from flax_resnet.training.trainer import weights_name
+  from flax_resnet.training.models import weights_name
   monkeypatch.chdir(tmp_path)
   assert weights_name("torchvision:IMAGENET1K_V2") == "IMAGENET1K_V2"
   assert weights_name("ResNet50_Weights.IMAGENET1K_V2") == "ResNet50_Weights.IMAGENET1K_V2"
@@ -764,7 +767,8 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
 
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.steps import train_step
-  from flax_resnet.training.trainer import build_model, run_optimizer
+  from flax_resnet.training.models import build_model
+  from flax_resnet.training.trainer import run_optimizer
   cfg = config_lib.override(config_lib.Config(), [
       "layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "dtype=float32",
       "momentum=0", "weight_decay=0", "lr=25.6", "global_batch=8", "clip_grad_norm=1e-3"])
@@ -791,3 +795,33 @@ def test_a_fine_tuning_run_resumes_bit_exactly(cifar2, tmp_path):
   resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=4")
   assert "resumed from step 2" in resumed.stdout
   assert_identical(final_state(tmp_path / "straight", 4)[0], final_state(tmp_path / "split", 4)[0])
+
+
+def test_a_preset_is_found_by_name_or_by_its_path():
+  from flax_resnet.training import config as config_lib
+  by_name = config_lib.load_preset("cifar10_tiny")
+  assert by_name == config_lib.load_preset(config_lib.PRESETS / "cifar10_tiny.py")
+  assert by_name.channels == (16, 32, 64)
+  with pytest.raises(config_lib.SettingError) as error:
+    config_lib.load_preset("cifar10_huge")
+  assert error.value.parameter == "preset" and "cifar10_tiny" in error.value.detail
+
+
+def test_a_saved_config_reads_back_as_the_same_config():
+  from flax_resnet.training import config as config_lib
+  cfg = config_lib.override(config_lib.load_preset("cifar10_tiny"), ["freeze=stem"])
+  assert config_lib.Config.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+  with pytest.raises(ValueError, match="'colour' is not one of this version's"):
+    config_lib.Config.from_json({**cfg.to_json(), "colour": "blue"})
+
+
+def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path):
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.trainer import changed_on_resume
+  cfg = config_lib.Config()
+  assert changed_on_resume(cfg, tmp_path) == []  # a new run
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  with pytest.raises(ValueError, match="holds checkpoints but no config.json"):
+    changed_on_resume(cfg, tmp_path)
+  config_lib.save(dataclasses.replace(cfg, max_steps=7), tmp_path / "config.json")
+  assert changed_on_resume(cfg, tmp_path) == ["max_steps 7 -> 0"]

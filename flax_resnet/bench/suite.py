@@ -112,11 +112,11 @@ def plan(args, results: Path, work: Path) -> list[Step]:
 def cifar_steps(args, work: Path) -> list[Step]:
   """The CIFAR-10 preset and its PyTorch reference, on a copy unpacked when they run."""
   data = work / "cifar10" / "cifar10-jpeg"
-  preset = "train/configs/cifar10_resnet18.py"
+  preset = "cifar10_resnet18"
   sets = ["--set", f"data_dir={data}"]
   return [Step(f"cifar10-{which}", [*command, "--config", preset, "--workdir",
                                     str(work / f"run-{which}"), *sets], 300, needs_s=300)
-          for which, command in (("jax", [sys.executable, "-m", "flax_resnet.training.commands"]),
+          for which, command in (("jax", [sys.executable, "-m", "flax_resnet.commands.train"]),
                                  ("torch", bench("train-torch")))]
 
 

@@ -1,6 +1,6 @@
 """The PyTorch reference trainer: a training config run with torchvision and torch.optim.
 
-    flax-resnet-bench train-torch --config train/configs/cifar10_resnet18.py --workdir W \\
+    flax-resnet-bench train-torch --config cifar10_resnet18 --workdir W \\
         --set data_dir=DIR [--set KEY=VALUE ...]
     python bench/train_torch.py ...   (the same)
 
@@ -27,12 +27,12 @@ from flax_resnet.bench import torch_recipe
 from flax_resnet.cli import ArgumentParser, report
 from flax_resnet.files import write_atomic
 from flax_resnet.training import config as config_lib
-from flax_resnet.training.plot import append_metric
+from flax_resnet.training.metrics import append_metric
 
 
 def parse_args(argv=None):
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--config", required=True, help="a preset file such as train/configs/*.py")
+  p.add_argument("--config", required=True, help="a preset name (cifar10_tiny, ...) or file")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field (repeatable)")
   p.add_argument("--workdir", type=Path, required=True)

@@ -1,4 +1,6 @@
-"""The training configuration: one dataclass, Python preset files, ``key=value`` overrides."""
+"""The training configuration: one dataclass whose fields carry their rules, preset files
+(shipped in ``flax_resnet.training.presets`` and named by name, or any path), ``key=value``
+overrides, and the rule of what a resumed run may change."""
 
 from __future__ import annotations
 
@@ -8,175 +10,243 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from flax_resnet.files import write_atomic
+from flax_resnet.model import BACKWARDS, MOMENTS, REMATS, STEMS
+from flax_resnet.training.steps import OPTIMIZERS
+
+DTYPES = ("float32", "bfloat16", "float16")  # the compute dtype's names (model_spec maps them)
+BN_STATS = ("global", "per_device")  # BatchNorm's batch statistics: over what (Trainer)
+PART = re.compile(r"stem|layer[1-9][0-9]*")
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def frozen_parts(freeze: str) -> tuple[str, ...]:
+  """The parts ``freeze`` names: ``"stem, layer1"`` is ("stem", "layer1")."""
+  return tuple(part.strip() for part in freeze.split(",") if part.strip())
+
+
+def _parts_problem(freeze: str) -> str | None:
+  bad = [part for part in frozen_parts(freeze) if not PART.fullmatch(part)]
+  if bad:
+    return f"{bad[0]!r} is not a part: name stem, layer1, layer2... separated by commas"
+  return None
+
+
+def rule(default: Any, *, choices: Sequence[str] = (), at_least: float | None = None,
+         below: float | None = None, check: Callable[[Any], str | None] | None = None,
+         resumable: bool = False) -> Any:
+  """A field's default with its rule beside it (``validate`` applies it): the ``choices``
+  its value must be one of, its range ``[at_least, below)``, a ``check`` returning a
+  problem or None, and whether a resumed run may change it (``resumable``: it decides
+  when to stop, log, save or evaluate, or where and how the same images are read, never
+  what a step computes)."""
+  return dataclasses.field(default=default, metadata={
+      "choices": tuple(choices), "at_least": at_least, "below": below, "check": check,
+      "resumable": resumable})
 
 
 @dataclasses.dataclass
 class Config:
   """Every knob of a run. The defaults train a ResNet-18 on an ImageFolder."""
   # Model
-  arch: str = "resnet18"  # a flax_resnet.list_models() name
-  num_classes: int = 1000
-  stem: str = "imagenet"  # "cifar": 3x3/1 conv, no max-pool, for 32x32 images
-  layers: tuple[int, ...] = ()  # blocks per stage instead of the architecture's (tiny test nets)
-  channels: tuple[int, ...] = ()  # base channels per stage, with layers
-  dtype: str = "bfloat16"  # compute dtype; parameters, BN statistics and loss stay float32
-  bn_stats: str = "global"  # BatchNorm batch statistics over the "global" batch or "per_device"
-  bn_moments: str = "two_pass"  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
-  bn_backward: str = "autodiff"  # or "fused": BatchNorm's gradient by hand, the same function
+  arch: str = rule("resnet18")  # a flax_resnet.list_models() name
+  num_classes: int = rule(1000, at_least=1)
+  stem: str = rule("imagenet", choices=STEMS)  # "cifar": 3x3/1 conv, no max-pool, for 32x32 images
+  # blocks per stage instead of the architecture's (tiny test nets)
+  layers: tuple[int, ...] = rule(())
+  channels: tuple[int, ...] = rule(())  # base channels per stage, with layers
+  # compute dtype; parameters, BN statistics and loss stay float32
+  dtype: str = rule("bfloat16", choices=DTYPES)
+  # BatchNorm batch statistics over the "global" batch or "per_device"
+  bn_stats: str = rule("global", choices=BN_STATS)
+  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
+  bn_moments: str = rule("two_pass", choices=MOMENTS)
+  # or "fused": BatchNorm's gradient by hand, the same function
+  bn_backward: str = rule("autodiff", choices=BACKWARDS)
   # Activation checkpointing: "block" or "stage" recomputes each residual block's (stage's)
   # activations in the backward pass instead of keeping them: less memory, more compute;
   # the same function (changeable on resume)
-  remat: str = "none"
+  remat: str = rule("none", choices=REMATS, resumable=True)
   # Data
-  data_dir: str = ""  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
-  train_split: str = "train"
-  eval_split: str = "val"
-  synthetic: bool = False  # random images of image_size, for benchmarks; data_dir unused
-  image_size: int = 224  # train crop; 32 switches to pad-and-crop augmentation
-  eval_resize: int = 256  # eval: shorter side resized to this, centre crop of image_size
-  mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-  std: tuple[float, ...] = (0.229, 0.224, 0.225)
-  workers: int = 0  # decoding processes per host; 0 decodes in the main process
-  prefetch: int = 2  # batches read ahead by each reader (the main process or each worker)
+  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
+  data_dir: str = rule("", resumable=True)
+  train_split: str = rule("train")
+  eval_split: str = rule("val")
+  synthetic: bool = rule(False)  # random images of image_size, for benchmarks; data_dir unused
+  image_size: int = rule(224, at_least=1)  # train crop; 32 switches to pad-and-crop augmentation
+  # eval: shorter side resized to this, centre crop of image_size
+  eval_resize: int = rule(256, at_least=1)
+  mean: tuple[float, ...] = rule((0.485, 0.456, 0.406))
+  std: tuple[float, ...] = rule((0.229, 0.224, 0.225))
+  # decoding processes per host; 0 decodes in the main process
+  workers: int = rule(0, at_least=0, resumable=True)
+  # batches read ahead by each reader (the main process or each worker)
+  prefetch: int = rule(2, at_least=1, resumable=True)
   # Optimisation
-  global_batch: int = 256
-  epochs: int = 90
-  max_steps: int = 0  # stop after this many steps (0: run all epochs); the schedule spans epochs
-  optimizer: str = "sgd"  # or "adamw"
-  lr: float = 0.1  # per 256 images: scaled by global_batch / 256
-  momentum: float = 0.9
-  nesterov: bool = False
-  weight_decay: float = 1e-4
-  decay_all: bool = False  # also decay BatchNorm parameters and biases
-  warmup_epochs: float = 0.0
-  label_smoothing: float = 0.0
-  ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
-  clip_grad_norm: float = 0.0  # > 0: gradient scaled down to this global L2 norm (0: off)
+  global_batch: int = rule(256, at_least=1)
+  epochs: int = rule(90, at_least=1)
+  # stop after this many steps (0: run all epochs); the schedule spans epochs
+  max_steps: int = rule(0, at_least=0, resumable=True)
+  optimizer: str = rule("sgd", choices=OPTIMIZERS)  # or "adamw"
+  lr: float = rule(0.1, at_least=0)  # per 256 images: scaled by global_batch / 256
+  momentum: float = rule(0.9, at_least=0, below=1)
+  nesterov: bool = rule(False)
+  weight_decay: float = rule(1e-4, at_least=0)
+  decay_all: bool = rule(False)  # also decay BatchNorm parameters and biases
+  warmup_epochs: float = rule(0.0, at_least=0)
+  label_smoothing: float = rule(0.0, at_least=0, below=1)
+  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
+  ema_decay: float = rule(0.0, at_least=0, below=1)
+  # > 0: gradient scaled down to this global L2 norm (0: off)
+  clip_grad_norm: float = rule(0.0, at_least=0)
   # k > 1: each step's global_batch images go through the network in k micro-batches of
   # global_batch / k (one at a time: less memory), one optimiser step on their mean gradient;
   # BatchNorm normalises each micro-batch with its own statistics, as torch's accumulation
-  accumulate_steps: int = 1
-  seed: int = 0
+  accumulate_steps: int = rule(1, at_least=1)
+  seed: int = rule(0)
   # What trains (fine-tuning). Frozen parts keep every bit of their parameters (no update, no
   # weight decay, no optimiser state) and run their BatchNorm in eval mode (running statistics
   # used and kept).
-  freeze: str = ""  # comma-separated parts: any of stem, layer1..layer4 (e.g. "stem,layer1")
-  linear_probe: bool = False  # train fc only: every other part frozen
-  backbone_lr_mult: float = 1.0  # learning rate of everything but fc, relative to fc's
+  # comma-separated parts: any of stem, layer1..layer4 (e.g. "stem,layer1")
+  freeze: str = rule("", check=_parts_problem)
+  linear_probe: bool = rule(False)  # train fc only: every other part frozen
+  # learning rate of everything but fc, relative to fc's
+  backbone_lr_mult: float = rule(1.0, at_least=0)
   # Checkpoints and logs
   # Start from a converted checkpoint folder (convert/torch2flax.py, train/export.py), or from
   # torchvision's weights for arch by name: "torchvision:IMAGENET1K_V2" (or a bare
   # IMAGENET1K_V2, DEFAULT, ResNet50_Weights.IMAGENET1K_V2 when no such path exists),
   # converted once into the cache of create_model(weights=...). A fresh head when
   # num_classes differs from theirs.
-  init_from: str = ""
-  freeze_bn: bool = False  # with init_from: BatchNorm uses and keeps its running statistics
-  keep_checkpoints: int = 3  # the last N, plus the best by eval top-1
-  checkpoint_every: int = 0  # steps between checkpoints (0: at each epoch end)
-  eval_every_epochs: int = 1
-  log_every: int = 50
-  step_cache: bool = True  # keep the compiled train step on disk for the next start (one process)
+  init_from: str = rule("")
+  freeze_bn: bool = rule(False)  # with init_from: BatchNorm uses and keeps its running statistics
+  # the last N, plus the best by eval top-1
+  keep_checkpoints: int = rule(3, at_least=1, resumable=True)
+  # steps between checkpoints (0: at each epoch end)
+  checkpoint_every: int = rule(0, at_least=0, resumable=True)
+  eval_every_epochs: int = rule(1, at_least=1, resumable=True)
+  log_every: int = rule(50, at_least=1, resumable=True)
+  # keep the compiled train step on disk for the next start (one process)
+  step_cache: bool = rule(True, resumable=True)
+
 
   def to_json(self) -> dict[str, Any]:
+    """The fields as a dict (tuples stay tuples; JSON writes them as lists)."""
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_json(cls, values: Mapping[str, Any]) -> Config:
+    """The config that ``to_json`` gave, as read back from JSON (lists become tuples);
+    fields it lacks take their defaults (a run saved before they existed). ``ValueError``
+    naming a field this version does not know."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"config field {unknown[0]!r} is not one of this version's")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-def load_preset(path: str | Path) -> Config:
-  """Runs a preset file and returns its ``get_config()``; ``ValueError`` naming the file
-  and line where running it raises (a preset is the user's code: its error is input)."""
-  path = Path(path)
-  if not path.is_file():
-    raise ValueError(f"--config {path}: no such file")
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+RESUMABLE = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])
+
+
+class SettingError(ValueError):
+  """A preset or an assignment that no config comes from. ``parameter`` is the argument
+  at fault (``preset`` of ``load_preset``, ``assignments`` of ``override``) and the
+  message ``f"{parameter} {detail}"``: a command says ``detail`` after its own flag."""
+
+  def __init__(self, parameter: str, detail: str):
+    super().__init__(f"{parameter} {detail}")
+    self.parameter, self.detail = parameter, detail
+
+
+def preset_names() -> list[str]:
+  """The presets shipped in the package, by the name ``load_preset`` takes."""
+  return sorted(p.stem for p in PRESETS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def preset_file(preset: str | Path) -> Path:
+  """The file ``preset`` names: a path, else the name of a shipped preset
+  (``cifar10_tiny``); a path that exists wins over a name."""
+  path = Path(preset)
+  if path.is_file():
+    return path
+  name = str(preset)
+  if re.fullmatch(r"[A-Za-z_]\w*", name):
+    if (PRESETS / f"{name}.py").is_file():
+      return PRESETS / f"{name}.py"
+    raise SettingError("preset", f"{path}: no such file, nor a preset name (one of "
+                       f"{', '.join(preset_names())})")
+  raise SettingError("preset", f"{path}: no such file")
+
+
+def load_preset(preset: str | Path) -> Config:
+  """Runs a preset (a shipped one's name, or a file) and returns its ``get_config()``;
+  ``SettingError`` naming the file and line where running it raises (a preset is the
+  user's code: its error is input)."""
+  path = preset_file(preset)
   spec = importlib.util.spec_from_file_location(f"preset_{path.stem}", path)
+  assert spec is not None and spec.loader is not None  # a .py file: always a spec
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-      raise ValueError(f"--config {path}: defines no get_config()")
-    config = module.get_config()
-  except ValueError as e:
-    if str(e).startswith(f"--config {path}:"):
-      raise
-    raise ValueError(_preset_error(path, e)) from e
   except Exception as e:  # SyntaxError, ImportError, NameError...: the preset's own bug
-    raise ValueError(_preset_error(path, e)) from e
-  return config
+    raise SettingError("preset", _preset_error(path, e)) from e
+  if not hasattr(module, "get_config"):
+    raise SettingError("preset", f"{path}: defines no get_config()")
+  try:
+    return module.get_config()
+  except Exception as e:
+    raise SettingError("preset", _preset_error(path, e)) from e
 
 
 def _preset_error(path: Path, error: BaseException) -> str:
-  """``--config PATH line N: Type: message``, N the preset's deepest line in the traceback."""
+  """``PATH line N: Type: message``, N the preset's deepest line in the traceback."""
   import traceback
   line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
   for frame in traceback.extract_tb(error.__traceback__):
     if Path(frame.filename).resolve() == path.resolve():
       line = frame.lineno
   message = "; ".join(s.strip() for s in str(error).splitlines() if s.strip())
-  return (f"--config {path}{f' line {line}' if line else ''}: {type(error).__name__}: "
-          f"{message[:300]}")
+  return f"{path}{f' line {line}' if line else ''}: {type(error).__name__}: {message[:300]}"
 
 
 def override(config: Config, assignments: Sequence[str]) -> Config:
   """Applies ``key=value`` strings, each parsed as its field's type, and ``validate``s."""
-  fields = {f.name: f for f in dataclasses.fields(config)}
   changes = {}
   for item in assignments:
     key, sep, raw = item.partition("=")
-    if not sep or key not in fields:
-      raise ValueError(f"--set {item!r}: expected key=value with key one of {sorted(fields)}")
+    if not sep or key not in FIELDS:
+      raise SettingError("assignments", f"{item!r}: expected key=value with key one of "
+                         f"{sorted(FIELDS)}")
     changes[key] = _parse(key, raw, type(getattr(config, key)))
   config = dataclasses.replace(config, **changes)
   validate(config)
   return config
 
 
-CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "optimizer": ("sgd", "adamw"),
-           "bn_stats": ("global", "per_device"), "stem": ("imagenet", "cifar"),
-           "bn_moments": ("two_pass", "one_pass"), "bn_backward": ("autodiff", "fused"),
-           "remat": ("none", "block", "stage")}
-AT_LEAST = {"num_classes": 1, "image_size": 1, "eval_resize": 1, "global_batch": 1, "epochs": 1,
-            "max_steps": 0, "workers": 0, "prefetch": 1, "keep_checkpoints": 1,
-            "checkpoint_every": 0, "eval_every_epochs": 1, "log_every": 1, "lr": 0,
-            "momentum": 0, "weight_decay": 0, "warmup_epochs": 0, "label_smoothing": 0,
-            "ema_decay": 0, "clip_grad_norm": 0, "backbone_lr_mult": 0,
-            "accumulate_steps": 1}
-BELOW = {"label_smoothing": 1, "ema_decay": 1, "momentum": 1}
-
-
 def validate(config: Config) -> None:
   """Raises ``ValueError`` naming the first field whose value no run can use: not finite,
-  out of range, or not one of the choices."""
+  or against its ``rule``."""
   for name, value in config.to_json().items():
-    problem = _problem(name, value)
+    problem = _problem(FIELDS[name].metadata, value)
     if problem:
       raise ValueError(f"config {name}={value!r}: {problem}")
 
 
-def _problem(name: str, value: Any) -> str | None:
+def _problem(rules: Mapping[str, Any], value: Any) -> str | None:
   numbers = value if isinstance(value, (list, tuple)) else [value]
   if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
     return "not a finite number"
-  if name in CHOICES and value not in CHOICES[name]:
-    return f"must be one of {', '.join(CHOICES[name])}"
-  if name in AT_LEAST and value < AT_LEAST[name]:
-    return f"must be at least {AT_LEAST[name]}"
-  if name in BELOW and value >= BELOW[name]:
-    return f"must be below {BELOW[name]}"
-  if name == "freeze":
-    bad = [part for part in frozen_parts(value) if not PART.fullmatch(part)]
-    if bad:
-      return f"{bad[0]!r} is not a part: name stem, layer1, layer2... separated by commas"
-  return None
-
-
-PART = re.compile(r"stem|layer[1-9][0-9]*")
-
-
-def frozen_parts(freeze: str) -> tuple[str, ...]:
-  """The parts ``freeze`` names: ``"stem, layer1"`` is ("stem", "layer1")."""
-  return tuple(part.strip() for part in freeze.split(",") if part.strip())
+  if rules["choices"] and value not in rules["choices"]:
+    return f"must be one of {', '.join(rules['choices'])}"
+  if rules["at_least"] is not None and value < rules["at_least"]:
+    return f"must be at least {rules['at_least']}"
+  if rules["below"] is not None and value >= rules["below"]:
+    return f"must be below {rules['below']}"
+  return rules["check"](value) if rules["check"] else None
 
 
 def _parse(key: str, raw: str, kind: type) -> Any:
@@ -190,9 +260,25 @@ def _parse(key: str, raw: str, kind: type) -> Any:
                    for v in raw.split(",") if v.strip())
     return kind(raw)
   except ValueError:
-    raise ValueError(f"--set {key}={raw}: not a valid {kind.__name__}") from None
+    raise SettingError("assignments", f"{key}={raw}: not a valid {kind.__name__}") from None
+
+
+def resume_changes(saved: Mapping[str, Any], config: Config, workdir: Path) -> list[str]:
+  """The resume rule: ``config``'s changes from the run ``saved`` in ``workdir`` (its
+  fields as JSON holds them), each as ``"field old -> new"``. ``ValueError`` naming every
+  changed field that is not ``resumable``: the resumed run would compute something else
+  than the run it continues."""
+  new = json.loads(json.dumps(config.to_json()))  # tuples as lists, as saved
+  changed = sorted(k for k in new if k in saved and saved[k] != new[k])
+  refused = [k for k in changed if not FIELDS[k].metadata["resumable"]]
+  if refused:
+    raise ValueError(f"workdir {workdir} holds a run with other settings: " + ", ".join(
+        f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused) + "; they change what the run "
+        "computes: set them back, or use another --workdir")
+  return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 
 
 def save(config: Config, path: Path) -> None:
   """Writes the resolved config as JSON (atomically)."""
   write_atomic(path, json.dumps(config.to_json(), indent=2, allow_nan=False) + "\n")
+

@@ -15,7 +15,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grain
 import numpy as np
@@ -23,6 +23,9 @@ from PIL import Image
 
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training.sources import ImageSource, open_split
+
+if TYPE_CHECKING:
+  from flax_resnet.training.config import Config
 
 log = logging.getLogger(__name__)
 SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
@@ -121,7 +124,7 @@ class SyntheticSample(grain.transforms.RandomMap):
                    int(rng.integers(self.num_classes)), 0, [])
 
 
-def train_batches(config, process_index: int, process_count: int, worker_init=None):
+def train_batches(config: Config, process_index: int, process_count: int, worker_init=None):
   """(an iterator over this process's share of each global batch, endless over epochs,
   the ``ImageSource`` it reads, or None for synthetic data).
 
@@ -267,13 +270,13 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def eval_transform(config) -> EvalTransform:
+def eval_transform(config: Config) -> EvalTransform:
   """The run's eval preprocessing, as flax_resnet.predict applies it to exported models."""
   return EvalTransform(resize_size=config.eval_resize, crop_size=config.image_size,
                        mean=tuple(config.mean), std=tuple(config.std))
 
 
-def eval_batches(config, process_index: int, process_count: int):
+def eval_batches(config: Config, process_index: int, process_count: int):
   """(the eval source, an iterator over this process's eval images in fixed order, padded
   to full batches with label -1)."""
   source = open_split(config.data_dir, config.eval_split)
@@ -299,7 +302,7 @@ def _pad_batch(rows: list[dict], size: int, image_size: int) -> dict:
           "label": np.asarray([r["label"] for r in rows], np.int32), **batch}
 
 
-def check_splits(config, train: ImageSource) -> None:
+def check_splits(config: Config, train: ImageSource) -> None:
   """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
   shards whose ``classes.json`` disagrees with their records, a class count other than
   ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split

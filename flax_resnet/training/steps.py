@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+OPTIMIZERS = ("sgd", "adamw")  # what ``transform``'s optimizer may name
+
 
 def decay_mask(params) -> object:
   """True for conv and linear kernels: BatchNorm parameters and biases get no weight decay."""

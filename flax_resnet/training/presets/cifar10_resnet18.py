@@ -1,7 +1,7 @@
 """ResNet-18 with the CIFAR stem on CIFAR-10 (32x32): pad-and-crop + flip, SGD, cosine.
 
     d=$(mktemp -d) && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$d"
-    python train/train.py --config train/configs/cifar10_resnet18.py --workdir runs/cifar10 \
+    flax-resnet-train --config cifar10_resnet18 --workdir runs/cifar10 \
         --set data_dir=$d/cifar10-jpeg
 """
 

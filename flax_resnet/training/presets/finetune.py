@@ -1,9 +1,9 @@
 """Fine-tune torchvision's weights on an ImageFolder data set with a new head.
 
-    python train/train.py --config train/configs/finetune.py --workdir runs/ft \
+    flax-resnet-train --config finetune --workdir runs/ft \
         --set init_from=torchvision:IMAGENET1K_V2 --set data_dir=/data/flowers --set num_classes=102
 
-or from a converted folder (`convert/torch2flax.py --weights ... --out ckpt/resnet50`):
+or from a converted folder (`flax-resnet-convert --weights ... --out ckpt/resnet50`):
 `--set init_from=ckpt/resnet50`. `freeze=stem,layer1`, `linear_probe=true`,
 `backbone_lr_mult=0.1`, `accumulate_steps=4`, `remat=block` and `clip_grad_norm=1.0` are
 documented in flax_resnet/training/config.py's Config.

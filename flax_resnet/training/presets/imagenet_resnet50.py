@@ -3,7 +3,7 @@ images, weight decay 1e-4, 90 epochs, batch 256; cosine decay where torchvision 
 the rate down 10x every 30 epochs. For TPU pods and multi-GPU hosts: raise global_batch
 with the device count (the learning rate follows it).
 
-    python train/train.py --config train/configs/imagenet_resnet50.py --workdir runs/in1k \
+    flax-resnet-train --config imagenet_resnet50 --workdir runs/in1k \
         --set data_dir=/data/imagenet --set global_batch=1024 --set workers=16
 """
 

@@ -2,11 +2,11 @@
 minutes: the accuracy-parity benchmark of the trainer against PyTorch's reference (BENCHMARKS.md).
 
     d=$(mktemp -d) && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$d"
-    python train/train.py --config train/configs/cifar10_tiny.py --workdir runs/tiny-jax \
+    flax-resnet-train --config cifar10_tiny --workdir runs/tiny-jax \
         --set data_dir=$d/cifar10-jpeg --set seed=0
-    python bench/train_torch.py --config train/configs/cifar10_tiny.py --workdir runs/tiny-torch \
+    flax-resnet-bench train-torch --config cifar10_tiny --workdir runs/tiny-torch \
         --set data_dir=$d/cifar10-jpeg --set seed=0
-    python train/plot.py --workdir runs/tiny-jax runs/tiny-torch --out tiny.png
+    flax-resnet-plot --workdir runs/tiny-jax runs/tiny-torch --out tiny.png
 
 float32, SGD with Nesterov momentum, one warm-up epoch then cosine, weight decay on kernels.
 """
