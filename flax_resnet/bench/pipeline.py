@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 
-from flax_resnet.bench.results import DATA, emit
+from flax_resnet.bench.results import DATA_ENV, data_root, emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training import config as config_lib, data, shards
 
@@ -39,7 +39,9 @@ from flax_resnet.training import config as config_lib, data, shards
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--data", choices=["imagenet-samples", "cifar10"], default="imagenet-samples")
-  p.add_argument("--data-root", type=Path, default=DATA, help="the shared data folder")
+  p.add_argument("--data-root", type=Path, default=data_root(),
+                 help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from "
+                      "the current directory)")
   p.add_argument("--workers", default="0,1", help="comma-separated decoding process counts")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
@@ -62,7 +64,7 @@ def imagenet_folder(root: Path, dest: Path) -> Path:
   """An ImageFolder of links to the sample JPEGs, one class per synset."""
   labels = root / "imagenet-samples" / "labels.csv"
   if not labels.is_file():
-    raise ValueError(f"{labels} not found: set --data-root or FLAX_RESNET_DATA")
+    raise ValueError(f"{labels} not found: set --data-root or {DATA_ENV}")
   with open(labels) as f:
     for row in csv.DictReader(f):
       (dest / "train" / row["synset"]).mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,7 @@ def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
   """The first ``limit`` train JPEGs of the CIFAR-10-JPEG tarball, unpacked."""
   archive = root / "cifar10-jpeg.tar.gz"
   if not archive.is_file():
-    raise ValueError(f"{archive} not found: set --data-root or FLAX_RESNET_DATA")
+    raise ValueError(f"{archive} not found: set --data-root or {DATA_ENV}")
   count = 0
   with tarfile.open(archive) as tar:
     for member in tar:
