@@ -133,6 +133,7 @@ class Ema:
 
   @torch.no_grad()
   def update(self, net: nn.Module) -> None:
+    """Moves the average towards ``net``'s state; integer buffers are copied."""
     d = min(self.decay, (1 + self.updates) / (10 + self.updates))
     for k, v in net.state_dict().items():
       if v.dtype.is_floating_point:
