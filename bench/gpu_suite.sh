@@ -12,8 +12,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 wheels=${FLAX_RESNET_WHEELS:-$root/.whl}
 site=${TMPDIR:-/tmp}/flax-resnet-suite-site
-if [ -z "${FLAX_RESNET_DATA:-}" ] && [ -d "$root/.data" ]; then
-  export FLAX_RESNET_DATA=$root/.data
+if [ -z "${FLAX_RESNET_DATA:-}" ]; then  # the checkout's, from any directory
+  if [ -d "$root/.data" ]; then data=$root/.data; else data=$(dirname "$root")/shared/data; fi
+  export FLAX_RESNET_DATA=$data
 fi
 export PYTHONPATH="$root:$site${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$python" -c "import grain" 2>/dev/null; then

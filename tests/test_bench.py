@@ -68,6 +68,16 @@ def test_pipeline_benchmark_names_a_missing_data_folder(tmp_path):
   assert done.returncode == 2 and "cifar10-jpeg.tar.gz not found" in done.stderr
 
 
+def test_the_data_folder_is_the_environment_s_else_beside_the_current_directory(tmp_path,
+                                                                            monkeypatch):
+  from flax_resnet.bench.results import DATA_ENV, data_root
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv(DATA_ENV, str(tmp_path / "mine"))
+  assert data_root() == tmp_path / "mine"
+  monkeypatch.delenv(DATA_ENV)
+  assert data_root() == tmp_path.parent / "shared" / "data"
+
+
 def _row(framework, batch, rate):
   return json.dumps({"framework": framework, "arch": "resnet18", "mode": "infer", "dtype": "fp32",
                      "device": "cpu", "batch": batch, "images_per_s": rate})

@@ -1,6 +1,7 @@
-"""The trainer's steps equal PyTorch's reference recipe (flax_resnet.bench.torch_recipe), step by
+"""The trainer's steps equal PyTorch's reference step, ``torch_recipe.Recipe.step``: the one the
+reference trainer (``flax-resnet-bench train-torch``) runs, as the last test checks. Step by
 step: SGD with momentum, Nesterov and the decay mask, AdamW, decay on all parameters, frozen
-BatchNorm, warm-up and cosine, label smoothing, and BatchNorm's running statistics.
+BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA.
 
 Both run in float64. In float32, 20 steps of a ReLU net are not a continuous function of
 rounding: each step has ~5e4 pre-activations, some within float32 rounding of 0, and the
@@ -8,10 +9,11 @@ side they fall on depends on the order of each sum (the CPU's vector code). One 
 on the other side changes a gradient, and every later loss by ~1e-6: a bound from torch's
 own float32 error held on one machine and failed on another (AVX2) from step 9 on. In
 float64 no pre-activation comes that close (~1e-15 relative; chance ~1e-9 a run), so the
-two recipes agree to 4.2e-15 at most (measured, every case), and a bound of 1e-10 lies
-8e8 times below the smallest semantic difference that the last test shows to be caught
-(the decay mask dropped: 0.083). float32 precision of one train-mode step is tested in
-test_parity.py, on a pinned pattern of ReLU and max-pool kinks.
+two recipes agree to 1.7e-14 at most (measured, every case, the reference in channels_last),
+and a bound of 1e-10 lies 4e7 times below the smallest semantic difference that the
+catching test shows to be caught (the EMA's decay 0.6 for 0.5: 0.042). The reference's
+autocast is off here (float32 configs); float32 precision of one train-mode step is tested
+in test_parity.py, on a pinned pattern of ReLU and max-pool kinks.
 """
 
 import dataclasses
@@ -25,7 +27,7 @@ from flax import nnx
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import make_optimizer, train_step
+from flax_resnet.training.steps import ema_update, make_optimizer, train_step
 from flax_resnet.training.trainer import schedule
 from torch_reference import torch
 
@@ -42,25 +44,29 @@ def fixed_batches():
 
 
 def torch_run(cfg, start: dict, bn_momentum: float = 0.1):
-  """Per-step losses and the final state dict of the reference recipe, in float64."""
+  """Per-step losses, the final state dict and the EMA's (or ``None``) of the reference
+  trainer's step (``torch_recipe.Recipe.step``), in float64."""
   net = torch_recipe.model(cfg)
   net.load_state_dict(start)
   net = net.double()
   for m in net.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       m.momentum = bn_momentum
-  opt, scheduler = torch_recipe.optimizer(cfg, net, STEPS_PER_EPOCH)
-  criterion, (images, labels) = torch_recipe.loss_fn(cfg), fixed_batches()
-  losses = [torch_recipe.train_step(net, opt, scheduler, criterion,
-                                    torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64),
-                                    torch.from_numpy(y), accumulate_steps=cfg.accumulate_steps)
-            for x, y in zip(images, labels)]
-  return np.array(losses), {k: v.detach().numpy() for k, v in net.state_dict().items()
-                            if not k.endswith("num_batches_tracked")}
+  recipe = torch_recipe.Recipe(cfg, net, STEPS_PER_EPOCH)
+  losses = [float(recipe.step(torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64),
+                              torch.from_numpy(y)))
+            for x, y in zip(*fixed_batches())]
+  ema = recipe.ema and arrays(recipe.ema.state)
+  return np.array(losses), arrays(recipe.net.state_dict()), ema
+
+
+def arrays(state_dict: dict) -> dict:
+  return {k: v.detach().numpy() for k, v in state_dict.items()
+          if not k.endswith("num_batches_tracked")}
 
 
 def jax_run(cfg, start: dict):
-  """The same with flax-resnet's optimiser, schedule and jitted train step, in float64."""
+  """The same with flax-resnet's optimiser, schedule, jitted train step and EMA, in float64."""
   with jax.enable_x64(True):
     model = from_torch_state_dict(start, norm="frozen_batch" if cfg.freeze_bn else "batch",
                                   param_dtype=jnp.float64)
@@ -70,15 +76,24 @@ def jax_run(cfg, start: dict):
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     losses = []
-    for x, y in zip(*fixed_batches()):
+    ema = jax.tree.map(jnp.copy, model_tensors(model)) if cfg.ema_decay else None
+    for step, (x, y) in enumerate(zip(*fixed_batches())):
       state, metrics = train_step(graphdef, state, x, y.astype(np.int32), cfg.label_smoothing,
                                   (tuple(cfg.mean), tuple(cfg.std)), cfg.accumulate_steps)
       losses.append(np.asarray(metrics["loss"]))
-    model, _ = nnx.merge(graphdef, state)
-    final = {torch_key(path): to_torch_layout(np.asarray(var.get_value()))
-             for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param,
-                                                                         nnx.BatchStat)))}
-  return np.array(losses), final
+      model, _ = nnx.merge(graphdef, state)
+      if cfg.ema_decay:
+        ema = ema_update(ema, model_tensors(model), step, cfg.ema_decay)
+    if ema is not None:
+      ema = {k: to_torch_layout(np.asarray(v)) for k, v in ema.items()}
+  return np.array(losses), {k: to_torch_layout(np.asarray(v)) for k, v in
+                            model_tensors(model).items()}, ema
+
+
+def model_tensors(model) -> dict:
+  """The model's parameters and BatchNorm statistics by torch key, in flax layout."""
+  return {torch_key(path): var.get_value() for path, var in
+          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
 
 
 # See the module's docstring: float64 runs of one recipe agree to ~1e-14.
@@ -90,18 +105,19 @@ def relative(ours: np.ndarray, exact: np.ndarray) -> float:
 
 
 def mismatches(cfg, torch_cfg=None, bn_momentum: float = 0.1) -> list[str]:
-  """Every loss and final tensor of our float64 run further than ``BOUND`` from the
-  reference's; the reference may run another recipe (``torch_cfg``, ``bn_momentum``)."""
+  """Every loss, final tensor and EMA tensor of our float64 run further than ``BOUND`` from
+  the reference's; the reference may run another recipe (``torch_cfg``, ``bn_momentum``)."""
   torch.manual_seed(0)
   start = torch_recipe.model(cfg).state_dict()
-  theirs_losses, theirs = torch_run(torch_cfg or cfg, start, bn_momentum)
-  ours_losses, ours = jax_run(cfg, start)
-  assert set(ours) == set(theirs)
+  theirs_losses, theirs, theirs_ema = torch_run(torch_cfg or cfg, start, bn_momentum)
+  ours_losses, ours, ours_ema = jax_run(cfg, start)
+  assert set(ours) == set(theirs) and (ours_ema is None) == (theirs_ema is None)
   assert ours_losses.dtype == np.float64 and all(v.dtype == np.float64 for v in ours.values())
   bad = [f"loss of step {i + 1}: {ours_losses[i]} against {theirs_losses[i]}"
          for i in range(STEPS) if relative(ours_losses[i:i + 1], theirs_losses[i:i + 1]) > BOUND]
-  bad += [f"{key}: relative error {relative(ours[key], theirs[key]):.3g}" for key in theirs
-          if relative(ours[key], theirs[key]) > BOUND]
+  for name, (a, b) in {"": (ours, theirs), "EMA ": (ours_ema or {}, theirs_ema or {})}.items():
+    bad += [f"{name}{key}: relative error {relative(a[key], b[key]):.3g}" for key in b
+            if relative(a[key], b[key]) > BOUND]
   return bad
 
 
@@ -110,7 +126,9 @@ CASES = {"sgd nesterov, decay mask": {}, "sgd, decay on all": {"decay_all": True
          "adamw": {"optimizer": "adamw", "lr": 0.02, "weight_decay": 0.05},
          "frozen batchnorm": {"freeze_bn": True},
          # BatchNorm's statistics per micro-batch of 2, running statistics moved 4 times a step
-         "gradient accumulation": {"accumulate_steps": 4}}
+         "gradient accumulation": {"accumulate_steps": 4},
+         # the warm-up's (1 + t) / (10 + t) until step 9, then the decay
+         "ema": {"ema_decay": 0.5}}
 
 
 @pytest.mark.parametrize("changes", CASES.values(), ids=CASES.keys())
@@ -118,10 +136,35 @@ def test_every_step_and_every_tensor_equal_pytorch_in_float64(changes):
   assert mismatches(dataclasses.replace(BASE, **changes)) == []
 
 
-@pytest.mark.parametrize("torch_changes, bn_momentum", [
-    ({"nesterov": False}, 0.1), ({"decay_all": True}, 0.1), ({}, 0.2),
-    ({"accumulate_steps": 4}, 0.1),
-], ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation"])
-def test_one_semantic_difference_is_caught(torch_changes, bn_momentum):
-  found = mismatches(BASE, dataclasses.replace(BASE, **torch_changes), bn_momentum)
+@pytest.mark.parametrize("changes, torch_changes, bn_momentum", [
+    ({}, {"nesterov": False}, 0.1), ({}, {"decay_all": True}, 0.1), ({}, {}, 0.2),
+    ({}, {"accumulate_steps": 4}, 0.1), ({"ema_decay": 0.5}, {"ema_decay": 0.6}, 0.1),
+], ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation", "ema decay"])
+def test_one_semantic_difference_is_caught(changes, torch_changes, bn_momentum):
+  cfg = dataclasses.replace(BASE, **changes)
+  found = mismatches(cfg, dataclasses.replace(cfg, **torch_changes), bn_momentum)
   assert found, "a different recipe passed as equal"
+
+
+def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
+  from PIL import Image
+
+  from flax_resnet.bench.train_torch import Reference
+  for split, label in [(s, c) for s in ("train", "test") for c in ("a", "b")]:
+    (tmp_path / split / label).mkdir(parents=True)
+    for i in range(4):
+      Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp_path / split / label / f"{i}.png")
+  calls = []
+
+  def step(recipe, images, labels):
+    calls.append(recipe)
+    return proven(recipe, images, labels)
+
+  proven = torch_recipe.Recipe.step
+  monkeypatch.setattr(torch_recipe.Recipe, "step", step)
+  cfg = dataclasses.replace(BASE, num_classes=2, eval_resize=16, global_batch=4, max_steps=2,
+                            workers=0, log_every=1, train_split="train", eval_split="test",
+                            data_dir=str(tmp_path), ema_decay=0.5)
+  reference = Reference(cfg, tmp_path / "run")
+  assert reference.run()["step"] == 2
+  assert calls == [reference.recipe] * 2 and reference.recipe.ema.updates == 2

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from flax_resnet.bench.datasets import CIFAR_ARCHIVE, unpack_cifar
-from flax_resnet.bench.results import DATA, emit
+from flax_resnet.bench.results import DATA_ENV, data_root, emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training import config as config_lib, data, shards
 
@@ -37,7 +37,9 @@ from flax_resnet.training import config as config_lib, data, shards
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--data", choices=["imagenet-samples", "cifar10"], default="imagenet-samples")
-  p.add_argument("--data-root", type=Path, default=DATA, help="the shared data folder")
+  p.add_argument("--data-root", type=Path, default=data_root(),
+                 help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from "
+                      "the current directory)")
   p.add_argument("--workers", default="0,1", help="comma-separated decoding process counts")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
@@ -60,7 +62,7 @@ def imagenet_folder(root: Path, dest: Path) -> Path:
   """An ImageFolder of links to the sample JPEGs, one class per synset."""
   labels = root / "imagenet-samples" / "labels.csv"
   if not labels.is_file():
-    raise ValueError(f"{labels} not found: set --data-root or FLAX_RESNET_DATA")
+    raise ValueError(f"{labels} not found: set --data-root or {DATA_ENV}")
   with open(labels) as f:
     for row in csv.DictReader(f):
       (dest / "train" / row["synset"]).mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ def imagenet_folder(root: Path, dest: Path) -> Path:
 def cifar_folder(root: Path, dest: Path, limit: int) -> Path:
   """The first ``limit`` train JPEGs of the CIFAR-10-JPEG tarball, unpacked."""
   if not (root / CIFAR_ARCHIVE).is_file():
-    raise ValueError(f"{root / CIFAR_ARCHIVE} not found: set --data-root or FLAX_RESNET_DATA")
+    raise ValueError(f"{root / CIFAR_ARCHIVE} not found: set --data-root or {DATA_ENV}")
   return unpack_cifar(root, dest, {"train": limit}, per_class=False)
 
 

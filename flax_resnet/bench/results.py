@@ -7,9 +7,16 @@ import os
 from pathlib import Path
 
 
-# The real images the benchmarks read: $FLAX_RESNET_DATA, or ../shared/data beside the checkout.
-DATA = Path(os.environ.get("FLAX_RESNET_DATA", Path(__file__).resolve().parents[3] / "shared"
-                           / "data"))
+DATA_ENV = "FLAX_RESNET_DATA"
+
+
+def data_root() -> Path:
+  """The real images the benchmarks read when no flag names them: ``$FLAX_RESNET_DATA``, else
+  ``../shared/data`` from the current directory (beside the checkout, run from its root).
+
+  Never a path relative to this file: installed from a wheel, it lies in site-packages.
+  """
+  return Path(os.environ.get(DATA_ENV) or Path("..") / "shared" / "data").resolve()
 
 
 def emit(rows: list[dict], out: Path | None, echo: bool = True) -> None:

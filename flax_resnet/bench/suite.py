@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flax_resnet.bench.datasets import unpack_cifar
-from flax_resnet.bench.results import DATA
+from flax_resnet.bench.results import DATA_ENV, data_root
 from flax_resnet.bench.suite_report import write_report
 from flax_resnet.cli import ArgumentParser, CliError, check_writable_dir, positive_float
 
@@ -68,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("out", type=Path, help="the report's folder (created; must be empty)")
   p.add_argument("--budget", type=positive_float, default=450.0,
                  help="seconds for all steps together (the wrapper's install comes on top)")
-  p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
+  p.add_argument("--data", type=Path, default=data_root(),
+                 help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from "
+                      "the current directory)")
   p.add_argument("--tiny", action="store_true", help="tiny sizes: the plumbing, on a CPU")
   p.add_argument("--facts", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)

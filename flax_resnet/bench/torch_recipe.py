@@ -4,8 +4,10 @@ flax-resnet's trainer is held to.
 torchvision's model (any stage count and width, the CIFAR stem, frozen BatchNorm),
 ``torch.optim.SGD`` (coupled weight decay, momentum, Nesterov) or ``AdamW`` with
 parameter groups for the decay mask, a per-step linear warm-up and cosine decay over
-``epochs``, and cross-entropy with label smoothing. Nothing here calls JAX or optax:
-the schedule is the formula, not optax's function.
+``epochs``, and cross-entropy with label smoothing; ``Recipe.step`` is the step that the
+reference trainer (``train_torch``) runs and that tests/test_recipe_parity.py proves equal to
+flax-resnet's. Nothing here calls JAX or optax: the schedule is the formula, not optax's
+function.
 """
 
 from __future__ import annotations
@@ -77,25 +79,78 @@ def normalize(cfg, images_uint8_nhwc: torch.Tensor, dtype=torch.float32) -> torc
   return x.permute(0, 3, 1, 2).contiguous()
 
 
-def train_step(net, opt, scheduler, criterion, images: torch.Tensor, labels: torch.Tensor,
-               clip_grad_norm: float = 0.0, accumulate_steps: int = 1):
-  """One optimizer step on a normalised NCHW batch; the loss before it.
+# The reference's compute dtypes: torch's autocast of the forward pass, as the trainer computes
+# in them; parameters, BatchNorm statistics and the loss stay in the parameters' dtype.
+AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
-  ``clip_grad_norm`` > 0 clips the gradient's global norm first, as torchvision's
-  reference trainer does (torch divides by the norm plus 1e-6, optax by the norm: a
-  relative 1e-6 / norm apart). ``accumulate_steps`` = k is torch's gradient
-  accumulation: k forward and backward passes of a micro-batch each, the loss divided
-  by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do.
+
+class Ema:
+  """The trainer's EMA of weights and BN statistics: update t (from 0) decays by
+  min(decay, (1 + t) / (10 + t)), as ``flax_resnet.training.steps.ema_update``."""
+
+  def __init__(self, net: nn.Module, decay: float):
+    self.decay, self.updates = decay, 0
+    self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+  @torch.no_grad()
+  def update(self, net: nn.Module) -> None:
+    """Moves the average towards ``net``'s state; integer buffers are copied."""
+    d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+    for k, v in net.state_dict().items():
+      if v.dtype.is_floating_point:
+        self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+      else:
+        self.state[k].copy_(v)
+    self.updates += 1
+
+
+class Recipe:
+  """A config's training step in PyTorch, as the reference trainer runs it and
+  tests/test_recipe_parity.py proves it equal to flax-resnet's: the net in channels_last, its
+  optimizer and schedule, the loss, autocast in the config's dtype and the EMA when kept.
+
+  ``net`` is placed (device, dtype) by the caller; the optimizer and the EMA are made here,
+  after channels_last, so that they hold the net's tensors as the step updates them.
   """
-  opt.zero_grad(set_to_none=True)
-  total = 0.0
-  for j in range(accumulate_steps):
-    x, y = images[j::accumulate_steps], labels[j::accumulate_steps]
-    loss = criterion(net(x), y) / accumulate_steps
-    loss.backward()
-    total += float(loss.detach())
-  if clip_grad_norm:
-    nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
-  opt.step()
-  scheduler.step()
-  return total
+
+  def __init__(self, cfg, net: nn.Module, steps_per_epoch: int):
+    self.net = net.to(memory_format=torch.channels_last)
+    self.opt, self.scheduler = optimizer(cfg, self.net, steps_per_epoch)
+    self.criterion = loss_fn(cfg)
+    self.ema = Ema(self.net, cfg.ema_decay) if cfg.ema_decay else None
+    self.dtype = AUTOCAST.get(cfg.dtype)
+    self.clip_grad_norm, self.accumulate_steps = cfg.clip_grad_norm, cfg.accumulate_steps
+
+  def autocast(self, device_type: str):
+    """The forward pass's autocast context (off in float32)."""
+    return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+  def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on a normalised NCHW batch, then the EMA's update; the loss before
+    it (a 0-d tensor: reading it waits for the device).
+
+    ``clip_grad_norm`` > 0 clips the gradient's global norm first, as torchvision's
+    reference trainer does (torch divides by the norm plus 1e-6, optax by the norm: a
+    relative 1e-6 / norm apart). ``accumulate_steps`` = k is torch's gradient
+    accumulation: k forward and backward passes of a micro-batch each, the loss divided
+    by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do.
+    """
+    self.opt.zero_grad(set_to_none=True)
+    k, total = self.accumulate_steps, 0.0
+    for j in range(k):
+      loss = self.micro_loss(images[j::k], labels[j::k]) / k
+      loss.backward()
+      total += loss.detach()
+    if self.clip_grad_norm:
+      nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
+    self.opt.step()
+    self.scheduler.step()
+    if self.ema:
+      self.ema.update(self.net)
+    return total
+
+  def micro_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean loss of one micro-batch; logits leave autocast in float32."""
+    with self.autocast(images.device.type):
+      logits = self.net(images.contiguous(memory_format=torch.channels_last))
+    return self.criterion(logits.float() if self.dtype else logits, labels)

@@ -4,11 +4,12 @@
         --set data_dir=DIR [--set KEY=VALUE ...]
     python bench/train_torch.py ...   (the same)
 
-The recipe is ``torch_recipe``'s (model, optimizer, schedule, loss); the data is
-torchvision's ``ImageFolder`` with torchvision's transforms doing what the trainer's
-pipeline does (pad-and-crop + flip at 32x32, random-resized-crop + flip above; eval:
-resize, centre crop), an epoch order fixed by ``seed``, bf16 autocast when
-``dtype=bfloat16``, the same EMA of weights and BN statistics, and the same logs:
+Each step is ``torch_recipe.Recipe.step``, the one tests/test_recipe_parity.py proves equal
+to flax-resnet's (model, optimizer, schedule, loss, the EMA of weights and BN statistics;
+autocast when ``dtype`` is bfloat16 or float16). The data is torchvision's ``ImageFolder``
+with torchvision's transforms doing what the trainer's pipeline does (pad-and-crop + flip at
+32x32, random-resized-crop + flip above; eval: resize, centre crop), an epoch order fixed by
+``seed``, and the logs are the trainer's:
 ``WORKDIR/metrics.jsonl`` (``flax-resnet-plot --workdir A B`` draws both runs) and
 ``summary.json``. It keeps no checkpoints: a reference run is short and starts over.
 """
@@ -70,22 +71,6 @@ def loaders(cfg) -> tuple[DataLoader, DataLoader]:
           DataLoader(test, shuffle=False, **common))
 
 
-class Ema:
-  """The trainer's EMA: weights and BN statistics, decay min(decay, (1 + t) / (10 + t))."""
-
-  def __init__(self, net: torch.nn.Module, decay: float):
-    self.decay, self.state = decay, {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-  @torch.no_grad()
-  def update(self, net: torch.nn.Module, step: int) -> None:
-    d = min(self.decay, (1 + step) / (10 + step))
-    for k, v in net.state_dict().items():
-      if v.dtype.is_floating_point:
-        self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
-      else:
-        self.state[k].copy_(v)
-
-
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, batches: DataLoader, device, autocast) -> dict[str, float]:
   """Mean loss, top-1 and top-5 over the eval split."""
@@ -93,7 +78,7 @@ def evaluate(net: torch.nn.Module, batches: DataLoader, device, autocast) -> dic
   total = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
   for images, labels in batches:
     images, labels = images.to(device), labels.to(device)
-    with autocast():
+    with autocast(images.device.type):
       logits = net(images).float()
     total["loss"] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
     top5 = logits.topk(min(5, logits.shape[1]), 1).indices
@@ -131,7 +116,7 @@ def check_supported(cfg) -> None:
 
 
 class Reference:
-  """One reference run: the net, its optimiser and schedule, the EMA, the logs."""
+  """One reference run: the data, ``torch_recipe.Recipe`` (the proven step), the logs."""
 
   def __init__(self, cfg, workdir: Path):
     check_supported(cfg)
@@ -141,15 +126,10 @@ class Reference:
     self.train, self.test = loaders(cfg)
     self.steps_per_epoch = max(len(self.train), 1)
     self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-    self.net = torch_recipe.model(cfg).to(self.device).to(memory_format=torch.channels_last)
-    self.opt, self.scheduler = torch_recipe.optimizer(cfg, self.net, self.steps_per_epoch)
-    self.criterion, self.log = torch_recipe.loss_fn(cfg), Log(workdir)
-    self.ema = Ema(self.net, cfg.ema_decay) if cfg.ema_decay else None
-    self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
+    self.recipe = torch_recipe.Recipe(cfg, torch_recipe.model(cfg).to(self.device),
+                                      self.steps_per_epoch)
+    self.log = Log(workdir)
     self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, None
-
-  def autocast(self):
-    return torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None)
 
   def run(self) -> dict:
     """Trains to ``total`` steps, evaluating at epoch ends; the summary."""
@@ -163,20 +143,7 @@ class Reference:
     return self.summary()
 
   def train_one(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-    self.opt.zero_grad(set_to_none=True)
-    k, loss = self.cfg.accumulate_steps, 0.0
-    for j in range(k):  # micro-batch j: images j, j + k, ..., as flax-resnet's trainer
-      with self.autocast():
-        logits = self.net(images[j::k].contiguous(memory_format=torch.channels_last))
-        micro = self.criterion(logits.float(), labels[j::k]) / k
-      micro.backward()
-      loss += micro.detach()
-    if self.cfg.clip_grad_norm:  # torchvision's reference: clip, then step
-      torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad_norm)
-    self.opt.step()
-    self.scheduler.step()
-    if self.ema:
-      self.ema.update(self.net, self.step)
+    loss = self.recipe.step(images, labels)
     self.step += 1
     if self.step % self.cfg.log_every == 0 or self.step == self.total:
       rate = self.step * self.cfg.global_batch / (time.perf_counter() - self.start)
@@ -189,12 +156,12 @@ class Reference:
     epoch = self.step // self.steps_per_epoch
     if epoch % self.cfg.eval_every_epochs:
       return
-    metrics = evaluate(self.net, self.test, self.device, self.autocast)
-    if self.ema:
+    metrics = evaluate(self.recipe.net, self.test, self.device, self.recipe.autocast)
+    if self.recipe.ema:
       averaged = torch_recipe.model(self.cfg).to(self.device)
-      averaged.load_state_dict(self.ema.state)
+      averaged.load_state_dict(self.recipe.ema.state)
       metrics.update({f"ema_{k}": v for k, v in
-                      evaluate(averaged, self.test, self.device, self.autocast).items()})
+                      evaluate(averaged, self.test, self.device, self.recipe.autocast).items()})
     self.last_eval = metrics
     self.best = max(self.best or 0.0, metrics.get("ema_top1", metrics["top1"]))
     print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
