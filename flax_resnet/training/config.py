@@ -121,6 +121,9 @@ class Config:
   # converted once into the cache of create_model(weights=...). A fresh head when
   # num_classes differs from theirs.
   init_from: str = rule("")
+  # with init_from: a fresh fc even when num_classes equals the checkpoint's (a transfer
+  # between two class sets of one size); a fresh one is drawn anyway when they differ
+  reset_head: bool = rule(False)
   freeze_bn: bool = rule(False)  # with init_from: BatchNorm uses and keeps its running statistics
   # the last N, plus the best by eval top-1
   keep_checkpoints: int = rule(3, at_least=1, resumable=True)

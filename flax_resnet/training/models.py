@@ -35,11 +35,11 @@ def build_model(cfg: Config) -> nnx.Module:
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
     source, meta, what = load_init(cfg, arch, options)
-    keep_head = meta.options.get("num_classes") == cfg.num_classes
+    keep_head = not cfg.reset_head and meta.options.get("num_classes") == cfg.num_classes
     check_same_network(cfg.init_from, (arch, options), (meta.arch, meta.options))
     state = nnx.state(source)
-    if not keep_head:
-      del state["fc"]  # a fresh head for the new classes
+    if not keep_head and "fc" in state:  # a headless checkpoint (num_classes=0) has none
+      del state["fc"]  # a fresh head, drawn from the run's seed
     check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
     print(f"initialised from {what} ({'its' if keep_head else 'a fresh'} head)", flush=True)
