@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-__version__ = "0.1.0"
+from flax_resnet.versions import VERSION as __version__
 
 _WHERE = {
     "flax_resnet.saved_model": ("Metadata", "load", "save"),
