@@ -1,4 +1,4 @@
-"""The package's import graph (read with ast): no cycles, and every import points down the layers."""
+"""The package's import graph (read with ast): no cycle, and every import points down the layers."""
 
 from pathlib import Path
 
