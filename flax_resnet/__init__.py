@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-__version__ = "0.1.0"
+from flax_resnet.versions import VERSION
+
+__version__ = VERSION
 
 _WHERE = {
     "flax_resnet.saved_model": ("Metadata", "load", "save"),

@@ -19,7 +19,7 @@ def enable_compilation_cache() -> Path:
   A directory already chosen through ``JAX_COMPILATION_CACHE_DIR`` is kept. Returns
   the directory in use.
   """
-  chosen = jax.config.jax_compilation_cache_dir
+  chosen = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # set at run time
   if not chosen:
     chosen = str(cache_dir("xla"))
     jax.config.update("jax_compilation_cache_dir", chosen)

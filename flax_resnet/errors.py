@@ -27,7 +27,7 @@ def quiet_aborted_reads() -> None:
     if not (closed or (code and "orbax" in code.co_filename)):
       default(unraisable)
 
-  hook.quiets_aborted_reads = True
+  hook.quiets_aborted_reads = True  # type: ignore[attr-defined]  # the mark read above
   sys.unraisablehook = hook
   # Python 3.12's asyncio.run logs the same tasks' errors at shutdown, thousands of lines.
   logging.getLogger("asyncio").addFilter(_not_an_aborted_orbax_read)

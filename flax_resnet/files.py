@@ -9,8 +9,8 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # Directories that ``temp_dir_beside`` and ``replace_dir`` make carry this mark, the host
 # and the process id in their names, so that a later run can tell when their writer is
@@ -85,7 +85,7 @@ def remove_stale_temp_dirs(parent: Path) -> list[Path]:
   replaced it exists: a process killed between ``replace_dir``'s two renames leaves the
   previous one there, to be recovered by hand.
   """
-  removed = []
+  removed: list[Path] = []
   try:
     entries = list(parent.iterdir())
   except OSError:

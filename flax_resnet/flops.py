@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core
 from flax import nnx
+from jax.extend import core
 
 
 def _eval_forward(model: nnx.Module):
@@ -78,4 +78,7 @@ def xla_flops(model: nnx.Module, input_shape: Sequence[int] = (1, 224, 224, 3)) 
   """XLA's cost-analysis FLOPs for the jitted eval forward pass (about 2x MACs)."""
   forward, state = _eval_forward(model)
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  return float(jax.jit(forward).lower(state, x).cost_analysis()["flops"])
+  analysis = jax.jit(forward).lower(state, x).cost_analysis()
+  if analysis is None:  # a backend without a cost model
+    raise RuntimeError("XLA's cost analysis is not available on this backend")
+  return float(analysis["flops"])

@@ -12,8 +12,8 @@ import math
 import numbers
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,8 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class EvalTransform:
     return asdict(self)
 
   @classmethod
-  def from_json(cls, d: dict) -> "EvalTransform":
+  def from_json(cls, d: dict) -> EvalTransform:
     """The transform ``to_json`` wrote; ``ValueError`` naming a field of the wrong type."""
     return cls(**d)
 
@@ -78,7 +79,7 @@ def open_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) ->
   """Reads an image fully (so errors surface here) as 8-bit RGB (``to_rgb``), or raises
   ``ValueError`` naming the file (or ``name``, for bytes in memory); an image over PIL's
   pixel limit (a decompression bomb) is refused before it is decoded."""
-  name = name or path
+  shown = name or path
   try:
     with warnings.catch_warnings():
       # PIL decodes images between once and twice its limit with a warning: an error here.
@@ -90,9 +91,9 @@ def open_image(path: str | os.PathLike | io.BytesIO, name: str | None = None) ->
       image.load()
       return to_rgb(image)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise ValueError(f"cannot read image {name}: refused: {e}") from e
+    raise ValueError(f"cannot read image {shown}: refused: {e}") from e
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read image {name}: {e}") from e
+    raise ValueError(f"cannot read image {shown}: {e}") from e
 
 
 def _refuse_over_the_pixel_limit(image: Image.Image) -> None:

@@ -1,22 +1,106 @@
-"""The layout README describes: what may import what, commands installed, no path hacks."""
+"""The layout README describes: its Layout table against the real imports, commands installed,
+torch kept to the conversion code, no path hacks."""
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from import_graph import PACKAGE, external, graph, modules
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = sorted([*(ROOT / "flax_resnet").glob("*.py"),
-                  *(ROOT / "flax_resnet" / "port").glob("*.py")])
-TORCH_FACING = {"torch_files.py", "parity.py", "twin.py"}
-TORCH_MODULES = {"twin.py"}  # the torchvision twin is torch modules: imported only where needed
-COMMANDS = {"flax-resnet-convert", "flax-resnet-flax2torch", "flax-resnet-export",
-            "flax-resnet-predict", "flax-resnet-train", "flax-resnet-train-export",
-            "flax-resnet-plot",
-            "flax-resnet-bench", "flax-resnet-shards"}
+# The modules that may import torch (inside their functions only): the conversion code.
+TORCH_FACING = ("flax_resnet.port",)
+# The torchvision twin is torch modules: imported only where a twin is needed.
+TORCH_MODULES = ("flax_resnet.port.twin",)
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def layout_rows(readme: str) -> list[tuple[list[str], set[str]]]:
+  """(paths, names in the imports column) for each row of README's Layout table about the
+  package. Paths in the first column are in backticks; one not under ``flax_resnet/``
+  (``files.py``) is in the folder of the row's first path. In the imports column only module
+  names are in backticks: the table's own rows (``model``, ``training``) and third-party
+  packages (``jax``); the rest of the text is for people."""
+  found = re.search(r"^## Layout\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+  section = found[1] if found else ""
+  rows = []
+  for line in section.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    paths = re.findall(r"`([^`]+)`", cells[0]) if line.startswith("|") else []
+    if paths and paths[0].startswith(f"{PACKAGE}/"):
+      folder = paths[0].rstrip("/").rsplit("/", 1)[0]
+      paths = [p if p.startswith(f"{PACKAGE}/") else f"{folder}/{p}" for p in paths]
+      rows.append((paths, set(re.findall(r"`([^`]+)`", cells[-1]))))
+  return rows
+
+
+def unit_name(path: str) -> str:
+  """A row's name for the imports column: ``flax_resnet/training/`` -> ``training``,
+  ``flax_resnet/model.py`` -> ``model``, ``flax_resnet/__init__.py`` -> ``flax_resnet``."""
+  name = path.removeprefix(f"{PACKAGE}/").removesuffix("/").removesuffix(".py")
+  return PACKAGE if name == "__init__" else name.replace("/", ".")
+
+
+def unit_of(module: str, units: list[str]) -> str | None:
+  """The table path that holds ``module``: the file itself or the deepest folder above it."""
+  path = module.replace(".", "/")
+  found = [u for u in units if u in (f"{path}.py", f"{path}/__init__.py")
+           or u.endswith("/") and f"{path}/".startswith(u)]
+  return max(found, key=len, default=None)
+
+
+def expected_imports(paths: list[str], units: list[str]) -> tuple[set[str], set[str]]:
+  """What the imports column of the row for ``paths`` must name: (the table's rows, the
+  third-party packages)."""
+  inside = [m for m in modules() if unit_of(m, units) in paths]
+  own = {unit_of(target, units) for m in inside for target in EDGES[m]} - set(paths) - {None}
+  return {unit_name(u) for u in own}, {name for m in inside for name in EXTERNAL[m]}
+
+
+def cell(own: set[str], third_party: set[str]) -> str:
+  """The imports column's text: the package's modules, then the third-party packages."""
+  return "; ".join(", ".join(f"`{n}`" for n in sorted(names, key=str.lower))
+                   for names in (own, third_party) if names) or "standard library"
+
+
+EDGES, EXTERNAL = graph(), external()
+
+
+README_ROWS = layout_rows((ROOT / "README.md").read_text())
+UNITS = [p for paths, _ in README_ROWS for p in paths]
+
+
+def test_the_layout_table_names_every_module_of_the_package():
+  assert README_ROWS, "README.md: no Layout table found"
+  missing = [m for m in modules() if unit_of(m, UNITS) is None]
+  assert missing == [], f"README.md's Layout table does not list {missing}"
+
+
+@pytest.mark.parametrize("paths, listed", README_ROWS, ids=[", ".join(p) for p, _ in README_ROWS])
+def test_the_layout_table_lists_what_each_row_imports(paths, listed):
+  own, third_party = expected_imports(paths, UNITS)
+  assert listed == own | third_party, (
+      f"README.md Layout, {paths[0]}: imports should read {cell(own, third_party)}")
+
+
+def test_the_layout_table_is_read_from_backticked_paths_and_names():
+  readme = ("## Layout\n\n| path | what | imports |\n| --- | --- | --- |\n"
+            "| `flax_resnet/files.py`, `cpu.py` | x `y` | `jax`, standard library |\n"
+            "| `flax_resnet/training/` | z | `files` and `cpu` |\n"
+            "| `tests/` | t | `flax_resnet` |\n"
+            "\n## Next\n| `flax_resnet/nope.py` | | |\n")
+  assert layout_rows(readme) == [(["flax_resnet/files.py", "flax_resnet/cpu.py"], {"jax"}),
+                                 (["flax_resnet/training/"], {"files", "cpu"})]
+  units = ["flax_resnet/__init__.py", "flax_resnet/training/", "flax_resnet/model.py"]
+  assert unit_of("flax_resnet.training.steps", units) == "flax_resnet/training/"
+  assert unit_of("flax_resnet", units) == "flax_resnet/__init__.py"
+  assert unit_of("flax_resnet.folding", units) is None
+  assert [unit_name(u) for u in units] == ["flax_resnet", "training", "model"]
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
@@ -32,20 +116,17 @@ def imports(path: Path) -> list[tuple[str, bool]]:
   return found
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=[p.name for p in LIBRARY])
-def test_the_library_never_imports_the_trainer_benchmarks_or_commands(path):
-  for module, _ in imports(path):
-    assert not module.startswith(("flax_resnet.training", "flax_resnet.bench",
-                                  "flax_resnet.commands")), f"{path.name} imports {module}"
+LIBRARY = {name: path for name, path in modules().items()
+           if not name.startswith(("flax_resnet.training", "flax_resnet.bench",
+                                   "flax_resnet.commands"))}
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=[p.name for p in LIBRARY])
-def test_only_the_torch_facing_modules_import_torch_and_only_inside_functions(path):
-  for module, top_level in imports(path):
+@pytest.mark.parametrize("name", sorted(LIBRARY))
+def test_only_the_conversion_code_imports_torch_and_only_inside_functions(name):
+  for module, top_level in imports(LIBRARY[name]):
     if module.split(".")[0] in ("torch", "torchvision", "safetensors"):
-      assert path.name in TORCH_FACING, f"{path.name} imports {module}"
-      assert not top_level or path.name in TORCH_MODULES, (
-          f"{path.name} imports {module} at module level")
+      assert name.startswith(TORCH_FACING), f"{name} imports {module}"
+      assert not top_level or name in TORCH_MODULES, f"{name} imports {module} at module level"
 
 
 def test_no_file_edits_sys_path():
@@ -56,11 +137,17 @@ def test_no_file_edits_sys_path():
   assert offenders == []
 
 
+def test_the_package_version_is_pyprojects():
+  from flax_resnet import __version__
+  assert __version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 def test_every_command_is_installed_and_resolves():
   found = {e.name: e for e in metadata.entry_points(group="console_scripts")
            if e.name.startswith("flax-resnet")}
-  assert set(found) == COMMANDS
+  assert set(found) == set(SCRIPTS), "pyproject.toml's [project.scripts] changed: reinstall"
   for entry in found.values():
+    assert entry.value == SCRIPTS[entry.name], "pyproject.toml's [project.scripts]: reinstall"
     assert callable(entry.load()), entry.name
 
 
@@ -69,8 +156,8 @@ def test_every_command_is_installed_and_resolves():
                                           for p in (ROOT / d).glob("*.py")))
 def test_each_script_is_a_shim_over_a_package_main(script):
   tree = ast.parse((ROOT / script).read_text())
-  modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-  assert len(modules) == 1 and modules[0].startswith("flax_resnet."), script
+  sources = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+  assert len(sources) == 1 and sources[0].startswith("flax_resnet."), script
   assert len(tree.body) <= 4, f"{script} holds more than a shim"
 
 

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from flax_resnet.bench.results import emit
-from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.model import conv_general_dilated
+from flax_resnet.versions import versions
 
 # name: (input height = width, in channels, out channels, kernel, stride), all from ResNet-50
 SHAPES = {

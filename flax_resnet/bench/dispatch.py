@@ -23,10 +23,9 @@ from flax import nnx
 
 import flax_resnet
 from flax_resnet.bench.results import emit
-from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training.steps import make_optimizer, train_step, update
-
+from flax_resnet.versions import versions
 
 # flax_resnet.training.steps.train_step's work as nnx.jit over the objects, the form it replaced.
 nnx_train_step = nnx.jit(update, donate_argnums=(0, 1))
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
   runs = variants(args)
   for run in runs.values():  # compile and warm up
     run(), run()
-  times = {name: [] for name in runs}
+  times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}  # (queued, step)
   for _ in range(args.steps):
     for name, run in runs.items():
       times[name].append(run())

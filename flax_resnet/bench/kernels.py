@@ -22,9 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from flax_resnet.bench.results import emit
-from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser, positive_int
 from flax_resnet.files import write_atomic
+from flax_resnet.versions import versions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +65,8 @@ def device_events(xplane: Path):
 
 def top_kernels(events, steps: int, top: int) -> list[dict]:
   """The ``top`` kernels by total time, each with its calls, ms per step and share."""
-  total, calls = collections.Counter(), collections.Counter()
+  total: collections.Counter[str] = collections.Counter()
+  calls: collections.Counter[str] = collections.Counter()
   for name, ns in events:
     total[name] += ns
     calls[name] += 1
@@ -93,6 +94,8 @@ def write_hlo(runner, path: Path) -> int:
   """The train step's optimized HLO, xz-compressed, to ``path``; its compressed size."""
   from flax_resnet.training.steps import train_step
   text = train_step.lower(runner.graphdef, runner.state, runner.x, runner.y).compile().as_text()
+  if text is None:
+    raise RuntimeError("XLA returned no HLO text for the train step")
   data = lzma.compress(text.encode(), preset=6)
   path.parent.mkdir(parents=True, exist_ok=True)
   write_atomic(path, data)

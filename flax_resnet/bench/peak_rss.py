@@ -20,7 +20,6 @@ from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 
 
-
 def rss_mb(pid: int) -> float:
   """Resident memory of one process in MB, 0 if it is gone."""
   try:

@@ -21,7 +21,8 @@ def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
   """{(arch, mode, dtype): {"framework (device)": [(batch, images/s), ...]}}, batches sorted."""
   if not path.is_file():
     raise ValueError(f"--results {path}: no such file")
-  panels = defaultdict(lambda: defaultdict(dict))
+  panels: defaultdict[tuple, defaultdict[str, dict[int, float]]] = defaultdict(
+      lambda: defaultdict(dict))
   for number, line in enumerate(path.read_text().splitlines(), 1):
     try:
       row = json.loads(line)

@@ -36,12 +36,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
 from flax_resnet.bench.results import emit
-from flax_resnet.versions import versions
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
 from flax_resnet.training.steps import make_optimizer, train_step
+from flax_resnet.versions import versions
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, dict[str, str | bool]]] = {
     "train": {"baseline": {}, "bn_fused_backward": {"backward": "fused"},
               "bn_one_pass": {"moments": "one_pass"},
               "bn_one_pass_fused_backward": {"moments": "one_pass", "backward": "fused"}},
@@ -220,8 +220,8 @@ def prepare(names, args) -> dict:
 def measure(runners, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
   """Per-step wall and host-queueing times, the frameworks taking turns for ``args.rounds`` rounds.
   """
-  times = {name: [] for name in runners}
-  queued = {name: [] for name in runners}
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  queued: dict[str, list[float]] = {name: [] for name in runners}
   per_round = args.steps // args.rounds
   for r in range(args.rounds):
     for name, (runner, _) in runners.items():
@@ -245,7 +245,8 @@ def report(args, runners, times, queued) -> list[dict]:
     device = device_name(name, runners[name][0])
     peak = next((v for (k, d), v in PEAK_FLOPS.items() if k in device and d == args.dtype), None)
     framework, _, variant = name.partition(":")
-    row = {"framework": framework, "variant": variant or "baseline", "arch": args.arch, "mode": args.mode, "batch": args.batch,
+    row = {"framework": framework, "variant": variant or "baseline", "arch": args.arch,
+           "mode": args.mode, "batch": args.batch,
            "image_size": args.image_size, "dtype": args.dtype, "steps": len(ts),
            "step_s_median": median, "step_s_min": min(ts), "step_s_max": max(ts),
            "images_per_s": args.batch / median, "first_step_s": runners[name][1],

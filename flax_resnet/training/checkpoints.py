@@ -17,8 +17,9 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -273,9 +274,9 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, states: dict[str, nnx.Stat
     except Damaged as e:
       damaged.append(e)
       continue
-    for e in damaged:
-      aside = _set_aside(Path(mgr.directory), e.step)
-      warn(f"warning: {e}; skipped it, moved it to {aside} for you to inspect or delete, "
+    for failed in damaged:
+      aside = _set_aside(Path(mgr.directory), failed.step)
+      warn(f"warning: {failed}; skipped it, moved it to {aside} for you to inspect or delete, "
            f"and resumed from step {step}")
     if damaged:
       mgr.reload()  # the steps on disk changed

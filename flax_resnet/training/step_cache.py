@@ -30,8 +30,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from flax_resnet.files import write_atomic
 from flax_resnet.caches import cache_dir
+from flax_resnet.files import write_atomic
 
 FORMAT = 1
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def _unchanged(files: list) -> bool:
 
 def fits(compiled: jax.stages.Compiled, args: tuple) -> bool:
   """Whether ``compiled`` takes ``args``: the same trees, shapes, dtypes and shardings."""
-  if compiled.in_tree != jax.tree.structure((args, {})):
+  # jaxlib's PyTreeDef carries no type information that mypy reads.
+  if compiled.in_tree != jax.tree.structure((args, {})):  # type: ignore[operator]
     return False
   infos = jax.tree.leaves(compiled.args_info)
   shardings = jax.tree.leaves(compiled.input_shardings)
@@ -105,7 +106,7 @@ class StepCache:
     digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
     self.path = (folder or default_folder()) / f"{digest}.jax"
     self.mesh, self.donate_argnums = mesh, donate_argnums
-    self.source = None  # "disk" or "traced" once `get` has answered
+    self.source: str | None = None  # "disk" or "traced" once `get` has answered
     self._loading = ThreadPoolExecutor(1, thread_name_prefix="step_cache").submit(self._load)
 
   def _load(self) -> tuple[str, jax.stages.Compiled] | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from flax_resnet.model import ResNet
 
 OPTIMIZERS = ("sgd", "adamw")  # what ``transform``'s optimizer may name
 
@@ -21,7 +23,7 @@ def decay_mask(params) -> object:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(model: nnx.Module, learning_rate: float | optax.Schedule, *,
+def make_optimizer(model: ResNet, learning_rate: float | optax.Schedule, *,
                    optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
                    weight_decay: float = 1e-4, decay_all: bool = False,
                    clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
@@ -70,7 +72,7 @@ def transform(learning_rate: float | optax.Schedule, *, optimizer: str = "sgd",
   return tx
 
 
-def parts(model: nnx.Module) -> tuple[str, ...]:
+def parts(model: ResNet) -> tuple[str, ...]:
   """The parts of a ResNet that can be frozen: ``stem``, ``layer1``, ``layer2``..."""
   return tuple(info.name for info in model.feature_info)
 
@@ -87,7 +89,7 @@ def _labels(label: Callable[[str], str]) -> Callable:
   return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: label(part_of(p)), params)
 
 
-def freeze_norms(model: nnx.Module, frozen: Sequence[str]) -> None:
+def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
   """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
   statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
   for part in frozen:
@@ -193,7 +195,8 @@ def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array
   ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
   state (BatchNorm's running statistics) is carried from one micro-batch to the next
   and written back. ``wrt``: the parameters differentiated."""
-  graphdef, params, rest = nnx.split(model, wrt, ...)
+  # Two filters, two states: nnx.split is typed for any number of them.
+  graphdef, params, rest = nnx.split(model, wrt, ...)  # type: ignore[misc]
 
   def micro(carry, batch):
     rest, total = carry
