@@ -5,7 +5,7 @@
 # grain, array-record, portpicker and tensorboardX are installed from the wheels in
 # $FLAX_RESNET_WHEELS (default: .whl/ in the checkout) when Python lacks grain.
 # Data: $FLAX_RESNET_DATA (default: .data/ in the checkout when present, else ../shared/data).
-# The steps and the report: python -m flax_resnet.bench suite --help
+# The steps and the report: python -m flax_resnet.commands.bench suite --help
 set -euo pipefail
 out=${1:?usage: bash bench/gpu_suite.sh OUTDIR [--budget SECONDS]}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,4 +24,4 @@ if ! "$python" -c "import grain" 2>/dev/null; then
   fi
   "$python" -m pip install -q --no-index --no-deps --target "$site" "$wheels"/*.whl
 fi
-exec "$python" -m flax_resnet.bench suite "$@"
+exec "$python" -m flax_resnet.commands.bench suite "$@"

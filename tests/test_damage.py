@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flax_resnet import cli
+from flax_resnet import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ["synthetic=true", "global_batch=16", "log_every=1", "checkpoint_every=2"]
@@ -368,4 +368,4 @@ def test_only_the_aborted_reads_of_orbax_are_kept_from_the_asyncio_log(message, 
   # Under load, a damaged checkpoint's failed reads were logged as 60-line tracebacks once
   # their tasks were collected, after the one-line warning.
   record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
-  assert cli._not_an_aborted_orbax_read(record) is shown
+  assert errors._not_an_aborted_orbax_read(record) is shown

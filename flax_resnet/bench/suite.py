@@ -1,7 +1,7 @@
 """Everything a GPU run should measure, in one command and one report.
 
     bash bench/gpu_suite.sh OUTDIR                        # one GPU: at most --budget seconds
-    python -m flax_resnet.bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
+    python -m flax_resnet.commands.bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
 
 Each step runs in its own process group under its own time limit, cut to what is
 left of ``--budget``, so that one hang loses one step rather than the run:
@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench(name: str, *argv: str) -> list[str]:
-  return [sys.executable, "-m", "flax_resnet.bench", name, *argv]
+  return [sys.executable, "-m", "flax_resnet.commands.bench", name, *argv]
 
 
 def plan(args, results: Path, work: Path) -> list[Step]:

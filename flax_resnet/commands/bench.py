@@ -1,5 +1,5 @@
 """``flax-resnet-bench NAME [ARGS]``: runs benchmark NAME, ``flax_resnet.bench.NAME``'s main
-(also ``python -m flax_resnet.bench``).
+(also ``python -m flax_resnet.commands.bench``).
 
     flax-resnet-bench throughput --arch resnet50 --mode train --batch 256 --dtype bf16
     flax-resnet-bench pipeline --data imagenet-samples --workers 0,1,2
