@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.torchvision_weights import DEFAULT, find, hash_prefix, list_pretrained
 from flax_resnet.caches import cache_dir
+from flax_resnet.torchvision_weights import DEFAULT, find, hash_prefix, list_pretrained
 
 WEIGHTS_ENV = "FLAX_RESNET_WEIGHTS"
 _NAME = re.compile(r"^(?:(?P<enum>\w+_Weights)\.)?(?P<entry>[A-Z0-9_]+)$")
@@ -85,8 +85,8 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
   """That converted checkpoint ``path`` records a source whose SHA-256 starts with the
   prefix in torchvision's file name for ``arch`` ``entry`` (the URL it records, for an
   entry not in ``torchvision_weights.TABLE``); a ``ValueError`` naming the file otherwise."""
-  from flax_resnet.saved_model import METADATA, read_metadata
   from flax_resnet.port.state_dict import ConversionError
+  from flax_resnet.saved_model import METADATA, read_metadata
 
   source = read_metadata(path).source or {}
   known = find(arch, entry)

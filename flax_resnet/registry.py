@@ -3,7 +3,8 @@ weights are fetched here; ``builders`` adds them on top)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from flax import nnx
 

@@ -13,8 +13,9 @@ import inspect
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +92,7 @@ class Metadata:
     return {**dataclasses.asdict(self), "options": options_to_json(self.options)}
 
   @classmethod
-  def from_json(cls, meta: Any) -> "Metadata":
+  def from_json(cls, meta: Any) -> Metadata:
     """Checks ``meta`` (parsed JSON); ``ValueError`` naming the first missing or unknown key."""
     problem = _metadata_problem(meta)
     if problem:
@@ -103,7 +104,7 @@ def new_metadata(**fields: Any) -> Metadata:
   """A ``Metadata`` of ``fields`` (``arch`` and ``options`` at least) stamped with what writes
   it now: every version (``versions()``) and the time, in UTC: the one way the converter,
   ``weights=`` and the training export fill ``versions`` and ``created``."""
-  created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
   return Metadata(**fields, versions=versions(), created=created)
 
 

@@ -19,11 +19,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
 import test_parity as tp  # noqa: E402
-from flax_resnet.port.state_dict import to_torch_layout, torch_key  # noqa: E402
+from flax import nnx  # noqa: E402
 from torch_reference import calibrated_pair, smooth_images  # noqa: E402
+
+from flax_resnet.port.state_dict import to_torch_layout, torch_key  # noqa: E402
 
 VARIANTS = [("two_pass", "autodiff"), ("one_pass", "fused")]
 

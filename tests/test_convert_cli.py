@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch_reference import calibrate, torch, torchvision
 
 from flax_resnet.commands import convert as torch2flax
-from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -323,8 +323,10 @@ except ValueError as e:
 def test_an_image_over_the_pixel_limit_is_refused_not_decoded_with_a_warning(tmp_path,
                                                                            monkeypatch):
   import warnings
+
   import numpy as np
   from PIL import Image
+
   from flax_resnet.preprocess import open_image
   Image.fromarray(np.zeros((100, 150, 3), np.uint8)).save(tmp_path / "big.png")
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 15,000 pixels: between 1x and 2x
@@ -340,8 +342,10 @@ def test_an_image_over_the_pixel_limit_is_refused_not_decoded_with_a_warning(tmp
 
 def test_sixteen_bit_images_become_eight_bits_without_wide_copies(tmp_path):
   import tracemalloc
+
   import numpy as np
   from PIL import Image
+
   from flax_resnet.preprocess import open_image
   every = np.arange(65536, dtype=np.uint16)
   ramp = np.tile(every, 16).reshape(1024, 1024)  # every 16-bit value, 16 times

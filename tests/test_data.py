@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import grain
-import numpy as np
 import pytest
 from PIL import Image
 

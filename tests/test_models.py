@@ -1,4 +1,5 @@
-"""A run's model from its config: the head kept, or drawn afresh, when starting from a checkpoint."""
+"""A run's model from its config: the head kept, or drawn afresh, when starting from a
+checkpoint."""
 
 import dataclasses
 

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from torch_reference import calibrate, calibrated_pair, nchw, smooth_images, torch
 
 import flax_resnet.model
-from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
-from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.folding import FoldedNorm, fold_batchnorm
 from flax_resnet.model import BatchNorm
 from flax_resnet.port.parity import flax_features, judge, torch_features
-from torch_reference import calibrate, calibrated_pair, nchw, smooth_images, torch
+from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
+from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet  # noqa: E402 (needs torch: after the skip)
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",

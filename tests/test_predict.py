@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +22,8 @@ def predict(*args):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  from flax_resnet.saved_model import save
   from flax_resnet.port.state_dict import from_torch_state_dict
+  from flax_resnet.saved_model import save
   torch.manual_seed(0)
   model = from_torch_state_dict(calibrate(torchvision.models.resnet18()).state_dict())
   return save(model, tmp_path_factory.mktemp("predict") / "ckpt",
@@ -104,6 +103,7 @@ def test_bad_metadata_values_are_one_line_naming_file_and_key(checkpoint, good, 
                                                               needle):
   import json
   import shutil
+
   import flax_resnet
   copy = shutil.copytree(checkpoint, tmp_path / "ckpt")
   meta = json.loads((copy / "metadata.json").read_text())

@@ -5,12 +5,11 @@ import csv
 import numpy as np
 import pytest
 from PIL import Image
+from torch_reference import calibrated_pair, torch
+from torchvision.transforms._presets import ImageClassification  # noqa: E402
 
 from flax_resnet.port.parity import flax_features
 from flax_resnet.preprocess import EvalTransform
-from torch_reference import calibrated_pair, torch
-
-from torchvision.transforms._presets import ImageClassification  # noqa: E402
 
 
 @pytest.fixture(scope="module")

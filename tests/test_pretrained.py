@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch_reference import calibrate, torch, torchvision
 
 import flax_resnet
 from flax_resnet import pretrained, torchvision_weights
 from flax_resnet.commands import convert as torch2flax
 from flax_resnet.files import sha256
-from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_FILE = "resnet18-f37072fd.pth"  # ResNet18_Weights.IMAGENET1K_V1, also its DEFAULT
@@ -171,8 +171,8 @@ def test_the_converter_refuses_a_hand_placed_file_of_other_weights(empty_homes, 
 def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes):
   # What an earlier version cached from a hand-placed file: torchvision's URL, another hash.
   env, state = empty_homes
-  from flax_resnet.saved_model import save
   from flax_resnet.port.state_dict import from_torch_state_dict
+  from flax_resnet.saved_model import save
   entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
   forged = "853aa964" + "0" * 56
   save(from_torch_state_dict(state), entry, {
@@ -251,6 +251,7 @@ def _train_config(*assignments):
                                        "ResNet18_Weights.IMAGENET1K_V1"])
 def test_the_trainer_starts_from_torchvision_weights_by_name(homes, init_from, capsys):
   from flax import nnx
+
   from flax_resnet.training.models import build_model
   model = build_model(_train_config(f"init_from={init_from}"))
   assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in (

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch_reference import calibrate, torch, torchvision
 
 from flax_resnet.files import sha256
-from torch_reference import calibrate, torch, torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPETS = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)

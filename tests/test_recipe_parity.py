@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from torch_reference import torch
 
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
 from flax_resnet.training.steps import ema_update, make_optimizer, train_step
 from flax_resnet.training.trainer import schedule
-from torch_reference import torch
 
 STEPS, STEPS_PER_EPOCH = 20, 8
 BASE = Config(arch="resnet18", layers=(1, 1), channels=(8, 16), num_classes=5, stem="cifar",

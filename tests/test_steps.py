@@ -8,9 +8,18 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
-from flax_resnet.training.steps import (cross_entropy, decay_mask, ema_update, eval_step,
-                                       freeze_norms, make_optimizer, normalize, part_of,
-                                       train_step, transform)
+from flax_resnet.training.steps import (
+  cross_entropy,
+  decay_mask,
+  ema_update,
+  eval_step,
+  freeze_norms,
+  make_optimizer,
+  normalize,
+  part_of,
+  train_step,
+  transform,
+)
 
 
 def test_weight_decay_applies_to_kernels_only():

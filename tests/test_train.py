@@ -76,6 +76,7 @@ def final_state(workdir, step):
 def initial_state(data, *sets) -> dict:
   """The model state that train.py starts from with these settings, before any step."""
   from flax import nnx
+
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.models import build_model
   cfg = config_lib.override(config_lib.load_preset("cifar10_resnet18"),
@@ -136,8 +137,8 @@ def test_the_pytorch_reference_learns_the_same_config_and_plots_beside_ours(cifa
 
 def _exported_ema_classifies_the_test_images(workdir, data):
   import flax_resnet
-  from flax_resnet.training import checkpoints
   from flax_resnet.predict import top_k
+  from flax_resnet.training import checkpoints
   out = workdir / "exported"
   done = subprocess.run([sys.executable, "train/export.py", "--workdir", str(workdir), "--out",
                          str(out), "--ema"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -532,6 +533,7 @@ def test_init_from_a_checkpoint_of_another_network_is_refused_in_one_line(
 
 def test_a_tensor_of_another_shape_is_named_with_both_shapes():
   from flax import nnx
+
   import flax_resnet
   from flax_resnet.training.models import check_same_shapes
 
@@ -657,6 +659,7 @@ def test_a_short_run_prints_its_config_a_field_a_line_and_ends_without_warnings(
 
 def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
   from flax import nnx
+
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.memory import host_memory_estimate
   from flax_resnet.training.models import build_model
@@ -766,8 +769,8 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
   from flax import nnx
 
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.steps import train_step
   from flax_resnet.training.models import build_model
+  from flax_resnet.training.steps import train_step
   from flax_resnet.training.trainer import run_optimizer
   cfg = config_lib.override(config_lib.Config(), [
       "layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "dtype=float32",

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[dev]')")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-from flax_resnet.port.state_dict import from_torch_state_dict  # noqa: E402
 from flax_resnet.port.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
+from flax_resnet.port.state_dict import from_torch_state_dict  # noqa: E402
 from flax_resnet.port.twin import torch_resnet  # noqa: E402
 
 

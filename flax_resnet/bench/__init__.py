@@ -1,1 +1,2 @@
-"""Benchmarks: ``flax-resnet-bench NAME ...`` (or ``python bench/NAME.py``); figures in BENCHMARKS.md."""
+"""Benchmarks: ``flax-resnet-bench NAME ...`` (or ``python bench/NAME.py``); figures in
+BENCHMARKS.md."""

@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-
 DATA_ENV = "FLAX_RESNET_DATA"
 
 

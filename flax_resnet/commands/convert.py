@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 # Only the light modules here: arguments are checked before JAX, orbax or torch load.
-from flax_resnet.cli import (ArgumentParser, CliError, check_replaceable, check_writable_dir,
-                             positive_float, positive_int, report)
+from flax_resnet.cli import (
+  ArgumentParser,
+  CliError,
+  check_replaceable,
+  check_writable_dir,
+  positive_float,
+  positive_int,
+  report,
+)
 from flax_resnet.preprocess import EvalTransform
 
 
@@ -170,8 +177,8 @@ def main(argv=None) -> int:
     check_arguments(args)
   except CliError as e:
     return report(e)
-  from flax_resnet.port.state_dict import ConversionError
   from flax_resnet.caches import enable_compilation_cache
+  from flax_resnet.port.state_dict import ConversionError
   enable_compilation_cache()
   try:
     meta, parameters = run(args)

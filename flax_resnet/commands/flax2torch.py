@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from flax_resnet.cli import ArgumentParser, report
@@ -69,8 +68,8 @@ def main(argv=None) -> int:
       raise ValueError(f"--out {args.out} is not a regular file; name the file to write")
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
-    from flax_resnet.saved_model import load
     from flax_resnet.port.torch_files import to_torch_state_dict
+    from flax_resnet.saved_model import load
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
     state = to_torch_state_dict(model, batches_tracked(meta, args.checkpoint))

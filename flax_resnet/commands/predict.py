@@ -9,7 +9,7 @@ stderr, and the exit code is then 2.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from flax_resnet.cli import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, positive_int, report
 from flax_resnet.predict import read_images, top_k
@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--top", type=positive_int, default=5, help="how many classes to print")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
-  from flax_resnet.saved_model import load
   from flax_resnet.caches import enable_compilation_cache
+  from flax_resnet.saved_model import load
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)

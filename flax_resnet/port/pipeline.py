@@ -5,9 +5,10 @@ each passes its policy (arguments) and a ``progress`` callback that says the sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flax_resnet.port.state_dict import Conversion, ConversionError, batches_tracked
 from flax_resnet.preprocess import EvalTransform, from_torchvision_weights

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np

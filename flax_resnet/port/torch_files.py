@@ -6,8 +6,9 @@ functions that need it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flax_resnet.errors import one_line
 from flax_resnet.files import sha256
@@ -45,6 +46,7 @@ def load_file(path: Path) -> Any:
   if path.suffix == ".safetensors":
     return _load_safetensors(path)
   import pickle
+
   import torch
 
   try:
@@ -52,12 +54,12 @@ def load_file(path: Path) -> Any:
   except pickle.UnpicklingError as e:
     if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
       raise ConversionError(f"{path}: refused: the file holds Python objects other than tensors, "
-                     "which could run code when loaded; only plain state dicts are accepted")
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({one_line(e)})")
+                     "which could run code when loaded; only plain state dicts are accepted") from e
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({one_line(e)})") from e
   except (RuntimeError, EOFError, OSError) as e:
-    raise ConversionError(f"{path}: truncated or corrupt ({one_line(e)})")
+    raise ConversionError(f"{path}: truncated or corrupt ({one_line(e)})") from e
   except Exception as e:  # the weights-only unpickler fails on junk with assorted errors
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})")
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})") from e
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -67,7 +69,7 @@ def _load_safetensors(path: Path) -> dict:
   try:
     return load_st(path)
   except (SafetensorError, OSError, ValueError) as e:
-    raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})")
+    raise ConversionError(f"{path}: truncated or corrupt safetensors file ({e})") from e
 
 
 def check_hash(file: Path, name: str | None = None) -> str:
@@ -99,7 +101,7 @@ def fetch_weights(name: str, arch: str | None):
   try:
     weights = get_weight(name) if "." in name else get_model_weights(arch)[name]
   except (KeyError, ValueError, AttributeError) as e:
-    raise ConversionError(f"$weights: not a torchvision weights entry ({e})", weights=name)
+    raise ConversionError(f"$weights: not a torchvision weights entry ({e})", weights=name) from e
   file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
   # torch.hub checks the hash only of what it downloads; a file placed by hand is checked here.
   digest = check_hash(file, weights.url) if file.is_file() else None
@@ -107,7 +109,7 @@ def fetch_weights(name: str, arch: str | None):
     state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
                                                weights_only=True, map_location="cpu")
   except OSError as e:  # URLError is an OSError
-    raise DownloadError(name, weights.url, file, e)
+    raise DownloadError(name, weights.url, file, e) from e
   if digest is None and file.is_file():
     digest = check_hash(file, weights.url)
   source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,

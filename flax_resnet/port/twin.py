@@ -11,7 +11,8 @@ stage counts and widths and the CIFAR stem are ``StageResNet``: torchvision's
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torchvision

@@ -9,8 +9,9 @@ import importlib.util
 import json
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from flax_resnet.files import write_atomic
 from flax_resnet.model import BACKWARDS, MOMENTS, REMATS, STEMS

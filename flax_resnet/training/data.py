@@ -15,7 +15,8 @@ import shutil
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grain
 import numpy as np

@@ -65,6 +65,7 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``
   (``force``: replacing a checkpoint there, as ``flax_resnet.save``'s ``overwrite``)."""
   from flax import nnx
+
   from flax_resnet.saved_model import new_metadata
   from flax_resnet.training import data
   from flax_resnet.training.config import Config

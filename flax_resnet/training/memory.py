@@ -11,7 +11,6 @@ from flax import nnx
 
 from flax_resnet.training.config import Config
 
-
 # Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
 # batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3.
 _BYTES_SAVED_PER_ACTIVATION = 12  # float32 convolution output, BatchNorm output, ReLU output

@@ -11,9 +11,10 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 LOG_SECONDS = 30  # a progress line at least this often, whatever log_every says

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from etils import epath
 
-from flax_resnet.training.shard_format import (CLASSES, INDEX, SUFFIX, array_record_error,
-                                               decode, encode)
+from flax_resnet.training.shard_format import (
+  CLASSES,
+  INDEX,
+  SUFFIX,
+  array_record_error,
+  decode,
+  encode,
+)
 from flax_resnet.training.sources import ImageFolder
 
 

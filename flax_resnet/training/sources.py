@@ -65,7 +65,7 @@ class ImageFolder:
   labels: tuple[int, ...]
 
   @classmethod
-  def scan(cls, root: str | Path) -> "ImageFolder":
+  def scan(cls, root: str | Path) -> ImageFolder:
     """The image files under ``root``; ``ValueError`` for no folder, no class folders, or
     a class folder without images."""
     root = Path(root)

@@ -26,14 +26,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
 from flax_resnet.files import write_atomic
-from flax_resnet.training import checkpoints, config as config_lib, data, step_cache
-from flax_resnet.training import steps as steps_lib
+from flax_resnet.training import (
+  checkpoints,
+  config as config_lib,
+  data,
+  step_cache,
+  steps as steps_lib,
+)
 from flax_resnet.training.config import Config
 from flax_resnet.training.memory import host_memory_estimate, of_total
 from flax_resnet.training.metrics import LOG_SECONDS, Progress
 from flax_resnet.training.models import build_model
-from flax_resnet.training.steps import (all_finite, ema_update, eval_step, flat_train_step,
-                                       freeze_norms, make_optimizer)
+from flax_resnet.training.steps import (
+  all_finite,
+  ema_update,
+  eval_step,
+  flat_train_step,
+  freeze_norms,
+  make_optimizer,
+)
 
 
 def schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
