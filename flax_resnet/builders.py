@@ -10,8 +10,9 @@ from flax_resnet.model import ResNet
 from flax_resnet.registry import build
 
 
-def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
-                 **options: Any) -> ResNet:
+def create_model(
+  name: str, *, weights: Any = None, pretrained: bool = False, **options: Any
+) -> ResNet:
   """Builds architecture ``name`` with ``ResNet``'s keyword ``options``.
 
   ``create_model("resnet50", num_classes=10, rngs=nnx.Rngs(0))``: random
@@ -31,6 +32,7 @@ def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
     raise ValueError("pass weights=... or pretrained=True, not both")
   if pretrained or weights is not None:
     from flax_resnet.pretrained import load_pretrained
+
     return load_pretrained(name, "DEFAULT" if weights is None else weights, **options)[0]
   return build(name, **options)
 
@@ -38,9 +40,11 @@ def create_model(name: str, *, weights: Any = None, pretrained: bool = False,
 def _constructor(name: str):
   def constructor(*, weights: Any = None, pretrained: bool = False, **options: Any) -> ResNet:
     return create_model(name, weights=weights, pretrained=pretrained, **options)
+
   constructor.__name__ = constructor.__qualname__ = name
-  constructor.__doc__ = (f"torchvision's ``{name}``; ``weights``/``pretrained`` and keyword "
-                         "options as ``create_model``.")
+  constructor.__doc__ = (
+    f"torchvision's ``{name}``; ``weights``/``pretrained`` and keyword options as ``create_model``."
+  )
   return constructor
 
 

@@ -88,5 +88,6 @@ def check_replaceable(out: Path, flag: str = "--out") -> None:
   """A ``CliError`` naming ``out`` if ``--force`` would replace something not ours there."""
   problem = replace_problem(out) if out.exists() or out.is_symlink() else None
   if problem:
-    raise CliError(f"{flag} {out} {problem}: --force replaces only a flax-resnet checkpoint; "
-                   "choose another path")
+    raise CliError(
+      f"{flag} {out} {problem}: --force replaces only a flax-resnet checkpoint; choose another path"
+    )

@@ -44,8 +44,10 @@ def one_device_per_core(batch: int) -> int:
   ``--xla_force_host_platform_device_count`` in XLA_FLAGS or JAX_NUM_CPU_DEVICES)
   is kept. Returns the count asked for, or 0 when it was left to the user.
   """
-  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or "JAX_NUM_CPU_DEVICES" in os.environ):
+  if (
+    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    or "JAX_NUM_CPU_DEVICES" in os.environ
+  ):
     return 0
   count = _largest_divisor(batch, cores())
   jax.config.update("jax_num_cpu_devices", count)
@@ -55,7 +57,7 @@ def one_device_per_core(batch: int) -> int:
 def batch_devices(batch: int) -> list[jax.Device]:
   """The first devices, as many as possible, over which ``batch`` splits evenly."""
   devices = jax.devices()
-  return devices[:_largest_divisor(batch, len(devices))]
+  return devices[: _largest_divisor(batch, len(devices))]
 
 
 def _largest_divisor(batch: int, at_most: int) -> int:

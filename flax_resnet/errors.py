@@ -22,8 +22,9 @@ def quiet_aborted_reads() -> None:
 
   def hook(unraisable):
     code = getattr(unraisable.object, "cr_code", None)
-    closed = (unraisable.exc_type is RuntimeError
-              and str(unraisable.exc_value) == "Event loop is closed")
+    closed = (
+      unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+    )
     if not (closed or (code and "orbax" in code.co_filename)):
       default(unraisable)
 
@@ -37,15 +38,19 @@ def _not_an_aborted_orbax_read(record: logging.LogRecord) -> bool:
   message = record.getMessage()
   # The same read's error, logged once its task is collected: seen under load, as a
   # 60-line traceback after the one-line warning of a damaged checkpoint.
-  return not (message.startswith(("unhandled exception during asyncio.run() shutdown",
-                                  "Task exception was never retrieved"))
-              and "orbax" in message)
+  return not (
+    message.startswith(
+      ("unhandled exception during asyncio.run() shutdown", "Task exception was never retrieved")
+    )
+    and "orbax" in message
+  )
 
 
 def one_line(error: BaseException) -> str:
   """An exception's message on one line."""
   return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (
-      type(error).__name__)
+    type(error).__name__
+  )
 
 
 CHECKPOINT_ENTRIES = ("metadata.json", "state")
@@ -68,6 +73,8 @@ def replace_problem(path: Path) -> str | None:
     return "is not a flax-resnet checkpoint (no metadata.json and state/)"
   others = [e for e in entries if e not in CHECKPOINT_ENTRIES]
   if others:
-    return (f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which is not "
-            "part of a flax-resnet checkpoint")
+    return (
+      f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which is not "
+      "part of a flax-resnet checkpoint"
+    )
   return None

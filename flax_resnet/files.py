@@ -16,8 +16,10 @@ from pathlib import Path
 # and the process id in their names, so that a later run can tell when their writer is
 # dead (killed mid-write) and remove them, and never touch anything else.
 _TEMP_MARK = "flax-resnet-tmp"
-_TEMP_NAME = re.compile(rf"^\.(?P<target>.+)\.{_TEMP_MARK}\.(?P<host>[A-Za-z0-9_-]+)\."
-                        r"(?P<pid>\d+)\.(?P<kind>[A-Za-z0-9_]+)$")
+_TEMP_NAME = re.compile(
+  rf"^\.(?P<target>.+)\.{_TEMP_MARK}\.(?P<host>[A-Za-z0-9_-]+)\."
+  r"(?P<pid>\d+)\.(?P<kind>[A-Za-z0-9_]+)$"
+)
 
 
 @contextlib.contextmanager
@@ -93,8 +95,13 @@ def remove_stale_temp_dirs(parent: Path) -> list[Path]:
   host = _host()
   for entry in entries:
     match = _TEMP_NAME.match(entry.name)
-    if (match is None or match["host"] != host or _alive(int(match["pid"]))
-        or entry.is_symlink() or not entry.is_dir()):
+    if (
+      match is None
+      or match["host"] != host
+      or _alive(int(match["pid"]))
+      or entry.is_symlink()
+      or not entry.is_dir()
+    ):
       continue
     if match["kind"] == "old" and not (parent / match["target"]).exists():
       continue

@@ -23,8 +23,9 @@ def _eval_forward(model: nnx.Module):
   return forward, state
 
 
-def count_macs(model: nnx.Module, input_shape: Sequence[int] = (1, 224, 224, 3),
-               count_padding: bool = True) -> int:
+def count_macs(
+  model: nnx.Module, input_shape: Sequence[int] = (1, 224, 224, 3), count_padding: bool = True
+) -> int:
   """Multiply-adds of all convolutions and matrix products for one forward pass.
 
   Read off the traced computation (nothing runs), so it counts exactly what the
@@ -50,8 +51,7 @@ def _conv_macs(eqn, count_padding: bool) -> int:
       continue
     stride, dilation = eqn.params["window_strides"][i - 2], eqn.params["rhs_dilation"][i - 2]
     low = eqn.params["padding"][i - 2][0]
-    macs *= sum(0 <= o * stride - low + t * dilation < size for o in range(n_out)
-                for t in range(k))
+    macs *= sum(0 <= o * stride - low + t * dilation < size for o in range(n_out) for t in range(k))
   return macs
 
 

@@ -48,8 +48,10 @@ def fold_batchnorm(model: ResNet) -> ResNet:
   for owner, conv_name, norm_name in _conv_norm_pairs(folded):
     conv, norm = _child(owner, conv_name), _child(owner, norm_name)
     if not isinstance(norm, (BatchNorm, FrozenBatchNorm)):
-      raise ValueError(f"fold_batchnorm: {norm_name} is {type(norm).__name__}, not a BatchNorm; "
-                       "only norm='batch' or 'frozen_batch' models can be folded")
+      raise ValueError(
+        f"fold_batchnorm: {norm_name} is {type(norm).__name__}, not a BatchNorm; "
+        "only norm='batch' or 'frozen_batch' models can be folded"
+      )
     _set_child(owner, norm_name, _fold(conv, norm))
   return folded
 

@@ -117,9 +117,17 @@ class BatchNorm(nnx.Module):
     formula. The same function: equal to autodiff to 1e-12 in float64.
   """
 
-  def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
-               use_running_average: bool = False, dtype: Dtype = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    use_running_average: bool = False,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs  # no random initialisation; accepted for a uniform norm signature
     stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
     self.scale = nnx.Param(_filled(num_features, 1, param_dtype))
@@ -134,14 +142,24 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.use_running_average:
-      return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
-                     self.epsilon, self.dtype)
+      return _affine(
+        x, self.mean[...], self.var[...], self.scale[...], self.bias[...], self.epsilon, self.dtype
+      )
     _choice("BatchNorm moments", self.moments, MOMENTS)
     _choice("BatchNorm backward", self.backward, BACKWARDS)
     out, mean, var = _batch_norm_train(
-        x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
-        momentum=self.momentum, epsilon=self.epsilon, groups=self.batch_groups, dtype=self.dtype,
-        moments=self.moments, backward=self.backward)
+      x,
+      self.scale[...],
+      self.bias[...],
+      self.mean[...],
+      self.var[...],
+      momentum=self.momentum,
+      epsilon=self.epsilon,
+      groups=self.batch_groups,
+      dtype=self.dtype,
+      moments=self.moments,
+      backward=self.backward,
+    )
     # set_value, not `[...] =`: flax then reads the tracer's sharding, whose error
     # path walks the whole traced program; ResNet-152 traced 25x slower that way.
     self.mean.set_value(mean)
@@ -153,10 +171,23 @@ MOMENTS = ("two_pass", "one_pass")
 BACKWARDS = ("autodiff", "fused")
 
 
-@functools.partial(jax.jit, static_argnames=("momentum", "epsilon", "groups", "dtype", "moments",
-                                             "backward"))
-def _batch_norm_train(x, scale, bias, running_mean, running_var, *, momentum, epsilon, groups,
-                      dtype, moments="two_pass", backward="autodiff"):
+@functools.partial(
+  jax.jit, static_argnames=("momentum", "epsilon", "groups", "dtype", "moments", "backward")
+)
+def _batch_norm_train(
+  x,
+  scale,
+  bias,
+  running_mean,
+  running_var,
+  *,
+  momentum,
+  epsilon,
+  groups,
+  dtype,
+  moments="two_pass",
+  backward="autodiff",
+):
   """BatchNorm with batch statistics: the output and the updated running statistics.
 
   Jitted so that the train step traces and differentiates it once per shape, not
@@ -234,8 +265,15 @@ class FrozenBatchNorm(nnx.Module):
   fine-tuning with batches too small for reliable batch statistics.
   """
 
-  def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Dtype = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-5,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
     del rngs  # no random initialisation; accepted for a uniform norm signature
     stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
     self.scale = nnx.BatchStat(_filled(num_features, 1, stat_dtype))
@@ -245,12 +283,14 @@ class FrozenBatchNorm(nnx.Module):
     self.epsilon, self.dtype = epsilon, dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _affine(x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
-                   self.epsilon, self.dtype)
+    return _affine(
+      x, self.mean[...], self.var[...], self.scale[...], self.bias[...], self.epsilon, self.dtype
+    )
 
 
-def _batch_moments(x: jax.Array, dtype: Dtype, moments: str = "two_pass"
-                   ) -> tuple[jax.Array, jax.Array]:
+def _batch_moments(
+  x: jax.Array, dtype: Dtype, moments: str = "two_pass"
+) -> tuple[jax.Array, jax.Array]:
   """Per-group mean and biased variance of ``x`` (groups, n, ..., C), in ``dtype``.
 
   Both keep the reduced axes, shaped (groups, 1, ..., 1, C), to broadcast against ``x``.
@@ -273,47 +313,97 @@ def _affine(x, mean, var, scale, bias, epsilon, dtype):
   return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
 
 
-def make_norm(norm: str, num_features: int, *, groups: int = 32, dtype: Dtype = None,
-              param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+def make_norm(
+  norm: str,
+  num_features: int,
+  *,
+  groups: int = 32,
+  dtype: Dtype = None,
+  param_dtype: Dtype = jnp.float32,
+  rngs: nnx.Rngs,
+) -> nnx.Module:
   """Builds the norm layer named by ``norm`` (one of ``NORMS``)."""
   if norm == "batch":
     return BatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
   if norm == "frozen_batch":
     return FrozenBatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
   if norm == "group":
-    return nnx.GroupNorm(num_features, num_groups=groups, epsilon=1e-5, use_fast_variance=False,
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return nnx.GroupNorm(
+      num_features,
+      num_groups=groups,
+      epsilon=1e-5,
+      use_fast_variance=False,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
   raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def make_head(num_features: int, num_classes: int, *, dtype: Dtype = None,
-              param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.Linear:
+def make_head(
+  num_features: int,
+  num_classes: int,
+  *,
+  dtype: Dtype = None,
+  param_dtype: Dtype = jnp.float32,
+  rngs: nnx.Rngs,
+) -> nnx.Linear:
   """The classifier ``fc``, initialised as torch.nn.Linear."""
-  return nnx.Linear(num_features, num_classes, kernel_init=linear_init,
-                    bias_init=_linear_bias_init(num_features), dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
+  return nnx.Linear(
+    num_features,
+    num_classes,
+    kernel_init=linear_init,
+    bias_init=_linear_bias_init(num_features),
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
 
 
 _NHWC = tuple(jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ("NHWC", "HWIO", "NHWC")))
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
+def conv_general_dilated(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  precision=None,
+  **kwargs,
+) -> jax.Array:
   """``jax.lax.conv_general_dilated`` that runs NHWC 1x1 convolutions as matrix products on CPU.
 
   XLA:CPU computes a 1x1 convolution's kernel gradient 5-15x slower than the equal
   matrix product (BENCHMARKS.md), and ResNet-50 has 36 of them. Other backends and
   every other convolution take the lax path.
   """
-  if (jax.default_backend() == "cpu" and rhs.shape[:2] == (1, 1) and feature_group_count == 1
-      and all(tuple(p) == (0, 0) for p in padding) and set(lhs_dilation or (1,)) == {1}
-      and kwargs.get("out_sharding") is None and dimension_numbers is not None
-      and tuple(dimension_numbers) == _NHWC):
+  if (
+    jax.default_backend() == "cpu"
+    and rhs.shape[:2] == (1, 1)
+    and feature_group_count == 1
+    and all(tuple(p) == (0, 0) for p in padding)
+    and set(lhs_dilation or (1,)) == {1}
+    and kwargs.get("out_sharding") is None
+    and dimension_numbers is not None
+    and tuple(dimension_numbers) == _NHWC
+  ):
     return _pointwise(lhs, rhs, window_strides, precision, kwargs.get("preferred_element_type"))
-  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                      rhs_dilation, dimension_numbers, feature_group_count,
-                                      precision=precision, **kwargs)
+  return jax.lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    precision=precision,
+    **kwargs,
+  )
 
 
 def _pointwise(x, kernel, strides, precision, preferred_element_type):
@@ -321,30 +411,60 @@ def _pointwise(x, kernel, strides, precision, preferred_element_type):
     x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, *strides, 1))
   n, h, w, c = x.shape
   # A 2-D product: XLA:CPU's gradient of the 4-D dot_general is 2-5x slower.
-  y = jnp.matmul(x.reshape(n * h * w, c), kernel.reshape(c, -1), precision=precision,
-                 preferred_element_type=preferred_element_type)
+  y = jnp.matmul(
+    x.reshape(n * h * w, c),
+    kernel.reshape(c, -1),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
   return y.reshape(n, h, w, -1)
 
 
 class Layers(NamedTuple):
   """What every conv and norm of a network shares: norm kind, dtypes, rngs."""
+
   norm: str
   norm_groups: int
   dtype: Dtype
   param_dtype: Dtype
   rngs: nnx.Rngs
 
-  def conv(self, cin: int, cout: int, k: int, stride: int = 1, *, padding: int = 0,
-           dilation: int = 1, groups: int = 1) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((padding, padding),) * 2,
-                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                    use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                    param_dtype=self.param_dtype, conv_general_dilated=conv_general_dilated,
-                    rngs=self.rngs)
+  def conv(
+    self,
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int = 1,
+    *,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+  ) -> nnx.Conv:
+    return nnx.Conv(
+      cin,
+      cout,
+      (k, k),
+      (stride, stride),
+      padding=((padding, padding),) * 2,
+      kernel_dilation=(dilation, dilation),
+      feature_group_count=groups,
+      use_bias=False,
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      conv_general_dilated=conv_general_dilated,
+      rngs=self.rngs,
+    )
 
   def bn(self, num_features: int) -> nnx.Module:
-    return make_norm(self.norm, num_features, groups=self.norm_groups, dtype=self.dtype,
-                     param_dtype=self.param_dtype, rngs=self.rngs)
+    return make_norm(
+      self.norm,
+      num_features,
+      groups=self.norm_groups,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      rngs=self.rngs,
+    )
 
 
 class Downsample(nnx.List):
@@ -362,9 +482,19 @@ class BasicBlock(nnx.Module):
 
   expansion = 1
 
-  def __init__(self, make: Layers, inplanes: int, planes: int, stride: int = 1,
-               downsample: nnx.Module | None = None, groups: int = 1, base_width: int = 64,
-               dilation: int = 1, dropout: float = 0.0, expansion: int | None = None):
+  def __init__(
+    self,
+    make: Layers,
+    inplanes: int,
+    planes: int,
+    stride: int = 1,
+    downsample: nnx.Module | None = None,
+    groups: int = 1,
+    base_width: int = 64,
+    dilation: int = 1,
+    dropout: float = 0.0,
+    expansion: int | None = None,
+  ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
     out = planes * (expansion or self.expansion)
     self.conv1 = make.conv(inplanes, planes, 3, stride, padding=dilation, dilation=dilation)
@@ -394,15 +524,26 @@ class Bottleneck(nnx.Module):
 
   expansion = 4
 
-  def __init__(self, make: Layers, inplanes: int, planes: int, stride: int = 1,
-               downsample: nnx.Module | None = None, groups: int = 1, base_width: int = 64,
-               dilation: int = 1, dropout: float = 0.0, expansion: int | None = None):
+  def __init__(
+    self,
+    make: Layers,
+    inplanes: int,
+    planes: int,
+    stride: int = 1,
+    downsample: nnx.Module | None = None,
+    groups: int = 1,
+    base_width: int = 64,
+    dilation: int = 1,
+    dropout: float = 0.0,
+    expansion: int | None = None,
+  ):
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     self.conv1 = make.conv(inplanes, width, 1)
     self.bn1 = make.bn(width)
-    self.conv2 = make.conv(width, width, 3, stride, padding=dilation, dilation=dilation,
-                           groups=groups)
+    self.conv2 = make.conv(
+      width, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
+    )
     self.bn2 = make.bn(width)
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
@@ -438,6 +579,7 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 class FeatureInfo(NamedTuple):
   """One feature map of ``ResNet.features``: its name, channel count and stride."""
+
   name: str
   channels: int
   stride: int
@@ -474,17 +616,41 @@ class ResNet(nnx.Module):
   parameters and state paths. ``"none"`` (the default) keeps them.
   """
 
-  def __init__(self, block: type[nnx.Module] | str, layers: Sequence[int],
-               num_classes: int = 1000, zero_init_residual: bool = False, groups: int = 1,
-               width_per_group: int = 64,
-               replace_stride_with_dilation: Sequence[bool] | None = None,
-               norm: str = "batch", norm_groups: int = 32, in_channels: int = 3,
-               stem: str = "imagenet", channels: Sequence[int] = DEFAULT_CHANNELS,
-               expansion: int | None = None, dropout: float = 0.0, dtype: Dtype = None,
-               param_dtype: Dtype = jnp.float32, *, rngs: nnx.Rngs | None = None):
-    block = _check_args(block, layers, num_classes, groups, width_per_group,
-                        replace_stride_with_dilation, norm, in_channels, stem, channels,
-                        expansion, dropout)
+  def __init__(
+    self,
+    block: type[nnx.Module] | str,
+    layers: Sequence[int],
+    num_classes: int = 1000,
+    zero_init_residual: bool = False,
+    groups: int = 1,
+    width_per_group: int = 64,
+    replace_stride_with_dilation: Sequence[bool] | None = None,
+    norm: str = "batch",
+    norm_groups: int = 32,
+    in_channels: int = 3,
+    stem: str = "imagenet",
+    channels: Sequence[int] = DEFAULT_CHANNELS,
+    expansion: int | None = None,
+    dropout: float = 0.0,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    *,
+    rngs: nnx.Rngs | None = None,
+  ):
+    block = _check_args(
+      block,
+      layers,
+      num_classes,
+      groups,
+      width_per_group,
+      replace_stride_with_dilation,
+      norm,
+      in_channels,
+      stem,
+      channels,
+      expansion,
+      dropout,
+    )
     dilate = tuple(replace_stride_with_dilation or (False,) * (len(layers) - 1))
     make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
@@ -496,17 +662,20 @@ class ResNet(nnx.Module):
     else:
       self.conv1 = make.conv(in_channels, width, 3, 1, padding=1)
     self.bn1 = make.bn(width)
-    self._build_stages(make, block, layers, channels, expansion, dilate, groups,
-                       width_per_group, dropout)
+    self._build_stages(
+      make, block, layers, channels, expansion, dilate, groups, width_per_group, dropout
+    )
     self.num_features = self.feature_info[-1].channels
     if num_classes:
-      self.fc = make_head(self.num_features, num_classes, dtype=dtype, param_dtype=param_dtype,
-                          rngs=make.rngs)
+      self.fc = make_head(
+        self.num_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=make.rngs
+      )
     if zero_init_residual:
       self._zero_init_residual()
 
-  def _build_stages(self, make, block, layers, channels, expansion, dilate, groups,
-                    width_per_group, dropout):
+  def _build_stages(
+    self, make, block, layers, channels, expansion, dilate, groups, width_per_group, dropout
+  ):
     exp = expansion or block.expansion
     inplanes, dilation = channels[0], 1
     stride_so_far = 2 if self.stem == "imagenet" else 1
@@ -520,10 +689,24 @@ class ResNet(nnx.Module):
       downsample = None
       if stride != 1 or inplanes != planes * exp:
         downsample = Downsample(make, inplanes, planes * exp, stride)
-      blocks = [block(make, inplanes, planes, stride, downsample, groups, width_per_group,
-                      previous_dilation, dropout, exp)]
-      blocks += [block(make, planes * exp, planes, 1, None, groups, width_per_group, dilation,
-                       dropout, exp) for _ in range(1, depth)]
+      blocks = [
+        block(
+          make,
+          inplanes,
+          planes,
+          stride,
+          downsample,
+          groups,
+          width_per_group,
+          previous_dilation,
+          dropout,
+          exp,
+        )
+      ]
+      blocks += [
+        block(make, planes * exp, planes, 1, None, groups, width_per_group, dilation, dropout, exp)
+        for _ in range(1, depth)
+      ]
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
       inplanes, stride_so_far = planes * exp, stride_so_far * stride
       info.append(FeatureInfo(f"layer{i + 1}", inplanes, stride_so_far))
@@ -575,8 +758,13 @@ class ResNet(nnx.Module):
       del self.fc
     self.num_classes = num_classes
     if num_classes:
-      self.fc = make_head(self.num_features, num_classes, dtype=self.dtype,
-                          param_dtype=self.conv1.kernel[...].dtype, rngs=rngs or nnx.Rngs(0))
+      self.fc = make_head(
+        self.num_features,
+        num_classes,
+        dtype=self.dtype,
+        param_dtype=self.conv1.kernel[...].dtype,
+        rngs=rngs or nnx.Rngs(0),
+      )
 
   def forward_head(self, x: jax.Array) -> jax.Array:
     """Global average pool and, unless headless, the classifier."""
@@ -589,8 +777,10 @@ class ResNet(nnx.Module):
 
   def _check_input(self, x: jax.Array) -> None:
     if x.ndim != 4 or x.shape[-1] != self.in_channels:
-      raise ValueError(f"input must be NHWC with C={self.in_channels} (in_channels), got shape "
-                       f"{tuple(x.shape)}; transpose NCHW arrays with x.transpose(0, 2, 3, 1)")
+      raise ValueError(
+        f"input must be NHWC with C={self.in_channels} (in_channels), got shape "
+        f"{tuple(x.shape)}; transpose NCHW arrays with x.transpose(0, 2, 3, 1)"
+      )
 
 
 REMATS = ("none", "block", "stage")
@@ -606,8 +796,9 @@ def _run_blocks(blocks, x: jax.Array) -> jax.Array:
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """torchvision's stem pool: 3x3, stride 2, padding 1, the padding at -inf."""
   init = np.array(-np.inf, x.dtype)  # a concrete identity lets JAX pick the differentiable max
-  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jax.lax.reduce_window(
+    x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -615,8 +806,20 @@ def _choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def _check_args(block, layers, num_classes, groups, width_per_group, dilate, norm,
-                in_channels, stem, channels, expansion, dropout) -> type[nnx.Module]:
+def _check_args(
+  block,
+  layers,
+  num_classes,
+  groups,
+  width_per_group,
+  dilate,
+  norm,
+  in_channels,
+  stem,
+  channels,
+  expansion,
+  dropout,
+) -> type[nnx.Module]:
   """Validates ResNet's arguments; returns the block class."""
   if isinstance(block, str):
     _choice("block", block, BLOCKS)
@@ -627,20 +830,32 @@ def _check_args(block, layers, num_classes, groups, width_per_group, dilate, nor
   if not layers or any(int(n) < 1 for n in layers):
     raise ValueError(f"layers must be a non-empty sequence of positive ints, got {layers!r}")
   if len(channels) != len(layers):
-    raise ValueError(f"channels must have one entry per stage ({len(layers)} for layers="
-                     f"{tuple(layers)}), got {tuple(channels)}")
+    raise ValueError(
+      f"channels must have one entry per stage ({len(layers)} for layers="
+      f"{tuple(layers)}), got {tuple(channels)}"
+    )
   if dilate is not None and len(dilate) != len(layers) - 1:
-    raise ValueError("replace_stride_with_dilation must have one entry per stage after the "
-                     f"first ({len(layers) - 1}), got {tuple(dilate)}")
+    raise ValueError(
+      "replace_stride_with_dilation must have one entry per stage after the "
+      f"first ({len(layers) - 1}), got {tuple(dilate)}"
+    )
   if block is BasicBlock and (groups != 1 or width_per_group != 64):
-    raise ValueError("BasicBlock only supports groups=1 and width_per_group=64, got "
-                     f"groups={groups}, width_per_group={width_per_group}")
+    raise ValueError(
+      "BasicBlock only supports groups=1 and width_per_group=64, got "
+      f"groups={groups}, width_per_group={width_per_group}"
+    )
   if block is BasicBlock and dilate is not None and any(dilate):
-    raise ValueError("replace_stride_with_dilation is not supported with BasicBlock "
-                     f"(dilation > 1), got {tuple(dilate)}")
-  for name, value, low in [("num_classes", num_classes, 0), ("in_channels", in_channels, 1),
-                           ("groups", groups, 1), ("width_per_group", width_per_group, 1),
-                           ("expansion", expansion or 1, 1)]:
+    raise ValueError(
+      "replace_stride_with_dilation is not supported with BasicBlock "
+      f"(dilation > 1), got {tuple(dilate)}"
+    )
+  for name, value, low in [
+    ("num_classes", num_classes, 0),
+    ("in_channels", in_channels, 1),
+    ("groups", groups, 1),
+    ("width_per_group", width_per_group, 1),
+    ("expansion", expansion or 1, 1),
+  ]:
     if not isinstance(value, int) or value < low:
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
   if not 0.0 <= dropout < 1.0:

@@ -32,12 +32,12 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
 
   idx, p = [], []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     pad = batch_size - len(chunk)
     padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
     top_p, top_i = probs(state, padded)
-    p.append(np.asarray(top_p)[:len(chunk)])
-    idx.append(np.asarray(top_i)[:len(chunk)])
+    p.append(np.asarray(top_p)[: len(chunk)])
+    idx.append(np.asarray(top_i)[: len(chunk)])
   return np.concatenate(idx), np.concatenate(p)
 
 
@@ -46,6 +46,7 @@ def _inference_copy(model):
 
   from flax_resnet.folding import fold_batchnorm
   from flax_resnet.model import BatchNorm, FrozenBatchNorm
+
   if isinstance(model.bn1, (BatchNorm, FrozenBatchNorm)):
     return fold_batchnorm(model)
   model = nnx.clone(model)
@@ -53,8 +54,9 @@ def _inference_copy(model):
   return model
 
 
-def read_images(transform: EvalTransform, paths: Sequence[str],
-                on_error: Callable[[ValueError], object]):
+def read_images(
+  transform: EvalTransform, paths: Sequence[str], on_error: Callable[[ValueError], object]
+):
   """(NHWC batch of the readable images or None, their paths); each unreadable one's error
   goes to ``on_error`` as it is met."""
   images, readable = [], []

@@ -21,13 +21,17 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                "nearest": Image.Resampling.NEAREST}
+_PIL_FILTERS = {
+  "bilinear": Image.Resampling.BILINEAR,
+  "bicubic": Image.Resampling.BICUBIC,
+  "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
 class EvalTransform:
   """Resize the shorter side, centre-crop, scale to [0, 1], normalise."""
+
   resize_size: int = 256
   crop_size: int = 224
   interpolation: str = "bilinear"
@@ -41,18 +45,29 @@ class EvalTransform:
       if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
     if self.interpolation not in _PIL_FILTERS:
-      raise ValueError(f"interpolation must be one of {tuple(_PIL_FILTERS)}, "
-                       f"not {self.interpolation!r}")
+      raise ValueError(
+        f"interpolation must be one of {tuple(_PIL_FILTERS)}, not {self.interpolation!r}"
+      )
     for name in ("mean", "std"):
       values = getattr(self, name)
       if isinstance(values, list):  # JSON's and a caller's lists, kept as the tuples they mean
         values = tuple(values)
         object.__setattr__(self, name, values)
-      if not (isinstance(values, tuple) and values and all(
-          isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-          and (v > 0 or name == "mean") for v in values)):
-        raise ValueError(f"{name} must be a list of finite numbers"
-                         f"{' above 0' if name == 'std' else ''}, not {values!r}")
+      if not (
+        isinstance(values, tuple)
+        and values
+        and all(
+          isinstance(v, numbers.Real)
+          and not isinstance(v, bool)
+          and math.isfinite(v)
+          and (v > 0 or name == "mean")
+          for v in values
+        )
+      ):
+        raise ValueError(
+          f"{name} must be a list of finite numbers"
+          f"{' above 0' if name == 'std' else ''}, not {values!r}"
+        )
 
   def to_json(self) -> dict:
     return asdict(self)
@@ -64,8 +79,7 @@ class EvalTransform:
 
   def __call__(self, image: Image.Image) -> np.ndarray:
     """One PIL image to a float32 (crop, crop, 3) array."""
-    image = resize_shorter_side(to_rgb(image), self.resize_size,
-                                _PIL_FILTERS[self.interpolation])
+    image = resize_shorter_side(to_rgb(image), self.resize_size, _PIL_FILTERS[self.interpolation])
     image = center_crop(image, self.crop_size)
     x = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
     return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
@@ -103,8 +117,9 @@ def _refuse_over_the_pixel_limit(image: Image.Image) -> None:
   limit = Image.MAX_IMAGE_PIXELS
   if limit and image.width * image.height > limit:
     raise Image.DecompressionBombError(
-        f"{image.width}x{image.height} = {image.width * image.height} pixels is over PIL's "
-        f"limit of {limit} (Image.MAX_IMAGE_PIXELS; raise it if you trust the file)")
+      f"{image.width}x{image.height} = {image.width * image.height} pixels is over PIL's "
+      f"limit of {limit} (Image.MAX_IMAGE_PIXELS; raise it if you trust the file)"
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -123,8 +138,10 @@ def _sixteen_to_eight_bits(x: np.ndarray, mode: str) -> np.ndarray:
   0..65535 (v / 257 is never a tie), and takes 4 bytes a pixel at most, where float64
   and int64 copies took 24 (4.6 GB for a 13000x13000 image)."""
   if x.size and (x.min() < 0 or x.max() > 65535):
-    raise ValueError(f"mode {mode} pixels range over {x.min()}..{x.max()}, not 16-bit: "
-                     "refusing to guess their scale")
+    raise ValueError(
+      f"mode {mode} pixels range over {x.min()}..{x.max()}, not 16-bit: "
+      "refusing to guess their scale"
+    )
   wide = x.astype(np.uint32)  # a copy: uint16 has no room for v + 128
   wide += 128
   wide //= 257
@@ -155,8 +172,13 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 def from_torchvision_weights(weights) -> EvalTransform:
   """The ``EvalTransform`` a torchvision weights entry records."""
   t = weights.transforms()
-  return EvalTransform(resize_size=_first(t.resize_size), crop_size=_first(t.crop_size),
-                       interpolation=t.interpolation.value, mean=tuple(t.mean), std=tuple(t.std))
+  return EvalTransform(
+    resize_size=_first(t.resize_size),
+    crop_size=_first(t.crop_size),
+    interpolation=t.interpolation.value,
+    mean=tuple(t.mean),
+    std=tuple(t.std),
+  )
 
 
 def _first(size: int | Sequence[int]) -> int:

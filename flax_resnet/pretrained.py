@@ -36,8 +36,10 @@ def entry_name(weights: Any) -> str:
   text = getattr(weights, "name", None) if not isinstance(weights, str) else weights
   match = _NAME.match(str(text))
   if match is None:
-    raise ValueError(f"weights={weights!r}: expected a torchvision weights name such as "
-                     "'IMAGENET1K_V2', 'DEFAULT' or 'ResNet50_Weights.IMAGENET1K_V2'")
+    raise ValueError(
+      f"weights={weights!r}: expected a torchvision weights name such as "
+      "'IMAGENET1K_V2', 'DEFAULT' or 'ResNet50_Weights.IMAGENET1K_V2'"
+    )
   return match["entry"]
 
 
@@ -58,8 +60,7 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   entry = resolve_entry(arch, weights)
   if find(arch, entry) is None:  # before torch is imported: the table knows every entry
     names = ", ".join(["DEFAULT"] + [w.name for w in list_pretrained(arch)])
-    raise ValueError(f"weights={weights!r}: {arch} has no such torchvision weights; "
-                     f"known: {names}")
+    raise ValueError(f"weights={weights!r}: {arch} has no such torchvision weights; known: {names}")
   path = weights_dir() / f"{arch}.{entry}"
   if not (path / "metadata.json").is_file():
     convert_pretrained(arch, entry, path)
@@ -69,9 +70,13 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
     return model, meta
   model.reset_classifier(num_classes, rngs=rngs)
   return model, dataclasses.replace(
-      meta, options={**meta.options, "num_classes": num_classes}, categories=None,
-      head=f"new: {num_classes} classes, initialised as torch.nn.Linear" if num_classes
-      else "removed: the model returns pooled features")
+    meta,
+    options={**meta.options, "num_classes": num_classes},
+    categories=None,
+    head=f"new: {num_classes} classes, initialised as torch.nn.Linear"
+    if num_classes
+    else "removed: the model returns pooled features",
+  )
 
 
 def resolve_entry(arch: str, weights: Any) -> str:
@@ -90,14 +95,14 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
 
   source = read_metadata(path).source or {}
   known = find(arch, entry)
-  expected = known.file if known else os.path.basename(
-      str(source.get("url") or ""))
+  expected = known.file if known else os.path.basename(str(source.get("url") or ""))
   prefix, digest = hash_prefix(expected), source.get("sha256")
   if not prefix or not isinstance(digest, str) or not digest.startswith(prefix):
     raise ConversionError(
-        f"{path / METADATA}: source sha256 {digest} does not start with {prefix}, the hash in "
-        f"torchvision's file name {expected or '(none recorded)'}: converted from another "
-        f"file; remove {path} to convert torchvision's file again")
+      f"{path / METADATA}: source sha256 {digest} does not start with {prefix}, the hash in "
+      f"torchvision's file name {expected or '(none recorded)'}: converted from another "
+      f"file; remove {path} to convert torchvision's file again"
+    )
 
 
 class _Say:
@@ -109,11 +114,13 @@ class _Say:
 
   def __call__(self, stage: str, **details: Any) -> None:
     message = {
-        "load": lambda: f"{self.arch} {self.entry}: fetching torchvision's weights through "
-                        "torch.hub's cache and checking their SHA-256 (first use only)",
-        "convert": lambda: f"converting {details['weights']} ({details['source']['file']})",
-        "verify": lambda: "verifying against torchvision in float32 and float64 on a fixed batch",
-        "save": lambda: f"saving to {details['path']}",
+      "load": lambda: (
+        f"{self.arch} {self.entry}: fetching torchvision's weights through "
+        "torch.hub's cache and checking their SHA-256 (first use only)"
+      ),
+      "convert": lambda: f"converting {details['weights']} ({details['source']['file']})",
+      "verify": lambda: "verifying against torchvision in float32 and float64 on a fixed batch",
+      "save": lambda: f"saving to {details['path']}",
     }.get(stage)
     if message:
       print(f"flax_resnet: {message()}", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from flax_resnet.model import ResNet
 
 class Arch(NamedTuple):
   """How torchvision builds one named architecture."""
+
   block: str
   layers: tuple[int, ...]
   groups: int = 1
@@ -20,16 +21,16 @@ class Arch(NamedTuple):
 
 
 ARCHITECTURES: dict[str, Arch] = {
-    "resnet18": Arch("basic", (2, 2, 2, 2)),
-    "resnet34": Arch("basic", (3, 4, 6, 3)),
-    "resnet50": Arch("bottleneck", (3, 4, 6, 3)),
-    "resnet101": Arch("bottleneck", (3, 4, 23, 3)),
-    "resnet152": Arch("bottleneck", (3, 8, 36, 3)),
-    "resnext50_32x4d": Arch("bottleneck", (3, 4, 6, 3), 32, 4),
-    "resnext101_32x8d": Arch("bottleneck", (3, 4, 23, 3), 32, 8),
-    "resnext101_64x4d": Arch("bottleneck", (3, 4, 23, 3), 64, 4),
-    "wide_resnet50_2": Arch("bottleneck", (3, 4, 6, 3), width_per_group=128),
-    "wide_resnet101_2": Arch("bottleneck", (3, 4, 23, 3), width_per_group=128),
+  "resnet18": Arch("basic", (2, 2, 2, 2)),
+  "resnet34": Arch("basic", (3, 4, 6, 3)),
+  "resnet50": Arch("bottleneck", (3, 4, 6, 3)),
+  "resnet101": Arch("bottleneck", (3, 4, 23, 3)),
+  "resnet152": Arch("bottleneck", (3, 8, 36, 3)),
+  "resnext50_32x4d": Arch("bottleneck", (3, 4, 6, 3), 32, 4),
+  "resnext101_32x8d": Arch("bottleneck", (3, 4, 23, 3), 32, 8),
+  "resnext101_64x4d": Arch("bottleneck", (3, 4, 23, 3), 64, 4),
+  "wide_resnet50_2": Arch("bottleneck", (3, 4, 6, 3), width_per_group=128),
+  "wide_resnet101_2": Arch("bottleneck", (3, 4, 23, 3), width_per_group=128),
 }
 
 
@@ -55,8 +56,10 @@ def build(name: str, **options: Any) -> ResNet:
   arch = architecture(name)
   fixed = set(arch._fields) & set(options)
   if fixed:
-    raise ValueError(f"{sorted(fixed)} are fixed by architecture {name!r}; build a custom "
-                     "network with flax_resnet.ResNet instead")
+    raise ValueError(
+      f"{sorted(fixed)} are fixed by architecture {name!r}; build a custom "
+      "network with flax_resnet.ResNet instead"
+    )
   return ResNet(**arch._asdict(), **options)
 
 

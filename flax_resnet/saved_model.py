@@ -72,6 +72,7 @@ class Metadata:
   where it came from; ``parity`` what verification measured; ``versions`` and ``created``
   what wrote it.
   """
+
   arch: str | None
   options: dict[str, Any]
   preprocessing: dict[str, Any] | None = None
@@ -148,8 +149,13 @@ def _is_float_dtype(name: Any) -> bool:
     return False
 
 
-def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[str, Any], *,
-         overwrite: bool = False) -> Path:
+def save(
+  model: ResNet,
+  path: str | os.PathLike,
+  metadata: Metadata | Mapping[str, Any],
+  *,
+  overwrite: bool = False,
+) -> Path:
   """Writes ``model`` and ``metadata`` to directory ``path``.
 
   ``metadata`` is a ``Metadata`` or a mapping of its fields (``arch`` and ``options`` at
@@ -159,20 +165,25 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
   left in ``path``'s parent are removed first.
   """
   if any(isinstance(m, FoldedNorm) for _, m in nnx.iter_modules(model)):
-    raise ValueError("this model's BatchNorms are folded (fold_batchnorm): save the model it "
-                     "was folded from, and fold after loading")
+    raise ValueError(
+      "this model's BatchNorms are folded (fold_batchnorm): save the model it "
+      "was folded from, and fold after loading"
+    )
   if not isinstance(metadata, Metadata):
     metadata = Metadata.from_json(_with_json_options(metadata))
   path = Path(path).absolute()
   if path.exists() and not path.is_dir():
-    raise FileExistsError(f"{path} is a file, not a checkpoint directory; remove it or choose "
-                          "another path")
+    raise FileExistsError(
+      f"{path} is a file, not a checkpoint directory; remove it or choose another path"
+    )
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
   problem = replace_problem(path) if path.exists() else None
   if problem:
-    raise FileExistsError(f"{path} {problem}: overwrite=True (--force) replaces only a "
-                          "flax-resnet checkpoint; choose another path")
+    raise FileExistsError(
+      f"{path} {problem}: overwrite=True (--force) replaces only a "
+      "flax-resnet checkpoint; choose another path"
+    )
   path.parent.mkdir(parents=True, exist_ok=True)
   remove_stale_temp_dirs(path.parent)
   tmp = temp_dir_beside(path)
@@ -182,8 +193,9 @@ def save(model: ResNet, path: str | os.PathLike, metadata: Metadata | Mapping[st
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / STATE, state)
       checkpointer.wait_until_finished()
-    (tmp / METADATA).write_text(json.dumps(metadata.to_json(), indent=2, sort_keys=True,
-                                           allow_nan=False) + "\n")
+    (tmp / METADATA).write_text(
+      json.dumps(metadata.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     replace_dir(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -235,8 +247,10 @@ def load(path: str | os.PathLike, **option_overrides: Any) -> tuple[ResNet, Meta
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path / STATE, jax.tree.map(_abstract, target))
   except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
-    raise ValueError(f"{path / STATE} is truncated or corrupt, or not of this model "
-                     f"({type(e).__name__}: {one_line(e)[:300]})") from e
+    raise ValueError(
+      f"{path / STATE} is truncated or corrupt, or not of this model "
+      f"({type(e).__name__}: {one_line(e)[:300]})"
+    ) from e
   nnx.update(model, restored)
   model.eval()
   return model, meta

@@ -29,6 +29,7 @@ class Weights(NamedTuple):
   torchvision's download folder (the 8 hex digits after the dash start its SHA-256), the
   published ImageNet-1K acc@1/acc@5 (%), the eval preprocessing (resize the short side,
   centre crop, interpolation) and the parameter count."""
+
   arch: str
   name: str
   file: str
@@ -78,19 +79,26 @@ TABLE: tuple[Weights, ...] = (
 )
 # fmt: on
 DEFAULT = {
-    "resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2",
-    "resnet101": "IMAGENET1K_V2", "resnet152": "IMAGENET1K_V2",
-    "resnext50_32x4d": "IMAGENET1K_V2", "resnext101_32x8d": "IMAGENET1K_V2",
-    "resnext101_64x4d": "IMAGENET1K_V1", "wide_resnet50_2": "IMAGENET1K_V2",
-    "wide_resnet101_2": "IMAGENET1K_V2",
+  "resnet18": "IMAGENET1K_V1",
+  "resnet34": "IMAGENET1K_V1",
+  "resnet50": "IMAGENET1K_V2",
+  "resnet101": "IMAGENET1K_V2",
+  "resnet152": "IMAGENET1K_V2",
+  "resnext50_32x4d": "IMAGENET1K_V2",
+  "resnext101_32x8d": "IMAGENET1K_V2",
+  "resnext101_64x4d": "IMAGENET1K_V1",
+  "wide_resnet50_2": "IMAGENET1K_V2",
+  "wide_resnet101_2": "IMAGENET1K_V2",
 }
 
 
 def list_pretrained(arch: str | None = None) -> list[Weights]:
   """torchvision's weights entries, of every architecture or of ``arch`` only."""
   if arch is not None and all(w.arch != arch for w in TABLE):
-    raise ValueError(f"no torchvision weights for arch={arch!r}; architectures with weights: "
-                     f"{', '.join(dict.fromkeys(w.arch for w in TABLE))}")
+    raise ValueError(
+      f"no torchvision weights for arch={arch!r}; architectures with weights: "
+      f"{', '.join(dict.fromkeys(w.arch for w in TABLE))}"
+    )
   return [w for w in TABLE if arch in (None, w.arch)]
 
 

@@ -10,8 +10,15 @@ from importlib import metadata
 # the package above it (flax_resnet.__version__ is this; pyproject.toml's version equals it).
 VERSION = "0.1.0"
 # distribution name: module name
-_PACKAGES = {"jax": "jax", "jaxlib": "jaxlib", "flax": "flax", "optax": "optax",
-             "orbax-checkpoint": "orbax.checkpoint", "torch": "torch", "torchvision": "torchvision"}
+_PACKAGES = {
+  "jax": "jax",
+  "jaxlib": "jaxlib",
+  "flax": "flax",
+  "optax": "optax",
+  "orbax-checkpoint": "orbax.checkpoint",
+  "torch": "torch",
+  "torchvision": "torchvision",
+}
 
 
 def versions() -> dict[str, str]:

@@ -13,34 +13,43 @@ import pytest  # noqa: E402
 # (README, "Tests"); CI runs everything. A module, or module::test (all its parameters): those
 # that train, convert or run commands, and every test over about 5 s in `--durations=0` on 2
 # busy cores (2026-11-30).
-SLOW = frozenset({
-  "test_bench.py", "test_convert_cli.py", "test_damage.py", "test_parity.py", "test_pretrained.py",
-  "test_readme.py", "test_recipe_parity.py", "test_suite.py", "test_train.py",
-  "test_model.py::test_batch_groups_normalise_each_group_with_its_own_statistics",
-  "test_model.py::test_batchnorm_uses_biased_variance_to_normalise_and_unbiased_for_running_var",
-  "test_model.py::test_bfloat16_compute_keeps_float32_params_and_statistics",
-  "test_model.py::test_bfloat16_folded_model_matches_the_unfolded_one",
-  "test_model.py::test_dropout_is_active_only_in_train_mode",
-  "test_model.py::test_every_architecture_builds_and_runs",
-  "test_model.py::test_float64_params_keep_float64_statistics",
-  "test_model.py::test_frozen_batchnorm_trains_nothing_and_ignores_train_mode",
-  "test_model.py::test_group_norm_variant_runs",
-  "test_model.py::test_jitted_eval_leaves_statistics_and_train_step_updates_them",
-  "test_model.py::test_reset_classifier_gives_a_fresh_head_or_none_and_keeps_the_backbone",
-  "test_predict.py::test_a_decompression_bomb_is_refused_in_one_line",
-  "test_preprocess.py::test_arrays_equal_torchvision_transform",
-  "test_preprocess.py::test_converted_model_top5_equals_torchvision_on_its_own_pipeline",
-  "test_shards.py::test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image",
-  "test_steps.py::test_accumulation_normalises_each_micro_batch_with_its_own_statistics",
-  "test_steps.py::test_activation_checkpointing_gives_the_same_loss_and_gradients",
-  "test_steps.py::test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads",
-  "test_steps.py::test_clipping_scales_the_gradient_to_the_global_norm_as_optax_defines_it",
-  "test_steps.py::test_four_micro_batches_of_8_take_the_step_of_one_batch_of_32",
-  "test_steps.py::test_frozen_parts_keep_every_bit_of_their_params_and_statistics",
-  "test_steps.py::test_per_device_statistics_do_not_depend_on_the_sharding",
-  "test_steps.py::test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects",
-  "test_steps.py::test_train_steps_fit_a_fixed_batch",
-})
+SLOW = frozenset(
+  {
+    "test_bench.py",
+    "test_convert_cli.py",
+    "test_damage.py",
+    "test_parity.py",
+    "test_pretrained.py",
+    "test_readme.py",
+    "test_recipe_parity.py",
+    "test_suite.py",
+    "test_train.py",
+    "test_model.py::test_batch_groups_normalise_each_group_with_its_own_statistics",
+    "test_model.py::test_batchnorm_uses_biased_variance_to_normalise_and_unbiased_for_running_var",
+    "test_model.py::test_bfloat16_compute_keeps_float32_params_and_statistics",
+    "test_model.py::test_bfloat16_folded_model_matches_the_unfolded_one",
+    "test_model.py::test_dropout_is_active_only_in_train_mode",
+    "test_model.py::test_every_architecture_builds_and_runs",
+    "test_model.py::test_float64_params_keep_float64_statistics",
+    "test_model.py::test_frozen_batchnorm_trains_nothing_and_ignores_train_mode",
+    "test_model.py::test_group_norm_variant_runs",
+    "test_model.py::test_jitted_eval_leaves_statistics_and_train_step_updates_them",
+    "test_model.py::test_reset_classifier_gives_a_fresh_head_or_none_and_keeps_the_backbone",
+    "test_predict.py::test_a_decompression_bomb_is_refused_in_one_line",
+    "test_preprocess.py::test_arrays_equal_torchvision_transform",
+    "test_preprocess.py::test_converted_model_top5_equals_torchvision_on_its_own_pipeline",
+    "test_shards.py::test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image",
+    "test_steps.py::test_accumulation_normalises_each_micro_batch_with_its_own_statistics",
+    "test_steps.py::test_activation_checkpointing_gives_the_same_loss_and_gradients",
+    "test_steps.py::test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads",
+    "test_steps.py::test_clipping_scales_the_gradient_to_the_global_norm_as_optax_defines_it",
+    "test_steps.py::test_four_micro_batches_of_8_take_the_step_of_one_batch_of_32",
+    "test_steps.py::test_frozen_parts_keep_every_bit_of_their_params_and_statistics",
+    "test_steps.py::test_per_device_statistics_do_not_depend_on_the_sharding",
+    "test_steps.py::test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects",
+    "test_steps.py::test_train_steps_fit_a_fixed_batch",
+  }
+)
 
 DATA_ENV = "FLAX_RESNET_DATA"
 
@@ -51,6 +60,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     test = item.nodeid.split("[")[0].rsplit("/", 1)[-1]
     if test in SLOW or test.split("::")[0] in SLOW:
       item.add_marker(pytest.mark.slow)
+
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

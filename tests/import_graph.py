@@ -36,7 +36,7 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
   if not node.level:
     return node.module or ""
   base = module.split(".")
-  base = base[:len(base) - node.level + (1 if is_package else 0)]
+  base = base[: len(base) - node.level + (1 if is_package else 0)]
   return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -62,15 +62,20 @@ def imported(path: Path, module: str, known: Iterable[str]) -> set[str]:
 def graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
   """{module: the package's modules it imports} for every module of ``package``."""
   found = modules(root, package)
-  return {name: {m for m in imported(path, name, found) if m in found}
-          for name, path in found.items()}
+  return {
+    name: {m for m in imported(path, name, found) if m in found} for name, path in found.items()
+  }
 
 
 def external(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
   """{module: the top-level names of the third-party packages it imports} (no stdlib)."""
   found = modules(root, package)
-  return {name: {m.split(".")[0] for m in imported(path, name, found)} - {package}
-          - set(sys.stdlib_module_names) for name, path in found.items()}
+  return {
+    name: {m.split(".")[0] for m in imported(path, name, found)}
+    - {package}
+    - set(sys.stdlib_module_names)
+    for name, path in found.items()
+  }
 
 
 def cycles(edges: Graph) -> list[list[str]]:
@@ -99,7 +104,7 @@ def _cycle_from(start: str, edges: Graph, done: set[str]) -> list[str] | None:
       stack.pop()
       continue
     if nxt in on_path:
-      return path[path.index(nxt):] + [nxt]
+      return path[path.index(nxt) :] + [nxt]
     if nxt not in done:
       path.append(nxt)
       on_path.add(nxt)

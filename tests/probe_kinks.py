@@ -57,8 +57,11 @@ def main(archs: str, count: int) -> None:
         new = tp.train_mode_errors(name, moments, backward, x, patch)
         grads = max(v for key, v in new.items() if key.startswith("grad"))
         values = max(v for key, v in new.items() if not key.startswith("grad"))
-        print(f"{name} {moments}/{backward} input {k}: unpinned gradients {old:.2e} | pinned: "
-              f"values {values:.2e}, gradients {grads:.2e}", flush=True)
+        print(
+          f"{name} {moments}/{backward} input {k}: unpinned gradients {old:.2e} | pinned: "
+          f"values {values:.2e}, gradients {grads:.2e}",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,15 +4,22 @@ import os
 import subprocess
 import sys
 
-SNIPPET = ("from flax_resnet.caches import enable_compilation_cache; import jax; "
-           "print(enable_compilation_cache()); "
-           "print(jax.config.jax_persistent_cache_min_compile_time_secs)")
+SNIPPET = (
+  "from flax_resnet.caches import enable_compilation_cache; import jax; "
+  "print(enable_compilation_cache()); "
+  "print(jax.config.jax_persistent_cache_min_compile_time_secs)"
+)
 
 
 def _run(**env):
   clean = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  done = subprocess.run([sys.executable, "-c", SNIPPET], env={**clean, **env},
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-c", SNIPPET],
+    env={**clean, **env},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == 0, done.stderr
   return done.stdout.split()
 

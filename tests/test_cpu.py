@@ -6,14 +6,21 @@ import sys
 
 import jax
 
-SNIPPET = ("import sys, jax; from flax_resnet import cpu; "
-           "print(getattr(cpu, sys.argv[2])(int(sys.argv[1])), len(jax.devices()), cpu.cores())")
+SNIPPET = (
+  "import sys, jax; from flax_resnet import cpu; "
+  "print(getattr(cpu, sys.argv[2])(int(sys.argv[1])), len(jax.devices()), cpu.cores())"
+)
 
 
 def _run(batch, function="one_device_per_core", **env):
   clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-  done = subprocess.run([sys.executable, "-c", SNIPPET, str(batch), function],
-                        env={**clean, **env}, capture_output=True, text=True, timeout=120)
+  done = subprocess.run(
+    [sys.executable, "-c", SNIPPET, str(batch), function],
+    env={**clean, **env},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert done.returncode == 0, done.stderr
   return [int(v) for v in done.stdout.split()]
 

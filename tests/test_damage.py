@@ -22,21 +22,25 @@ SYNTHETIC = ["synthetic=true", "global_batch=16", "log_every=1", "checkpoint_eve
 
 
 def train_cmd(workdir, *sets):
-  args = [sys.executable, "train/train.py", "--config", "cifar10_tiny",
-          "--workdir", str(workdir)]
+  args = [sys.executable, "train/train.py", "--config", "cifar10_tiny", "--workdir", str(workdir)]
   for s in [*SYNTHETIC, *sets]:
     args += ["--set", s]
   return args
 
 
 def env():
-  return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  return {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": str(ROOT),
+  }
 
 
 def train(workdir, *sets, timeout=600):
-  return subprocess.run(train_cmd(workdir, *sets), cwd=ROOT, env=env(), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    train_cmd(workdir, *sets), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout
+  )
 
 
 def steps(workdir) -> list[int]:
@@ -88,10 +92,19 @@ def one_error(done) -> str:
   return errors[0]
 
 
-@pytest.mark.parametrize("how", ["truncated _METADATA", "cut array files", "deleted array files",
-                                 "deleted manifest", "garbled meta"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "truncated _METADATA",
+    "cut array files",
+    "deleted array files",
+    "deleted manifest",
+    "garbled meta",
+  ],
+)
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
-    two_checkpoints, tmp_path, how):
+  two_checkpoints, tmp_path, how
+):
   workdir = tmp_path / "w"
   shutil.copytree(two_checkpoints, workdir)
   named = damage(workdir / "checkpoints" / "4", how)
@@ -107,11 +120,13 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
   aside = workdir / "checkpoints.damaged" / "4"  # left for the user, byte for byte
   assert not filecmp.dircmp(aside, damaged).diff_files and steps(workdir) == [2, 4, 6]
   assert {p.relative_to(aside) for p in aside.rglob("*")} == {
-      p.relative_to(damaged) for p in damaged.rglob("*")}
+    p.relative_to(damaged) for p in damaged.rglob("*")
+  }
 
 
-def test_every_checkpoint_damaged_is_one_line_and_exit_2_touching_nothing(two_checkpoints,
-                                                                          tmp_path):
+def test_every_checkpoint_damaged_is_one_line_and_exit_2_touching_nothing(
+  two_checkpoints, tmp_path
+):
   workdir = tmp_path / "w"
   shutil.copytree(two_checkpoints, workdir)
   damage(workdir / "checkpoints" / "4", "cut array files")
@@ -153,8 +168,14 @@ def test_a_full_disk_is_one_line_cleans_its_temporaries_and_the_run_resumes(tmp_
   script.write_text(FULL_DISK)
   workdir = tmp_path / "w"
   cmd = train_cmd(workdir, "max_steps=6", "checkpoint_every=1")
-  done = subprocess.run([sys.executable, str(script), *cmd[2:]], cwd=ROOT, env=env(),
-                        capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [sys.executable, str(script), *cmd[2:]],
+    cwd=ROOT,
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 2, done.stderr[-3000:]
   assert len(stderr_lines(done)) == 1, done.stderr[-3000:]  # nothing of orbax's threads
   error = one_error(done)
@@ -169,8 +190,15 @@ def test_a_full_disk_is_one_line_cleans_its_temporaries_and_the_run_resumes(tmp_
 def start(workdir, *sets, stderr=subprocess.PIPE):
   """The trainer in a session of its own (a terminal's Ctrl-C reaches its whole group),
   once its step 3 is logged; (process, its child processes)."""
-  proc = subprocess.Popen(train_cmd(workdir, *sets), cwd=ROOT, env=env(), text=True,
-                          stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+  proc = subprocess.Popen(
+    train_cmd(workdir, *sets),
+    cwd=ROOT,
+    env=env(),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=stderr,
+    start_new_session=True,
+  )
   for line in proc.stdout:
     if line.startswith("step 3/"):
       break
@@ -178,8 +206,11 @@ def start(workdir, *sets, stderr=subprocess.PIPE):
 
 
 def children(pid: int) -> list[int]:
-  return [int(p.name) for p in Path("/proc").iterdir()
-          if p.name.isdigit() and _stat(int(p.name))[1] == pid]
+  return [
+    int(p.name)
+    for p in Path("/proc").iterdir()
+    if p.name.isdigit() and _stat(int(p.name))[1] == pid
+  ]
 
 
 def _stat(pid: int) -> tuple[str, int]:
@@ -213,8 +244,9 @@ def test_ctrl_c_saves_exits_130_in_one_line_and_the_run_resumes(tmp_path):
   assert f"SIGINT: saving at step {saved}" in out and steps(workdir) == [saved]
   assert json.loads((workdir / "summary.json").read_text())["signal"] == "SIGINT"
   time.sleep(1)
-  assert alive(workers) == [] and not {f for f in set(os.listdir("/dev/shm")) - shm
-                                       if f.startswith(("psm_", "sem."))}
+  assert alive(workers) == [] and not {
+    f for f in set(os.listdir("/dev/shm")) - shm if f.startswith(("psm_", "sem."))
+  }
   again = train(workdir, f"max_steps={saved + 2}", *LONG[1:])
   assert again.returncode == 0 and f"resumed from step {saved}" in again.stdout, again.stderr
   assert steps(workdir)[-1] == saved + 2
@@ -232,8 +264,7 @@ def test_the_workers_die_with_a_trainer_killed_with_sigkill(tmp_path):
     deadline = time.monotonic() + 10
     while alive(workers) and time.monotonic() < deadline:
       time.sleep(0.2)
-    assert alive(workers) == [], [Path(f"/proc/{p}/cmdline").read_text() for p in
-                                  alive(workers)]
+    assert alive(workers) == [], [Path(f"/proc/{p}/cmdline").read_text() for p in alive(workers)]
   finally:
     for pid in alive(workers):  # only what this test started, by pid
       os.kill(pid, signal.SIGKILL)
@@ -256,25 +287,40 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
   assert "Traceback" not in err and not list((workdir / "checkpoints").glob("*tmp*"))
 
 
-@pytest.mark.parametrize("preset, line, raised", [
+@pytest.mark.parametrize(
+  "preset, line, raised",
+  [
     ("import no_such_module_here\n", 1, "ModuleNotFoundError: No module named"),
     ("def get_config(:\n  pass\n", 1, "SyntaxError"),
     ("def get_config():\n  return 1 / 0\n", 2, "ZeroDivisionError: division by zero"),
-], ids=["import", "syntax", "get_config raises"])
+  ],
+  ids=["import", "syntax", "get_config raises"],
+)
 def test_a_preset_that_raises_is_one_line_naming_file_and_line(tmp_path, preset, line, raised):
   path = tmp_path / "preset.py"
   path.write_text(preset)
-  done = subprocess.run([sys.executable, "train/train.py", "--config", str(path), "--workdir",
-                         str(tmp_path / "w")], cwd=ROOT, env=env(), capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "train/train.py", "--config", str(path), "--workdir", str(tmp_path / "w")],
+    cwd=ROOT,
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 2 and len(stderr_lines(done)) == 1, done.stderr[-3000:]
   assert one_error(done).startswith(f"error: --config {path} line {line}: {raised}")
   assert not (tmp_path / "w").exists()
 
 
 def plot(workdir):
-  return subprocess.run([sys.executable, "train/plot.py", "--workdir", str(workdir)], cwd=ROOT,
-                        env=env(), capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "train/plot.py", "--workdir", str(workdir)],
+    cwd=ROOT,
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_a_cut_last_metrics_line_is_skipped_by_plot_and_repaired_by_the_resumed_run(tmp_path):
@@ -286,8 +332,10 @@ def test_a_cut_last_metrics_line_is_skipped_by_plot_and_repaired_by_the_resumed_
   done = plot(workdir)
   assert done.returncode == 0 and (workdir / "curves.png").is_file(), done.stderr
   cut_line = len(whole.splitlines()) + 1
-  assert done.stderr.strip() == f"note: {metrics} line {cut_line} is cut short (a run stopped " \
-      "while writing it): skipped"
+  assert (
+    done.stderr.strip() == f"note: {metrics} line {cut_line} is cut short (a run stopped "
+    "while writing it): skipped"
+  )
   again = train(workdir, "max_steps=4")
   assert again.returncode == 0 and f"removed the last line of {metrics}" in again.stdout
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # all whole
@@ -314,20 +362,21 @@ try:
 except ValueError as e:
   print("refused:", e)
 """
-  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env(),
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "-c", script], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0 and "refused:" in done.stdout and "truncated" in done.stdout
   assert done.stderr == "", done.stderr[-3000:]  # was 16 "Event loop is closed" tracebacks
 
 
-def test_an_image_over_the_pixel_limit_is_refused_not_decoded_with_a_warning(tmp_path,
-                                                                           monkeypatch):
+def test_an_image_over_the_pixel_limit_is_refused_not_decoded_with_a_warning(tmp_path, monkeypatch):
   import warnings
 
   import numpy as np
   from PIL import Image
 
   from flax_resnet.preprocess import open_image
+
   Image.fromarray(np.zeros((100, 150, 3), np.uint8)).save(tmp_path / "big.png")
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 15,000 pixels: between 1x and 2x
   for setting in ("default", "error", "ignore"):  # whatever the warnings filters say
@@ -347,6 +396,7 @@ def test_sixteen_bit_images_become_eight_bits_without_wide_copies(tmp_path):
   from PIL import Image
 
   from flax_resnet.preprocess import open_image
+
   every = np.arange(65536, dtype=np.uint16)
   ramp = np.tile(every, 16).reshape(1024, 1024)  # every 16-bit value, 16 times
   Image.fromarray(ramp).save(tmp_path / "ramp16.png")
@@ -362,12 +412,18 @@ def test_sixteen_bit_images_become_eight_bits_without_wide_copies(tmp_path):
   assert peak < 12 * ramp.size, peak / ramp.size
 
 
-@pytest.mark.parametrize("message, shown", [
-    ("Task exception was never retrieved\nfuture: <Task finished coro=<_read() done, defined "
-     "at .../orbax/checkpoint/_src/serialization/serialization.py:300>>", False),
+@pytest.mark.parametrize(
+  "message, shown",
+  [
+    (
+      "Task exception was never retrieved\nfuture: <Task finished coro=<_read() done, defined "
+      "at .../orbax/checkpoint/_src/serialization/serialization.py:300>>",
+      False,
+    ),
     ("unhandled exception during asyncio.run() shutdown\ntask: <Task .../orbax/...>", False),
     ("Task exception was never retrieved\nfuture: <Task finished coro=<mine() done>>", True),
-])
+  ],
+)
 def test_only_the_aborted_reads_of_orbax_are_kept_from_the_asyncio_log(message, shown):
   # Under load, a damaged checkpoint's failed reads were logged as 60-line tracebacks once
   # their tasks were collected, after the one-line warning.

@@ -25,8 +25,9 @@ def test_read_ahead_is_bounded_by_prefetch(monkeypatch, prefetch):
     return original(self, index, rng)
 
   monkeypatch.setattr(data.SyntheticSample, "random_map", counting)
-  cfg = config_lib.Config(synthetic=True, image_size=8, global_batch=4, workers=0,
-                          prefetch=prefetch)
+  cfg = config_lib.Config(
+    synthetic=True, image_size=8, global_batch=4, workers=0, prefetch=prefetch
+  )
   batches, folder = data.train_batches(cfg, 0, 1)
   assert folder is None and next(batches)["image"].shape == (4, 8, 8, 3)
   time.sleep(1.0)  # grain's default read-ahead made 500 batches by now
@@ -39,6 +40,7 @@ def test_read_ahead_is_bounded_by_prefetch(monkeypatch, prefetch):
 
 def test_short_shared_memory_is_named_before_workers_stall(tmp_path, caplog):
   from flax_resnet.training.data import _warn_if_shared_memory_is_short
+
   _warn_if_shared_memory_is_short(2**60, str(tmp_path))
   assert "--shm-size" in caplog.text and str(tmp_path) in caplog.text
   caplog.clear()
@@ -48,6 +50,7 @@ def test_short_shared_memory_is_named_before_workers_stall(tmp_path, caplog):
 
 class Broken:
   """An image source whose images 3 and 4 cannot be read; it counts every read."""
+
   root, classes = Path("broken"), ("even", "odd")
 
   def __init__(self):
@@ -79,5 +82,6 @@ def test_train_and_eval_batches_carry_the_readers_reasons_and_the_log_reads_noth
     skips.add(source, train)
     skips.add(source, padded)
   assert source.reads == reads and skips.count == 3 + 2  # every visit counted
-  assert caplog.messages == ["skipping unreadable image (logged once, counted at every "
-                             f"visit): {why[i]}" for i in (3, 4)]
+  assert caplog.messages == [
+    f"skipping unreadable image (logged once, counted at every visit): {why[i]}" for i in (3, 4)
+  ]

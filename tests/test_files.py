@@ -33,10 +33,16 @@ def test_processes_writing_one_file_at_once_never_take_each_others_temporary(tmp
   # The processes of a multi-host run share the workdir; with one temporary name
   # for all, one renames the other's file away and the other's rename fails.
   path = tmp_path / "config.json"
-  script = ("import sys; from pathlib import Path; from flax_resnet.files import write_atomic\n"
-            "for _ in range(300): write_atomic(Path(sys.argv[1]), sys.argv[2] * 1000)")
-  procs = [subprocess.Popen([sys.executable, "-c", script, str(path), text], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True) for text in "ab"]
+  script = (
+    "import sys; from pathlib import Path; from flax_resnet.files import write_atomic\n"
+    "for _ in range(300): write_atomic(Path(sys.argv[1]), sys.argv[2] * 1000)"
+  )
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", script, str(path), text], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    for text in "ab"
+  ]
   errors = [p.communicate(timeout=120)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], errors
   assert path.read_text() in ("a" * 1000, "b" * 1000)

@@ -10,9 +10,19 @@ from import_graph import cycles, graph, layer_of, modules, upward
 # `flax_resnet` itself is only `flax_resnet/__init__.py`). Names of modules that do not exist
 # (yet, or any more) are harmless.
 LAYERS = [
-  ("base", ("flax_resnet.errors", "flax_resnet.files", "flax_resnet.caches", "flax_resnet.cpu",
-            "flax_resnet.versions", "flax_resnet.torchvision_weights", "flax_resnet.preprocess",
-            "flax_resnet.flops")),
+  (
+    "base",
+    (
+      "flax_resnet.errors",
+      "flax_resnet.files",
+      "flax_resnet.caches",
+      "flax_resnet.cpu",
+      "flax_resnet.versions",
+      "flax_resnet.torchvision_weights",
+      "flax_resnet.preprocess",
+      "flax_resnet.flops",
+    ),
+  ),
   ("model", ("flax_resnet.model",)),
   ("folding", ("flax_resnet.folding",)),
   ("registry", ("flax_resnet.registry",)),  # pure: no weights, no download
@@ -63,14 +73,17 @@ def _package(root: Path, files: dict[str, str]) -> None:
     (root / name).write_text(text)
 
 
-@pytest.mark.parametrize("source", [
-  "from . import b",                          # relative, a module
-  "from .b import thing",                     # relative, a name in it
-  "from pkg import b",                        # absolute, a module
-  "import pkg.b as alias",
-  "def f():\n  from .b import thing\n",       # inside a function: how a cycle hides
-  "class C:\n  def m(self):\n    import pkg.b\n",
-])
+@pytest.mark.parametrize(
+  "source",
+  [
+    "from . import b",  # relative, a module
+    "from .b import thing",  # relative, a name in it
+    "from pkg import b",  # absolute, a module
+    "import pkg.b as alias",
+    "def f():\n  from .b import thing\n",  # inside a function: how a cycle hides
+    "class C:\n  def m(self):\n    import pkg.b\n",
+  ],
+)
 def test_every_form_of_import_is_read(tmp_path, source):
   _package(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": source, "pkg/b.py": "from .a import x"})
   edges = graph(tmp_path, "pkg")
@@ -79,6 +92,13 @@ def test_every_form_of_import_is_read(tmp_path, source):
 
 
 def test_relative_imports_resolve_from_a_package_init(tmp_path):
-  _package(tmp_path, {"pkg/__init__.py": "", "pkg/sub/__init__.py": "from . import c\n"
-                      "from .. import top", "pkg/sub/c.py": "", "pkg/top.py": ""})
+  _package(
+    tmp_path,
+    {
+      "pkg/__init__.py": "",
+      "pkg/sub/__init__.py": "from . import c\nfrom .. import top",
+      "pkg/sub/c.py": "",
+      "pkg/top.py": "",
+    },
+  )
   assert graph(tmp_path, "pkg")["pkg.sub"] == {"pkg.sub.c", "pkg.top"}

@@ -49,8 +49,11 @@ def unit_name(path: str) -> str:
 def unit_of(module: str, units: list[str]) -> str | None:
   """The table path that holds ``module``: the file itself or the deepest folder above it."""
   path = module.replace(".", "/")
-  found = [u for u in units if u in (f"{path}.py", f"{path}/__init__.py")
-           or u.endswith("/") and f"{path}/".startswith(u)]
+  found = [
+    u
+    for u in units
+    if u in (f"{path}.py", f"{path}/__init__.py") or u.endswith("/") and f"{path}/".startswith(u)
+  ]
   return max(found, key=len, default=None)
 
 
@@ -64,8 +67,14 @@ def expected_imports(paths: list[str], units: list[str]) -> tuple[set[str], set[
 
 def cell(own: set[str], third_party: set[str]) -> str:
   """The imports column's text: the package's modules, then the third-party packages."""
-  return "; ".join(", ".join(f"`{n}`" for n in sorted(names, key=str.lower))
-                   for names in (own, third_party) if names) or "standard library"
+  return (
+    "; ".join(
+      ", ".join(f"`{n}`" for n in sorted(names, key=str.lower))
+      for names in (own, third_party)
+      if names
+    )
+    or "standard library"
+  )
 
 
 EDGES, EXTERNAL = graph(), external()
@@ -85,17 +94,22 @@ def test_the_layout_table_names_every_module_of_the_package():
 def test_the_layout_table_lists_what_each_row_imports(paths, listed):
   own, third_party = expected_imports(paths, UNITS)
   assert listed == own | third_party, (
-      f"README.md Layout, {paths[0]}: imports should read {cell(own, third_party)}")
+    f"README.md Layout, {paths[0]}: imports should read {cell(own, third_party)}"
+  )
 
 
 def test_the_layout_table_is_read_from_backticked_paths_and_names():
-  readme = ("## Layout\n\n| path | what | imports |\n| --- | --- | --- |\n"
-            "| `flax_resnet/files.py`, `cpu.py` | x `y` | `jax`, standard library |\n"
-            "| `flax_resnet/training/` | z | `files` and `cpu` |\n"
-            "| `tests/` | t | `flax_resnet` |\n"
-            "\n## Next\n| `flax_resnet/nope.py` | | |\n")
-  assert layout_rows(readme) == [(["flax_resnet/files.py", "flax_resnet/cpu.py"], {"jax"}),
-                                 (["flax_resnet/training/"], {"files", "cpu"})]
+  readme = (
+    "## Layout\n\n| path | what | imports |\n| --- | --- | --- |\n"
+    "| `flax_resnet/files.py`, `cpu.py` | x `y` | `jax`, standard library |\n"
+    "| `flax_resnet/training/` | z | `files` and `cpu` |\n"
+    "| `tests/` | t | `flax_resnet` |\n"
+    "\n## Next\n| `flax_resnet/nope.py` | | |\n"
+  )
+  assert layout_rows(readme) == [
+    (["flax_resnet/files.py", "flax_resnet/cpu.py"], {"jax"}),
+    (["flax_resnet/training/"], {"files", "cpu"}),
+  ]
   units = ["flax_resnet/__init__.py", "flax_resnet/training/", "flax_resnet/model.py"]
   assert unit_of("flax_resnet.training.steps", units) == "flax_resnet/training/"
   assert unit_of("flax_resnet", units) == "flax_resnet/__init__.py"
@@ -116,9 +130,11 @@ def imports(path: Path) -> list[tuple[str, bool]]:
   return found
 
 
-LIBRARY = {name: path for name, path in modules().items()
-           if not name.startswith(("flax_resnet.training", "flax_resnet.bench",
-                                   "flax_resnet.commands"))}
+LIBRARY = {
+  name: path
+  for name, path in modules().items()
+  if not name.startswith(("flax_resnet.training", "flax_resnet.bench", "flax_resnet.commands"))
+}
 
 
 @pytest.mark.parametrize("name", sorted(LIBRARY))
@@ -132,28 +148,38 @@ def test_only_the_conversion_code_imports_torch_and_only_inside_functions(name):
 def test_no_file_edits_sys_path():
   files = [p for p in ROOT.rglob("*.py") if not {".venv", ".git", "build"} & set(p.parts)]
   assert files
-  offenders = [str(p.relative_to(ROOT)) for p in files if "sys.path" in p.read_text()
-               and p.name != "test_layout.py"]
+  offenders = [
+    str(p.relative_to(ROOT))
+    for p in files
+    if "sys.path" in p.read_text() and p.name != "test_layout.py"
+  ]
   assert offenders == []
 
 
 def test_the_package_version_is_pyprojects():
   from flax_resnet import __version__
+
   assert __version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_every_command_is_installed_and_resolves():
-  found = {e.name: e for e in metadata.entry_points(group="console_scripts")
-           if e.name.startswith("flax-resnet")}
+  found = {
+    e.name: e
+    for e in metadata.entry_points(group="console_scripts")
+    if e.name.startswith("flax-resnet")
+  }
   assert set(found) == set(SCRIPTS), "pyproject.toml's [project.scripts] changed: reinstall"
   for entry in found.values():
     assert entry.value == SCRIPTS[entry.name], "pyproject.toml's [project.scripts]: reinstall"
     assert callable(entry.load()), entry.name
 
 
-@pytest.mark.parametrize("script", sorted(str(p.relative_to(ROOT)) for d in ("convert", "train",
-                                                                              "bench")
-                                          for p in (ROOT / d).glob("*.py")))
+@pytest.mark.parametrize(
+  "script",
+  sorted(
+    str(p.relative_to(ROOT)) for d in ("convert", "train", "bench") for p in (ROOT / d).glob("*.py")
+  ),
+)
 def test_each_script_is_a_shim_over_a_package_main(script):
   tree = ast.parse((ROOT / script).read_text())
   sources = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
@@ -162,7 +188,18 @@ def test_each_script_is_a_shim_over_a_package_main(script):
 
 
 def test_a_command_runs_from_any_directory(tmp_path):
-  done = subprocess.run([str(Path(sys.executable).parent / "flax-resnet-bench"), "pipeline",
-                         "--data", "cifar10", "--data-root", str(tmp_path)], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [
+      str(Path(sys.executable).parent / "flax-resnet-bench"),
+      "pipeline",
+      "--data",
+      "cifar10",
+      "--data-root",
+      str(tmp_path),
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 2 and "cifar10-jpeg.tar.gz not found" in done.stderr, done.stderr

@@ -13,16 +13,29 @@ import flax_resnet as fr
 from flax_resnet.model import BatchNorm, conv_general_dilated, conv_init, max_pool_3x3_s2
 
 PARAMS = {
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-    "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904,
-    "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
-    "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+  "resnet18": 11_689_512,
+  "resnet34": 21_797_672,
+  "resnet50": 25_557_032,
+  "resnet101": 44_549_160,
+  "resnet152": 60_192_808,
+  "resnext50_32x4d": 25_028_904,
+  "resnext101_32x8d": 88_791_336,
+  "resnext101_64x4d": 83_455_272,
+  "wide_resnet50_2": 68_883_240,
+  "wide_resnet101_2": 126_886_696,
 }
 # torchvision's published "GFLOPS" (multiply-adds at 224x224) for the same weights.
 GMACS = {
-    "resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resnet101": 7.80, "resnet152": 11.51,
-    "resnext50_32x4d": 4.23, "resnext101_32x8d": 16.41, "resnext101_64x4d": 15.46,
-    "wide_resnet50_2": 11.40, "wide_resnet101_2": 22.75,
+  "resnet18": 1.81,
+  "resnet34": 3.66,
+  "resnet50": 4.09,
+  "resnet101": 7.80,
+  "resnet152": 11.51,
+  "resnext50_32x4d": 4.23,
+  "resnext101_32x8d": 16.41,
+  "resnext101_64x4d": 15.46,
+  "wide_resnet50_2": 11.40,
+  "wide_resnet101_2": 22.75,
 }
 ARCHS = list(PARAMS)
 
@@ -75,6 +88,7 @@ def test_parameter_count_equals_torchvision(name):
 def test_parameter_count_equals_torchvision_for_other_heads(name, num_classes):
   torch = pytest.importorskip("torch", reason="torch is needed to count torchvision's model")
   import torchvision
+
   with torch.device("meta"):
     reference = getattr(torchvision.models, name)(num_classes=num_classes)
   expected = sum(p.numel() for p in reference.parameters())
@@ -115,13 +129,16 @@ def test_every_architecture_builds_and_runs(name):
   assert logits.shape == (1, 7) and bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize("dilation, stride", [((False, False, True), 16),
-                                              ((False, True, True), 8)])
+@pytest.mark.parametrize("dilation, stride", [((False, False, True), 16), ((False, True, True), 8)])
 def test_dilation_keeps_output_stride(dilation, stride):
   model = abstract("resnet50", replace_stride_with_dilation=dilation)
   assert model.feature_info[-1].stride == stride
-  assert feature_shapes(model, (1, 224, 224, 3))["layer4"] == (1, 224 // stride,
-                                                               224 // stride, 2048)
+  assert feature_shapes(model, (1, 224, 224, 3))["layer4"] == (
+    1,
+    224 // stride,
+    224 // stride,
+    2048,
+  )
 
 
 def test_cifar_stem_keeps_32x32_at_layer1():
@@ -132,8 +149,9 @@ def test_cifar_stem_keeps_32x32_at_layer1():
   assert model.conv1.kernel.shape == (3, 3, 3, 64)
 
 
-@pytest.mark.parametrize("name, width", [("resnet18", 512), ("resnet50", 2048),
-                                         ("wide_resnet50_2", 2048)])
+@pytest.mark.parametrize(
+  "name, width", [("resnet18", 512), ("resnet50", 2048), ("wide_resnet50_2", 2048)]
+)
 def test_headless_model_returns_pooled_features(name, width):
   model = abstract(name, num_classes=0)
   assert not hasattr(model, "fc")
@@ -144,13 +162,15 @@ def test_custom_depths_from_the_generic_config():
   resnet26 = nnx.eval_shape(lambda: fr.ResNet("bottleneck", (2, 2, 2, 2)))
   assert sum(1 for s in resnet26.stages for _ in s) == 8  # 8 blocks * 3 convs + 2 = 26
   assert out_shape(resnet26, (1, 64, 64, 3)) == (1, 1000)
-  three = nnx.eval_shape(lambda: fr.ResNet("basic", (2, 2, 2), channels=(16, 32, 64),
-                                           stem="cifar", num_classes=10))
+  three = nnx.eval_shape(
+    lambda: fr.ResNet("basic", (2, 2, 2), channels=(16, 32, 64), stem="cifar", num_classes=10)
+  )
   assert [i.name for i in three.feature_info] == ["stem", "layer1", "layer2", "layer3"]
   assert out_shape(three, (4, 32, 32, 3)) == (4, 10)
   assert feature_shapes(three, (4, 32, 32, 3))["layer3"] == (4, 8, 8, 64)
-  custom = nnx.eval_shape(lambda: fr.ResNet("bottleneck", (1, 1), channels=(32, 64),
-                                            expansion=2, num_classes=0))
+  custom = nnx.eval_shape(
+    lambda: fr.ResNet("bottleneck", (1, 1), channels=(32, 64), expansion=2, num_classes=0)
+  )
   assert out_shape(custom, (1, 64, 64, 3)) == (1, 128)
 
 
@@ -182,8 +202,9 @@ def test_initialisation_follows_torchvision():
   assert np.all(np.asarray(model.layer1[0].bn2.bias[...]) == 0)
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 64, 128), (7, 7, 3, 64), (1, 1, 256, 64),
-                                   (3, 3, 4, 128)])  # the last: a ResNeXt group's kernel
+@pytest.mark.parametrize(
+  "shape", [(3, 3, 64, 128), (7, 7, 3, 64), (1, 1, 256, 64), (3, 3, 4, 128)]
+)  # the last: a ResNeXt group's kernel
 def test_conv_init_draws_kaiming_normal_on_the_host_and_traced_keys_take_jax(shape):
   key = jax.random.key(5)
   drawn = np.asarray(conv_init(key, shape, jnp.float32))
@@ -208,14 +229,19 @@ class _count_compiles:
 
   def __enter__(self):
     import logging
+
     self.names, self.handler = [], logging.Handler()
-    self.handler.emit = lambda record: self.names.append(record.getMessage()[:80]) \
-        if record.getMessage().startswith("Compiling") else None
+    self.handler.emit = lambda record: (
+      self.names.append(record.getMessage()[:80])
+      if record.getMessage().startswith("Compiling")
+      else None
+    )
     logging.getLogger("jax").addHandler(self.handler)
     return self.names
 
   def __exit__(self, *exc):
     import logging
+
     logging.getLogger("jax").removeHandler(self.handler)
 
 
@@ -252,13 +278,14 @@ def test_batchnorm_uses_biased_variance_to_normalise_and_unbiased_for_running_va
 
 
 def test_batch_groups_normalise_each_group_with_its_own_statistics():
-  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=3,
-                    rngs=nnx.Rngs(0))
+  model = fr.ResNet(
+    "basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=3, rngs=nnx.Rngs(0)
+  )
   x = jax.random.normal(jax.random.key(2), (6, 8, 8, 3)) * 3 + 1
   alone = [nnx.clone(model) for _ in range(3)]
   model.set_attributes(batch_groups=3, raise_if_not_found=False)
   y = model(x)
-  expected = np.concatenate([np.asarray(m(x[2 * i:2 * i + 2])) for i, m in enumerate(alone)])
+  expected = np.concatenate([np.asarray(m(x[2 * i : 2 * i + 2])) for i, m in enumerate(alone)])
   np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
   assert np.max(np.abs(np.asarray(nnx.clone(alone[0])(x)) - expected)) > 1e-2  # groups matter
   for got, *each in zip(_stats(model), *map(_stats, alone)):
@@ -296,6 +323,7 @@ def test_jitted_eval_leaves_statistics_and_train_step_updates_them():
     def loss_fn(m):
       logits = m(x)
       return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
     return nnx.value_and_grad(loss_fn)(m)
 
   model.train()
@@ -341,7 +369,8 @@ def test_float64_params_keep_float64_statistics():
     model = fr.ResNet18(num_classes=2, param_dtype=jnp.float64, norm="batch")
     model(jnp.ones((2, 32, 32, 3), jnp.float64))
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {
-        jnp.dtype(jnp.float64)}
+      jnp.dtype(jnp.float64)
+    }
 
 
 def test_frozen_batchnorm_trains_nothing_and_ignores_train_mode():
@@ -376,27 +405,38 @@ def test_nchw_input_is_rejected_with_the_shape():
 
 
 BAD_ARGS = [
-    ("unknown name", lambda: fr.create_model("resnet51"), "resnet51.*resnet18.*wide_resnet101_2"),
-    ("groups on basic", lambda: fr.create_model("resnet18", groups=32), "groups"),
-    ("groups via ResNet", lambda: fr.ResNet("basic", (2, 2, 2, 2), groups=2), "groups"),
-    ("width on basic", lambda: fr.ResNet("basic", (2, 2, 2, 2), width_per_group=32),
-     "width_per_group"),
-    ("dilation on basic", lambda: fr.create_model(
-        "resnet34", replace_stride_with_dilation=(False, True, True)),
-     "replace_stride_with_dilation"),
-    ("dilation length", lambda: fr.create_model(
-        "resnet50", replace_stride_with_dilation=(False, True)), "replace_stride_with_dilation"),
-    ("negative classes", lambda: fr.create_model("resnet18", num_classes=-1), "num_classes"),
-    ("zero channels", lambda: fr.create_model("resnet18", in_channels=0), "in_channels"),
-    ("stage list", lambda: fr.ResNet("bottleneck", (3, 4, 6, 3), channels=(64, 128, 256)),
-     "channels"),
-    ("empty layers", lambda: fr.ResNet("bottleneck", ()), "layers"),
-    ("unknown norm", lambda: fr.create_model("resnet18", norm="layer"), "norm.*'batch'"),
-    ("unknown stem", lambda: fr.create_model("resnet18", stem="deep"), "stem.*'imagenet'"),
-    ("unknown block", lambda: fr.ResNet("preact", (2, 2)), "block"),
-    ("dropout one", lambda: fr.create_model("resnet18", dropout=1.0), "dropout"),
-    ("dropout negative", lambda: fr.create_model("resnet18", dropout=-0.1), "dropout"),
-    ("fixed option", lambda: fr.create_model("resnet50", layers=(1, 1, 1, 1)), "layers"),
+  ("unknown name", lambda: fr.create_model("resnet51"), "resnet51.*resnet18.*wide_resnet101_2"),
+  ("groups on basic", lambda: fr.create_model("resnet18", groups=32), "groups"),
+  ("groups via ResNet", lambda: fr.ResNet("basic", (2, 2, 2, 2), groups=2), "groups"),
+  (
+    "width on basic",
+    lambda: fr.ResNet("basic", (2, 2, 2, 2), width_per_group=32),
+    "width_per_group",
+  ),
+  (
+    "dilation on basic",
+    lambda: fr.create_model("resnet34", replace_stride_with_dilation=(False, True, True)),
+    "replace_stride_with_dilation",
+  ),
+  (
+    "dilation length",
+    lambda: fr.create_model("resnet50", replace_stride_with_dilation=(False, True)),
+    "replace_stride_with_dilation",
+  ),
+  ("negative classes", lambda: fr.create_model("resnet18", num_classes=-1), "num_classes"),
+  ("zero channels", lambda: fr.create_model("resnet18", in_channels=0), "in_channels"),
+  (
+    "stage list",
+    lambda: fr.ResNet("bottleneck", (3, 4, 6, 3), channels=(64, 128, 256)),
+    "channels",
+  ),
+  ("empty layers", lambda: fr.ResNet("bottleneck", ()), "layers"),
+  ("unknown norm", lambda: fr.create_model("resnet18", norm="layer"), "norm.*'batch'"),
+  ("unknown stem", lambda: fr.create_model("resnet18", stem="deep"), "stem.*'imagenet'"),
+  ("unknown block", lambda: fr.ResNet("preact", (2, 2)), "block"),
+  ("dropout one", lambda: fr.create_model("resnet18", dropout=1.0), "dropout"),
+  ("dropout negative", lambda: fr.create_model("resnet18", dropout=-0.1), "dropout"),
+  ("fixed option", lambda: fr.create_model("resnet50", layers=(1, 1, 1, 1)), "layers"),
 ]
 
 
@@ -449,8 +489,11 @@ def test_bfloat16_folded_model_matches_the_unfolded_one():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), jnp.float32)
   ours, folded = model(x), fr.fold_batchnorm(model)(x)
   assert folded.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(folded, np.float32), np.asarray(ours, np.float32),
-                             atol=0.05 * float(jnp.max(jnp.abs(ours))))
+  np.testing.assert_allclose(
+    np.asarray(folded, np.float32),
+    np.asarray(ours, np.float32),
+    atol=0.05 * float(jnp.max(jnp.abs(ours))),
+  )
 
 
 def test_group_norm_models_cannot_be_folded():
@@ -468,19 +511,36 @@ def test_a_folded_model_cannot_be_saved(tmp_path):
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fused_batchnorm_backward_equals_autodiff_in_float64(groups):
   from flax_resnet.model import _batch_norm_train
+
   rng = np.random.default_rng(groups)
   with jax.enable_x64(True):
     x = jnp.asarray(rng.standard_normal((8, 5, 6, 7)) * 3 + 2)
-    args = (x, jnp.asarray(rng.uniform(0.5, 1.5, 7)), jnp.asarray(rng.standard_normal(7)),
-            jnp.zeros(7), jnp.ones(7))
+    args = (
+      x,
+      jnp.asarray(rng.uniform(0.5, 1.5, 7)),
+      jnp.asarray(rng.standard_normal(7)),
+      jnp.zeros(7),
+      jnp.ones(7),
+    )
     # Cotangents on the running statistics too: the hand-written rule must not drop them.
-    cotangents = (jnp.asarray(rng.standard_normal(x.shape)),
-                  jnp.asarray(rng.standard_normal(7)), jnp.asarray(rng.standard_normal(7)))
+    cotangents = (
+      jnp.asarray(rng.standard_normal(x.shape)),
+      jnp.asarray(rng.standard_normal(7)),
+      jnp.asarray(rng.standard_normal(7)),
+    )
     results = []
     for backward in ("autodiff", "fused"):
-      out, vjp = jax.vjp(functools.partial(
-          _batch_norm_train, momentum=0.9, epsilon=1e-5, groups=groups, dtype=None,
-          backward=backward), *args)
+      out, vjp = jax.vjp(
+        functools.partial(
+          _batch_norm_train,
+          momentum=0.9,
+          epsilon=1e-5,
+          groups=groups,
+          dtype=None,
+          backward=backward,
+        ),
+        *args,
+      )
       results.append((out, vjp(cotangents)))
   for a, b in zip(*[jax.tree.map(np.asarray, jax.tree.leaves(r)) for r in results]):
     assert a.dtype == np.float64 and np.max(np.abs(a - b)) <= 1e-13 * np.max(np.abs(a))
@@ -529,7 +589,8 @@ def test_reset_classifier_gives_a_fresh_head_or_none_and_keeps_the_backbone():
 
 
 def test_a_saved_model_loads_with_its_own_rng_streams(tmp_path):
-  fr.save(fr.ResNet18(num_classes=3), tmp_path / "ck", {"arch": "resnet18",
-                                                       "options": {"num_classes": 3}})
+  fr.save(
+    fr.ResNet18(num_classes=3), tmp_path / "ck", {"arch": "resnet18", "options": {"num_classes": 3}}
+  )
   model, _ = fr.load(tmp_path / "ck", rngs=nnx.Rngs(0), dropout=0.1)  # once a trace error
   assert model.num_classes == 3 and model.layer1[0].dropout.rate == 0.1

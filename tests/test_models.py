@@ -11,8 +11,15 @@ import flax_resnet
 from flax_resnet.training.config import Config
 from flax_resnet.training.models import build_model, model_spec
 
-TINY = Config(arch="resnet18", layers=(1, 1), channels=(8, 16), stem="cifar", num_classes=3,
-              dtype="float32", seed=1)
+TINY = Config(
+  arch="resnet18",
+  layers=(1, 1),
+  channels=(8, 16),
+  stem="cifar",
+  num_classes=3,
+  dtype="float32",
+  seed=1,
+)
 
 
 def _saved(tmp_path, num_classes: int = 3):
@@ -22,8 +29,9 @@ def _saved(tmp_path, num_classes: int = 3):
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(7)))
   if num_classes != 3:
     model.reset_classifier(num_classes, rngs=nnx.Rngs(8))
-  flax_resnet.save(model, tmp_path / "init",
-                   {"arch": arch, "options": dict(options, num_classes=num_classes)})
+  flax_resnet.save(
+    model, tmp_path / "init", {"arch": arch, "options": dict(options, num_classes=num_classes)}
+  )
   return model, str(tmp_path / "init")
 
 
@@ -53,8 +61,9 @@ def test_reset_head_draws_a_fresh_head_over_the_source_backbone(tmp_path):
   theirs = _pure(source)
   _assert_tree_equal(model["fc"], _fresh_fc())
   assert not np.array_equal(model["fc"]["kernel"], theirs["fc"]["kernel"])
-  _assert_tree_equal({k: v for k, v in model.items() if k != "fc"},
-                     {k: v for k, v in theirs.items() if k != "fc"})
+  _assert_tree_equal(
+    {k: v for k, v in model.items() if k != "fc"}, {k: v for k, v in theirs.items() if k != "fc"}
+  )
 
 
 def test_a_headless_checkpoint_starts_a_run_with_a_fresh_head(tmp_path):

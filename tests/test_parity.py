@@ -21,8 +21,18 @@ from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, 
 from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet  # noqa: E402 (needs torch: after the skip)
 
-ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-         "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+ARCHS = [
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnet101",
+  "resnet152",
+  "resnext50_32x4d",
+  "resnext101_32x8d",
+  "resnext101_64x4d",
+  "wide_resnet50_2",
+  "wide_resnet101_2",
+]
 
 
 def per_arch(names):
@@ -61,8 +71,9 @@ def test_round_trip_is_bit_exact(name):
   without = {k: v for k, v in back.items() if not k.endswith("num_batches_tracked")}
   for state in (back, without):  # both read back
     again = from_torch_state_dict(state, name)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)),
-                                 nnx.to_flat_state(nnx.state(again))):
+    for (path, a), (_, b) in zip(
+      nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(again))
+    ):
       assert np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value())), path
 
 
@@ -73,8 +84,9 @@ def test_eval_logits_and_features_match_torchvision(name, size):
   assert_parity(reference, model, smooth_images(1, (3, *size, 3)))
 
 
-@pytest.mark.parametrize("name", per_arch(["resnet50", "resnet101", "resnext101_64x4d",
-                                           "wide_resnet50_2"]))
+@pytest.mark.parametrize(
+  "name", per_arch(["resnet50", "resnet101", "resnext101_64x4d", "wide_resnet50_2"])
+)
 def test_deep_nets_with_realistic_batchnorm_are_as_exact_as_torchvision(name):
   # Every BatchNorm weight in 0.6-1.4: float32 error grows with depth, torch's own
   # included, beyond the fixed 1e-5 that once held for the nets above.
@@ -93,14 +105,15 @@ def test_folded_batchnorm_is_as_exact_as_torchvision(name):
 
 
 VARIANTS = [
-    ("resnet18", (("num_classes", 10),)),
-    ("resnet50", (("replace_stride_with_dilation", (False, True, True)),)),
-    ("resnet18", (("in_channels", 1),)),
+  ("resnet18", (("num_classes", 10),)),
+  ("resnet50", (("replace_stride_with_dilation", (False, True, True)),)),
+  ("resnet18", (("in_channels", 1),)),
 ]
 
 
-@pytest.mark.parametrize("name, options", VARIANTS, ids=["num_classes=10", "dilation",
-                                                          "in_channels=1"])
+@pytest.mark.parametrize(
+  "name, options", VARIANTS, ids=["num_classes=10", "dilation", "in_channels=1"]
+)
 def test_variant_matches_torchvision(name, options):
   reference, model = calibrated_pair(name, options)
   channels = dict(options).get("in_channels", 3)
@@ -108,10 +121,12 @@ def test_variant_matches_torchvision(name, options):
 
 
 TWINS = {
-    "generic two-stage CIFAR": (None, {"block": "basic", "layers": (1, 2), "channels": (8, 16),
-                                       "stem": "cifar", "num_classes": 5}),
-    "resnet18 CIFAR stem": ("resnet18", {"stem": "cifar", "num_classes": 10}),
-    "resnet50 frozen BatchNorm": ("resnet50", {"norm": "frozen_batch"}),
+  "generic two-stage CIFAR": (
+    None,
+    {"block": "basic", "layers": (1, 2), "channels": (8, 16), "stem": "cifar", "num_classes": 5},
+  ),
+  "resnet18 CIFAR stem": ("resnet18", {"stem": "cifar", "num_classes": 10}),
+  "resnet50 frozen BatchNorm": ("resnet50", {"norm": "frozen_batch"}),
 }
 
 
@@ -121,11 +136,13 @@ def test_the_twin_of_generic_cifar_stem_and_frozen_nets_computes_ours(arch, opti
   trained = calibrate(torch_resnet(arch, {**options, "norm": "batch"})).state_dict()
   reference = torch_resnet(arch, options)
   frozen = options.get("norm") == "frozen_batch"
-  reference.load_state_dict({k: v for k, v in trained.items()
-                             if not (frozen and k.endswith("num_batches_tracked"))})
+  reference.load_state_dict(
+    {k: v for k, v in trained.items() if not (frozen and k.endswith("num_batches_tracked"))}
+  )
   reference.eval()
-  model = from_torch_state_dict(reference.state_dict(), arch,
-                                **({"norm": "frozen_batch"} if frozen else {}))
+  model = from_torch_state_dict(
+    reference.state_dict(), arch, **({"norm": "frozen_batch"} if frozen else {})
+  )
   x = smooth_images(3, (2, 64, 64, 3))
   with torch.no_grad():
     theirs = reference(nchw(x)).numpy()
@@ -135,8 +152,9 @@ def test_the_twin_of_generic_cifar_stem_and_frozen_nets_computes_ours(arch, opti
 
 
 def test_zero_init_residual_variant_matches_torchvision():
-  reference, model = calibrated_pair("resnet50", (("zero_init_residual", True),),
-                                     randomize_affine=False)
+  reference, model = calibrated_pair(
+    "resnet50", (("zero_init_residual", True),), randomize_affine=False
+  )
   assert float(np.abs(np.asarray(model.layer1[0].bn3.scale[...])).max()) == 0.0
   assert_parity(reference, model, smooth_images(3, (3, 97, 131, 3)))
 
@@ -144,6 +162,7 @@ def test_zero_init_residual_variant_matches_torchvision():
 class Pattern(NamedTuple):
   """Where the kinks of a train-mode pass fall: each ReLU's input > 0 (NHWC, call order),
   and the stem max-pool's chosen element (torch's flat index into each H x W plane)."""
+
   masks: list
   pool: np.ndarray
 
@@ -165,28 +184,36 @@ def kink_pattern(reference, x) -> Pattern:
     if isinstance(m, torch.nn.ReLU):
       m.register_forward_hook(lambda m, args, out: masks.append(out > 0))
   pool = []
-  reference.maxpool.register_forward_hook(lambda m, args, out: pool.append(
-      torch.nn.functional.max_pool2d(args[0], 3, 2, 1, return_indices=True)[1]))
+  reference.maxpool.register_forward_hook(
+    lambda m, args, out: pool.append(
+      torch.nn.functional.max_pool2d(args[0], 3, 2, 1, return_indices=True)[1]
+    )
+  )
   with torch.no_grad():
     reference(nchw(x).double())
-  return Pattern([m.permute(0, 2, 3, 1).numpy() if m.ndim == 4 else m.numpy() for m in masks],
-                 pool[0].numpy())
+  return Pattern(
+    [m.permute(0, 2, 3, 1).numpy() if m.ndim == 4 else m.numpy() for m in masks], pool[0].numpy()
+  )
 
 
 def pin_torch_kinks(reference, pattern: Pattern) -> None:
   """Makes ``reference``'s ReLUs multiply by the pattern's masks (cycling per pass) and
   its max-pool take the pattern's elements."""
-  masks = [torch.from_numpy(np.ascontiguousarray(m.transpose(0, 3, 1, 2) if m.ndim == 4 else m))
-           for m in pattern.masks]
+  masks = [
+    torch.from_numpy(np.ascontiguousarray(m.transpose(0, 3, 1, 2) if m.ndim == 4 else m))
+    for m in pattern.masks
+  ]
   calls = iter(range(10**9))
   for m in reference.modules():
     if isinstance(m, torch.nn.ReLU):
       m.inplace = False
       m.register_forward_hook(
-          lambda m, args, out: args[0] * masks[next(calls) % len(masks)].to(args[0].dtype))
+        lambda m, args, out: args[0] * masks[next(calls) % len(masks)].to(args[0].dtype)
+      )
   index = torch.from_numpy(pattern.pool)
   reference.maxpool.register_forward_hook(
-      lambda m, args, out: args[0].flatten(2).gather(2, index.flatten(2)).view_as(out))
+    lambda m, args, out: args[0].flatten(2).gather(2, index.flatten(2)).view_as(out)
+  )
 
 
 def pin_flax_kinks(monkeypatch, pattern: Pattern) -> None:
@@ -244,7 +271,7 @@ def train_mode_errors(name, moments, backward, x, monkeypatch) -> dict[str, floa
   reference, model = calibrated_pair(name)
   model = nnx.clone(model)
   model.set_attributes(moments=moments, backward=backward, raise_if_not_found=False)
-  labels = np.array([0, 97, 194, 291])[:len(x)]
+  labels = np.array([0, 97, 194, 291])[: len(x)]
   pattern = kink_pattern(reference, x)
   with monkeypatch.context() as patch:
     pin_flax_kinks(patch, pattern)
@@ -278,10 +305,10 @@ VALUE_REL, GRAD_REL = 1e-5, 1e-4
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("moments, backward", [("two_pass", "autodiff"), ("one_pass", "fused")])
-def test_train_mode_logits_statistics_and_gradients_match_torchvision(name, moments, backward,
-                                                                      monkeypatch):
-  errors = train_mode_errors(name, moments, backward, smooth_images(6, (4, 64, 64, 3)),
-                             monkeypatch)
+def test_train_mode_logits_statistics_and_gradients_match_torchvision(
+  name, moments, backward, monkeypatch
+):
+  errors = train_mode_errors(name, moments, backward, smooth_images(6, (4, 64, 64, 3)), monkeypatch)
   bad = {k: v for k, v in errors.items() if v > (GRAD_REL if k.startswith("grad") else VALUE_REL)}
   assert not bad, f"beyond float32's bounds: {bad}"
 
@@ -295,10 +322,10 @@ def test_train_mode_gradients_equal_torchvision_in_float64(name, seed):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("moments, backward", [("two_pass", "fused"), ("one_pass", "autodiff"),
-                                               ("one_pass", "fused")])
-def test_batchnorm_speed_options_keep_float64_gradients_equal_torchvision(name, moments,
-                                                                          backward):
+@pytest.mark.parametrize(
+  "moments, backward", [("two_pass", "fused"), ("one_pass", "autodiff"), ("one_pass", "fused")]
+)
+def test_batchnorm_speed_options_keep_float64_gradients_equal_torchvision(name, moments, backward):
   assert_float64_gradients_equal_torchvision(name, 5, moments=moments, backward=backward)
 
 

@@ -40,8 +40,12 @@ def test_arrays_equal_torchvision_transform(samples, resize):
 def test_converted_model_top5_equals_torchvision_on_its_own_pipeline(samples):
   reference, model = calibrated_pair("resnet18")
   ours = flax_features(model, EvalTransform().load(samples))["logits"]
-  theirs_in = torch.stack([ImageClassification(crop_size=224, resize_size=256)(
-      Image.open(p).convert("RGB")) for p in samples])
+  theirs_in = torch.stack(
+    [
+      ImageClassification(crop_size=224, resize_size=256)(Image.open(p).convert("RGB"))
+      for p in samples
+    ]
+  )
   with torch.no_grad():
     theirs = reference(theirs_in).numpy()
   for path, a, b in zip(samples, ours, theirs):

@@ -25,8 +25,9 @@ SNIPPETS = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text()
 @pytest.fixture(scope="module")
 def reader_dir(data_dir, tmp_path_factory):
   home = tmp_path_factory.mktemp("reader")
-  (home / "cat.jpg").write_bytes((data_dir / "imagenet-samples" / "000_n01440764.JPEG")
-                                 .read_bytes())
+  (home / "cat.jpg").write_bytes(
+    (data_dir / "imagenet-samples" / "000_n01440764.JPEG").read_bytes()
+  )
   weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
   hub = home / "torch-home" / "hub" / "checkpoints"
   hub.mkdir(parents=True)
@@ -35,8 +36,9 @@ def reader_dir(data_dir, tmp_path_factory):
   name = f"resnet50-{sha256(hub / 'resnet50.pth')[:8]}.pth"
   (hub / "resnet50.pth").rename(hub / name)
   (home / "site").mkdir()
-  (home / "site" / "sitecustomize.py").write_text(REDIRECT.format(
-      name=name, url=f"{weights.url.rsplit('/', 1)[0]}/{name}"))
+  (home / "site" / "sitecustomize.py").write_text(
+    REDIRECT.format(name=name, url=f"{weights.url.rsplit('/', 1)[0]}/{name}")
+  )
   return home
 
 
@@ -61,15 +63,25 @@ def test_the_readme_has_its_snippets():
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs_as_written(reader_dir, index):
-  env = {**os.environ, "TORCH_HOME": str(reader_dir / "torch-home"),
-         "FLAX_RESNET_WEIGHTS": str(reader_dir / "weights"), "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": f"{reader_dir / 'site'}{os.pathsep}{ROOT}"}
+  env = {
+    **os.environ,
+    "TORCH_HOME": str(reader_dir / "torch-home"),
+    "FLAX_RESNET_WEIGHTS": str(reader_dir / "weights"),
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": f"{reader_dir / 'site'}{os.pathsep}{ROOT}",
+  }
   env.pop("XLA_FLAGS", None)  # as a reader runs it: one CPU device
   work = reader_dir / f"snippet{index}"
   work.mkdir()
   (work / "cat.jpg").symlink_to(reader_dir / "cat.jpg")
-  done = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=work, env=env,
-                        capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [sys.executable, "-c", SNIPPETS[index]],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, SNIPPETS[index] + done.stderr[-3000:]
 
 
@@ -78,10 +90,15 @@ def test_ci_installs_and_tests_as_the_readme_says():
   setup = re.search(r"## Set-up\n\n```bash\n(pip install [^#\n]*?)\s*(#.*)?\n", readme)[1]
   tests = re.search(r"## Tests\n\n```bash\n(python -m pytest[^#\n]*?)\s*(#.*)?\n", readme)[1]
   assert setup == "pip install -e '.[dev]' -c constraints.txt"
-  assert 'pins=(-c constraints.txt)' in ci and """pip install --quiet -e '.[dev]' "${pins[@]}\"""" in ci
+  assert (
+    'pins=(-c constraints.txt)' in ci and """pip install --quiet -e '.[dev]' "${pins[@]}\"""" in ci
+  )
   assert f"\n{tests}\n" in ci
-  pinned = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
+  pinned = [
+    line
+    for line in (ROOT / "constraints.txt").read_text().splitlines()
+    if line and not line.startswith("#")
+  ]
   assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in pinned), pinned
   for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "grain"):
     assert any(line.startswith(f"{name}==") for line in pinned), name

@@ -32,9 +32,23 @@ from flax_resnet.training.steps import ema_update, make_optimizer, train_step
 from flax_resnet.training.trainer import schedule
 
 STEPS, STEPS_PER_EPOCH = 20, 8
-BASE = Config(arch="resnet18", layers=(1, 1), channels=(8, 16), num_classes=5, stem="cifar",
-              image_size=16, dtype="float32", global_batch=8, epochs=3, lr=3.2, momentum=0.9,
-              nesterov=True, weight_decay=5e-3, warmup_epochs=0.5, label_smoothing=0.1)
+BASE = Config(
+  arch="resnet18",
+  layers=(1, 1),
+  channels=(8, 16),
+  num_classes=5,
+  stem="cifar",
+  image_size=16,
+  dtype="float32",
+  global_batch=8,
+  epochs=3,
+  lr=3.2,
+  momentum=0.9,
+  nesterov=True,
+  weight_decay=5e-3,
+  warmup_epochs=0.5,
+  label_smoothing=0.1,
+)
 
 
 def fixed_batches():
@@ -53,47 +67,72 @@ def torch_run(cfg, start: dict, bn_momentum: float = 0.1):
     if isinstance(m, torch.nn.BatchNorm2d):
       m.momentum = bn_momentum
   recipe = torch_recipe.Recipe(cfg, net, STEPS_PER_EPOCH)
-  losses = [float(recipe.step(torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64),
-                              torch.from_numpy(y)))
-            for x, y in zip(*fixed_batches())]
+  losses = [
+    float(
+      recipe.step(
+        torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64), torch.from_numpy(y)
+      )
+    )
+    for x, y in zip(*fixed_batches())
+  ]
   ema = recipe.ema and arrays(recipe.ema.state)
   return np.array(losses), arrays(recipe.net.state_dict()), ema
 
 
 def arrays(state_dict: dict) -> dict:
-  return {k: v.detach().numpy() for k, v in state_dict.items()
-          if not k.endswith("num_batches_tracked")}
+  return {
+    k: v.detach().numpy() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")
+  }
 
 
 def jax_run(cfg, start: dict):
   """The same with flax-resnet's optimiser, schedule, jitted train step and EMA, in float64."""
   with jax.enable_x64(True):
-    model = from_torch_state_dict(start, norm="frozen_batch" if cfg.freeze_bn else "batch",
-                                  param_dtype=jnp.float64)
-    optimizer = make_optimizer(model, schedule(cfg, STEPS_PER_EPOCH), optimizer=cfg.optimizer,
-                               momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, decay_all=cfg.decay_all)
+    model = from_torch_state_dict(
+      start, norm="frozen_batch" if cfg.freeze_bn else "batch", param_dtype=jnp.float64
+    )
+    optimizer = make_optimizer(
+      model,
+      schedule(cfg, STEPS_PER_EPOCH),
+      optimizer=cfg.optimizer,
+      momentum=cfg.momentum,
+      nesterov=cfg.nesterov,
+      weight_decay=cfg.weight_decay,
+      decay_all=cfg.decay_all,
+    )
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     losses = []
     ema = jax.tree.map(jnp.copy, model_tensors(model)) if cfg.ema_decay else None
     for step, (x, y) in enumerate(zip(*fixed_batches())):
-      state, metrics = train_step(graphdef, state, x, y.astype(np.int32), cfg.label_smoothing,
-                                  (tuple(cfg.mean), tuple(cfg.std)), cfg.accumulate_steps)
+      state, metrics = train_step(
+        graphdef,
+        state,
+        x,
+        y.astype(np.int32),
+        cfg.label_smoothing,
+        (tuple(cfg.mean), tuple(cfg.std)),
+        cfg.accumulate_steps,
+      )
       losses.append(np.asarray(metrics["loss"]))
       model, _ = nnx.merge(graphdef, state)
       if cfg.ema_decay:
         ema = ema_update(ema, model_tensors(model), step, cfg.ema_decay)
     if ema is not None:
       ema = {k: to_torch_layout(np.asarray(v)) for k, v in ema.items()}
-  return np.array(losses), {k: to_torch_layout(np.asarray(v)) for k, v in
-                            model_tensors(model).items()}, ema
+  return (
+    np.array(losses),
+    {k: to_torch_layout(np.asarray(v)) for k, v in model_tensors(model).items()},
+    ema,
+  )
 
 
 def model_tensors(model) -> dict:
   """The model's parameters and BatchNorm statistics by torch key, in flax layout."""
-  return {torch_key(path): var.get_value() for path, var in
-          nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+  return {
+    torch_key(path): var.get_value()
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+  }
 
 
 # See the module's docstring: float64 runs of one recipe agree to ~1e-14.
@@ -113,22 +152,30 @@ def mismatches(cfg, torch_cfg=None, bn_momentum: float = 0.1) -> list[str]:
   ours_losses, ours, ours_ema = jax_run(cfg, start)
   assert set(ours) == set(theirs) and (ours_ema is None) == (theirs_ema is None)
   assert ours_losses.dtype == np.float64 and all(v.dtype == np.float64 for v in ours.values())
-  bad = [f"loss of step {i + 1}: {ours_losses[i]} against {theirs_losses[i]}"
-         for i in range(STEPS) if relative(ours_losses[i:i + 1], theirs_losses[i:i + 1]) > BOUND]
+  bad = [
+    f"loss of step {i + 1}: {ours_losses[i]} against {theirs_losses[i]}"
+    for i in range(STEPS)
+    if relative(ours_losses[i : i + 1], theirs_losses[i : i + 1]) > BOUND
+  ]
   for name, (a, b) in {"": (ours, theirs), "EMA ": (ours_ema or {}, theirs_ema or {})}.items():
-    bad += [f"{name}{key}: relative error {relative(a[key], b[key]):.3g}" for key in b
-            if relative(a[key], b[key]) > BOUND]
+    bad += [
+      f"{name}{key}: relative error {relative(a[key], b[key]):.3g}"
+      for key in b
+      if relative(a[key], b[key]) > BOUND
+    ]
   return bad
 
 
-CASES = {"sgd nesterov, decay mask": {}, "sgd, decay on all": {"decay_all": True,
-                                                                 "nesterov": False},
-         "adamw": {"optimizer": "adamw", "lr": 0.02, "weight_decay": 0.05},
-         "frozen batchnorm": {"freeze_bn": True},
-         # BatchNorm's statistics per micro-batch of 2, running statistics moved 4 times a step
-         "gradient accumulation": {"accumulate_steps": 4},
-         # the warm-up's (1 + t) / (10 + t) until step 9, then the decay
-         "ema": {"ema_decay": 0.5}}
+CASES = {
+  "sgd nesterov, decay mask": {},
+  "sgd, decay on all": {"decay_all": True, "nesterov": False},
+  "adamw": {"optimizer": "adamw", "lr": 0.02, "weight_decay": 0.05},
+  "frozen batchnorm": {"freeze_bn": True},
+  # BatchNorm's statistics per micro-batch of 2, running statistics moved 4 times a step
+  "gradient accumulation": {"accumulate_steps": 4},
+  # the warm-up's (1 + t) / (10 + t) until step 9, then the decay
+  "ema": {"ema_decay": 0.5},
+}
 
 
 @pytest.mark.parametrize("changes", CASES.values(), ids=CASES.keys())
@@ -136,10 +183,17 @@ def test_every_step_and_every_tensor_equal_pytorch_in_float64(changes):
   assert mismatches(dataclasses.replace(BASE, **changes)) == []
 
 
-@pytest.mark.parametrize("changes, torch_changes, bn_momentum", [
-    ({}, {"nesterov": False}, 0.1), ({}, {"decay_all": True}, 0.1), ({}, {}, 0.2),
-    ({}, {"accumulate_steps": 4}, 0.1), ({"ema_decay": 0.5}, {"ema_decay": 0.6}, 0.1),
-], ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation", "ema decay"])
+@pytest.mark.parametrize(
+  "changes, torch_changes, bn_momentum",
+  [
+    ({}, {"nesterov": False}, 0.1),
+    ({}, {"decay_all": True}, 0.1),
+    ({}, {}, 0.2),
+    ({}, {"accumulate_steps": 4}, 0.1),
+    ({"ema_decay": 0.5}, {"ema_decay": 0.6}, 0.1),
+  ],
+  ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation", "ema decay"],
+)
 def test_one_semantic_difference_is_caught(changes, torch_changes, bn_momentum):
   cfg = dataclasses.replace(BASE, **changes)
   found = mismatches(cfg, dataclasses.replace(cfg, **torch_changes), bn_momentum)
@@ -150,6 +204,7 @@ def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
   from PIL import Image
 
   from flax_resnet.bench.train_torch import Reference
+
   for split, label in [(s, c) for s in ("train", "test") for c in ("a", "b")]:
     (tmp_path / split / label).mkdir(parents=True)
     for i in range(4):
@@ -162,9 +217,19 @@ def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
 
   proven = torch_recipe.Recipe.step
   monkeypatch.setattr(torch_recipe.Recipe, "step", step)
-  cfg = dataclasses.replace(BASE, num_classes=2, eval_resize=16, global_batch=4, max_steps=2,
-                            workers=0, log_every=1, train_split="train", eval_split="test",
-                            data_dir=str(tmp_path), ema_decay=0.5)
+  cfg = dataclasses.replace(
+    BASE,
+    num_classes=2,
+    eval_resize=16,
+    global_batch=4,
+    max_steps=2,
+    workers=0,
+    log_every=1,
+    train_split="train",
+    eval_split="test",
+    data_dir=str(tmp_path),
+    ema_decay=0.5,
+  )
   reference = Reference(cfg, tmp_path / "run")
   assert reference.run()["step"] == 2
   assert calls == [reference.recipe] * 2 and reference.recipe.ema.updates == 2

@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def convert(folder, out, *args):
-  return subprocess.run([sys.executable, "train/shards.py", "--folder", str(folder), "--out",
-                         str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "train/shards.py", "--folder", str(folder), "--out", str(out), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,9 @@ def cifar(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("which, splits", [("imagenet", "train"), ("cifar", "train,test")])
-def test_records_hold_the_folders_files_byte_for_byte_in_their_order(request, tmp_path, which,
-                                                                     splits):
+def test_records_hold_the_folders_files_byte_for_byte_in_their_order(
+  request, tmp_path, which, splits
+):
   folder = request.getfixturevalue(which)
   done = convert(folder, tmp_path / "shards", "--splits", splits, "--records-per-shard", "37")
   assert done.returncode == 0, done.stderr
@@ -66,19 +72,25 @@ def test_an_interrupted_conversion_resumes_and_writes_the_same_shards(cifar, tmp
     sources.open_split(str(out), "train")
   again = convert(cifar, out, "--splits", "train", "--records-per-shard", "64")
   assert again.returncode == 0 and "(1 shards written now)" in again.stdout, again.stdout
-  assert {p.name: p.read_bytes() for p in (out / "train").iterdir()
-          if not p.name.endswith(".tmp")} == first
+  assert {
+    p.name: p.read_bytes() for p in (out / "train").iterdir() if not p.name.endswith(".tmp")
+  } == first
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (["--records-per-shard", "50"], "shards of another layout"),
     (["--splits", "test"], None),
-], ids=["other shard size", "another split beside"])
+  ],
+  ids=["other shard size", "another split beside"],
+)
 def test_a_conversion_into_used_shards_keeps_them_consistent(cifar, tmp_path, change, message):
   out = tmp_path / "shards"
   assert convert(cifar, out, "--splits", "train", "--records-per-shard", "64").returncode == 0
-  done = convert(cifar, out, "--splits", "train", *change) if message else convert(
-      cifar, out, *change)
+  done = (
+    convert(cifar, out, "--splits", "train", *change) if message else convert(cifar, out, *change)
+  )
   if message:
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
   else:
@@ -100,8 +112,18 @@ def test_a_record_that_is_not_ours_is_a_clear_error():
 
 def tiny_train(workdir, data, *sets):
   """train/train.py with the tiny preset on ``data``'s shards (train and test splits)."""
-  args = [sys.executable, "train/train.py", "--config", "cifar10_tiny",
-          "--workdir", str(workdir), "--set", f"data_dir={data}", "--set", "global_batch=32"]
+  args = [
+    sys.executable,
+    "train/train.py",
+    "--config",
+    "cifar10_tiny",
+    "--workdir",
+    str(workdir),
+    "--set",
+    f"data_dir={data}",
+    "--set",
+    "global_batch=32",
+  ]
   for s in sets:
     args += ["--set", s]
   return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -109,7 +131,7 @@ def tiny_train(workdir, data, *sets):
 
 def garble(path: Path, offset: int, length: int = 64) -> None:
   raw = bytearray(path.read_bytes())
-  raw[offset:offset + length] = bytes(b ^ 0x5A for b in raw[offset:offset + length])
+  raw[offset : offset + length] = bytes(b ^ 0x5A for b in raw[offset : offset + length])
   path.write_bytes(bytes(raw))
 
 
@@ -147,7 +169,7 @@ def test_a_truncated_or_missing_shard_is_one_line_naming_it_at_start(cifar, tmp_
   if damage == "missing":
     shard.unlink()
   else:
-    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
   done = tiny_train(tmp_path / "w", out, "max_steps=2")
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
   assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: shard ")
@@ -180,6 +202,7 @@ def test_a_second_conversion_rewrites_a_damaged_shard(cifar, tmp_path, damage):
 def five_classes(tmp_path_factory):
   """Shards of 5 classes of 40 tiny PNGs each (200 records, 64 a shard)."""
   from PIL import Image
+
   root = tmp_path_factory.mktemp("five")
   for c in range(5):
     (root / "folder" / "train" / f"class{c}").mkdir(parents=True)
@@ -204,8 +227,7 @@ class CountingReads:
     return len(self.source)
 
 
-def test_classes_json_is_checked_against_every_label_reading_few_records(five_classes,
-                                                                         tmp_path):
+def test_classes_json_is_checked_against_every_label_reading_few_records(five_classes, tmp_path):
   split = sources.Shards(str(five_classes / "train"))
   split.source = CountingReads(split.source)
   assert split.verified_classes() == tuple(f"class{c}" for c in range(5))
@@ -215,9 +237,11 @@ def test_classes_json_is_checked_against_every_label_reading_few_records(five_cl
   for f in (five_classes / "train").iterdir():
     (edited / "train" / f.name).symlink_to(f)
   names = [f"class{c}" for c in range(5)]
-  for classes, message in [(names[:2] + ["cat"] + names[3:], "names label 2 'cat', but record"),
-                           (names[:4], "lists 4 classes, no label 4"),
-                           (names + ["class5"], "lists 6 classes, but the records of")]:
+  for classes, message in [
+    (names[:2] + ["cat"] + names[3:], "names label 2 'cat', but record"),
+    (names[:4], "lists 4 classes, no label 4"),
+    (names + ["class5"], "lists 6 classes, but the records of"),
+  ]:
     (edited / "classes.json").write_text(json.dumps(classes))
     with pytest.raises(ValueError, match=message):
       sources.Shards(str(edited / "train")).verified_classes()

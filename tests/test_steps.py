@@ -37,8 +37,9 @@ def test_label_smoothing_matches_torch():
   logits = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
   labels = np.array([0, 3, 6, 2, 2])
   ours = float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1))
-  theirs = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
-                                             label_smoothing=0.1).item()
+  theirs = torch.nn.functional.cross_entropy(
+    torch.from_numpy(logits), torch.from_numpy(labels), label_smoothing=0.1
+  ).item()
   assert ours == pytest.approx(theirs, rel=1e-6)
 
 
@@ -55,8 +56,9 @@ def _train(model, opt, x, y, steps: int) -> list[float]:
 
 
 def _tiny(seed: int = 0) -> fr.ResNet:
-  return fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4,
-                   rngs=nnx.Rngs(seed))
+  return fr.ResNet(
+    "basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4, rngs=nnx.Rngs(seed)
+  )
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -74,6 +76,7 @@ def test_train_steps_fit_a_fixed_batch(optimizer):
 
 def test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects():
   from flax_resnet.bench.dispatch import nnx_train_step
+
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
   y = jnp.arange(8) % 4
   ours, theirs = _tiny(), _tiny()
@@ -86,8 +89,11 @@ def test_train_step_on_the_split_state_equals_nnx_jit_on_the_objects():
   after = jax.tree.leaves(nnx.state(theirs))
   assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # params and statistics
   assert int(ours_opt.step[...]) == int(theirs_opt.step[...]) == 3
-  for a, b in zip(jax.tree.leaves(nnx.state((ours, ours_opt))),
-                  jax.tree.leaves(nnx.state((theirs, theirs_opt))), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state((ours, ours_opt))),
+    jax.tree.leaves(nnx.state((theirs, theirs_opt))),
+    strict=True,
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -99,11 +105,13 @@ def test_unknown_optimizer_is_rejected():
 def test_per_device_statistics_do_not_depend_on_the_sharding():
   """batch_groups = devices on a sharded batch equals the same groups computed on one device."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
 
   def run(sharded: bool, groups: int):
-    model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4,
-                      rngs=nnx.Rngs(0))
+    model = fr.ResNet(
+      "basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4, rngs=nnx.Rngs(0)
+    )
     model.set_attributes(batch_groups=groups, raise_if_not_found=False)
     opt = make_optimizer(model, 0.1)
     x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 2 + 0.5
@@ -133,16 +141,22 @@ def test_ema_moves_towards_the_weights_with_a_warming_up_decay():
 def test_on_device_normalisation_equals_torchvision_to_tensor_and_normalize():
   tf = pytest.importorskip("torchvision.transforms.functional", reason="compares with torchvision")
   from PIL import Image
+
   mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
   pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
   ours = np.asarray(normalize(jnp.asarray(pixels), mean, std))
-  theirs = np.stack([tf.normalize(tf.to_tensor(Image.fromarray(p)), mean, std).permute(1, 2, 0)
-                     .numpy() for p in pixels])
+  theirs = np.stack(
+    [
+      tf.normalize(tf.to_tensor(Image.fromarray(p)), mean, std).permute(1, 2, 0).numpy()
+      for p in pixels
+    ]
+  )
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
 
 
 def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_path, capsys):
   from flax_resnet.training.metrics import LOG_SECONDS, Progress
+
   progress = Progress(tmp_path, global_batch=8, log_every=1000, total_steps=10)
   progress.step(1, {"loss": 2.5}, skipped=0)
   assert capsys.readouterr().out == ""
@@ -157,6 +171,7 @@ def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_pat
 def test_a_run_without_eval_plots_its_losses_and_says_no_eval_yet(tmp_path, recwarn):
   from flax_resnet.commands.plot import main
   from flax_resnet.training.metrics import append_metric
+
   for step, loss in [(4, 2.3), (8, 2.1)]:
     append_metric(tmp_path / "metrics.jsonl", step, "train/loss", loss)
   assert main(["--workdir", str(tmp_path)]) == 0
@@ -199,8 +214,11 @@ def _snapshot(model) -> dict:
   return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
-@pytest.mark.parametrize("frozen", [("stem", "layer1"), ("layer2",), ("stem", "layer1", "layer2")],
-                         ids=["stem and layer1", "layer2", "linear probe"])
+@pytest.mark.parametrize(
+  "frozen",
+  [("stem", "layer1"), ("layer2",), ("stem", "layer1", "layer2")],
+  ids=["stem and layer1", "layer2", "linear probe"],
+)
 @pytest.mark.parametrize("differentiated", ["all", "trainable"])
 def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen, differentiated):
   model, (x, y) = _tiny(), _batch()
@@ -231,17 +249,22 @@ def test_the_backward_pass_stops_where_nothing_before_it_trains(accumulate_steps
     if only_forward:
       jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)[0](x))(state)
     else:
-      jaxpr = jax.make_jaxpr(lambda s: train_step.__wrapped__(
-          graphdef, s, x, y, accumulate_steps=accumulate_steps, frozen=frozen))(state)
+      jaxpr = jax.make_jaxpr(
+        lambda s: train_step.__wrapped__(
+          graphdef, s, x, y, accumulate_steps=accumulate_steps, frozen=frozen
+        )
+      )(state)
     return _count(jaxpr.jaxpr, ("conv_general_dilated",))
+
   forward = convolutions((), only_forward=True)
   probe = convolutions(("stem", "layer1", "layer2"))
   assert probe == forward < convolutions(("stem", "layer1")) < convolutions(())
 
 
 def test_freezing_a_part_the_model_lacks_is_refused():
-  with pytest.raises(ValueError, match="cannot freeze layer3: the model's parts are stem, "
-                                       "layer1, layer2"):
+  with pytest.raises(
+    ValueError, match="cannot freeze layer3: the model's parts are stem, layer1, layer2"
+  ):
     make_optimizer(_tiny(), 0.1, frozen=("layer3",))
 
 
@@ -253,6 +276,7 @@ def test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads():
     tx = transform(0.5, momentum=0.0, weight_decay=0.0, backbone_lr_mult=mult)
     updates = tx.update(grads, tx.init(params), params)[0]
     return dict(jax.tree_util.tree_flatten_with_path(updates)[0])
+
   full, tenth = updates(1.0), updates(0.1)
   assert {part_of(p) for p in full} == {"stem", "layer1", "layer2", "fc"}
   for path, u in full.items():
@@ -265,8 +289,16 @@ def test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads():
 def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", steps: int = 3):
   """Losses and final state of ``steps`` train_steps on a batch of 32 taken in
   ``accumulate_steps`` micro-batches; SGD with Nesterov momentum and weight decay."""
-  model = fr.ResNet("basic", (1, 1), channels=(8, 16), stem="cifar", num_classes=4, norm=norm,
-                    param_dtype=dtype, rngs=nnx.Rngs(0))
+  model = fr.ResNet(
+    "basic",
+    (1, 1),
+    channels=(8, 16),
+    stem="cifar",
+    num_classes=4,
+    norm=norm,
+    param_dtype=dtype,
+    rngs=nnx.Rngs(0),
+  )
   opt = make_optimizer(model, 0.2, nesterov=True, weight_decay=1e-2)
   model.train()
   graphdef, state = nnx.split((model, opt))
@@ -277,8 +309,9 @@ def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", s
     state, metrics = train_step(graphdef, state, x, y, accumulate_steps=accumulate_steps)
     losses.append(np.asarray(metrics["loss"]))
     assert int(metrics["top5"]) == 32
-  return np.array(losses), [np.asarray(v) for v in jax.tree.leaves(nnx.state(
-      nnx.merge(graphdef, state)[0]))]
+  return np.array(losses), [
+    np.asarray(v) for v in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0]))
+  ]
 
 
 def _relative(a, b) -> float:
@@ -301,8 +334,10 @@ def test_four_micro_batches_of_8_take_the_step_of_one_batch_of_32():
 
 
 def test_accumulation_normalises_each_micro_batch_with_its_own_statistics():
-  whole, accumulated = _accumulated_run(1, jnp.float32, "batch"), _accumulated_run(
-      4, jnp.float32, "batch")
+  whole, accumulated = (
+    _accumulated_run(1, jnp.float32, "batch"),
+    _accumulated_run(4, jnp.float32, "batch"),
+  )
   assert _relative(accumulated[0], whole[0]) > 1e-3  # other statistics: another step
 
 
@@ -310,8 +345,9 @@ def _loss_and_grads(remat: str):
   """Loss, gradients and updated BatchNorm statistics of a train-mode forward and
   backward pass with activation checkpointing ``remat``; the count of checkpointed
   calls in its program."""
-  model = fr.ResNet("basic", (2, 1), channels=(8, 16), stem="cifar", num_classes=4,
-                    rngs=nnx.Rngs(0))
+  model = fr.ResNet(
+    "basic", (2, 1), channels=(8, 16), stem="cifar", num_classes=4, rngs=nnx.Rngs(0)
+  )
   model.remat = remat
   x, y = _batch()
 
@@ -320,6 +356,7 @@ def _loss_and_grads(remat: str):
     m.train()
     loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(m)
     return loss, grads, nnx.state(m, nnx.BatchStat)
+
   graphdef, state = nnx.split(model)
   jaxpr = jax.make_jaxpr(loss_and_grads)(state)
   checkpoints = _count_checkpoints(jaxpr.jaxpr)
@@ -335,11 +372,13 @@ def _count_checkpoints(jaxpr) -> int:
 def _count(jaxpr, primitives: tuple[str, ...]) -> int:
   """The calls of ``primitives`` in ``jaxpr``, nested programs included."""
   from jax.extend import core
+
   count = 0
   for eqn in jaxpr.eqns:
     count += eqn.primitive.name in primitives
-    for sub in jax.tree.leaves(list(eqn.params.values()),
-                               is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
+    for sub in jax.tree.leaves(
+      list(eqn.params.values()), is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))
+    ):
       if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
         count += _count(getattr(sub, "jaxpr", sub), primitives)
   return count

@@ -15,10 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def suite(out, *args, data=None):
-  env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu",
-         **({"FLAX_RESNET_DATA": str(data)} if data else {})}
-  return subprocess.run(["bash", "bench/gpu_suite.sh", str(out), *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900)
+  env = {
+    **os.environ,
+    "PYTHON": sys.executable,
+    "JAX_PLATFORMS": "cpu",
+    **({"FLAX_RESNET_DATA": str(data)} if data else {}),
+  }
+  return subprocess.run(
+    ["bash", "bench/gpu_suite.sh", str(out), *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
 
 
 def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, tmp_path):
@@ -31,27 +41,38 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
   assert all((out / f).stat().st_size <= 16 * 2**20 for f in files)
   rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   steps = {r["step"]: r for r in rows if r.get("bench") == "suite"}
-  assert [steps[s]["status"] for s in ("facts", "train", "infer", "kernels", "pipeline")] \
-      == ["ok"] * 5
+  assert [steps[s]["status"] for s in ("facts", "train", "infer", "kernels", "pipeline")] == [
+    "ok"
+  ] * 5
   assert steps["cifar10-jax"]["status"] == "skipped" and "left" in steps["cifar10-jax"]["why"]
   variants = {(r["mode"], r["framework"], r["variant"]) for r in rows if "mode" in r}
-  assert {("train", "jax", "bn_fused_backward"), ("infer", "jax", "folded"),
-          ("train", "torch-eager", "baseline")} <= variants
+  assert {
+    ("train", "jax", "bn_fused_backward"),
+    ("infer", "jax", "folded"),
+    ("train", "torch-eager", "baseline"),
+  } <= variants
   kernels = [r for r in rows if r.get("bench") == "kernels"]
   assert kernels and kernels[0]["ms_per_step"] >= kernels[-1]["ms_per_step"] > 0
   pipeline = [r for r in rows if r.get("bench") == "pipeline"]
   assert [r["workers"] for r in pipeline] == [0, 1] and pipeline[1]["workers_ready_s_max"] > 0
   report = (out / "REPORT.md").read_text()
-  for heading in ("## Machine", "## Training throughput", "## Inference throughput",
-                  "## Top kernels", "## Input pipeline", "| jax | folded |"):
+  for heading in (
+    "## Machine",
+    "## Training throughput",
+    "## Inference throughput",
+    "## Top kernels",
+    "## Input pipeline",
+    "| jax | folded |",
+  ):
     assert heading in report
 
 
 def test_a_step_past_its_limit_is_killed_and_the_next_still_runs(tmp_path):
   with open(tmp_path / "log", "w") as log:
     start = time.monotonic()
-    hung = run_step(Step("hang", ["bash", "-c", "sleep 60 & sleep 60"], limit_s=2), log,
-                    deadline=start + 100)
+    hung = run_step(
+      Step("hang", ["bash", "-c", "sleep 60 & sleep 60"], limit_s=2), log, deadline=start + 100
+    )
     after = run_step(Step("next", ["true"], limit_s=5), log, deadline=start + 100)
     late = run_step(Step("big", ["true"], limit_s=5, needs_s=300), log, deadline=start + 100)
   assert hung["status"] == "timed out" and hung["seconds"] < 10

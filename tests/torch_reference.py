@@ -17,8 +17,13 @@ def nchw(x: np.ndarray):
   return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: int = 3,
-              bn_scale: tuple[float, float] | None = None):
+def calibrate(
+  model,
+  seed: int = 0,
+  randomize_affine: bool = True,
+  in_channels: int = 3,
+  bn_scale: tuple[float, float] | None = None,
+):
   """Gives BatchNorm non-trivial statistics: random affine parameters, then running
   statistics averaged over a few batches, so activations look like a trained net's.
 
@@ -31,8 +36,11 @@ def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: 
   # Trained ResNets keep each residual branch's last BN scale small (that is what
   # zero_init_residual starts from); with scales near 1 there, a random net's
   # activations and float32 rounding grow with depth, torch's own included.
-  last = {id(getattr(b, "bn3", None) or b.bn2) for b in model.modules()
-          if hasattr(b, "bn2") and hasattr(b, "conv2")}
+  last = {
+    id(getattr(b, "bn3", None) or b.bn2)
+    for b in model.modules()
+    if hasattr(b, "bn2") and hasattr(b, "conv2")
+  }
   with torch.no_grad():
     for bn in bns:
       if randomize_affine:
@@ -50,16 +58,21 @@ def calibrate(model, seed: int = 0, randomize_affine: bool = True, in_channels: 
 
 
 @functools.lru_cache(maxsize=2)
-def calibrated_pair(name: str, options: tuple = (), randomize_affine: bool = True,
-                    bn_scale: tuple[float, float] | None = None):
+def calibrated_pair(
+  name: str,
+  options: tuple = (),
+  randomize_affine: bool = True,
+  bn_scale: tuple[float, float] | None = None,
+):
   """(torchvision model, converted flax model), both in eval mode; ``options`` are
   flax-resnet's (``port.twin`` builds the torchvision model)."""
   opts = dict(options)
   in_channels = opts.get("in_channels", 3)
   torch.manual_seed(0)
   reference = torch_resnet(name, opts)
-  calibrate(reference, randomize_affine=randomize_affine, in_channels=in_channels,
-            bn_scale=bn_scale)
+  calibrate(
+    reference, randomize_affine=randomize_affine, in_channels=in_channels, bn_scale=bn_scale
+  )
   dilation = opts.get("replace_stride_with_dilation")
   extra = {"replace_stride_with_dilation": tuple(dilation)} if dilation else {}
   model = from_torch_state_dict(reference.state_dict(), name, **extra)

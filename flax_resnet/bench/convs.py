@@ -28,14 +28,14 @@ from flax_resnet.versions import versions
 
 # name: (input height = width, in channels, out channels, kernel, stride), all from ResNet-50
 SHAPES = {
-    "stem 7x7/2 3->64": (224, 3, 64, 7, 2),
-    "layer1 1x1 64->256": (56, 64, 256, 1, 1),
-    "layer1 1x1 256->64": (56, 256, 64, 1, 1),
-    "layer1 3x3 64->64": (56, 64, 64, 3, 1),
-    "layer2 3x3/2 128->128": (56, 128, 128, 3, 2),
-    "layer2 downsample 1x1/2 256->512": (56, 256, 512, 1, 2),
-    "layer3 1x1 1024->256": (14, 1024, 256, 1, 1),
-    "layer3 3x3 256->256": (14, 256, 256, 3, 1),
+  "stem 7x7/2 3->64": (224, 3, 64, 7, 2),
+  "layer1 1x1 64->256": (56, 64, 256, 1, 1),
+  "layer1 1x1 256->64": (56, 256, 64, 1, 1),
+  "layer1 3x3 64->64": (56, 64, 64, 3, 1),
+  "layer2 3x3/2 128->128": (56, 128, 128, 3, 2),
+  "layer2 downsample 1x1/2 256->512": (56, 256, 512, 1, 2),
+  "layer3 1x1 1024->256": (14, 1024, 256, 1, 1),
+  "layer3 3x3 256->256": (14, 256, 256, 3, 1),
 }
 IMPLS = {"lax": jax.lax.conv_general_dilated, "flax_resnet": conv_general_dilated}
 
@@ -43,8 +43,9 @@ IMPLS = {"lax": jax.lax.conv_general_dilated, "flax_resnet": conv_general_dilate
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--shapes", default=",".join(SHAPES),
-                 help=f"comma-separated names among: {', '.join(SHAPES)}")
+  p.add_argument(
+    "--shapes", default=",".join(SHAPES), help=f"comma-separated names among: {', '.join(SHAPES)}"
+  )
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
@@ -67,8 +68,9 @@ def median_ms(fn, *args, repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def time_conv(conv, batch: int, size: int, cin: int, cout: int, k: int, stride: int,
-              repeats: int) -> dict[str, float]:
+def time_conv(
+  conv, batch: int, size: int, cin: int, cout: int, k: int, stride: int, repeats: int
+) -> dict[str, float]:
   """Milliseconds of the forward pass and of each gradient, for one implementation."""
   x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
   w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.05
@@ -81,25 +83,42 @@ def time_conv(conv, batch: int, size: int, cin: int, cout: int, k: int, stride: 
   g = jnp.ones_like(f(x, w))
   dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: f(x, w), x)[1](g)[0])
   dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: f(x, w), w)[1](g)[0])
-  return {"forward_ms": median_ms(jax.jit(f), x, w, repeats=repeats),
-          "input_grad_ms": median_ms(dx, x, w, g, repeats=repeats),
-          "kernel_grad_ms": median_ms(dw, x, w, g, repeats=repeats)}
+  return {
+    "forward_ms": median_ms(jax.jit(f), x, w, repeats=repeats),
+    "input_grad_ms": median_ms(dx, x, w, g, repeats=repeats),
+    "kernel_grad_ms": median_ms(dw, x, w, g, repeats=repeats),
+  }
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   rows = []
-  print("| shape | implementation | forward ms | input grad ms | kernel grad ms |\n"
-        "| --- | --- | ---: | ---: | ---: |", flush=True)
+  print(
+    "| shape | implementation | forward ms | input grad ms | kernel grad ms |\n"
+    "| --- | --- | ---: | ---: | ---: |",
+    flush=True,
+  )
   for name in args.shapes:
     for impl, conv in IMPLS.items():
       ms = time_conv(conv, args.batch, *SHAPES[name], repeats=args.repeats)
-      print(f"| {name} | {impl} | {ms['forward_ms']:.1f} | {ms['input_grad_ms']:.1f} | "
-            f"{ms['kernel_grad_ms']:.1f} |", flush=True)
-      rows.append({"shape": name, "implementation": impl, "batch": args.batch, **ms,
-                   "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-                   "versions": versions(), "command": " ".join(sys.argv),
-                   "date": datetime.date.today().isoformat()})
+      print(
+        f"| {name} | {impl} | {ms['forward_ms']:.1f} | {ms['input_grad_ms']:.1f} | "
+        f"{ms['kernel_grad_ms']:.1f} |",
+        flush=True,
+      )
+      rows.append(
+        {
+          "shape": name,
+          "implementation": impl,
+          "batch": args.batch,
+          **ms,
+          "device": str(jax.devices()[0].device_kind),
+          "backend": jax.default_backend(),
+          "versions": versions(),
+          "command": " ".join(sys.argv),
+          "date": datetime.date.today().isoformat(),
+        }
+      )
   emit(rows, args.out, echo=False)
   return 0
 

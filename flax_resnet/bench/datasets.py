@@ -11,8 +11,13 @@ from pathlib import Path
 CIFAR_ARCHIVE = "cifar10-jpeg.tar.gz"
 
 
-def unpack_cifar(data: Path, dest: Path, limits: dict[str, int] | None = None,
-                 classes: Collection[str] | None = None, per_class: bool = True) -> Path:
+def unpack_cifar(
+  data: Path,
+  dest: Path,
+  limits: dict[str, int] | None = None,
+  classes: Collection[str] | None = None,
+  per_class: bool = True,
+) -> Path:
   """The images of ``data/cifar10-jpeg.tar.gz`` as ``dest/<split>/<class>/<file>``, taken in
   the tarball's order; returns ``dest``.
 

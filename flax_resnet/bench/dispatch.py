@@ -68,9 +68,10 @@ def variants(args) -> dict:
     state, metrics = train_step(graphdef, state, x, y)
     return metrics
 
-  return {"nnx.jit(model, optimizer)": lambda: timed(
-              lambda: nnx_train_step(model, optimizer, x, y)),
-          "jax.jit(graphdef, state)": lambda: timed(split_step)}
+  return {
+    "nnx.jit(model, optimizer)": lambda: timed(lambda: nnx_train_step(model, optimizer, x, y)),
+    "jax.jit(graphdef, state)": lambda: timed(split_step),
+  }
 
 
 def main(argv=None) -> int:
@@ -83,13 +84,22 @@ def main(argv=None) -> int:
     for name, run in runs.items():
       times[name].append(run())
   device = jax.devices()[0]
-  rows = [{"variant": name, "arch": args.arch, "batch": args.batch,
-           "image_size": args.image_size, "steps": len(ts),
-           "host_ms_median": 1e3 * statistics.median(h for h, _ in ts),
-           "step_ms_median": 1e3 * statistics.median(s for _, s in ts),
-           "device": f"{device.platform}:{device.device_kind}", "versions": versions(),
-           "command": " ".join(sys.argv), "date": datetime.date.today().isoformat()}
-          for name, ts in times.items()]
+  rows = [
+    {
+      "variant": name,
+      "arch": args.arch,
+      "batch": args.batch,
+      "image_size": args.image_size,
+      "steps": len(ts),
+      "host_ms_median": 1e3 * statistics.median(h for h, _ in ts),
+      "step_ms_median": 1e3 * statistics.median(s for _, s in ts),
+      "device": f"{device.platform}:{device.device_kind}",
+      "versions": versions(),
+      "command": " ".join(sys.argv),
+      "date": datetime.date.today().isoformat(),
+    }
+    for name, ts in times.items()
+  ]
   emit(rows, args.out)
   return 0
 

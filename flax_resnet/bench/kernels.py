@@ -30,6 +30,7 @@ from flax_resnet.versions import versions
 def parse_args(argv=None) -> argparse.Namespace:
   from flax_resnet.bench.throughput import VARIANTS
   from flax_resnet.registry import list_models
+
   p = ArgumentParser(description=__doc__)
   p.add_argument("--arch", default="resnet50", choices=list_models())
   p.add_argument("--batch", type=positive_int, default=32)
@@ -47,6 +48,7 @@ def device_events(xplane: Path):
   """(name, duration in ns) of every kernel in the trace: the device planes' stream
   events where there are device planes, else the host's XLA thunks (a CPU run)."""
   from jax.profiler import ProfileData
+
   planes = list(ProfileData.from_file(str(xplane)).planes)
   devices = [p for p in planes if p.name.startswith("/device:")]
   if devices:
@@ -54,8 +56,9 @@ def device_events(xplane: Path):
     streams = [ln for ln in lines if ln.name.startswith("Stream")]
     lines = streams or [ln for ln in lines if ln.name not in ("XLA Modules", "Steps")]
   else:
-    lines = [ln for p in planes if p.name == "/host:CPU" for ln in p.lines
-             if ln.name.startswith("tf_XLA")]
+    lines = [
+      ln for p in planes if p.name == "/host:CPU" for ln in p.lines if ln.name.startswith("tf_XLA")
+    ]
   for line in lines:
     for event in line.events:
       # On a CPU, the executor's and thread pool's own spans enclose the thunks.
@@ -71,15 +74,22 @@ def top_kernels(events, steps: int, top: int) -> list[dict]:
     total[name] += ns
     calls[name] += 1
   busy = sum(total.values()) or 1
-  return [{"kernel": name[:200], "calls_per_step": calls[name] / steps,
-           "ms_per_step": ns / 1e6 / steps, "share": ns / busy,
-           "busy_ms_per_step": busy / 1e6 / steps}
-          for name, ns in total.most_common(top)]
+  return [
+    {
+      "kernel": name[:200],
+      "calls_per_step": calls[name] / steps,
+      "ms_per_step": ns / 1e6 / steps,
+      "share": ns / busy,
+      "busy_ms_per_step": busy / 1e6 / steps,
+    }
+    for name, ns in total.most_common(top)
+  ]
 
 
 def profile(runner, steps: int) -> list[tuple[str, int]]:
   """Runs ``steps`` steps under the profiler; the trace's kernel events (``device_events``)."""
   import jax
+
   with tempfile.TemporaryDirectory(prefix="flax-resnet-profile-") as trace_dir:
     with jax.profiler.trace(trace_dir):
       for _ in range(steps):
@@ -93,6 +103,7 @@ def profile(runner, steps: int) -> list[tuple[str, int]]:
 def write_hlo(runner, path: Path) -> int:
   """The train step's optimized HLO, xz-compressed, to ``path``; its compressed size."""
   from flax_resnet.training.steps import train_step
+
   text = train_step.lower(runner.graphdef, runner.state, runner.x, runner.y).compile().as_text()
   if text is None:
     raise RuntimeError("XLA returned no HLO text for the train step")
@@ -105,15 +116,27 @@ def write_hlo(runner, path: Path) -> int:
 def main(argv=None) -> int:
   args = parse_args(argv)
   from flax_resnet.bench.throughput import JaxRunner, device_name
+
   t = time.perf_counter()
-  runner = JaxRunner(SimpleNamespace(arch=args.arch, mode="train", batch=args.batch,
-                                     image_size=args.image_size, dtype=args.dtype), args.variant)
+  runner = JaxRunner(
+    SimpleNamespace(
+      arch=args.arch, mode="train", batch=args.batch, image_size=args.image_size, dtype=args.dtype
+    ),
+    args.variant,
+  )
   runner.run()
   runner.run()
   print(f"built, compiled and warmed up in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-  common = {"bench": "kernels", "arch": args.arch, "batch": args.batch, "dtype": args.dtype,
-            "variant": args.variant, "device": device_name("jax", runner),
-            "versions": versions(), "command": " ".join(sys.argv)}
+  common = {
+    "bench": "kernels",
+    "arch": args.arch,
+    "batch": args.batch,
+    "dtype": args.dtype,
+    "variant": args.variant,
+    "device": device_name("jax", runner),
+    "versions": versions(),
+    "command": " ".join(sys.argv),
+  }
   if args.hlo:
     common["hlo_file"], common["hlo_xz_bytes"] = args.hlo.name, write_hlo(runner, args.hlo)
   rows = top_kernels(profile(runner, args.steps), args.steps, args.top)

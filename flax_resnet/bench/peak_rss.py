@@ -54,8 +54,12 @@ def watch(command: list[str], every: float) -> dict:
     top = max(top, rss_mb(proc.pid))
     tree = max(tree, sum(rss_mb(p) for p in descendants(proc.pid)))
     time.sleep(every)
-  return {"returncode": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-          "peak_rss_tree_mb": round(tree), "peak_rss_main_mb": round(top)}
+  return {
+    "returncode": proc.returncode,
+    "wall_s": round(time.perf_counter() - start, 1),
+    "peak_rss_tree_mb": round(tree),
+    "peak_rss_main_mb": round(top),
+  }
 
 
 def main(argv=None) -> int:
@@ -64,9 +68,13 @@ def main(argv=None) -> int:
   p.add_argument("--out", type=Path, help="append the JSON line here")
   p.add_argument("command", nargs="+", help="the command, after --")
   args = p.parse_args(argv)
-  result = {"bench": "peak_rss", **watch(args.command, args.every),
-            "command": " ".join(args.command), "python": platform.python_version(),
-            "date": datetime.date.today().isoformat()}
+  result = {
+    "bench": "peak_rss",
+    **watch(args.command, args.every),
+    "command": " ".join(args.command),
+    "python": platform.python_version(),
+    "date": datetime.date.today().isoformat(),
+  }
   emit([result], args.out)
   return result["returncode"]
 

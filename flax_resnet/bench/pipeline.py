@@ -37,16 +37,23 @@ from flax_resnet.training import config as config_lib, data, shards
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--data", choices=["imagenet-samples", "cifar10"], default="imagenet-samples")
-  p.add_argument("--data-root", type=Path, default=data_root(),
-                 help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from "
-                      "the current directory)")
+  p.add_argument(
+    "--data-root",
+    type=Path,
+    default=data_root(),
+    help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from the current directory)",
+  )
   p.add_argument("--workers", default="0,1", help="comma-separated decoding process counts")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
   p.add_argument("--warmup", type=int, default=1, help="untimed batches first (at least 1)")
   p.add_argument("--cifar-images", type=int, default=5000, help="train images to unpack")
-  p.add_argument("--format", default="folder", choices=["folder", "shards", "both"],
-                 help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both")
+  p.add_argument(
+    "--format",
+    default="folder",
+    choices=["folder", "shards", "both"],
+    help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both",
+  )
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   try:
@@ -67,7 +74,8 @@ def imagenet_folder(root: Path, dest: Path) -> Path:
     for row in csv.DictReader(f):
       (dest / "train" / row["synset"]).mkdir(parents=True, exist_ok=True)
       (dest / "train" / row["synset"] / row["file"]).symlink_to(
-          root / "imagenet-samples" / row["file"])
+        root / "imagenet-samples" / row["file"]
+      )
   return dest
 
 
@@ -84,14 +92,18 @@ class WorkerStart:
   A spawned worker imports what unpickling the pipeline needs before this runs, so
   its time since the iterator was made is the worker's start-up.
   """
+
   HEAVY = ("jax", "flax", "orbax.checkpoint", "optax", "torch", "tensorflow")
 
   def __init__(self, folder: Path, start: float):
     self.folder, self.start = folder, start
 
   def __call__(self, index: int, count: int) -> None:
-    record = {"worker": index, "ready_s": time.time() - self.start,
-              "imported": [m for m in self.HEAVY if m in sys.modules]}
+    record = {
+      "worker": index,
+      "ready_s": time.time() - self.start,
+      "imported": [m for m in self.HEAVY if m in sys.modules],
+    }
     (self.folder / f"worker-{index}.json").write_text(json.dumps(record))
 
 
@@ -100,9 +112,11 @@ def worker_starts(folder: Path) -> dict:
   records = [json.loads(p.read_text()) for p in sorted(folder.glob("worker-*.json"))]
   if not records:
     return {}
-  return {"workers_ready_s_max": max(r["ready_s"] for r in records),
-          "workers_ready_s_min": min(r["ready_s"] for r in records),
-          "worker_imports": sorted({m for r in records for m in r["imported"]})}
+  return {
+    "workers_ready_s_max": max(r["ready_s"] for r in records),
+    "workers_ready_s_min": min(r["ready_s"] for r in records),
+    "worker_imports": sorted({m for r in records for m in r["imported"]}),
+  }
 
 
 def measure(cfg, batches: int, warmup: int) -> dict:
@@ -130,9 +144,15 @@ def measure(cfg, batches: int, warmup: int) -> dict:
   if batch["image"].shape != (cfg.global_batch, cfg.image_size, cfg.image_size, 3):
     raise RuntimeError(f"the pipeline gave a batch of shape {batch['image'].shape}")
   seconds = stamps[-1] - stamps[0]
-  return {"images_per_s": batches * cfg.global_batch / seconds, "timed_s": seconds,
-          "timed_batches": batches, "warmup_batches": warmup, "startup_s": first,
-          "dtype": str(batch["image"].dtype), **worker_starts(reports)}
+  return {
+    "images_per_s": batches * cfg.global_batch / seconds,
+    "timed_s": seconds,
+    "timed_batches": batches,
+    "warmup_batches": warmup,
+    "startup_s": first,
+    "dtype": str(batch["image"].dtype),
+    **worker_starts(reports),
+  }
 
 
 def sources(layout: str, folder: Path, tmp: Path) -> list[tuple[str, Path]]:
@@ -159,15 +179,24 @@ def main(argv=None) -> int:
       return 2
     for layout, where in sources(args.format, root, Path(tmp)):
       for workers in args.workers:
-        cfg = config_lib.Config(data_dir=str(where), image_size=size, global_batch=args.batch,
-                                workers=workers)
-        result = {"bench": "pipeline", "data": args.data, "format": layout, "image_size": size,
-                  "workers": workers, "batch": args.batch, "batches": args.batches,
-                  **measure(cfg, args.batches, args.warmup),
-                  "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                  "python": platform.python_version(),
-                  "date": datetime.date.today().isoformat(),
-                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+        cfg = config_lib.Config(
+          data_dir=str(where), image_size=size, global_batch=args.batch, workers=workers
+        )
+        result = {
+          "bench": "pipeline",
+          "data": args.data,
+          "format": layout,
+          "image_size": size,
+          "workers": workers,
+          "batch": args.batch,
+          "batches": args.batches,
+          **measure(cfg, args.batches, args.warmup),
+          "cpu_count": os.cpu_count(),
+          "cpu": platform.processor() or platform.machine(),
+          "python": platform.python_version(),
+          "date": datetime.date.today().isoformat(),
+          "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        }
         emit([result], args.out)
     # grain's prefetch threads outlive the measurement; quiet them as the folder goes.
     logging.getLogger(data.__name__).setLevel(logging.ERROR)

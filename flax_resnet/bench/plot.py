@@ -22,7 +22,8 @@ def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
   if not path.is_file():
     raise ValueError(f"--results {path}: no such file")
   panels: defaultdict[tuple, defaultdict[str, dict[int, float]]] = defaultdict(
-      lambda: defaultdict(dict))
+    lambda: defaultdict(dict)
+  )
   for number, line in enumerate(path.read_text().splitlines(), 1):
     try:
       row = json.loads(line)
@@ -32,20 +33,23 @@ def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
       raise ValueError(f"{path}:{number}: not a bench/throughput.py line ({e})") from None
   if not panels:
     raise ValueError(f"{path} holds no results")
-  return {key: {fw: sorted(points.items()) for fw, points in lines.items()}
-          for key, lines in sorted(panels.items())}
+  return {
+    key: {fw: sorted(points.items()) for fw, points in lines.items()}
+    for key, lines in sorted(panels.items())
+  }
 
 
 def plot(panels: dict, out: Path) -> None:
   """Draws ``read_series``' panels into the PNG ``out``, written atomically."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   cols = min(len(panels), 2)
   rows = -(-len(panels) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
-  for ax in axes.flat[len(panels):]:
+  for ax in axes.flat[len(panels) :]:
     ax.remove()
   for ax, ((arch, mode, dtype), lines) in zip(axes.flat, panels.items()):
     for framework, points in lines.items():

@@ -43,19 +43,37 @@ MAX_FILE_BYTES = 16 * 2**20
 RESULTS, LOG, HLO = "results.jsonl", "suite.log", "train_step_hlo.txt.xz"
 # The measured sizes (issue 18): ResNet-50 bf16 at batch 256; the CPU plumbing's are tiny.
 SIZES = {
-    "gpu": dict(arch="resnet50", batch="256", image="224", dtype="bf16", steps="20",
-                frameworks="jax,torch-eager,torch-compile",
-                train_variants="baseline,bn_fused_backward,bn_one_pass_fused_backward",
-                workers="8,16", pipeline_batch="256", pipeline_batches="64"),
-    "tiny": dict(arch="resnet18", batch="4", image="32", dtype="bf16", steps="2",
-                 frameworks="jax,torch-eager", train_variants="baseline,bn_fused_backward",
-                 workers="0,1", pipeline_batch="4", pipeline_batches="2"),
+  "gpu": dict(
+    arch="resnet50",
+    batch="256",
+    image="224",
+    dtype="bf16",
+    steps="20",
+    frameworks="jax,torch-eager,torch-compile",
+    train_variants="baseline,bn_fused_backward,bn_one_pass_fused_backward",
+    workers="8,16",
+    pipeline_batch="256",
+    pipeline_batches="64",
+  ),
+  "tiny": dict(
+    arch="resnet18",
+    batch="4",
+    image="32",
+    dtype="bf16",
+    steps="2",
+    frameworks="jax,torch-eager",
+    train_variants="baseline,bn_fused_backward",
+    workers="0,1",
+    pipeline_batch="4",
+    pipeline_batches="2",
+  ),
 }
 
 
 @dataclass
 class Step:
   """One command of the suite: ``limit_s`` at most, run only if ``needs_s`` are left."""
+
   name: str
   argv: list[str]
   limit_s: float
@@ -66,11 +84,18 @@ class Step:
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("out", type=Path, help="the report's folder (created; must be empty)")
-  p.add_argument("--budget", type=positive_float, default=450.0,
-                 help="seconds for all steps together (the wrapper's install comes on top)")
-  p.add_argument("--data", type=Path, default=data_root(),
-                 help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from "
-                      "the current directory)")
+  p.add_argument(
+    "--budget",
+    type=positive_float,
+    default=450.0,
+    help="seconds for all steps together (the wrapper's install comes on top)",
+  )
+  p.add_argument(
+    "--data",
+    type=Path,
+    default=data_root(),
+    help=f"the data folder (default: ${DATA_ENV}, else ../shared/data from the current directory)",
+  )
   p.add_argument("--tiny", action="store_true", help="tiny sizes: the plumbing, on a CPU")
   p.add_argument("--facts", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -87,27 +112,36 @@ def bench(name: str, *argv: str) -> list[str]:
   return [sys.executable, "-m", "flax_resnet.commands.bench", name, *argv]
 
 
+def flags(**values) -> list[str]:
+  """``--name value`` pairs, in order (``image_size`` is ``--image-size``)."""
+  return [x for name, value in values.items() for x in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def plan(args, results: Path, work: Path) -> list[Step]:
   """The suite's steps, in order, with their time limits (seconds)."""
   s, tiny = SIZES["tiny" if args.tiny else "gpu"], args.tiny
-  common = ["--arch", s["arch"], "--batch", s["batch"], "--image-size", s["image"], "--dtype",
-            s["dtype"], "--frameworks", s["frameworks"], "--steps", s["steps"], "--rounds", "2",
-            "--out", str(results)]
+  model = flags(arch=s["arch"], batch=s["batch"], image_size=s["image"], dtype=s["dtype"])
+  common = [*model, *flags(frameworks=s["frameworks"], steps=s["steps"], rounds=2, out=results)]
+  kernels = flags(steps=2 if tiny else 5, hlo=args.out / HLO, out=results)
+  pipeline = flags(
+    data="imagenet-samples",
+    data_root=args.data,
+    workers=s["workers"],
+    batch=s["pipeline_batch"],
+    batches=s["pipeline_batches"],
+    out=results,
+  )
   return [
-      Step("facts", [sys.executable, "-m", "flax_resnet.bench.suite", str(args.out), "--facts"],
-           30),
-      Step("train", bench("throughput", "--mode", "train", "--variants", s["train_variants"],
-                          *common), 220),
-      Step("infer", bench("throughput", "--mode", "infer", "--variants", "all", *common), 80),
-      Step("kernels", bench("kernels", "--arch", s["arch"], "--batch", s["batch"],
-                            "--image-size", s["image"], "--dtype", s["dtype"], "--steps",
-                            "2" if tiny else "5", "--hlo", str(args.out / HLO), "--out",
-                            str(results)), 60),
-      Step("pipeline", bench("pipeline", "--data", "imagenet-samples", "--data-root",
-                             str(args.data), "--workers", s["workers"], "--batch",
-                             s["pipeline_batch"], "--batches", s["pipeline_batches"], "--out",
-                             str(results)), 45),
-      *cifar_steps(args, work),
+    Step("facts", [sys.executable, "-m", "flax_resnet.bench.suite", str(args.out), "--facts"], 30),
+    Step(
+      "train",
+      bench("throughput", "--mode", "train", "--variants", s["train_variants"], *common),
+      220,
+    ),
+    Step("infer", bench("throughput", "--mode", "infer", "--variants", "all", *common), 80),
+    Step("kernels", bench("kernels", *model, *kernels), 60),
+    Step("pipeline", bench("pipeline", *pipeline), 45),
+    *cifar_steps(args, work),
   ]
 
 
@@ -116,10 +150,18 @@ def cifar_steps(args, work: Path) -> list[Step]:
   data = work / "cifar10" / "cifar10-jpeg"
   preset = "cifar10_resnet18"
   sets = ["--set", f"data_dir={data}"]
-  return [Step(f"cifar10-{which}", [*command, "--config", preset, "--workdir",
-                                    str(work / f"run-{which}"), *sets], 300, needs_s=300)
-          for which, command in (("jax", [sys.executable, "-m", "flax_resnet.commands.train"]),
-                                 ("torch", bench("train-torch")))]
+  return [
+    Step(
+      f"cifar10-{which}",
+      [*command, "--config", preset, "--workdir", str(work / f"run-{which}"), *sets],
+      300,
+      needs_s=300,
+    )
+    for which, command in (
+      ("jax", [sys.executable, "-m", "flax_resnet.commands.train"]),
+      ("torch", bench("train-torch")),
+    )
+  ]
 
 
 def run_step(step: Step, log, deadline: float, prepare=None) -> dict:
@@ -135,11 +177,19 @@ def run_step(step: Step, log, deadline: float, prepare=None) -> dict:
   start = time.monotonic()
   if prepare:
     prepare()
-  proc = subprocess.Popen(step.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                          env={**os.environ, **step.env})
+  proc = subprocess.Popen(
+    step.argv,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+    env={**os.environ, **step.env},
+  )
   try:
-    status = "ok" if proc.wait(timeout=max(limit - (time.monotonic() - start), 1)) == 0 \
-        else f"failed (exit {proc.returncode})"
+    status = (
+      "ok"
+      if proc.wait(timeout=max(limit - (time.monotonic() - start), 1)) == 0
+      else f"failed (exit {proc.returncode})"
+    )
   except subprocess.TimeoutExpired:
     os.killpg(proc.pid, signal.SIGKILL)  # torch.compile and grain leave children behind
     proc.wait()
@@ -149,9 +199,11 @@ def run_step(step: Step, log, deadline: float, prepare=None) -> dict:
 
 def unpack_cifar_once(data: Path, dest: Path):
   """A function that unpacks CIFAR-10's tarball into ``dest`` once."""
+
   def unpack():
     if not dest.exists():
       unpack_cifar(data, dest)
+
   return unpack
 
 
@@ -161,14 +213,19 @@ def run(args) -> int:
   args.out.mkdir(parents=True, exist_ok=True)
   results = args.out / RESULTS
   statuses = []
-  with tempfile.TemporaryDirectory(prefix="flax-resnet-suite-") as work, \
-       open(args.out / LOG, "a") as log:
+  with (
+    tempfile.TemporaryDirectory(prefix="flax-resnet-suite-") as work,
+    open(args.out / LOG, "a") as log,
+  ):
     unpack = unpack_cifar_once(args.data, Path(work) / "cifar10" / "cifar10-jpeg")
     for step in plan(args, results, Path(work)):
       row = run_step(step, log, deadline, unpack if step.name.startswith("cifar10") else None)
       statuses.append(row)
-      print(f"{step.name}: {row['status']}" + (f" in {row['seconds']}s" if "seconds" in row
-                                               else f" ({row.get('why')})"), flush=True)
+      print(
+        f"{step.name}: {row['status']}"
+        + (f" in {row['seconds']}s" if "seconds" in row else f" ({row.get('why')})"),
+        flush=True,
+      )
       if step.name.startswith("cifar10") and row["status"] == "ok":
         statuses[-1]["summary"] = _summary(Path(work) / f"run-{step.name.split('-')[1]}")
   with open(results, "a") as f:
@@ -199,14 +256,25 @@ def facts(out: Path) -> int:
   import jax
 
   from flax_resnet.versions import versions
-  row = {"bench": "facts", "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-         "versions": versions(), "cpu_count": os.cpu_count(),
-         "dev_shm_bytes": shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir()
-         else None}
+
+  row = {
+    "bench": "facts",
+    "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+    "versions": versions(),
+    "cpu_count": os.cpu_count(),
+    "dev_shm_bytes": shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir() else None,
+  }
   try:
     row["nvidia_smi"] = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-         "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+      [
+        "nvidia-smi",
+        "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+        "--format=csv,noheader",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=20,
+    ).stdout.strip()
   except (OSError, subprocess.TimeoutExpired) as e:
     row["nvidia_smi"] = f"not available ({type(e).__name__})"
   with open(out / RESULTS, "a") as f:

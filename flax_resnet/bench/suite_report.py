@@ -9,8 +9,10 @@ from pathlib import Path
 from flax_resnet.files import write_atomic
 
 # Issue 18's H100 baseline (jax 0.11.2, torch 2.11.0+cu130; ResNet-50 bf16 batch 256), img/s.
-BASELINE = {"train": {"jax": 4754, "torch-eager": 3919, "torch-compile": 5439},
-            "infer": {"jax": 18613, "torch-eager": 12500, "torch-compile": 19234}}
+BASELINE = {
+  "train": {"jax": 4754, "torch-eager": 3919, "torch-compile": 5439},
+  "infer": {"jax": 18613, "torch-eager": 12500, "torch-compile": 19234},
+}
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -44,16 +46,38 @@ def throughput_section(rows: list[dict], mode: str) -> str:
   rows = [r for r in rows if r.get("mode") == mode and "framework" in r]
   if not rows:
     return f"No {mode} figures (see the steps above and suite.log).\n"
-  body = [[r["framework"], r["variant"], r["images_per_s"], r.get("jax_over_fastest_torch"),
-           BASELINE[mode].get(r["framework"]) if r["variant"] == "baseline" else None,
-           r["first_step_s"], 1000 * r["host_s_median"], r.get("mfu")] for r in rows]
+  body = [
+    [
+      r["framework"],
+      r["variant"],
+      r["images_per_s"],
+      r.get("jax_over_fastest_torch"),
+      BASELINE[mode].get(r["framework"]) if r["variant"] == "baseline" else None,
+      r["first_step_s"],
+      1000 * r["host_s_median"],
+      r.get("mfu"),
+    ]
+    for r in rows
+  ]
   head = rows[0]
-  return (f"{head['arch']}, {head['dtype']}, batch {head['batch']} at {head['image_size']}px, "
-          f"{head['steps']} timed steps; device {head['device']}; JAX memory fraction "
-          f"{head.get('jax_mem_fraction')}.\n\n"
-          + table(["framework", "variant", "img/s", "JAX / fastest torch",
-                   "issue 18 baseline img/s (H100)", "first step s", "host ms/step", "MFU"],
-                  body))
+  return (
+    f"{head['arch']}, {head['dtype']}, batch {head['batch']} at {head['image_size']}px, "
+    f"{head['steps']} timed steps; device {head['device']}; JAX memory fraction "
+    f"{head.get('jax_mem_fraction')}.\n\n"
+    + table(
+      [
+        "framework",
+        "variant",
+        "img/s",
+        "JAX / fastest torch",
+        "issue 18 baseline img/s (H100)",
+        "first step s",
+        "host ms/step",
+        "MFU",
+      ],
+      body,
+    )
+  )
 
 
 def kernels_section(rows: list[dict]) -> str:
@@ -61,33 +85,68 @@ def kernels_section(rows: list[dict]) -> str:
   if not rows:
     return "No profile (see suite.log).\n"
   head = rows[0]
-  body = [[r["rank"], f"`{r['kernel'][:100]}`", r["calls_per_step"], r["ms_per_step"],
-           f"{r['share']:.1%}"] for r in rows]
-  return (f"{head['arch']} {head['dtype']} batch {head['batch']}, variant {head['variant']}: "
-          f"{head['busy_ms_per_step']:.2f} ms of device time per step. Optimized HLO: "
-          f"`{head.get('hlo_file')}` ({head.get('hlo_xz_bytes', 0) / 1e6:.1f} MB xz).\n\n"
-          + table(["#", "kernel", "calls/step", "ms/step", "share"], body))
+  body = [
+    [
+      r["rank"],
+      f"`{r['kernel'][:100]}`",
+      r["calls_per_step"],
+      r["ms_per_step"],
+      f"{r['share']:.1%}",
+    ]
+    for r in rows
+  ]
+  return (
+    f"{head['arch']} {head['dtype']} batch {head['batch']}, variant {head['variant']}: "
+    f"{head['busy_ms_per_step']:.2f} ms of device time per step. Optimized HLO: "
+    f"`{head.get('hlo_file')}` ({head.get('hlo_xz_bytes', 0) / 1e6:.1f} MB xz).\n\n"
+    + table(["#", "kernel", "calls/step", "ms/step", "share"], body)
+  )
 
 
 def pipeline_section(rows: list[dict]) -> str:
   rows = [r for r in rows if r.get("bench") == "pipeline"]
   if not rows:
     return "No pipeline figures (see suite.log).\n"
-  body = [[r["data"], r["workers"], r["batch"], r["startup_s"], r.get("workers_ready_s_max"),
-           ", ".join(r.get("worker_imports", [])), r["images_per_s"]] for r in rows]
-  return table(["data", "workers", "batch", "first batch s", "slowest worker ready s",
-                "workers imported", "img/s"], body)
+  body = [
+    [
+      r["data"],
+      r["workers"],
+      r["batch"],
+      r["startup_s"],
+      r.get("workers_ready_s_max"),
+      ", ".join(r.get("worker_imports", [])),
+      r["images_per_s"],
+    ]
+    for r in rows
+  ]
+  return table(
+    [
+      "data",
+      "workers",
+      "batch",
+      "first batch s",
+      "slowest worker ready s",
+      "workers imported",
+      "img/s",
+    ],
+    body,
+  )
 
 
 def steps_section(rows: list[dict]) -> str:
-  body = [[r["step"], r["status"], r.get("seconds"), r["limit_s"], r.get("why", "")]
-          for r in rows if r.get("bench") == "suite"]
+  body = [
+    [r["step"], r["status"], r.get("seconds"), r["limit_s"], r.get("why", "")]
+    for r in rows
+    if r.get("bench") == "suite"
+  ]
   cifar = [r for r in rows if r.get("bench") == "suite" and r.get("summary")]
   text = table(["step", "status", "seconds", "limit s", "note"], body)
   for r in cifar:
     s = r["summary"]
-    text += (f"\n{r['step']}: best top-1 {s.get('best_top1')}, last eval {s.get('last_eval')}, "
-             f"{s.get('wall_s', s.get('seconds'))} s.\n")
+    text += (
+      f"\n{r['step']}: best top-1 {s.get('best_top1')}, last eval {s.get('last_eval')}, "
+      f"{s.get('wall_s', s.get('seconds'))} s.\n"
+    )
   return text
 
 
@@ -96,26 +155,29 @@ def facts_section(rows: list[dict]) -> str:
   if facts is None:
     return "The facts step gave nothing (see suite.log).\n"
   shm = facts.get("dev_shm_bytes")
-  return (f"- GPU (nvidia-smi: name, driver, memory, max SM clock): {facts.get('nvidia_smi')}\n"
-          f"- JAX devices: {', '.join(facts['jax_devices'])}\n"
-          f"- versions: {json.dumps(facts['versions'])}\n"
-          f"- CPU cores: {facts['cpu_count']}; /dev/shm: "
-          f"{'–' if shm is None else f'{shm / 2**30:.1f} GiB'}\n")
+  return (
+    f"- GPU (nvidia-smi: name, driver, memory, max SM clock): {facts.get('nvidia_smi')}\n"
+    f"- JAX devices: {', '.join(facts['jax_devices'])}\n"
+    f"- versions: {json.dumps(facts['versions'])}\n"
+    f"- CPU cores: {facts['cpu_count']}; /dev/shm: "
+    f"{'–' if shm is None else f'{shm / 2**30:.1f} GiB'}\n"
+  )
 
 
 def write_report(out: Path, budget: float, tiny: bool) -> Path:
   """Writes ``out/REPORT.md`` from ``out/results.jsonl``."""
   rows = read_rows(out / "results.jsonl")
   sections = [
-      f"# flax-resnet GPU suite, {datetime.date.today().isoformat()}"
-      + (" (tiny sizes: a plumbing run)" if tiny else ""),
-      f"Budget {budget:.0f} s. Every row is in `results.jsonl`; every step's output in "
-      "`suite.log`.",
-      "## Machine\n\n" + facts_section(rows), "## Steps\n\n" + steps_section(rows),
-      "## Training throughput\n\n" + throughput_section(rows, "train"),
-      "## Inference throughput\n\n" + throughput_section(rows, "infer"),
-      "## Top kernels of the JAX train step\n\n" + kernels_section(rows),
-      "## Input pipeline\n\n" + pipeline_section(rows)]
+    f"# flax-resnet GPU suite, {datetime.date.today().isoformat()}"
+    + (" (tiny sizes: a plumbing run)" if tiny else ""),
+    f"Budget {budget:.0f} s. Every row is in `results.jsonl`; every step's output in `suite.log`.",
+    "## Machine\n\n" + facts_section(rows),
+    "## Steps\n\n" + steps_section(rows),
+    "## Training throughput\n\n" + throughput_section(rows, "train"),
+    "## Inference throughput\n\n" + throughput_section(rows, "infer"),
+    "## Top kernels of the JAX train step\n\n" + kernels_section(rows),
+    "## Input pipeline\n\n" + pipeline_section(rows),
+  ]
   path = out / "REPORT.md"
   write_atomic(path, "\n\n".join(sections) + "\n")
   return path

@@ -42,15 +42,22 @@ from flax_resnet.training.steps import make_optimizer, train_step
 from flax_resnet.versions import versions
 
 VARIANTS: dict[str, dict[str, dict[str, str | bool]]] = {
-    "train": {"baseline": {}, "bn_fused_backward": {"backward": "fused"},
-              "bn_one_pass": {"moments": "one_pass"},
-              "bn_one_pass_fused_backward": {"moments": "one_pass", "backward": "fused"}},
-    "infer": {"baseline": {}, "folded": {"fold": True}},
+  "train": {
+    "baseline": {},
+    "bn_fused_backward": {"backward": "fused"},
+    "bn_one_pass": {"moments": "one_pass"},
+    "bn_one_pass_fused_backward": {"moments": "one_pass", "backward": "fused"},
+  },
+  "infer": {"baseline": {}, "folded": {"fold": True}},
 }
 JAX_MEM_FRACTION = "0.45"
 # Dense bf16 / tf32 tensor-core peaks in FLOP/s, for MFU.
-PEAK_FLOPS = {("H100", "bf16"): 989e12, ("H200", "bf16"): 989e12,
-              ("H100", "fp32"): 494e12, ("H200", "fp32"): 494e12}
+PEAK_FLOPS = {
+  ("H100", "bf16"): 989e12,
+  ("H200", "bf16"): 989e12,
+  ("H100", "fp32"): 494e12,
+  ("H200", "fp32"): 494e12,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,18 +67,28 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-  p.add_argument("--frameworks", default="jax,torch-eager",
-                 help="comma-separated: jax, torch-eager, torch-compile")
-  p.add_argument("--variants", default="baseline",
-                 help="comma-separated JAX variants, or 'all': train: "
-                      f"{', '.join(VARIANTS['train'])}; infer: {', '.join(VARIANTS['infer'])}")
+  p.add_argument(
+    "--frameworks",
+    default="jax,torch-eager",
+    help="comma-separated: jax, torch-eager, torch-compile",
+  )
+  p.add_argument(
+    "--variants",
+    default="baseline",
+    help="comma-separated JAX variants, or 'all': train: "
+    f"{', '.join(VARIANTS['train'])}; infer: {', '.join(VARIANTS['infer'])}",
+  )
   p.add_argument("--steps", type=int, default=20, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--rounds", type=int, default=4, help="alternations between frameworks")
-  p.add_argument("--cpu-devices", default="auto", choices=["auto", "cores", "1"],
-                 help="JAX on a CPU: as train/train.py runs (auto: one device per core, the "
-                      "batch sharded over them, where XLA:CPU convolutions are single-threaded, "
-                      "jax < 0.11; else one), one device per core, or one device")
+  p.add_argument(
+    "--cpu-devices",
+    default="auto",
+    choices=["auto", "cores", "1"],
+    help="JAX on a CPU: as train/train.py runs (auto: one device per core, the "
+    "batch sharded over them, where XLA:CPU convolutions are single-threaded, "
+    "jax < 0.11; else one), one device per core, or one device",
+  )
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   args.frameworks = args.frameworks.split(",")
@@ -81,8 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   known = VARIANTS[args.mode]
   args.variants = list(known) if args.variants == "all" else args.variants.split(",")
   if set(args.variants) - set(known):
-    p.error(f"--variants {','.join(sorted(set(args.variants) - set(known)))}: not a {args.mode} "
-            f"variant ({', '.join(known)})")
+    p.error(
+      f"--variants {','.join(sorted(set(args.variants) - set(known)))}: not a {args.mode} "
+      f"variant ({', '.join(known)})"
+    )
   return args
 
 
@@ -124,8 +143,12 @@ class JaxRunner:
     nnx.update(self.model, jax.device_put(nnx.state(self.model), NamedSharding(mesh, P())))
     key = jax.random.key(0)
     self.x, self.y = jax.device_put(
-        (jax.random.normal(key, (args.batch, args.image_size, args.image_size, 3)),
-         jax.random.randint(key, (args.batch,), 0, 1000)), NamedSharding(mesh, P("data")))
+      (
+        jax.random.normal(key, (args.batch, args.image_size, args.image_size, 3)),
+        jax.random.randint(key, (args.batch,), 0, 1000),
+      ),
+      NamedSharding(mesh, P("data")),
+    )
     if args.mode == "train":
       self.graphdef, self.state = nnx.split((self.model, make_optimizer(self.model, 0.1)))
       self.step = self._train_step
@@ -154,6 +177,7 @@ class TorchRunner:
   def __init__(self, args, compiled: bool):
     import torch
     import torchvision
+
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     model = getattr(torchvision.models, args.arch)().to(self.device)
@@ -170,8 +194,9 @@ class TorchRunner:
   def run(self) -> float:
     """One step to completion; returns the seconds the host took to queue it."""
     torch, t = self.torch, time.perf_counter()
-    with torch.autocast(self.device, dtype=self.dtype or torch.float32,
-                        enabled=self.dtype is not None):
+    with torch.autocast(
+      self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+    ):
       if self.train:
         loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,6 +222,7 @@ def device_name(framework: str, runner) -> str:
     d = jax.devices()[0]
     return f"{d.platform}:{d.device_kind}" + (f" x{runner.devices}" if runner.devices > 1 else "")
   import torch
+
   if torch.cuda.is_available():
     return f"cuda:{torch.cuda.get_device_name()}"
   return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
@@ -218,8 +244,8 @@ def prepare(names, args) -> dict:
 
 
 def measure(runners, args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-  """Per-step wall and host-queueing times, the frameworks taking turns for ``args.rounds`` rounds.
-  """
+  """Per-step wall and host-queueing times, the frameworks taking turns for ``args.rounds``
+  rounds."""
   times: dict[str, list[float]] = {name: [] for name in runners}
   queued: dict[str, list[float]] = {name: [] for name in runners}
   per_round = args.steps // args.rounds
@@ -229,15 +255,20 @@ def measure(runners, args) -> tuple[dict[str, list[float]], dict[str, list[float
         t = time.perf_counter()
         queued[name].append(runner.run())
         times[name].append(time.perf_counter() - t)
-    print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-        f"{n} {args.batch / statistics.median(ts):.1f} img/s" for n, ts in times.items()),
-          file=sys.stderr, flush=True)
+    print(
+      f"round {r + 1}/{args.rounds}: "
+      + ", ".join(f"{n} {args.batch / statistics.median(ts):.1f} img/s" for n, ts in times.items()),
+      file=sys.stderr,
+      flush=True,
+    )
   return times, queued
 
 
 def report(args, runners, times, queued) -> list[dict]:
-  macs = flax_resnet.count_macs(nnx.eval_shape(lambda: flax_resnet.create_model(args.arch)),
-                                (1, args.image_size, args.image_size, 3))
+  macs = flax_resnet.count_macs(
+    nnx.eval_shape(lambda: flax_resnet.create_model(args.arch)),
+    (1, args.image_size, args.image_size, 3),
+  )
   flops = 2 * macs * (3 if args.mode == "train" else 1)
   rows, fastest_torch = [], None
   for name, ts in times.items():
@@ -245,17 +276,31 @@ def report(args, runners, times, queued) -> list[dict]:
     device = device_name(name, runners[name][0])
     peak = next((v for (k, d), v in PEAK_FLOPS.items() if k in device and d == args.dtype), None)
     framework, _, variant = name.partition(":")
-    row = {"framework": framework, "variant": variant or "baseline", "arch": args.arch,
-           "mode": args.mode, "batch": args.batch,
-           "image_size": args.image_size, "dtype": args.dtype, "steps": len(ts),
-           "step_s_median": median, "step_s_min": min(ts), "step_s_max": max(ts),
-           "images_per_s": args.batch / median, "first_step_s": runners[name][1],
-           "host_s_median": statistics.median(queued[name]),
-           "flops_per_image": flops, "mfu": flops * args.batch / median / peak if peak else None,
-           "device": device, "jax_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
-           if framework == "jax" and device.startswith("gpu") else None,
-           "versions": versions(), "command": " ".join(sys.argv),
-           "date": datetime.date.today().isoformat()}
+    row = {
+      "framework": framework,
+      "variant": variant or "baseline",
+      "arch": args.arch,
+      "mode": args.mode,
+      "batch": args.batch,
+      "image_size": args.image_size,
+      "dtype": args.dtype,
+      "steps": len(ts),
+      "step_s_median": median,
+      "step_s_min": min(ts),
+      "step_s_max": max(ts),
+      "images_per_s": args.batch / median,
+      "first_step_s": runners[name][1],
+      "host_s_median": statistics.median(queued[name]),
+      "flops_per_image": flops,
+      "mfu": flops * args.batch / median / peak if peak else None,
+      "device": device,
+      "jax_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+      if framework == "jax" and device.startswith("gpu")
+      else None,
+      "versions": versions(),
+      "command": " ".join(sys.argv),
+      "date": datetime.date.today().isoformat(),
+    }
     rows.append(row)
     if framework != "jax":
       fastest_torch = max(fastest_torch or 0, row["images_per_s"])
@@ -273,8 +318,12 @@ def main(argv=None) -> int:
   elif args.cpu_devices == "cores":
     one_device_per_core(args.batch)
   if fraction and jax.default_backend() == "gpu":
-    print(f"JAX may use {float(fraction):.0%} of the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION),"
-          " torch the rest", file=sys.stderr, flush=True)
+    print(
+      f"JAX may use {float(fraction):.0%} of the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION),"
+      " torch the rest",
+      file=sys.stderr,
+      flush=True,
+    )
   runners = prepare(runner_names(args), args)
   emit(report(args, runners, *measure(runners, args)), args.out)
   return 0

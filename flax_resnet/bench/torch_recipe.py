@@ -26,9 +26,14 @@ def model(cfg) -> nn.Module:
   """The torch model a ``Config`` describes (``port.twin``'s torchvision twin), in train mode."""
   arch = architecture(cfg.arch)
   layers = tuple(cfg.layers) or arch.layers
-  options = {**arch._asdict(), "layers": layers, "num_classes": cfg.num_classes,
-             "channels": tuple(cfg.channels) or DEFAULT_CHANNELS[:len(layers)], "stem": cfg.stem,
-             "norm": "frozen_batch" if cfg.freeze_bn else "batch"}
+  options = {
+    **arch._asdict(),
+    "layers": layers,
+    "num_classes": cfg.num_classes,
+    "channels": tuple(cfg.channels) or DEFAULT_CHANNELS[: len(layers)],
+    "stem": cfg.stem,
+    "norm": "frozen_batch" if cfg.freeze_bn else "batch",
+  }
   return torch_resnet(None, options).train()
 
 
@@ -41,10 +46,13 @@ def optimizer(cfg, net: nn.Module, steps_per_epoch: int):
   """(``torch.optim`` optimizer with the decay mask as parameter groups, its per-step
   ``LambdaLR`` schedule)."""
   params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-  groups = [{"params": [p for n, p in params if decays(n, p, cfg.decay_all)],
-             "weight_decay": cfg.weight_decay},
-            {"params": [p for n, p in params if not decays(n, p, cfg.decay_all)],
-             "weight_decay": 0.0}]
+  groups = [
+    {
+      "params": [p for n, p in params if decays(n, p, cfg.decay_all)],
+      "weight_decay": cfg.weight_decay,
+    },
+    {"params": [p for n, p in params if not decays(n, p, cfg.decay_all)], "weight_decay": 0.0},
+  ]
   peak = cfg.lr * cfg.global_batch / 256
   if cfg.optimizer == "sgd":
     opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, nesterov=cfg.nesterov)

@@ -34,8 +34,13 @@ from flax_resnet.training.metrics import append_metric
 def parse_args(argv=None):
   p = ArgumentParser(description=__doc__)
   p.add_argument("--config", required=True, help="a preset name (cifar10_tiny, ...) or file")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field (repeatable)")
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field (repeatable)",
+  )
   p.add_argument("--workdir", type=Path, required=True)
   return p.parse_args(argv)
 
@@ -47,14 +52,26 @@ def train_transform(cfg) -> transforms.Compose:
     steps = [transforms.Resize((size, size)), transforms.RandomCrop(size, padding=4)]
   else:
     steps = [transforms.RandomResizedCrop(size)]
-  return transforms.Compose([*steps, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                             transforms.Normalize(cfg.mean, cfg.std)])
+  return transforms.Compose(
+    [
+      *steps,
+      transforms.RandomHorizontalFlip(),
+      transforms.ToTensor(),
+      transforms.Normalize(cfg.mean, cfg.std),
+    ]
+  )
 
 
 def eval_transform(cfg) -> transforms.Compose:
   """Resize the shorter side, centre crop, normalise: the trainer's eval preprocessing."""
-  return transforms.Compose([transforms.Resize(cfg.eval_resize), transforms.CenterCrop(
-      cfg.image_size), transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
+  return transforms.Compose(
+    [
+      transforms.Resize(cfg.eval_resize),
+      transforms.CenterCrop(cfg.image_size),
+      transforms.ToTensor(),
+      transforms.Normalize(cfg.mean, cfg.std),
+    ]
+  )
 
 
 def loaders(cfg) -> tuple[DataLoader, DataLoader]:
@@ -67,8 +84,10 @@ def loaders(cfg) -> tuple[DataLoader, DataLoader]:
   test = datasets.ImageFolder(str(root / cfg.eval_split), eval_transform(cfg))
   generator = torch.Generator().manual_seed(cfg.seed)
   common = {"batch_size": cfg.global_batch, "num_workers": cfg.workers}
-  return (DataLoader(train, shuffle=True, drop_last=True, generator=generator, **common),
-          DataLoader(test, shuffle=False, **common))
+  return (
+    DataLoader(train, shuffle=True, drop_last=True, generator=generator, **common),
+    DataLoader(test, shuffle=False, **common),
+  )
 
 
 @torch.no_grad()
@@ -111,8 +130,10 @@ def check_supported(cfg) -> None:
   """``ValueError`` naming the first field set to something the reference cannot do."""
   for name, default in UNSUPPORTED.items():
     if getattr(cfg, name) != default:
-      raise ValueError(f"config {name}={getattr(cfg, name)!r}: the PyTorch reference trains "
-                       f"from scratch with the whole network; it has no {name}")
+      raise ValueError(
+        f"config {name}={getattr(cfg, name)!r}: the PyTorch reference trains "
+        f"from scratch with the whole network; it has no {name}"
+      )
 
 
 class Reference:
@@ -126,8 +147,9 @@ class Reference:
     self.train, self.test = loaders(cfg)
     self.steps_per_epoch = max(len(self.train), 1)
     self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-    self.recipe = torch_recipe.Recipe(cfg, torch_recipe.model(cfg).to(self.device),
-                                      self.steps_per_epoch)
+    self.recipe = torch_recipe.Recipe(
+      cfg, torch_recipe.model(cfg).to(self.device), self.steps_per_epoch
+    )
     self.log = Log(workdir)
     self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, None
 
@@ -147,8 +169,7 @@ class Reference:
     self.step += 1
     if self.step % self.cfg.log_every == 0 or self.step == self.total:
       rate = self.step * self.cfg.global_batch / (time.perf_counter() - self.start)
-      print(f"step {self.step}/{self.total} loss {float(loss):.4f} {rate:.1f} img/s",
-            flush=True)
+      print(f"step {self.step}/{self.total} loss {float(loss):.4f} {rate:.1f} img/s", flush=True)
       self.log.scalar(self.step, "train/loss", float(loss))
       self.log.scalar(self.step, "train/images_per_s", rate)
 
@@ -160,22 +181,32 @@ class Reference:
     if self.recipe.ema:
       averaged = torch_recipe.model(self.cfg).to(self.device)
       averaged.load_state_dict(self.recipe.ema.state)
-      metrics.update({f"ema_{k}": v for k, v in
-                      evaluate(averaged, self.test, self.device, self.recipe.autocast).items()})
+      metrics.update(
+        {
+          f"ema_{k}": v
+          for k, v in evaluate(averaged, self.test, self.device, self.recipe.autocast).items()
+        }
+      )
     self.last_eval = metrics
     self.best = max(self.best or 0.0, metrics.get("ema_top1", metrics["top1"]))
-    print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-          flush=True)
+    print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     for k, v in metrics.items():
       self.log.scalar(self.step, f"eval/{k}", v)
 
   def summary(self) -> dict:
     wall = time.perf_counter() - self.start
-    summary = {"framework": "torch", "step": self.step, "total_steps": self.total,
-               "last_eval": self.last_eval, "best_top1": self.best,
-               "best_of": "ema_top1" if self.cfg.ema_decay else "top1", "wall_s": wall,
-               "images_per_s": self.step * self.cfg.global_batch / wall,
-               "versions": {"torch": torch.__version__}, "config": self.cfg.to_json()}
+    summary = {
+      "framework": "torch",
+      "step": self.step,
+      "total_steps": self.total,
+      "last_eval": self.last_eval,
+      "best_top1": self.best,
+      "best_of": "ema_top1" if self.cfg.ema_decay else "top1",
+      "wall_s": wall,
+      "images_per_s": self.step * self.cfg.global_batch / wall,
+      "versions": {"torch": torch.__version__},
+      "config": self.cfg.to_json(),
+    }
     write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

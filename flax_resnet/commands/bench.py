@@ -13,15 +13,17 @@ import sys
 
 from flax_resnet.cli import report
 
-BENCHMARKS = {"throughput": "train and inference images/s, JAX against PyTorch",
-              "dispatch": "host time to queue a train step: jax.jit against nnx.jit",
-              "convs": "forward and gradient times of ResNet-50's convolutions",
-              "pipeline": "images/s of the training input pipeline on real JPEGs",
-              "plot": "images/s against batch size from throughput's JSON lines, as a PNG",
-              "peak-rss": "peak memory of a command and its child processes",
-              "train-torch": "the PyTorch reference trainer for a training config",
-              "kernels": "top kernels of a few JAX train steps, and the step's optimized HLO",
-              "suite": "everything above that a GPU minute should measure, into one report"}
+BENCHMARKS = {
+  "throughput": "train and inference images/s, JAX against PyTorch",
+  "dispatch": "host time to queue a train step: jax.jit against nnx.jit",
+  "convs": "forward and gradient times of ResNet-50's convolutions",
+  "pipeline": "images/s of the training input pipeline on real JPEGs",
+  "plot": "images/s against batch size from throughput's JSON lines, as a PNG",
+  "peak-rss": "peak memory of a command and its child processes",
+  "train-torch": "the PyTorch reference trainer for a training config",
+  "kernels": "top kernels of a few JAX train steps, and the step's optimized HLO",
+  "suite": "everything above that a GPU minute should measure, into one report",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

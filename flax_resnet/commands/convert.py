@@ -36,24 +36,41 @@ from flax_resnet.preprocess import EvalTransform
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--weights", help="torchvision weights: ResNet50_Weights.IMAGENET1K_V2, or "
-                   "IMAGENET1K_V1 / DEFAULT with --arch")
+  src.add_argument(
+    "--weights",
+    help="torchvision weights: ResNet50_Weights.IMAGENET1K_V2, or "
+    "IMAGENET1K_V1 / DEFAULT with --arch",
+  )
   src.add_argument("--state-dict", type=Path, help="a .pth/.pt or .safetensors file")
   p.add_argument("--arch", help="architecture name (inferred from the file when omitted)")
   p.add_argument("--num-classes", type=int, help="classes of the head (default: the file's)")
-  p.add_argument("--reset-head", action="store_true",
-                 help="drop the file's classifier and start a fresh one of --num-classes")
+  p.add_argument(
+    "--reset-head",
+    action="store_true",
+    help="drop the file's classifier and start a fresh one of --num-classes",
+  )
   p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-  p.add_argument("--force", action="store_true",
-                 help="replace an existing --out that is a flax-resnet checkpoint (or empty)")
-  p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                 help="compare logits with torchvision on a fixed batch (default: on)")
-  p.add_argument("--tolerance", type=positive_float,
-                 help="a fixed bound on max|dlogit| / max|logit| against torchvision's float32 "
-                 "logits, instead of the default: at most twice torchvision's own float32 error "
-                 "against float64, plus 1e-6")
-  p.add_argument("--resize-size", type=positive_int,
-                 help="eval resize for --state-dict (default 256)")
+  p.add_argument(
+    "--force",
+    action="store_true",
+    help="replace an existing --out that is a flax-resnet checkpoint (or empty)",
+  )
+  p.add_argument(
+    "--verify",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="compare logits with torchvision on a fixed batch (default: on)",
+  )
+  p.add_argument(
+    "--tolerance",
+    type=positive_float,
+    help="a fixed bound on max|dlogit| / max|logit| against torchvision's float32 "
+    "logits, instead of the default: at most twice torchvision's own float32 error "
+    "against float64, plus 1e-6",
+  )
+  p.add_argument(
+    "--resize-size", type=positive_int, help="eval resize for --state-dict (default 256)"
+  )
   p.add_argument("--crop-size", type=positive_int, help="eval crop for --state-dict (default 224)")
   return p.parse_args(argv)
 
@@ -81,8 +98,10 @@ class Steps:
     elif stage == "unverified":
       self.say(f"[3/4] verification skipped (--no-verify); mapped in {self.since()}")
     elif stage == "verify":
-      self.say(f"[3/4] verifying against torchvision in float32 and float64 (mapped in "
-               f"{self.since()}; runs the models on a fixed batch, compiling first)")
+      self.say(
+        f"[3/4] verifying against torchvision in float32 and float64 (mapped in "
+        f"{self.since()}; runs the models on a fixed batch, compiling first)"
+      )
     elif stage == "verified":
       self.verified(details["parity"])
     elif stage == "save":
@@ -98,10 +117,13 @@ class Steps:
 def check_arguments(args) -> None:
   """What can be judged before anything is loaded: names, numbers and the output's place."""
   if args.weights and "." not in args.weights and args.arch is None:
-    raise CliError(f"--weights {args.weights} needs --arch (or a full name such as "
-                   f"ResNet50_Weights.{args.weights})")
+    raise CliError(
+      f"--weights {args.weights} needs --arch (or a full name such as "
+      f"ResNet50_Weights.{args.weights})"
+    )
   if args.arch is not None:
     from flax_resnet.registry import architecture
+
     try:
       architecture(args.arch)
     except ValueError as e:
@@ -119,37 +141,62 @@ def run(args) -> tuple[Any, int]:
   written and the parameter count."""
   from flax_resnet.port.pipeline import port
 
-  transform = EvalTransform(**{k: v for k, v in [("resize_size", args.resize_size),
-                                                 ("crop_size", args.crop_size)] if v is not None})
-  ported = port(weights=args.weights, state_dict=args.state_dict, arch=args.arch,
-                num_classes=args.num_classes, reset_head=args.reset_head, verify=args.verify,
-                tolerance=args.tolerance, transform=transform, out=args.out,
-                overwrite=args.force, progress=Steps())
+  transform = EvalTransform(
+    **{
+      k: v
+      for k, v in [("resize_size", args.resize_size), ("crop_size", args.crop_size)]
+      if v is not None
+    }
+  )
+  ported = port(
+    weights=args.weights,
+    state_dict=args.state_dict,
+    arch=args.arch,
+    num_classes=args.num_classes,
+    reset_head=args.reset_head,
+    verify=args.verify,
+    tolerance=args.tolerance,
+    transform=transform,
+    out=args.out,
+    overwrite=args.force,
+    progress=Steps(),
+  )
   return ported.metadata, _count(ported.conversion.model)
 
 
 def describe(parity: dict) -> str:
   """The verification's figures in one line."""
   if parity["rule"] == "fixed":
-    measured = (f"relative logit difference from torchvision float32 {parity['max_rel']:.3g} "
-                f"(--tolerance {parity['bound']:g})")
+    measured = (
+      f"relative logit difference from torchvision float32 {parity['max_rel']:.3g} "
+      f"(--tolerance {parity['bound']:g})"
+    )
   else:
-    measured = (f"relative logit error vs float64 {parity['ours_vs_float64']:.3g} "
-                f"(bound {parity['bound']:.3g}: twice torchvision's own, plus 1e-6)")
-  return (f"{measured}; torchvision float32 vs float64 {parity['torch_vs_float64']:.3g}, "
-          f"ours vs torchvision float32 {parity['max_rel']:.3g}; top-5 as float64: "
-          f"{'yes' if parity['top5_as_float64'] else 'NO'}")
+    measured = (
+      f"relative logit error vs float64 {parity['ours_vs_float64']:.3g} "
+      f"(bound {parity['bound']:.3g}: twice torchvision's own, plus 1e-6)"
+    )
+  return (
+    f"{measured}; torchvision float32 vs float64 {parity['torch_vs_float64']:.3g}, "
+    f"ours vs torchvision float32 {parity['max_rel']:.3g}; top-5 as float64: "
+    f"{'yes' if parity['top5_as_float64'] else 'NO'}"
+  )
 
 
 def _count(model) -> int:
   import jax
   from flax import nnx
+
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 # The library's arguments, as this command's flags.
-FLAGS = {"weights": "--weights", "arch": "--arch", "num_classes": "--num-classes",
-         "reset_head": "--reset-head"}
+FLAGS = {
+  "weights": "--weights",
+  "arch": "--arch",
+  "num_classes": "--num-classes",
+  "reset_head": "--reset-head",
+}
 
 
 def flag_spelling(parameter: str, value: Any) -> str:
@@ -165,9 +212,11 @@ def in_flags(error: Exception, args) -> Exception:
   if isinstance(error, VerificationError):
     return CliError(f"verification failed: {describe(error.parity)}; nothing written")
   if isinstance(error, DownloadError):
-    return CliError(f"--weights {args.weights}: could not download {error.url} ({error.reason})"
-                    f". Offline, fetch that file elsewhere and pass --state-dict PATH, or place "
-                    f"it at {error.file}")
+    return CliError(
+      f"--weights {args.weights}: could not download {error.url} ({error.reason})"
+      f". Offline, fetch that file elsewhere and pass --state-dict PATH, or place "
+      f"it at {error.file}"
+    )
   return CliError(error.spelled(flag_spelling))
 
 
@@ -179,6 +228,7 @@ def main(argv=None) -> int:
     return report(e)
   from flax_resnet.caches import enable_compilation_cache
   from flax_resnet.port.state_dict import ConversionError
+
   enable_compilation_cache()
   try:
     meta, parameters = run(args)
@@ -186,8 +236,10 @@ def main(argv=None) -> int:
     return report(in_flags(e, args))
   except (CliError, OSError) as e:
     return report(e)
-  print(f"done: {meta.arch or 'custom ResNet'} ({parameters:,} parameters, {meta.options}) from "
-        f"{meta.source.get('name') or meta.source['file']} -> {args.out}")
+  print(
+    f"done: {meta.arch or 'custom ResNet'} ({parameters:,} parameters, {meta.options}) from "
+    f"{meta.source.get('name') or meta.source['file']} -> {args.out}"
+  )
   return 0
 
 

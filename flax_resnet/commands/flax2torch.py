@@ -26,8 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--checkpoint", type=Path, required=True, help="directory from torch2flax")
   p.add_argument("--out", type=Path, required=True, help="FILE.pth, FILE.pt or FILE.safetensors")
-  p.add_argument("--force", action="store_true",
-                 help="replace an existing --out file (never a directory)")
+  p.add_argument(
+    "--force", action="store_true", help="replace an existing --out file (never a directory)"
+  )
   return p.parse_args(argv)
 
 
@@ -49,11 +50,14 @@ def batches_tracked(meta: Metadata, checkpoint: Path) -> int | dict[str, int]:
   """The ``num_batches_tracked`` the checkpoint's source had (recorded by the converter),
   else 0; a ``ValueError`` naming the file and key if it is not counts."""
   from flax_resnet.saved_model import METADATA
+
   value = (meta.source or {}).get("num_batches_tracked", 0)
   counts = value.values() if isinstance(value, dict) else [value]
   if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-    raise ValueError(f"{checkpoint / METADATA}: source.num_batches_tracked must be a count or "
-                     f"counts by BatchNorm name, not {value!r}")
+    raise ValueError(
+      f"{checkpoint / METADATA}: source.num_batches_tracked must be a count or "
+      f"counts by BatchNorm name, not {value!r}"
+    )
   return value
 
 
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
     from flax_resnet.port.torch_files import to_torch_state_dict
     from flax_resnet.saved_model import load
+
     print(f"loading {args.checkpoint}", flush=True)
     model, meta = load(args.checkpoint)
     state = to_torch_state_dict(model, batches_tracked(meta, args.checkpoint))

@@ -29,8 +29,13 @@ def labels(workdirs: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
   """``flax-resnet-plot``: writes the PNG and prints its path; exit 2 on bad input."""
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--workdir", type=Path, nargs="+", required=True,
-                 help="one run, or several to draw on one figure")
+  p.add_argument(
+    "--workdir",
+    type=Path,
+    nargs="+",
+    required=True,
+    help="one run, or several to draw on one figure",
+  )
   p.add_argument("--out", type=Path, help="default: the first WORKDIR/curves.png")
   args = p.parse_args(argv)
   try:

@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   from flax_resnet.caches import enable_compilation_cache
   from flax_resnet.saved_model import load
+
   enable_compilation_cache()
   try:
     model, meta = load(args.checkpoint)

@@ -17,8 +17,13 @@ def main(argv=None) -> int:
   p.add_argument("--records-per-shard", type=positive_int, default=1024)
   args = p.parse_args(argv)
   try:
-    shards.convert(args.folder, args.out, args.splits.split(","), args.records_per_shard,
-                   log=lambda line: print(line, flush=True))
+    shards.convert(
+      args.folder,
+      args.out,
+      args.splits.split(","),
+      args.records_per_shard,
+      log=lambda line: print(line, flush=True),
+    )
   except (ValueError, OSError) as e:
     return report(e)
   return 0

@@ -34,10 +34,16 @@ FLAGS = {"preset": "--config", "assignments": "--set"}  # config.SettingError's 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """``flax-resnet-train``'s arguments; usage errors exit 2 in one line."""
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--config", required=True,
-                 help="a preset's name (cifar10_tiny, ...) or a preset file's path")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field (repeatable)")
+  p.add_argument(
+    "--config", required=True, help="a preset's name (cifar10_tiny, ...) or a preset file's path"
+  )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field (repeatable)",
+  )
   p.add_argument("--workdir", type=Path, required=True)
   p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
   p.add_argument("--num-processes", type=int)
@@ -48,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def setup_distributed(args: argparse.Namespace) -> None:
   """``jax.distributed.initialize`` from the flags, automatically on TPU pods, else nothing."""
   import jax
+
   if args.coordinator:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif os.environ.get("TPU_NAME") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -57,20 +64,26 @@ def setup_distributed(args: argparse.Namespace) -> None:
   # A first collective while the processes are still in step: CPU (gloo) collectives set
   # up their context on first use and give up when the processes arrive 30 s apart.
   from jax.experimental import multihost_utils
+
   multihost_utils.sync_global_devices("flax_resnet:start")
 
 
 def config_lines(cfg: Config, devices: int, processes: int) -> str:
   """The resolved config as printed at start: one ``key=value`` a line, as ``--set`` takes."""
+
   def text(value):
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-  return "\n".join([f"config (devices {devices}, processes {processes}):"] + [
-      f"  {k}={text(v)}" for k, v in cfg.to_json().items()])
+
+  return "\n".join(
+    [f"config (devices {devices}, processes {processes}):"]
+    + [f"  {k}={text(v)}" for k, v in cfg.to_json().items()]
+  )
 
 
 def resolved_config(args: argparse.Namespace) -> Config:
   """The preset with the ``--set`` assignments applied; errors name the flag at fault."""
   from flax_resnet.training import config as config_lib
+
   try:
     return config_lib.override(config_lib.load_preset(args.config), args.set)
   except config_lib.SettingError as e:
@@ -84,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
   from flax_resnet.caches import enable_compilation_cache
   from flax_resnet.cpu import use_every_core
   from flax_resnet.training import trainer
+
   try:
     cfg = resolved_config(args)
     use_every_core(cfg.global_batch)  # on a CPU host: a device per core where that pays
     setup_distributed(args)
     enable_compilation_cache()
     import jax
+
     print(config_lines(cfg, jax.device_count(), jax.process_count()), flush=True)
     summary = trainer.run(cfg, args.workdir)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before the run could save
@@ -101,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     report(e)
     return EXIT_DIVERGED
   if summary["signal"] == "SIGINT":
-    print(f"interrupted: saved step {summary['step']} in {args.workdir / 'checkpoints'}; the "
-          "same command resumes from it", file=sys.stderr)
+    print(
+      f"interrupted: saved step {summary['step']} in {args.workdir / 'checkpoints'}; the "
+      "same command resumes from it",
+      file=sys.stderr,
+    )
     return EXIT_INTERRUPTED
   return 0
 

@@ -24,12 +24,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
-  p.add_argument("--step", default=None,
-                 help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N; "
-                      "default: best, or the latest when no checkpoint was evaluated")
+  p.add_argument(
+    "--step",
+    default=None,
+    help="'best' (by eval top-1; an error if none was evaluated), 'latest' or N; "
+    "default: best, or the latest when no checkpoint was evaluated",
+  )
   p.add_argument("--ema", action="store_true", help="the EMA weights (run with ema_decay > 0)")
-  p.add_argument("--force", action="store_true",
-                 help="replace an existing --out that is a flax-resnet checkpoint (or empty)")
+  p.add_argument(
+    "--force",
+    action="store_true",
+    help="replace an existing --out that is a flax-resnet checkpoint (or empty)",
+  )
   return p.parse_args(argv)
 
 
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     check_out(args.out, args.force)
     from flax_resnet.saved_model import read_metadata
     from flax_resnet.training.export import export
+
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
   except (ValueError, OSError, CliError) as e:
     return report(e)

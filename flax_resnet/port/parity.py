@@ -87,8 +87,9 @@ def top5_as_exact(ours: np.ndarray, exact: np.ndarray, atol: float) -> bool:
   return bool(np.all(np.abs(picked - wanted) <= atol))
 
 
-def judge(ours: np.ndarray, theirs: np.ndarray, exact: np.ndarray,
-          tolerance: float | None = None) -> dict[str, Any]:
+def judge(
+  ours: np.ndarray, theirs: np.ndarray, exact: np.ndarray, tolerance: float | None = None
+) -> dict[str, Any]:
   """Our float32 output against torch's float32 (``theirs``) and float64 (``exact``) ones.
 
   The default rule holds us to torchvision's own accuracy: our error against float64
@@ -106,13 +107,27 @@ def judge(ours: np.ndarray, theirs: np.ndarray, exact: np.ndarray,
   else:
     rule, measured, bound = "fixed", vs_torch["max_rel"], tolerance
   top5 = top5_as_exact(ours, exact, 2 * bound * scale)
-  return {**vs_torch, "ours_vs_float64": ours_err, "torch_vs_float64": torch_err, "rule": rule,
-          "bound": bound, "top5_as_float64": top5, "top5_agreement": top5_agreement(ours, theirs),
-          "passed": bool(measured <= bound and top5)}
+  return {
+    **vs_torch,
+    "ours_vs_float64": ours_err,
+    "torch_vs_float64": torch_err,
+    "rule": rule,
+    "bound": bound,
+    "top5_as_float64": top5,
+    "top5_agreement": top5_agreement(ours, theirs),
+    "passed": bool(measured <= bound and top5),
+  }
 
 
-def verify(model, arch: str | None, options: Mapping[str, Any], batch: int = 2, size: int = 224,
-           seed: int = 0, tolerance: float | None = None) -> dict[str, Any] | None:
+def verify(
+  model,
+  arch: str | None,
+  options: Mapping[str, Any],
+  batch: int = 2,
+  size: int = 224,
+  seed: int = 0,
+  tolerance: float | None = None,
+) -> dict[str, Any] | None:
   """Loads the model's weights into the matching torchvision model (``twin``), runs both,
   and torch once more in float64, on a fixed batch of ``smooth_images``; ``judge``'s
   verdict. None when torchvision's own ResNet has no such model."""
@@ -132,5 +147,9 @@ def verify(model, arch: str | None, options: Mapping[str, Any], batch: int = 2, 
     theirs = reference(x_nchw).numpy()
     exact = reference.double()(x_nchw.double()).numpy()
   ours = flax_features(model, x)["logits"]
-  return {**judge(ours, theirs, exact, tolerance), "batch": [batch, size, size, model.in_channels],
-          "seed": seed, "input": "smooth_images"}
+  return {
+    **judge(ours, theirs, exact, tolerance),
+    "batch": [batch, size, size, model.in_channels],
+    "seed": seed,
+    "input": "smooth_images",
+  }

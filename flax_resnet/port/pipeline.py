@@ -33,6 +33,7 @@ class VerificationError(ConversionError):
 class Ported:
   """What ``port`` made: the conversion (model, architecture, options, notes), the
   ``Metadata`` written with it, and the torchvision weights entry (None for a file)."""
+
   conversion: Conversion
   metadata: Metadata
   weights: Any = None
@@ -42,11 +43,20 @@ def _silent(stage: str, **details: Any) -> None:
   """The default progress: says nothing."""
 
 
-def port(*, weights: str | None = None, state_dict: Path | None = None, arch: str | None = None,
-         num_classes: int | None = None, reset_head: bool = False, verify: bool = True,
-         tolerance: float | None = None, transform: EvalTransform | None = None,
-         out: Path | None = None, overwrite: bool = False,
-         progress: Progress = _silent) -> Ported:
+def port(
+  *,
+  weights: str | None = None,
+  state_dict: Path | None = None,
+  arch: str | None = None,
+  num_classes: int | None = None,
+  reset_head: bool = False,
+  verify: bool = True,
+  tolerance: float | None = None,
+  transform: EvalTransform | None = None,
+  out: Path | None = None,
+  overwrite: bool = False,
+  progress: Progress = _silent,
+) -> Ported:
   """Converts torchvision weights entry ``weights`` (fetched through torch.hub's cache) or
   the .pth/.safetensors file ``state_dict`` into a flax-resnet model, checks that every
   tensor comes back bit-exact, verifies it against torchvision (``parity.verify``, unless
@@ -68,10 +78,14 @@ def port(*, weights: str | None = None, state_dict: Path | None = None, arch: st
   conversion = _convert(state, arch, num_classes, reset_head, progress)
   parity = _verify(conversion, verify, tolerance, str(entry or state_dict), progress)
   meta = checkpoint_metadata(
-      conversion, source=source, parity=parity, transform=_transform(entry, transform),
-      # Only weights that name their classes get names: a file's outputs may be anything.
-      categories=entry.meta.get("categories") if entry and not reset_head else None,
-      head="reset: fresh classifier" if reset_head else "from source")
+    conversion,
+    source=source,
+    parity=parity,
+    transform=_transform(entry, transform),
+    # Only weights that name their classes get names: a file's outputs may be anything.
+    categories=entry.meta.get("categories") if entry and not reset_head else None,
+    head="reset: fresh classifier" if reset_head else "from source",
+  )
   if out is not None:
     progress("save", path=out)
     save(conversion.model, out, meta, overwrite=overwrite)
@@ -98,8 +112,9 @@ def _verify(conversion, verify, tolerance, what, progress) -> dict | None:
   from flax_resnet.port.parity import verify as against_torchvision
 
   progress("verify")
-  parity = against_torchvision(conversion.model, conversion.arch, conversion.options,
-                               tolerance=tolerance)
+  parity = against_torchvision(
+    conversion.model, conversion.arch, conversion.options, tolerance=tolerance
+  )
   progress("verified", parity=parity)
   if parity is not None and not parity["passed"]:
     raise VerificationError(what, parity)
@@ -112,9 +127,15 @@ def _transform(weights, transform: EvalTransform | None) -> EvalTransform:
   return transform or EvalTransform()
 
 
-def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any],
-                        transform: EvalTransform, categories: list[str] | None,
-                        parity: dict | None, head: str = "from source") -> Metadata:
+def checkpoint_metadata(
+  conversion: Conversion,
+  *,
+  source: dict[str, Any],
+  transform: EvalTransform,
+  categories: list[str] | None,
+  parity: dict | None,
+  head: str = "from source",
+) -> Metadata:
   """The ``Metadata`` of a converted checkpoint: what it came from (with the source's
   ``num_batches_tracked``, if it has them), its eval preprocessing, class names, the
   verification's figures, and (``new_metadata``) every version that made it and when."""
@@ -122,5 +143,12 @@ def checkpoint_metadata(conversion: Conversion, *, source: dict[str, Any],
   if counts is not None:  # flax2torch writes them back
     source = {**source, "num_batches_tracked": counts}
   return new_metadata(
-      arch=conversion.arch, options=conversion.options, source=source, notes=conversion.notes,
-      head=head, preprocessing=transform.to_json(), categories=categories, parity=parity)
+    arch=conversion.arch,
+    options=conversion.options,
+    source=source,
+    notes=conversion.notes,
+    head=head,
+    preprocessing=transform.to_json(),
+    categories=categories,
+    parity=parity,
+  )

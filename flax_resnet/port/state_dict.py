@@ -26,8 +26,13 @@ from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fil
 log = logging.getLogger(__name__)
 
 # NNX leaf name -> torch parameter or buffer name.
-LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-                 "var": "running_var"}
+LEAF_TO_TORCH = {
+  "kernel": "weight",
+  "scale": "weight",
+  "bias": "bias",
+  "mean": "running_mean",
+  "var": "running_var",
+}
 CONTAINERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 PREFIXES = ("module.", "_orig_mod.")
 
@@ -54,7 +59,8 @@ class ConversionError(ValueError):
     if not self.arguments:
       return self.template
     return string.Template(self.template).safe_substitute(
-        {name: spell(name, value) for name, value in self.arguments.items()})
+      {name: spell(name, value) for name, value in self.arguments.items()}
+    )
 
 
 def torch_key(path: tuple) -> str:
@@ -91,16 +97,18 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, Any], list[str]]:
     notes.append(f"unwrapped container {container!r}")
     obj = obj[container]
   if not isinstance(obj, Mapping) or not _looks_like_state_dict(obj):
-    raise ConversionError(f"not a state dict of tensors (found {type(obj).__name__}"
-                          + (f" with keys {sorted(obj)[:8]}" if isinstance(obj, Mapping) else "")
-                          + ")")
+    raise ConversionError(
+      f"not a state dict of tensors (found {type(obj).__name__}"
+      + (f" with keys {sorted(obj)[:8]}" if isinstance(obj, Mapping) else "")
+      + ")"
+    )
   state = dict(obj)
   stripped = True
   while stripped:
     stripped = False
     for prefix in PREFIXES:
       if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
         notes.append(f"stripped prefix {prefix!r}")
         stripped = True
   return state, notes
@@ -146,17 +154,23 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   last = "conv3" if bottleneck else "conv2"
   stages = _blocks_per_stage(shapes, last)
   if not stages:
-    raise ConversionError(f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
-                          f"'layer1.0.{last}.weight' in the file")
+    raise ConversionError(
+      f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
+      f"'layer1.0.{last}.weight' in the file"
+    )
   out, in_channels, k, _ = shapes["conv1.weight"]
   head = shapes.get("fc.weight", shapes.get("fc.bias"))
-  options: dict[str, Any] = {"in_channels": in_channels, "stem": "imagenet" if k == 7 else "cifar",
-                             "num_classes": head[0] if head else 0}
+  options: dict[str, Any] = {
+    "in_channels": in_channels,
+    "stem": "imagenet" if k == 7 else "cifar",
+    "num_classes": head[0] if head else 0,
+  }
   if not any(key.endswith("running_mean") for key in shapes):
     options["norm"] = "group"
   exp = 4 if bottleneck else 1
-  channels = tuple(_shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp
-                   for i in range(len(stages)))
+  channels = tuple(
+    _shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp for i in range(len(stages))
+  )
   groups, width = 1, 64
   if bottleneck:
     conv2 = _shape(shapes, "layer1.0.conv2.weight")
@@ -197,6 +211,7 @@ class Conversion:
   """What ``convert_state_dict`` made: the model, the architecture and options it resolved
   (``arch`` None for a custom ResNet), notes on every unwrap, prefix and cast, and the
   unwrapped state dict it read."""
+
   model: ResNet
   arch: str | None
   options: dict[str, Any]
@@ -204,8 +219,13 @@ class Conversion:
   state_dict: dict[str, Any]
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
-                       reset_head: bool = False, **model_options: Any) -> Conversion:
+def convert_state_dict(
+  state_dict: Mapping[str, Any],
+  arch: str | None = None,
+  *,
+  reset_head: bool = False,
+  **model_options: Any,
+) -> Conversion:
   """A flax-resnet model holding a torchvision state dict's weights, with what was resolved.
 
   Strict: every tensor is used exactly once and every model leaf is filled, with
@@ -224,19 +244,28 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *
   flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   values, problems, casts = _match(flat, state_dict, ("fc",) if reset_head else ())
   if problems:
-    raise ConversionError("state dict does not fit " + (arch or "the custom ResNet") + ":\n  "
-                          + "\n  ".join(problems))
+    raise ConversionError(
+      "state dict does not fit " + (arch or "the custom ResNet") + ":\n  " + "\n  ".join(problems)
+    )
   if reset_head and model.num_classes:
     fresh = make_head(model.num_features, model.num_classes, rngs=nnx.Rngs(0))
     values[("fc", "kernel")], values[("fc", "bias")] = fresh.kernel[...], fresh.bias[...]
-  nnx.update(model, nnx.from_flat_state(
-      {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)
-       for path, var in flat}))
+  nnx.update(
+    model,
+    nnx.from_flat_state(
+      {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype) for path, var in flat}
+    ),
+  )
   return Conversion(model, arch, options, notes + casts, state_dict)
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], arch: str | None = None, *,
-                          reset_head: bool = False, **model_options: Any) -> ResNet:
+def from_torch_state_dict(
+  state_dict: Mapping[str, Any],
+  arch: str | None = None,
+  *,
+  reset_head: bool = False,
+  **model_options: Any,
+) -> ResNet:
   """The model of ``convert_state_dict``, in eval mode (``model.train()`` to train); its
   notes (unwraps, casts) are logged as warnings."""
   conversion = convert_state_dict(state_dict, arch, reset_head=reset_head, **model_options)
@@ -251,9 +280,12 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
   if reset_head:
     options.pop("num_classes")
   elif model_options.get("num_classes", options["num_classes"]) != options["num_classes"]:
-    raise ConversionError(f"the file's head (fc) has {options['num_classes']} classes but "
-                          "$num_classes; pass $reset_head to start a fresh head",
-                          num_classes=model_options["num_classes"], reset_head=True)
+    raise ConversionError(
+      f"the file's head (fc) has {options['num_classes']} classes but "
+      "$num_classes; pass $reset_head to start a fresh head",
+      num_classes=model_options["num_classes"],
+      reset_head=True,
+    )
   if arch is not None:
     architecture(arch)  # unknown names fail here, listing the known ones
     if inferred != arch:
@@ -281,23 +313,33 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
       cast.setdefault(dtype_name(tensor), []).append(key)
     value = from_torch_layout(_numpy(tensor))
     if value.shape != expected:
-      shapes.append(f"{key}: expected {to_torch_layout(np.empty(expected)).shape}, "
-                    f"found {tuple(tensor.shape)}")
+      shapes.append(
+        f"{key}: expected {to_torch_layout(np.empty(expected)).shape}, found {tuple(tensor.shape)}"
+      )
     elif not np.all(np.isfinite(value)):
       bad.append(f"{key}: contains NaN or Inf")
     values[path] = value
-  unexpected = sorted(k for k in state_dict
-                      if k not in used and not k.endswith("num_batches_tracked"))
-  problems = ([f"missing key: {k}" for k in missing] + [f"unexpected key: {k}" for k in unexpected]
-              + [f"shape mismatch: {s}" for s in shapes] + bad)
-  notes = [f"cast {len(keys)} {dtype} tensor{'s' * (len(keys) > 1)} to float32: "
-           + ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
-           for dtype, keys in cast.items()]
+  unexpected = sorted(
+    k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")
+  )
+  problems = (
+    [f"missing key: {k}" for k in missing]
+    + [f"unexpected key: {k}" for k in unexpected]
+    + [f"shape mismatch: {s}" for s in shapes]
+    + bad
+  )
+  notes = [
+    f"cast {len(keys)} {dtype} tensor{'s' * (len(keys) > 1)} to float32: "
+    + ", ".join(keys[:4])
+    + (", ..." if len(keys) > 4 else "")
+    for dtype, keys in cast.items()
+  ]
   return values, problems, notes
 
 
-def to_state_dict(model: ResNet,
-                  num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, np.ndarray]:
+def to_state_dict(
+  model: ResNet, num_batches_tracked: int | Mapping[str, int] = 0
+) -> dict[str, np.ndarray]:
   """The model's weights as a torchvision state dict of numpy arrays in torch's layouts, with
   exactly the keys of torchvision's own: each BatchNorm's ``num_batches_tracked`` too, an
   int64 scalar holding ``num_batches_tracked`` (one count, or counts by BatchNorm name such
@@ -308,8 +350,11 @@ def to_state_dict(model: ResNet,
     out[key] = np.array(to_torch_layout(np.asarray(jax.device_get(var.get_value()))), order="C")
     if key.endswith(".running_var"):
       norm = key.removesuffix(".running_var")
-      count = (num_batches_tracked.get(norm, 0) if isinstance(num_batches_tracked, Mapping)
-               else num_batches_tracked)
+      count = (
+        num_batches_tracked.get(norm, 0)
+        if isinstance(num_batches_tracked, Mapping)
+        else num_batches_tracked
+      )
       out[f"{norm}.num_batches_tracked"] = np.array(int(count), dtype=np.int64)
   return out
 

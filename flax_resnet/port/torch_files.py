@@ -22,13 +22,17 @@ class DownloadError(ConversionError):
   torch.hub's cache would keep it, where a copy fetched elsewhere may be placed."""
 
   def __init__(self, weights: str, url: str, file: Path, reason: Exception):
-    super().__init__(f"$weights: could not download {url} ({reason}). Offline, fetch that file "
-                     f"elsewhere and place it at {file}", weights=weights)
+    super().__init__(
+      f"$weights: could not download {url} ({reason}). Offline, fetch that file "
+      f"elsewhere and place it at {file}",
+      weights=weights,
+    )
     self.url, self.file, self.reason = url, file, reason
 
 
-def to_torch_state_dict(model: ResNet,
-                        num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, Any]:
+def to_torch_state_dict(
+  model: ResNet, num_batches_tracked: int | Mapping[str, int] = 0
+) -> dict[str, Any]:
   """The model's weights as a torchvision state dict of torch tensors, strict-loadable
   (``state_dict.to_state_dict``'s keys and values)."""
   import torch
@@ -53,13 +57,17 @@ def load_file(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
-      raise ConversionError(f"{path}: refused: the file holds Python objects other than tensors, "
-                     "which could run code when loaded; only plain state dicts are accepted") from e
+      raise ConversionError(
+        f"{path}: refused: the file holds Python objects other than tensors, "
+        "which could run code when loaded; only plain state dicts are accepted"
+      ) from e
     raise ConversionError(f"{path}: not a PyTorch checkpoint ({one_line(e)})") from e
   except (RuntimeError, EOFError, OSError) as e:
     raise ConversionError(f"{path}: truncated or corrupt ({one_line(e)})") from e
   except Exception as e:  # the weights-only unpickler fails on junk with assorted errors
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})") from e
+    raise ConversionError(
+      f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {one_line(e)})"
+    ) from e
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -78,9 +86,11 @@ def check_hash(file: Path, name: str | None = None) -> str:
   digest = sha256(file)
   prefix = hash_prefix(name or file.name)
   if prefix and not digest.startswith(prefix):
-    raise ConversionError(f"{file}: SHA-256 {digest} does not start with {prefix}, the hash in "
-                          "torchvision's file name: not torchvision's file (another model, or a "
-                          "damaged download); remove it and fetch it again")
+    raise ConversionError(
+      f"{file}: SHA-256 {digest} does not start with {prefix}, the hash in "
+      "torchvision's file name: not torchvision's file (another model, or a "
+      "damaged download); remove it and fetch it again"
+    )
   return digest
 
 
@@ -96,8 +106,9 @@ def fetch_weights(name: str, arch: str | None):
   from torchvision.models import get_model_weights, get_weight
 
   if "." not in name and not arch:
-    raise ConversionError("$weights without a 'ModelName_Weights.' prefix needs an arch",
-                          weights=name)
+    raise ConversionError(
+      "$weights without a 'ModelName_Weights.' prefix needs an arch", weights=name
+    )
   try:
     weights = get_weight(name) if "." in name else get_model_weights(arch)[name]
   except (KeyError, ValueError, AttributeError) as e:
@@ -106,13 +117,18 @@ def fetch_weights(name: str, arch: str | None):
   # torch.hub checks the hash only of what it downloads; a file placed by hand is checked here.
   digest = check_hash(file, weights.url) if file.is_file() else None
   try:
-    state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True,
-                                               weights_only=True, map_location="cpu")
+    state = torch.hub.load_state_dict_from_url(
+      weights.url, progress=True, check_hash=True, weights_only=True, map_location="cpu"
+    )
   except OSError as e:  # URLError is an OSError
     raise DownloadError(name, weights.url, file, e) from e
   if digest is None and file.is_file():
     digest = check_hash(file, weights.url)
-  source = {"kind": "torchvision_weights", "name": str(weights), "url": weights.url,
-            "file": str(file), "sha256": digest}
+  source = {
+    "kind": "torchvision_weights",
+    "name": str(weights),
+    "url": weights.url,
+    "file": str(file),
+    "sha256": digest,
+  }
   return weights, state, source
-

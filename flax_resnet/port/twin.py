@@ -33,16 +33,28 @@ class StageResNet(nn.Module):
   """torchvision's ResNet for any stage count and base widths, with the ImageNet or the
   CIFAR stem (3x3/1 conv, no max-pool); the state-dict keys are torchvision's."""
 
-  def __init__(self, block: type[nn.Module], layers: Sequence[int], channels: Sequence[int],
-               num_classes: int = 1000, stem: str = "imagenet", in_channels: int = 3,
-               norm_layer: type[nn.Module] = nn.BatchNorm2d, groups: int = 1,
-               width_per_group: int = 64,
-               replace_stride_with_dilation: Sequence[bool] | None = None,
-               zero_init_residual: bool = False):
+  def __init__(
+    self,
+    block: type[nn.Module],
+    layers: Sequence[int],
+    channels: Sequence[int],
+    num_classes: int = 1000,
+    stem: str = "imagenet",
+    in_channels: int = 3,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    groups: int = 1,
+    width_per_group: int = 64,
+    replace_stride_with_dilation: Sequence[bool] | None = None,
+    zero_init_residual: bool = False,
+  ):
     super().__init__()
     # torchvision's ResNet._make_layer reads these attributes of its ``self``.
     self._norm_layer, self.groups, self.base_width, self.dilation = (
-        norm_layer, groups, width_per_group, 1)
+      norm_layer,
+      groups,
+      width_per_group,
+      1,
+    )
     self.inplanes = channels[0]
     if stem == "cifar":
       self.conv1 = nn.Conv2d(in_channels, self.inplanes, 3, 1, 1, bias=False)
@@ -61,9 +73,13 @@ class StageResNet(nn.Module):
     self.stages = len(layers)
     dilate = tuple(dilate or (False,) * (len(layers) - 1))
     for i, (depth, planes) in enumerate(zip(layers, channels)):
-      setattr(self, f"layer{i + 1}", tv.ResNet._make_layer(
-          self, block, planes, depth, stride=1 if i == 0 else 2,
-          dilate=i > 0 and dilate[i - 1]))
+      setattr(
+        self,
+        f"layer{i + 1}",
+        tv.ResNet._make_layer(
+          self, block, planes, depth, stride=1 if i == 0 else 2, dilate=i > 0 and dilate[i - 1]
+        ),
+      )
 
   def _init_weights(self, zero_init_residual: bool) -> None:
     """torchvision's initialisation."""
@@ -83,8 +99,9 @@ class StageResNet(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def torch_resnet(arch: str | None, options: Mapping[str, Any], *,
-                 torchvision_only: bool = False) -> nn.Module | None:
+def torch_resnet(
+  arch: str | None, options: Mapping[str, Any], *, torchvision_only: bool = False
+) -> nn.Module | None:
   """The torch model equal to ``registry.build_model(arch, options)``, as torch builds it (in
   train mode, torch's initialisation), or None where torch has no such model: group norm,
   a headless net (``num_classes=0``), another ``expansion``. With ``torchvision_only``, also
@@ -105,8 +122,9 @@ def torch_resnet(arch: str | None, options: Mapping[str, Any], *,
     return None
   table = architecture(arch)._asdict() if arch else {}
   spec = {**table, **spec}
-  return StageResNet(BLOCKS[spec.pop("block")], channels=channels, stem=stem,
-                     in_channels=in_channels, **spec)
+  return StageResNet(
+    BLOCKS[spec.pop("block")], channels=channels, stem=stem, in_channels=in_channels, **spec
+  )
 
 
 def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
@@ -115,4 +133,3 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
     return getattr(torchvision.models, arch)(**spec)
   block, layers = BLOCKS[spec.pop("block")], list(spec.pop("layers"))
   return tv.ResNet(block, layers, **spec)
-

@@ -52,27 +52,35 @@ class Manager(ocp.CheckpointManager):
 
 def manager(workdir: Path, keep: int) -> Manager:
   """Asynchronous saves, keeping the ``keep`` latest and the best by ``score``."""
-  keep_policy = policies.AnyPreservationPolicy([
+  keep_policy = policies.AnyPreservationPolicy(
+    [
       policies.LatestN(keep),
-      policies.BestN(get_metric_fn=score, reverse=False, n=1,
-                     keep_checkpoints_without_metrics=False),
-  ])
+      policies.BestN(
+        get_metric_fn=score, reverse=False, n=1, keep_checkpoints_without_metrics=False
+      ),
+    ]
+  )
   # best_fn too: without it orbax keeps no metrics on disk, and no reader can rank them.
-  options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy, best_fn=score,
-                                         create=True, enable_async_checkpointing=True)
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=keep_policy, best_fn=score, create=True, enable_async_checkpointing=True
+  )
   _quiet_expected_orbax_logs()
   return Manager(workdir.absolute() / "checkpoints", options=options)
 
 
-def save(mgr: Manager, step: int, states: dict[str, nnx.State], meta: dict,
-         metrics: dict | None = None) -> None:
+def save(
+  mgr: Manager, step: int, states: dict[str, nnx.State], meta: dict, metrics: dict | None = None
+) -> None:
   """Starts an asynchronous save of everything needed to resume at ``step``: the named
   states (model, optimizer, ema) as pure dicts, and ``meta`` as JSON. A ``SaveFailed``
   where the previous save failed (it surfaces here)."""
   pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
   with _saves_checked(mgr, step):
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(pure),
-                                           meta=ocp.args.JsonSave(meta)), metrics=metrics)
+    mgr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(pure), meta=ocp.args.JsonSave(meta)),
+      metrics=metrics,
+    )
   mgr.started.append(step)
 
 
@@ -98,23 +106,34 @@ def _saves_checked(mgr: Manager, starting: int | None = None):
     yield
   except Exception as e:  # tensorstore's ValueError, OSError, orbax's own types
     folder = Path(mgr.directory)
-    failed = [step for step in [*mgr.started[-1:], starting]
-              if step is not None and not (folder / str(step)).is_dir()]
+    failed = [
+      step
+      for step in [*mgr.started[-1:], starting]
+      if step is not None and not (folder / str(step)).is_dir()
+    ]
     if not failed:
       raise
     removed = _remove_temporaries(folder, failed)
     intact = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
     raise SaveFailed(
-        f"saving checkpoint step {failed[0]} in {mgr.directory} failed: {_save_error(e)}; "
-        f"{'removed its temporary folder; ' if removed else ''}"
-        + (f"the checkpoints before it are intact: free space and run the same command to "
-           f"resume from step {max(intact)}" if intact else "no checkpoint was saved")) from e
+      f"saving checkpoint step {failed[0]} in {mgr.directory} failed: {_save_error(e)}; "
+      f"{'removed its temporary folder; ' if removed else ''}"
+      + (
+        f"the checkpoints before it are intact: free space and run the same command to "
+        f"resume from step {max(intact)}"
+        if intact
+        else "no checkpoint was saved"
+      )
+    ) from e
 
 
 def _save_error(error: BaseException) -> str:
   for cause in _chain(error):
-    if (getattr(cause, "errno", None) == errno.ENOSPC or "No space left on device" in str(cause)
-        or "os_error_code='28'" in str(cause)):
+    if (
+      getattr(cause, "errno", None) == errno.ENOSPC
+      or "No space left on device" in str(cause)
+      or "os_error_code='28'" in str(cause)
+    ):
       return "no space left on device"
   return f"{type(error).__name__}: {one_line(error)[:300]}"
 
@@ -151,8 +170,11 @@ def _not_expected_from_orbax(record: logging.LogRecord) -> bool:
   message = record.getMessage()
   if message == _SAVE_WITHOUT_METRICS:
     return False
-  return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-              and any(s in message for s in _SAVE_THREAD_ERRORS))
+  return not (
+    record.levelno >= logging.ERROR
+    and "orbax" in record.pathname
+    and any(s in message for s in _SAVE_THREAD_ERRORS)
+  )
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -160,13 +182,15 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def restore(mgr: ocp.CheckpointManager, step: int,
-            states: dict[str, nnx.State]) -> dict[str, nnx.State]:
+def restore(
+  mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State]
+) -> dict[str, nnx.State]:
   """Checkpoint ``step``'s values in the form and shardings of the named ``states``."""
   pure = {name: nnx.to_pure_dict(state) for name, state in states.items()}
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))["state"]
+  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+    "state"
+  ]
   for name, state in states.items():
     nnx.replace_by_pure_dict(state, restored[name])
   return states
@@ -178,8 +202,11 @@ def reader(workdir: Path) -> ocp.CheckpointManager:
   if not (workdir / "checkpoints").is_dir():
     raise ValueError(f"{workdir} holds no checkpoints/ folder: not a training workdir")
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(best_fn=score))
+  return ocp.CheckpointManager(
+    workdir.absolute() / "checkpoints",
+    item_handlers=handlers,
+    options=ocp.CheckpointManagerOptions(best_fn=score),
+  )
 
 
 def restore_on_one_device(mgr: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
@@ -187,8 +214,10 @@ def restore_on_one_device(mgr: ocp.CheckpointManager, step: int) -> tuple[dict, 
   stored = mgr.item_metadata(step)["state"]
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), stored)
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                  meta=ocp.args.JsonRestore()))
+  out = mgr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+  )
   return out["state"], out["meta"]
 
 
@@ -234,16 +263,25 @@ def _chain(error: BaseException | None):
     error = error.__cause__ or error.__context__
 
 
-def load_intact(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.State],
-                check_meta: Callable[[dict], None]) -> tuple[dict, dict[str, nnx.State]]:
+def load_intact(
+  mgr: ocp.CheckpointManager,
+  step: int,
+  states: dict[str, nnx.State],
+  check_meta: Callable[[dict], None],
+) -> tuple[dict, dict[str, nnx.State]]:
   """(meta, restored states) of checkpoint ``step``; ``Damaged`` where a file is missing,
   cut or garbled. ``check_meta`` raises for a checkpoint of another run (its error
   passes through: that checkpoint is sound, only not this run's)."""
   folder = Path(mgr.directory) / str(step)
   try:
     meta = read_meta(mgr, step)
-    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta
-               or (k == "config" and not isinstance(meta[k], dict))]
+    missing = [
+      k
+      for k in META_KEYS
+      if not isinstance(meta, dict)
+      or k not in meta
+      or (k == "config" and not isinstance(meta[k], dict))
+    ]
   except Exception as e:  # orbax and tensorstore raise many types for damaged files
     raise Damaged(step, folder, e) from e
   if missing:
@@ -255,9 +293,12 @@ def load_intact(mgr: ocp.CheckpointManager, step: int, states: dict[str, nnx.Sta
     raise Damaged(step, folder, e) from e
 
 
-def restore_newest_intact(mgr: ocp.CheckpointManager, states: dict[str, nnx.State],
-                          check_meta: Callable[[dict], None],
-                          warn: Callable[[str], None]) -> tuple[int, dict, dict] | None:
+def restore_newest_intact(
+  mgr: ocp.CheckpointManager,
+  states: dict[str, nnx.State],
+  check_meta: Callable[[dict], None],
+  warn: Callable[[str], None],
+) -> tuple[int, dict, dict] | None:
   """(step, meta, restored states) of the newest checkpoint that reads back whole, or None
   where there is none at all.
 
@@ -276,15 +317,20 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, states: dict[str, nnx.Stat
       continue
     for failed in damaged:
       aside = _set_aside(Path(mgr.directory), failed.step)
-      warn(f"warning: {failed}; skipped it, moved it to {aside} for you to inspect or delete, "
-           f"and resumed from step {step}")
+      warn(
+        f"warning: {failed}; skipped it, moved it to {aside} for you to inspect or delete, "
+        f"and resumed from step {step}"
+      )
     if damaged:
       mgr.reload()  # the steps on disk changed
     return step, meta, restored
   if damaged:
-    raise ValueError(f"every checkpoint in {mgr.directory} is damaged: " + "; ".join(
-        map(str, damaged)) + ". Nothing was changed: move the checkpoints/ folder away to "
-        "start afresh")
+    raise ValueError(
+      f"every checkpoint in {mgr.directory} is damaged: "
+      + "; ".join(map(str, damaged))
+      + ". Nothing was changed: move the checkpoints/ folder away to "
+      "start afresh"
+    )
   return None
 
 
@@ -301,5 +347,6 @@ def _set_aside(folder: Path, step: int) -> Path:
     (folder / str(step)).rename(target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f"flax_resnet:set aside {step}")
   return target

@@ -35,22 +35,36 @@ def _parts_problem(freeze: str) -> str | None:
   return None
 
 
-def rule(default: Any, *, choices: Sequence[str] = (), at_least: float | None = None,
-         below: float | None = None, check: Callable[[Any], str | None] | None = None,
-         resumable: bool = False) -> Any:
+def rule(
+  default: Any,
+  *,
+  choices: Sequence[str] = (),
+  at_least: float | None = None,
+  below: float | None = None,
+  check: Callable[[Any], str | None] | None = None,
+  resumable: bool = False,
+) -> Any:
   """A field's default with its rule beside it (``validate`` applies it): the ``choices``
   its value must be one of, its range ``[at_least, below)``, a ``check`` returning a
   problem or None, and whether a resumed run may change it (``resumable``: it decides
   when to stop, log, save or evaluate, or where and how the same images are read, never
   what a step computes)."""
-  return dataclasses.field(default=default, metadata={
-      "choices": tuple(choices), "at_least": at_least, "below": below, "check": check,
-      "resumable": resumable})
+  return dataclasses.field(
+    default=default,
+    metadata={
+      "choices": tuple(choices),
+      "at_least": at_least,
+      "below": below,
+      "check": check,
+      "resumable": resumable,
+    },
+  )
 
 
 @dataclasses.dataclass
 class Config:
   """Every knob of a run. The defaults train a ResNet-18 on an ImageFolder."""
+
   # Model
   arch: str = rule("resnet18")  # a flax_resnet.list_models() name
   num_classes: int = rule(1000, at_least=1)
@@ -135,7 +149,6 @@ class Config:
   # keep the compiled train step on disk for the next start (one process)
   step_cache: bool = rule(True, resumable=True)
 
-
   def to_json(self) -> dict[str, Any]:
     """The fields as a dict (tuples stay tuples; JSON writes them as lists)."""
     return dataclasses.asdict(self)
@@ -181,8 +194,9 @@ def preset_file(preset: str | Path) -> Path:
   if re.fullmatch(r"[A-Za-z_]\w*", name):
     if (PRESETS / f"{name}.py").is_file():
       return PRESETS / f"{name}.py"
-    raise SettingError("preset", f"{path}: no such file, nor a preset name (one of "
-                       f"{', '.join(preset_names())})")
+    raise SettingError(
+      "preset", f"{path}: no such file, nor a preset name (one of {', '.join(preset_names())})"
+    )
   raise SettingError("preset", f"{path}: no such file")
 
 
@@ -209,6 +223,7 @@ def load_preset(preset: str | Path) -> Config:
 def _preset_error(path: Path, error: BaseException) -> str:
   """``PATH line N: Type: message``, N the preset's deepest line in the traceback."""
   import traceback
+
   line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
   for frame in traceback.extract_tb(error.__traceback__):
     if Path(frame.filename).resolve() == path.resolve():
@@ -223,8 +238,9 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
   for item in assignments:
     key, sep, raw = item.partition("=")
     if not sep or key not in FIELDS:
-      raise SettingError("assignments", f"{item!r}: expected key=value with key one of "
-                         f"{sorted(FIELDS)}")
+      raise SettingError(
+        "assignments", f"{item!r}: expected key=value with key one of {sorted(FIELDS)}"
+      )
     changes[key] = _parse(key, raw, type(getattr(config, key)))
   config = dataclasses.replace(config, **changes)
   validate(config)
@@ -260,8 +276,9 @@ def _parse(key: str, raw: str, kind: type) -> Any:
         raise ValueError(raw)
       return raw.lower() in ("true", "1")
     if kind is tuple:
-      return tuple(int(v) if v.strip().lstrip("-").isdigit() else float(v)
-                   for v in raw.split(",") if v.strip())
+      return tuple(
+        int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in raw.split(",") if v.strip()
+      )
     return kind(raw)
   except ValueError:
     raise SettingError("assignments", f"{key}={raw}: not a valid {kind.__name__}") from None
@@ -276,13 +293,15 @@ def resume_changes(saved: Mapping[str, Any], config: Config, workdir: Path) -> l
   changed = sorted(k for k in new if k in saved and saved[k] != new[k])
   refused = [k for k in changed if not FIELDS[k].metadata["resumable"]]
   if refused:
-    raise ValueError(f"workdir {workdir} holds a run with other settings: " + ", ".join(
-        f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused) + "; they change what the run "
-        "computes: set them back, or use another --workdir")
+    raise ValueError(
+      f"workdir {workdir} holds a run with other settings: "
+      + ", ".join(f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused)
+      + "; they change what the run "
+      "computes: set them back, or use another --workdir"
+    )
   return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 
 
 def save(config: Config, path: Path) -> None:
   """Writes the resolved config as JSON (atomically)."""
   write_atomic(path, json.dumps(config.to_json(), indent=2, allow_nan=False) + "\n")
-

@@ -38,8 +38,13 @@ def element(image, label: int, first: int, reasons: list[str]) -> dict:
   """One element of a batch, train or eval alike: the image and its label, after the images
   passed over to reach it: ``len(reasons)`` of them (``skipped``) from position ``first`` on,
   each with the reason its reader raised, where the failure happened (a worker process)."""
-  return {"image": image, "label": label, "skipped": len(reasons), "first": first,
-          "reasons": REASONS_SEPARATOR.join(reasons)}
+  return {
+    "image": image,
+    "label": label,
+    "skipped": len(reasons),
+    "first": first,
+    "reasons": REASONS_SEPARATOR.join(reasons),
+  }
 
 
 def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -62,7 +67,7 @@ def pad_and_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.nd
   h, w = x.shape[:2]
   padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
   top, left = rng.integers(0, 2 * pad + 1, size=2)
-  return padded[top:top + h, left:left + w]
+  return padded[top : top + h, left : left + w]
 
 
 class TrainSample(grain.transforms.RandomMap):
@@ -92,8 +97,11 @@ class TrainSample(grain.transforms.RandomMap):
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.size <= 32:
-      x = np.asarray(image.resize((self.size, self.size), Image.BILINEAR)
-                     if image.size != (self.size, self.size) else image)
+      x = np.asarray(
+        image.resize((self.size, self.size), Image.BILINEAR)
+        if image.size != (self.size, self.size)
+        else image
+      )
       x = pad_and_crop(x, rng)
     else:
       x = np.asarray(random_resized_crop(image, self.size, rng))
@@ -121,8 +129,12 @@ class SyntheticSample(grain.transforms.RandomMap):
     self.size, self.num_classes = size, num_classes
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    return element(rng.integers(0, 256, (self.size, self.size, 3), np.uint8),
-                   int(rng.integers(self.num_classes)), 0, [])
+    return element(
+      rng.integers(0, 256, (self.size, self.size, 3), np.uint8),
+      int(rng.integers(self.num_classes)),
+      0,
+      [],
+    )
 
 
 def train_batches(config: Config, process_index: int, process_count: int, worker_init=None):
@@ -147,11 +159,14 @@ def train_batches(config: Config, process_index: int, process_count: int, worker
   ahead = grain.ReadOptions(num_threads=config.prefetch, prefetch_buffer_size=config.prefetch)
   ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset(ahead)
   if config.workers > 0:
-    _warn_if_shared_memory_is_short(config.workers * (config.prefetch + 1) * local_batch
-                                    * config.image_size ** 2 * 3)
+    _warn_if_shared_memory_is_short(
+      config.workers * (config.prefetch + 1) * local_batch * config.image_size**2 * 3
+    )
     _absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers),
-                        worker_init_fn=WorkerSetup(os.getpid(), worker_init))
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=config.workers),
+      worker_init_fn=WorkerSetup(os.getpid(), worker_init),
+    )
   return iter(ds), source
 
 
@@ -173,8 +188,7 @@ class WorkerSetup:
 
   def __call__(self, index: int, count: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=self._exit_with_parent, name="exit-with-trainer",
-                     daemon=True).start()
+    threading.Thread(target=self._exit_with_parent, name="exit-with-trainer", daemon=True).start()
     if self.then is not None:
       self.then(index, count)
 
@@ -210,17 +224,24 @@ def _position(state: dict) -> int:
   except (KeyError, TypeError, ValueError):
     known = False
   if not known:
-    raise ValueError("the checkpoint's data iterator state is not one this trainer can "
-                     f"convert ({str(state)[:200]}): resume with the workers it was saved with")
+    raise ValueError(
+      "the checkpoint's data iterator state is not one this trainer can "
+      f"convert ({str(state)[:200]}): resume with the workers it was saved with"
+    )
   return position
 
 
 def _interleave_state(position: int, workers: int) -> dict:
-  return {"next_index_in_cycle": position % workers, "next_index_in_datasets": workers,
-          "iterators_in_use_indices": list(range(workers)),
-          "iterators_in_use_states": [{"next_index": -(-(position - w) // workers)}
-                                      for w in range(workers)],
-          "exhausted": [0] * workers, "future_states": {}}
+  return {
+    "next_index_in_cycle": position % workers,
+    "next_index_in_datasets": workers,
+    "iterators_in_use_indices": list(range(workers)),
+    "iterators_in_use_states": [
+      {"next_index": -(-(position - w) // workers)} for w in range(workers)
+    ],
+    "exhausted": [0] * workers,
+    "future_states": {},
+  }
 
 
 def skips(batch: dict, count: int) -> list[tuple[int, str]]:
@@ -248,8 +269,7 @@ class SkipLog:
       self.count += 1
       if (str(source.root), i) not in self.logged:
         self.logged.add((str(source.root), i))
-        log.warning("skipping unreadable image (logged once, counted at every visit): %s",
-                    reason)
+        log.warning("skipping unreadable image (logged once, counted at every visit): %s", reason)
 
 
 def _warn_if_shared_memory_is_short(need: int, shm: str = "/dev/shm") -> None:
@@ -259,22 +279,32 @@ def _warn_if_shared_memory_is_short(need: int, shm: str = "/dev/shm") -> None:
   except OSError:
     return
   if free < need:
-    log.warning("%s has %.0f MB free, and the workers may hold %.0f MB of batches there: they "
-                "can stall or crash. Give the container more (docker run --shm-size), or lower "
-                "workers, prefetch or the batch", shm, free / 2**20, need / 2**20)
+    log.warning(
+      "%s has %.0f MB free, and the workers may hold %.0f MB of batches there: they "
+      "can stall or crash. Give the container more (docker run --shm-size), or lower "
+      "workers, prefetch or the batch",
+      shm,
+      free / 2**20,
+      need / 2**20,
+    )
 
 
 def _absl_flags_parsed() -> None:
   # Grain's worker processes read absl flags, which a non-absl program never parses.
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
 def eval_transform(config: Config) -> EvalTransform:
   """The run's eval preprocessing, as flax_resnet.predict applies it to exported models."""
-  return EvalTransform(resize_size=config.eval_resize, crop_size=config.image_size,
-                       mean=tuple(config.mean), std=tuple(config.std))
+  return EvalTransform(
+    resize_size=config.eval_resize,
+    crop_size=config.image_size,
+    mean=tuple(config.mean),
+    std=tuple(config.std),
+  )
 
 
 def eval_batches(config: Config, process_index: int, process_count: int):
@@ -290,6 +320,7 @@ def eval_batches(config: Config, process_index: int, process_count: int):
     for start in range(0, len(ds), local_batch):
       rows = [ds[i] for i in range(start, min(start + local_batch, len(ds)))]
       yield _pad_batch(rows, local_batch, config.image_size)
+
   return source, batches()
 
 
@@ -299,8 +330,11 @@ def _pad_batch(rows: list[dict], size: int, image_size: int) -> dict:
   blank = np.zeros((image_size, image_size, 3), np.float32)
   rows = rows + [element(blank, -1, 0, [])] * (size - len(rows))
   batch = {k: np.asarray([r[k] for r in rows]) for k in ("skipped", "first", "reasons")}
-  return {"image": np.stack([blank if r["image"] is None else r["image"] for r in rows]),
-          "label": np.asarray([r["label"] for r in rows], np.int32), **batch}
+  return {
+    "image": np.stack([blank if r["image"] is None else r["image"] for r in rows]),
+    "label": np.asarray([r["label"] for r in rows], np.int32),
+    **batch,
+  }
 
 
 def check_splits(config: Config, train: ImageSource) -> None:
@@ -310,14 +344,18 @@ def check_splits(config: Config, train: ImageSource) -> None:
   that is missing (found after a whole epoch otherwise) or has other classes."""
   classes = train.verified_classes()
   if len(classes) != config.num_classes:
-    raise ValueError(f"the training data {train.root} has {len(classes)} classes "
-                     f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
-                     f"--set num_classes={len(classes)}")
+    raise ValueError(
+      f"the training data {train.root} has {len(classes)} classes "
+      f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
+      f"--set num_classes={len(classes)}"
+    )
   evaluated = open_split(config.data_dir, config.eval_split).verified_classes()
   if evaluated != classes:
-    raise ValueError(f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "
-                     f"other classes ({_listed(evaluated)}) than the training split "
-                     f"({_listed(classes)}): their labels would not match")
+    raise ValueError(
+      f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "
+      f"other classes ({_listed(evaluated)}) than the training split "
+      f"({_listed(classes)}): their labels would not match"
+    )
 
 
 def _listed(classes: tuple[str, ...], at_most: int = 5) -> str:
@@ -331,14 +369,22 @@ def check_same_images(saved: dict | None, now: dict, where: str) -> None:
   checked)."""
   if not saved:
     return
-  differ = [k for k in ("classes", "images", "paths_sha256")
-            if k in saved and k in now and saved[k] != now[k]]
+  differ = [
+    k
+    for k in ("classes", "images", "paths_sha256")
+    if k in saved and k in now and saved[k] != now[k]
+  ]
   if not differ:
     return
-  what = {"classes": lambda: f"classes {_listed(tuple(now['classes']))}, not "
-                             f"{_listed(tuple(saved['classes']))}",
-          "images": lambda: f"{now['images']} images, not {saved['images']}",
-          "paths_sha256": lambda: "other file names"}[differ[0]]()
-  raise ValueError(f"{where} holds other training images than the run being resumed ({what}): "
-                   "a resume must read the same images; point data_dir at them, or use "
-                   "another --workdir")
+  what = {
+    "classes": lambda: (
+      f"classes {_listed(tuple(now['classes']))}, not {_listed(tuple(saved['classes']))}"
+    ),
+    "images": lambda: f"{now['images']} images, not {saved['images']}",
+    "paths_sha256": lambda: "other file names",
+  }[differ[0]]()
+  raise ValueError(
+    f"{where} holds other training images than the run being resumed ({what}): "
+    "a resume must read the same images; point data_dir at them, or use "
+    "another --workdir"
+  )

@@ -32,17 +32,22 @@ def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
   if which is None:
     if mgr.best_step() is not None:
       return mgr.best_step()
-    print(f"note: no checkpoint in {mgr.directory} was evaluated, so none is best: exporting "
-          f"the latest, step {mgr.latest_step()}", file=sys.stderr)
+    print(
+      f"note: no checkpoint in {mgr.directory} was evaluated, so none is best: exporting "
+      f"the latest, step {mgr.latest_step()}",
+      file=sys.stderr,
+    )
     return mgr.latest_step()
   if which == "latest":
     return mgr.latest_step()
   if which == "best":
     best = mgr.best_step()
     if best is None:  # orbax ranks only the checkpoints saved with eval metrics
-      raise ValueError(f"{mgr.directory}: no checkpoint was evaluated (a run shorter than "
-                       "eval_every_epochs epochs evaluates nothing), so none is best; pass "
-                       "--step latest or a step number")
+      raise ValueError(
+        f"{mgr.directory}: no checkpoint was evaluated (a run shorter than "
+        "eval_every_epochs epochs evaluates nothing), so none is best; pass "
+        "--step latest or a step number"
+      )
     return best
   if not which.isdigit() or int(which) not in steps:
     raise ValueError(f"--step {which}: the checkpoints hold steps {sorted(steps)}")
@@ -52,6 +57,7 @@ def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
 def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, int]:
   """(the model's or the EMA's pure state on one device, the checkpoint's meta, its step)."""
   from flax_resnet.training import checkpoints
+
   with checkpoints.reader(workdir) as mgr:
     step = pick_step(mgr, which)
     if ema and "ema" not in mgr.item_metadata(step)["state"]:
@@ -60,8 +66,9 @@ def restore(workdir: Path, which: str | None, ema: bool) -> tuple[dict, dict, in
   return state["ema" if ema else "model"], meta, step
 
 
-def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False,
-           force: bool = False) -> Path:
+def export(
+  workdir: Path, out: Path, which: str | None = None, ema: bool = False, force: bool = False
+) -> Path:
   """Writes checkpoint ``which`` of ``workdir`` as a flax-resnet model checkpoint at ``out``
   (``force``: replacing a checkpoint there, as ``flax_resnet.save``'s ``overwrite``)."""
   from flax import nnx
@@ -71,6 +78,7 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   from flax_resnet.training.config import Config
   from flax_resnet.training.models import model_spec
   from flax_resnet.training.sources import open_split
+
   pure, meta, step = restore(workdir, which, ema)
   _check_finite(pure, f"checkpoint {step} of {workdir}")
   cfg = Config.from_json(meta["config"])
@@ -82,18 +90,27 @@ def export(workdir: Path, out: Path, which: str | None = None, ema: bool = False
   # The class names the run trained with, as its checkpoints record them; older
   # checkpoints: those of the data, checked against shards' records.
   classes = (meta.get("train_data") or {}).get("classes")
-  if classes is None and cfg.data_dir and not cfg.synthetic and (
-      Path(cfg.data_dir) / cfg.train_split).is_dir():
+  if (
+    classes is None
+    and cfg.data_dir
+    and not cfg.synthetic
+    and (Path(cfg.data_dir) / cfg.train_split).is_dir()
+  ):
     classes = list(open_split(cfg.data_dir, cfg.train_split).verified_classes())
-  metadata = new_metadata(arch=arch, options=options, categories=classes,
-                          preprocessing=data.eval_transform(cfg).to_json(),
-                          source={"workdir": str(workdir.absolute()), "step": step, "ema": ema})
+  metadata = new_metadata(
+    arch=arch,
+    options=options,
+    categories=classes,
+    preprocessing=data.eval_transform(cfg).to_json(),
+    source={"workdir": str(workdir.absolute()), "step": step, "ema": ema},
+  )
   return flax_resnet.save(model, out, metadata, overwrite=force)
 
 
 def _check_finite(pure: dict, where: str) -> None:
   import jax
   import numpy as np
+
   for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
     if not np.all(np.isfinite(np.asarray(value))):
       name = ".".join(str(getattr(k, "key", k)) for k in path)

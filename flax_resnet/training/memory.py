@@ -19,30 +19,36 @@ _RUNTIME_BYTES = 2**30  # Python, JAX, XLA:CPU and its compiled step in the main
 _STATE_COPIES = 5  # weights, gradients, momentum, and the two the update holds at once
 
 
-def host_memory_estimate(cfg: Config, graphdef: nnx.GraphDef, state: nnx.State,
-                         processes: int = 1) -> dict[str, float]:
+def host_memory_estimate(
+  cfg: Config, graphdef: nnx.GraphDef, state: nnx.State, processes: int = 1
+) -> dict[str, float]:
   """Bytes of host memory a CPU run of this process needs, by part: what the train step
   keeps for its backward pass (from the model's convolution and matmul outputs, read off
   its trace), the weights and optimiser state, the worker processes with their read-ahead,
   and the runtime. An estimate, calibrated on the finetune preset (above)."""
   local_batch = cfg.global_batch // processes
   weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
-  batch_bytes = local_batch * cfg.image_size ** 2 * 3
+  batch_bytes = local_batch * cfg.image_size**2 * 3
   per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
   micro_batch = local_batch // cfg.accumulate_steps  # what the backward pass keeps at once
-  parts = {"activations": per_image * micro_batch * _BYTES_SAVED_PER_ACTIVATION,
-           "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
-           "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
-           "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes}
+  parts = {
+    "activations": per_image * micro_batch * _BYTES_SAVED_PER_ACTIVATION,
+    "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
+    "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
+    "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes,
+  }
   return {k: float(v) for k, v in parts.items()}
 
 
-def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, batch: int,
-                      image_size: int) -> float:
+def _activation_count(
+  graphdef: nnx.GraphDef, state: nnx.State, batch: int, image_size: int
+) -> float:
   """Elements that the convolutions and matrix products of the forward pass output, per
   image. Traced at the run's global batch, which per-device BatchNorm groups divide."""
+
   def forward(state, x):
     return nnx.merge(graphdef, state)(x)
+
   images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   return _outputs(jax.make_jaxpr(forward)(abstract, images).jaxpr) / batch
@@ -50,12 +56,14 @@ def _activation_count(graphdef: nnx.GraphDef, state: nnx.State, batch: int,
 
 def _outputs(jaxpr) -> int:
   from jax.extend import core
+
   total = 0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
       total += int(np.prod(eqn.outvars[0].aval.shape))
-    for sub in jax.tree.leaves(list(eqn.params.values()),
-                               is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))):
+    for sub in jax.tree.leaves(
+      list(eqn.params.values()), is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))
+    ):
       if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
         total += _outputs(getattr(sub, "jaxpr", sub))
   return total

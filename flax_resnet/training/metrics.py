@@ -26,8 +26,9 @@ def append_metric(file: Path, step: int, name: str, value: float) -> None:
     f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
 
 
-def read_metrics(workdir: Path, note: Callable[[str], None] = lambda line: print(
-    line, file=sys.stderr)) -> dict[str, list[tuple[int, float]]]:
+def read_metrics(
+  workdir: Path, note: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+) -> dict[str, list[tuple[int, float]]]:
   """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py).
 
   A last line cut short (a run killed while writing it) is skipped with a ``note``; any
@@ -45,8 +46,7 @@ def read_metrics(workdir: Path, note: Callable[[str], None] = lambda line: print
       series[row["name"]][row["step"]] = float(row["value"])  # a resume rewrites its last steps
     except (ValueError, TypeError, KeyError) as e:
       if number == len(lines) and not text.endswith("\n"):
-        note(f"note: {path} line {number} is cut short (a run stopped while writing it): "
-             "skipped")
+        note(f"note: {path} line {number} is cut short (a run stopped while writing it): skipped")
         continue
       raise ValueError(f"{path} line {number} is not a metric ({type(e).__name__}: {e})") from e
   return {name: sorted(points.items()) for name, points in series.items()}
@@ -74,8 +74,7 @@ class Progress:
   ``workdir`` None prints only: the processes of a multi-host run but the first.
   """
 
-  def __init__(self, workdir: Path | None, global_batch: int, log_every: int,
-               total_steps: int):
+  def __init__(self, workdir: Path | None, global_batch: int, log_every: int, total_steps: int):
     self.global_batch, self.log_every, self.total_steps = global_batch, log_every, total_steps
     self.start = self.last = time.perf_counter()
     self.images = 0
@@ -84,13 +83,17 @@ class Progress:
     self.metrics_file = workdir / METRICS_FILE if workdir else None
     self.pending: list[tuple[str, float, int]] = []  # scalars waiting for the writer
     if self.metrics_file and repair_last_line(self.metrics_file):
-      print(f"note: removed the last line of {self.metrics_file}, cut short when the run "
-            "before stopped", flush=True)
+      print(
+        f"note: removed the last line of {self.metrics_file}, cut short when the run "
+        "before stopped",
+        flush=True,
+      )
 
   def step(self, step: int, metrics: dict[str, Any], skipped: int) -> None:
     """Counts the images of train step ``step`` (1 for the first); a line when it is due."""
     if self.logdir and not self.writer:
       import jax
+
       # Importing tensorboardX takes 2 s of a core: not while the first step runs.
       jax.block_until_ready(metrics)
       self.writer = ThreadPoolExecutor(1).submit(_summary_writer, self.logdir)
@@ -102,8 +105,11 @@ class Progress:
     self.last = time.perf_counter()
     rate = self.images / (self.last - self.start)
     eta = (self.total_steps - step) * self.global_batch / max(rate, 1e-9)
-    print(f"step {step}/{self.total_steps} loss {loss:.4f} {rate:.1f} img/s "
-          f"ETA {duration(eta)} skipped {skipped}", flush=True)
+    print(
+      f"step {step}/{self.total_steps} loss {loss:.4f} {rate:.1f} img/s "
+      f"ETA {duration(eta)} skipped {skipped}",
+      flush=True,
+    )
     if scheduled:
       self.scalar(step, "train/loss", loss)
       self.scalar(step, "train/images_per_s", rate)
@@ -143,4 +149,5 @@ def duration(seconds: float) -> str:
 
 def _summary_writer(logdir: Path):
   from tensorboardX import SummaryWriter
+
   return SummaryWriter(str(logdir))

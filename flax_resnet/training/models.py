@@ -18,14 +18,21 @@ from flax_resnet.training.config import Config
 
 def model_spec(cfg: Config) -> tuple[str | None, dict]:
   """(arch, options) for ``flax_resnet.registry.build_model``; arch None for custom depths."""
-  options = dict(num_classes=cfg.num_classes, stem=cfg.stem,
-                 dtype=None if cfg.dtype == "float32" else cfg.dtype,
-                 norm="frozen_batch" if cfg.freeze_bn else "batch")
+  options = dict(
+    num_classes=cfg.num_classes,
+    stem=cfg.stem,
+    dtype=None if cfg.dtype == "float32" else cfg.dtype,
+    norm="frozen_batch" if cfg.freeze_bn else "batch",
+  )
   if not cfg.layers:
     return cfg.arch, options
   block = flax_resnet.registry.architecture(cfg.arch).block
-  return None, dict(options, block=block, layers=tuple(cfg.layers),
-                    channels=tuple(cfg.channels) or DEFAULT_CHANNELS[:len(cfg.layers)])
+  return None, dict(
+    options,
+    block=block,
+    layers=tuple(cfg.layers),
+    channels=tuple(cfg.channels) or DEFAULT_CHANNELS[: len(cfg.layers)],
+  )
 
 
 def build_model(cfg: Config) -> nnx.Module:
@@ -54,8 +61,9 @@ def weights_name(init_from: str) -> str | None:
   ``torchvision:NAME`` always names weights; a bare ``IMAGENET1K_V2``, ``DEFAULT`` or
   ``ResNet50_Weights.IMAGENET1K_V2`` does unless a path of that name exists."""
   if init_from.startswith(TORCHVISION_PREFIX):
-    return init_from[len(TORCHVISION_PREFIX):]
+    return init_from[len(TORCHVISION_PREFIX) :]
   from flax_resnet.pretrained import entry_name
+
   try:
     entry_name(init_from)  # the spelling weights= accepts
   except ValueError:
@@ -72,9 +80,12 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[nnx.Module,
   if weights is None:
     return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
   if arch is None:
-    raise ValueError(f"config init_from={cfg.init_from!r}: torchvision's weights are for "
-                     f"{cfg.arch}'s own depths and widths; set layers= and channels= empty")
+    raise ValueError(
+      f"config init_from={cfg.init_from!r}: torchvision's weights are for "
+      f"{cfg.arch}'s own depths and widths; set layers= and channels= empty"
+    )
   from flax_resnet.pretrained import load_pretrained, resolve_entry
+
   try:
     source, meta = load_pretrained(arch, weights, **common)
   except ValueError as e:
@@ -85,8 +96,18 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[nnx.Module,
 # Constructor options that make another network, whether or not its tensors' shapes
 # differ (a dilation or a stem keeps some); num_classes decides whether the head is kept,
 # dtype and norm are the run's own.
-NETWORK_OPTIONS = ("block", "layers", "channels", "groups", "width_per_group", "stem",
-                   "replace_stride_with_dilation", "in_channels", "expansion", "norm_groups")
+NETWORK_OPTIONS = (
+  "block",
+  "layers",
+  "channels",
+  "groups",
+  "width_per_group",
+  "stem",
+  "replace_stride_with_dilation",
+  "in_channels",
+  "expansion",
+  "norm_groups",
+)
 
 
 def network_options(arch: str | None, options: dict) -> dict:
@@ -95,11 +116,13 @@ def network_options(arch: str | None, options: dict) -> dict:
   defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
   table = flax_resnet.registry.architecture(arch)._asdict() if arch else {}
   merged = {**defaults, **table, **options}
-  plain = {k: list(v) if isinstance(v, (list, tuple)) else v
-           for k, v in merged.items() if k in NETWORK_OPTIONS}
+  plain = {
+    k: list(v) if isinstance(v, (list, tuple)) else v
+    for k, v in merged.items()
+    if k in NETWORK_OPTIONS
+  }
   block = plain["block"]  # a class or its name
-  plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace(
-      "block", "")
+  plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace("block", "")
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
   return plain
@@ -109,28 +132,38 @@ def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:
   """``ValueError`` naming the first ``NETWORK_OPTIONS`` entry in which checkpoint ``path``
   (``theirs``: its arch and options) differs from the run's model (``ours``)."""
   if ours[0] and theirs[0] and ours[0] != theirs[0]:
-    raise ValueError(f"init_from {path} holds {theirs[0]}, this run builds {ours[0]}: set "
-                     f"--set arch={theirs[0]}, or start from a {ours[0]} checkpoint")
+    raise ValueError(
+      f"init_from {path} holds {theirs[0]}, this run builds {ours[0]}: set "
+      f"--set arch={theirs[0]}, or start from a {ours[0]} checkpoint"
+    )
   mine, saved = network_options(*ours), network_options(*theirs)
   for k in NETWORK_OPTIONS:
     if mine[k] != saved[k]:
-      raise ValueError(f"init_from {path} is a network with {k}={saved[k]!r}, this run builds "
-                       f"{k}={mine[k]!r}: set the run's {k} to match, or start from another "
-                       "checkpoint")
+      raise ValueError(
+        f"init_from {path} is a network with {k}={saved[k]!r}, this run builds "
+        f"{k}={mine[k]!r}: set the run's {k} to match, or start from another "
+        "checkpoint"
+      )
 
 
 def check_same_shapes(path: str, ours: nnx.State, theirs: nnx.State, skip=()) -> None:
   """``ValueError`` naming the first tensor whose key or shape differs between checkpoint
   ``path`` (``theirs``) and the run's model (``ours``), ``skip``ped top-level keys apart:
   ``nnx.update`` would otherwise put a tensor of another shape in the model silently."""
+
   def shapes(state):
-    return {".".join(str(getattr(k, "key", k)) for k in key): tuple(np.shape(x))
-            for key, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-            if str(getattr(key[0], "key", key[0])) not in skip}
+    return {
+      ".".join(str(getattr(k, "key", k)) for k in key): tuple(np.shape(x))
+      for key, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+      if str(getattr(key[0], "key", key[0])) not in skip
+    }
+
   mine, saved = shapes(ours), shapes(theirs)
   for key in [*mine, *saved]:
     if mine.get(key) != saved.get(key):
       there = saved[key] if key in saved else "absent"
       here = mine[key] if key in mine else "absent"
-      raise ValueError(f"init_from {path}: {key} has shape {there} there and {here} in this "
-                       "run's model: start from a checkpoint of the same network")
+      raise ValueError(
+        f"init_from {path}: {key} has shape {there} there and {here} in this "
+        "run's model: start from a checkpoint of the same network"
+      )

@@ -26,7 +26,7 @@ def decode(record: bytes) -> tuple[int, str, bytes]:
   if magic != _MAGIC:
     raise ValueError(f"record does not start with {_MAGIC!r}: not written by train/shards.py")
   start = _HEADER.size + length
-  return label, record[_HEADER.size:start].decode(errors="replace"), record[start:]
+  return label, record[_HEADER.size : start].decode(errors="replace"), record[start:]
 
 
 def array_record_error(error: RuntimeError) -> str:

@@ -35,22 +35,27 @@ from flax_resnet.training.sources import ImageFolder
 
 def shard_plan(count: int, per_shard: int) -> list[tuple[int, int]]:
   """(first, end) record of each shard: consecutive runs of ``per_shard``."""
-  return [(start, min(start + per_shard, count)) for start in range(0, count, per_shard)] or \
-      [(0, 0)]
+  return [(start, min(start + per_shard, count)) for start in range(0, count, per_shard)] or [
+    (0, 0)
+  ]
 
 
-def write_split(folder: ImageFolder, out: epath.Path, per_shard: int,
-                log: Callable[[str], None] = print) -> int:
+def write_split(
+  folder: ImageFolder, out: epath.Path, per_shard: int, log: Callable[[str], None] = print
+) -> int:
   """Writes ``folder`` (a ``sources.ImageFolder``) as shards in ``out``; returns how many
   shards were written now (the others were complete already)."""
   from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
   out.mkdir(parents=True, exist_ok=True)
   plan = shard_plan(len(folder), per_shard)
   names = [f"{out.name}-{j:05d}-of-{len(plan):05d}{SUFFIX}" for j in range(len(plan))]
   stale = sorted(p.name for p in out.glob(f"*{SUFFIX}") if p.name not in names)
   if stale:
-    raise ValueError(f"{out} holds shards of another layout ({stale[0]}, ...): remove them, "
-                     "or convert with the --records-per-shard that wrote them")
+    raise ValueError(
+      f"{out} holds shards of another layout ({stale[0]}, ...): remove them, "
+      "or convert with the --records-per-shard that wrote them"
+    )
   done, written, start = 0, 0, time.perf_counter()
   for name, (first, end) in zip(names, plan):
     final = out / name
@@ -69,8 +74,12 @@ def write_split(folder: ImageFolder, out: epath.Path, per_shard: int,
     tmp.replace(final)
     done, written = done + end - first, written + 1
     _progress(log, out, done, len(folder), written, start)
-  index = {"shards": names, "records": len(folder), "records_per_shard": per_shard,
-           "source": str(folder.root)}
+  index = {
+    "shards": names,
+    "records": len(folder),
+    "records_per_shard": per_shard,
+    "source": str(folder.root),
+  }
   _write_text(out / INDEX, json.dumps(index, indent=1) + "\n")
   return written
 
@@ -99,8 +108,10 @@ def _shard_problem(reader_class, path, count: int) -> str | None:
 
 def _progress(log, out, done: int, total: int, written: int, start: float) -> None:
   rate = done / max(time.perf_counter() - start, 1e-9)
-  log(f"{out.name}: {done}/{total} images ({written} shards written now), "
-      f"{rate:.0f} images/s, ETA {(total - done) / max(rate, 1e-9):.0f} s")
+  log(
+    f"{out.name}: {done}/{total} images ({written} shards written now), "
+    f"{rate:.0f} images/s, ETA {(total - done) / max(rate, 1e-9):.0f} s"
+  )
 
 
 def _write_text(path, text: str) -> None:
@@ -116,15 +127,18 @@ def write_classes(out, classes: tuple[str, ...]) -> None:
   if path.exists():
     old = tuple(json.loads(path.read_text()))
     if old != tuple(classes):
-      raise ValueError(f"{path} lists other classes ({len(old)}) than the folder ("
-                       f"{len(classes)}): convert into an empty --out")
+      raise ValueError(
+        f"{path} lists other classes ({len(old)}) than the folder ("
+        f"{len(classes)}): convert into an empty --out"
+      )
     return
   out.mkdir(parents=True, exist_ok=True)
   _write_text(path, json.dumps(list(classes)) + "\n")
 
 
-def convert(folder: str, out: str, splits: list[str], per_shard: int,
-            log: Callable[[str], None] = print) -> None:
+def convert(
+  folder: str, out: str, splits: list[str], per_shard: int, log: Callable[[str], None] = print
+) -> None:
   """Every split of ImageFolder ``folder`` into shards under ``out``."""
   folders = {split: ImageFolder.scan(epath.Path(folder) / split) for split in splits}
   classes = {tuple(f.classes) for f in folders.values()}

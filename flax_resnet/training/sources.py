@@ -50,8 +50,10 @@ def open_split(data_dir: str, split: str) -> ImageSource:
   """The images of ``data_dir/split``: ``Shards`` where it holds a complete set of shards
   (their index.json), else an ``ImageFolder``."""
   if not data_dir:
-    raise ValueError("data_dir is not set: pass --set data_dir=PATH (a folder holding the "
-                     "train and eval splits), or --set synthetic=true")
+    raise ValueError(
+      "data_dir is not set: pass --set data_dir=PATH (a folder holding the "
+      "train and eval splits), or --set synthetic=true"
+    )
   where = f"{data_dir.rstrip('/')}/{split}"
   return Shards(where) if is_shards(where) else ImageFolder.scan(where)
 
@@ -59,6 +61,7 @@ def open_split(data_dir: str, split: str) -> ImageSource:
 @dataclass(frozen=True)
 class ImageFolder:
   """Files under ``root/<class>/``; classes are the sorted sub-folder names."""
+
   root: Path
   classes: tuple[str, ...]
   files: tuple[str, ...]
@@ -98,8 +101,11 @@ class ImageFolder:
     """Class names, image count and the SHA-256 of the sorted relative paths."""
     prefix = len(str(self.root)) + 1  # files are str(root / class / name): no Path per file
     paths = sorted(f[prefix:] for f in self.files)
-    return {"classes": list(self.classes), "images": len(self),
-            "paths_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest()}
+    return {
+      "classes": list(self.classes),
+      "images": len(self),
+      "paths_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+    }
 
 
 def is_shards(split_dir: str) -> bool:
@@ -109,8 +115,10 @@ def is_shards(split_dir: str) -> bool:
   if (root / INDEX).exists():
     return True
   if root.is_dir() and any(root.glob(f"*{SUFFIX}")):
-    raise ValueError(f"{root} holds shards but no {INDEX}: their conversion did not finish; "
-                     "run train/shards.py again to complete it")
+    raise ValueError(
+      f"{root} holds shards but no {INDEX}: their conversion did not finish; "
+      "run train/shards.py again to complete it"
+    )
   return False
 
 
@@ -122,6 +130,7 @@ class Shards:
 
   def __init__(self, split_dir: str):
     import grain
+
     self.root = epath.Path(split_dir)
     index = json.loads((self.root / INDEX).read_text())
     self.classes = tuple(json.loads((self.root.parent / CLASSES).read_text()))
@@ -132,8 +141,9 @@ class Shards:
     except RuntimeError:  # array_record's, naming no file or only the first missing one
       raise ValueError(_first_damaged_shard(self.shards)) from None
     if len(self.source) != self.count:
-      raise ValueError(f"{self.root}: the shards hold {len(self.source)} records, index.json "
-                       f"says {self.count}")
+      raise ValueError(
+        f"{self.root}: the shards hold {len(self.source)} records, index.json says {self.count}"
+      )
 
   def __len__(self) -> int:
     return self.count
@@ -184,11 +194,16 @@ def check_labels(source: Shards) -> None:
         return None
       folder = path.split("/")[0]
       if label >= len(names) or names[label] != folder:
-        listed = f"names label {label} {names[label]!r}" if label < len(names) else (
-            f"lists {len(names)} classes, no label {label}")
-        raise ValueError(f"{where} {listed}, but record {i} of {source.root} is "
-                         f"{path!r} with label {label}: the file was edited or belongs to "
-                         "other shards; write the shards again with train/shards.py")
+        listed = (
+          f"names label {label} {names[label]!r}"
+          if label < len(names)
+          else (f"lists {len(names)} classes, no label {label}")
+        )
+        raise ValueError(
+          f"{where} {listed}, but record {i} of {source.root} is "
+          f"{path!r} with label {label}: the file was edited or belongs to "
+          "other shards; write the shards again with train/shards.py"
+        )
       seen[i] = label
     return seen[i]
 
@@ -200,14 +215,17 @@ def check_labels(source: Shards) -> None:
       spans += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
   labels = {label for label in seen.values() if label is not None}
   if labels and max(labels) + 1 != len(names):
-    raise ValueError(f"{where} lists {len(names)} classes, but the records of {source.root} "
-                     f"have labels 0 to {max(labels)}: the file was edited or belongs to "
-                     "other shards; write the shards again with train/shards.py")
+    raise ValueError(
+      f"{where} lists {len(names)} classes, but the records of {source.root} "
+      f"have labels 0 to {max(labels)}: the file was edited or belongs to "
+      "other shards; write the shards again with train/shards.py"
+    )
 
 
 def _first_damaged_shard(paths: list[str]) -> str:
   """Why the first unreadable shard of ``paths`` cannot be read, in one line naming it."""
   from array_record.python.array_record_module import ArrayRecordReader
+
   for path in paths:
     if not epath.Path(path).exists():
       return f"shard {path} is missing: run train/shards.py again to write it"
@@ -218,6 +236,8 @@ def _first_damaged_shard(paths: list[str]) -> str:
       finally:
         reader.close()  # a truncated file's error comes here, with no message
     except RuntimeError as e:
-      return (f"shard {path} is truncated or damaged ({array_record_error(e)}): run "
-              "train/shards.py again to rewrite it")
+      return (
+        f"shard {path} is truncated or damaged ({array_record_error(e)}): run "
+        "train/shards.py again to rewrite it"
+      )
   return f"the shards of {epath.Path(paths[0]).parent} cannot be opened"

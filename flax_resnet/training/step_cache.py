@@ -47,8 +47,14 @@ def run_key(**parts: Any) -> dict:
   devices = [(d.platform, d.device_kind, d.id, d.process_index) for d in jax.devices()]
   env = {k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))}
   config = {k: repr(v) for k, v in jax.config.values.items()}
-  return {"format": FORMAT, "parts": parts, "devices": devices, "env": env, "jax": config,
-          "python": sys.version}
+  return {
+    "format": FORMAT,
+    "parts": parts,
+    "devices": devices,
+    "env": env,
+    "jax": config,
+    "python": sys.version,
+  }
 
 
 def loaded_modules() -> list[tuple[str, int, int]]:
@@ -80,15 +86,20 @@ def fits(compiled: jax.stages.Compiled, args: tuple) -> bool:
     return False
   infos = jax.tree.leaves(compiled.args_info)
   shardings = jax.tree.leaves(compiled.input_shardings)
-  return all(i.shape == x.shape and i.dtype == x.dtype and s.is_equivalent_to(x.sharding, x.ndim)
-             for i, s, x in zip(infos, shardings, jax.tree.leaves(args)))
+  return all(
+    i.shape == x.shape and i.dtype == x.dtype and s.is_equivalent_to(x.sharding, x.ndim)
+    for i, s, x in zip(infos, shardings, jax.tree.leaves(args))
+  )
 
 
-def compile_exported(exported: jax.export.Exported, mesh: Mesh,
-                     donate_argnums: tuple[int, ...] = ()) -> jax.stages.Compiled:
+def compile_exported(
+  exported: jax.export.Exported, mesh: Mesh, donate_argnums: tuple[int, ...] = ()
+) -> jax.stages.Compiled:
   """``exported`` compiled for its own argument shapes and shardings (over ``mesh``)."""
-  specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-           for a, s in zip(exported.in_avals, exported.in_shardings_jax(mesh))]
+  specs = [
+    jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    for a, s in zip(exported.in_avals, exported.in_shardings_jax(mesh))
+  ]
   args, kwargs = jax.tree.unflatten(exported.in_tree, specs)
   return jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args, **kwargs).compile()
 
@@ -100,8 +111,9 @@ class StepCache:
   ``str(treedef)`` of a model state: an entry of another tree is not used.
   """
 
-  def __init__(self, key: dict, mesh: Mesh, donate_argnums: tuple[int, ...] = (),
-               folder: Path | None = None):
+  def __init__(
+    self, key: dict, mesh: Mesh, donate_argnums: tuple[int, ...] = (), folder: Path | None = None
+  ):
     self.key = json.dumps(key, sort_keys=True, default=str)
     digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
     self.path = (folder or default_folder()) / f"{digest}.jax"
@@ -133,8 +145,9 @@ class StepCache:
     if loaded is not None and loaded[0] == tree and fits(loaded[1], args):
       self.source = "disk"
       return loaded[1]
-    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                         args)
+    specs = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args
+    )
     try:
       exported = jax.export.export(fn)(*specs)
     except Exception as e:

@@ -17,34 +17,61 @@ OPTIMIZERS = ("sgd", "adamw")  # what ``transform``'s optimizer may name
 
 def decay_mask(params) -> object:
   """True for conv and linear kernels: BatchNorm parameters and biases get no weight decay."""
+
   def is_kernel(path, x):
     last = path[-1]
     return getattr(last, "key", getattr(last, "name", None)) == "kernel" and x.ndim > 1
+
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(model: ResNet, learning_rate: float | optax.Schedule, *,
-                   optimizer: str = "sgd", momentum: float = 0.9, nesterov: bool = False,
-                   weight_decay: float = 1e-4, decay_all: bool = False,
-                   clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
-                   backbone_lr_mult: float = 1.0) -> nnx.Optimizer:
+def make_optimizer(
+  model: ResNet,
+  learning_rate: float | optax.Schedule,
+  *,
+  optimizer: str = "sgd",
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  weight_decay: float = 1e-4,
+  decay_all: bool = False,
+  clip_grad_norm: float = 0.0,
+  frozen: Sequence[str] = (),
+  backbone_lr_mult: float = 1.0,
+) -> nnx.Optimizer:
   """``transform``'s optimiser over the model's ``nnx.Param``s; ``ValueError`` for a
   ``frozen`` part the model lacks."""
   unknown = set(frozen) - set(parts(model))
   if unknown:
-    raise ValueError(f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are "
-                     f"{', '.join(parts(model))}")
-  tx = transform(learning_rate, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
-                 weight_decay=weight_decay, decay_all=decay_all, clip_grad_norm=clip_grad_norm,
-                 frozen=frozen, backbone_lr_mult=backbone_lr_mult)
+    raise ValueError(
+      f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are {', '.join(parts(model))}"
+    )
+  tx = transform(
+    learning_rate,
+    optimizer=optimizer,
+    momentum=momentum,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+    decay_all=decay_all,
+    clip_grad_norm=clip_grad_norm,
+    frozen=frozen,
+    backbone_lr_mult=backbone_lr_mult,
+  )
   # One program for the whole state rather than one zeros_like per parameter shape.
   return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
 
 
-def transform(learning_rate: float | optax.Schedule, *, optimizer: str = "sgd",
-              momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 1e-4,
-              decay_all: bool = False, clip_grad_norm: float = 0.0, frozen: Sequence[str] = (),
-              backbone_lr_mult: float = 1.0) -> optax.GradientTransformation:
+def transform(
+  learning_rate: float | optax.Schedule,
+  *,
+  optimizer: str = "sgd",
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  weight_decay: float = 1e-4,
+  decay_all: bool = False,
+  clip_grad_norm: float = 0.0,
+  frozen: Sequence[str] = (),
+  backbone_lr_mult: float = 1.0,
+) -> optax.GradientTransformation:
   """SGD (torch-style coupled weight decay) or AdamW, for a ResNet's parameters.
 
   ``clip_grad_norm`` > 0 first scales the gradient down to that global L2 norm when
@@ -56,19 +83,31 @@ def transform(learning_rate: float | optax.Schedule, *, optimizer: str = "sgd",
   ``freeze_norms`` puts their BatchNorm in eval mode. ``backbone_lr_mult`` multiplies
   the learning rate of every parameter but ``fc``'s.
   """
-  tx = base_transform(optimizer, learning_rate, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, decay_all=decay_all)
+  tx = base_transform(
+    optimizer,
+    learning_rate,
+    momentum=momentum,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+    decay_all=decay_all,
+  )
   if backbone_lr_mult != 1:
     # SGD's and AdamW's updates are linear in the learning rate (momentum and Adam's
     # moments do not depend on it), so scaling the update is torch's per-group lr.
-    tx = optax.chain(tx, optax.multi_transform(
+    tx = optax.chain(
+      tx,
+      optax.multi_transform(
         {"head": optax.identity(), "backbone": optax.scale(backbone_lr_mult)},
-        _labels(lambda part: "head" if part == "fc" else "backbone")))
+        _labels(lambda part: "head" if part == "fc" else "backbone"),
+      ),
+    )
   if clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
   if frozen:
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                               _labels(lambda part: "frozen" if part in frozen else "train"))
+    tx = optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()},
+      _labels(lambda part: "frozen" if part in frozen else "train"),
+    )
   return tx
 
 
@@ -99,14 +138,22 @@ def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
       getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
 
 
-def base_transform(optimizer: str, learning_rate: float | optax.Schedule, *, momentum: float,
-                   nesterov: bool, weight_decay: float,
-                   decay_all: bool) -> optax.GradientTransformation:
+def base_transform(
+  optimizer: str,
+  learning_rate: float | optax.Schedule,
+  *,
+  momentum: float,
+  nesterov: bool,
+  weight_decay: float,
+  decay_all: bool,
+) -> optax.GradientTransformation:
   """The optimiser's own transformation: SGD with coupled decay, or AdamW."""
   mask = None if decay_all else decay_mask
   if optimizer == "sgd":
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask),
-                       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+    return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
   if optimizer == "adamw":
     return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
   raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
@@ -122,8 +169,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
   """Counts of top-1 and top-5 hits (sums, so that batches add up exactly)."""
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return {"top1": jnp.sum(top5[:, 0] == labels),
-          "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1))}
+  return {
+    "top1": jnp.sum(top5[:, 0] == labels),
+    "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1)),
+  }
 
 
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
@@ -141,9 +190,15 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array,
-           label_smoothing: float = 0.0, accumulate_steps: int = 1,
-           frozen: Sequence[str] = ()) -> dict[str, jax.Array]:
+def update(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  images: jax.Array,
+  labels: jax.Array,
+  label_smoothing: float = 0.0,
+  accumulate_steps: int = 1,
+  frozen: Sequence[str] = (),
+) -> dict[str, jax.Array]:
   """The step's work on the objects, in place: one optimiser update; the loss, the
   gradient's global norm (the trainer stops on a non-finite one) and accuracy counts.
 
@@ -156,15 +211,18 @@ def update(model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, label
   """
   wrt = trainable(frozen)
   if accumulate_steps > 1:
-    loss, grads, counts = accumulated_gradient(model, images, labels, label_smoothing,
-                                               accumulate_steps, wrt)
+    loss, grads, counts = accumulated_gradient(
+      model, images, labels, label_smoothing, accumulate_steps, wrt
+    )
   else:
+
     def loss_fn(m):
       logits = m(images)
       return cross_entropy(logits, labels, label_smoothing), logits
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt),
-                                               has_aux=True)(model)
+    (loss, logits), grads = nnx.value_and_grad(
+      loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True
+    )(model)
     counts = accuracy(logits.astype(jnp.float32), labels)
   norm = global_norm(grads)
   if frozen:  # the optimiser takes a gradient for every Param
@@ -188,9 +246,14 @@ def micro_batches(x: jax.Array, k: int) -> jax.Array:
   return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
 
 
-def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
-                         label_smoothing: float, k: int, wrt: nnx.filterlib.Filter = nnx.Param
-                         ) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
+def accumulated_gradient(
+  model: nnx.Module,
+  images: jax.Array,
+  labels: jax.Array,
+  label_smoothing: float,
+  k: int,
+  wrt: nnx.filterlib.Filter = nnx.Param,
+) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
   """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
   ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
   state (BatchNorm's running statistics) is carried from one micro-batch to the next
@@ -208,26 +271,40 @@ def accumulated_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array
       m = nnx.merge(graphdef, params, rest, copy=True)
       logits = m(x)
       return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(wrt)))
+
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
     total = jax.tree.map(jnp.add, total, grads)
     return (rest, total), (loss, accuracy(logits.astype(jnp.float32), y))
 
   (rest, total), (losses, counts) = jax.lax.scan(
-      micro, (rest, jax.tree.map(jnp.zeros_like, params)),
-      (micro_batches(images, k), micro_batches(labels, k)))
+    micro,
+    (rest, jax.tree.map(jnp.zeros_like, params)),
+    (micro_batches(images, k), micro_batches(labels, k)),
+  )
   nnx.update(model, rest)
   # Equal micro-batches: the mean of their mean losses is the batch's mean loss.
-  return (jnp.mean(losses), jax.tree.map(lambda g: g / k, total),
-          jax.tree.map(lambda c: jnp.sum(c, axis=0), counts))
+  return (
+    jnp.mean(losses),
+    jax.tree.map(lambda g: g / k, total),
+    jax.tree.map(lambda c: jnp.sum(c, axis=0), counts),
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("label_smoothing", "norm", "accumulate_steps",
-                                             "frozen"), donate_argnames="state")
-def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
-               label_smoothing: float = 0.0,
-               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-               accumulate_steps: int = 1, frozen: tuple[str, ...] = ()
-               ) -> tuple[nnx.State, dict[str, jax.Array]]:
+@functools.partial(
+  jax.jit,
+  static_argnames=("label_smoothing", "norm", "accumulate_steps", "frozen"),
+  donate_argnames="state",
+)
+def train_step(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  images: jax.Array,
+  labels: jax.Array,
+  label_smoothing: float = 0.0,
+  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+  accumulate_steps: int = 1,
+  frozen: tuple[str, ...] = (),
+) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
   ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
@@ -246,26 +323,35 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labe
   return nnx.state((model, optimizer)), metrics
 
 
-def flat_train_step(graphdef: nnx.GraphDef, treedef, label_smoothing: float = 0.0,
-                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                    accumulate_steps: int = 1, frozen: tuple[str, ...] = ()):
+def flat_train_step(
+  graphdef: nnx.GraphDef,
+  treedef,
+  label_smoothing: float = 0.0,
+  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+  accumulate_steps: int = 1,
+  frozen: tuple[str, ...] = (),
+):
   """``train_step`` as a jitted function of (state leaves, images, labels).
 
   It returns (new state leaves, metrics): lists and dicts of arrays, which
   ``jax.export`` can serialise (``train.step_cache``) and nnx.State cannot.
   ``treedef`` is that of the state: ``jax.tree.flatten(state)[1]``.
   """
+
   def step(leaves, images, labels):
     state = jax.tree.unflatten(treedef, leaves)
-    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, label_smoothing,
-                                            norm, accumulate_steps, frozen)
+    state, metrics = train_step.__wrapped__(
+      graphdef, state, images, labels, label_smoothing, norm, accumulate_steps, frozen
+    )
     return jax.tree.leaves(state), metrics
+
   return jax.jit(step, donate_argnums=0)
 
 
 @jax.jit
-def eval_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
-              labels: jax.Array) -> dict[str, jax.Array]:
+def eval_step(
+  graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array
+) -> dict[str, jax.Array]:
   """Summed loss and accuracy counts; rows labelled -1 (padding) count for nothing.
 
   ``graphdef, state = nnx.split(model)`` with the model in eval mode.
@@ -273,8 +359,11 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
   logits = nnx.merge(graphdef, state)(images).astype(jnp.float32)
   valid = labels >= 0
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
-  return {"loss_sum": jnp.sum(jnp.where(valid, losses, 0.0)), "count": jnp.sum(valid),
-          **accuracy(logits, labels)}
+  return {
+    "loss_sum": jnp.sum(jnp.where(valid, losses, 0.0)),
+    "count": jnp.sum(valid),
+    **accuracy(logits, labels),
+  }
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -292,6 +381,9 @@ def ema_update(ema, state, step: jax.Array, decay: float):
 @jax.jit
 def all_finite(leaves) -> jax.Array:
   """Whether every floating-point array in ``leaves`` is free of NaN and Inf."""
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(leaves)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  checks = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(leaves)
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)

@@ -57,8 +57,9 @@ def schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   total_steps = cfg.epochs * steps_per_epoch
   # optax wants at least one warm-up step and one decay step after it.
-  rate = optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 1),
-                                            max(total_steps, warmup + 1, 2))
+  rate = optax.warmup_cosine_decay_schedule(
+    0.0 if warmup else peak, peak, max(warmup, 1), max(total_steps, warmup + 1, 2)
+  )
   # optax divides the int32 step count, which JAX turns into float32 even under
   # enable_x64; counting in the default int (int64 there) keeps a float64 run's rate exact.
   return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
@@ -73,18 +74,27 @@ def frozen(cfg: Config, model: nnx.Module) -> tuple[str, ...]:
   names = config_lib.frozen_parts(cfg.freeze)
   missing = [name for name in names if name not in have]
   if missing:
-    raise ValueError(f"config freeze={cfg.freeze!r}: this model has no {missing[0]}; its "
-                     f"parts are {', '.join(have)}")
+    raise ValueError(
+      f"config freeze={cfg.freeze!r}: this model has no {missing[0]}; its "
+      f"parts are {', '.join(have)}"
+    )
   return names
 
 
 def run_optimizer(cfg: Config, model: nnx.Module, steps_per_epoch: int) -> nnx.Optimizer:
   """The optimiser that ``cfg`` describes, over ``model``'s parameters."""
   return make_optimizer(
-      model, schedule(cfg, steps_per_epoch), optimizer=cfg.optimizer, momentum=cfg.momentum,
-      nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
-      clip_grad_norm=cfg.clip_grad_norm, frozen=frozen(cfg, model),
-      backbone_lr_mult=cfg.backbone_lr_mult)
+    model,
+    schedule(cfg, steps_per_epoch),
+    optimizer=cfg.optimizer,
+    momentum=cfg.momentum,
+    nesterov=cfg.nesterov,
+    weight_decay=cfg.weight_decay,
+    decay_all=cfg.decay_all,
+    clip_grad_norm=cfg.clip_grad_norm,
+    frozen=frozen(cfg, model),
+    backbone_lr_mult=cfg.backbone_lr_mult,
+  )
 
 
 class Preemption:
@@ -108,9 +118,11 @@ def check_config(cfg: Config, devices: int) -> None:
   if cfg.global_batch % devices:
     raise ValueError(f"global_batch {cfg.global_batch} is not divisible by the {devices} devices")
   if cfg.global_batch % (devices * cfg.accumulate_steps):
-    raise ValueError(f"config accumulate_steps={cfg.accumulate_steps}: global_batch "
-                     f"{cfg.global_batch} does not split into {cfg.accumulate_steps} micro-batches "
-                     f"with an equal share of each of the {devices} devices")
+    raise ValueError(
+      f"config accumulate_steps={cfg.accumulate_steps}: global_batch "
+      f"{cfg.global_batch} does not split into {cfg.accumulate_steps} micro-batches "
+      f"with an equal share of each of the {devices} devices"
+    )
   flax_resnet.registry.architecture(cfg.arch)
 
 
@@ -125,8 +137,10 @@ def changed_on_resume(cfg: Config, workdir: Path) -> list[str]:
   try:
     saved = json.loads(saved_file.read_text())
   except FileNotFoundError:
-    raise ValueError(f"workdir {workdir} holds checkpoints but no config.json: cannot check "
-                     "the resumed settings; put it back, or use another --workdir") from None
+    raise ValueError(
+      f"workdir {workdir} holds checkpoints but no config.json: cannot check "
+      "the resumed settings; put it back, or use another --workdir"
+    ) from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{saved_file} is corrupt ({e}): cannot check the resumed settings") from e
   return config_lib.resume_changes(saved, cfg, workdir)
@@ -136,10 +150,15 @@ class Diverged(Exception):
   """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
 
   def __init__(self, step: int, what: str, last_saved: int | None, workdir: Path):
-    kept = (f"the last checkpoint, step {last_saved}, holds finite weights"
-            if last_saved is not None else "no checkpoint was saved")
-    super().__init__(f"step {step}: {what}: training diverged and stopped; {kept} "
-                     f"in {workdir / 'checkpoints'}. Lower lr or check the data")
+    kept = (
+      f"the last checkpoint, step {last_saved}, holds finite weights"
+      if last_saved is not None
+      else "no checkpoint was saved"
+    )
+    super().__init__(
+      f"step {step}: {what}: training diverged and stopped; {kept} "
+      f"in {workdir / 'checkpoints'}. Lower lr or check the data"
+    )
 
 
 class Trainer:
@@ -150,8 +169,7 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
-    self.batches, self.source = data.train_batches(cfg, jax.process_index(),
-                                                   jax.process_count())
+    self.batches, self.source = data.train_batches(cfg, jax.process_index(), jax.process_count())
     self.data_fingerprint = None  # synthetic data: nothing to compare on resume
     if self.source is not None:
       data.check_splits(cfg, self.source)
@@ -179,8 +197,7 @@ class Trainer:
     model = build_model(cfg)
     if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
-    model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward,
-                         raise_if_not_found=False)
+    model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward, raise_if_not_found=False)
     model.remat = cfg.remat
     optimizer = run_optimizer(cfg, model, self.steps_per_epoch)
     model.train()
@@ -199,7 +216,7 @@ class Trainer:
   @property
   def model_leaves(self) -> list[jax.Array]:
     """The model's leaves: (model, optimizer) flattens the model first."""
-    return self.leaves[:self.model_treedef.num_leaves]
+    return self.leaves[: self.model_treedef.num_leaves]
 
   def states(self) -> dict[str, nnx.State]:
     """The state by name, as checkpoints hold it: model, optimizer and, when kept, ema."""
@@ -212,29 +229,39 @@ class Trainer:
   def _start_step_cache(self) -> step_cache.StepCache | None:
     if not self.cfg.step_cache or jax.process_count() > 1:
       return None
-    key = step_cache.run_key(config=self.cfg.to_json(), steps_per_epoch=self.steps_per_epoch,
-                             total_steps=self.total_steps)
+    key = step_cache.run_key(
+      config=self.cfg.to_json(), steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
+    )
     return step_cache.StepCache(key, self.mesh, donate_argnums=(0,))
 
   def _compile_step(self, args: tuple):
     """The train step over the state's leaves: from the step cache, else traced."""
-    step = flat_train_step(self.graphdef, self.treedef, self.cfg.label_smoothing,
-                           (tuple(self.cfg.mean), tuple(self.cfg.std)), self.cfg.accumulate_steps,
-                           self.frozen)
+    step = flat_train_step(
+      self.graphdef,
+      self.treedef,
+      self.cfg.label_smoothing,
+      (tuple(self.cfg.mean), tuple(self.cfg.std)),
+      self.cfg.accumulate_steps,
+      self.frozen,
+    )
     if self.step_cache is None:
       return step
     compiled = self.step_cache.get(step, args, str(self.treedef))
     if compiled is None:
       return step
-    print(f"train step: {'loaded from' if self.step_cache.source == 'disk' else 'traced into'} "
-          f"{self.step_cache.path}", flush=True)
+    print(
+      f"train step: {'loaded from' if self.step_cache.source == 'disk' else 'traced into'} "
+      f"{self.step_cache.path}",
+      flush=True,
+    )
     return compiled
 
   def resume(self) -> None:
     """Continues from the newest intact checkpoint: newer damaged ones are moved aside
     with a warning each (``checkpoints.restore_newest_intact``)."""
-    found = checkpoints.restore_newest_intact(self.checkpoints, self.states(),
-                                              self._check_same_images, _warn)
+    found = checkpoints.restore_newest_intact(
+      self.checkpoints, self.states(), self._check_same_images, _warn
+    )
     if found is None:
       return
     step, meta, restored = found
@@ -242,8 +269,9 @@ class Trainer:
     if self.ema_leaves is not None:
       self.ema_leaves = jax.tree.leaves(restored["ema"])
     # The saved position, in the form of this run's worker count (it may have changed).
-    self.batches.set_state(data.state_for_workers(
-        meta["data_state"], meta["config"]["workers"], self.cfg.workers))
+    self.batches.set_state(
+      data.state_for_workers(meta["data_state"], meta["config"]["workers"], self.cfg.workers)
+    )
     self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {step}", flush=True)
 
@@ -251,23 +279,32 @@ class Trainer:
     """Raises ``ValueError`` for a checkpoint of other training images (the settings were
     compared before: ``changed_on_resume``)."""
     if self.data_fingerprint is not None:
-      data.check_same_images(meta.get("train_data"), self.data_fingerprint,
-                             f"data_dir {self.cfg.data_dir}")
+      data.check_same_images(
+        meta.get("train_data"), self.data_fingerprint, f"data_dir {self.cfg.data_dir}"
+      )
 
   def save(self, metrics: dict | None = None) -> None:
     self.check_finite()  # a checkpoint never holds what a NaN made
     if not all_finite(self.leaves):  # an update can overflow after a finite step
-      raise Diverged(self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(),
-                     self.workdir)
-    meta = {"config": self.cfg.to_json(), "data_state": self.batches.get_state(),
-            "skipped": self.skips.count, "best_top1": self.best, "step": self.step,
-            "train_data": self.data_fingerprint}
+      raise Diverged(
+        self.step, "NaN or Inf in the weights", self.checkpoints.latest_step(), self.workdir
+      )
+    meta = {
+      "config": self.cfg.to_json(),
+      "data_state": self.batches.get_state(),
+      "skipped": self.skips.count,
+      "best_top1": self.best,
+      "step": self.step,
+      "train_data": self.data_fingerprint,
+    }
     checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
   def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
     make = jax.make_array_from_process_local_data
-    return (make(self.batch_sharding, local["image"]),
-            make(self.batch_sharding, np.asarray(local["label"], np.int32)))
+    return (
+      make(self.batch_sharding, local["image"]),
+      make(self.batch_sharding, np.asarray(local["label"], np.int32)),
+    )
 
   def train_one(self) -> dict:
     local = next(self.batches)
@@ -280,8 +317,9 @@ class Trainer:
     self.check_finite()
     self._unchecked = (self.step + 1, metrics)
     if self.ema_leaves is not None:
-      self.ema_leaves = ema_update(self.ema_leaves, self.model_leaves, self.step,
-                                   self.cfg.ema_decay)
+      self.ema_leaves = ema_update(
+        self.ema_leaves, self.model_leaves, self.step, self.cfg.ema_decay
+      )
     self.step += 1
     return metrics
 
@@ -293,8 +331,12 @@ class Trainer:
     self._unchecked = None
     loss, norm = float(metrics["loss"]), float(metrics["grad_norm"])
     if not (np.isfinite(loss) and np.isfinite(norm)):
-      raise Diverged(step, f"loss {loss:.6g}, gradient norm {norm:.6g}",
-                     self.checkpoints.latest_step(), self.workdir)
+      raise Diverged(
+        step,
+        f"loss {loss:.6g}, gradient norm {norm:.6g}",
+        self.checkpoints.latest_step(),
+        self.workdir,
+      )
 
   def evaluate(self) -> dict[str, float]:
     """Eval loss, top-1 and top-5 of the model, and of its EMA (``ema_*``) when kept."""
@@ -317,8 +359,7 @@ class Trainer:
       for k in totals:
         totals[k] += float(out[k])
     n = max(totals["count"], 1)
-    return {"loss": totals["loss_sum"] / n, "top1": totals["top1"] / n,
-            "top5": totals["top5"] / n}
+    return {"loss": totals["loss_sum"] / n, "top1": totals["top1"] / n, "top5": totals["top5"] / n}
 
 
 def _warn(line: str) -> None:
@@ -328,16 +369,21 @@ def _warn(line: str) -> None:
 def _warn_if_cpu(trainer: Trainer) -> None:
   """On a CPU: that the run may be long, and the host memory it needs."""
   if jax.default_backend() == "cpu" and jax.process_index() == 0:
-    print(f"note: no accelerator: this run's {trainer.total_steps} steps of "
-          f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
-          f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
-          "for GPUs and TPUs can take days here.", flush=True)
+    print(
+      f"note: no accelerator: this run's {trainer.total_steps} steps of "
+      f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
+      f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
+      "for GPUs and TPUs can take days here.",
+      flush=True,
+    )
     state = jax.tree.unflatten(trainer.model_treedef, trainer.model_leaves)
-    parts = host_memory_estimate(trainer.cfg, trainer.model_graphdef, state,
-                                 jax.process_count())
-    print(f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
-          f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())}){of_total()}; "
-          "lower global_batch, workers or image_size if that is more than it has", flush=True)
+    parts = host_memory_estimate(trainer.cfg, trainer.model_graphdef, state, jax.process_count())
+    print(
+      f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
+      f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())}){of_total()}; "
+      "lower global_batch, workers or image_size if that is more than it has",
+      flush=True,
+    )
 
 
 def lock_workdir(workdir: Path) -> IO:
@@ -355,11 +401,15 @@ def lock_workdir(workdir: Path) -> IO:
   except BlockingIOError:
     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
     os.close(fd)
-    raise ValueError(f"workdir {workdir} is in use by another train.py ({holder}, "
-                     f"holding {path}): wait for it to end, or use another --workdir") from None
+    raise ValueError(
+      f"workdir {workdir} is in use by another train.py ({holder}, "
+      f"holding {path}): wait for it to end, or use another --workdir"
+    ) from None
   except OSError as e:  # a file system without locks (some FUSE mounts): run, but say so
-    _warn(f"warning: cannot lock {path} ({e.strerror or e}): make sure no other run uses "
-          f"workdir {workdir}")
+    _warn(
+      f"warning: cannot lock {path} ({e.strerror or e}): make sure no other run uses "
+      f"workdir {workdir}"
+    )
   return os.fdopen(fd, "w")
 
 
@@ -390,8 +440,12 @@ def run(cfg: Config, workdir: Path) -> dict:
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
   _warn_if_cpu(trainer)
-  progress = Progress(workdir if jax.process_index() == 0 else None, cfg.global_batch,
-                      cfg.log_every, trainer.total_steps)
+  progress = Progress(
+    workdir if jax.process_index() == 0 else None,
+    cfg.global_batch,
+    cfg.log_every,
+    trainer.total_steps,
+  )
   started = time.perf_counter()
   try:
     last_eval = _loop(trainer, progress, preemption)
@@ -400,13 +454,19 @@ def run(cfg: Config, workdir: Path) -> dict:
       checkpoints.finish(trainer.checkpoints)
     finally:
       progress.close()
-  summary = {"step": trainer.step, "total_steps": trainer.total_steps,
-             "last_eval": last_eval, "best_top1": trainer.best,
-             "best_of": "ema_top1" if cfg.ema_decay else "top1",
-             "skipped_images": trainer.skips.count,
-             "wall_s": time.perf_counter() - started, "images_per_s": progress.images_per_s(),
-             "preempted": bool(preemption.requested), "signal": preemption.requested,
-             "config": cfg.to_json()}
+  summary = {
+    "step": trainer.step,
+    "total_steps": trainer.total_steps,
+    "last_eval": last_eval,
+    "best_top1": trainer.best,
+    "best_of": "ema_top1" if cfg.ema_decay else "top1",
+    "skipped_images": trainer.skips.count,
+    "wall_s": time.perf_counter() - started,
+    "images_per_s": progress.images_per_s(),
+    "preempted": bool(preemption.requested),
+    "signal": preemption.requested,
+    "config": cfg.to_json(),
+  }
   if jax.process_index() == 0:
     write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
@@ -422,12 +482,19 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
     progress.step(trainer.step, losses, trainer.skips.count)
     epoch_end = trainer.step % trainer.steps_per_epoch == 0
     metrics = None
-    if (epoch_end and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
-        and cfg.data_dir and not cfg.synthetic):
+    if (
+      epoch_end
+      and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
+      and cfg.data_dir
+      and not cfg.synthetic
+    ):
       last_eval = metrics = trainer.evaluate()
       trainer.best = max(trainer.best or 0.0, checkpoints.score(metrics))
-      print(f"epoch {trainer.step // trainer.steps_per_epoch} eval " + " ".join(
-          f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+      print(
+        f"epoch {trainer.step // trainer.steps_per_epoch} eval "
+        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        flush=True,
+      )
       for k, v in metrics.items():
         progress.scalar(trainer.step, f"eval/{k}", v)
     if trainer.step % every == 0 or trainer.step == trainer.total_steps:

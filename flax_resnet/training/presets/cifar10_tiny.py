@@ -15,9 +15,25 @@ from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:
-  return Config(arch="resnet18", num_classes=10, stem="cifar", layers=(1, 1, 1),
-                channels=(16, 32, 64), image_size=32, eval_resize=32,
-                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                train_split="train", eval_split="test", dtype="float32", global_batch=128,
-                epochs=8, lr=0.4, weight_decay=5e-4, nesterov=True, warmup_epochs=1.0,
-                workers=0, log_every=50)
+  return Config(
+    arch="resnet18",
+    num_classes=10,
+    stem="cifar",
+    layers=(1, 1, 1),
+    channels=(16, 32, 64),
+    image_size=32,
+    eval_resize=32,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    train_split="train",
+    eval_split="test",
+    dtype="float32",
+    global_batch=128,
+    epochs=8,
+    lr=0.4,
+    weight_decay=5e-4,
+    nesterov=True,
+    warmup_epochs=1.0,
+    workers=0,
+    log_every=50,
+  )

@@ -19,7 +19,19 @@ from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:
-  return Config(arch="resnet50", num_classes=10, image_size=224, eval_resize=232,
-                train_split="train", eval_split="val", global_batch=64, epochs=10, lr=0.01,
-                weight_decay=1e-4, warmup_epochs=0.5, label_smoothing=0.1, workers=8,
-                log_every=20)
+  return Config(
+    arch="resnet50",
+    num_classes=10,
+    image_size=224,
+    eval_resize=232,
+    train_split="train",
+    eval_split="val",
+    global_batch=64,
+    epochs=10,
+    lr=0.01,
+    weight_decay=1e-4,
+    warmup_epochs=0.5,
+    label_smoothing=0.1,
+    workers=8,
+    log_every=20,
+  )

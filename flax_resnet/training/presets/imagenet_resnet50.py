@@ -11,6 +11,18 @@ from flax_resnet.training.config import Config
 
 
 def get_config() -> Config:
-  return Config(arch="resnet50", num_classes=1000, image_size=224, eval_resize=256,
-                train_split="train", eval_split="val", global_batch=256, epochs=90, lr=0.1,
-                momentum=0.9, weight_decay=1e-4, workers=16, log_every=100)
+  return Config(
+    arch="resnet50",
+    num_classes=1000,
+    image_size=224,
+    eval_resize=256,
+    train_split="train",
+    eval_split="val",
+    global_batch=256,
+    epochs=90,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    workers=16,
+    log_every=100,
+  )
