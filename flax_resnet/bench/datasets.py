@@ -25,7 +25,7 @@ def unpack_cifar(
   (``per_class``) or in all; None takes every split whole. ``classes``: only those classes.
   The tarball's images come grouped by class: its first 300 are all birds.
   """
-  taken = collections.Counter()
+  taken: collections.Counter = collections.Counter()
   with tarfile.open(data / CIFAR_ARCHIVE) as tar:
     for member in tar:
       parts = member.name.split("/")  # cifar10-jpeg/<split>/<class>/<file>
@@ -36,5 +36,7 @@ def unpack_cifar(
       if limits is None or taken[key] < limits.get(split, 0):
         taken[key] += 1
         (dest / split / name).mkdir(parents=True, exist_ok=True)
-        (dest / split / name / file).write_bytes(tar.extractfile(member).read())
+        image = tar.extractfile(member)
+        assert image is not None  # a regular file: isfile() above
+        (dest / split / name / file).write_bytes(image.read())
   return dest

@@ -34,7 +34,9 @@ def model(cfg) -> nn.Module:
     "stem": cfg.stem,
     "norm": "frozen_batch" if cfg.freeze_bn else "batch",
   }
-  return torch_resnet(None, options).train()
+  net = torch_resnet(None, options)
+  assert net is not None  # None only for torchvision_only=True
+  return net.train()
 
 
 def decays(name: str, param: torch.Tensor, decay_all: bool) -> bool:
@@ -55,7 +57,9 @@ def optimizer(cfg, net: nn.Module, steps_per_epoch: int):
   ]
   peak = cfg.lr * cfg.global_batch / 256
   if cfg.optimizer == "sgd":
-    opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt: torch.optim.Optimizer = torch.optim.SGD(
+      groups, lr=peak, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
   else:
     opt = torch.optim.AdamW(groups, lr=peak)
   return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(cfg, steps_per_epoch, k))
@@ -144,18 +148,18 @@ class Recipe:
     by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do.
     """
     self.opt.zero_grad(set_to_none=True)
-    k, total = self.accumulate_steps, 0.0
+    k, losses = self.accumulate_steps, []
     for j in range(k):
       loss = self.micro_loss(images[j::k], labels[j::k]) / k
       loss.backward()
-      total += loss.detach()
+      losses.append(loss.detach())
     if self.clip_grad_norm:
       nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
     self.opt.step()
     self.scheduler.step()
     if self.ema:
       self.ema.update(self.net)
-    return total
+    return sum(losses[1:], losses[0])  # in order, as the micro-batches ran
 
   def micro_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The mean loss of one micro-batch; logits leave autocast in float32."""

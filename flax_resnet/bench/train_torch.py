@@ -151,7 +151,9 @@ class Reference:
       cfg, torch_recipe.model(cfg).to(self.device), self.steps_per_epoch
     )
     self.log = Log(workdir)
-    self.step, self.start, self.last_eval, self.best = 0, time.perf_counter(), {}, None
+    self.step, self.start = 0, time.perf_counter()
+    self.last_eval: dict[str, float] = {}
+    self.best: float | None = None
 
   def run(self) -> dict:
     """Trains to ``total`` steps, evaluating at epoch ends; the summary."""

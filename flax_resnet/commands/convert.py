@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only the light modules here: arguments are checked before JAX, orbax or torch load.
 from flax_resnet.cli import (
@@ -31,6 +31,9 @@ from flax_resnet.cli import (
   report,
 )
 from flax_resnet.preprocess import EvalTransform
+
+if TYPE_CHECKING:
+  from flax_resnet.port.state_dict import ConversionError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -204,7 +207,7 @@ def flag_spelling(parameter: str, value: Any) -> str:
   return FLAGS[parameter] if value is True else f"{FLAGS[parameter]} {value}"
 
 
-def in_flags(error: Exception, args) -> Exception:
+def in_flags(error: ConversionError, args) -> CliError:
   """The library's error as this command says it: naming flags, not Python parameters."""
   from flax_resnet.port.pipeline import VerificationError
   from flax_resnet.port.torch_files import DownloadError

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
   except (ValueError, OSError, CliError) as e:
     return report(e)
-  print(json.dumps({"out": str(path), **read_metadata(path).source}))
+  print(json.dumps({"out": str(path), **(read_metadata(path).source or {})}))
   return 0
 
 

@@ -72,8 +72,10 @@ def port(
   progress("load", source=weights or state_dict)
   if weights:
     entry, state, source = fetch_weights(weights, arch)
-  else:
+  elif state_dict is not None:
     entry, state, source = None, load_file(state_dict), file_source(state_dict)
+  else:
+    raise ValueError("port: pass weights (a torchvision entry) or state_dict (a file)")
   progress("convert", weights=entry, source=source)
   conversion = _convert(state, arch, num_classes, reset_head, progress)
   parity = _verify(conversion, verify, tolerance, str(entry or state_dict), progress)

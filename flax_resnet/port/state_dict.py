@@ -248,8 +248,10 @@ def convert_state_dict(
       "state dict does not fit " + (arch or "the custom ResNet") + ":\n  " + "\n  ".join(problems)
     )
   if reset_head and model.num_classes:
-    fresh = make_head(model.num_features, model.num_classes, rngs=nnx.Rngs(0))
-    values[("fc", "kernel")], values[("fc", "bias")] = fresh.kernel[...], fresh.bias[...]
+    fresh = nnx.to_pure_dict(
+      nnx.state(make_head(model.num_features, model.num_classes, rngs=nnx.Rngs(0)))
+    )
+    values[("fc", "kernel")], values[("fc", "bias")] = fresh["kernel"], fresh["bias"]
   nnx.update(
     model,
     nnx.from_flat_state(
@@ -296,7 +298,8 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
 
 def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
   """(values by model path, problems, notes on casts) for filling ``flat`` from ``state_dict``."""
-  values, used, missing, shapes, bad, cast = {}, set(), [], [], [], {}
+  values, used, missing, shapes, bad = {}, set(), [], [], []
+  cast: dict[str, list[str]] = {}
   for path, var in flat:
     key = torch_key(path)
     if path[:1] == skip:

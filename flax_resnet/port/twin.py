@@ -58,7 +58,7 @@ class StageResNet(nn.Module):
     self.inplanes = channels[0]
     if stem == "cifar":
       self.conv1 = nn.Conv2d(in_channels, self.inplanes, 3, 1, 1, bias=False)
-      self.maxpool = nn.Identity()
+      self.maxpool: nn.Module = nn.Identity()
     else:
       self.conv1 = nn.Conv2d(in_channels, self.inplanes, 7, 2, 3, bias=False)
       self.maxpool = nn.MaxPool2d(3, 2, 1)

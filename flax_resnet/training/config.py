@@ -162,7 +162,8 @@ class Config:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"config field {unknown[0]!r} is not one of this version's")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**fields)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

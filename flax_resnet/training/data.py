@@ -56,10 +56,14 @@ def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator)
     cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
     if 0 < cw <= w and 0 < ch <= h:
       left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-      return image.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+      return image.resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)
+      )
   side = min(w, h)  # fallback: the central square, as torchvision's central crop
   left, top = (w - side) // 2, (h - side) // 2
-  return image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+  return image.resize(
+    (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+  )
 
 
 def pad_and_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
@@ -98,7 +102,7 @@ class TrainSample(grain.transforms.RandomMap):
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     if self.size <= 32:
       x = np.asarray(
-        image.resize((self.size, self.size), Image.BILINEAR)
+        image.resize((self.size, self.size), Image.Resampling.BILINEAR)
         if image.size != (self.size, self.size)
         else image
       )
@@ -258,7 +262,8 @@ class SkipLog:
   """Counts every skipped image and logs each one once, with the reason it cannot be read."""
 
   def __init__(self, count: int = 0):
-    self.count, self.logged = count, set()
+    self.count = count
+    self.logged: set[tuple[str, int]] = set()  # (source root, index)
 
   def add(self, source: ImageSource | None, batch: dict) -> None:
     """Counts the images ``batch`` passed over in ``source`` and logs those not logged yet;

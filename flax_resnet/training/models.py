@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 import flax_resnet
-from flax_resnet.model import DEFAULT_CHANNELS
+from flax_resnet.model import DEFAULT_CHANNELS, ResNet
+from flax_resnet.saved_model import Metadata
 from flax_resnet.training.config import Config
 
 
@@ -35,7 +36,7 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
   )
 
 
-def build_model(cfg: Config) -> nnx.Module:
+def build_model(cfg: Config) -> ResNet:
   """A fresh model, or one started from ``init_from``: a converted checkpoint, or
   torchvision's weights by name (``weights_name``)."""
   arch, options = model_spec(cfg)
@@ -71,7 +72,7 @@ def weights_name(init_from: str) -> str | None:
   return None if os.path.exists(init_from) else init_from
 
 
-def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[nnx.Module, object, str]:
+def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Metadata, str]:
   """(model, metadata, a description) that ``init_from`` names, in the run's norm and
   dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
   through the cache that ``create_model(weights=...)`` uses."""
@@ -121,7 +122,7 @@ def network_options(arch: str | None, options: dict) -> dict:
     for k, v in merged.items()
     if k in NETWORK_OPTIONS
   }
-  block = plain["block"]  # a class or its name
+  block = merged["block"]  # a class or its name
   plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace("block", "")
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network

@@ -29,7 +29,7 @@ def decode(record: bytes) -> tuple[int, str, bytes]:
   return label, record[_HEADER.size : start].decode(errors="replace"), record[start:]
 
 
-def array_record_error(error: RuntimeError) -> str:
+def array_record_error(error: Exception) -> str:
   """array_record's error in one line; its error for a file cut short (its footer gone)
   has no message."""
   return one_line(error)[:200] if str(error).strip() else "array_record cannot open it"

@@ -144,8 +144,8 @@ def convert(
   classes = {tuple(f.classes) for f in folders.values()}
   if len(classes) > 1:
     raise ValueError(f"the splits of {folder} have different class folders: {sorted(splits)}")
-  out = epath.Path(out)
-  write_classes(out, classes.pop())
+  root = epath.Path(out)
+  write_classes(root, classes.pop())
   for split, source in folders.items():
-    written = write_split(source, out / split, per_shard, log)
-    log(f"{split}: {len(source)} images in {out / split} ({written} shards written now)")
+    written = write_split(source, root / split, per_shard, log)
+    log(f"{split}: {len(source)} images in {root / split} ({written} shards written now)")

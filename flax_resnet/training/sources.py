@@ -27,8 +27,15 @@ class ImageSource(Protocol):
   images in the same order give the same batches, whatever reads them. Picklable: grain's
   worker processes each read their own copy."""
 
-  root: os.PathLike  # where the images are, as messages name it
-  classes: tuple[str, ...]  # label i is class name i
+  @property
+  def root(self) -> os.PathLike:
+    """Where the images are, as messages name it."""
+    ...
+
+  @property
+  def classes(self) -> tuple[str, ...]:
+    """Label i is class name i."""
+    ...
 
   def __len__(self) -> int: ...
 
@@ -182,7 +189,8 @@ def check_labels(source: Shards) -> None:
   classes * log2(images per class) records to meet the first and last record of
   every label; unreadable records are passed over (the trainer skips them).
   """
-  names, seen = tuple(source.classes), {}
+  names = tuple(source.classes)
+  seen: dict[int, int | None] = {}
   where = f"{source.root.parent / CLASSES}"
 
   def label_at(i: int) -> int | None:

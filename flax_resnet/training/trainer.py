@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import flax_resnet
 from flax_resnet.files import write_atomic
+from flax_resnet.model import ResNet
 from flax_resnet.training import (
   checkpoints,
   config as config_lib,
@@ -65,7 +67,7 @@ def schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
   return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
 
 
-def frozen(cfg: Config, model: nnx.Module) -> tuple[str, ...]:
+def frozen(cfg: Config, model: ResNet) -> tuple[str, ...]:
   """The parts of ``model`` that the run keeps as they are: every part but ``fc`` for a
   linear probe, else those ``freeze`` names; ``ValueError`` for one the model lacks."""
   have = steps_lib.parts(model)
@@ -81,7 +83,7 @@ def frozen(cfg: Config, model: nnx.Module) -> tuple[str, ...]:
   return names
 
 
-def run_optimizer(cfg: Config, model: nnx.Module, steps_per_epoch: int) -> nnx.Optimizer:
+def run_optimizer(cfg: Config, model: ResNet, steps_per_epoch: int) -> nnx.Optimizer:
   """The optimiser that ``cfg`` describes, over ``model``'s parameters."""
   return make_optimizer(
     model,
@@ -178,12 +180,13 @@ class Trainer:
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
-    self._step = None
+    self._step: Callable | None = None
     self._build_state()
     # The first write to the workdir: every check of the input has passed.
     workdir.mkdir(parents=True, exist_ok=True)
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
-    self.step, self.skips, self.best = 0, data.SkipLog(), None  # None until an eval
+    self.step, self.skips = 0, data.SkipLog()
+    self.best: float | None = None  # None until an eval
     self._unchecked: tuple[int, dict] | None = None  # the last step's metrics, not yet checked
 
   def _build_state(self) -> None:
@@ -209,6 +212,7 @@ class Trainer:
     # The step takes and gives the state's leaves: no per-step flatten and unflatten.
     self.leaves, self.treedef = jax.tree.flatten(state)
     self.model_treedef = jax.tree.structure(state[0])
+    self.model_leaf_count = len(jax.tree.leaves(state[0]))
     self.ema_leaves = None
     if cfg.ema_decay:  # own buffers: the step donates the model's
       self.ema_leaves = jax.jit(lambda xs: [jnp.copy(x) for x in xs])(self.model_leaves)
@@ -216,7 +220,7 @@ class Trainer:
   @property
   def model_leaves(self) -> list[jax.Array]:
     """The model's leaves: (model, optimizer) flattens the model first."""
-    return self.leaves[: self.model_treedef.num_leaves]
+    return self.leaves[: self.model_leaf_count]
 
   def states(self) -> dict[str, nnx.State]:
     """The state by name, as checkpoints hold it: model, optimizer and, when kept, ema."""
