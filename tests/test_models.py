@@ -71,3 +71,11 @@ def test_a_headless_checkpoint_starts_a_run_with_a_fresh_head(tmp_path):
   model = _pure(build_model(dataclasses.replace(TINY, init_from=path)))
   _assert_tree_equal(model["fc"], _fresh_fc())
   _assert_tree_equal({k: v for k, v in model.items() if k != "fc"}, _pure(source))
+
+
+def test_custom_depths_keep_the_architectures_groups_and_widths():
+  cfg = dataclasses.replace(TINY, arch="resnext50_32x4d", layers=(1, 1), channels=(64, 128))
+  arch, options = model_spec(cfg)
+  assert arch is None
+  assert (options["block"], options["groups"], options["width_per_group"]) == ("bottleneck", 32, 4)
+  assert options["layers"] == (1, 1) and options["channels"] == (64, 128)

@@ -17,25 +17,16 @@ import math
 import torch
 from torch import nn
 
-from flax_resnet.model import DEFAULT_CHANNELS
 from flax_resnet.port.twin import torch_resnet
-from flax_resnet.registry import architecture
+from flax_resnet.training.config import Config
+from flax_resnet.training.models import model_spec
 
 
-def model(cfg) -> nn.Module:
-  """The torch model a ``Config`` describes (``port.twin``'s torchvision twin), in train mode."""
-  arch = architecture(cfg.arch)
-  layers = tuple(cfg.layers) or arch.layers
-  options = {
-    **arch._asdict(),
-    "layers": layers,
-    "num_classes": cfg.num_classes,
-    "channels": tuple(cfg.channels) or DEFAULT_CHANNELS[: len(layers)],
-    "stem": cfg.stem,
-    "norm": "frozen_batch" if cfg.freeze_bn else "batch",
-  }
-  net = torch_resnet(None, options)
-  assert net is not None  # None only for torchvision_only=True
+def model(cfg: Config) -> nn.Module:
+  """The torch model a ``Config`` describes (``port.twin``'s torchvision twin of what
+  ``training.models.model_spec`` builds), in train mode."""
+  net = torch_resnet(*model_spec(cfg))
+  assert net is not None  # None only for group norm, headless nets or torchvision_only
   return net.train()
 
 

@@ -3,7 +3,7 @@
     python train/export.py --workdir runs/c10 --out models/c10 [--step best|latest|N] [--ema]
 
 The result is what ``convert/torch2flax.py`` writes: ``flax_resnet.load`` rebuilds
-it without the training code, ``python -m flax_resnet.predict`` classifies images
+it without the training code, ``flax-resnet-predict`` classifies images
 with the run's eval preprocessing and class names, and ``convert/flax2torch.py``
 turns it into a torchvision state dict.
 """

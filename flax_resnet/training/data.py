@@ -303,7 +303,7 @@ def _absl_flags_parsed() -> None:
 
 
 def eval_transform(config: Config) -> EvalTransform:
-  """The run's eval preprocessing, as flax_resnet.predict applies it to exported models."""
+  """The run's eval preprocessing, as flax-resnet-predict applies it to exported models."""
   return EvalTransform(
     resize_size=config.eval_resize,
     crop_size=config.image_size,

@@ -27,13 +27,10 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
   )
   if not cfg.layers:
     return cfg.arch, options
-  block = flax_resnet.registry.architecture(cfg.arch).block
-  return None, dict(
-    options,
-    block=block,
-    layers=tuple(cfg.layers),
-    channels=tuple(cfg.channels) or DEFAULT_CHANNELS[: len(cfg.layers)],
-  )
+  # The architecture's own block, groups and width per group, at the run's depths and widths.
+  table = flax_resnet.registry.architecture(cfg.arch)._asdict()
+  channels = tuple(cfg.channels) or DEFAULT_CHANNELS[: len(cfg.layers)]
+  return None, {**options, **table, "layers": tuple(cfg.layers), "channels": channels}
 
 
 def build_model(cfg: Config) -> ResNet:
