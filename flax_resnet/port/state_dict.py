@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.model import DEFAULT_CHANNELS, ResNet, make_head
+from flax_resnet.model import DEFAULT_CHANNELS, ResNet
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
 
 log = logging.getLogger(__name__)
@@ -247,17 +247,14 @@ def convert_state_dict(
     raise ConversionError(
       "state dict does not fit " + (arch or "the custom ResNet") + ":\n  " + "\n  ".join(problems)
     )
-  if reset_head and model.num_classes:
-    fresh = nnx.to_pure_dict(
-      nnx.state(make_head(model.num_features, model.num_classes, rngs=nnx.Rngs(0)))
-    )
-    values[("fc", "kernel")], values[("fc", "bias")] = fresh["kernel"], fresh["bias"]
-  nnx.update(
-    model,
-    nnx.from_flat_state(
-      {path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype) for path, var in flat}
-    ),
-  )
+  filled = {  # every leaf but a reset head's
+    path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)
+    for path, var in flat
+    if path in values
+  }
+  nnx.update(model, nnx.from_flat_state(filled))
+  if reset_head:
+    model.reset_classifier(model.num_classes, rngs=nnx.Rngs(0))  # torchvision's fresh fc
   return Conversion(model, arch, options, notes + casts, state_dict)
 
 
