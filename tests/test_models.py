@@ -9,7 +9,7 @@ from flax import nnx
 
 import flax_resnet
 from flax_resnet.training.config import Config
-from flax_resnet.training.models import build_model, model_spec
+from flax_resnet.training.models import model_spec, run_model
 
 TINY = Config(
   arch="resnet18",
@@ -36,7 +36,7 @@ def _saved(tmp_path, num_classes: int = 3):
 
 
 def _fresh_fc():
-  return nnx.to_pure_dict(nnx.state(build_model(TINY)))["fc"]
+  return nnx.to_pure_dict(nnx.state(run_model(TINY)))["fc"]
 
 
 def _pure(model):
@@ -51,13 +51,13 @@ def _assert_tree_equal(a, b):
 
 def test_init_from_keeps_the_head_of_as_many_classes(tmp_path):
   source, path = _saved(tmp_path)
-  model = build_model(dataclasses.replace(TINY, init_from=path))
+  model = run_model(dataclasses.replace(TINY, init_from=path))
   _assert_tree_equal(_pure(model), _pure(source))
 
 
 def test_reset_head_draws_a_fresh_head_over_the_source_backbone(tmp_path):
   source, path = _saved(tmp_path)
-  model = _pure(build_model(dataclasses.replace(TINY, init_from=path, reset_head=True)))
+  model = _pure(run_model(dataclasses.replace(TINY, init_from=path, reset_head=True)))
   theirs = _pure(source)
   _assert_tree_equal(model["fc"], _fresh_fc())
   assert not np.array_equal(model["fc"]["kernel"], theirs["fc"]["kernel"])
@@ -68,7 +68,7 @@ def test_reset_head_draws_a_fresh_head_over_the_source_backbone(tmp_path):
 
 def test_a_headless_checkpoint_starts_a_run_with_a_fresh_head(tmp_path):
   source, path = _saved(tmp_path, num_classes=0)
-  model = _pure(build_model(dataclasses.replace(TINY, init_from=path)))
+  model = _pure(run_model(dataclasses.replace(TINY, init_from=path)))
   _assert_tree_equal(model["fc"], _fresh_fc())
   _assert_tree_equal({k: v for k, v in model.items() if k != "fc"}, _pure(source))
 

@@ -308,9 +308,9 @@ def _train_config(*assignments):
 def test_the_trainer_starts_from_torchvision_weights_by_name(homes, init_from, capsys):
   from flax import nnx
 
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
-  model = build_model(_train_config(f"init_from={init_from}"))
+  model = run_model(_train_config(f"init_from={init_from}"))
   assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in (
     capsys.readouterr().out
   )
@@ -377,22 +377,22 @@ def test_a_training_run_from_a_weights_name_uses_the_converted_cache(homes, tmp_
   ids=["unknown entry", "not a name"],
 )
 def test_a_bad_weights_name_for_the_trainer_is_one_line_naming_the_field(homes, init_from, message):
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
   with pytest.raises(ValueError) as error:
-    build_model(_train_config(f"init_from={init_from}"))
+    run_model(_train_config(f"init_from={init_from}"))
   assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
 
 
 def test_a_weights_name_with_custom_depths_is_refused():
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
   with pytest.raises(
     ValueError,
     match="config init_from='DEFAULT': torchvision's weights are "
     "for resnet18's own depths and widths",
   ):
-    build_model(_train_config("init_from=DEFAULT", "layers=1,1", "channels=8,16"))
+    run_model(_train_config("init_from=DEFAULT", "layers=1,1", "channels=8,16"))
 
 
 def test_errors_raised_from_python_name_no_command_line_flag(empty_homes, tmp_path, monkeypatch):

@@ -119,12 +119,12 @@ def initial_state(data, *sets) -> dict:
   from flax import nnx
 
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
   cfg = config_lib.override(
     config_lib.load_preset("cifar10_resnet18"), [f"data_dir={data}", *TINY, *sets]
   )
-  return nnx.to_pure_dict(nnx.state(build_model(cfg)))
+  return nnx.to_pure_dict(nnx.state(run_model(cfg)))
 
 
 def leaves(tree):
@@ -930,10 +930,10 @@ def test_the_host_memory_estimate_matches_the_finetune_presets_measured_12_gb():
 
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.memory import host_memory_estimate
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
   cfg = config_lib.load_preset("finetune")
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: run_model(cfg)))
   parts = host_memory_estimate(cfg, graphdef, state)
   assert 10.5 <= sum(parts.values()) / 2**30 <= 12.5, parts  # measured: 11-12 GB
   assert 0.45 <= parts["workers"] / 2**30 / 4 <= 0.5  # 8 workers of 210 MB and read-ahead
@@ -986,14 +986,14 @@ def test_a_linear_probe_run_trains_only_the_head(cifar2, tmp_path):
   from flax import nnx
 
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
 
   sets = ["global_batch=16", "max_steps=2", "linear_probe=true"]
   train(tmp_path, cifar2, *sets)
   cfg = config_lib.override(
     config_lib.load_preset("cifar10_resnet18"), [f"data_dir={cifar2}", *TINY, *sets]
   )
-  start = nnx.to_pure_dict(nnx.state(build_model(cfg)))  # the run's initialisation
+  start = nnx.to_pure_dict(nnx.state(run_model(cfg)))  # the run's initialisation
   trained = final_state(tmp_path, 2)[0]["model"]
   keys = [(tuple(str(getattr(k, "key", k)) for k in path), x) for path, x in leaves(trained)]
   changed = {
@@ -1067,7 +1067,7 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
   from flax import nnx
 
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.models import build_model
+  from flax_resnet.training.models import run_model
   from flax_resnet.training.steps import train_step
   from flax_resnet.training.trainer import run_optimizer
 
@@ -1086,7 +1086,7 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
       "clip_grad_norm=1e-3",
     ],
   )
-  model = build_model(cfg)
+  model = run_model(cfg)
   optimizer = run_optimizer(cfg, model, steps_per_epoch=10)  # peak rate 25.6 * 8 / 256 = 0.8
   before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]  # donated
   model.train()

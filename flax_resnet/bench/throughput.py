@@ -264,7 +264,7 @@ def measure(runners, args) -> tuple[dict[str, list[float]], dict[str, list[float
   return times, queued
 
 
-def report(args, runners, times, queued) -> list[dict]:
+def result_rows(args, runners, times, queued) -> list[dict]:
   macs = flax_resnet.count_macs(
     nnx.eval_shape(lambda: flax_resnet.create_model(args.arch)),
     (1, args.image_size, args.image_size, 3),
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
       flush=True,
     )
   runners = prepare(runner_names(args), args)
-  emit(report(args, runners, *measure(runners, args)), args.out)
+  emit(result_rows(args, runners, *measure(runners, args)), args.out)
   return 0
 
 

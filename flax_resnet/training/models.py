@@ -1,5 +1,5 @@
 """A run's model from its config: ``model_spec`` (what ``registry.build_model`` takes),
-``build_model`` (fresh, or started from ``init_from``) and the checks that a checkpoint
+``run_model`` (fresh, or started from ``init_from``) and the checks that a checkpoint
 started from is the same network as the run's."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
   return None, {**options, **table, "layers": tuple(cfg.layers), "channels": channels}
 
 
-def build_model(cfg: Config) -> ResNet:
+def run_model(cfg: Config) -> ResNet:
   """A fresh model, or one started from ``init_from``: a converted checkpoint, or
   torchvision's weights by name (``weights_name``)."""
   arch, options = model_spec(cfg)

@@ -38,7 +38,7 @@ from flax_resnet.training import (
 from flax_resnet.training.config import Config
 from flax_resnet.training.memory import host_memory_estimate, of_total
 from flax_resnet.training.metrics import LOG_SECONDS, Progress
-from flax_resnet.training.models import build_model
+from flax_resnet.training.models import run_model
 from flax_resnet.training.steps import (
   all_finite,
   ema_update,
@@ -197,7 +197,7 @@ class Trainer:
     rebuilt from them only to evaluate (``_evaluate``) and to save (``states``).
     """
     cfg = self.cfg
-    model = build_model(cfg)
+    model = run_model(cfg)
     if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
       model.set_attributes(batch_groups=jax.device_count(), raise_if_not_found=False)
     model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward, raise_if_not_found=False)
