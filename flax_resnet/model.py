@@ -18,11 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flax_resnet.choices import BACKWARDS, DEFAULT_CHANNELS, MOMENTS, NORMS, REMATS, STEMS
+
 Dtype = Any
 
-NORMS = ("batch", "frozen_batch", "group")
-STEMS = ("imagenet", "cifar")
-DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter net takes a prefix
 
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -165,10 +164,6 @@ class BatchNorm(nnx.Module):
     self.mean.set_value(mean)
     self.var.set_value(var)
     return out
-
-
-MOMENTS = ("two_pass", "one_pass")
-BACKWARDS = ("autodiff", "fused")
 
 
 @functools.partial(
@@ -781,9 +776,6 @@ class ResNet(nnx.Module):
         f"input must be NHWC with C={self.in_channels} (in_channels), got shape "
         f"{tuple(x.shape)}; transpose NCHW arrays with x.transpose(0, 2, 3, 1)"
       )
-
-
-REMATS = ("none", "block", "stage")
 
 
 def _run_blocks(blocks, x: jax.Array) -> jax.Array:

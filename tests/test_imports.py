@@ -13,6 +13,7 @@ LAYERS = [
   (
     "base",
     (
+      "flax_resnet.choices",
       "flax_resnet.errors",
       "flax_resnet.files",
       "flax_resnet.caches",

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.model import DEFAULT_CHANNELS, ResNet
+from flax_resnet.choices import DEFAULT_CHANNELS
+from flax_resnet.model import ResNet
 from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import resnet as tv
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from flax_resnet.model import DEFAULT_CHANNELS
+from flax_resnet.choices import DEFAULT_CHANNELS
 from flax_resnet.registry import architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}

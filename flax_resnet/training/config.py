@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flax_resnet.choices import BACKWARDS, MOMENTS, OPTIMIZERS, REMATS, STEMS
 from flax_resnet.files import write_atomic
-from flax_resnet.model import BACKWARDS, MOMENTS, REMATS, STEMS
-from flax_resnet.training.steps import OPTIMIZERS
 
 DTYPES = ("float32", "bfloat16", "float16")  # the compute dtype's names (model_spec maps them)
 BN_STATS = ("global", "per_device")  # BatchNorm's batch statistics: over what (Trainer)

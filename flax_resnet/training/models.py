@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 import flax_resnet
-from flax_resnet.model import DEFAULT_CHANNELS, ResNet
+from flax_resnet.choices import DEFAULT_CHANNELS
+from flax_resnet.model import ResNet
 from flax_resnet.saved_model import Metadata
 from flax_resnet.training.config import Config
 

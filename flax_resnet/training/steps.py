@@ -12,8 +12,6 @@ from flax import nnx
 
 from flax_resnet.model import ResNet
 
-OPTIMIZERS = ("sgd", "adamw")  # what ``transform``'s optimizer may name
-
 
 def decay_mask(params) -> object:
   """True for conv and linear kernels: BatchNorm parameters and biases get no weight decay."""

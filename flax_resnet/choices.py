@@ -1,0 +1,11 @@
+"""The vocabularies of the model's and the trainer's options, in a module that imports
+nothing: ``Config`` checks a run's settings against them without loading JAX (grain's worker
+processes import the config's module, and their start-up time counts)."""
+
+NORMS = ("batch", "frozen_batch", "group")
+STEMS = ("imagenet", "cifar")
+DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter net takes a prefix
+MOMENTS = ("two_pass", "one_pass")  # BatchNorm's batch statistics
+BACKWARDS = ("autodiff", "fused")  # BatchNorm's gradient
+REMATS = ("none", "block", "stage")  # activation checkpointing
+OPTIMIZERS = ("sgd", "adamw")  # what ``training.steps.transform``'s optimizer may name
