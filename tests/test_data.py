@@ -1,6 +1,7 @@
 """training/data.py: the pipeline reads ahead a bounded number of batches, and carries why
 an image was skipped from where it was read."""
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ def test_read_ahead_is_bounded_by_prefetch(monkeypatch, prefetch):
   cfg = config_lib.Config(
     synthetic=True, image_size=8, global_batch=4, workers=0, prefetch=prefetch
   )
-  batches, folder = data.train_batches(cfg, 0, 1)
+  batches, folder = data.train_batches(cfg.data, 0, 1)
   assert folder is None and next(batches)["image"].shape == (4, 8, 8, 3)
   time.sleep(1.0)  # grain's default read-ahead made 500 batches by now
   # the batch taken, `prefetch` batches buffered and one being made when the buffer freed
@@ -85,3 +86,12 @@ def test_train_and_eval_batches_carry_the_readers_reasons_and_the_log_reads_noth
   assert caplog.messages == [
     f"skipping unreadable image (logged once, counted at every visit): {why[i]}" for i in (3, 4)
   ]
+
+
+def test_the_pipeline_is_handed_its_section_of_the_config():
+  cfg = config_lib.Config(data_dir="/d", image_size=32, workers=2, seed=5)
+  section = cfg.data
+  assert dataclasses.is_dataclass(section) and not isinstance(section, config_lib.Config)
+  for field in dataclasses.fields(section):
+    assert getattr(section, field.name) == getattr(cfg, field.name), field.name
+  assert not hasattr(section, "lr") and not hasattr(section, "arch")

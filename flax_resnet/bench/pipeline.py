@@ -132,7 +132,7 @@ def measure(cfg, batches: int, warmup: int) -> dict:
   start = time.perf_counter()
   # Beside the split folders, in the data folder that main() removes at the end.
   reports = Path(tempfile.mkdtemp(prefix="workers-", dir=cfg.data_dir))
-  iterator, _ = data.train_batches(cfg, 0, 1, worker_init=WorkerStart(reports, time.time()))
+  iterator, _ = data.train_batches(cfg.data, 0, 1, worker_init=WorkerStart(reports, time.time()))
   next(iterator)
   first = time.perf_counter() - start
   for _ in range(max(warmup, 1) - 1):

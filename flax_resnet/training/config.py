@@ -164,6 +164,31 @@ class Config:
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**fields)
 
+  @property
+  def data(self) -> DataConfig:
+    """The section the input pipeline reads, and all it is handed."""
+    return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The part of ``Config`` the input pipeline (``training/data.py``) reads; each field is
+  ``Config``'s of that name, documented and checked there."""
+
+  data_dir: str
+  train_split: str
+  eval_split: str
+  synthetic: bool
+  num_classes: int
+  image_size: int
+  eval_resize: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  workers: int
+  prefetch: int
+  global_batch: int
+  seed: int
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 RESUMABLE = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])

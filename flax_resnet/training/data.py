@@ -26,7 +26,7 @@ from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training.sources import ImageSource, open_split
 
 if TYPE_CHECKING:
-  from flax_resnet.training.config import Config
+  from flax_resnet.training.config import DataConfig
 
 log = logging.getLogger(__name__)
 SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
@@ -141,7 +141,7 @@ class SyntheticSample(grain.transforms.RandomMap):
     )
 
 
-def train_batches(config: Config, process_index: int, process_count: int, worker_init=None):
+def train_batches(config: DataConfig, process_index: int, process_count: int, worker_init=None):
   """(an iterator over this process's share of each global batch, endless over epochs,
   the ``ImageSource`` it reads, or None for synthetic data).
 
@@ -302,7 +302,7 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def eval_transform(config: Config) -> EvalTransform:
+def eval_transform(config: DataConfig) -> EvalTransform:
   """The run's eval preprocessing, as flax-resnet-predict applies it to exported models."""
   return EvalTransform(
     resize_size=config.eval_resize,
@@ -312,7 +312,7 @@ def eval_transform(config: Config) -> EvalTransform:
   )
 
 
-def eval_batches(config: Config, process_index: int, process_count: int):
+def eval_batches(config: DataConfig, process_index: int, process_count: int):
   """(the eval source, an iterator over this process's eval images in fixed order, padded
   to full batches with label -1)."""
   source = open_split(config.data_dir, config.eval_split)
@@ -342,7 +342,7 @@ def _pad_batch(rows: list[dict], size: int, image_size: int) -> dict:
   }
 
 
-def check_splits(config: Config, train: ImageSource) -> None:
+def check_splits(config: DataConfig, train: ImageSource) -> None:
   """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
   shards whose ``classes.json`` disagrees with their records, a class count other than
   ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split

@@ -101,7 +101,7 @@ def export(
     arch=arch,
     options=options,
     categories=classes,
-    preprocessing=data.eval_transform(cfg).to_json(),
+    preprocessing=data.eval_transform(cfg.data).to_json(),
     source={"workdir": str(workdir.absolute()), "step": step, "ema": ema},
   )
   return flax_resnet.save(model, out, metadata, overwrite=force)

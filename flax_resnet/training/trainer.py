@@ -171,10 +171,12 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
-    self.batches, self.source = data.train_batches(cfg, jax.process_index(), jax.process_count())
+    self.batches, self.source = data.train_batches(
+      cfg.data, jax.process_index(), jax.process_count()
+    )
     self.data_fingerprint = None  # synthetic data: nothing to compare on resume
     if self.source is not None:
-      data.check_splits(cfg, self.source)
+      data.check_splits(cfg.data, self.source)
       self.data_fingerprint = self.source.fingerprint()
     count = len(self.source) if self.source else data.SYNTHETIC_EPOCH
     self.steps_per_epoch = max(count // cfg.global_batch, 1)
@@ -356,7 +358,7 @@ class Trainer:
     model.eval()
     graphdef, state = nnx.split(model)
     totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
-    source, batches = data.eval_batches(self.cfg, jax.process_index(), jax.process_count())
+    source, batches = data.eval_batches(self.cfg.data, jax.process_index(), jax.process_count())
     for local in batches:
       self.skips.add(source, local)
       out = eval_step(graphdef, state, *self.global_batch(local))
