@@ -91,3 +91,29 @@ def check_replaceable(out: Path, flag: str = "--out") -> None:
     raise CliError(
       f"{flag} {out} {problem}: --force replaces only a flax-resnet checkpoint; choose another path"
     )
+
+
+CONFIG_FLAGS = {"preset": "--config", "assignments": "--set"}  # by SettingError's parameter
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+  """A training command's ``--config`` (a preset) and repeatable ``--set KEY=VALUE``."""
+  p.add_argument(
+    "--config", required=True, help="a preset's name (cifar10_tiny, ...) or a preset file's path"
+  )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field (repeatable)",
+  )
+
+
+def in_config_flags(error: ValueError) -> ValueError:
+  """``training.config``'s ``SettingError`` (its ``parameter`` and ``detail``) said with the flag
+  that gave that parameter; any other error as it is."""
+  parameter = getattr(error, "parameter", None)
+  if parameter not in CONFIG_FLAGS:
+    return error
+  return ValueError(f"{CONFIG_FLAGS[parameter]} {getattr(error, 'detail', '')}")

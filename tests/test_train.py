@@ -1047,6 +1047,20 @@ def test_the_pytorch_reference_refuses_what_it_does_not_implement(assignment):
     check_supported(config_lib.override(config_lib.Config(), [assignment]))
 
 
+@pytest.mark.parametrize(
+  "argv, flag",
+  [(["--config", "no_such_preset"], "--config no_such_preset"), (["--set", "nope=1"], "--set ")],
+)
+def test_the_pytorch_reference_names_the_flag_of_a_bad_setting(tmp_path, capsys, argv, flag):
+  pytest.importorskip("torch", reason="the PyTorch reference")
+  from flax_resnet.bench.train_torch import main
+
+  base = ["--config", "cifar10_tiny", "--workdir", str(tmp_path / "run")]
+  assert main(base + argv) == 2  # argparse keeps the last --config
+  assert capsys.readouterr().err.startswith(f"error: {flag}")
+  assert not (tmp_path / "run").exists()
+
+
 def test_init_from_names_torchvision_weights_unless_a_path_of_that_name_exists(
   tmp_path, monkeypatch
 ):

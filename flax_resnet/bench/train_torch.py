@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from flax_resnet.bench import torch_recipe
-from flax_resnet.cli import ArgumentParser, report
+from flax_resnet.cli import ArgumentParser, add_config_arguments, in_config_flags, report
 from flax_resnet.files import write_atomic
 from flax_resnet.training import config as config_lib
 from flax_resnet.training.metrics import append_metric
@@ -33,14 +33,7 @@ from flax_resnet.training.metrics import append_metric
 
 def parse_args(argv=None):
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--config", required=True, help="a preset name (cifar10_tiny, ...) or file")
-  p.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field (repeatable)",
-  )
+  add_config_arguments(p)
   p.add_argument("--workdir", type=Path, required=True)
   return p.parse_args(argv)
 
@@ -219,6 +212,8 @@ def main(argv=None) -> int:
   try:
     cfg = config_lib.override(config_lib.load_preset(args.config), args.set)
     Reference(cfg, args.workdir).run()
-  except (ValueError, OSError) as e:
+  except ValueError as e:
+    return report(in_config_flags(e))
+  except OSError as e:
     return report(e)
   return 0

@@ -23,27 +23,23 @@ from typing import TYPE_CHECKING
 
 # Only the light modules here: the arguments are parsed before JAX, Flax and orbax
 # (2-3 s of a core) load, so that --help and usage errors answer at once.
-from flax_resnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, ArgumentParser, report
+from flax_resnet.cli import (
+  EXIT_DIVERGED,
+  EXIT_INTERRUPTED,
+  ArgumentParser,
+  add_config_arguments,
+  in_config_flags,
+  report,
+)
 
 if TYPE_CHECKING:
   from flax_resnet.training.config import Config
-
-FLAGS = {"preset": "--config", "assignments": "--set"}  # config.SettingError's parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """``flax-resnet-train``'s arguments; usage errors exit 2 in one line."""
   p = ArgumentParser(description=__doc__)
-  p.add_argument(
-    "--config", required=True, help="a preset's name (cifar10_tiny, ...) or a preset file's path"
-  )
-  p.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field (repeatable)",
-  )
+  add_config_arguments(p)
   p.add_argument("--workdir", type=Path, required=True)
   p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs")
   p.add_argument("--num-processes", type=int)
@@ -87,7 +83,7 @@ def resolved_config(args: argparse.Namespace) -> Config:
   try:
     return config_lib.override(config_lib.load_preset(args.config), args.set)
   except config_lib.SettingError as e:
-    raise ValueError(f"{FLAGS[e.parameter]} {e.detail}") from e
+    raise in_config_flags(e) from e
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from flax_resnet.choices import OPTIMIZERS
 from flax_resnet.model import ResNet
 
 
@@ -154,7 +155,7 @@ def base_transform(
     )
   if optimizer == "adamw":
     return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
-  raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+  raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
