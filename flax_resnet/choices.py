@@ -9,3 +9,9 @@ MOMENTS = ("two_pass", "one_pass")  # BatchNorm's batch statistics
 BACKWARDS = ("autodiff", "fused")  # BatchNorm's gradient
 REMATS = ("none", "block", "stage")  # activation checkpointing
 OPTIMIZERS = ("sgd", "adamw")  # what ``training.steps.transform``'s optimizer may name
+INTERPOLATIONS = ("bilinear", "bicubic")  # the random resized crop's, the policies' and eval's
+# per-image policies (torchvision's names): TrivialAugmentWide, RandAugment, AutoAugment's
+# ImageNet policy, AugMix
+AUTO_AUGMENTS = ("none", "ta_wide", "ra", "imagenet", "augmix")
+EMA_STYLES = ("warmup", "torchvision")  # the EMA's decay rule (``training.steps``)
+LR_UPDATES = ("step", "epoch")  # how often the learning rate changes

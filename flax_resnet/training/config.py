@@ -13,7 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.choices import BACKWARDS, MOMENTS, OPTIMIZERS, REMATS, STEMS
+from flax_resnet.choices import (
+  AUTO_AUGMENTS,
+  BACKWARDS,
+  EMA_STYLES,
+  INTERPOLATIONS,
+  LR_UPDATES,
+  MOMENTS,
+  OPTIMIZERS,
+  REMATS,
+  STEMS,
+)
 from flax_resnet.files import write_atomic
 
 DTYPES = ("float32", "bfloat16", "float16")  # the compute dtype's names (model_spec maps them)
@@ -34,6 +44,10 @@ def _parts_problem(freeze: str) -> str | None:
   return None
 
 
+def _probability(value: float) -> str | None:
+  return "must be at most 1" if value > 1 else None
+
+
 def rule(
   default: Any,
   *,
@@ -42,12 +56,14 @@ def rule(
   below: float | None = None,
   check: Callable[[Any], str | None] | None = None,
   resumable: bool = False,
+  nullable: bool = False,
 ) -> Any:
   """A field's default with its rule beside it (``validate`` applies it): the ``choices``
   its value must be one of, its range ``[at_least, below)``, a ``check`` returning a
-  problem or None, and whether a resumed run may change it (``resumable``: it decides
+  problem or None, whether a resumed run may change it (``resumable``: it decides
   when to stop, log, save or evaluate, or where and how the same images are read, never
-  what a step computes)."""
+  what a step computes), and whether it may be None (``nullable``; ``none`` in a
+  ``key=value``)."""
   return dataclasses.field(
     default=default,
     metadata={
@@ -56,6 +72,7 @@ def rule(
       "below": below,
       "check": check,
       "resumable": resumable,
+      "nullable": nullable,
     },
   )
 
@@ -94,6 +111,23 @@ class Config:
   eval_resize: int = rule(256, at_least=1)
   mean: tuple[float, ...] = rule((0.485, 0.456, 0.406))
   std: tuple[float, ...] = rule((0.229, 0.224, 0.225))
+  # the random resized crop's, the policies' geometric ops' and eval's resize filter
+  interpolation: str = rule("bilinear", choices=INTERPOLATIONS)
+  # per-image augmentation policy after crop and flip, as torchvision's reference trainer's
+  # --auto-augment: "ta_wide" TrivialAugmentWide, "ra" RandAugment (ra_num_ops,
+  # ra_magnitude), "imagenet" AutoAugment's ImageNet policy, "augmix" AugMix
+  # (augmix_severity); "none" for none
+  auto_augment: str = rule("none", choices=AUTO_AUGMENTS)
+  ra_num_ops: int = rule(2, at_least=1)  # RandAugment's operations per image
+  ra_magnitude: int = rule(9, at_least=0, below=31)  # RandAugment's magnitude bin (of 31)
+  augmix_severity: int = rule(3, at_least=1, below=11)  # AugMix's magnitude bin (1..10)
+  # probability of torchvision's RandomErasing (scale 0.02-0.33, ratio 0.3-3.3, value 0 after
+  # normalisation); the box is drawn on the host, the pixels erased on the device
+  random_erase: float = rule(0.0, at_least=0, check=_probability)
+  # repeated augmentation (torchvision's RASampler, --ra-reps): each image of an epoch's
+  # share comes ra_reps times, on ra_reps different devices, each with its own augmentation;
+  # an epoch holds len(train) // 256 * 256 images as the sampler's; 1: off
+  ra_reps: int = rule(1, at_least=1)
   # decoding processes per host; 0 decodes in the main process
   workers: int = rule(0, at_least=0, resumable=True)
   # batches read ahead by each reader (the main process or each worker)
@@ -108,11 +142,30 @@ class Config:
   momentum: float = rule(0.9, at_least=0, below=1)
   nesterov: bool = rule(False)
   weight_decay: float = rule(1e-4, at_least=0)
-  decay_all: bool = rule(False)  # also decay BatchNorm parameters and biases
+  # weight decay of BatchNorm's weights and biases, and of every bias, as torchvision's
+  # --norm-weight-decay and --bias-weight-decay (set_weight_decay: "bias" is matched first);
+  # None: weight_decay (torchvision's default). The defaults decay conv and fc kernels only.
+  norm_weight_decay: float | None = rule(0.0, at_least=0, nullable=True)
+  bias_weight_decay: float | None = rule(0.0, at_least=0, nullable=True)
+  decay_all: bool = rule(False)  # every parameter decays by weight_decay (both above None)
   warmup_epochs: float = rule(0.0, at_least=0)
+  # the warm-up's first rate over the peak (torchvision's --lr-warmup-decay, 0.01 there)
+  lr_warmup_decay: float = rule(0.0, at_least=0, below=1)
+  # "epoch": warm-up and cosine change the rate once per epoch, as torchvision's schedulers
+  lr_update: str = rule("step", choices=LR_UPDATES)
   label_smoothing: float = rule(0.0, at_least=0, below=1)
+  # MixUp and CutMix on the device, as torchvision v2's under a RandomChoice of the two (one
+  # when only its alpha > 0), per device's share of the batch: soft targets, then smoothing
+  mixup_alpha: float = rule(0.0, at_least=0)
+  cutmix_alpha: float = rule(0.0, at_least=0)
   # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
   ema_decay: float = rule(0.0, at_least=0, below=1)
+  # the average moves after every ema_steps-th step of an epoch (its first included)
+  ema_steps: int = rule(1, at_least=1)
+  # "warmup": decay min(ema_decay, (1 + t) / (10 + t)) at update t; "torchvision": the
+  # reference trainer's --model-ema: 1 - ema_decay scaled by global_batch * ema_steps /
+  # epochs (at most 1), the first update a copy, and a copy at every update during warm-up
+  ema_style: str = rule("warmup", choices=EMA_STYLES)
   # > 0: gradient scaled down to this global L2 norm (0: off)
   clip_grad_norm: float = rule(0.0, at_least=0)
   # k > 1: each step's global_batch images go through the network in k micro-batches of
@@ -184,6 +237,13 @@ class DataConfig:
   eval_resize: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  interpolation: str
+  auto_augment: str
+  ra_num_ops: int
+  ra_magnitude: int
+  augmix_severity: int
+  random_erase: float
+  ra_reps: int
   workers: int
   prefetch: int
   global_batch: int
@@ -266,7 +326,12 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
       raise SettingError(
         "assignments", f"{item!r}: expected key=value with key one of {sorted(FIELDS)}"
       )
-    changes[key] = _parse(key, raw, type(getattr(config, key)))
+    nullable = FIELDS[key].metadata["nullable"]
+    if nullable and raw.lower() in ("none", "null"):
+      changes[key] = None
+    else:
+      kind = float if nullable else type(getattr(config, key))
+      changes[key] = _parse(key, raw, kind)
   config = dataclasses.replace(config, **changes)
   validate(config)
   return config
@@ -282,6 +347,8 @@ def validate(config: Config) -> None:
 
 
 def _problem(rules: Mapping[str, Any], value: Any) -> str | None:
+  if value is None:
+    return None if rules["nullable"] else "must be set"
   numbers = value if isinstance(value, (list, tuple)) else [value]
   if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
     return "not a finite number"
