@@ -107,8 +107,10 @@ class Config:
   eval_split: str = rule("val")
   synthetic: bool = rule(False)  # random images of image_size, for benchmarks; data_dir unused
   image_size: int = rule(224, at_least=1)  # train crop; 32 switches to pad-and-crop augmentation
-  # eval: shorter side resized to this, centre crop of image_size
+  # eval: shorter side resized to this, centre crop of eval_crop
   eval_resize: int = rule(256, at_least=1)
+  # eval's centre crop (torchvision's --val-crop-size); 0: image_size
+  eval_crop: int = rule(0, at_least=0)
   mean: tuple[float, ...] = rule((0.485, 0.456, 0.406))
   std: tuple[float, ...] = rule((0.229, 0.224, 0.225))
   # the random resized crop's, the policies' geometric ops' and eval's resize filter
@@ -235,6 +237,7 @@ class DataConfig:
   num_classes: int
   image_size: int
   eval_resize: int
+  eval_crop: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   interpolation: str
