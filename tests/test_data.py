@@ -95,3 +95,20 @@ def test_the_pipeline_is_handed_its_section_of_the_config():
   for field in dataclasses.fields(section):
     assert getattr(section, field.name) == getattr(cfg, field.name), field.name
   assert not hasattr(section, "lr") and not hasattr(section, "arch")
+
+
+@pytest.mark.parametrize("eval_crop, side", [(0, 16), (24, 24)])
+def test_eval_crops_eval_crop_pixels_and_image_size_without_it(tmp_path, eval_crop, side):
+  # torchvision's V2 recipe trains at 176 and evaluates a 224 crop of a 232 resize.
+  for i, name in enumerate(("a", "b")):
+    (tmp_path / "val" / name).mkdir(parents=True)
+    Image.new("RGB", (40, 30), (60 * i, 20, 200)).save(tmp_path / "val" / name / "0.png")
+  cfg = config_lib.Config(
+    data_dir=str(tmp_path), image_size=16, eval_resize=28, eval_crop=eval_crop, global_batch=4
+  )
+  _, batches = data.eval_batches(cfg.data, 0, 1)
+  batch = next(batches)
+  assert batch["image"].shape == (4, side, side, 3)
+  assert list(batch["label"]) == [0, 1, -1, -1]
+  expected = data.eval_transform(cfg.data)(Image.open(tmp_path / "val" / "b" / "0.png"))
+  assert (batch["image"][1] == expected).all()

@@ -60,7 +60,7 @@ def eval_transform(cfg) -> transforms.Compose:
   return transforms.Compose(
     [
       transforms.Resize(cfg.eval_resize),
-      transforms.CenterCrop(cfg.image_size),
+      transforms.CenterCrop(cfg.eval_crop or cfg.image_size),
       transforms.ToTensor(),
       transforms.Normalize(cfg.mean, cfg.std),
     ]

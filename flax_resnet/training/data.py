@@ -302,11 +302,16 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def eval_size(config: DataConfig) -> int:
+  """The side of eval's centre crop: ``eval_crop``, or ``image_size`` when it is 0."""
+  return config.eval_crop or config.image_size
+
+
 def eval_transform(config: DataConfig) -> EvalTransform:
   """The run's eval preprocessing, as flax-resnet-predict applies it to exported models."""
   return EvalTransform(
     resize_size=config.eval_resize,
-    crop_size=config.image_size,
+    crop_size=eval_size(config),
     mean=tuple(config.mean),
     std=tuple(config.std),
   )
@@ -324,7 +329,7 @@ def eval_batches(config: DataConfig, process_index: int, process_count: int):
   def batches():
     for start in range(0, len(ds), local_batch):
       rows = [ds[i] for i in range(start, min(start + local_batch, len(ds)))]
-      yield _pad_batch(rows, local_batch, config.image_size)
+      yield _pad_batch(rows, local_batch, eval_size(config))
 
   return source, batches()
 
