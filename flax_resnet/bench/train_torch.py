@@ -17,6 +17,7 @@ with torchvision's transforms doing what the trainer's pipeline does (pad-and-cr
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def eval_transform(cfg) -> transforms.Compose:
 
 
 def loaders(cfg) -> tuple[DataLoader, DataLoader]:
-  """(train batches, shuffled per epoch from ``seed``, last partial batch dropped; eval)."""
+  """(train batches, shuffled per epoch from ``seed``, or with ``ra_reps`` > 1 in
+  ``RASampler``'s order over one replica, last partial batch dropped; eval)."""
   root = Path(cfg.data_dir)
   for split in (cfg.train_split, cfg.eval_split):
     if not (root / split).is_dir():
@@ -77,10 +79,50 @@ def loaders(cfg) -> tuple[DataLoader, DataLoader]:
   test = datasets.ImageFolder(str(root / cfg.eval_split), eval_transform(cfg))
   generator = torch.Generator().manual_seed(cfg.seed)
   common = {"batch_size": cfg.global_batch, "num_workers": cfg.workers}
+  order = {"shuffle": True}
+  if cfg.ra_reps > 1:
+    order = {"sampler": RASampler(len(train), 1, 0, cfg.seed, cfg.ra_reps)}
+    if len(order["sampler"]) < cfg.global_batch:
+      raise ValueError(
+        f"config ra_reps={cfg.ra_reps}: the {len(train)} training images make an epoch of "
+        f"{len(order['sampler'])} (their count // 256 * 256), less than global_batch "
+        f"{cfg.global_batch}"
+      )
   return (
-    DataLoader(train, shuffle=True, drop_last=True, generator=generator, **common),
+    DataLoader(train, drop_last=True, generator=generator, **order, **common),
     DataLoader(test, shuffle=False, **common),
   )
+
+
+class RASampler(torch.utils.data.Sampler):
+  """Repeated augmentation as torchvision's reference trainer samples it
+  (references/classification/sampler.py): each epoch a permutation of the ``size`` images
+  from ``seed + epoch``, each image ``repetitions`` times in a row, padded from the start
+  to a multiple of ``replicas``; replica ``rank`` takes every ``replicas``-th from
+  ``rank`` on, and only the first ``size // 256 * 256 // replicas`` of them."""
+
+  def __init__(self, size: int, replicas: int, rank: int, seed: int, repetitions: int):
+    self.size, self.replicas, self.rank = size, replicas, rank
+    self.seed, self.repetitions, self.epoch = seed, repetitions, 0
+    self.total = math.ceil(size * repetitions / replicas) * replicas
+    self.selected = size // 256 * 256 // replicas
+
+  def permutation(self) -> list[int]:
+    """The epoch's order of the images (``set_epoch``)."""
+    generator = torch.Generator().manual_seed(self.seed + self.epoch)
+    return torch.randperm(self.size, generator=generator).tolist()
+
+  def __iter__(self):
+    repeated = [i for i in self.permutation() for _ in range(self.repetitions)]
+    repeated += repeated[: self.total - len(repeated)]
+    return iter(repeated[self.rank :: self.replicas][: self.selected])
+
+  def __len__(self) -> int:
+    return self.selected
+
+  def set_epoch(self, epoch: int) -> None:
+    """The epoch whose permutation the next pass draws, as the reference trainer sets it."""
+    self.epoch = epoch
 
 
 @torch.no_grad()
@@ -151,6 +193,8 @@ class Reference:
   def run(self) -> dict:
     """Trains to ``total`` steps, evaluating at epoch ends; the summary."""
     while self.step < self.total:
+      if isinstance(self.train.sampler, RASampler):
+        self.train.sampler.set_epoch(self.step // self.steps_per_epoch)
       for images, labels in self.train:
         self.train_one(images.to(self.device), labels.to(self.device))
         if self.step % self.steps_per_epoch == 0:

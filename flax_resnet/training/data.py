@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -141,9 +142,21 @@ class SyntheticSample(grain.transforms.RandomMap):
     )
 
 
-def train_batches(config: DataConfig, process_index: int, process_count: int, worker_init=None):
+def train_batches(
+  config: DataConfig,
+  process_index: int,
+  process_count: int,
+  worker_init=None,
+  replicas: int = 1,
+):
   """(an iterator over this process's share of each global batch, endless over epochs,
   the ``ImageSource`` it reads, or None for synthetic data).
+
+  Each epoch's order comes from grain's shuffle of the images, seeded by ``seed`` and the
+  epoch. With ``ra_reps`` > 1 it is torchvision's RASampler's over ``replicas`` (the
+  data-parallel devices; each device's contiguous share of the global batch is one
+  replica's batch, and each process holds a contiguous range of devices): see
+  ``ra_permutation_place``.
 
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
@@ -156,12 +169,20 @@ def train_batches(config: DataConfig, process_index: int, process_count: int, wo
   else:
     source = open_split(config.data_dir, config.train_split)
     count, op = len(source), TrainSample(source, config.image_size)
-  ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
-  # Augment before slicing: each image's randomness follows its global position, so
-  # any process count sees the same samples in each global batch.
-  ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
+  if config.ra_reps == 1:
+    ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
+    # Augment before slicing: each image's randomness follows its global position, so
+    # any process count sees the same samples in each global batch.
+    ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
+    ds = ds.batch(local_batch, drop_remainder=True)
+  else:
+    order = RepeatedAugmentationOrder(config, count, replicas)
+    ds = grain.MapDataset.range(sys.maxsize).map(order).random_map(op, seed=config.seed)
+    # The same, and repeats of an image, at other positions, are augmented differently; a
+    # process's rows are a contiguous block of each global batch.
+    ds = ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
   ahead = grain.ReadOptions(num_threads=config.prefetch, prefetch_buffer_size=config.prefetch)
-  ds = ds.batch(local_batch, drop_remainder=True).to_iter_dataset(ahead)
+  ds = ds.to_iter_dataset(ahead)
   if config.workers > 0:
     _warn_if_shared_memory_is_short(
       config.workers * (config.prefetch + 1) * local_batch * config.image_size**2 * 3
@@ -172,6 +193,50 @@ def train_batches(config: DataConfig, process_index: int, process_count: int, wo
       worker_init_fn=WorkerSetup(os.getpid(), worker_init),
     )
   return iter(ds), source
+
+
+def steps_per_epoch(config: DataConfig, count: int, replicas: int) -> int:
+  """Steps in an epoch of ``count`` training images, at least one: every full global batch;
+  with ``ra_reps`` > 1 torchvision's RASampler's epoch, ``count // 256 * 256`` images split
+  over the ``replicas`` devices, each device's last partial batch dropped."""
+  if config.ra_reps == 1:
+    return max(count // config.global_batch, 1)
+  selected = count // 256 * 256 // replicas  # each replica's images in an epoch
+  return max(selected // (config.global_batch // replicas), 1)
+
+
+def ra_permutation_place(position, count: int, reps: int, replicas: int, replica_batch: int):
+  """The place in its epoch's permutation of the image at ``position`` (an int or an integer
+  array) of an epoch's global batches, in torchvision's RASampler's order: the
+  permutation with each image repeated ``reps`` times in a row, padded from its start to
+  a multiple of ``replicas``; replica r reads every ``replicas``-th entry from r on, its
+  batches of ``replica_batch`` in turn, and a global batch is the replicas' batches in
+  order. Repeats of an image go to different replicas (``reps`` <= ``replicas``)."""
+  step, row = divmod(position, replicas * replica_batch)
+  replica, offset = divmod(row, replica_batch)
+  repeated = replica + replicas * (step * replica_batch + offset)
+  # The padding restarts the repeated list (past it only when an epoch of one step
+  # asks for more images than the sampler has: there is no sampler's order to follow).
+  return repeated % (count * reps) // reps
+
+
+class RepeatedAugmentationOrder(grain.transforms.Map):
+  """Global position -> the index of the image there, with repeated augmentation
+  (``ra_permutation_place``): each epoch of ``steps_per_epoch`` global batches orders
+  ``count`` images by grain's shuffle from ``seed`` and the epoch, as without it."""
+
+  def __init__(self, config: DataConfig, count: int, replicas: int):
+    self.count, self.reps, self.replicas = count, config.ra_reps, replicas
+    self.replica_batch = config.global_batch // replicas
+    self.epoch_size = steps_per_epoch(config, count, replicas) * config.global_batch
+    self.permutations = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
+
+  def map(self, position: int) -> int:
+    epoch, position = divmod(position, self.epoch_size)
+    place = ra_permutation_place(
+      position, self.count, self.reps, self.replicas, self.replica_batch
+    )
+    return self.permutations[epoch * self.count + place]
 
 
 class WorkerSetup:

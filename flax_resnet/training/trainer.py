@@ -172,14 +172,14 @@ class Trainer:
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     check_config(cfg, jax.device_count())
     self.batches, self.source = data.train_batches(
-      cfg.data, jax.process_index(), jax.process_count()
+      cfg.data, jax.process_index(), jax.process_count(), replicas=jax.device_count()
     )
     self.data_fingerprint = None  # synthetic data: nothing to compare on resume
     if self.source is not None:
       data.check_splits(cfg.data, self.source)
       self.data_fingerprint = self.source.fingerprint()
     count = len(self.source) if self.source else data.SYNTHETIC_EPOCH
-    self.steps_per_epoch = max(count // cfg.global_batch, 1)
+    self.steps_per_epoch = data.steps_per_epoch(cfg.data, count, jax.device_count())
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
     self._step: Callable | None = None
