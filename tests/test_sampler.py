@@ -2,6 +2,7 @@
 RASampler's, split over devices and processes, with its epoch length, resumable; with
 ``ra_reps`` 1 the order is the one before it."""
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -223,3 +224,31 @@ def test_the_reference_draws_each_epochs_permutation_from_seed_plus_epoch(tmp_pa
   reference = train_torch.Reference(cfg, tmp_path / "run")
   assert reference.steps_per_epoch == 4  # the sampler's 256 // 256 * 256 images, in 64s
   assert reference.run()["step"] == 12 and drawn == [cfg.seed, cfg.seed + 1, cfg.seed + 2]
+
+
+def test_the_trainer_refuses_repeats_whose_epoch_holds_no_full_batch():
+  from flax_resnet.training import trainer
+
+  cfg = config_lib.Config(ra_reps=4, global_batch=256)
+  trainer.check_repeats(cfg, 512, 8)  # 512 images: two batches
+  with pytest.raises(ValueError, match=r"ra_reps=4: .* 511 // 256 \* 256 = 256 .* fewer"):
+    trainer.check_repeats(dataclasses.replace(cfg, global_batch=512), 511, 8)
+  trainer.check_repeats(dataclasses.replace(cfg, ra_reps=1), 10, 8)  # no sampler: no rule
+
+
+def test_a_resume_of_repeats_on_another_device_count_is_refused(tmp_path):
+  from types import SimpleNamespace
+
+  import jax
+
+  from flax_resnet.training import trainer
+
+  run = SimpleNamespace(
+    cfg=config_lib.Config(ra_reps=4), workdir=tmp_path, data_fingerprint=None
+  )
+  trainer.Trainer._check_resumable(run, {"devices": jax.device_count()})
+  trainer.Trainer._check_resumable(run, {})  # saved before the count was recorded
+  with pytest.raises(ValueError, match=r"ra_reps=4 on 3 devices, and this run has"):
+    trainer.Trainer._check_resumable(run, {"devices": 3})
+  run.cfg = config_lib.Config(ra_reps=1)  # the order does not depend on it
+  trainer.Trainer._check_resumable(run, {"devices": 3})

@@ -128,6 +128,17 @@ def check_config(cfg: Config, devices: int) -> None:
   flax_resnet.registry.architecture(cfg.arch)
 
 
+def check_repeats(cfg: Config, count: int, devices: int) -> None:
+  """``ValueError`` when repeated augmentation's epoch (``data.steps_per_epoch``) holds no
+  full batch of each device: torchvision's RASampler would yield nothing."""
+  if cfg.ra_reps > 1 and count // 256 * 256 // devices < cfg.global_batch // devices:
+    raise ValueError(
+      f"config ra_reps={cfg.ra_reps}: an epoch of repeated augmentation holds "
+      f"{count} // 256 * 256 = {count // 256 * 256} of the {count} training images, fewer "
+      f"than one global_batch of {cfg.global_batch}"
+    )
+
+
 def changed_on_resume(cfg: Config, workdir: Path) -> list[str]:
   """The changes from the run already in ``workdir`` (none for a new run), by
   ``config.resume_changes`` over the ``config.json`` that every run there wrote: its
@@ -179,6 +190,7 @@ class Trainer:
       data.check_splits(cfg.data, self.source)
       self.data_fingerprint = self.source.fingerprint()
     count = len(self.source) if self.source else data.SYNTHETIC_EPOCH
+    check_repeats(cfg, count, jax.device_count())
     self.steps_per_epoch = data.steps_per_epoch(cfg.data, count, jax.device_count())
     self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
     self.step_cache = self._start_step_cache()  # loads while the model is built
@@ -266,7 +278,7 @@ class Trainer:
     """Continues from the newest intact checkpoint: newer damaged ones are moved aside
     with a warning each (``checkpoints.restore_newest_intact``)."""
     found = checkpoints.restore_newest_intact(
-      self.checkpoints, self.states(), self._check_same_images, _warn
+      self.checkpoints, self.states(), self._check_resumable, _warn
     )
     if found is None:
       return
@@ -281,9 +293,17 @@ class Trainer:
     self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
     print(f"resumed from step {step}", flush=True)
 
-  def _check_same_images(self, meta: dict) -> None:
-    """Raises ``ValueError`` for a checkpoint of other training images (the settings were
-    compared before: ``changed_on_resume``)."""
+  def _check_resumable(self, meta: dict) -> None:
+    """Raises ``ValueError`` for a checkpoint of other training images or, with repeated
+    augmentation, of another device count (the settings were compared before:
+    ``changed_on_resume``)."""
+    saved = meta.get("devices")
+    if self.cfg.ra_reps > 1 and saved is not None and saved != jax.device_count():
+      raise ValueError(
+        f"workdir {self.workdir} holds a run of ra_reps={self.cfg.ra_reps} on {saved} "
+        f"devices, and this run has {jax.device_count()}: repeated augmentation's order "
+        "follows the device count; resume on as many devices, or use another --workdir"
+      )
     if self.data_fingerprint is not None:
       data.check_same_images(
         meta.get("train_data"), self.data_fingerprint, f"data_dir {self.cfg.data_dir}"
@@ -302,6 +322,7 @@ class Trainer:
       "best_top1": self.best,
       "step": self.step,
       "train_data": self.data_fingerprint,
+      "devices": jax.device_count(),
     }
     checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
