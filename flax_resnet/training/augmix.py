@@ -133,12 +133,13 @@ def warp(image: np.ndarray, matrix: list[float]) -> np.ndarray:
   east, south = np.float32(1) - west, np.float32(1) - north
   corners = ((x0, y0, south * east), (x0 + 1, y0, south * west),
              (x0, y0 + 1, north * east), (x0 + 1, y0 + 1, north * west))
-  out = None
+  pixels, out = image.reshape(height * width, -1), None
   for cx, cy, weight in corners:
     inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-    xi = np.clip(cx, 0, width - 1).astype(np.intp)
-    yi = np.clip(cy, 0, height - 1).astype(np.intp)
-    term = np.where(inside, weight, np.float32(0))[..., None].astype(np.float64) * image[yi, xi]
+    index = np.clip(cy, 0, height - 1).astype(np.intp) * width
+    index += np.clip(cx, 0, width - 1).astype(np.intp)
+    weight = np.where(inside, weight, np.float32(0)).astype(np.float64)[..., None]
+    term = weight * np.take(pixels, index, axis=0)
     # torch accumulates the corners with fused multiply-adds: one float32 rounding per corner
     out = (term if out is None else out + term).astype(np.float32)
   return np.rint(out).astype(np.uint8)
