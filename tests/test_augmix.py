@@ -187,6 +187,8 @@ def test_call_draws_params_and_applies_them_to_a_pil_image(photos):
   np.testing.assert_array_equal(np.asarray(out), AugMix(5).apply(photos[1], params))
   grey = AugMix(5)(image.convert("L"), np.random.default_rng(7))
   assert grey.mode == "L" and grey.size == image.size
+  with pytest.raises(ValueError, match="image.mode='RGBA'"):
+    AugMix(5)(image.convert("RGBA"), np.random.default_rng(7))
 
 
 # ---- sampling parity: our draws against torchvision's recorded ones

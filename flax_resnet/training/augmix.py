@@ -270,14 +270,12 @@ def apply_op(image: np.ndarray, name: str, magnitude: float) -> np.ndarray:
   """torchvision's ``autoaugment._apply_op`` on a uint8 tensor, bilinear and without fill (as
   AugMix calls it), on an HWC uint8 array: the op of that ``name`` with its signed
   ``magnitude``."""
-  geometric = {
+  ops = {
     "ShearX": lambda: shear(image, magnitude, 0),
     "ShearY": lambda: shear(image, magnitude, 1),
     "TranslateX": lambda: translate(image, magnitude, 0),
     "TranslateY": lambda: translate(image, magnitude, 1),
     "Rotate": lambda: rotate(image, magnitude),
-  }
-  colour = {
     "Brightness": lambda: brightness(image, 1.0 + magnitude),
     "Color": lambda: saturation(image, 1.0 + magnitude),
     "Contrast": lambda: contrast(image, 1.0 + magnitude),
@@ -287,7 +285,7 @@ def apply_op(image: np.ndarray, name: str, magnitude: float) -> np.ndarray:
     "AutoContrast": lambda: autocontrast(image),
     "Equalize": lambda: equalize(image),
   }
-  op = geometric.get(name) or colour.get(name)
+  op = ops.get(name)
   if op is None:
     raise ValueError(f"name={name!r} is not one of AugMix's ops {OPS}")
   return op()
@@ -370,6 +368,8 @@ class AugMix:
 
   def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """AugMix of an RGB or L PIL ``image`` with draws from ``rng``."""
+    if image.mode not in ("RGB", "L"):
+      raise ValueError(f"image.mode={image.mode!r}: AugMix takes RGB or L images")
     pixels = np.asarray(image)
     pixels = pixels[..., None] if pixels.ndim == 2 else pixels
     out = self.apply(pixels, self.params(rng, pixels.shape[:2]))
