@@ -318,3 +318,11 @@ class Unsigned(AugMix):
 def test_the_sampling_tests_reject_a_wrong_sampler(reference_draws, monkeypatch, wrong, statistic):
   p = p_values(our_draws(wrong(monkeypatch), seed=0), reference_draws)
   assert p[statistic] < SIGNIFICANCE, p
+
+
+def test_a_config_of_augmix_with_bicubic_is_refused_in_one_line():
+  from flax_resnet.training import config as config_lib
+
+  with pytest.raises(ValueError, match=r"auto_augment='augmix' with interpolation='bicubic'"):
+    config_lib.override(config_lib.Config(), ["auto_augment=augmix", "interpolation=bicubic"])
+  config_lib.override(config_lib.Config(), ["auto_augment=ta_wide", "interpolation=bicubic"])

@@ -342,11 +342,16 @@ def override(config: Config, assignments: Sequence[str]) -> Config:
 
 def validate(config: Config) -> None:
   """Raises ``ValueError`` naming the first field whose value no run can use: not finite,
-  or against its ``rule``."""
+  or against its ``rule``; or two fields that no run can combine."""
   for name, value in config.to_json().items():
     problem = _problem(FIELDS[name].metadata, value)
     if problem:
       raise ValueError(f"config {name}={value!r}: {problem}")
+  if config.auto_augment == "augmix" and config.interpolation == "bicubic":
+    raise ValueError(
+      "config auto_augment='augmix' with interpolation='bicubic': torchvision's AugMix "
+      "warps uint8 tensors, bilinear (or nearest) only"
+    )
 
 
 def _problem(rules: Mapping[str, Any], value: Any) -> str | None:
