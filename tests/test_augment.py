@@ -1,6 +1,7 @@
 """The host augmentations (training/augment.py) against torchvision's own, op by op on real
 photographs, the policies end to end given the same draws, and the draws' distributions."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -409,3 +410,25 @@ def test_train_sample_without_policy_or_erasing_has_a_zero_erase_box(photos):
 def test_eval_transform_takes_the_configs_interpolation():
   cfg = config_lib.Config(data_dir="/d", interpolation="bicubic")
   assert data.eval_transform(cfg.data).interpolation == "bicubic"
+
+
+def test_the_pytorch_references_transforms_follow_the_config():
+  from flax_resnet.bench.train_torch import eval_transform, train_transform
+
+  cfg = config_lib.Config(
+    data_dir="/d", image_size=64, auto_augment="ra", ra_num_ops=3, ra_magnitude=5,
+    interpolation="bicubic", random_erase=0.1,
+  )
+  steps = train_transform(cfg).transforms
+  assert [type(t).__name__ for t in steps] == [
+    "RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ToTensor", "Normalize",
+    "RandomErasing",
+  ]  # torchvision's preset order: erasing after normalisation
+  bicubic = InterpolationMode.BICUBIC
+  assert steps[0].interpolation == steps[2].interpolation == bicubic
+  assert (steps[2].num_ops, steps[2].magnitude, steps[-1].p) == (3, 5, 0.1)
+  assert eval_transform(cfg).transforms[0].interpolation == bicubic
+  augmix = train_transform(dataclasses.replace(cfg, auto_augment="augmix", augmix_severity=4)).transforms[2]
+  assert (type(augmix).__name__, augmix.severity) == ("AugMix", 4)
+  plain = [type(t).__name__ for t in train_transform(config_lib.Config(data_dir="/d")).transforms]
+  assert plain == ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
