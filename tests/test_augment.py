@@ -432,3 +432,15 @@ def test_the_pytorch_references_transforms_follow_the_config():
   assert (type(augmix).__name__, augmix.severity) == ("AugMix", 4)
   plain = [type(t).__name__ for t in train_transform(config_lib.Config(data_dir="/d")).transforms]
   assert plain == ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+
+
+def test_the_pipeline_benchmark_measures_the_augmentations_it_is_given(tmp_path):
+  from flax_resnet.bench import pipeline
+
+  args = pipeline.parse_args(["--auto-augment", "ta_wide", "--random-erase", "0.1"])
+  cfg = pipeline.pipeline_config(args, tmp_path, 224, 2)
+  assert (cfg.auto_augment, cfg.random_erase, cfg.workers) == ("ta_wide", 0.1, 2)
+  plain = pipeline.pipeline_config(pipeline.parse_args([]), tmp_path, 224, 0)
+  assert (plain.auto_augment, plain.random_erase) == ("none", 0.0)
+  with pytest.raises(SystemExit):
+    pipeline.parse_args(["--random-erase", "1.5"])
