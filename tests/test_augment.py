@@ -114,8 +114,10 @@ def _torch_draws(policy, params, height: int, width: int) -> list:
       torch.tensor(params.probs, dtype=torch.float32),
       torch.tensor(params.signs),
     ]
-  space = augment.trivial_space() if isinstance(policy, augment.TrivialAugmentWide) else (
-    augment.rand_space(31, height, width)
+  space = (
+    augment.trivial_space()
+    if isinstance(policy, augment.TrivialAugmentWide)
+    else (augment.rand_space(31, height, width))
   )
   draws = []
   for d in params:
@@ -177,7 +179,9 @@ def _recorded(monkeypatch, transform, count: int) -> list[list[tuple[str, float]
   """The (operation, magnitude) of torchvision's _apply_op calls in each of ``count``
   forwards of ``transform`` on a tiny image, seeded."""
   calls, seen = [], []
-  monkeypatch.setattr(autoaugment, "_apply_op", lambda img, op, m, **k: calls.append((op, m)) or img)
+  monkeypatch.setattr(
+    autoaugment, "_apply_op", lambda img, op, m, **k: calls.append((op, m)) or img
+  )
   torch.manual_seed(0)
   image = Image.new("RGB", (224, 224))
   for _ in range(count):
@@ -352,7 +356,9 @@ def test_resized_crop_equals_torchvisions_given_the_same_box(photos, interpolati
 @pytest.mark.parametrize("height, width", [(10, 1000), (1000, 10), (12, 200)])
 def test_random_resized_crop_falls_back_as_torchvision_where_no_try_fits(height, width):
   # Past the ratio range no crop of at least 8% of the area fits: every try fails on both sides.
-  theirs = RandomResizedCrop.get_params(Image.new("RGB", (width, height)), [0.08, 1.0], [3 / 4, 4 / 3])
+  theirs = RandomResizedCrop.get_params(
+    Image.new("RGB", (width, height)), [0.08, 1.0], [3 / 4, 4 / 3]
+  )
   assert augment.resized_crop_box(height, width, np.random.default_rng(0)) == theirs
 
 
@@ -416,19 +422,30 @@ def test_the_pytorch_references_transforms_follow_the_config():
   from flax_resnet.bench.train_torch import eval_transform, train_transform
 
   cfg = config_lib.Config(
-    data_dir="/d", image_size=64, auto_augment="ra", ra_num_ops=3, ra_magnitude=5,
-    interpolation="bicubic", random_erase=0.1,
+    data_dir="/d",
+    image_size=64,
+    auto_augment="ra",
+    ra_num_ops=3,
+    ra_magnitude=5,
+    interpolation="bicubic",
+    random_erase=0.1,
   )
   steps = train_transform(cfg).transforms
   assert [type(t).__name__ for t in steps] == [
-    "RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ToTensor", "Normalize",
+    "RandomResizedCrop",
+    "RandomHorizontalFlip",
+    "RandAugment",
+    "ToTensor",
+    "Normalize",
     "RandomErasing",
   ]  # torchvision's preset order: erasing after normalisation
   bicubic = InterpolationMode.BICUBIC
   assert steps[0].interpolation == steps[2].interpolation == bicubic
   assert (steps[2].num_ops, steps[2].magnitude, steps[-1].p) == (3, 5, 0.1)
   assert eval_transform(cfg).transforms[0].interpolation == bicubic
-  augmix = train_transform(dataclasses.replace(cfg, auto_augment="augmix", augmix_severity=4)).transforms[2]
+  augmix = train_transform(
+    dataclasses.replace(cfg, auto_augment="augmix", augmix_severity=4)
+  ).transforms[2]
   assert (type(augmix).__name__, augmix.severity) == ("AugMix", 4)
   plain = [type(t).__name__ for t in train_transform(config_lib.Config(data_dir="/d")).transforms]
   assert plain == ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]

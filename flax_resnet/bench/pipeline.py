@@ -6,14 +6,15 @@
 
 ``imagenet-samples``: the 102 ImageNet JPEGs of ../shared/data (about 500x375,
 decoded in full, random-resized-cropped to 224, flipped, normalised), the work
-of an ImageNet epoch per image; ``--auto-augment`` and ``--random-erase`` add torchvision's
-per-image policy and the erasing box (training/augment.py). ``cifar10``: CIFAR-10-JPEG train images (32x32,
-pad-and-crop + flip). Batches arrive in waves: every reader (each worker, or the
-main process without workers) decodes ``prefetch`` batches at once, and they
-come together; the timed batches after ``--warmup`` untimed ones are rounded up
-to whole waves, so that the rate counts each wave's wait once. Start-up is
-reported apart: the first batch's arrival and when each worker process was
-ready. One JSON line per worker count.
+of an ImageNet epoch per image; ``--auto-augment`` and ``--random-erase`` add
+torchvision's per-image policy and the erasing box (training/augment.py).
+``cifar10``: CIFAR-10-JPEG train images (32x32, pad-and-crop + flip). Batches
+arrive in waves: every reader (each worker, or the main process without
+workers) decodes ``prefetch`` batches at once, and they come together; the
+timed batches after ``--warmup`` untimed ones are rounded up to whole waves, so
+that the rate counts each wave's wait once. Start-up is reported apart: the
+first batch's arrival and when each worker process was ready. One JSON line per
+worker count.
 """
 
 from __future__ import annotations

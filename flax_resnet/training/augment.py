@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from flax_resnet.choices import AUTO_AUGMENTS
+
 if TYPE_CHECKING:
   from flax_resnet.training.config import DataConfig
 
@@ -59,8 +61,14 @@ def _posterize_bits(bins: int, levels: int) -> np.ndarray:
   return (8 - np.round(ratio).astype(np.int32)).astype(np.int32)
 
 
-def _space(bins: int, shear: float, translate: tuple[float, float], rotate: float, enhance: float,
-           levels: int) -> Space:
+def _space(
+  bins: int,
+  shear: float,
+  translate: tuple[float, float],
+  rotate: float,
+  enhance: float,
+  levels: int,
+) -> Space:
   """The operations shared by the three policies, in torchvision's order after Identity."""
   return {
     "ShearX": (linspace32(0.0, shear, bins), True),
@@ -96,8 +104,12 @@ def auto_space(bins: int, height: int, width: int) -> Space:
   return {**_space(bins, 0.3, translate, 30.0, 0.9, 4), "Invert": (None, False)}
 
 
-def inverse_affine(center: tuple[float, float], angle: float, translate: tuple[float, float],
-                   shear: tuple[float, float]) -> list[float]:
+def inverse_affine(
+  center: tuple[float, float],
+  angle: float,
+  translate: tuple[float, float],
+  shear: tuple[float, float],
+) -> list[float]:
   """The output-to-input matrix PIL's AFFINE transform takes for a rotation by ``angle``
   and a shear (degrees) about ``center``, then a translation; scale 1. The same float
   operations, in the same order, as torchvision's ``_get_inverse_affine_matrix``, so the
@@ -223,9 +235,11 @@ class RandAugment(_Policy):
   """torchvision's RandAugment: ``num_ops`` operations of 14 drawn with replacement, each at
   bin ``magnitude`` of ``bins``."""
 
-  def __init__(self, num_ops: int = 2, magnitude: int = 9, interpolation: str = "bilinear",
-               bins: int = 31):
-    self.num_ops, self.magnitude, self.interpolation, self.bins = num_ops, magnitude, interpolation, bins
+  def __init__(
+    self, num_ops: int = 2, magnitude: int = 9, interpolation: str = "bilinear", bins: int = 31
+  ):
+    self.num_ops, self.magnitude = num_ops, magnitude
+    self.interpolation, self.bins = interpolation, bins
 
   def params(self, rng: np.random.Generator, height: int, width: int) -> list[Draw]:
     """A Draw per operation: which operation, then its sign if signed."""
@@ -298,7 +312,9 @@ class AutoAugment(_Policy):
   def ops(self, params: AutoParams, height: int, width: int) -> list[tuple[str, float]]:
     """(operation, signed magnitude) of each operation of the sub-policy that runs."""
     space, out = auto_space(10, height, width), []
-    for (op, p, bin_), prob, sign in zip(IMAGENET_POLICY[params.policy], params.probs, params.signs):
+    for (op, p, bin_), prob, sign in zip(
+      IMAGENET_POLICY[params.policy], params.probs, params.signs
+    ):
       if prob <= p:
         signed = space[op][1]
         out.append((op, _magnitude(space, Draw(op, bin_, bool(signed and sign == 0)))))
@@ -318,8 +334,10 @@ def policy(config: DataConfig) -> Callable[[Image.Image, np.random.Generator], I
   if name == "imagenet":
     return AutoAugment(interpolation)
   if name == "augmix":
-    raise ValueError("auto_augment='augmix' is not wired into the pipeline yet (training/augmix.py)")
-  raise ValueError(f"auto_augment must be one of none, ta_wide, ra, imagenet, augmix, not {name!r}")
+    raise ValueError(
+      "auto_augment='augmix' is not wired into the pipeline yet (training/augmix.py)"
+    )
+  raise ValueError(f"auto_augment must be one of {AUTO_AUGMENTS}, not {name!r}")
 
 
 def resized_crop_box(height: int, width: int, rng: np.random.Generator) -> Box:
@@ -357,8 +375,9 @@ def resized_crop(image: Image.Image, box: Box, size: int, interpolation: str) ->
   return crop.resize((size, size), FILTERS[interpolation])
 
 
-def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
-                        interpolation: str = "bilinear") -> Image.Image:
+def random_resized_crop(
+  image: Image.Image, size: int, rng: np.random.Generator, interpolation: str = "bilinear"
+) -> Image.Image:
   """torchvision's RandomResizedCrop(size, interpolation) on a PIL image."""
   return resized_crop(image, resized_crop_box(image.height, image.width, rng), size, interpolation)
 

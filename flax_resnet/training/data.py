@@ -160,9 +160,9 @@ def train_batches(config: DataConfig, process_index: int, process_count: int, wo
     count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
   else:
     source = open_split(config.data_dir, config.train_split)
-    count, op = len(source), TrainSample(
-      source, config.image_size, config.interpolation, augment.policy(config), config.random_erase
-    )
+    policy = augment.policy(config)
+    count = len(source)
+    op = TrainSample(source, config.image_size, config.interpolation, policy, config.random_erase)
   ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
   # Augment before slicing: each image's randomness follows its global position, so
   # any process count sees the same samples in each global batch.
