@@ -139,12 +139,13 @@ def _torchvision_policy(policy, interpolation: str):
   return autoaugment.AutoAugment(autoaugment.AutoAugmentPolicy.IMAGENET, mode)
 
 
-def _forced(monkeypatch, draws: list) -> None:
+def _forced(monkeypatch, draws: list) -> list:
   """torch.randint and torch.rand return ``draws`` in turn (torchvision's policies draw
-  nothing else)."""
+  nothing else); the draws left over, for the caller to see that all were taken."""
   queue = list(draws)
   monkeypatch.setattr(torch, "randint", lambda *a, **k: queue.pop(0))
   monkeypatch.setattr(torch, "rand", lambda *a, **k: queue.pop(0))
+  return queue
 
 
 POLICIES = {
@@ -167,8 +168,9 @@ def test_policies_equal_torchvisions_forward_given_the_same_draws(
     for _ in range(12):
       params = policy.params(rng, image.height, image.width)
       with monkeypatch.context() as m:
-        _forced(m, _torch_draws(policy, params, image.height, image.width))
+        left = _forced(m, _torch_draws(policy, params, image.height, image.width))
         theirs = theirs_policy(image)
+      assert not left  # torchvision drew as many values as we did: the same structure
       assert _max_difference(policy.apply(image, params), theirs) == 0, params
 
 
