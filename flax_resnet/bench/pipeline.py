@@ -2,16 +2,19 @@
 
     python bench/pipeline.py --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
     python bench/pipeline.py --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
+    python bench/pipeline.py --auto-augment ta_wide --random-erase 0.1 --workers 0,1,2 ...
 
 ``imagenet-samples``: the 102 ImageNet JPEGs of ../shared/data (about 500x375,
 decoded in full, random-resized-cropped to 224, flipped, normalised), the work
-of an ImageNet epoch per image. ``cifar10``: CIFAR-10-JPEG train images (32x32,
-pad-and-crop + flip). Batches arrive in waves: every reader (each worker, or the
-main process without workers) decodes ``prefetch`` batches at once, and they
-come together; the timed batches after ``--warmup`` untimed ones are rounded up
-to whole waves, so that the rate counts each wave's wait once. Start-up is
-reported apart: the first batch's arrival and when each worker process was
-ready. One JSON line per worker count.
+of an ImageNet epoch per image; ``--auto-augment`` and ``--random-erase`` add
+torchvision's per-image policy and the erasing box (training/augment.py).
+``cifar10``: CIFAR-10-JPEG train images (32x32, pad-and-crop + flip). Batches
+arrive in waves: every reader (each worker, or the main process without
+workers) decodes ``prefetch`` batches at once, and they come together; the
+timed batches after ``--warmup`` untimed ones are rounded up to whole waves, so
+that the rate counts each wave's wait once. Start-up is reported apart: the
+first batch's arrival and when each worker process was ready. One JSON line per
+worker count.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from flax_resnet.bench.datasets import CIFAR_ARCHIVE, unpack_cifar
 from flax_resnet.bench.results import DATA_ENV, data_root, emit
+from flax_resnet.choices import AUTO_AUGMENTS
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training import config as config_lib, data, shards
 
@@ -54,6 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     choices=["folder", "shards", "both"],
     help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both",
   )
+  p.add_argument(
+    "--auto-augment",
+    default="none",
+    choices=AUTO_AUGMENTS,
+    help="the per-image policy after crop and flip (Config.auto_augment)",
+  )
+  p.add_argument(
+    "--random-erase",
+    type=float,
+    default=0.0,
+    help="probability of drawing a random erasing box (Config.random_erase)",
+  )
   p.add_argument("--out", type=Path, help="append JSON lines here")
   args = p.parse_args(argv)
   try:
@@ -62,7 +78,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--workers {args.workers}: expected comma-separated integers")
   if min(args.workers) < 0 or args.batch < 1 or args.batches < 1:
     p.error("--workers must be >= 0, --batch and --batches >= 1")
+  if not 0 <= args.random_erase <= 1:
+    p.error(f"--random-erase {args.random_erase}: expected a probability in [0, 1]")
   return args
+
+
+def pipeline_config(args: argparse.Namespace, where: Path, size: int, workers: int):
+  """The trainer's Config the pipeline is measured under: the folder, crop size, batch,
+  workers and augmentations of the command line."""
+  return config_lib.Config(
+    data_dir=str(where),
+    image_size=size,
+    global_batch=args.batch,
+    workers=workers,
+    auto_augment=args.auto_augment,
+    random_erase=args.random_erase,
+  )
 
 
 def imagenet_folder(root: Path, dest: Path) -> Path:
@@ -179,9 +210,7 @@ def main(argv=None) -> int:
       return 2
     for layout, where in sources(args.format, root, Path(tmp)):
       for workers in args.workers:
-        cfg = config_lib.Config(
-          data_dir=str(where), image_size=size, global_batch=args.batch, workers=workers
-        )
+        cfg = pipeline_config(args, where, size, workers)
         result = {
           "bench": "pipeline",
           "data": args.data,
@@ -190,6 +219,8 @@ def main(argv=None) -> int:
           "workers": workers,
           "batch": args.batch,
           "batches": args.batches,
+          "auto_augment": args.auto_augment,
+          "random_erase": args.random_erase,
           **measure(cfg, args.batches, args.warmup),
           "cpu_count": os.cpu_count(),
           "cpu": platform.processor() or platform.machine(),

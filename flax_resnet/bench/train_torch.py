@@ -8,7 +8,8 @@ Each step is ``torch_recipe.Recipe.step``, the one tests/test_recipe_parity.py p
 to flax-resnet's (model, optimizer, schedule, loss, the EMA of weights and BN statistics;
 autocast when ``dtype`` is bfloat16 or float16). The data is torchvision's ``ImageFolder``
 with torchvision's transforms doing what the trainer's pipeline does (pad-and-crop + flip at
-32x32, random-resized-crop + flip above; eval: resize, centre crop), an epoch order fixed by
+32x32, random-resized-crop + flip above, then torchvision's own policy of ``auto_augment``
+and ``RandomErasing``; eval: resize, centre crop), an epoch order fixed by
 ``seed``, and the logs are the trainer's:
 ``WORKDIR/metrics.jsonl`` (``flax-resnet-plot --workdir A B`` draws both runs) and
 ``summary.json``. It keeps no checkpoints: a reference run is short and starts over.
@@ -39,28 +40,47 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def policy_transform(cfg) -> torch.nn.Module | None:
+  """torchvision's own policy ``auto_augment`` names, as its reference trainer builds it
+  (with ``interpolation``), or None for "none"."""
+  mode = transforms.InterpolationMode(cfg.interpolation)
+  make = {
+    "ta_wide": lambda: transforms.TrivialAugmentWide(interpolation=mode),
+    "ra": lambda: transforms.RandAugment(cfg.ra_num_ops, cfg.ra_magnitude, interpolation=mode),
+    "imagenet": lambda: transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET, mode),
+    "augmix": lambda: transforms.AugMix(cfg.augmix_severity, interpolation=mode),
+  }
+  return make[cfg.auto_augment]() if cfg.auto_augment in make else None
+
+
 def train_transform(cfg) -> transforms.Compose:
-  """torchvision's version of the trainer's augmentation, to a normalised tensor."""
-  size = cfg.image_size
+  """torchvision's version of the trainer's augmentation, to a normalised tensor, in its
+  reference trainer's order: crop, flip, policy, normalise, random erasing."""
+  size, mode = cfg.image_size, transforms.InterpolationMode(cfg.interpolation)
   if size <= 32:
-    steps = [transforms.Resize((size, size)), transforms.RandomCrop(size, padding=4)]
+    steps = [transforms.Resize((size, size), mode), transforms.RandomCrop(size, padding=4)]
   else:
-    steps = [transforms.RandomResizedCrop(size)]
+    steps = [transforms.RandomResizedCrop(size, interpolation=mode)]
+  policy = policy_transform(cfg)
+  erase = [transforms.RandomErasing(cfg.random_erase)] if cfg.random_erase > 0 else []
   return transforms.Compose(
     [
       *steps,
       transforms.RandomHorizontalFlip(),
+      *([policy] if policy is not None else []),
       transforms.ToTensor(),
       transforms.Normalize(cfg.mean, cfg.std),
+      *erase,
     ]
   )
 
 
 def eval_transform(cfg) -> transforms.Compose:
-  """Resize the shorter side, centre crop, normalise: the trainer's eval preprocessing."""
+  """Resize the shorter side (with ``interpolation``), centre crop, normalise: the trainer's
+  eval preprocessing."""
   return transforms.Compose(
     [
-      transforms.Resize(cfg.eval_resize),
+      transforms.Resize(cfg.eval_resize, transforms.InterpolationMode(cfg.interpolation)),
       transforms.CenterCrop(cfg.eval_crop or cfg.image_size),
       transforms.ToTensor(),
       transforms.Normalize(cfg.mean, cfg.std),

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from flax_resnet.training.augment import inverse_affine, linspace32
+
 NUM_BINS = 10  # torchvision's _PARAMETER_MAX: the magnitude tables' length
 MIXTURE_WIDTH = 3  # torchvision's defaults, which its reference trainer keeps
 ALPHA = 1.0  # the Dirichlet's concentration, for the mix and for the chains
@@ -48,20 +50,6 @@ UNSCALED = frozenset(("AutoContrast", "Equalize"))  # no magnitude: no bin is dr
 GREY_WEIGHTS = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))
 
 
-def linspace32(start: float, end: float, steps: int) -> np.ndarray:
-  """``torch.linspace(start, end, steps)`` in float32, bit for bit: a float32 step, each value
-  from the nearer end (the first half from ``start``, the rest from ``end``), the product and
-  sum rounded once."""
-  first, last = np.float32(start), np.float32(end)
-  if steps == 1:
-    return np.array([first], np.float32)
-  step = np.float64((last - first) / np.float32(steps - 1))
-  index = np.arange(steps, dtype=np.float64)
-  forward = np.float64(first) + step * index
-  backward = np.float64(last) - step * (steps - 1 - index)
-  return np.where(index < steps // 2, forward, backward).astype(np.float32)
-
-
 def magnitude_tables(image_size: tuple[int, int]) -> dict[str, np.ndarray | None]:
   """torchvision's AugMix magnitude table of every op (float32, ``NUM_BINS`` bins) for an image
   of ``image_size`` = (height, width); None for the ops without a magnitude."""
@@ -82,26 +70,6 @@ def magnitude_tables(image_size: tuple[int, int]) -> dict[str, np.ndarray | None
 
 
 # ---- the geometric ops: torchvision's _gen_affine_grid and grid_sample (bilinear, zeros)
-
-
-def inverse_affine(
-  center: tuple[float, float], angle: float, translate: tuple[float, float],
-  shear: tuple[float, float],
-) -> list[float]:
-  """The inverse of the rotation (degrees) and shear (degrees) about ``center``, then the
-  translation, as 6 floats mapping output to input coordinates (scale 1); float64 as
-  torchvision's ``_get_inverse_affine_matrix``, whose float32 cast follows in ``warp``."""
-  rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
-  a = math.cos(rot - sy) / math.cos(sy)
-  b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
-  c = math.sin(rot - sy) / math.cos(sy)
-  d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
-  # the rotation-shear's determinant is 1: its inverse is the adjugate
-  matrix = [d, -b, 0.0, -c, a, 0.0]
-  (cx, cy), (tx, ty) = center, translate
-  matrix[2] += matrix[0] * (-cx - tx) + matrix[1] * (-cy - ty) + cx
-  matrix[5] += matrix[3] * (-cx - tx) + matrix[4] * (-cy - ty) + cy
-  return matrix
 
 
 def _source_coordinates(matrix: list[float], height: int, width: int) -> np.ndarray:

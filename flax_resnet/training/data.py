@@ -9,7 +9,6 @@ resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import signal
@@ -23,7 +22,10 @@ import grain
 import numpy as np
 from PIL import Image
 
+from flax_resnet.choices import AUTO_AUGMENTS
 from flax_resnet.preprocess import EvalTransform
+from flax_resnet.training import augment
+from flax_resnet.training.augmix import AugMix
 from flax_resnet.training.sources import ImageSource, open_split
 
 if TYPE_CHECKING:
@@ -35,36 +37,22 @@ SYNTHETIC_EPOCH = 50_000  # images per epoch of synthetic data
 REASONS_SEPARATOR = "\x1e"
 
 
-def element(image, label: int, first: int, reasons: list[str]) -> dict:
+def element(
+  image, label: int, first: int, reasons: list[str], erase: tuple[int, ...] = augment.NO_ERASE
+) -> dict:
   """One element of a batch, train or eval alike: the image and its label, after the images
   passed over to reach it: ``len(reasons)`` of them (``skipped``) from position ``first`` on,
-  each with the reason its reader raised, where the failure happened (a worker process)."""
+  each with the reason its reader raised, where the failure happened (a worker process);
+  ``erase``, the random erasing box (top, left, height, width) the train step erases, all
+  zeros for none (eval's and synthetic data's too: every batch has one structure)."""
   return {
     "image": image,
     "label": label,
+    "erase": np.asarray(erase, np.int32),
     "skipped": len(reasons),
     "first": first,
     "reasons": REASONS_SEPARATOR.join(reasons),
   }
-
-
-def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-  """torchvision's RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)), bilinear."""
-  w, h = image.size
-  for _ in range(10):
-    area = w * h * rng.uniform(0.08, 1.0)
-    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-    if 0 < cw <= w and 0 < ch <= h:
-      left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-      return image.resize(
-        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)
-      )
-  side = min(w, h)  # fallback: the central square, as torchvision's central crop
-  left, top = (w - side) // 2, (h - side) // 2
-  return image.resize(
-    (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
-  )
 
 
 def pad_and_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
@@ -76,7 +64,12 @@ def pad_and_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.nd
 
 
 class TrainSample(grain.transforms.RandomMap):
-  """Index -> augmented uint8 HWC image and label; the train step normalises on the device.
+  """Index -> augmented uint8 HWC image, label and random erasing box; the train step
+  normalises (and erases) on the device.
+
+  torchvision's preset order: random resized crop with ``interpolation`` (at <= 32 px a
+  resize, then pad-and-crop), flip, ``policy`` (``augment.policy``), then the erase box,
+  drawn with probability ``random_erase``.
 
   uint8 moves a quarter of float32's bytes between worker processes and to the devices.
 
@@ -86,8 +79,16 @@ class TrainSample(grain.transforms.RandomMap):
   visit. The same images in the same order give the same samples, whatever the source.
   """
 
-  def __init__(self, source: ImageSource, size: int):
-    self.source, self.size = source, size
+  def __init__(
+    self,
+    source: ImageSource,
+    size: int,
+    interpolation: str = "bilinear",
+    policy: Callable[[Image.Image, np.random.Generator], Image.Image] | None = None,
+    random_erase: float = 0.0,
+  ):
+    self.source, self.size, self.interpolation = source, size, interpolation
+    self.policy, self.random_erase = policy, random_erase
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     n, reasons = len(self.source), []
@@ -97,20 +98,26 @@ class TrainSample(grain.transforms.RandomMap):
       except ValueError as e:
         reasons.append(str(e))
         continue
-      return element(self._augment(image, rng), label, index % n, reasons)
+      x = self._augment(image, rng)
+      erase = augment.erase_box(self.size, self.size, self.random_erase, rng)
+      return element(x, label, index % n, reasons, erase)
     raise ValueError(f"no readable image in {self.source.root}")
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """torchvision's preset order: crop, flip, then the policy (the erase box comes after)."""
     if self.size <= 32:
       x = np.asarray(
-        image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        image.resize((self.size, self.size), augment.FILTERS[self.interpolation])
         if image.size != (self.size, self.size)
         else image
       )
       x = pad_and_crop(x, rng)
     else:
-      x = np.asarray(random_resized_crop(image, self.size, rng))
-    return np.ascontiguousarray(x[:, ::-1] if rng.random() < 0.5 else x)
+      x = np.asarray(augment.random_resized_crop(image, self.size, rng, self.interpolation))
+    x = np.ascontiguousarray(x[:, ::-1] if rng.random() < 0.5 else x)
+    if self.policy is None:
+      return x
+    return np.asarray(self.policy(Image.fromarray(x), rng))
 
 
 class EvalSample(grain.transforms.Map):
@@ -142,6 +149,23 @@ class SyntheticSample(grain.transforms.RandomMap):
     )
 
 
+def policy(config: DataConfig) -> Callable[[Image.Image, np.random.Generator], Image.Image] | None:
+  """The per-image policy ``config.auto_augment`` names (None for "none"), with its settings
+  and ``config.interpolation``."""
+  name, interpolation = config.auto_augment, config.interpolation
+  if name == "none":
+    return None
+  if name == "ta_wide":
+    return augment.TrivialAugmentWide(interpolation)
+  if name == "ra":
+    return augment.RandAugment(config.ra_num_ops, config.ra_magnitude, interpolation)
+  if name == "imagenet":
+    return augment.AutoAugment(interpolation)
+  if name == "augmix":
+    return AugMix(config.augmix_severity, interpolation)
+  raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, not {name!r}")
+
+
 def train_batches(
   config: DataConfig,
   process_index: int,
@@ -168,7 +192,10 @@ def train_batches(
     count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
   else:
     source = open_split(config.data_dir, config.train_split)
-    count, op = len(source), TrainSample(source, config.image_size)
+    count = len(source)
+    op = TrainSample(
+      source, config.image_size, config.interpolation, policy(config), config.random_erase
+    )
   if config.ra_reps == 1:
     ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
     # Augment before slicing: each image's randomness follows its global position, so
@@ -377,6 +404,7 @@ def eval_transform(config: DataConfig) -> EvalTransform:
   return EvalTransform(
     resize_size=config.eval_resize,
     crop_size=eval_size(config),
+    interpolation=config.interpolation,
     mean=tuple(config.mean),
     std=tuple(config.std),
   )
@@ -404,7 +432,7 @@ def _pad_batch(rows: list[dict], size: int, image_size: int) -> dict:
   of the unreadable ones and after the last row."""
   blank = np.zeros((image_size, image_size, 3), np.float32)
   rows = rows + [element(blank, -1, 0, [])] * (size - len(rows))
-  batch = {k: np.asarray([r[k] for r in rows]) for k in ("skipped", "first", "reasons")}
+  batch = {k: np.asarray([r[k] for r in rows]) for k in ("erase", "skipped", "first", "reasons")}
   return {
     "image": np.stack([blank if r["image"] is None else r["image"] for r in rows]),
     "label": np.asarray([r["label"] for r in rows], np.int32),
