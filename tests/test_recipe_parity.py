@@ -28,8 +28,8 @@ from torch_reference import torch
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import ema_update, make_optimizer, train_step
-from flax_resnet.training.trainer import schedule
+from flax_resnet.training.steps import ema_update, train_step
+from flax_resnet.training.trainer import ema_update_args, run_optimizer
 
 STEPS, STEPS_PER_EPOCH = 20, 8
 BASE = Config(
@@ -91,15 +91,7 @@ def jax_run(cfg, start: dict):
     model = from_torch_state_dict(
       start, norm="frozen_batch" if cfg.freeze_bn else "batch", param_dtype=jnp.float64
     )
-    optimizer = make_optimizer(
-      model,
-      schedule(cfg, STEPS_PER_EPOCH),
-      optimizer=cfg.optimizer,
-      momentum=cfg.momentum,
-      nesterov=cfg.nesterov,
-      weight_decay=cfg.weight_decay,
-      decay_all=cfg.decay_all,
-    )
+    optimizer = run_optimizer(cfg, model, STEPS_PER_EPOCH)  # the trainer's
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     losses = []
@@ -116,8 +108,9 @@ def jax_run(cfg, start: dict):
       )
       losses.append(np.asarray(metrics["loss"]))
       model, _ = nnx.merge(graphdef, state)
-      if cfg.ema_decay:
-        ema = ema_update(ema, model_tensors(model), step, cfg.ema_decay)
+      move = cfg.ema_decay and ema_update_args(cfg, step, STEPS_PER_EPOCH)
+      if move:  # when and how the trainer moves it
+        ema = ema_update(ema, model_tensors(model), **move)
     if ema is not None:
       ema = {k: to_torch_layout(np.asarray(v)) for k, v in ema.items()}
   return (
