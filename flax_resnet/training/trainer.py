@@ -372,11 +372,9 @@ class Trainer:
     # The previous step's figures are checked while this one runs: the device never waits.
     self.check_finite()
     self._unchecked = (self.step + 1, metrics)
-    ema = self.ema_leaves is not None and ema_update_args(
-      self.cfg, self.step, self.steps_per_epoch
-    )
-    if ema:
-      self.ema_leaves = ema_update(self.ema_leaves, self.model_leaves, **ema)
+    move = ema_update_args(self.cfg, self.step, self.steps_per_epoch)
+    if self.ema_leaves is not None and move is not None:
+      self.ema_leaves = ema_update(self.ema_leaves, self.model_leaves, **move)
     self.step += 1
     return metrics
 
