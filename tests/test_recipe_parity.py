@@ -274,7 +274,8 @@ def test_the_per_epoch_rate_is_torchvisions_sequential_linear_then_cosine():
   assert ours[0] == 0.01 and ours[3] == 1.0 and ours[-1] > 0
 
 
-def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_style", ["warmup", "torchvision"])
+def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch, ema_style):
   from PIL import Image
 
   from flax_resnet.bench.train_torch import Reference
@@ -303,7 +304,9 @@ def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
     eval_split="test",
     data_dir=str(tmp_path),
     ema_decay=0.5,
+    ema_style=ema_style,  # evaluated at the epoch's end, as the reference trainer's
   )
   reference = Reference(cfg, tmp_path / "run")
   assert reference.run()["step"] == 2
   assert calls == [reference.recipe] * 2 and reference.recipe.ema.updates == 2
+  assert "ema_top1" in reference.last_eval  # the average loads into a net and evaluates
