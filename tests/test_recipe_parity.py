@@ -1,7 +1,9 @@
 """The trainer's steps equal PyTorch's reference step, ``torch_recipe.Recipe.step``: the one the
 reference trainer (``flax-resnet-bench train-torch``) runs, as the last test checks. Step by
 step: SGD with momentum, Nesterov and the decay mask, AdamW, decay on all parameters, frozen
-BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA.
+BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA;
+torchvision's weight-decay groups, warm-up start factor, per-epoch rates, gradient clipping
+and EMA (AveragedModel every ema_steps batches, reset during the warm-up).
 
 Both run in float64. In float32, 20 steps of a ReLU net are not a continuous function of
 rounding: each step has ~5e4 pre-activations, some within float32 rounding of 0, and the
@@ -28,8 +30,8 @@ from torch_reference import torch
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import ema_update, make_optimizer, train_step
-from flax_resnet.training.trainer import schedule
+from flax_resnet.training.steps import ema_update, train_step
+from flax_resnet.training.trainer import ema_update_args, run_optimizer
 
 STEPS, STEPS_PER_EPOCH = 20, 8
 BASE = Config(
@@ -91,15 +93,7 @@ def jax_run(cfg, start: dict):
     model = from_torch_state_dict(
       start, norm="frozen_batch" if cfg.freeze_bn else "batch", param_dtype=jnp.float64
     )
-    optimizer = make_optimizer(
-      model,
-      schedule(cfg, STEPS_PER_EPOCH),
-      optimizer=cfg.optimizer,
-      momentum=cfg.momentum,
-      nesterov=cfg.nesterov,
-      weight_decay=cfg.weight_decay,
-      decay_all=cfg.decay_all,
-    )
+    optimizer = run_optimizer(cfg, model, STEPS_PER_EPOCH)  # the trainer's
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     losses = []
@@ -116,8 +110,9 @@ def jax_run(cfg, start: dict):
       )
       losses.append(np.asarray(metrics["loss"]))
       model, _ = nnx.merge(graphdef, state)
-      if cfg.ema_decay:
-        ema = ema_update(ema, model_tensors(model), step, cfg.ema_decay)
+      move = ema_update_args(cfg, step, STEPS_PER_EPOCH)
+      if ema is not None and move is not None:  # when and how the trainer moves it
+        ema = ema_update(ema, model_tensors(model), **move)
     if ema is not None:
       ema = {k: to_torch_layout(np.asarray(v)) for k, v in ema.items()}
   return (
@@ -175,6 +170,37 @@ CASES = {
   "gradient accumulation": {"accumulate_steps": 4},
   # the warm-up's (1 + t) / (10 + t) until step 9, then the decay
   "ema": {"ema_decay": 0.5},
+  # updates after batches 0, 3, 6 of each 8-step epoch: t counts updates
+  "ema every 3 steps": {"ema_decay": 0.5, "ema_steps": 3},
+  # AveragedModel with decay 1 - 0.01 * 8 * 3 / 3 = 0.92, reset after each update of epoch 0:
+  # copies until epoch 1's first update, then averages (3 does not divide 8)
+  "torchvision ema every 3 steps, warm-up reset": {
+    "ema_decay": 0.99,
+    "ema_style": "torchvision",
+    "ema_steps": 3,
+    "warmup_epochs": 1.0,
+  },
+  "torchvision ema without warm-up": {"ema_decay": 0.99, "ema_style": "torchvision"},
+  # torchvision's V2: no decay on BatchNorm, fc's bias decays with the kernels
+  "v2 weight decay": {"weight_decay": 2e-5, "norm_weight_decay": 0.0, "bias_weight_decay": None},
+  "norm and bias decay": {"norm_weight_decay": 1e-2, "bias_weight_decay": 3e-2},
+  "norm decay as weight_decay, no bias decay": {"norm_weight_decay": None},
+  "adamw, three decays": {
+    "optimizer": "adamw",
+    "lr": 0.02,
+    "weight_decay": 0.05,
+    "norm_weight_decay": 0.01,
+    "bias_weight_decay": 0.02,
+  },
+  "warm-up from 0.01, per step": {"lr_warmup_decay": 0.01},
+  "warm-up from 0.01, per epoch": {
+    "lr_warmup_decay": 0.01,
+    "lr_update": "epoch",
+    "warmup_epochs": 1.0,
+  },
+  "cosine per epoch, no warm-up": {"lr_update": "epoch", "warmup_epochs": 0.0},
+  # every step's gradient norm is above 0.05 (the catching test below shows clipping acts)
+  "clipping": {"clip_grad_norm": 0.05},
 }
 
 
@@ -191,8 +217,28 @@ def test_every_step_and_every_tensor_equal_pytorch_in_float64(changes):
     ({}, {}, 0.2),
     ({}, {"accumulate_steps": 4}, 0.1),
     ({"ema_decay": 0.5}, {"ema_decay": 0.6}, 0.1),
+    ({"ema_decay": 0.5, "ema_steps": 3}, {"ema_decay": 0.5, "ema_steps": 2}, 0.1),
+    (CASES["torchvision ema without warm-up"], {"ema_style": "warmup"}, 0.1),
+    ({"norm_weight_decay": 1e-2}, {"norm_weight_decay": 0.0}, 0.1),
+    ({"bias_weight_decay": None}, {"bias_weight_decay": 0.0}, 0.1),
+    ({"lr_warmup_decay": 0.01}, {"lr_warmup_decay": 0.0}, 0.1),
+    ({"lr_update": "epoch"}, {"lr_update": "step"}, 0.1),
+    ({"clip_grad_norm": 0.05}, {"clip_grad_norm": 0.0}, 0.1),
   ],
-  ids=["nesterov", "decay mask", "batchnorm momentum", "accumulation", "ema decay"],
+  ids=[
+    "nesterov",
+    "decay mask",
+    "batchnorm momentum",
+    "accumulation",
+    "ema decay",
+    "ema steps",
+    "ema style",
+    "norm decay",
+    "bias decay",
+    "warm-up start",
+    "lr update",
+    "clipping",
+  ],
 )
 def test_one_semantic_difference_is_caught(changes, torch_changes, bn_momentum):
   cfg = dataclasses.replace(BASE, **changes)
@@ -200,7 +246,36 @@ def test_one_semantic_difference_is_caught(changes, torch_changes, bn_momentum):
   assert found, "a different recipe passed as equal"
 
 
-def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
+def test_a_torchvision_ema_without_its_warm_up_reset_is_caught(monkeypatch):
+  def update_without_reset(ema, net, epoch):
+    ema.model.update_parameters(net)
+    ema.updates += 1
+
+  monkeypatch.setattr(torch_recipe.TorchvisionEma, "update", update_without_reset)
+  cfg = dataclasses.replace(BASE, **CASES["torchvision ema every 3 steps, warm-up reset"])
+  assert mismatches(cfg), "an EMA without the warm-up reset passed as equal"
+
+
+def test_the_per_epoch_rate_is_torchvisions_sequential_linear_then_cosine():
+  cfg = dataclasses.replace(BASE, epochs=9, warmup_epochs=3.0, lr_warmup_decay=0.01)
+  opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+  warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=3)
+  cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=9 - 3)
+  scheduler = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, cosine], milestones=[3])
+  theirs = []
+  for _ in range(9):  # the reference trainer's epochs: train, then scheduler.step()
+    theirs.append(opt.param_groups[0]["lr"])
+    opt.step()
+    scheduler.step()
+  ours = [torch_recipe.epoch_factor(cfg, e) for e in range(9)]
+  # torch's schedulers multiply ratios from epoch to epoch, the closed form does not:
+  # float64 rounding of a few multiplications apart
+  np.testing.assert_allclose(ours, theirs, rtol=1e-13, atol=1e-15)
+  assert ours[0] == 0.01 and ours[3] == 1.0 and ours[-1] > 0
+
+
+@pytest.mark.parametrize("ema_style", ["warmup", "torchvision"])
+def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch, ema_style):
   from PIL import Image
 
   from flax_resnet.bench.train_torch import Reference
@@ -229,7 +304,9 @@ def test_the_reference_trainer_runs_the_step_proven_here(tmp_path, monkeypatch):
     eval_split="test",
     data_dir=str(tmp_path),
     ema_decay=0.5,
+    ema_style=ema_style,  # evaluated at the epoch's end, as the reference trainer's
   )
   reference = Reference(cfg, tmp_path / "run")
   assert reference.run()["step"] == 2
   assert calls == [reference.recipe] * 2 and reference.recipe.ema.updates == 2
+  assert "ema_top1" in reference.last_eval  # the average loads into a net and evaluates

@@ -1,5 +1,7 @@
 """Optimiser, loss and step functions of train/."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +10,11 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
+from flax_resnet.training.config import Config
 from flax_resnet.training.steps import (
+  clip_by_global_norm,
   cross_entropy,
-  decay_mask,
+  decay_group,
   ema_update,
   eval_step,
   freeze_norms,
@@ -20,16 +24,59 @@ from flax_resnet.training.steps import (
   train_step,
   transform,
 )
+from flax_resnet.training.trainer import ema_update_args, schedule
+
+
+def _groups(params, norm_weight_decay, bias_weight_decay) -> dict[str, str]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+    decay_group(params, norm_weight_decay, bias_weight_decay)
+  )
+  return {".".join(str(getattr(k, "key", k)) for k in p): g for p, g in flat}
 
 
 def test_weight_decay_applies_to_kernels_only():
   model = fr.ResNet18(num_classes=3)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  flat, _ = jax.tree_util.tree_flatten_with_path(decay_mask(params))
-  decayed = sorted(".".join(str(getattr(k, "key", k)) for k in p) for p, v in flat if v)
+  groups = _groups(params, 0.0, 0.0)  # the defaults
+  decayed = sorted(name for name, g in groups.items() if g == "other")
   assert "conv1.kernel" in decayed and "fc.kernel" in decayed
   assert not any(name.endswith(("scale", "bias")) for name in decayed)
   assert len(decayed) == 21  # 20 convs (incl. 3 projections) + fc
+
+
+def test_weight_decay_groups_are_torchvisions_set_weight_decay():
+  params = nnx.to_pure_dict(nnx.state(fr.ResNet18(num_classes=3), nnx.Param))
+  # V2's norm_weight_decay 0 and no bias_weight_decay: fc's bias decays with the kernels
+  v2 = _groups(params, 0.0, None)
+  assert v2["fc.bias"] == "other" and v2["bn1.bias"] == v2["layer1.0.bn2.scale"] == "norm"
+  assert v2["layer2.0.downsample.1.scale"] == "norm"  # the projection's BatchNorm
+  # "bias" is matched first, also in a norm layer
+  both = _groups(params, 0.0, 0.0)
+  assert both["fc.bias"] == both["bn1.bias"] == "bias" and both["bn1.scale"] == "norm"
+  assert set(_groups(params, None, None).values()) == {"other"}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_default_decay_is_the_kernel_mask_with_the_same_state(optimizer):
+  model, (x, y) = _tiny(), _batch()
+  grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  def kernels(tree):  # the mask before decay groups: checkpoints hold its state
+    return jax.tree_util.tree_map_with_path(lambda p, v: p[-1].key == "kernel", tree)
+
+  before = (
+    optax.chain(optax.add_decayed_weights(0.1, kernels), optax.sgd(0.5, momentum=0.9))
+    if optimizer == "sgd"
+    else optax.adamw(0.5, weight_decay=0.1, mask=kernels)
+  )
+  tx = transform(0.5, optimizer=optimizer, weight_decay=0.1)
+  ours, theirs = tx.init(params), before.init(params)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for _ in range(2):
+    a, ours = tx.update(grads, ours, params)
+    b, theirs = before.update(grads, theirs, params)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      assert np.array_equal(np.asarray(u), np.asarray(v))  # every bit
 
 
 def test_label_smoothing_matches_torch():
@@ -138,6 +185,51 @@ def test_ema_moves_towards_the_weights_with_a_warming_up_decay():
   np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-4)
 
 
+def test_ema_without_warm_up_moves_by_its_decay_and_copies_at_zero():
+  new = {"w": jnp.ones(3)}
+  moved = ema_update({"w": jnp.full(3, 5.0)}, new, 0, 0.75, warmup=False)  # donated
+  np.testing.assert_allclose(np.asarray(moved["w"]), 0.75 * 5 + 0.25, rtol=1e-6)
+  copied = ema_update({"w": jnp.full(3, 5.0)}, new, 0, 0.0, warmup=False)
+  assert np.array_equal(np.asarray(copied["w"]), np.ones(3))
+
+
+def _ema_moves(changes: dict, steps: int, steps_per_epoch: int) -> list:
+  cfg = dataclasses.replace(Config(ema_decay=0.99, global_batch=8, epochs=4), **changes)
+  return [ema_update_args(cfg, k, steps_per_epoch) for k in range(steps)]
+
+
+def test_ema_moves_after_every_ema_steps_th_batch_of_an_epoch_counting_its_updates():
+  moves = _ema_moves({"ema_steps": 2}, 10, 5)  # batches 0, 2, 4 of each epoch of 5
+  assert [k for k, m in enumerate(moves) if m] == [0, 2, 4, 5, 7, 9]
+  assert [m["step"] for m in moves if m] == [0, 1, 2, 3, 4, 5]  # the warm-up counts updates
+  assert all(m["decay"] == 0.99 and "warmup" not in m for m in moves if m)
+
+
+def test_torchvisions_ema_copies_through_the_warm_up_then_decays_by_its_adjusted_rate():
+  changes = {"ema_style": "torchvision", "ema_decay": 0.9375, "ema_steps": 2, "warmup_epochs": 1.0}
+  decays = [m and m["decay"] for m in _ema_moves(changes, 10, 5)]
+  # alpha = min(1, (1 - 0.9375) * 8 * 2 / 4) = 0.25 (exact in binary); epoch 0's updates are
+  # reset, so the next update, epoch 1's first, copies too
+  assert decays == [0.0, None, 0.0, None, 0.0, 0.0, None, 0.75, None, 0.75]
+  moves = _ema_moves(changes, 10, 5)
+  assert all(m["warmup"] is False for m in moves if m)
+  no_warmup = _ema_moves({"ema_style": "torchvision", "ema_decay": 0.5}, 3, 3)
+  assert [m["decay"] for m in no_warmup] == [0.0, 0.0, 0.0]  # alpha capped at 1: copies
+
+
+def test_a_per_epoch_rate_is_the_epoch_formula_of_the_steps_epoch():
+  cfg = Config(lr=0.256, global_batch=256, epochs=4, warmup_epochs=2.0, lr_warmup_decay=0.01)
+  by_epoch = schedule(dataclasses.replace(cfg, lr_update="epoch"), 3)
+  rates = [float(by_epoch(k)) for k in range(12)]
+  expected = [0.01 * 0.256, 0.505 * 0.256, 0.256, 0.5 * 0.256]  # warm-up, then cosine over 2
+  np.testing.assert_allclose(rates, np.repeat(expected, 3), rtol=1e-6, atol=1e-9)
+  by_step = schedule(cfg, 3)  # the warm-up over 6 steps, from 0.01 of the peak
+  # optax adds the peak back to (start - peak) * fraction: float32 rounding of the peak's scale
+  assert float(by_step(0)) == pytest.approx(0.01 * 0.256, abs=1e-7)
+  assert float(by_step(3)) == pytest.approx(0.505 * 0.256, abs=1e-7)
+  assert float(by_step(0)) != pytest.approx(0.0, abs=1e-3 * 0.256)  # not from 0
+
+
 def test_on_device_normalisation_equals_torchvision_to_tensor_and_normalize():
   tf = pytest.importorskip("torchvision.transforms.functional", reason="compares with torchvision")
   from PIL import Image
@@ -191,16 +283,34 @@ def _batch():
   return x, jnp.arange(8) % 4
 
 
-def test_clipping_scales_the_gradient_to_the_global_norm_as_optax_defines_it():
+def test_clipping_scales_the_gradient_to_the_global_norm_as_torch_defines_it():
   model, (x, y) = _tiny(), _batch()
   grads, params = _grads(model, x, y), nnx.to_pure_dict(nnx.state(model, nnx.Param))
   norm = float(optax.tree.norm(grads))
-  for max_norm, factor in [(1e-3, 1e-3 / norm), (10 * norm, 1.0)]:  # clipped, then not
+  # torch's clip_grad_norm_ divides by the norm plus 1e-6
+  for max_norm, factor in [(1e-3, 1e-3 / (norm + 1e-6)), (10 * norm, 1.0)]:  # clipped, then not
     tx = transform(1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=max_norm)
     updates, _ = tx.update(grads, tx.init(params), params)
     for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
       np.testing.assert_allclose(np.asarray(u), -np.asarray(g) * factor, rtol=1e-6, atol=1e-12)
   assert norm > 1e-2  # so that 1e-3 clips
+
+
+def test_clipping_equals_torchs_clip_grad_norm_in_float64():
+  from torch_reference import torch
+
+  rng = np.random.default_rng(0)
+  grads = [rng.standard_normal(s) * 1e-3 for s in [(3, 4), (5,), (2, 2, 2)]]
+  for max_norm in [1e-4, 1e-2]:  # clipped, then not (the norm is ~5e-3)
+    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for t, g in zip(tensors, grads):
+      t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    with jax.enable_x64(True):
+      ours, _ = clip_by_global_norm(max_norm).update([jnp.asarray(g) for g in grads], None)
+      for a, t in zip(ours, tensors, strict=True):
+        # one formula in float64: torch sums its per-tensor norms' squares, we the elements'
+        np.testing.assert_allclose(np.asarray(a), t.grad.numpy(), rtol=1e-14, atol=0)
 
 
 def _changed(before, model) -> set[str]:

@@ -334,6 +334,33 @@ def _run_until(workdir, data, line, sets, sig):
   return proc.wait(timeout=300), rest
 
 
+def test_a_resume_with_torchvisions_ema_and_optimisation_options_is_bit_exact(cifar2, tmp_path):
+  # 8 steps an epoch: the EMA moves after steps 0, 3, 6 (copies, the warm-up's), 8 (a copy: the
+  # update before it was in the warm-up) and 11 (an average), decided after the resume at 6
+  # from the step's number alone
+  steps = [
+    "global_batch=32",
+    "checkpoint_every=6",
+    "ema_decay=0.999",
+    "ema_style=torchvision",
+    "ema_steps=3",
+    "warmup_epochs=1",
+    "lr_warmup_decay=0.01",
+    "lr_update=epoch",
+    "norm_weight_decay=none",
+    "bias_weight_decay=0.01",
+    "clip_grad_norm=1",
+  ]
+  train(tmp_path / "straight", cifar2, *steps, "max_steps=12")
+  train(tmp_path / "split", cifar2, *steps, "max_steps=6")
+  resumed = train(tmp_path / "split", cifar2, *steps, "max_steps=12")
+  assert "resumed from step 6" in resumed.stdout
+  a, b = final_state(tmp_path / "straight", 12)[0], final_state(tmp_path / "split", 12)[0]
+  assert_identical(a, b)
+  ema_kernel, kernel = a["ema"]["conv1"]["kernel"], a["model"]["conv1"]["kernel"]
+  assert not np.array_equal(np.asarray(ema_kernel), np.asarray(kernel))  # step 11 averaged
+
+
 def test_sigterm_saves_and_the_resumed_run_is_exact(cifar2, tmp_path):
   sets = ["global_batch=32", "max_steps=24", "checkpoint_every=1000"]
   train(tmp_path / "straight", cifar2, *sets)

@@ -3,8 +3,10 @@ flax-resnet's trainer is held to.
 
 torchvision's model (any stage count and width, the CIFAR stem, frozen BatchNorm),
 ``torch.optim.SGD`` (coupled weight decay, momentum, Nesterov) or ``AdamW`` with
-parameter groups for the decay mask, a per-step linear warm-up and cosine decay over
-``epochs``, and cross-entropy with label smoothing; ``Recipe.step`` is the step that the
+parameter groups per weight decay (torchvision's ``set_weight_decay``), a linear warm-up and
+cosine decay over ``epochs`` (per step, or per epoch as torchvision's schedulers), gradient
+clipping, cross-entropy with label smoothing and the EMA (the trainer's warming-up one or
+torchvision's ``AveragedModel``); ``Recipe.step`` is the step that the
 reference trainer (``train_torch``) runs and that tests/test_recipe_parity.py proves equal to
 flax-resnet's. Nothing here calls JAX or optax: the schedule is the formula, not optax's
 function.
@@ -30,21 +32,38 @@ def model(cfg: Config) -> nn.Module:
   return net.train()
 
 
-def decays(name: str, param: torch.Tensor, decay_all: bool) -> bool:
-  """Weight decay on conv and linear weights only, unless ``decay_all``."""
-  return decay_all or (name.endswith("weight") and param.ndim > 1)
+# torchvision's set_weight_decay's norm layers (those that ResNets have)
+NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def weight_decays(cfg, net: nn.Module) -> list[tuple[float, torch.Tensor]]:
+  """(weight decay, parameter) of each trainable parameter, as torchvision's reference trainer
+  sorts them (``set_weight_decay``): ``bias_weight_decay`` for a parameter named "bias" (its
+  custom key, matched first), ``norm_weight_decay`` for a norm layer's, ``weight_decay`` for
+  the rest and where those are ``None``; ``decay_all`` makes both ``None``."""
+  norm = None if cfg.decay_all else cfg.norm_weight_decay
+  bias = None if cfg.decay_all else cfg.bias_weight_decay
+  rates = []
+  for module in net.modules():
+    for name, p in module.named_parameters(recurse=False):
+      if not p.requires_grad:
+        continue
+      if bias is not None and name == "bias":
+        rates.append((bias, p))
+      elif norm is not None and isinstance(module, NORM_LAYERS):
+        rates.append((norm, p))
+      else:
+        rates.append((cfg.weight_decay, p))
+  return rates
 
 
 def optimizer(cfg, net: nn.Module, steps_per_epoch: int):
-  """(``torch.optim`` optimizer with the decay mask as parameter groups, its per-step
-  ``LambdaLR`` schedule)."""
-  params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+  """(``torch.optim`` optimizer with a parameter group per weight decay (``weight_decays``),
+  its ``LambdaLR`` schedule, stepped once per optimizer step)."""
+  rates = weight_decays(cfg, net)
   groups = [
-    {
-      "params": [p for n, p in params if decays(n, p, cfg.decay_all)],
-      "weight_decay": cfg.weight_decay,
-    },
-    {"params": [p for n, p in params if not decays(n, p, cfg.decay_all)], "weight_decay": 0.0},
+    {"params": [p for r, p in rates if r == rate], "weight_decay": rate}
+    for rate in dict.fromkeys(r for r, _ in rates)
   ]
   peak = cfg.lr * cfg.global_batch / 256
   if cfg.optimizer == "sgd":
@@ -57,16 +76,30 @@ def optimizer(cfg, net: nn.Module, steps_per_epoch: int):
 
 
 def lr_factor(cfg, steps_per_epoch: int, step: int) -> float:
-  """The learning rate of optimizer step ``step`` (from 0) over the peak: linear from 0 over
-  ``warmup_epochs``, then cosine to 0 at the end of ``epochs``."""
+  """The learning rate of optimizer step ``step`` (from 0) over the peak: linear from
+  ``lr_warmup_decay`` over ``warmup_epochs``, then cosine to 0 at the end of ``epochs``;
+  with ``lr_update`` = "epoch", ``epoch_factor`` of the step's epoch."""
+  if cfg.lr_update == "epoch":
+    return epoch_factor(cfg, step // steps_per_epoch)
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if step < warmup:
-    return step / warmup
+    return cfg.lr_warmup_decay + (1 - cfg.lr_warmup_decay) * step / warmup
   start = warmup or 1  # without warm-up, step 0 runs at the peak and the decay starts after it
   if step < start:
     return 1.0
   length = max(cfg.epochs * steps_per_epoch, warmup + 1, 2) - start
   return 0.5 * (1 + math.cos(math.pi * min(step - start, length) / length))
+
+
+def epoch_factor(cfg, epoch: int) -> float:
+  """The rate over the peak in ``epoch`` under torchvision's reference trainer's schedulers,
+  stepped once per epoch: ``LinearLR(start_factor=lr_warmup_decay, total_iters=W)`` while
+  epoch < W = warmup_epochs, then ``CosineAnnealingLR(T_max=epochs - W)`` (their closed forms)."""
+  w, start = cfg.warmup_epochs, cfg.lr_warmup_decay
+  if epoch < w:
+    return start + (1 - start) * epoch / w
+  length = cfg.epochs - w
+  return 0.5 * (1 + math.cos(math.pi * min(epoch - w, length) / length))
 
 
 def loss_fn(cfg) -> nn.Module:
@@ -96,8 +129,9 @@ class Ema:
     self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
   @torch.no_grad()
-  def update(self, net: nn.Module) -> None:
+  def update(self, net: nn.Module, epoch: int) -> None:
     """Moves the average towards ``net``'s state; integer buffers are copied."""
+    del epoch  # the warm-up counts updates
     d = min(self.decay, (1 + self.updates) / (10 + self.updates))
     for k, v in net.state_dict().items():
       if v.dtype.is_floating_point:
@@ -105,6 +139,41 @@ class Ema:
       else:
         self.state[k].copy_(v)
     self.updates += 1
+
+
+class TorchvisionEma:
+  """torchvision's reference trainer's ``--model-ema``: its ``ExponentialMovingAverage``, an
+  ``AveragedModel`` of parameters and buffers averaging decay * average + (1 - decay) * net,
+  with its decay: 1 - min(1, (1 - ema_decay) * global_batch * ema_steps / epochs); after an
+  update in an epoch < ``warmup_epochs`` the count of averages goes back to 0, so that the
+  next update copies, as the reference trainer does."""
+
+  def __init__(self, net: nn.Module, cfg):
+    adjust = cfg.global_batch * cfg.ema_steps / cfg.epochs
+    decay = 1.0 - min(1.0, (1.0 - cfg.ema_decay) * adjust)
+    self.model = torch.optim.swa_utils.AveragedModel(
+      net, avg_fn=lambda avg, param, n: decay * avg + (1 - decay) * param, use_buffers=True
+    )
+    self.warmup_epochs, self.updates = cfg.warmup_epochs, 0
+
+  @property
+  def state(self) -> dict[str, torch.Tensor]:
+    """The averaged net's state dict."""
+    return self.model.module.state_dict()
+
+  def update(self, net: nn.Module, epoch: int) -> None:
+    """The reference trainer's update after a step of ``epoch`` (from 0)."""
+    self.model.update_parameters(net)
+    if epoch < self.warmup_epochs:
+      self.model.n_averaged.fill_(0)
+    self.updates += 1
+
+
+def ema(cfg, net: nn.Module) -> Ema | TorchvisionEma | None:
+  """The config's EMA of ``net`` (its ``ema_style``), or ``None`` without ``ema_decay``."""
+  if not cfg.ema_decay:
+    return None
+  return Ema(net, cfg.ema_decay) if cfg.ema_style == "warmup" else TorchvisionEma(net, cfg)
 
 
 class Recipe:
@@ -120,7 +189,8 @@ class Recipe:
     self.net = net.to(memory_format=torch.channels_last)
     self.opt, self.scheduler = optimizer(cfg, self.net, steps_per_epoch)
     self.criterion = loss_fn(cfg)
-    self.ema = Ema(self.net, cfg.ema_decay) if cfg.ema_decay else None
+    self.ema = ema(cfg, self.net)
+    self.ema_steps, self.steps_per_epoch, self.steps = cfg.ema_steps, steps_per_epoch, 0
     self.dtype = AUTOCAST.get(cfg.dtype)
     self.clip_grad_norm, self.accumulate_steps = cfg.clip_grad_norm, cfg.accumulate_steps
 
@@ -133,10 +203,11 @@ class Recipe:
     it (a 0-d tensor: reading it waits for the device).
 
     ``clip_grad_norm`` > 0 clips the gradient's global norm first, as torchvision's
-    reference trainer does (torch divides by the norm plus 1e-6, optax by the norm: a
-    relative 1e-6 / norm apart). ``accumulate_steps`` = k is torch's gradient
+    reference trainer does. ``accumulate_steps`` = k is torch's gradient
     accumulation: k forward and backward passes of a micro-batch each, the loss divided
-    by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do.
+    by k, then the step; micro-batch j holds rows j, j + k... as flax-resnet's do. The EMA
+    moves when the reference trainer's would: after batch i of an epoch with
+    i % ema_steps == 0.
     """
     self.opt.zero_grad(set_to_none=True)
     k, losses = self.accumulate_steps, []
@@ -148,8 +219,10 @@ class Recipe:
       nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
     self.opt.step()
     self.scheduler.step()
-    if self.ema:
-      self.ema.update(self.net)
+    epoch, i = divmod(self.steps, self.steps_per_epoch)  # i: the batch's index in its epoch
+    if self.ema and i % self.ema_steps == 0:
+      self.ema.update(self.net, epoch)
+    self.steps += 1
     return sum(losses[1:], losses[0])  # in order, as the micro-batches ran
 
   def micro_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

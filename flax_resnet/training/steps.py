@@ -14,14 +14,45 @@ from flax_resnet.choices import OPTIMIZERS
 from flax_resnet.model import ResNet
 
 
-def decay_mask(params) -> object:
-  """True for conv and linear kernels: BatchNorm parameters and biases get no weight decay."""
+def _name(key) -> object:
+  """A path entry's name: a dict key or an attribute."""
+  return getattr(key, "key", getattr(key, "name", None))
 
-  def is_kernel(path, x):
-    last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None)) == "kernel" and x.ndim > 1
 
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
+def decay_group(
+  params, norm_weight_decay: float | None, bias_weight_decay: float | None
+) -> object:
+  """Each parameter's weight-decay group, as torchvision's ``set_weight_decay`` sorts them:
+  ``"bias"`` for a bias when ``bias_weight_decay`` is given (its custom key, matched
+  first), ``"norm"`` for a norm layer's parameter (a layer with a ``scale``: BatchNorm,
+  GroupNorm) when ``norm_weight_decay`` is given, else ``"other"`` (``weight_decay``)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  norms = {path[:-1] for path, _ in flat if _name(path[-1]) == "scale"}
+
+  def group(path, _):
+    if bias_weight_decay is not None and _name(path[-1]) == "bias":
+      return "bias"
+    return "norm" if norm_weight_decay is not None and path[:-1] in norms else "other"
+
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def decay_masks(
+  weight_decay: float, norm_weight_decay: float | None, bias_weight_decay: float | None
+) -> list[tuple[float, Callable | None]]:
+  """(rate, optax mask) of each weight-decay group (``decay_group``) that decays; ``weight_decay``'s
+  first and always, its mask ``None`` when every parameter is in it. A group of rate 0 is left
+  out, as torch's optimisers skip it."""
+  if norm_weight_decay is None and bias_weight_decay is None:
+    return [(weight_decay, None)]
+
+  def mask(name: str) -> Callable:
+    return lambda params: jax.tree.map(
+      lambda g: g == name, decay_group(params, norm_weight_decay, bias_weight_decay)
+    )
+
+  rates = {"norm": norm_weight_decay, "bias": bias_weight_decay}
+  return [(weight_decay, mask("other"))] + [(r, mask(g)) for g, r in rates.items() if r]
 
 
 def make_optimizer(
@@ -33,6 +64,8 @@ def make_optimizer(
   nesterov: bool = False,
   weight_decay: float = 1e-4,
   decay_all: bool = False,
+  norm_weight_decay: float | None = 0.0,
+  bias_weight_decay: float | None = 0.0,
   clip_grad_norm: float = 0.0,
   frozen: Sequence[str] = (),
   backbone_lr_mult: float = 1.0,
@@ -51,6 +84,8 @@ def make_optimizer(
     nesterov=nesterov,
     weight_decay=weight_decay,
     decay_all=decay_all,
+    norm_weight_decay=norm_weight_decay,
+    bias_weight_decay=bias_weight_decay,
     clip_grad_norm=clip_grad_norm,
     frozen=frozen,
     backbone_lr_mult=backbone_lr_mult,
@@ -67,16 +102,21 @@ def transform(
   nesterov: bool = False,
   weight_decay: float = 1e-4,
   decay_all: bool = False,
+  norm_weight_decay: float | None = 0.0,
+  bias_weight_decay: float | None = 0.0,
   clip_grad_norm: float = 0.0,
   frozen: Sequence[str] = (),
   backbone_lr_mult: float = 1.0,
 ) -> optax.GradientTransformation:
   """SGD (torch-style coupled weight decay) or AdamW, for a ResNet's parameters.
 
-  ``clip_grad_norm`` > 0 first scales the gradient down to that global L2 norm when
-  it is longer (``optax.clip_by_global_norm``), as torchvision's reference trainer
-  calls ``nn.utils.clip_grad_norm_`` before ``optimizer.step()``: the weight decay
-  is added after clipping, inside the step. ``frozen`` parts (``stem``, ``layerN``;
+  Weight decay by parameter group as torchvision's ``set_weight_decay`` (``decay_masks``):
+  ``weight_decay`` for kernels, ``norm_weight_decay`` for norm layers' scales and biases,
+  ``bias_weight_decay`` for every bias (first); ``None`` puts them in ``weight_decay``'s
+  group, as ``decay_all`` does for both. ``clip_grad_norm`` > 0 first scales the gradient
+  down to that global L2 norm when it is longer (``clip_by_global_norm``), as torchvision's
+  reference trainer calls ``nn.utils.clip_grad_norm_`` before ``optimizer.step()``: the
+  weight decay is added after clipping, inside the step. ``frozen`` parts (``stem``, ``layerN``;
   see ``part_of``) get no update at all, not even weight decay, no optimiser state,
   and take no part in the clipped norm (torch's frozen parameters have no gradient);
   ``freeze_norms`` puts their BatchNorm in eval mode. ``backbone_lr_mult`` multiplies
@@ -89,6 +129,8 @@ def transform(
     nesterov=nesterov,
     weight_decay=weight_decay,
     decay_all=decay_all,
+    norm_weight_decay=norm_weight_decay,
+    bias_weight_decay=bias_weight_decay,
   )
   if backbone_lr_mult != 1:
     # SGD's and AdamW's updates are linear in the learning rate (momentum and Adam's
@@ -101,13 +143,25 @@ def transform(
       ),
     )
   if clip_grad_norm:
-    tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
+    tx = optax.chain(clip_by_global_norm(clip_grad_norm), tx)
   if frozen:
     tx = optax.multi_transform(
       {"train": tx, "frozen": optax.set_to_zero()},
       _labels(lambda part: "frozen" if part in frozen else "train"),
     )
   return tx
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """torch's ``nn.utils.clip_grad_norm_``: the gradient times min(1, max_norm / (norm + 1e-6)),
+  norm its global L2 norm (optax's ``clip_by_global_norm`` divides by the norm alone)."""
+
+  def update(updates, state, params=None):
+    del params
+    factor = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+    return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def parts(model: ResNet) -> tuple[str, ...]:
@@ -145,16 +199,22 @@ def base_transform(
   nesterov: bool,
   weight_decay: float,
   decay_all: bool,
+  norm_weight_decay: float | None = 0.0,
+  bias_weight_decay: float | None = 0.0,
 ) -> optax.GradientTransformation:
-  """The optimiser's own transformation: SGD with coupled decay, or AdamW."""
-  mask = None if decay_all else decay_mask
+  """The optimiser's own transformation: SGD with coupled decay, or AdamW, with the decay of
+  each parameter group (``decay_masks``; ``decay_all``: every parameter by ``weight_decay``)."""
+  if decay_all:
+    norm_weight_decay = bias_weight_decay = None
+  groups = decay_masks(weight_decay, norm_weight_decay, bias_weight_decay)
+  decays = [optax.add_decayed_weights(rate, mask) for rate, mask in groups]
   if optimizer == "sgd":
-    return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-    )
+    return optax.chain(*decays, optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
   if optimizer == "adamw":
-    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
+    if len(groups) == 1:  # optax's own, as before groups (its state's structure)
+      return optax.adamw(learning_rate, weight_decay=groups[0][0], mask=groups[0][1])
+    # optax.adamw's chain, with one decay per group
+    return optax.chain(optax.scale_by_adam(), *decays, optax.scale_by_learning_rate(learning_rate))
   raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
 
 
@@ -365,15 +425,17 @@ def eval_step(
   }
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def ema_update(ema, state, step: jax.Array, decay: float):
-  """Moves ``ema``, an average of the model's parameters and BN statistics, towards ``state``.
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="warmup")
+def ema_update(ema, state, step: jax.Array, decay: float, warmup: bool = True):
+  """Moves ``ema``, an average of the model's parameters and BN statistics, towards ``state``:
+  decay * ema + (1 - decay) * state.
 
-  ``ema`` is donated: the caller replaces it with the result. The decay warms up
-  as min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
-  with num_updates, so early averages are not dominated by the random initialisation.
+  ``ema`` is donated: the caller replaces it with the result. With ``warmup`` the decay
+  warms up as min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
+  with num_updates, so early averages are not dominated by the random initialisation
+  (``step``: the update's number); without, it is ``decay`` (0: a copy of ``state``).
   """
-  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
   return optax.incremental_update(state, ema, 1.0 - d)
 
 

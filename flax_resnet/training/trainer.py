@@ -50,21 +50,69 @@ from flax_resnet.training.steps import (
 
 
 def schedule(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up then cosine decay over ``epochs``; the peak is lr * global_batch / 256.
+  """Linear warm-up from ``lr_warmup_decay`` times the peak, then cosine decay over
+  ``epochs``; the peak is lr * global_batch / 256. ``lr_update`` = "epoch": the rate
+  changes once per epoch (``epoch_schedule``).
 
   ``max_steps`` only stops the run early: a run stopped and resumed with another
   ``max_steps`` takes the same steps as one that never stopped.
   """
   peak = cfg.lr * cfg.global_batch / 256
+  if cfg.lr_update == "epoch":
+    return epoch_schedule(cfg, steps_per_epoch, peak)
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   total_steps = cfg.epochs * steps_per_epoch
   # optax wants at least one warm-up step and one decay step after it.
   rate = optax.warmup_cosine_decay_schedule(
-    0.0 if warmup else peak, peak, max(warmup, 1), max(total_steps, warmup + 1, 2)
+    cfg.lr_warmup_decay * peak if warmup else peak,
+    peak,
+    max(warmup, 1),
+    max(total_steps, warmup + 1, 2),
   )
   # optax divides the int32 step count, which JAX turns into float32 even under
   # enable_x64; counting in the default int (int64 there) keeps a float64 run's rate exact.
   return lambda count: rate(jnp.asarray(count, jnp.result_type(int)))
+
+
+def epoch_schedule(cfg: Config, steps_per_epoch: int, peak: float) -> optax.Schedule:
+  """The rate of torchvision's reference trainer, whose schedulers step once per epoch: in
+  epoch e (of step // steps_per_epoch), LinearLR's lr_warmup_decay + (1 - lr_warmup_decay) * e / W
+  while e < W = warmup_epochs, then CosineAnnealingLR's 0.5 * (1 + cos(pi * (e - W) /
+  (epochs - W))), as their SequentialLR; 0 from epoch ``epochs`` on."""
+  w, start, length = cfg.warmup_epochs, cfg.lr_warmup_decay, cfg.epochs - cfg.warmup_epochs
+
+  def rate(count):
+    epoch = (jnp.asarray(count, jnp.result_type(int)) // steps_per_epoch).astype(float)
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch - w, length) / length))
+    if not w:
+      return peak * cosine
+    return peak * jnp.where(epoch < w, start + (1 - start) * epoch / w, cosine)
+
+  return rate
+
+
+def ema_update_args(cfg: Config, step: int, steps_per_epoch: int) -> dict | None:
+  """``steps.ema_update``'s step, decay and warm-up after step ``step`` (from 0), or ``None``
+  when the average stays: it moves after the first step of each epoch and every ``ema_steps``-th
+  after it. From the step's number alone, so that a resumed run moves it as one that never
+  stopped.
+
+  "warmup": the decay warms up by the update's number. "torchvision": the reference trainer's
+  --model-ema, 1 - ema_decay scaled by its adjust, global_batch * ema_steps / epochs (at most
+  1); AveragedModel copies at its first update, and the reference resets it after every
+  update of an epoch < warmup_epochs: an update copies when the one before it (the previous
+  epoch's last for the first of an epoch) was in such an epoch.
+  """
+  epoch, i = divmod(step, steps_per_epoch)
+  if i % cfg.ema_steps:
+    return None
+  if cfg.ema_style == "warmup":
+    per_epoch = -(-steps_per_epoch // cfg.ema_steps)
+    return {"step": epoch * per_epoch + i // cfg.ema_steps, "decay": cfg.ema_decay}
+  adjust = cfg.global_batch * cfg.ema_steps / cfg.epochs
+  decay = 1.0 - min(1.0, (1.0 - cfg.ema_decay) * adjust)
+  copy = epoch - (i == 0) < cfg.warmup_epochs
+  return {"step": 0, "decay": 0.0 if copy else decay, "warmup": False}
 
 
 def frozen(cfg: Config, model: ResNet) -> tuple[str, ...]:
@@ -93,6 +141,8 @@ def run_optimizer(cfg: Config, model: ResNet, steps_per_epoch: int) -> nnx.Optim
     nesterov=cfg.nesterov,
     weight_decay=cfg.weight_decay,
     decay_all=cfg.decay_all,
+    norm_weight_decay=cfg.norm_weight_decay,
+    bias_weight_decay=cfg.bias_weight_decay,
     clip_grad_norm=cfg.clip_grad_norm,
     frozen=frozen(cfg, model),
     backbone_lr_mult=cfg.backbone_lr_mult,
@@ -343,10 +393,9 @@ class Trainer:
     # The previous step's figures are checked while this one runs: the device never waits.
     self.check_finite()
     self._unchecked = (self.step + 1, metrics)
-    if self.ema_leaves is not None:
-      self.ema_leaves = ema_update(
-        self.ema_leaves, self.model_leaves, self.step, self.cfg.ema_decay
-      )
+    move = ema_update_args(self.cfg, self.step, self.steps_per_epoch)
+    if self.ema_leaves is not None and move is not None:
+      self.ema_leaves = ema_update(self.ema_leaves, self.model_leaves, **move)
     self.step += 1
     return metrics
 
