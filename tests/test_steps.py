@@ -512,3 +512,11 @@ def test_an_unknown_remat_is_refused():
   model.remat = "layer"
   with pytest.raises(ValueError, match="remat must be one of"):
     model(jnp.zeros((1, 16, 16, 3)))
+
+
+def test_a_per_epoch_schedule_whose_warm_up_fills_every_epoch_is_refused():
+  from flax_resnet.training import config as config_lib
+
+  with pytest.raises(ValueError, match=r"warmup_epochs=5.0 with lr_update='epoch'.*epochs=5"):
+    config_lib.override(config_lib.Config(epochs=5), ["lr_update=epoch", "warmup_epochs=5"])
+  config_lib.override(config_lib.Config(epochs=5), ["lr_update=step", "warmup_epochs=5"])

@@ -347,6 +347,11 @@ def validate(config: Config) -> None:
     problem = _problem(FIELDS[name].metadata, value)
     if problem:
       raise ValueError(f"config {name}={value!r}: {problem}")
+  if config.lr_update == "epoch" and config.warmup_epochs >= config.epochs:
+    raise ValueError(
+      f"config warmup_epochs={config.warmup_epochs!r} with lr_update='epoch': the warm-up "
+      f"must end before epochs={config.epochs}, where the cosine has a length to decay over"
+    )
   if config.auto_augment == "augmix" and config.interpolation == "bicubic":
     raise ValueError(
       "config auto_augment='augmix' with interpolation='bicubic': torchvision's AugMix "
