@@ -241,24 +241,30 @@ def mix_params(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, j
   image area), ``box`` (int32 y1, x1, y2, x2) CutMix's pasted rows and columns, empty for
   MixUp. λ is float32 as torch's Beta draws.
   """
-  return jax.vmap(lambda k: _draw(k, mix, height, width))(jax.random.split(key, mix.groups))
+  draw = jax.vmap(lambda k: _draw(k, mix, height, width))(jax.random.split(key, mix.groups))
+  # outside the vmap: cutmix_box's division stays a division (see there)
+  box, lam_adjusted = cutmix_box(draw["lam_cutmix"], draw["r_x"], draw["r_y"], height, width)
+  cutmix = draw["cutmix"]
+  return {
+    "cutmix": cutmix,
+    "lam": jnp.where(cutmix, lam_adjusted, draw["lam_mixup"]),
+    "box": jnp.where(cutmix[:, None], box, 0),
+  }
 
 
 def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Array]:
-  """``mix_params`` of one group."""
+  """One group's random numbers: the choice, both λs, CutMix's centre."""
   k_choice, k_mixup, k_cutmix, k_x, k_y = jax.random.split(key, 5)
   if mix.mixup_alpha > 0 and mix.cutmix_alpha > 0:
     cutmix = jax.random.bernoulli(k_choice)
   else:
     cutmix = jnp.asarray(mix.cutmix_alpha > 0)
-  lam = _beta(k_mixup, mix.mixup_alpha)
-  r_x = jax.random.randint(k_x, (), 0, width)
-  r_y = jax.random.randint(k_y, (), 0, height)
-  box, lam_adjusted = cutmix_box(_beta(k_cutmix, mix.cutmix_alpha), r_x, r_y, height, width)
   return {
     "cutmix": cutmix,
-    "lam": jnp.where(cutmix, lam_adjusted, lam),
-    "box": jnp.where(cutmix, box, 0),
+    "lam_mixup": _beta(k_mixup, mix.mixup_alpha),
+    "lam_cutmix": _beta(k_cutmix, mix.cutmix_alpha),
+    "r_x": jax.random.randint(k_x, (), 0, width),
+    "r_y": jax.random.randint(k_y, (), 0, height),
   }
 
 
@@ -272,22 +278,49 @@ def _beta(key: jax.Array, alpha: float) -> jax.Array:
 def cutmix_box(
   lam: jax.Array, r_x: jax.Array, r_y: jax.Array, height: int, width: int
 ) -> tuple[jax.Array, jax.Array]:
-  """CutMix's box (y1, x1, y2, x2) and adjusted λ from λ and the centre (r_x, r_y), by
-  torchvision's rule: half sides int(r W), int(r H) with r = sqrt(1 - λ) / 2, clamped to the
+  """CutMix's boxes (..., 4) = (y1, x1, y2, x2) and adjusted λs from λs and centres (r_x, r_y)
+  of any one shape, by torchvision's rule: half sides int(r W), int(r H) with r = sqrt(1 - λ) / 2, clamped to the
   image, λ = 1 - area / (W H).
 
-  torchvision computes r W in float64, this in float32: the sides differ only where r W lies
-  within float32 rounding (~1e-7 relative) of an integer. λ is the float32 nearest the exact
-  quotient, as is float32(torchvision's float64 λ) but for double rounding (~2^-29 odds).
+  The half sides are exact (``_half_side``); torchvision's float64 differs from exact only
+  for λ below ~1e-15, where it rounds 1 - λ up. λ is the float32 nearest the exact quotient,
+  as is float32(torchvision's float64 λ) but for double rounding (~2^-29 odds).
   """
-  r = 0.5 * jnp.sqrt(1.0 - lam)
-  half_w = jnp.floor(r * width).astype(jnp.int32)  # int() truncates; r W >= 0
-  half_h = jnp.floor(r * height).astype(jnp.int32)
+  half_w, half_h = _half_side(lam, width), _half_side(lam, height)
   x1, y1 = jnp.maximum(r_x - half_w, 0), jnp.maximum(r_y - half_h, 0)
   x2, y2 = jnp.minimum(r_x + half_w, width), jnp.minimum(r_y + half_h, height)
   area = width * height
-  lam_adjusted = (area - (x2 - x1) * (y2 - y1)).astype(jnp.float32) / jnp.float32(area)
-  return jnp.stack([y1, x1, y2, x2]).astype(jnp.int32), lam_adjusted
+  kept = (area - (x2 - x1) * (y2 - y1)).astype(jnp.float32)
+  return jnp.stack([y1, x1, y2, x2], axis=-1).astype(jnp.int32), _divide(kept, area)
+
+
+def _divide(x: jax.Array, divisor: int) -> jax.Array:
+  """x / divisor rounded once, as IEEE division. XLA turns a division by a (broadcast)
+  constant into a product with its rounded reciprocal, at times 1 ulp off; a divisor of
+  x's shape behind a barrier stays a division. Under vmap the barrier would hold a scalar
+  again: call this on whole arrays."""
+  return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, jnp.float32))
+
+
+def _half_side(lam: jax.Array, size: int) -> jax.Array:
+  """floor(sqrt(1 - λ) / 2 * size) for a float32 λ, exact for sizes up to 4096: float32's
+  estimate is off by at most one (a relative error ~1e-7 of a value below 2048), and
+  ``_fits`` picks the largest of its neighbours that fits. float32 alone would round
+  sqrt(1 - λ) up to 1 for λ < 6e-8: a half side of size / 2 where torchvision's is one less."""
+  guess = jnp.floor(0.5 * jnp.sqrt(1.0 - lam) * size).astype(jnp.int32)
+  return jnp.where(
+    _fits(lam, guess + 1, size), guess + 1, jnp.where(_fits(lam, guess, size), guess, guess - 1)
+  )
+
+
+def _fits(lam: jax.Array, k: jax.Array, size: int) -> jax.Array:
+  """Whether 2k <= sqrt(1 - λ) size, that is λ <= n / d with n = size² - 4k², d = size²
+  (integers, exact in float32 up to 2^24). q, the float32 nearest n / d, decides it for a
+  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left to λ d <= n
+  in float32, exact at exact ties (e.g. λ = 0.75)."""
+  n = (size * size - 4 * k * k).astype(jnp.float32)
+  q = _divide(n, size * size)
+  return (lam < q) | ((lam == q) & (lam * (size * size) <= n))
 
 
 def mix(
