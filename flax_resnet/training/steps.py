@@ -239,7 +239,8 @@ def mix_params(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, j
   Each array has a leading axis of groups: ``cutmix`` (bool), ``lam`` (float32) the weight of
   each image's own label (MixUp's λ ~ Beta(α, α); CutMix's ``lam_adjusted``, 1 - box area /
   image area), ``box`` (int32 y1, x1, y2, x2) CutMix's pasted rows and columns, empty for
-  MixUp. λ is float32 as torch's Beta draws.
+  MixUp. λ is float32 as torch's Beta draws; every draw is of a fixed dtype, the same with
+  64-bit types enabled or not.
   """
   draw = jax.vmap(lambda k: _draw(k, mix, height, width))(jax.random.split(key, mix.groups))
   # outside the vmap: cutmix_box's division stays a division (see there)
@@ -256,15 +257,15 @@ def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Ar
   """One group's random numbers: the choice, both λs, CutMix's centre."""
   k_choice, k_mixup, k_cutmix, k_x, k_y = jax.random.split(key, 5)
   if mix.mixup_alpha > 0 and mix.cutmix_alpha > 0:
-    cutmix = jax.random.bernoulli(k_choice)
+    cutmix = jax.random.uniform(k_choice, dtype=jnp.float32) < 0.5
   else:
     cutmix = jnp.asarray(mix.cutmix_alpha > 0)
   return {
     "cutmix": cutmix,
     "lam_mixup": _beta(k_mixup, mix.mixup_alpha),
     "lam_cutmix": _beta(k_cutmix, mix.cutmix_alpha),
-    "r_x": jax.random.randint(k_x, (), 0, width),
-    "r_y": jax.random.randint(k_y, (), 0, height),
+    "r_x": jax.random.randint(k_x, (), 0, width, jnp.int32),
+    "r_y": jax.random.randint(k_y, (), 0, height, jnp.int32),
   }
 
 
@@ -337,10 +338,11 @@ def apply_mix(
 ) -> tuple[jax.Array, jax.Array]:
   """torchvision v2's MixUp or CutMix on each group of the batch with its ``params``
   (``mix_params``): the group rolled by one (``roll(1, 0)``: image i takes image i - 1's),
-  MixUp blends the images, CutMix pastes the box; the one-hot targets blend with λ."""
+  MixUp blends the images, CutMix pastes the box; the one-hot targets blend with λ, in
+  float32 as torchvision's (whatever the images' dtype)."""
   groups = params["lam"].shape[0]
   x = images.reshape(groups, -1, *images.shape[1:])
-  t = jax.nn.one_hot(labels, num_classes, dtype=images.dtype).reshape(groups, -1, num_classes)
+  t = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32).reshape(groups, -1, num_classes)
   x, t = jax.vmap(_mix_group)(x, t, params["cutmix"], params["lam"], params["box"])
   return x.reshape(images.shape), t.reshape(-1, num_classes)
 
@@ -348,8 +350,8 @@ def apply_mix(
 def _mix_group(x, t, cutmix, lam, box) -> tuple[jax.Array, jax.Array]:
   """One group's MixUp or CutMix: torchvision's rolled * (1 - λ) + x * λ, and its paste."""
   rolled_x, rolled_t = jnp.roll(x, 1, axis=0), jnp.roll(t, 1, axis=0)
-  lam = lam.astype(x.dtype)
-  blended = rolled_x * (1 - lam) + x * lam
+  lam_x = lam.astype(x.dtype)  # torch's Python float λ meets the images in their dtype
+  blended = rolled_x * (1 - lam_x) + x * lam_x
   inside = _box_mask(box[None, 0], box[None, 1], box[None, 2], box[None, 3], *x.shape[1:3])
   pasted = jnp.where(inside[..., None], rolled_x, x)
   return jnp.where(cutmix, pasted, blended), rolled_t * (1 - lam) + t * lam
