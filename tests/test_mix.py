@@ -305,3 +305,29 @@ def test_accuracy_counts_the_mixed_images_logits_against_the_original_labels():
   assert int(metrics["top5"]) == int(expected["top5"]) == 8
   assert float(metrics["loss"]) == pytest.approx(float(soft), rel=1e-6)
   assert float(metrics["loss"]) != pytest.approx(float(hard), rel=1e-3)
+
+
+def test_a_resumed_training_run_mixes_as_the_uninterrupted_one(tmp_path, monkeypatch, capsys):
+  from flax_resnet.training import checkpoints, trainer
+  from flax_resnet.training import config as config_lib
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the step cache's
+  tiny = ["layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "image_size=16"]
+  tiny += ["dtype=float32", "global_batch=16", "warmup_epochs=0", "checkpoint_every=2"]
+  tiny += ["synthetic=true", "workers=0", "label_smoothing=0.1"]
+  mixed = ["mixup_alpha=0.2", "cutmix_alpha=1.0"]  # 8 devices here: 8 groups of 2
+
+  def run(name: str, *sets: str) -> dict:
+    trainer.run(config_lib.override(config_lib.Config(), [*tiny, *sets]), tmp_path / name)
+    step = int(sets[-1].split("=")[1])
+    with checkpoints.reader(tmp_path / name) as manager:
+      return checkpoints.restore_on_one_device(manager, step)[0]
+
+  straight = run("straight", *mixed, "max_steps=4")
+  run("split", *mixed, "max_steps=2")
+  resumed = run("split", *mixed, "max_steps=4")
+  assert "resumed from step 2" in capsys.readouterr().out
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  plain = run("plain", "max_steps=4")  # the same run unmixed: the mixing took part
+  assert not np.array_equal(plain["model"]["fc"]["kernel"], straight["model"]["fc"]["kernel"])
