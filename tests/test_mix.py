@@ -1,6 +1,8 @@
 """MixUp, CutMix and random erasing on the device (training/steps.py) against torchvision v2's
 transforms, given the same draws, and their draws against torchvision's by a stated test."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -331,3 +333,46 @@ def test_a_resumed_training_run_mixes_as_the_uninterrupted_one(tmp_path, monkeyp
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   plain = run("plain", "max_steps=4")  # the same run unmixed: the mixing took part
   assert not np.array_equal(plain["model"]["fc"]["kernel"], straight["model"]["fc"]["kernel"])
+
+
+def test_the_reference_collates_batches_through_torchvision_mixup_or_cutmix(tmp_path):
+  from PIL import Image
+
+  from flax_resnet.bench.train_torch import loaders
+  from flax_resnet.training.config import Config
+
+  for split, label in [(s, c) for s in ("train", "val") for c in ("a", "b", "c")]:
+    (tmp_path / split / label).mkdir(parents=True)
+    for i in range(3):
+      Image.new("RGB", (16, 16), (40 * i, 90, 0)).save(tmp_path / split / label / f"{i}.png")
+  base = Config(data_dir=str(tmp_path), num_classes=3, image_size=16, global_batch=4, workers=0)
+  images, labels = next(iter(loaders(base)[0]))
+  assert labels.dtype == torch.int64 and labels.shape == (4,)
+  torch.manual_seed(0)  # MixUp/CutMix draw from torch's global generator
+  mixed = dataclasses.replace(base, mixup_alpha=0.2, cutmix_alpha=1.0)
+  images, targets = next(iter(loaders(mixed)[0]))
+  assert images.shape == (4, 3, 16, 16) and targets.shape == (4, 3)
+  np.testing.assert_allclose(targets.sum(1).numpy(), 1, rtol=1e-6)  # probabilities
+  assert (targets.max(1).values < 1).any()  # soft: some row holds two labels
+
+
+def test_each_device_shard_is_mixed_as_one_group_whatever_the_sharding():
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  images, labels = jnp.asarray(normalised((8, 6, 6, 3), seed=3)), jnp.arange(8) % 3
+  settings = Mix(3, mixup_alpha=0.2, cutmix_alpha=1.0, groups=4)
+  step = jax.jit(lambda x, y: mix(jax.random.key(7), x, y, settings))
+  sharding = NamedSharding(Mesh(np.array(jax.devices()[:4]), ("data",)), P("data"))
+  alone = step(images, labels)
+  sharded = step(jax.device_put(images, sharding), jax.device_put(labels, sharding))
+  for a, b in zip(alone, sharded, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # group g's first image takes group g's last one's, not the previous group's
+  params = mix_params(jax.random.key(7), settings, 6, 6)
+  assert not np.asarray(params["cutmix"]).all()
+  g = int(np.argmin(np.asarray(params["cutmix"])))  # a MixUp group
+  lam = np.asarray(params["lam"])[g]
+  first, last = 2 * g, 2 * g + 1
+  expected = np.asarray(images[last]) * (1 - lam) + np.asarray(images[first]) * lam
+  np.testing.assert_allclose(np.asarray(alone[0][first]), expected, rtol=1e-6)

@@ -280,8 +280,8 @@ def cutmix_box(
   lam: jax.Array, r_x: jax.Array, r_y: jax.Array, height: int, width: int
 ) -> tuple[jax.Array, jax.Array]:
   """CutMix's boxes (..., 4) = (y1, x1, y2, x2) and adjusted λs from λs and centres (r_x, r_y)
-  of any one shape, by torchvision's rule: half sides int(r W), int(r H) with r = sqrt(1 - λ) / 2, clamped to the
-  image, λ = 1 - area / (W H).
+  of any one shape, by torchvision's rule: half sides int(r W), int(r H) with
+  r = sqrt(1 - λ) / 2, clamped to the image, λ = 1 - area / (W H).
 
   The half sides are exact (``_half_side``); torchvision's float64 differs from exact only
   for λ below ~1e-15, where it rounds 1 - λ up. λ is the float32 nearest the exact quotient,
