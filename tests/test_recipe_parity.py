@@ -1,7 +1,9 @@
 """The trainer's steps equal PyTorch's reference step, ``torch_recipe.Recipe.step``: the one the
 reference trainer (``flax-resnet-bench train-torch``) runs, as the last test checks. Step by
 step: SGD with momentum, Nesterov and the decay mask, AdamW, decay on all parameters, frozen
-BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA.
+BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA;
+MixUp/CutMix's soft targets and random erasing, the reference fed torchvision v2's transforms
+with the parameters our step draws.
 
 Both run in float64. In float32, 20 steps of a ReLU net are not a continuous function of
 rounding: each step has ~5e4 pre-activations, some within float32 rounding of 0, and the
