@@ -18,6 +18,7 @@ SLOW = frozenset(
     "test_bench.py",
     "test_convert_cli.py",
     "test_damage.py",
+    "test_mix.py::test_a_resumed_training_run_mixes_as_the_uninterrupted_one",
     "test_parity.py",
     "test_pretrained.py",
     "test_readme.py",

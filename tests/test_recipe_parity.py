@@ -3,7 +3,9 @@ reference trainer (``flax-resnet-bench train-torch``) runs, as the last test che
 step: SGD with momentum, Nesterov and the decay mask, AdamW, decay on all parameters, frozen
 BatchNorm, warm-up and cosine, label smoothing, BatchNorm's running statistics and the EMA;
 torchvision's weight-decay groups, warm-up start factor, per-epoch rates, gradient clipping
-and EMA (AveragedModel every ema_steps batches, reset during the warm-up).
+and EMA (AveragedModel every ema_steps batches, reset during the warm-up); MixUp/CutMix's soft
+targets and random erasing, the reference fed torchvision v2's transforms with the parameters
+our step draws.
 
 Both run in float64. In float32, 20 steps of a ReLU net are not a continuous function of
 rounding: each step has ~5e4 pre-activations, some within float32 rounding of 0, and the
@@ -19,6 +21,7 @@ in test_parity.py, on a pinned pattern of ReLU and max-pool kinks.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +29,13 @@ import numpy as np
 import pytest
 from flax import nnx
 from torch_reference import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import ema_update, train_step
+from flax_resnet.training.steps import Mix, ema_update, mix_params, step_key, train_step
 from flax_resnet.training.trainer import ema_update_args, run_optimizer
 
 STEPS, STEPS_PER_EPOCH = 20, 8
@@ -59,6 +64,72 @@ def fixed_batches():
   return images, rng.integers(0, BASE.num_classes, (STEPS, BASE.global_batch))
 
 
+def mixing_of(cfg) -> Mix | None:
+  """The trainer's MixUp/CutMix settings of ``cfg`` on one device; None when both are off."""
+  if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+    return None
+  return Mix(cfg.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, 1, cfg.seed)
+
+
+def erase_boxes(cfg) -> np.ndarray | None:
+  """(STEPS, batch, 4) random erasing boxes (top, left, height, width), as the host draws
+  them: each image erased with probability ``random_erase``, zeros elsewhere; None at 0."""
+  if not cfg.random_erase:
+    return None
+  rng = np.random.default_rng(1)
+  shape = (STEPS, BASE.global_batch)
+  boxes = np.stack([*rng.integers(0, 12, (2, *shape)), *rng.integers(1, 6, (2, *shape))], -1)
+  return (boxes * (rng.random(shape) < cfg.random_erase)[..., None]).astype(np.int32)
+
+
+def torchvision_mix(mixing: Mix, step: int, images, labels):
+  """torchvision v2's MixUp or CutMix of one batch, given our step's draw (``mix_params``
+  of its key, compiled as in the step: XLA's compiled Beta sampler and the eager one can
+  differ by 1 ulp), as the reference trainer's collate_fn applies them; soft targets
+  (float32)."""
+  params = drawn_in_step(mixing, step, *images.shape[2:])
+  lam, (y1, x1, y2, x2) = float(params["lam"][0]), (int(v) for v in params["box"][0])
+  if params["cutmix"][0]:
+    transform = v2.CutMix(alpha=mixing.cutmix_alpha, num_classes=mixing.num_classes)
+    drawn = {"box": (x1, y1, x2, y2), "lam_adjusted": lam}
+  else:
+    transform = v2.MixUp(alpha=mixing.mixup_alpha, num_classes=mixing.num_classes)
+    drawn = {"lam": lam}
+  transform.make_params = lambda inputs: drawn
+  return transform(images, labels)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def jitted_mix_params(mixing: Mix, step, height: int, width: int) -> dict:
+  return mix_params(step_key(mixing.seed, step), mixing, height, width)
+
+
+def drawn_in_step(mixing: Mix, step: int, height: int, width: int) -> dict:
+  """``mix_params`` of step ``step`` as the train step draws them (64-bit types or not: the
+  draws are of fixed dtypes)."""
+  with jax.enable_x64(True):
+    return jitted_mix_params(mixing, np.uint32(step), height, width)
+
+
+def torch_batches(cfg):
+  """The reference's batch of each step: normalised in float64, each image through
+  torchvision's erase (v=0) with ``erase_boxes``, then ``torchvision_mix``; labels, or soft
+  targets in float64 (the exact float32 values: torch's loss takes the logits' dtype)."""
+  mixing, boxes = mixing_of(cfg), erase_boxes(cfg)
+  for step, (x, y) in enumerate(zip(*fixed_batches())):
+    images = torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64)
+    labels = torch.from_numpy(y)
+    if boxes is not None:
+      zero = torch.tensor(0.0, dtype=torch.float64)
+      images = torch.stack(
+        [F.erase(image, *(int(v) for v in box), v=zero) for image, box in zip(images, boxes[step])]
+      )
+    if mixing is not None:
+      images, labels = torchvision_mix(mixing, step, images, labels)
+      labels = labels.double()
+    yield images, labels
+
+
 def torch_run(cfg, start: dict, bn_momentum: float = 0.1):
   """Per-step losses, the final state dict and the EMA's (or ``None``) of the reference
   trainer's step (``torch_recipe.Recipe.step``), in float64."""
@@ -69,14 +140,7 @@ def torch_run(cfg, start: dict, bn_momentum: float = 0.1):
     if isinstance(m, torch.nn.BatchNorm2d):
       m.momentum = bn_momentum
   recipe = torch_recipe.Recipe(cfg, net, STEPS_PER_EPOCH)
-  losses = [
-    float(
-      recipe.step(
-        torch_recipe.normalize(cfg, torch.from_numpy(x), torch.float64), torch.from_numpy(y)
-      )
-    )
-    for x, y in zip(*fixed_batches())
-  ]
+  losses = [float(recipe.step(x, y)) for x, y in torch_batches(cfg)]
   ema = recipe.ema and arrays(recipe.ema.state)
   return np.array(losses), arrays(recipe.net.state_dict()), ema
 
@@ -98,6 +162,7 @@ def jax_run(cfg, start: dict):
     graphdef, state = nnx.split((model, optimizer))
     losses = []
     ema = jax.tree.map(jnp.copy, model_tensors(model)) if cfg.ema_decay else None
+    boxes = erase_boxes(cfg)
     for step, (x, y) in enumerate(zip(*fixed_batches())):
       state, metrics = train_step(
         graphdef,
@@ -107,6 +172,8 @@ def jax_run(cfg, start: dict):
         cfg.label_smoothing,
         (tuple(cfg.mean), tuple(cfg.std)),
         cfg.accumulate_steps,
+        boxes=None if boxes is None else boxes[step],
+        mixing=mixing_of(cfg),
       )
       losses.append(np.asarray(metrics["loss"]))
       model, _ = nnx.merge(graphdef, state)
@@ -272,6 +339,37 @@ def test_the_per_epoch_rate_is_torchvisions_sequential_linear_then_cosine():
   # float64 rounding of a few multiplications apart
   np.testing.assert_allclose(ours, theirs, rtol=1e-13, atol=1e-15)
   assert ours[0] == 0.01 and ours[3] == 1.0 and ours[-1] > 0
+
+
+MIXED = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
+MIX_CASES = {
+  # soft targets with BASE's label smoothing 0.1; 20 steps draw both MixUp and CutMix
+  "mixup and cutmix": MIXED,
+  "random erasing": {"random_erase": 0.5},
+  # mixed as one batch, then 4 micro-batches of soft targets
+  "all, accumulated": {**MIXED, "random_erase": 0.5, "accumulate_steps": 4},
+  "cutmix alone": {"cutmix_alpha": 1.0},
+}
+
+
+@pytest.mark.parametrize("changes", MIX_CASES.values(), ids=MIX_CASES.keys())
+def test_every_step_equals_pytorch_fed_torchvision_mixup_cutmix_and_erasing(changes):
+  cfg = dataclasses.replace(BASE, **changes)
+  mixing = mixing_of(cfg)
+  if mixing is not None and mixing.mixup_alpha:
+    chosen = {bool(drawn_in_step(mixing, t, 16, 16)["cutmix"][0]) for t in range(STEPS)}
+    assert chosen == {False, True}  # both transforms are compared
+  assert mismatches(cfg) == []
+
+
+@pytest.mark.parametrize(
+  "changes, torch_changes",
+  [(MIXED, {"seed": 1}), ({"random_erase": 0.5}, {"random_erase": 0.0})],
+  ids=["mixing draws", "erasing"],
+)
+def test_a_mixing_or_erasing_difference_is_caught(changes, torch_changes):
+  cfg = dataclasses.replace(BASE, **changes)
+  assert mismatches(cfg, dataclasses.replace(cfg, **torch_changes)), "a different batch passed"
 
 
 @pytest.mark.parametrize("ema_style", ["warmup", "torchvision"])

@@ -200,7 +200,9 @@ class Recipe:
 
   def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """One optimizer step on a normalised NCHW batch, then the EMA's update; the loss before
-    it (a 0-d tensor: reading it waits for the device).
+    it (a 0-d tensor: reading it waits for the device). ``labels`` are class indices (B,) or
+    probabilities (B, C), MixUp/CutMix's soft targets, which CrossEntropyLoss smooths as
+    (1 - ε) t + ε / C.
 
     ``clip_grad_norm`` > 0 clips the gradient's global norm first, as torchvision's
     reference trainer does. ``accumulate_steps`` = k is torch's gradient

@@ -9,22 +9,25 @@ to flax-resnet's (model, optimizer, schedule, loss, the EMA of weights and BN st
 autocast when ``dtype`` is bfloat16 or float16). The data is torchvision's ``ImageFolder``
 with torchvision's transforms doing what the trainer's pipeline does (pad-and-crop + flip at
 32x32, random-resized-crop + flip above, then torchvision's own policy of ``auto_augment``
-and ``RandomErasing``; eval: resize, centre crop), an epoch order fixed by
-``seed``, and the logs are the trainer's:
+and ``RandomErasing``; eval: resize, centre crop), MixUp/CutMix as the reference trainer's
+collate_fn (torchvision v2's), an epoch order fixed by ``seed`` (``RASampler``'s with
+``ra_reps``), and the logs are the trainer's:
 ``WORKDIR/metrics.jsonl`` (``flax-resnet-plot --workdir A B`` draws both runs) and
 ``summary.json``. It keeps no checkpoints: a reference run is short and starts over.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision import datasets, transforms
+from torchvision.transforms import v2
 
 from flax_resnet.bench import torch_recipe
 from flax_resnet.cli import ArgumentParser, add_config_arguments, in_config_flags, report
@@ -88,6 +91,29 @@ def eval_transform(cfg) -> transforms.Compose:
   )
 
 
+def mixup_cutmix(cfg) -> v2.RandomChoice | None:
+  """torchvision v2's ``RandomChoice`` of MixUp and CutMix, those with alpha > 0, as the
+  reference trainer's ``get_mixup_cutmix``; ``None`` when both alphas are 0."""
+  choices = []
+  if cfg.mixup_alpha > 0:
+    choices.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=cfg.num_classes))
+  if cfg.cutmix_alpha > 0:
+    choices.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=cfg.num_classes))
+  return v2.RandomChoice(choices) if choices else None
+
+
+def mixed_collate(mix: v2.RandomChoice, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+  """The reference trainer's collate_fn: the collated batch through ``mix`` (soft targets)."""
+  return mix(*default_collate(batch))
+
+
+def collate_fn(cfg):
+  """``default_collate``, or ``mixed_collate`` with ``mixup_cutmix``'s choice (picklable, for
+  workers)."""
+  mix = mixup_cutmix(cfg)
+  return default_collate if mix is None else functools.partial(mixed_collate, mix)
+
+
 def loaders(cfg) -> tuple[DataLoader, DataLoader]:
   """(train batches, shuffled per epoch from ``seed``, or with ``ra_reps`` > 1 in
   ``RASampler``'s order over one replica, last partial batch dropped; eval)."""
@@ -109,7 +135,14 @@ def loaders(cfg) -> tuple[DataLoader, DataLoader]:
         f"{cfg.global_batch}"
       )
   return (
-    DataLoader(train, drop_last=True, generator=generator, **order, **common),
+    DataLoader(
+      train,
+      drop_last=True,
+      generator=generator,
+      collate_fn=collate_fn(cfg),
+      **order,
+      **common,
+    ),
     DataLoader(test, shuffle=False, **common),
   )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -225,6 +226,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0):
+  """Mean cross-entropy against probability ``targets`` (B, C), smoothed as torch's
+  CrossEntropyLoss smooths probabilities: (1 - ε) t + ε / C."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  targets = optax.smooth_labels(targets.astype(logits.dtype), label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
   """Counts of top-1 and top-5 hits (sums, so that batches add up exactly)."""
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -244,6 +253,170 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
   return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
+def erase(images: jax.Array, boxes: jax.Array) -> jax.Array:
+  """``images`` (B, H, W, C), normalised, with each one's box of ``boxes`` (B, 4) int32 =
+  (top, left, height, width) set to 0: torchvision's ``F.erase`` with v=0 on the normalised
+  tensor, as its RandomErasing(value=0) after Normalize. A box of height or width 0 erases
+  nothing (the host draws the boxes; zeros where an image is not erased)."""
+  top, left, height, width = (boxes[:, i] for i in range(4))
+  mask = _box_mask(top, left, top + height, left + width, *images.shape[1:3])
+  return jnp.where(mask[..., None], jnp.zeros((), images.dtype), images)
+
+
+def _box_mask(y1, x1, y2, x2, height: int, width: int) -> jax.Array:
+  """(B, height, width): True at rows y1 <= r < y2 and columns x1 <= c < x2 of each box."""
+  rows, cols = jnp.arange(height), jnp.arange(width)
+  in_rows = (rows >= y1[:, None]) & (rows < y2[:, None])
+  in_cols = (cols >= x1[:, None]) & (cols < x2[:, None])
+  return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+class Mix(NamedTuple):
+  """The train step's MixUp/CutMix settings: static (hashable), part of the compiled program.
+
+  ``groups``: the batch's contiguous parts, each mixed on its own with its own draw (the
+  data-parallel devices' shards: torchvision mixes each GPU's collated batch); ``seed``:
+  optimizer step t draws from ``step_key(seed, t)``.
+  """
+
+  num_classes: int
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  groups: int = 1
+  seed: int = 0
+
+
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+  """The random key of optimizer step ``step`` (its count before the update): a function of
+  the step alone, so that a resumed run draws what the uninterrupted one drew."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def mix_params(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Array]:
+  """One draw per group (``mix.groups``) of torchvision v2's ``RandomChoice([MixUp, CutMix])``
+  (those with alpha > 0, equally likely) and the chosen one's ``make_params``.
+
+  Each array has a leading axis of groups: ``cutmix`` (bool), ``lam`` (float32) the weight of
+  each image's own label (MixUp's λ ~ Beta(α, α); CutMix's ``lam_adjusted``, 1 - box area /
+  image area), ``box`` (int32 y1, x1, y2, x2) CutMix's pasted rows and columns, empty for
+  MixUp. λ is float32 as torch's Beta draws; every draw is of a fixed dtype, the same with
+  64-bit types enabled or not.
+  """
+  draw = jax.vmap(lambda k: _draw(k, mix, height, width))(jax.random.split(key, mix.groups))
+  # outside the vmap: cutmix_box's division stays a division (see there)
+  box, lam_adjusted = cutmix_box(draw["lam_cutmix"], draw["r_x"], draw["r_y"], height, width)
+  cutmix = draw["cutmix"]
+  return {
+    "cutmix": cutmix,
+    "lam": jnp.where(cutmix, lam_adjusted, draw["lam_mixup"]),
+    "box": jnp.where(cutmix[:, None], box, 0),
+  }
+
+
+def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Array]:
+  """One group's random numbers: the choice, both λs, CutMix's centre."""
+  k_choice, k_mixup, k_cutmix, k_x, k_y = jax.random.split(key, 5)
+  if mix.mixup_alpha > 0 and mix.cutmix_alpha > 0:
+    cutmix = jax.random.uniform(k_choice, dtype=jnp.float32) < 0.5
+  else:
+    cutmix = jnp.asarray(mix.cutmix_alpha > 0)
+  return {
+    "cutmix": cutmix,
+    "lam_mixup": _beta(k_mixup, mix.mixup_alpha),
+    "lam_cutmix": _beta(k_cutmix, mix.cutmix_alpha),
+    "r_x": jax.random.randint(k_x, (), 0, width, jnp.int32),
+    "r_y": jax.random.randint(k_y, (), 0, height, jnp.int32),
+  }
+
+
+def _beta(key: jax.Array, alpha: float) -> jax.Array:
+  """λ ~ Beta(alpha, alpha) in float32; 1 (no mixing) for an alpha that is off."""
+  if alpha <= 0:
+    return jnp.ones((), jnp.float32)
+  return jax.random.beta(key, alpha, alpha, dtype=jnp.float32)
+
+
+def cutmix_box(
+  lam: jax.Array, r_x: jax.Array, r_y: jax.Array, height: int, width: int
+) -> tuple[jax.Array, jax.Array]:
+  """CutMix's boxes (..., 4) = (y1, x1, y2, x2) and adjusted λs from λs and centres (r_x, r_y)
+  of any one shape, by torchvision's rule: half sides int(r W), int(r H) with
+  r = sqrt(1 - λ) / 2, clamped to the image, λ = 1 - area / (W H).
+
+  The half sides are exact (``_half_side``); torchvision's float64 differs from exact only
+  for λ below ~1e-15, where it rounds 1 - λ up. λ is the float32 nearest the exact quotient,
+  as is float32(torchvision's float64 λ) but for double rounding (~2^-29 odds).
+  """
+  half_w, half_h = _half_side(lam, width), _half_side(lam, height)
+  x1, y1 = jnp.maximum(r_x - half_w, 0), jnp.maximum(r_y - half_h, 0)
+  x2, y2 = jnp.minimum(r_x + half_w, width), jnp.minimum(r_y + half_h, height)
+  area = width * height
+  kept = (area - (x2 - x1) * (y2 - y1)).astype(jnp.float32)
+  return jnp.stack([y1, x1, y2, x2], axis=-1).astype(jnp.int32), _divide(kept, area)
+
+
+def _divide(x: jax.Array, divisor: int) -> jax.Array:
+  """x / divisor rounded once, as IEEE division. XLA turns a division by a (broadcast)
+  constant into a product with its rounded reciprocal, at times 1 ulp off; a divisor of
+  x's shape behind a barrier stays a division. Under vmap the barrier would hold a scalar
+  again: call this on whole arrays."""
+  return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, jnp.float32))
+
+
+def _half_side(lam: jax.Array, size: int) -> jax.Array:
+  """floor(sqrt(1 - λ) / 2 * size) for a float32 λ, exact for sizes up to 4096: float32's
+  estimate is off by at most one (a relative error ~1e-7 of a value below 2048), and
+  ``_fits`` picks the largest of its neighbours that fits. float32 alone would round
+  sqrt(1 - λ) up to 1 for λ < 6e-8: a half side of size / 2 where torchvision's is one less."""
+  guess = jnp.floor(0.5 * jnp.sqrt(1.0 - lam) * size).astype(jnp.int32)
+  return jnp.where(
+    _fits(lam, guess + 1, size), guess + 1, jnp.where(_fits(lam, guess, size), guess, guess - 1)
+  )
+
+
+def _fits(lam: jax.Array, k: jax.Array, size: int) -> jax.Array:
+  """Whether 2k <= sqrt(1 - λ) size, that is λ <= n / d with n = size² - 4k², d = size²
+  (integers, exact in float32 up to 2^24). q, the float32 nearest n / d, decides it for a
+  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left to λ d <= n
+  in float32, exact at exact ties (e.g. λ = 0.75)."""
+  n = (size * size - 4 * k * k).astype(jnp.float32)
+  q = _divide(n, size * size)
+  return (lam < q) | ((lam == q) & (lam * (size * size) <= n))
+
+
+def mix(
+  key: jax.Array, images: jax.Array, labels: jax.Array, settings: Mix
+) -> tuple[jax.Array, jax.Array]:
+  """(mixed images, soft targets (B, num_classes)) of a batch: ``mix_params`` drawn from
+  ``key``, then ``apply_mix``."""
+  params = mix_params(key, settings, *images.shape[1:3])
+  return apply_mix(images, labels, params, settings.num_classes)
+
+
+def apply_mix(
+  images: jax.Array, labels: jax.Array, params: dict[str, jax.Array], num_classes: int
+) -> tuple[jax.Array, jax.Array]:
+  """torchvision v2's MixUp or CutMix on each group of the batch with its ``params``
+  (``mix_params``): the group rolled by one (``roll(1, 0)``: image i takes image i - 1's),
+  MixUp blends the images, CutMix pastes the box; the one-hot targets blend with λ, in
+  float32 as torchvision's (whatever the images' dtype)."""
+  groups = params["lam"].shape[0]
+  x = images.reshape(groups, -1, *images.shape[1:])
+  t = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32).reshape(groups, -1, num_classes)
+  x, t = jax.vmap(_mix_group)(x, t, params["cutmix"], params["lam"], params["box"])
+  return x.reshape(images.shape), t.reshape(-1, num_classes)
+
+
+def _mix_group(x, t, cutmix, lam, box) -> tuple[jax.Array, jax.Array]:
+  """One group's MixUp or CutMix: torchvision's rolled * (1 - λ) + x * λ, and its paste."""
+  rolled_x, rolled_t = jnp.roll(x, 1, axis=0), jnp.roll(t, 1, axis=0)
+  lam_x = lam.astype(x.dtype)  # torch's Python float λ meets the images in their dtype
+  blended = rolled_x * (1 - lam_x) + x * lam_x
+  inside = _box_mask(box[None, 0], box[None, 1], box[None, 2], box[None, 3], *x.shape[1:3])
+  pasted = jnp.where(inside[..., None], rolled_x, x)
+  return jnp.where(cutmix, pasted, blended), rolled_t * (1 - lam) + t * lam
+
+
 def global_norm(tree) -> jax.Array:
   """The L2 norm of all of ``tree``'s arrays together, in float32."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
@@ -257,6 +430,7 @@ def update(
   label_smoothing: float = 0.0,
   accumulate_steps: int = 1,
   frozen: Sequence[str] = (),
+  targets: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """The step's work on the objects, in place: one optimiser update; the loss, the
   gradient's global norm (the trainer stops on a non-finite one) and accuracy counts.
@@ -266,18 +440,19 @@ def update(
   of them, and BatchNorm normalises each with its own statistics and moves its running
   statistics k times, as torch's gradient accumulation does. The ``frozen`` parts'
   parameters are not differentiated (zeros go to the optimiser, which ignores them):
-  the backward pass stops where nothing before it trains.
+  the backward pass stops where nothing before it trains. ``targets`` (B, C), when given,
+  are the loss's probability targets (MixUp/CutMix's); accuracy counts ``labels``.
   """
   wrt = trainable(frozen)
   if accumulate_steps > 1:
     loss, grads, counts = accumulated_gradient(
-      model, images, labels, label_smoothing, accumulate_steps, wrt
+      model, images, labels, label_smoothing, accumulate_steps, wrt, targets
     )
   else:
 
     def loss_fn(m):
       logits = m(images)
-      return cross_entropy(logits, labels, label_smoothing), logits
+      return loss_of(logits, labels, targets, label_smoothing), logits
 
     (loss, logits), grads = nnx.value_and_grad(
       loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True
@@ -288,6 +463,15 @@ def update(
     grads = nnx.merge_state(jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)), grads)
   optimizer.update(model, grads)
   return {"loss": loss, "grad_norm": norm, **counts}
+
+
+def loss_of(
+  logits: jax.Array, labels: jax.Array, targets: jax.Array | None, label_smoothing: float
+) -> jax.Array:
+  """``cross_entropy`` of the labels, or ``soft_cross_entropy`` of ``targets`` when given."""
+  if targets is None:
+    return cross_entropy(logits, labels, label_smoothing)
+  return soft_cross_entropy(logits, targets, label_smoothing)
 
 
 def trainable(frozen: Sequence[str]) -> nnx.filterlib.Filter:
@@ -312,24 +496,26 @@ def accumulated_gradient(
   label_smoothing: float,
   k: int,
   wrt: nnx.filterlib.Filter = nnx.Param,
+  targets: jax.Array | None = None,
 ) -> tuple[jax.Array, nnx.State, dict[str, jax.Array]]:
   """(mean loss, mean gradient, summed accuracy counts) of ``k`` micro-batches, in a
   ``lax.scan``: one micro-batch's activations are alive at a time. The model's other
   state (BatchNorm's running statistics) is carried from one micro-batch to the next
-  and written back. ``wrt``: the parameters differentiated."""
+  and written back. ``wrt``: the parameters differentiated; ``targets``: as ``update``'s."""
   # Two filters, two states: nnx.split is typed for any number of them.
   graphdef, params, rest = nnx.split(model, wrt, ...)  # type: ignore[misc]
 
   def micro(carry, batch):
     rest, total = carry
-    x, y = batch
+    x, y, t = batch
 
     def loss_fn(params, rest):
       # copy: variables of this trace; merge would reuse the caller's, which BatchNorm
       # cannot update from inside the scan (TraceContextError).
       m = nnx.merge(graphdef, params, rest, copy=True)
       logits = m(x)
-      return cross_entropy(logits, y, label_smoothing), (logits, nnx.state(m, nnx.Not(wrt)))
+      loss = loss_of(logits, y, t, label_smoothing)
+      return loss, (logits, nnx.state(m, nnx.Not(wrt)))
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
     total = jax.tree.map(jnp.add, total, grads)
@@ -338,7 +524,7 @@ def accumulated_gradient(
   (rest, total), (losses, counts) = jax.lax.scan(
     micro,
     (rest, jax.tree.map(jnp.zeros_like, params)),
-    (micro_batches(images, k), micro_batches(labels, k)),
+    jax.tree.map(lambda a: micro_batches(a, k), (images, labels, targets)),
   )
   nnx.update(model, rest)
   # Equal micro-batches: the mean of their mean losses is the batch's mean loss.
@@ -351,7 +537,7 @@ def accumulated_gradient(
 
 @functools.partial(
   jax.jit,
-  static_argnames=("label_smoothing", "norm", "accumulate_steps", "frozen"),
+  static_argnames=("label_smoothing", "norm", "accumulate_steps", "frozen", "mixing"),
   donate_argnames="state",
 )
 def train_step(
@@ -363,6 +549,8 @@ def train_step(
   norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
   accumulate_steps: int = 1,
   frozen: tuple[str, ...] = (),
+  boxes: jax.Array | None = None,
+  mixing: Mix | None = None,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
 
@@ -374,11 +562,25 @@ def train_step(
   and normalised here, on the device. ``accumulate_steps`` = k takes the batch in k
   micro-batches (``update``); the batch must divide by k. ``frozen``: the parts that
   the optimiser freezes (``make_optimizer``), left out of the backward pass.
+
+  The normalised batch then goes through torchvision's batch augmentations in its
+  reference trainer's order: ``boxes`` (B, 4), when given, are random erasing's (``erase``);
+  ``mixing`` MixUp/CutMix (``mix``) with the key of the optimizer's step count
+  (``step_key``), on the whole batch before any split into micro-batches, as torchvision
+  mixes the collated batch. Without both the step is what it was before they existed.
   """
   model, optimizer = nnx.merge(graphdef, state)
   if norm is not None:
     images = normalize(images, *norm)
-  metrics = update(model, optimizer, images, labels, label_smoothing, accumulate_steps, frozen)
+  if boxes is not None:
+    images = erase(images, boxes)
+  targets = None
+  if mixing is not None:
+    key = step_key(mixing.seed, optimizer.step[...])
+    images, targets = mix(key, images, labels, mixing)
+  metrics = update(
+    model, optimizer, images, labels, label_smoothing, accumulate_steps, frozen, targets
+  )
   return nnx.state((model, optimizer)), metrics
 
 
@@ -389,18 +591,28 @@ def flat_train_step(
   norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
   accumulate_steps: int = 1,
   frozen: tuple[str, ...] = (),
+  mixing: Mix | None = None,
 ):
-  """``train_step`` as a jitted function of (state leaves, images, labels).
+  """``train_step`` as a jitted function of (state leaves, images, labels[, erase boxes]).
 
   It returns (new state leaves, metrics): lists and dicts of arrays, which
   ``jax.export`` can serialise (``train.step_cache``) and nnx.State cannot.
   ``treedef`` is that of the state: ``jax.tree.flatten(state)[1]``.
   """
 
-  def step(leaves, images, labels):
+  def step(leaves, images, labels, *boxes):
     state = jax.tree.unflatten(treedef, leaves)
     state, metrics = train_step.__wrapped__(
-      graphdef, state, images, labels, label_smoothing, norm, accumulate_steps, frozen
+      graphdef,
+      state,
+      images,
+      labels,
+      label_smoothing,
+      norm,
+      accumulate_steps,
+      frozen,
+      *boxes,
+      mixing=mixing,
     )
     return jax.tree.leaves(state), metrics
 

@@ -40,6 +40,7 @@ from flax_resnet.training.memory import host_memory_estimate, of_total
 from flax_resnet.training.metrics import LOG_SECONDS, Progress
 from flax_resnet.training.models import run_model
 from flax_resnet.training.steps import (
+  Mix,
   all_finite,
   ema_update,
   eval_step,
@@ -311,6 +312,7 @@ class Trainer:
       (tuple(self.cfg.mean), tuple(self.cfg.std)),
       self.cfg.accumulate_steps,
       self.frozen,
+      self._mixing(),
     )
     if self.step_cache is None:
       return step
@@ -323,6 +325,14 @@ class Trainer:
       flush=True,
     )
     return compiled
+
+  def _mixing(self) -> Mix | None:
+    """The step's MixUp/CutMix settings, ``None`` when both alphas are 0: one group per
+    device, as torchvision mixes each GPU's batch."""
+    cfg = self.cfg
+    if not (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0):
+      return None
+    return Mix(cfg.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, jax.device_count(), cfg.seed)
 
   def resume(self) -> None:
     """Continues from the newest intact checkpoint: newer damaged ones are moved aside
@@ -376,20 +386,22 @@ class Trainer:
     }
     checkpoints.save(self.checkpoints, self.step, self.states(), meta, metrics)
 
-  def global_batch(self, local: dict) -> tuple[jax.Array, jax.Array]:
+  def global_batch(self, local: dict, erase: bool = False) -> tuple[jax.Array, ...]:
+    """(images, labels) and, with ``erase``, the erase boxes: global arrays, each sharded
+    over the devices by its rows."""
     make = jax.make_array_from_process_local_data
-    return (
-      make(self.batch_sharding, local["image"]),
-      make(self.batch_sharding, np.asarray(local["label"], np.int32)),
-    )
+    arrays = [local["image"], np.asarray(local["label"], np.int32)]
+    if erase:
+      arrays.append(np.asarray(local["erase"], np.int32))
+    return tuple(make(self.batch_sharding, a) for a in arrays)
 
   def train_one(self) -> dict:
     local = next(self.batches)
     self.skips.add(self.source, local)
-    images, labels = self.global_batch(local)
+    batch = self.global_batch(local, erase=self.cfg.random_erase > 0)
     if self._step is None:
-      self._step = self._compile_step((self.leaves, images, labels))
-    self.leaves, metrics = self._step(self.leaves, images, labels)
+      self._step = self._compile_step((self.leaves, *batch))
+    self.leaves, metrics = self._step(self.leaves, *batch)
     # The previous step's figures are checked while this one runs: the device never waits.
     self.check_finite()
     self._unchecked = (self.step + 1, metrics)
