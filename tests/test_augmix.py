@@ -10,7 +10,6 @@ from PIL import Image
 from scipy import stats
 from torch_reference import torch
 from torchvision.transforms import InterpolationMode, autoaugment
-from torchvision.transforms import functional as F
 
 from flax_resnet.training import augmix
 from flax_resnet.training.augmix import OPS, AugMix
@@ -45,7 +44,10 @@ def tensor(image: np.ndarray):
 def torchvision_op(image: np.ndarray, name: str, magnitude: float, interpolation=None):
   """torchvision's op on the uint8 tensor as AugMix calls it (no fill), back to HWC."""
   out = autoaugment._apply_op(
-    tensor(image), name, magnitude, interpolation=interpolation or InterpolationMode.BILINEAR,
+    tensor(image),
+    name,
+    magnitude,
+    interpolation=interpolation or InterpolationMode.BILINEAR,
     fill=None,
   )
   return out[0].numpy().transpose(1, 2, 0)
@@ -101,8 +103,9 @@ def test_ops_act_on_a_one_channel_image_as_torchvisions(photos):
     table = augmix.magnitude_tables(grey.shape[:2])[name]
     magnitude = 0.0 if table is None else float(table[4])
     magnitude = -magnitude if name in augmix.SIGNED else magnitude
-    assert_within_a_grey_level(augmix.apply_op(grey, name, magnitude),
-                               torchvision_op(grey, name, magnitude))
+    assert_within_a_grey_level(
+      augmix.apply_op(grey, name, magnitude), torchvision_op(grey, name, magnitude)
+    )
 
 
 def test_bicubic_is_refused_as_torchvisions_tensor_warp_refuses_it(photos):

@@ -52,9 +52,7 @@ def nhwc(x: torch.Tensor) -> np.ndarray:
 def test_erase_equals_torchvision_erase_with_value_0():
   images = normalised((5, 7, 9, 3))
   # (top, left, height, width): none, inside, at the bottom-right corner, the whole image, a row
-  boxes = np.array(
-    [[0, 0, 0, 0], [2, 3, 4, 5], [3, 4, 4, 5], [0, 0, 7, 9], [6, 0, 1, 9]], np.int32
-  )
+  boxes = np.array([[0, 0, 0, 0], [2, 3, 4, 5], [3, 4, 4, 5], [0, 0, 7, 9], [6, 0, 1, 9]], np.int32)
   ours = np.asarray(erase(jnp.asarray(images), jnp.asarray(boxes)))
   theirs = np.stack(
     [
@@ -310,8 +308,7 @@ def test_accuracy_counts_the_mixed_images_logits_against_the_original_labels():
 
 
 def test_a_resumed_training_run_mixes_as_the_uninterrupted_one(tmp_path, monkeypatch, capsys):
-  from flax_resnet.training import checkpoints, trainer
-  from flax_resnet.training import config as config_lib
+  from flax_resnet.training import checkpoints, config as config_lib, trainer
 
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the step cache's
   tiny = ["layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "image_size=16"]
@@ -357,8 +354,7 @@ def test_the_reference_collates_batches_through_torchvision_mixup_or_cutmix(tmp_
 
 
 def test_each_device_shard_is_mixed_as_one_group_whatever_the_sharding():
-  from jax.sharding import Mesh, NamedSharding
-  from jax.sharding import PartitionSpec as P
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
   images, labels = jnp.asarray(normalised((8, 6, 6, 3), seed=3)), jnp.arange(8) % 3
   settings = Mix(3, mixup_alpha=0.2, cutmix_alpha=1.0, groups=4)

@@ -80,7 +80,7 @@ def test_each_replicas_order_equals_torchvisions_rasampler_given_the_same_permut
     # (step, replica, row): a device's contiguous share of the global batch is its replica's
     ours = indices(take(iterator, steps)).reshape(steps, replicas, batch // replicas)
     permutation = grain_permutation(count, cfg.seed, epoch)
-    monkeypatch.setattr(train_torch.RASampler, "permutation", lambda self: permutation)
+    monkeypatch.setattr(train_torch.RASampler, "permutation", lambda self, p=permutation: p)
     for rank in range(replicas):
       sampler = train_torch.RASampler(count, replicas, rank, cfg.seed, reps)
       sampler.set_epoch(epoch)
@@ -243,9 +243,7 @@ def test_a_resume_of_repeats_on_another_device_count_is_refused(tmp_path):
 
   from flax_resnet.training import trainer
 
-  run = SimpleNamespace(
-    cfg=config_lib.Config(ra_reps=4), workdir=tmp_path, data_fingerprint=None
-  )
+  run = SimpleNamespace(cfg=config_lib.Config(ra_reps=4), workdir=tmp_path, data_fingerprint=None)
   trainer.Trainer._check_resumable(run, {"devices": jax.device_count()})
   trainer.Trainer._check_resumable(run, {})  # saved before the count was recorded
   with pytest.raises(ValueError, match=r"ra_reps=4 on 3 devices, and this run has"):

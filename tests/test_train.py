@@ -23,6 +23,17 @@ TINY = [
   "dtype=float32",
   "workers=0",
   "log_every=4",
+  # the preset's recipe before its V2 options: these tests are about the trainer, whose
+  # figures (steps, evaluations, accuracy) they state for crop and flip and every epoch
+  "epochs=40",
+  "auto_augment=none",
+  "random_erase=0",
+  "label_smoothing=0",
+  "ema_decay=0",
+  "ema_steps=1",
+  "ema_style=warmup",
+  "eval_every_epochs=1",
+  "checkpoint_every=0",
 ]
 
 
@@ -1191,3 +1202,28 @@ def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path)
     changed_on_resume(cfg, tmp_path)
   config_lib.save(dataclasses.replace(cfg, max_steps=7), tmp_path / "config.json")
   assert changed_on_resume(cfg, tmp_path) == ["max_steps 7 -> 0"]
+
+
+def test_the_imagenet_v2_preset_trains_two_steps_on_synthetic_data(tmp_path):
+  # Every V2 option at the preset's value (MixUp/CutMix, erasing, repeated augmentation over
+  # the 2 devices, per-epoch rates, torchvision's EMA and weight-decay groups), the batch
+  # and the data made small.
+  small = ["synthetic=true", "global_batch=8", "max_steps=2", "workers=0", "log_every=1"]
+  cmd = [sys.executable, "train/train.py", "--config", "imagenet_resnet50_v2"]
+  cmd += ["--workdir", str(tmp_path / "v2"), *[a for s in small for a in ("--set", s)]]
+  done = subprocess.run(
+    cmd, cwd=ROOT, env=env(devices=2), capture_output=True, text=True, timeout=900
+  )
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  from flax_resnet.training import config as config_lib
+
+  changed = {s.split("=")[0] for s in small}
+  saved = json.loads((tmp_path / "v2" / "config.json").read_text())
+  preset = json.loads(json.dumps(config_lib.load_preset("imagenet_resnet50_v2").to_json()))
+  assert {k: v for k, v in saved.items() if k not in changed} == {
+    k: v for k, v in preset.items() if k not in changed
+  }
+  rows = [json.loads(line) for line in (tmp_path / "v2" / "metrics.jsonl").open()]
+  losses = [r["value"] for r in rows if r["name"] == "train/loss"]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+  assert json.loads((tmp_path / "v2" / "summary.json").read_text())["step"] == 2

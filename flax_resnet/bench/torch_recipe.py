@@ -43,7 +43,7 @@ def weight_decays(cfg, net: nn.Module) -> list[tuple[float, torch.Tensor]]:
   the rest and where those are ``None``; ``decay_all`` makes both ``None``."""
   norm = None if cfg.decay_all else cfg.norm_weight_decay
   bias = None if cfg.decay_all else cfg.bias_weight_decay
-  rates = []
+  rates: list[tuple[float, torch.Tensor]] = []
   for module in net.modules():
     for name, p in module.named_parameters(recurse=False):
       if not p.requires_grad:

@@ -23,6 +23,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -125,7 +126,7 @@ def loaders(cfg) -> tuple[DataLoader, DataLoader]:
   test = datasets.ImageFolder(str(root / cfg.eval_split), eval_transform(cfg))
   generator = torch.Generator().manual_seed(cfg.seed)
   common = {"batch_size": cfg.global_batch, "num_workers": cfg.workers}
-  order = {"shuffle": True}
+  order: dict[str, Any] = {"shuffle": True}
   if cfg.ra_reps > 1:
     order = {"sampler": RASampler(len(train), 1, 0, cfg.seed, cfg.ra_reps)}
     if len(order["sampler"]) < cfg.global_batch:

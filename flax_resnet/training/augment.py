@@ -18,8 +18,6 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-
-
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 NO_ERASE = (0, 0, 0, 0)  # erase_box's (top, left, height, width) when nothing is erased
 # An operation's magnitudes (None: it takes none) and whether a drawn sign applies to them.
@@ -152,7 +150,8 @@ _PIXEL_OPS: dict[str, Callable[[Image.Image, float], Image.Image]] = {
   "Contrast": lambda im, m: ImageEnhance.Contrast(im).enhance(1.0 + m),
   "Sharpness": lambda im, m: ImageEnhance.Sharpness(im).enhance(1.0 + m),
   "Posterize": lambda im, m: ImageOps.posterize(im, int(m)),
-  "Solarize": lambda im, m: ImageOps.solarize(im, m),
+  # a float threshold, as torchvision passes it (PIL compares pixels with it)
+  "Solarize": lambda im, m: ImageOps.solarize(im, m),  # type: ignore[arg-type]
   "AutoContrast": lambda im, m: ImageOps.autocontrast(im),
   "Equalize": lambda im, m: ImageOps.equalize(im),
   "Invert": lambda im, m: ImageOps.invert(im),
@@ -184,7 +183,7 @@ class Draw(NamedTuple):
 def _magnitude(space: Space, draw: Draw) -> float:
   table, _ = space[draw.op]
   # float32 to a Python float, as torchvision's float(tensor.item())
-  magnitude = 0.0 if draw.bin is None else float(table[draw.bin])
+  magnitude = 0.0 if draw.bin is None or table is None else float(table[draw.bin])
   return -magnitude if draw.negative else magnitude
 
 
@@ -318,7 +317,6 @@ class AutoAugment(_Policy):
         signed = space[op][1]
         out.append((op, _magnitude(space, Draw(op, bin_, bool(signed and sign == 0)))))
     return out
-
 
 
 def resized_crop_box(height: int, width: int, rng: np.random.Generator) -> Box:

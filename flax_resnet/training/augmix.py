@@ -42,8 +42,17 @@ OPS = (
   "Sharpness",
 )
 SIGNED = frozenset(
-  ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
-   "Sharpness")
+  (
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+  )
 )
 UNSCALED = frozenset(("AutoContrast", "Equalize"))  # no magnitude: no bin is drawn
 # torch's float32 constants, which numpy's float32 reproduces operation by operation
@@ -76,7 +85,7 @@ def _source_coordinates(matrix: list[float], height: int, width: int) -> np.ndar
   """Each output pixel's sampling point, in input pixels (x, y): the matrix acts on coordinates
   centred on the image (pixel centres at half-integers), normalised to [-1, 1] and mapped back
   as grid_sample does with align_corners=False, all in float32 as torch."""
-  theta = np.asarray(matrix, np.float32).reshape(2, 3)
+  theta: np.ndarray = np.asarray(matrix, np.float32).reshape(2, 3)
   theta = theta / np.array([[0.5 * width], [0.5 * height]], np.float32)
   xs = linspace32(-width * 0.5 + 0.5, width * 0.5 - 0.5, width)[None, :]
   ys = linspace32(-height * 0.5 + 0.5, height * 0.5 - 0.5, height)[:, None]
@@ -99,9 +108,13 @@ def warp(image: np.ndarray, matrix: list[float]) -> np.ndarray:
   x0, y0 = np.floor(x), np.floor(y)
   west, north = x - x0, y - y0  # the distances to the west and north neighbours
   east, south = np.float32(1) - west, np.float32(1) - north
-  corners = ((x0, y0, south * east), (x0 + 1, y0, south * west),
-             (x0, y0 + 1, north * east), (x0 + 1, y0 + 1, north * west))
-  pixels, out = image.reshape(height * width, -1), None
+  corners = (
+    (x0, y0, south * east),
+    (x0 + 1, y0, south * west),
+    (x0, y0 + 1, north * east),
+    (x0 + 1, y0 + 1, north * west),
+  )
+  pixels, out = image.reshape(height * width, -1), np.zeros((), np.float32)
   for cx, cy, weight in corners:
     inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
     index = np.clip(cy, 0, height - 1).astype(np.intp) * width
@@ -109,7 +122,7 @@ def warp(image: np.ndarray, matrix: list[float]) -> np.ndarray:
     weight = np.where(inside, weight, np.float32(0)).astype(np.float64)[..., None]
     term = weight * np.take(pixels, index, axis=0)
     # torch accumulates the corners with fused multiply-adds: one float32 rounding per corner
-    out = (term if out is None else out + term).astype(np.float32)
+    out = (out + term).astype(np.float32)  # 0 + term: term exactly
   return np.rint(out).astype(np.uint8)
 
 
@@ -117,17 +130,17 @@ def shear(image: np.ndarray, magnitude: float, axis: int) -> np.ndarray:
   """ShearX (axis 0) or ShearY (axis 1): torchvision shears by atan(magnitude) degrees about
   the top-left corner."""
   height, width = image.shape[:2]
-  angles = [0.0, 0.0]
-  angles[axis] = math.degrees(math.atan(magnitude))
-  matrix = inverse_affine((-width * 0.5, -height * 0.5), 0.0, (0.0, 0.0), tuple(angles))
+  shear_angle = math.degrees(math.atan(magnitude))
+  angles = (shear_angle, 0.0) if axis == 0 else (0.0, shear_angle)
+  matrix = inverse_affine((-width * 0.5, -height * 0.5), 0.0, (0.0, 0.0), angles)
   return warp(image, matrix)
 
 
 def translate(image: np.ndarray, magnitude: float, axis: int) -> np.ndarray:
   """TranslateX (axis 0) or TranslateY (axis 1) by ``int(magnitude)`` pixels (truncated)."""
-  shift = [0.0, 0.0]
-  shift[axis] = float(int(magnitude))
-  return warp(image, inverse_affine((0.0, 0.0), 0.0, tuple(shift), (0.0, 0.0)))
+  pixels = float(int(magnitude))
+  shift = (pixels, 0.0) if axis == 0 else (0.0, pixels)
+  return warp(image, inverse_affine((0.0, 0.0), 0.0, shift, (0.0, 0.0)))
 
 
 def rotate(image: np.ndarray, angle: float) -> np.ndarray:
@@ -186,9 +199,10 @@ def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
   if height <= 2 or width <= 2:
     return image
   pixels = image.astype(np.int32)
-  total = sum(
-    pixels[dy:height - 2 + dy, dx:width - 2 + dx] for dy in range(3) for dx in range(3)
-  ) + 4 * pixels[1:-1, 1:-1]
+  total = (
+    sum(pixels[dy : height - 2 + dy, dx : width - 2 + dx] for dy in range(3) for dx in range(3))
+    + 4 * pixels[1:-1, 1:-1]
+  )
   blurred = image.copy()
   blurred[1:-1, 1:-1] = (2 * total + 13) // 26  # round(total / 13); never a tie
   return blend(image, blurred, factor)

@@ -322,7 +322,7 @@ def _preset_error(path: Path, error: BaseException) -> str:
 
 def override(config: Config, assignments: Sequence[str]) -> Config:
   """Applies ``key=value`` strings, each parsed as its field's type, and ``validate``s."""
-  changes = {}
+  changes: dict[str, Any] = {}
   for item in assignments:
     key, sep, raw = item.partition("=")
     if not sep or key not in FIELDS:

@@ -260,9 +260,7 @@ class RepeatedAugmentationOrder(grain.transforms.Map):
 
   def map(self, position: int) -> int:
     epoch, position = divmod(position, self.epoch_size)
-    place = ra_permutation_place(
-      position, self.count, self.reps, self.replicas, self.replica_batch
-    )
+    place = ra_permutation_place(position, self.count, self.reps, self.replicas, self.replica_batch)
     return self.permutations[epoch * self.count + place]
 
 

@@ -20,9 +20,7 @@ def _name(key) -> object:
   return getattr(key, "key", getattr(key, "name", None))
 
 
-def decay_group(
-  params, norm_weight_decay: float | None, bias_weight_decay: float | None
-) -> object:
+def decay_group(params, norm_weight_decay: float | None, bias_weight_decay: float | None) -> object:
   """Each parameter's weight-decay group, as torchvision's ``set_weight_decay`` sorts them:
   ``"bias"`` for a bias when ``bias_weight_decay`` is given (its custom key, matched
   first), ``"norm"`` for a norm layer's parameter (a layer with a ``scale``: BatchNorm,
