@@ -41,9 +41,8 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
   assert all((out / f).stat().st_size <= 16 * 2**20 for f in files)
   rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   steps = {r["step"]: r for r in rows if r.get("bench") == "suite"}
-  assert [steps[s]["status"] for s in ("facts", "train", "infer", "kernels", "pipeline")] == [
-    "ok"
-  ] * 5
+  names = ("facts", "train", "infer", "kernels", "pipeline", "pipeline-v2")
+  assert [steps[s]["status"] for s in names] == ["ok"] * 6
   assert steps["cifar10-jax"]["status"] == "skipped" and "left" in steps["cifar10-jax"]["why"]
   variants = {(r["mode"], r["framework"], r["variant"]) for r in rows if "mode" in r}
   assert {
@@ -54,7 +53,8 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
   kernels = [r for r in rows if r.get("bench") == "kernels"]
   assert kernels and kernels[0]["ms_per_step"] >= kernels[-1]["ms_per_step"] > 0
   pipeline = [r for r in rows if r.get("bench") == "pipeline"]
-  assert [r["workers"] for r in pipeline] == [0, 1] and pipeline[1]["workers_ready_s_max"] > 0
+  assert [r["workers"] for r in pipeline] == [0, 1] * 2 and pipeline[1]["workers_ready_s_max"] > 0
+  assert [r["auto_augment"] for r in pipeline] == ["none"] * 2 + ["ta_wide"] * 2
   report = (out / "REPORT.md").read_text()
   for heading in (
     "## Machine",
@@ -62,6 +62,7 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
     "## Inference throughput",
     "## Top kernels",
     "## Input pipeline",
+    "| ta_wide, erase 0.1 |",
     "| jax | folded |",
   ):
     assert heading in report

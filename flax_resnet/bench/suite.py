@@ -11,7 +11,9 @@ left of ``--budget``, so that one hang loses one step rather than the run:
    against torch eager and torch.compile in one process (``bench/throughput.py``);
 3. ``kernels``: a profile of five JAX train steps reduced to a top-kernels table,
    and the step's optimized HLO (``bench/kernels.py``);
-4. ``pipeline``: the input pipeline at 8 and 16 workers (``bench/pipeline.py``);
+4. ``pipeline`` and ``pipeline-v2``: the input pipeline at 8 and 16 workers
+   (``bench/pipeline.py``), with crop and flip, then with the V2 recipe's
+   TrivialAugmentWide and random erasing;
 5. ``cifar10-jax`` and ``cifar10-torch``: the CIFAR-10 preset and its PyTorch
    reference, each only if the budget still holds its need.
 
@@ -141,6 +143,12 @@ def plan(args, results: Path, work: Path) -> list[Step]:
     Step("infer", bench("throughput", "--mode", "infer", "--variants", "all", *common), 80),
     Step("kernels", bench("kernels", *model, *kernels), 60),
     Step("pipeline", bench("pipeline", *pipeline), 45),
+    # the V2 recipe's host work (the cores per GPU it needs): TrivialAugmentWide + erasing
+    Step(
+      "pipeline-v2",
+      bench("pipeline", *pipeline, *flags(auto_augment="ta_wide", random_erase=0.1)),
+      45,
+    ),
     *cifar_steps(args, work),
   ]
 

@@ -103,6 +103,12 @@ def kernels_section(rows: list[dict]) -> str:
   )
 
 
+def _augmentation(row: dict) -> str:
+  """What the pipeline did past crop and flip: the policy, and erasing's probability."""
+  done = [row.get("auto_augment", "none"), f"erase {row.get('random_erase', 0.0)}"]
+  return ", ".join(d for d in done if d not in ("none", "erase 0.0")) or "crop, flip"
+
+
 def pipeline_section(rows: list[dict]) -> str:
   rows = [r for r in rows if r.get("bench") == "pipeline"]
   if not rows:
@@ -110,6 +116,7 @@ def pipeline_section(rows: list[dict]) -> str:
   body = [
     [
       r["data"],
+      _augmentation(r),
       r["workers"],
       r["batch"],
       r["startup_s"],
@@ -122,6 +129,7 @@ def pipeline_section(rows: list[dict]) -> str:
   return table(
     [
       "data",
+      "augmentation",
       "workers",
       "batch",
       "first batch s",
