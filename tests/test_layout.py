@@ -203,3 +203,13 @@ def test_a_command_runs_from_any_directory(tmp_path):
     timeout=300,
   )
   assert done.returncode == 2 and "cifar10-jpeg.tar.gz not found" in done.stderr, done.stderr
+
+
+def test_every_slow_entry_names_a_module_or_test_that_exists():
+  # a renamed test left in SLOW would silently move into the fast subset
+  from conftest import SLOW
+
+  for entry in sorted(SLOW):
+    module, _, test = entry.partition("::")
+    source = (ROOT / "tests" / module).read_text()
+    assert not test or f"def {test}(" in source, f"SLOW names {entry}, which does not exist"
