@@ -11,6 +11,8 @@ erasing box, both with torchvision's rules (tries, rounding, fallback).
 
 from __future__ import annotations
 
+import abc
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -84,17 +86,22 @@ def _space(
   }
 
 
+@functools.cache
 def trivial_space(bins: int = 31) -> Space:
-  """TrivialAugmentWide's ``_augmentation_space``: its wide ranges, for any image size."""
+  """TrivialAugmentWide's ``_augmentation_space``: its wide ranges, for any image size.
+
+  The spaces are made once per argument (every image's draw reads one): read-only."""
   return {"Identity": (None, False), **_space(bins, 0.99, (32.0, 32.0), 135.0, 0.99, 6)}
 
 
+@functools.lru_cache(maxsize=64)  # per image size: bounded
 def rand_space(bins: int, height: int, width: int) -> Space:
   """RandAugment's ``_augmentation_space``: translations up to 150/331 of the image."""
   translate = (150.0 / 331.0 * width, 150.0 / 331.0 * height)
   return {"Identity": (None, False), **_space(bins, 0.3, translate, 30.0, 0.9, 4)}
 
 
+@functools.lru_cache(maxsize=64)  # per image size: bounded
 def auto_space(bins: int, height: int, width: int) -> Space:
   """AutoAugment's ``_augmentation_space``: RandAugment's ranges, Invert, no Identity."""
   translate = (150.0 / 331.0 * width, 150.0 / 331.0 * height)
@@ -187,16 +194,18 @@ def _magnitude(space: Space, draw: Draw) -> float:
   return -magnitude if draw.negative else magnitude
 
 
-class _Policy:
+class _Policy(abc.ABC):
   """A policy draws ``params`` and ``apply``s them; calling it does both."""
 
   interpolation: str
 
+  @abc.abstractmethod
   def params(self, rng: np.random.Generator, height: int, width: int):
-    raise NotImplementedError
+    """An image's draws from ``rng``, in torchvision's order."""
 
+  @abc.abstractmethod
   def ops(self, params, height: int, width: int) -> list[tuple[str, float]]:
-    raise NotImplementedError
+    """(operation, signed magnitude) of each operation that ``params`` run, in order."""
 
   def apply(self, image: Image.Image, params) -> Image.Image:
     """``image`` after each (operation, signed magnitude) of ``params``, in order."""

@@ -13,6 +13,7 @@ truncated from the same float32 operations, and within one grey level where a fl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -59,9 +60,11 @@ UNSCALED = frozenset(("AutoContrast", "Equalize"))  # no magnitude: no bin is dr
 GREY_WEIGHTS = (np.float32(0.2989), np.float32(0.587), np.float32(0.114))
 
 
+@functools.lru_cache(maxsize=64)  # per image size: bounded
 def magnitude_tables(image_size: tuple[int, int]) -> dict[str, np.ndarray | None]:
   """torchvision's AugMix magnitude table of every op (float32, ``NUM_BINS`` bins) for an image
-  of ``image_size`` = (height, width); None for the ops without a magnitude."""
+  of ``image_size`` = (height, width); None for the ops without a magnitude. Made once per
+  size (every image's draws read them): read-only."""
   height, width = image_size
   posterize = np.arange(NUM_BINS, dtype=np.float32) / np.float32((NUM_BINS - 1) / 4)
   tables = {

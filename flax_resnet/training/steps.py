@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,40 +55,17 @@ def decay_masks(
 
 
 def make_optimizer(
-  model: ResNet,
-  learning_rate: float | optax.Schedule,
-  *,
-  optimizer: str = "sgd",
-  momentum: float = 0.9,
-  nesterov: bool = False,
-  weight_decay: float = 1e-4,
-  decay_all: bool = False,
-  norm_weight_decay: float | None = 0.0,
-  bias_weight_decay: float | None = 0.0,
-  clip_grad_norm: float = 0.0,
-  frozen: Sequence[str] = (),
-  backbone_lr_mult: float = 1.0,
+  model: ResNet, learning_rate: float | optax.Schedule, **options: Any
 ) -> nnx.Optimizer:
-  """``transform``'s optimiser over the model's ``nnx.Param``s; ``ValueError`` for a
-  ``frozen`` part the model lacks."""
+  """``transform``'s optimiser over the model's ``nnx.Param``s, ``options`` being its
+  keywords; ``ValueError`` for a ``frozen`` part the model lacks."""
+  frozen = options.get("frozen", ())
   unknown = set(frozen) - set(parts(model))
   if unknown:
     raise ValueError(
       f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are {', '.join(parts(model))}"
     )
-  tx = transform(
-    learning_rate,
-    optimizer=optimizer,
-    momentum=momentum,
-    nesterov=nesterov,
-    weight_decay=weight_decay,
-    decay_all=decay_all,
-    norm_weight_decay=norm_weight_decay,
-    bias_weight_decay=bias_weight_decay,
-    clip_grad_norm=clip_grad_norm,
-    frozen=frozen,
-    backbone_lr_mult=backbone_lr_mult,
-  )
+  tx = transform(learning_rate, **options)
   # One program for the whole state rather than one zeros_like per parameter shape.
   return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
 
