@@ -9,9 +9,10 @@ Sized for 5 minutes on one H100. The 40-epoch crop-and-flip run of 2026-11-27 sp
 60 s starting, 90 s training (about 22,000 img/s) and 110 s at its 40 epoch ends (evaluation
 and checkpoint, 2.75 s each). Here the epoch ends are cheap: evaluation and checkpoint every
 5 epochs (975 steps of 256), 10 in all. TrivialAugmentWide and erasing cost the host about
-0.6 core-ms an image against 0.33 for crop and flip (BENCHMARKS.md "Augmentation cost"):
-22,000 img/s needs about 13 cores of decoding, hence 12 workers. 50 epochs then take about
-60 + 50 x 2.3 + 10 x 2.75 = 200 s, and 255 s should the pipeline hold only 15,000 img/s.
+0.45 core-ms an image against 0.32 for crop and flip on the project's CPU (BENCHMARKS.md
+"Augmentation cost"): 22,000 img/s needs about 10 cores, and 12 workers leave a margin. 50
+epochs then take about 60 + 50 x 2.3 + 10 x 2.75 = 200 s, and 255 s should the pipeline hold
+only 15,000 img/s.
 MixUp and CutMix are left off: they pay off over hundreds of epochs, not 50.
 """
 
