@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 
 def quiet_aborted_reads() -> None:
@@ -36,14 +38,24 @@ def quiet_aborted_reads() -> None:
 
 def _not_an_aborted_orbax_read(record: logging.LogRecord) -> bool:
   message = record.getMessage()
-  # The same read's error, logged once its task is collected: seen under load, as a
-  # 60-line traceback after the one-line warning of a damaged checkpoint.
-  return not (
-    message.startswith(
-      ("unhandled exception during asyncio.run() shutdown", "Task exception was never retrieved")
-    )
-    and "orbax" in message
+  # The same reads' errors, logged once their task or gathering future is collected: seen
+  # under load, as 60-line tracebacks after the one-line error that names the checkpoint.
+  # A gathering future's line names no file, so its exception's traceback is read too.
+  aborted = "exception was never retrieved" in message.partition("\n")[0] or message.startswith(
+    "unhandled exception during asyncio.run() shutdown"
   )
+  return not (aborted and ("orbax" in message or _raised_in_orbax(record.exc_info)))
+
+
+def _raised_in_orbax(exc_info: Any) -> bool:
+  error = exc_info[1] if exc_info else None
+  seen = set()
+  while isinstance(error, BaseException) and id(error) not in seen:
+    seen.add(id(error))
+    if any("orbax" in frame.filename for frame in traceback.extract_tb(error.__traceback__)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def one_line(error: BaseException) -> str:

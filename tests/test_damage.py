@@ -429,3 +429,33 @@ def test_only_the_aborted_reads_of_orbax_are_kept_from_the_asyncio_log(message, 
   # their tasks were collected, after the one-line warning.
   record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
   assert errors._not_an_aborted_orbax_read(record) is shown
+
+
+def _raised_from(filename: str) -> BaseException:
+  try:
+    exec(compile("raise ValueError('OUT_OF_RANGE')", filename, "exec"))
+  except ValueError as e:
+    return e
+  raise AssertionError("unreachable")
+
+
+def _chained(cause: BaseException) -> BaseException:
+  try:
+    raise Exception("Encountered error while reading array index") from cause
+  except Exception as e:
+    return e
+
+
+@pytest.mark.parametrize(
+  "filename, shown",
+  [("/venv/orbax/checkpoint/_src/serialization/serialization.py", False), ("mine.py", True)],
+)
+def test_a_gathering_future_is_kept_from_the_asyncio_log_only_when_orbax_raised_it(filename, shown):
+  # CI once failed on "_GatheringFuture exception was never retrieved": its line names no
+  # file, only its exception's traceback (chained, as orbax re-raises) reaches orbax.
+  error = _chained(_raised_from(filename))
+  message = f"_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture {error!r}>"
+  record = logging.LogRecord(
+    "asyncio", logging.ERROR, __file__, 1, message, None, (type(error), error, None)
+  )
+  assert errors._not_an_aborted_orbax_read(record) is shown
