@@ -12,11 +12,14 @@ from flax import nnx
 from flax_resnet.training.config import Config
 
 # Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
-# batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3.
+# batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3. With remat,
+# imagenet_resnet50 at batch 32 and 64 within 8% of its measured peaks (BENCHMARKS.md).
 _BYTES_SAVED_PER_ACTIVATION = 12  # float32 convolution output, BatchNorm output, ReLU output
+_SEGMENT_INPUT_BYTES = 4  # a remat segment's input, kept as float32 even in bfloat16 compute
 _WORKER_BYTES = 210 * 2**20  # a grain worker process's own memory (measured: 210 MB)
 _RUNTIME_BYTES = 2**30  # Python, JAX, XLA:CPU and its compiled step in the main process
 _STATE_COPIES = 5  # weights, gradients, momentum, and the two the update holds at once
+_REMAT_PRIMITIVES = ("remat2", "checkpoint")  # jax.checkpoint's: jax 0.10's name, and the older
 
 
 def host_memory_estimate(
@@ -24,15 +27,16 @@ def host_memory_estimate(
 ) -> dict[str, float]:
   """Bytes of host memory a CPU run of this process needs, by part: what the train step
   keeps for its backward pass (from the model's convolution and matmul outputs, read off
-  its trace), the weights and optimiser state, the worker processes with their read-ahead,
+  its trace; with ``remat``, each recomputed segment's input and the largest segment's
+  activations), the weights and optimiser state, the worker processes with their read-ahead,
   and the runtime. An estimate, calibrated on the finetune preset (above)."""
   local_batch = cfg.global_batch // processes
   weights = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) * 4
   batch_bytes = local_batch * cfg.image_size**2 * 3
-  per_image = _activation_count(graphdef, state, cfg.global_batch, cfg.image_size)
+  per_image = _saved_bytes_per_image(graphdef, state, cfg.global_batch, cfg.image_size)
   micro_batch = local_batch // cfg.accumulate_steps  # what the backward pass keeps at once
   parts = {
-    "activations": per_image * micro_batch * _BYTES_SAVED_PER_ACTIVATION,
+    "activations": per_image * micro_batch,
     "weights and optimiser": weights * (_STATE_COPIES + bool(cfg.ema_decay)),
     "workers": cfg.workers * (_WORKER_BYTES + (cfg.prefetch + 1) * batch_bytes),
     "runtime": _RUNTIME_BYTES + (cfg.prefetch + 1) * batch_bytes,
@@ -40,33 +44,52 @@ def host_memory_estimate(
   return {k: float(v) for k, v in parts.items()}
 
 
-def _activation_count(
+def _saved_bytes_per_image(
   graphdef: nnx.GraphDef, state: nnx.State, batch: int, image_size: int
 ) -> float:
-  """Elements that the convolutions and matrix products of the forward pass output, per
-  image. Traced at the run's global batch, which per-device BatchNorm groups divide."""
+  """Bytes per image that the backward pass holds at its peak. Traced at the run's global
+  batch, which per-device BatchNorm groups divide."""
 
   def forward(state, x):
     return nnx.merge(graphdef, state)(x)
 
   images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  return _outputs(jax.make_jaxpr(forward)(abstract, images).jaxpr) / batch
+  jaxpr = jax.make_jaxpr(forward)(abstract, images).jaxpr
+  kept, recomputed = _saved_bytes(jaxpr, weights=set(map(id, jaxpr.invars[:-1])))
+  return (kept + recomputed) / batch
 
 
-def _outputs(jaxpr) -> int:
+def _saved_bytes(jaxpr, weights: set[int]) -> tuple[int, int]:
+  """(bytes the backward pass keeps throughout, bytes of the largest remat segment it
+  recomputes, whose activations live only while that segment's backward runs). A remat
+  segment keeps just its inputs that are not ``weights`` (ids of the weights' variables):
+  the activation it starts from."""
   from jax.extend import core
 
-  total = 0
+  kept = recomputed = 0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-      total += int(np.prod(eqn.outvars[0].aval.shape))
+      kept += _BYTES_SAVED_PER_ACTIVATION * _size(eqn.outvars[0])
     for sub in jax.tree.leaves(
       list(eqn.params.values()), is_leaf=lambda x: isinstance(x, (core.Jaxpr, core.ClosedJaxpr))
     ):
-      if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
-        total += _outputs(getattr(sub, "jaxpr", sub))
-  return total
+      if not isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
+        continue
+      sub = getattr(sub, "jaxpr", sub)
+      inner_weights = {id(v) for v, outer in zip(sub.invars, eqn.invars) if id(outer) in weights}
+      inner, inner_recomputed = _saved_bytes(sub, inner_weights)
+      if eqn.primitive.name in _REMAT_PRIMITIVES:
+        kept += sum(_SEGMENT_INPUT_BYTES * _size(v) for v in eqn.invars if id(v) not in weights)
+        recomputed = max(recomputed, inner + inner_recomputed)
+      else:
+        kept += inner
+        recomputed = max(recomputed, inner_recomputed)
+  return kept, recomputed
+
+
+def _size(var) -> int:
+  return int(np.prod(var.aval.shape))
 
 
 def of_total() -> str:

@@ -58,8 +58,8 @@ def open_split(data_dir: str, split: str) -> ImageSource:
   (their index.json), else an ``ImageFolder``."""
   if not data_dir:
     raise ValueError(
-      "data_dir is not set: pass --set data_dir=PATH (a folder holding the "
-      "train and eval splits), or --set synthetic=true"
+      "config data_dir is not set: give it a folder holding the train and eval splits "
+      "(--set data_dir=PATH in a command), or set synthetic=true"
     )
   where = f"{data_dir.rstrip('/')}/{split}"
   return Shards(where) if is_shards(where) else ImageFolder.scan(where)
