@@ -111,19 +111,21 @@ def warp(image: np.ndarray, matrix: list[float]) -> np.ndarray:
   x0, y0 = np.floor(x), np.floor(y)
   west, north = x - x0, y - y0  # the distances to the west and north neighbours
   east, south = np.float32(1) - west, np.float32(1) - north
+  # Two rows and columns of zeros around the image hold every neighbour outside it: a
+  # corner clipped to them, and its east or south neighbour, read 0 as torch counts it.
+  stride = width + 4
+  pixels = np.pad(image, ((2, 2), (2, 2), (0, 0))).reshape(-1, image.shape[2]).astype(np.float64)
+  north_west = (np.clip(y0, -2, height).astype(np.intp) + 2) * stride
+  north_west += np.clip(x0, -2, width).astype(np.intp) + 2
   corners = (
-    (x0, y0, south * east),
-    (x0 + 1, y0, south * west),
-    (x0, y0 + 1, north * east),
-    (x0 + 1, y0 + 1, north * west),
+    (north_west, south * east),
+    (north_west + 1, south * west),
+    (north_west + stride, north * east),
+    (north_west + stride + 1, north * west),
   )
-  pixels, out = image.reshape(height * width, -1), np.zeros((), np.float32)
-  for cx, cy, weight in corners:
-    inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-    index = np.clip(cy, 0, height - 1).astype(np.intp) * width
-    index += np.clip(cx, 0, width - 1).astype(np.intp)
-    weight = np.where(inside, weight, np.float32(0)).astype(np.float64)[..., None]
-    term = weight * np.take(pixels, index, axis=0)
+  out = np.zeros((), np.float32)
+  for index, weight in corners:
+    term = weight.astype(np.float64)[..., None] * np.take(pixels, index, axis=0)
     # torch accumulates the corners with fused multiply-adds: one float32 rounding per corner
     out = (out + term).astype(np.float32)  # 0 + term: term exactly
   return np.rint(out).astype(np.uint8)
