@@ -158,8 +158,12 @@ def test_short_run_learns_two_cifar_classes(cifar2, tmp_path):
     "epochs=10",
     "workers=2",  # processes
     "ema_decay=0.99",
+    "eval_every_epochs=3",
   )
   summary = json.loads((tmp_path / "summary.json").read_text())
+  # every third epoch, and the last: the trained model is always evaluated
+  evaluated = [int(line.split()[1]) for line in done.stdout.splitlines() if " eval " in line]
+  assert evaluated == [3, 6, 9, 10], evaluated
   losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step")]
   assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
   assert summary["best_top1"] >= 0.75 and summary["step"] == 160

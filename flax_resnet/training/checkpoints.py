@@ -153,8 +153,9 @@ def _remove_temporaries(folder: Path, steps: list[int]) -> bool:
 # reaches the main thread, where it is reported in one line (``SaveFailed``).
 _SAVE_THREAD_ERRORS = ("raised an exception", "background save thread", "Save Finalize thread")
 # orbax's warning on every save without metrics of a manager with ``best_fn``: ours carry
-# eval metrics at the epochs that evaluate and none in between (nor in runs shorter than
-# an epoch), and orbax then ranks only the evaluated ones, which is what "best" means here.
+# eval metrics at the epochs that evaluate and none in between (nor in runs stopped before
+# their first evaluation), and orbax then ranks only the evaluated ones, which is what
+# "best" means here.
 _SAVE_WITHOUT_METRICS = "Requested `tracked_metric`; did not provide metrics."
 
 

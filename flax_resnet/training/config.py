@@ -198,6 +198,7 @@ class Config:
   keep_checkpoints: int = rule(3, at_least=1, resumable=True)
   # steps between checkpoints (0: at each epoch end)
   checkpoint_every: int = rule(0, at_least=0, resumable=True)
+  # evaluate at every N-th epoch's end, and at the last epoch's
   eval_every_epochs: int = rule(1, at_least=1, resumable=True)
   log_every: int = rule(50, at_least=1, resumable=True)
   # keep the compiled train step on disk for the next start (one process)

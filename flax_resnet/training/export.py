@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
   """The step ``--step`` names: 'best', 'latest' or a saved step number; without one
-  (None), the best, or the latest with a note when none was evaluated (a run shorter
-  than ``eval_every_epochs`` epochs)."""
+  (None), the best, or the latest with a note when none was evaluated (a run on
+  synthetic images, or one stopped by ``max_steps`` before its first evaluation)."""
   steps = mgr.all_steps()
   if not steps:
     raise ValueError(f"{mgr.directory} holds no checkpoint")
@@ -44,8 +44,8 @@ def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
     best = mgr.best_step()
     if best is None:  # orbax ranks only the checkpoints saved with eval metrics
       raise ValueError(
-        f"{mgr.directory}: no checkpoint was evaluated (a run shorter than "
-        "eval_every_epochs epochs evaluates nothing), so none is best; pass "
+        f"{mgr.directory}: no checkpoint was evaluated (the run stopped before its "
+        "first evaluation, or trained on synthetic images), so none is best; pass "
         "--step latest or a step number"
       )
     return best

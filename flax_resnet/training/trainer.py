@@ -560,6 +560,15 @@ def run(cfg: Config, workdir: Path) -> dict:
   return summary
 
 
+def _evaluates_now(trainer: Trainer) -> bool:
+  """At the end of every ``eval_every_epochs``-th epoch and of the schedule's last, so that
+  the trained model is always evaluated; never on synthetic images."""
+  cfg = trainer.cfg
+  epoch, into = divmod(trainer.step, trainer.steps_per_epoch)
+  due = epoch % cfg.eval_every_epochs == 0 or epoch == cfg.epochs
+  return into == 0 and due and bool(cfg.data_dir) and not cfg.synthetic
+
+
 def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
   """Steps, evaluations and saves until the end or SIGTERM; the last eval's metrics."""
   cfg = trainer.cfg
@@ -568,14 +577,8 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> dict:
   while trainer.step < trainer.total_steps and not preemption.requested:
     losses = trainer.train_one()  # counted first: the step's number is the one it completed
     progress.step(trainer.step, losses, trainer.skips.count)
-    epoch_end = trainer.step % trainer.steps_per_epoch == 0
     metrics = None
-    if (
-      epoch_end
-      and (trainer.step // trainer.steps_per_epoch) % cfg.eval_every_epochs == 0
-      and cfg.data_dir
-      and not cfg.synthetic
-    ):
+    if _evaluates_now(trainer):
       last_eval = metrics = trainer.evaluate()
       trainer.best = max(trainer.best or 0.0, checkpoints.score(metrics))
       print(
