@@ -116,6 +116,11 @@ def test_pipeline_benchmark_decodes_real_jpegs_with_and_without_workers(data_dir
     assert row["images_per_s"] == pytest.approx(4 * 4 / row["timed_s"])
     assert row["format"] == "folder" and row["startup_s"] > 0
   assert rows[1]["workers_ready_s_max"] > 0 and "jax" in rows[1]["worker_imports"]
+  # the stages are timed once, in the main process: the same figures on each line
+  assert rows[0]["stage_ms"] == rows[1]["stage_ms"]
+  assert list(rows[0]["stage_ms"]) == ["decode", "crop_flip", "policy", "erase_box"]
+  assert rows[0]["stage_ms"]["decode"] > rows[0]["stage_ms"]["erase_box"] >= 0
+  assert rows[0]["stage_ms"]["policy"] == 0  # no policy: nothing timed
   assert "flax" not in rows[1]["worker_imports"]  # the package's imports are lazy
 
 

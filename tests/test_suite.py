@@ -55,6 +55,9 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
   pipeline = [r for r in rows if r.get("bench") == "pipeline"]
   assert [r["workers"] for r in pipeline] == [0, 1] * 2 and pipeline[1]["workers_ready_s_max"] > 0
   assert [r["auto_augment"] for r in pipeline] == ["none"] * 2 + ["ta_wide"] * 2
+  # each image's cost a core, by stage: the policy costs only where there is one
+  assert all(r["stage_ms"]["decode"] > 0 and r["stage_ms"]["crop_flip"] > 0 for r in pipeline)
+  assert [r["stage_ms"]["policy"] > 0 for r in pipeline] == [False] * 2 + [True] * 2
   report = (out / "REPORT.md").read_text()
   for heading in (
     "## Machine",
@@ -63,6 +66,8 @@ def test_the_suite_measures_every_step_into_at_most_eight_small_files(data_dir, 
     "## Top kernels",
     "## Input pipeline",
     "| ta_wide, erase 0.1 |",
+    "| ms an image a core, by stage |",
+    ", policy 0.00, erase_box ",
     "| jax | folded |",
   ):
     assert heading in report

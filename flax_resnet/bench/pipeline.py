@@ -14,7 +14,9 @@ workers) decodes ``prefetch`` batches at once, and they come together; the
 timed batches after ``--warmup`` untimed ones are rounded up to whole waves, so
 that the rate counts each wave's wait once. Start-up is reported apart: the
 first batch's arrival and when each worker process was ready. One JSON line per
-worker count.
+worker count; each also holds ``stage_ms``, what an image costs a core in each
+stage (decode, crop and flip, policy, erase box), timed in the main process
+before the workers start (``stage_costs``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from flax_resnet.bench.datasets import CIFAR_ARCHIVE, unpack_cifar
 from flax_resnet.bench.results import DATA_ENV, data_root, emit
 from flax_resnet.choices import AUTO_AUGMENTS
 from flax_resnet.cli import ArgumentParser
-from flax_resnet.training import config as config_lib, data, shards
+from flax_resnet.training import augment, config as config_lib, data, shards
+from flax_resnet.training.sources import open_split
+
+# TrainSample's stages, in its order, as stage_costs times them
+STAGES = ("decode", "crop_flip", "policy", "erase_box")
+STAGE_IMAGES = 100
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -186,6 +196,33 @@ def measure(cfg, batches: int, warmup: int) -> dict:
   }
 
 
+def stage_costs(cfg, images: int = STAGE_IMAGES) -> dict[str, float]:
+  """Milliseconds per image of each of ``data.TrainSample``'s stages, timed one after the
+  other in this process over the split's first ``images`` images: reading and decoding,
+  the crop and flip, the policy and the erase box. What each image costs a core, whatever
+  the pipeline's workers and waves."""
+  source = open_split(cfg.data_dir, cfg.train_split)
+  sample = data.TrainSample(
+    source, cfg.image_size, cfg.interpolation, data.policy(cfg.data), cfg.random_erase
+  )
+  rng, spent = np.random.default_rng(cfg.seed), dict.fromkeys(STAGES, 0.0)
+
+  def timed(stage, run, *args):
+    start = time.perf_counter()
+    out = run(*args)
+    spent[stage] += time.perf_counter() - start
+    return out
+
+  count = min(images, len(source))
+  for i in range(count):
+    image, _ = timed("decode", source.read, i)
+    x = timed("crop_flip", sample.crop_and_flip, image, rng)
+    if sample.policy is not None:  # as TrainSample applies it: PIL image in, array out
+      timed("policy", lambda x: np.asarray(sample.policy(Image.fromarray(x), rng)), x)
+    timed("erase_box", augment.erase_box, cfg.image_size, cfg.image_size, cfg.random_erase, rng)
+  return {stage: 1e3 * seconds / count for stage, seconds in spent.items()}
+
+
 def sources(layout: str, folder: Path, tmp: Path) -> list[tuple[str, Path]]:
   """(format, data_dir) to read: the folder, its shards (written here first), or both."""
   out = []
@@ -209,6 +246,7 @@ def main(argv=None) -> int:
       print(f"error: {e}", file=sys.stderr)
       return 2
     for layout, where in sources(args.format, root, Path(tmp)):
+      stages = stage_costs(pipeline_config(args, where, size, 0))
       for workers in args.workers:
         cfg = pipeline_config(args, where, size, workers)
         result = {
@@ -222,6 +260,7 @@ def main(argv=None) -> int:
           "auto_augment": args.auto_augment,
           "random_erase": args.random_erase,
           **measure(cfg, args.batches, args.warmup),
+          "stage_ms": stages,
           "cpu_count": os.cpu_count(),
           "cpu": platform.processor() or platform.machine(),
           "python": platform.python_version(),

@@ -109,6 +109,12 @@ def _augmentation(row: dict) -> str:
   return ", ".join(d for d in done if d not in ("none", "erase 0.0")) or "crop, flip"
 
 
+def _stages(row: dict) -> str:
+  """The per-image milliseconds of each stage, in one process (``pipeline.stage_costs``)."""
+  stages = row.get("stage_ms") or {}
+  return ", ".join(f"{stage} {ms:.2f}" for stage, ms in stages.items()) or "-"
+
+
 def pipeline_section(rows: list[dict]) -> str:
   rows = [r for r in rows if r.get("bench") == "pipeline"]
   if not rows:
@@ -123,6 +129,7 @@ def pipeline_section(rows: list[dict]) -> str:
       r.get("workers_ready_s_max"),
       ", ".join(r.get("worker_imports", [])),
       r["images_per_s"],
+      _stages(r),
     ]
     for r in rows
   ]
@@ -136,6 +143,7 @@ def pipeline_section(rows: list[dict]) -> str:
       "slowest worker ready s",
       "workers imported",
       "img/s",
+      "ms an image a core, by stage",
     ],
     body,
   )

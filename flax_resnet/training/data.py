@@ -105,6 +105,13 @@ class TrainSample(grain.transforms.RandomMap):
 
   def _augment(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     """torchvision's preset order: crop, flip, then the policy (the erase box comes after)."""
+    x = self.crop_and_flip(image, rng)
+    if self.policy is None:
+      return x
+    return np.asarray(self.policy(Image.fromarray(x), rng))
+
+  def crop_and_flip(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """The random resized crop (at <= 32 px: resize, pad and crop), then the flip."""
     if self.size <= 32:
       x = np.asarray(
         image.resize((self.size, self.size), augment.FILTERS[self.interpolation])
@@ -114,10 +121,7 @@ class TrainSample(grain.transforms.RandomMap):
       x = pad_and_crop(x, rng)
     else:
       x = np.asarray(augment.random_resized_crop(image, self.size, rng, self.interpolation))
-    x = np.ascontiguousarray(x[:, ::-1] if rng.random() < 0.5 else x)
-    if self.policy is None:
-      return x
-    return np.asarray(self.policy(Image.fromarray(x), rng))
+    return np.ascontiguousarray(x[:, ::-1] if rng.random() < 0.5 else x)
 
 
 class EvalSample(grain.transforms.Map):
