@@ -202,9 +202,7 @@ def stage_costs(cfg, images: int = STAGE_IMAGES) -> dict[str, float]:
   the crop and flip, the policy and the erase box. What each image costs a core, whatever
   the pipeline's workers and waves."""
   source = open_split(cfg.data_dir, cfg.train_split)
-  sample = data.TrainSample(
-    source, cfg.image_size, cfg.interpolation, data.policy(cfg.data), cfg.random_erase
-  )
+  sample = data.train_sample(cfg.data, source)
   rng, spent = np.random.default_rng(cfg.seed), dict.fromkeys(STAGES, 0.0)
 
   def timed(stage, run, *args):

@@ -170,6 +170,13 @@ def policy(config: DataConfig) -> Callable[[Image.Image, np.random.Generator], I
   raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, not {name!r}")
 
 
+def train_sample(config: DataConfig, source: ImageSource) -> TrainSample:
+  """The per-image work of ``config``'s training input over ``source``."""
+  return TrainSample(
+    source, config.image_size, config.interpolation, policy(config), config.random_erase
+  )
+
+
 def train_batches(
   config: DataConfig,
   process_index: int,
@@ -197,9 +204,7 @@ def train_batches(
   else:
     source = open_split(config.data_dir, config.train_split)
     count = len(source)
-    op = TrainSample(
-      source, config.image_size, config.interpolation, policy(config), config.random_erase
-    )
+    op = train_sample(config, source)
   if config.ra_reps == 1:
     ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
     # Augment before slicing: each image's randomness follows its global position, so
