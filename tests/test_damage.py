@@ -287,6 +287,37 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
   assert "Traceback" not in err and not list((workdir / "checkpoints").glob("*tmp*"))
 
 
+def test_the_workdir_is_locked_before_its_checkpoints_are_read(tmp_path, monkeypatch):
+  # CI once saw the second trainer above fail on a checkpoint that the first had just
+  # deleted (keep_checkpoints): orbax read the workdir before the lock refused the run.
+  import fcntl
+
+  from flax_resnet.training import checkpoints, config as config_lib, trainer
+
+  read_while = []
+  real_manager = checkpoints.manager
+
+  def manager(workdir, *args):
+    try:  # another open file description: refused while the trainer holds its lock
+      fd = os.open(workdir / ".lock.process_0", os.O_RDWR)
+    except FileNotFoundError:
+      read_while.append("no lock file")
+      return real_manager(workdir, *args)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      read_while.append("unlocked")
+    except BlockingIOError:
+      read_while.append("locked")
+    finally:
+      os.close(fd)
+    return real_manager(workdir, *args)
+
+  monkeypatch.setattr(checkpoints, "manager", manager)
+  cfg = config_lib.override(config_lib.load_preset("cifar10_tiny"), SYNTHETIC)
+  trainer.Trainer(cfg, tmp_path / "w")
+  assert read_while == ["locked"]
+
+
 @pytest.mark.parametrize(
   "preset, line, raised",
   [

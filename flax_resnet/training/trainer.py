@@ -249,6 +249,9 @@ class Trainer:
     self._build_state()
     # The first write to the workdir: every check of the input has passed.
     workdir.mkdir(parents=True, exist_ok=True)
+    # Held while the run lives; taken before orbax reads the checkpoints, which a run
+    # already in this workdir may be deleting under it (its oldest beyond keep_checkpoints).
+    self.lock = lock_workdir(workdir)
     self.checkpoints = checkpoints.manager(workdir, cfg.keep_checkpoints)
     self.step, self.skips = 0, data.SkipLog()
     self.best: float | None = None  # None until an eval
@@ -520,11 +523,10 @@ def run(cfg: Config, workdir: Path) -> dict:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
   preemption = Preemption()  # from here on, Ctrl-C waits for a step to end, then saves
   # Bad input is refused before anything is written: the data and the model are checked
-  # before Trainer creates the workdir; the lock comes before any checkpoint is touched.
+  # before Trainer creates the workdir and locks it, before any checkpoint is touched.
   trainer = Trainer(cfg, workdir)
-  lock = lock_workdir(workdir)  # held until this function returns
   trainer.resume()
-  record_holder(lock)
+  record_holder(trainer.lock)
   if jax.process_index() == 0:  # the processes of a multi-host run share the workdir
     config_lib.save(cfg, workdir / "config.json")
   _warn_if_cpu(trainer)
