@@ -19,7 +19,8 @@ def enable_compilation_cache() -> Path:
   A directory already chosen through ``JAX_COMPILATION_CACHE_DIR`` is kept. Returns
   the directory in use.
   """
-  chosen = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # set at run time
+  # config.values, not the attribute: jax 0.10 declares no type for the attribute, 0.12 does.
+  chosen = jax.config.values["jax_compilation_cache_dir"]
   if not chosen:
     chosen = str(cache_dir("xla"))
     jax.config.update("jax_compilation_cache_dir", chosen)
