@@ -83,22 +83,3 @@ def test_readme_snippet_runs_as_written(reader_dir, index):
     timeout=600,
   )
   assert done.returncode == 0, SNIPPETS[index] + done.stderr[-3000:]
-
-
-def test_ci_installs_and_tests_as_the_readme_says():
-  readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-  setup = re.search(r"## Set-up\n\n```bash\n(pip install [^#\n]*?)\s*(#.*)?\n", readme)[1]
-  tests = re.search(r"## Tests\n\n```bash\n(python -m pytest[^#\n]*?)\s*(#.*)?\n", readme)[1]
-  assert setup == "pip install -e '.[dev]' -c constraints.txt"
-  assert (
-    'pins=(-c constraints.txt)' in ci and """pip install --quiet -e '.[dev]' "${pins[@]}\"""" in ci
-  )
-  assert f"\n{tests}\n" in ci
-  pinned = [
-    line
-    for line in (ROOT / "constraints.txt").read_text().splitlines()
-    if line and not line.startswith("#")
-  ]
-  assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in pinned), pinned
-  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "grain"):
-    assert any(line.startswith(f"{name}==") for line in pinned), name
