@@ -5,8 +5,9 @@
   nox -s latest    Python 3.13 with the newest releases of the day (no pins); prints how they
                    differ from constraints/py313.txt, then runs as py313 does
 
-Each session: the set-up, the lint, format and type checks (mypy per stack: the libraries'
-types differ between them), the wheel outside the checkout (.ci/wheel), then README's tests.
+Each session: the set-up (all that ``nox --install-only`` runs), the lint, format and type
+checks (mypy per stack: the libraries' types differ between them), the wheel outside the
+checkout (.ci/wheel), then README's tests.
 ``bash .ci/run`` runs py311 and py313, ``bash .ci/run --latest`` runs latest (README, "Tests").
 """
 
@@ -71,9 +72,9 @@ def py313(session: nox.Session) -> None:
 def latest(session: nox.Session) -> None:
   """The newest releases of the day on Python 3.13, their differences from the pins first."""
   setup = shlex.split(SETUP.format(constraints=NEWEST))
-  session.run(*setup[: setup.index("-c")], "--quiet")
+  session.run_install(*setup[: setup.index("-c")], "--quiet")
   _report_versions(session)
-  installed = session.run("pip", "freeze", "--exclude-editable", silent=True)
+  installed = session.run_install("pip", "freeze", "--exclude-editable", silent=True)
   session.log(f"newest releases, against {NEWEST}:")
   for line in _differences(Path(NEWEST).read_text(), str(installed)):
     session.log(line)
@@ -81,19 +82,15 @@ def latest(session: nox.Session) -> None:
 
 
 def _stack(session: nox.Session, constraints: str, tests: str) -> None:
-  session.run(*shlex.split(SETUP.format(constraints=constraints)), "--quiet")
+  session.run_install(*shlex.split(SETUP.format(constraints=constraints)), "--quiet")
   _report_versions(session)
   _check_and_test(session, constraints, tests)
 
 
 def _report_versions(session: nox.Session) -> None:
-  session.run(
-    "python",
-    "-c",
-    "import sys, jax, flax, torch, numpy; print('python', sys.version.split()[0], 'jax', "
-    "jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, 'numpy', "
-    "numpy.__version__)",
-  )
+  """What was installed: Python, jax, jaxlib, flax, optax, orbax, torch, torchvision."""
+  report = "from flax_resnet import versions; print(versions.versions())"
+  session.run_install("python", "-c", report)
 
 
 def _check_and_test(session: nox.Session, wheel_pins: str, tests: str) -> None:
