@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nox
 
-# README's commands, run as written there (tests/test_readme.py holds them equal): the set-up
+# README's commands, run as written there (tests/test_ci.py holds them equal): the set-up
 # (with a stack's constraints file, or none for the newest releases), the whole suite and the
 # fast subset.
 SETUP = "pip install -e '.[dev]' -c {constraints}"
