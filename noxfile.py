@@ -9,6 +9,8 @@ Each session: the set-up (all that ``nox --install-only`` runs), the lint, forma
 checks (mypy per stack: the libraries' types differ between them), the wheel outside the
 checkout (.ci/wheel), then README's tests.
 ``bash .ci/run`` runs py311 and py313, ``bash .ci/run --latest`` runs latest (README, "Tests").
+Arguments after ``--`` go to pytest: ``nox -R -s py313 -- tests/test_cpu.py`` (``-R``: the
+session's existing venv, nothing installed).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def _check_and_test(session: nox.Session, wheel_pins: str, tests: str) -> None:
   session.run("ruff", "format", "--check", "flax_resnet", "tests")
   session.run("mypy", "flax_resnet")
   session.run("bash", ".ci/wheel", wheel_pins, external=True)
-  session.run(*shlex.split(tests))
+  session.run(*shlex.split(tests), *session.posargs)  # nox -s py313 -- tests/test_cpu.py
 
 
 def _differences(pinned: str, installed: str) -> list[str]:
