@@ -121,7 +121,7 @@ def fetch_weights(name: str, arch: str | None):
       weights.url, progress=True, check_hash=True, weights_only=True, map_location="cpu"
     )
   except OSError as e:  # URLError is an OSError
-    raise DownloadError(name, weights.url, file, e) from e
+    raise DownloadError(name, weights.url, file, e) from None  # .reason keeps e
   if digest is None and file.is_file():
     digest = check_hash(file, weights.url)
   source = {
