@@ -61,6 +61,23 @@ SLOW = frozenset(
 DATA_ENV = "FLAX_RESNET_DATA"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_the_session_folder(tmp_path_factory):
+  """Every cache of ours and torch's (XLA's compilation cache, weights, torch.hub, inductor) in the
+  session's temporary folder, which pytest removes after a green run (pyproject.toml,
+  tmp_path_retention_policy): the suite writes nothing in ~/.cache, nor in /tmp, where a
+  ``flax_resnet`` folder would shadow the package for scripts run from there. xdist's
+  workers share one, beside their own folders, so that each program is compiled once."""
+  base = tmp_path_factory.getbasetemp()
+  cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"
+  cache.mkdir(exist_ok=True)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(cache))
+    patch.setenv("TORCH_HOME", str(cache / "torch"))
+    patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "torchinductor"))  # else /tmp's
+    yield cache
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   """Marks the tests of ``SLOW``."""
   for item in items:

@@ -100,7 +100,7 @@ def env(devices=8, cache=None):
     **os.environ,
     "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
     "JAX_PLATFORMS": "cpu",
-    "XDG_CACHE_HOME": str(cache or os.environ.get("XDG_CACHE_HOME", "/tmp")),
+    "XDG_CACHE_HOME": str(cache or os.environ["XDG_CACHE_HOME"]),  # conftest's
   }
 
 
