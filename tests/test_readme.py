@@ -98,7 +98,7 @@ def test_readme_snippet_runs_as_written(reader_dir, index):
 
 def test_ci_installs_and_tests_as_the_readme_says():
   readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
-  setup = re.search(r"## Set-up\n\n```bash\n(pip install [^#\n]*?)\s*(#.*)?\n", readme)[1]
+  setup = re.search(r"## Set-up\n[^#]*?```bash\n(pip install [^#\n]*?)\s*(#.*)?\n", readme)[1]
   tests = re.search(r"## Tests\n\n```bash\n(python -m pytest[^#\n]*?)\s*(#.*)?\n", readme)[1]
   assert setup == "pip install -e '.[dev]' -c constraints.txt"
   assert (
