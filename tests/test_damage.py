@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flax_resnet import errors
+from flax_resnet.training.shm import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ["synthetic=true", "global_batch=16", "log_every=1", "checkpoint_every=2"]
@@ -245,11 +246,65 @@ def test_ctrl_c_saves_exits_130_in_one_line_and_the_run_resumes(tmp_path):
   assert json.loads((workdir / "summary.json").read_text())["signal"] == "SIGINT"
   time.sleep(1)
   assert alive(workers) == [] and not {
-    f for f in set(os.listdir("/dev/shm")) - shm if f.startswith(("psm_", "sem."))
+    f for f in set(os.listdir("/dev/shm")) - shm if f.startswith(("psm_", "sem.", PREFIX))
   }
   again = train(workdir, f"max_steps={saved + 2}", *LONG[1:])
   assert again.returncode == 0 and f"resumed from step {saved}" in again.stdout, again.stderr
   assert steps(workdir)[-1] == saved + 2
+
+
+def ours(names: set[str]) -> set[str]:
+  """The runs' shared memory files (segments, semaphores, lock files) among ``names``."""
+  return {n for n in names if n.startswith((PREFIX, f"sem.{PREFIX}"))}
+
+
+# Another program's segment, and a live run's lock and segment, as test_data makes them.
+OTHERS = """
+import sys
+from multiprocessing import shared_memory
+from pathlib import Path
+from flax_resnet.training import shm
+foreign = shared_memory.SharedMemory(create=True, size=1000)
+tag = shm.claim()
+name = shm.segment_name(tag)[1:]
+Path("/dev/shm", name).write_bytes(bytes(1000))
+print(foreign.name, name, f"{shm.PREFIX}{tag}.lock", flush=True)
+sys.stdin.read()
+foreign.unlink()
+Path("/dev/shm", name).unlink()
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="names files in /dev/shm (Linux)")
+def test_the_shared_memory_of_a_run_killed_with_its_workers_is_removed_by_the_next_run(tmp_path):
+  others = subprocess.Popen(
+    [sys.executable, "-c", OTHERS],
+    env=env(),
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert others.stdout is not None
+  theirs = set(others.stdout.readline().split())
+  try:
+    before = set(os.listdir("/dev/shm"))
+    with open(tmp_path / "stderr", "w") as stderr:
+      proc, _ = start(tmp_path / "w", *LONG, stderr=stderr)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer, its workers and resource tracker
+    proc.wait(timeout=60)
+    left = ours(set(os.listdir("/dev/shm")) - before)
+    # Batches in flight, as grain's workers had made them, and the queues' semaphores.
+    assert len({n for n in left if n.startswith(PREFIX) and "." not in n}) >= 6, left
+    assert any(n.startswith(f"sem.{PREFIX}") for n in left) and len(theirs) == 3
+    again = train(tmp_path / "w2", "max_steps=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"removed {len(left)} files" in again.stderr and "Traceback" not in again.stderr
+    now = set(os.listdir("/dev/shm"))
+    assert not left & now and theirs <= now
+    assert not ours(now - before - theirs)  # nor did the next run leave any of its own
+  finally:
+    others.communicate("", timeout=60)
+  assert others.returncode == 0
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
