@@ -200,7 +200,6 @@ def train_batches(
   killed runs left there is removed first (``shm``).
   """
   local_batch = config.global_batch // process_count
-  shm.remove_dead()
   source = None
   if config.synthetic:
     count, op = SYNTHETIC_EPOCH, SyntheticSample(config.image_size, config.num_classes)
@@ -208,6 +207,7 @@ def train_batches(
     source = open_split(config.data_dir, config.train_split)
     count = len(source)
     op = train_sample(config, source)
+  shm.remove_dead()  # after the data's errors, which come first, alone
   if config.ra_reps == 1:
     ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
     # Augment before slicing: each image's randomness follows its global position, so
