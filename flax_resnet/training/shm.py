@@ -54,7 +54,7 @@ def claim(folder: Path = SHM) -> str | None:
   # they held (their finalizers' priority is 1) and the semaphores have been unlinked.
   util.Finalize(None, _release, args=(folder,), exitpriority=0)
   # multiprocessing names a semaphore "<semprefix>-<random>" (synchronize.SemLock._make_name);
-  # grain's queues make theirs in this process, and spawned workers inherit the prefix.
+  # grain makes its queues' semaphores in this process, before it starts the workers.
   process.current_process()._config["semprefix"] = f"/{PREFIX}{tag}-mp"  # type: ignore[attr-defined]
   return tag
 
