@@ -266,7 +266,9 @@ def run_files(pid: int) -> Callable[[], set[str]]:
   for fd in Path(f"/proc/{pid}/fd").iterdir():
     with contextlib.suppress(FileNotFoundError):  # closed meanwhile
       links.append(os.readlink(fd))
-  (lock,) = [n for n in links if n.startswith(f"/dev/shm/{PREFIX}") and n.endswith(".lock")]
+  locks = [n for n in links if n.startswith(f"/dev/shm/{PREFIX}") and n.endswith(".lock")]
+  assert len(locks) == 1, f"trainer {pid} holds {len(locks)} run locks in /dev/shm: {links}"
+  lock = locks[0]
   tag = lock.removeprefix(f"/dev/shm/{PREFIX}").removesuffix(".lock")
   names = (f"{PREFIX}{tag}", f"sem.{PREFIX}{tag}")
   return lambda: {n for n in os.listdir("/dev/shm") if n.startswith(names)}
