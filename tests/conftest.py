@@ -46,6 +46,8 @@ SLOW = frozenset(
     "test_preprocess.py::test_arrays_equal_torchvision_transform",
     "test_preprocess.py::test_converted_model_top5_equals_torchvision_on_its_own_pipeline",
     "test_shards.py::test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image",
+    "test_shards.py::test_a_damaged_shard_index_is_one_line_and_exit_2_from_the_trainer",
+    "test_shards.py::test_a_damaged_classes_file_is_one_line_and_exit_2_from_the_converter",
     "test_steps.py::test_accumulation_normalises_each_micro_batch_with_its_own_statistics",
     "test_steps.py::test_activation_checkpointing_gives_the_same_loss_and_gradients",
     "test_steps.py::test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads",
