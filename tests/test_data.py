@@ -172,3 +172,11 @@ def test_eval_crops_eval_crop_pixels_and_image_size_without_it(tmp_path, eval_cr
   assert list(batch["label"]) == [0, 1, -1, -1]
   expected = data.eval_transform(cfg.data)(Image.open(tmp_path / "val" / "b" / "0.png"))
   assert (batch["image"][1] == expected).all()
+
+
+def test_without_a_shared_memory_folder_nothing_is_removed_or_named(tmp_path):
+  from flax_resnet.training import shm
+
+  missing = tmp_path / "no-shm"  # as on macOS: no /dev/shm
+  assert shm.remove_dead(missing) == 0 and shm.claim(missing) is None
+  assert not missing.exists()

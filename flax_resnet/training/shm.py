@@ -104,6 +104,8 @@ def remove_dead(folder: Path = SHM) -> int:
   those of each tag whose lock no process holds, or whose lock file is gone. Answers how many
   files; logs them, with their size. Files that are not ours, and those of live runs (this
   one's among them), stay."""
+  if not folder.is_dir():  # not Linux: no /dev/shm, and claim() names nothing
+    return 0
   own = _claimed.get(folder, ("", -1))[0]
   files: dict[str, list[Path]] = {}
   for entry in os.scandir(folder):
