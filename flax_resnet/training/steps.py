@@ -352,11 +352,32 @@ def _half_side(lam: jax.Array, size: int) -> jax.Array:
 def _fits(lam: jax.Array, k: jax.Array, size: int) -> jax.Array:
   """Whether 2k <= sqrt(1 - λ) size, that is λ <= n / d with n = size² - 4k², d = size²
   (integers, exact in float32 up to 2^24). q, the float32 nearest n / d, decides it for a
-  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left to λ d <= n
-  in float32, exact at exact ties (e.g. λ = 0.75)."""
-  n = (size * size - 4 * k * k).astype(jnp.float32)
-  q = _divide(n, size * size)
-  return (lam < q) | ((lam == q) & (lam * (size * size) <= n))
+  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left, to the
+  exact sign of q d - n (``_above``): float32's λ d would round a q just above a tie down
+  onto n (at 224, λ = 0.9999203 for k = 1). λ and q are compared by their bits, ordered as
+  the non-negative floats are: XLA flushes a subnormal λ to 0 in a float comparison."""
+  n = size * size - 4 * k * k
+  q = _divide(n.astype(jnp.float32), size * size)
+  lam_bits, q_bits = (jax.lax.bitcast_convert_type(x, jnp.int32) for x in (lam, q))
+  return (lam_bits < q_bits) | ((lam_bits == q_bits) & ~_above(q, n, size * size))
+
+
+def _above(q: jax.Array, n: jax.Array, d: int) -> jax.Array:
+  """Whether q d > n, exactly, for q the float32 nearest n / d (integers 0 <= n <= d < 2^32):
+  in 32-bit integers, without 64-bit types. q = m 2^-s (m its 24-bit integer
+  significand), so q d - n = (m d - n 2^s) 2^-s; the integer m d - n 2^s is at most d / 2 in
+  magnitude (q is within half its unit 2^-s of n / d), so its value modulo 2^32 (uint32
+  arithmetic, which wraps) read as an int32 is exact."""
+  bits = jax.lax.bitcast_convert_type(q, jnp.uint32)
+  biased = (bits >> 23).astype(jnp.int32)  # q >= 0: no sign bit
+  significand = (bits & 0x7FFFFF) | jnp.where(biased > 0, 0x800000, 0).astype(jnp.uint32)
+  shift = 150 - jnp.maximum(biased, 1)  # q = significand 2^-shift, subnormals included
+  # n 2^shift modulo 2^32: 0 from shift 32 on (a shift past the width is not one to rely on)
+  scaled = jnp.where(
+    shift < 32, n.astype(jnp.uint32) << jnp.minimum(shift, 31).astype(jnp.uint32), 0
+  )
+  difference = significand * jnp.uint32(d) - scaled.astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(difference, jnp.int32) > 0
 
 
 def mix(
