@@ -202,22 +202,37 @@ def exact_half_side(lam: np.float32, size: int) -> int:
   return k + 1 if 4 * (k + 1) ** 2 <= area else k
 
 
+def tie_lams(size: int) -> list[np.float32]:
+  """The float32 λ around every tie 1 - (2k / size)², k = 0 .. size / 2 (see below)."""
+  return [
+    lam for k in range(size // 2 + 1) for lam in float32_around(1 - Fraction(2 * k, size) ** 2)
+  ]
+
+
+def half_sides(lams: list[np.float32], size: int) -> list[int]:
+  """``cutmix_box``'s (jitted) half sides of ``lams`` on a size x size image, centred."""
+  centre = jnp.full(len(lams), size // 2)
+  box = jax.jit(lambda *a: cutmix_box(*a, size, size)[0])(jnp.asarray(lams), centre, centre)
+  return [int(x2 - x1) // 2 for _, x1, _, x2 in np.asarray(box)]
+
+
 @pytest.mark.parametrize("size", [32, 176, 224])
 def test_cutmix_half_sides_at_every_tie_are_exact_and_torchvisions(size, monkeypatch):
   # At λ = 1 - (2k / size)², sqrt(1 - λ) size / 2 is the integer k: the float32 λ around each
   # tie give half sides k and k - 1, which float32 arithmetic confuses (the one just above
   # the tie gave k). The centre is the image's, so the box is 2 half sides wide and high.
-  lams = [
-    lam for k in range(size // 2 + 1) for lam in float32_around(1 - Fraction(2 * k, size) ** 2)
-  ]
-  centre = jnp.full(len(lams), size // 2)
-  boxes = np.asarray(
-    jax.jit(lambda *a: cutmix_box(*a, size, size)[0])(jnp.asarray(lams), centre, centre)
-  )
-  assert [(x2 - x1) // 2 for _, x1, _, x2 in boxes] == [exact_half_side(lam, size) for lam in lams]
+  lams = tie_lams(size)
+  assert half_sides(lams, size) == [exact_half_side(lam, size) for lam in lams]
   # torchvision's float64 is exact but below ~1e-15 (see cutmix_box): the subnormals above 0
   cases = [(lam, size // 2, size // 2) for lam in lams if lam >= 1e-15]
   assert_cutmix_equals_torchvisions(cases, size, size, monkeypatch)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_cutmix_half_sides_are_exact_at_every_tie_up_to_4096_pixels(x64):
+  lams = tie_lams(4096)
+  with jax.enable_x64(x64):
+    assert half_sides(lams, 4096) == [exact_half_side(lam, 4096) for lam in lams]
 
 
 def test_a_cutmix_lambda_just_above_a_tie_pastes_nothing_as_torchvisions(monkeypatch):
