@@ -244,24 +244,60 @@ def test_a_cutmix_lambda_just_above_a_tie_pastes_nothing_as_torchvisions(monkeyp
   assert_cutmix_equals_torchvisions([(lam, 76, 130)], 224, 224, monkeypatch)
 
 
+jitted_mix_params = jax.jit(mix_params, static_argnums=(1, 2, 3))
+
+
 def draws(settings: Mix, n: int, height: int = 32, width: int = 32, seed: int = 0) -> dict:
-  """``n`` groups' draws of ``mix_params``, as numpy."""
-  params = mix_params(jax.random.key(seed), settings._replace(groups=n), height, width)
+  """``n`` groups' draws of ``mix_params`` (jitted, as in the train step), as numpy."""
+  params = jitted_mix_params(jax.random.key(seed), settings._replace(groups=n), height, width)
   return {k: np.asarray(v) for k, v in params.items()}
 
 
 def torchvision_lams(alpha: float, n: int) -> np.ndarray:
+  """``n`` draws of torchvision v2 MixUp's λ: its Beta distribution (float32, as
+  ``make_params`` draws it one at a time), seeded."""
   torch.manual_seed(0)
-  transform = v2.MixUp(alpha=alpha, num_classes=2)
-  return np.array([transform.make_params([])["lam"] for _ in range(n)])
+  return v2.MixUp(alpha=alpha, num_classes=2)._dist.sample((n,)).numpy().ravel()
 
 
-def test_mixup_lambda_is_distributed_as_torchvision_beta_draws():
-  theirs = torchvision_lams(0.2, 4000)
-  ours = draws(Mix(2, mixup_alpha=0.2), 4000)["lam"]
+def jax_beta_lams(alpha: float, n: int) -> np.ndarray:
+  """``n`` draws of jax.random.beta: the sampler λ had before it was torch's (see _beta)."""
+  keys = jax.random.split(jax.random.key(0), n)
+  return np.asarray(jax.vmap(lambda k: jax.random.beta(k, alpha, alpha, dtype=jnp.float32))(keys))
+
+
+LAMS = 200_000  # draws: enough for the masses just below 1 (~2% at alpha 0.2) to be seen
+
+
+@pytest.mark.parametrize("alpha, wrong_alpha", [(0.2, 0.22), (1.0, 1.05)])
+def test_mixup_lambda_is_distributed_as_torchvision_beta_draws(alpha, wrong_alpha):
+  theirs = torchvision_lams(alpha, LAMS)
+  ours = draws(Mix(2, mixup_alpha=alpha), LAMS)["lam"]
   assert stats.ks_2samp(ours, theirs).pvalue > SIGNIFICANCE
-  wrong = draws(Mix(2, mixup_alpha=0.3), 4000)["lam"]
+  wrong = draws(Mix(2, mixup_alpha=wrong_alpha), LAMS)["lam"]
   assert stats.ks_2samp(wrong, theirs).pvalue < SIGNIFICANCE
+
+
+def same_rate_pvalue(a: np.ndarray, b: np.ndarray, value: float) -> float:
+  """The p-value of the exact test that ``value`` has one probability in samples ``a`` and
+  ``b`` of one size: its count in ``a`` is binomial(both counts, 1/2) given both."""
+  count_a, count_b = int(np.sum(a == value)), int(np.sum(b == value))
+  if count_a + count_b == 0:
+    return 1.0
+  return float(stats.binomtest(count_a, count_a + count_b, 0.5).pvalue)
+
+
+def test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1():
+  # At alpha 0.2 one λ in 50 is within float32's rounding of 1: torch clamps it to 1 - 2^-24
+  # and rounds a float64 quotient; jax.random.beta's gives 1 itself (2%) and never 1 - 2^-24.
+  theirs = torchvision_lams(0.2, LAMS)
+  ours = draws(Mix(2, mixup_alpha=0.2), LAMS)["lam"]
+  wrong = jax_beta_lams(0.2, LAMS)
+  assert np.all((ours > 0) & (ours < 1)) and np.all((theirs > 0) & (theirs < 1))
+  top = [np.float32(1), *(np.float32(1 - i * 2.0**-24) for i in (1, 2, 3))]
+  for value in top:
+    assert same_rate_pvalue(ours, theirs, value) > SIGNIFICANCE, value
+  assert min(same_rate_pvalue(wrong, theirs, value) for value in top) < SIGNIFICANCE
 
 
 def torchvision_boxes(alpha: float, n: int, height: int, width: int) -> np.ndarray:

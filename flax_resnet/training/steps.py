@@ -304,11 +304,27 @@ def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Ar
   }
 
 
+# torch's Dirichlet (its Beta's sampler) clamps each share to [tiny, 1 - 2^-24] in float32
+LAM_RANGE = (float(jnp.finfo(jnp.float32).tiny), 1.0 - 2.0**-24)
+
+
 def _beta(key: jax.Array, alpha: float) -> jax.Array:
-  """λ ~ Beta(alpha, alpha) in float32; 1 (no mixing) for an alpha that is off."""
+  """λ ~ Beta(alpha, alpha) in float32 as torch draws it; 1 (no mixing) for an alpha that is off.
+
+  torch divides two gammas in float64 and rounds the quotient to float32 within ``LAM_RANGE``:
+  never 0 or 1 (at alpha 0.2 one draw in 50 is 1 - 2^-24). jax.random.beta's gammas are
+  float32 logarithms (the same keys and gammas here), but its 1 / (1 + small) rounds on a grid
+  twice as coarse below 1 and gives 1 itself; here the smaller share, accurate to float32,
+  is subtracted from 1 instead, which rounds as torch's quotient does, then clamped."""
   if alpha <= 0:
     return jnp.ones((), jnp.float32)
-  return jax.random.beta(key, alpha, alpha, dtype=jnp.float32)
+  key_a, key_b = jax.random.split(key)
+  log_a = jax.random.loggamma(key_a, alpha, dtype=jnp.float32)
+  log_b = jax.random.loggamma(key_b, alpha, dtype=jnp.float32)
+  small = jnp.exp(-jnp.abs(log_a - log_b))  # the smaller gamma over the larger, in [0, 1]
+  minor = small / (1 + small)  # the smaller one's share, at most 1/2
+  lam = jnp.where(log_a >= log_b, 1 - minor, minor)
+  return jnp.clip(lam, *LAM_RANGE)
 
 
 def cutmix_box(
