@@ -211,7 +211,7 @@ class _Drawn:
     self.u = u
 
   def random(self, size=None, dtype=np.float64):
-    return dtype(self.u)
+    return np.full(size, self.u, dtype) if size else dtype(self.u)
 
   def uniform(self, low: float, high: float) -> float:
     return low
@@ -244,8 +244,9 @@ def test_auto_augment_and_erasing_draw_from_torch_rands_float32_values():
 
   class Recording:  # rng, its random draws kept
     def random(self, *args, **kwargs):
-      coins.append(float(rng.random(*args, **kwargs)))
-      return coins[-1]
+      drawn = rng.random(*args, **kwargs)
+      coins.extend(np.ravel(drawn).tolist())
+      return drawn
 
     uniform, integers = rng.uniform, rng.integers
 
@@ -396,8 +397,8 @@ class _TooLarge:
   def uniform(self, low: float, high: float) -> float:
     return high
 
-  def random(self, size=None, dtype=np.float64) -> float:
-    return 0.0
+  def random(self, size=None, dtype=np.float64):
+    return np.zeros(size, dtype) if size else 0.0
 
 
 def test_erase_box_with_p_0_draws_nothing_and_a_box_never_fitting_is_no_erase():

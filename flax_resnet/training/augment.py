@@ -294,10 +294,10 @@ IMAGENET_POLICY = (
 )
 
 
-def uniform32(rng: np.random.Generator, size: int | None = None) -> np.ndarray | float:
-  """torch.rand's float32 uniform draws in [0, 1), the multiples of 2^-24 (numpy's float32
-  draws are the same). torch compares them with a Python float p in float32: u <= p and u < p
-  hold as u <= float32(p) and u < float32(p) do, both exactly as likely as torch's."""
+def uniform32(rng: np.random.Generator, size: int) -> np.ndarray:
+  """``size`` of torch.rand's float32 uniform draws in [0, 1), the multiples of 2^-24
+  (numpy's float32 draws are the same). torch compares them with a Python float p in
+  float32: u <= p and u < p hold as u <= float32(p) and u < float32(p) do."""
   return rng.random(size, dtype=np.float32)
 
 
@@ -385,7 +385,7 @@ def erase_box(height: int, width: int, p: float, rng: np.random.Generator) -> Bo
   drawn or every try fails. ``p`` 0 draws nothing (torchvision's trainer then has no
   RandomErasing), so the stream of draws after it is unchanged. Drawn as torch's: a
   ``uniform32`` below p in float32."""
-  if p <= 0 or not uniform32(rng) < np.float32(p):
+  if p <= 0 or not uniform32(rng, 1)[0] < np.float32(p):
     return Box(*NO_ERASE)
   area = height * width
   for _ in range(10):
