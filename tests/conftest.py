@@ -24,6 +24,7 @@ SLOW = frozenset(
     "test_mix.py::test_each_device_shard_is_mixed_as_one_group_whatever_the_sharding",
     "test_mix.py::test_mixup_and_cutmix_are_chosen_with_torchvision_probabilities",
     "test_mix.py::test_mixup_lambda_is_distributed_as_torchvision_beta_draws",
+    "test_mix.py::test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1",
     "test_sampler.py::test_a_resume_mid_epoch_gives_the_next_batches",
     "test_parity.py",
     "test_pretrained.py",
