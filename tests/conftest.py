@@ -22,6 +22,7 @@ SLOW = frozenset(
     "test_mix.py::test_a_resumed_run_mixes_as_the_uninterrupted_one",
     "test_mix.py::test_accuracy_counts_the_mixed_images_logits_against_the_original_labels",
     "test_mix.py::test_each_device_shard_is_mixed_as_one_group_whatever_the_sharding",
+    "test_mix.py::test_cutmix_box_sizes_are_distributed_as_torchvision_make_params",
     "test_mix.py::test_mixup_and_cutmix_are_chosen_with_torchvision_probabilities",
     "test_mix.py::test_mixup_lambda_is_distributed_as_torchvision_beta_draws",
     "test_mix.py::test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1",
