@@ -298,6 +298,10 @@ class Trainer:
     memory.check_fits(self.cfg, parts, memory.total_host_memory())
     return parts
 
+  def learning_rate(self, count: int) -> float:
+    """The rate of the step after ``count`` steps (fc's, with ``backbone_lr_mult``)."""
+    return float(schedule(self.cfg, self.steps_per_epoch)(count))
+
   @property
   def model_leaves(self) -> list[jax.Array]:
     """The model's leaves: (model, optimizer) flattens the model first."""
@@ -574,6 +578,7 @@ def run(cfg: Config, workdir: Path) -> dict:
     cfg.global_batch,
     cfg.log_every,
     trainer.total_steps,
+    trainer.learning_rate,
   )
   started = time.perf_counter()
   try:
