@@ -1327,7 +1327,7 @@ def test_a_cpu_run_that_needs_more_than_the_machines_memory_is_refused_before_wr
   assert trainer.run(cfg, tmp_path / "fits")["step"] == 1
 
 
-def test_the_batch_named_as_fitting_fits_and_twice_it_does_not():
+def test_the_refusal_names_the_largest_power_of_two_batch_that_fits():
   from flax_resnet.errors import FieldError
   from flax_resnet.training import memory
 
