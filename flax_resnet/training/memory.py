@@ -130,7 +130,7 @@ def check_fits(cfg: Config, parts: dict[str, float], total: int | None) -> None:
     advice += ", or {remat} (less memory, more compute)"
   raise FieldError(
     "{batch}: this run needs about "
-    + literal(f"{need / 2**30:.1f} GB of host memory ({_listed(parts)})")
+    + literal(f"{need / 2**30:.1f} GB of host memory ({parts_text(parts)})")
     + f", more than this machine's {total / 2**30:.1f} GB: "
     + advice,
     **fields,
@@ -149,5 +149,6 @@ def _batch_that_fits(cfg: Config, parts: dict[str, float], total: int) -> int:
   return 2 ** (largest.bit_length() - 1) if largest >= 1 else 0
 
 
-def _listed(parts: dict[str, float]) -> str:
+def parts_text(parts: dict[str, float]) -> str:
+  """``host_memory_estimate``'s parts for a message: ``activations 1.2 GB, ...``."""
   return ", ".join(f"{k} {v / 2**30:.1f} GB" for k, v in parts.items())

@@ -299,7 +299,8 @@ class Trainer:
     return parts
 
   def learning_rate(self, count: int) -> float:
-    """The rate of the step after ``count`` steps (fc's, with ``backbone_lr_mult``)."""
+    """The rate of the step after ``count`` steps: fc's (the rest's is ``backbone_lr_mult``
+    times it)."""
     return float(schedule(self.cfg, self.steps_per_epoch)(count))
 
   @property
@@ -488,8 +489,7 @@ def _warn_if_cpu(trainer: Trainer) -> None:
   parts = trainer.memory
   print(
     f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
-    f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())})"
-    f"{memory.of_total(memory.total_host_memory())}",
+    f"({memory.parts_text(parts)}){memory.of_total(memory.total_host_memory())}",
     flush=True,
   )
 
