@@ -432,7 +432,7 @@ def eval_transform(config: DataConfig) -> EvalTransform:
 def eval_batches(config: DataConfig, process_index: int, process_count: int):
   """(the eval source, an iterator over this process's eval images in fixed order, padded
   to full batches with label -1)."""
-  source = open_split(config.data_dir, config.eval_split)
+  source = open_split(config.data_dir, config.eval_split, "eval_split")
   transform = eval_transform(config)
   local_batch = config.global_batch // process_count
   ds = grain.MapDataset.range(len(source))[process_index::process_count]
@@ -471,7 +471,7 @@ def check_splits(config: DataConfig, train: ImageSource) -> None:
       f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
       f"--set num_classes={len(classes)}"
     )
-  evaluated = open_split(config.data_dir, config.eval_split).verified_classes()
+  evaluated = open_split(config.data_dir, config.eval_split, "eval_split").verified_classes()
   if evaluated != classes:
     raise ValueError(
       f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "

@@ -15,7 +15,7 @@ from typing import Protocol
 from etils import epath
 from PIL import Image
 
-from flax_resnet.errors import one_line
+from flax_resnet.errors import FieldError, literal, one_line
 from flax_resnet.preprocess import open_image
 from flax_resnet.training.shard_format import CLASSES, INDEX, SUFFIX, array_record_error, decode
 
@@ -53,16 +53,33 @@ class ImageSource(Protocol):
     ...
 
 
-def open_split(data_dir: str, split: str) -> ImageSource:
+def open_split(data_dir: str, split: str, field: str = "train_split") -> ImageSource:
   """The images of ``data_dir/split``: ``Shards`` where it holds a complete set of shards
-  (their index.json), else an ``ImageFolder``."""
+  (their index.json), else an ``ImageFolder``. ``field`` is the config field that named
+  ``split``: a ``FieldError`` names it, or data_dir, when the folder does not exist."""
   if not data_dir:
     raise ValueError(
       "config data_dir is not set: give it a folder holding the train and eval splits "
       "(--set data_dir=PATH in a command), or set synthetic=true"
     )
   where = f"{data_dir.rstrip('/')}/{split}"
+  if not epath.Path(where).exists():
+    _missing(data_dir, split, field)
   return Shards(where) if is_shards(where) else ImageFolder.scan(where)
+
+
+def _missing(data_dir: str, split: str, field: str) -> None:
+  """The ``FieldError`` for a split folder that does not exist: naming ``field`` and the
+  splits ``data_dir`` holds, or ``data_dir`` when it does not exist either."""
+  root = epath.Path(data_dir)
+  if not root.is_dir():
+    raise FieldError("{dir} does not exist", dir=("data_dir", data_dir))
+  held = sorted(p.name for p in root.iterdir() if p.is_dir())
+  raise FieldError(
+    "{split}: data folder " + literal(f"{data_dir.rstrip('/')}/{split}") + " does not exist; "
+    "data_dir holds " + literal(", ".join(held) or "no folders"),
+    split=(field, split),
+  )
 
 
 @dataclass(frozen=True)
