@@ -64,20 +64,6 @@ class MissingExtra(ImportError, ValueError):
   the commands report it in one line as any other problem with what they were asked."""
 
 
-def require_torch(what: str) -> None:
-  """Imports torch and torchvision, or raises ``MissingExtra`` saying that ``what`` needs
-  the ``torch`` extra: one line, where Python would print a ModuleNotFoundError's traceback
-  from deep inside the conversion."""
-  try:
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
-  except ModuleNotFoundError as e:
-    raise MissingExtra(
-      f"{what} needs torch and torchvision, and {e.name} is not installed: "
-      "pip install 'flax-resnet[torch]'"
-    ) from None
-
-
 def one_line(error: BaseException) -> str:
   """An exception's message on one line."""
   return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (

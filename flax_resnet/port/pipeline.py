@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.errors import require_torch
 from flax_resnet.port.state_dict import Conversion, ConversionError, batches_tracked
 from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
 from flax_resnet.saved_model import Metadata, new_metadata, save
@@ -68,8 +67,9 @@ def port(
   is ``parity.verify``'s; ``transform`` is a file's eval preprocessing (a weights entry
   brings its own).
   """
+  from flax_resnet.port.torch_files import fetch_weights, file_source, load_file, require_torch
+
   require_torch("converting torchvision weights")
-  from flax_resnet.port.torch_files import fetch_weights, file_source, load_file
 
   progress("load", source=weights or state_dict)
   if weights:
