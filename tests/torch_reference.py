@@ -1,4 +1,5 @@
-"""torchvision models whose BatchNorm looks trained, and their flax conversions."""
+"""torchvision (and timm) models whose BatchNorm looks trained, their flax conversions, and
+the parity check between the two."""
 
 import copy
 import functools
@@ -87,9 +88,10 @@ def calibrated_pair(
 
 
 def assert_parity(reference, model, x):
-  """Logits and every feature map as close to float64 as torchvision's float32 ones are.
+  """Logits and every feature map as close to float64 as the reference's (torchvision's or
+  timm's) float32 ones are.
 
-  The converter's rule (``parity.judge``): our error against a float64 torchvision run
+  The converter's rule (``parity.judge``): our error against a float64 run of the reference
   is at most twice torch's own float32 error plus a floor of 1e-6, relative to the
   map's largest magnitude; the logits' ordered top-5 is float64's.
   """
