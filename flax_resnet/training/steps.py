@@ -145,11 +145,14 @@ def parts(model: ResNet) -> tuple[str, ...]:
   return tuple(info.name for info in model.feature_info)
 
 
+STEM_MODULES = ("conv1", "bn1", "maxpool")  # the stem part's modules (maxpool: timm's conv pool)
+
+
 def part_of(path: tuple) -> str:
-  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``),
-  ``layerN`` or ``fc``."""
+  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``, timm's
+  conv ``maxpool``), ``layerN`` or ``fc``."""
   first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
-  return "stem" if first in ("conv1", "bn1") else first
+  return "stem" if first in STEM_MODULES else first
 
 
 def _labels(label: Callable[[str], str]) -> Callable:
@@ -161,8 +164,10 @@ def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
   """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
   statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
   for part in frozen:
-    if part == "stem":
-      model.bn1.set_attributes(use_running_average=True, raise_if_not_found=False)
+    if part == "stem":  # timm's deep stem and conv pool hold norms too
+      for name in STEM_MODULES:
+        if hasattr(model, name):
+          getattr(model, name).set_attributes(use_running_average=True, raise_if_not_found=False)
     else:
       getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
 
