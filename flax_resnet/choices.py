@@ -4,6 +4,10 @@ processes import the config's module, and their start-up time counts)."""
 
 NORMS = ("batch", "frozen_batch", "group")
 STEMS = ("imagenet", "cifar")
+# timm's stems inside the ImageNet one: "" a 7x7 conv, "deep" three 3x3 convs, "deep_tiered" the
+# same with a narrower first conv
+STEM_TYPES = ("", "deep", "deep_tiered")
+ATTN_LAYERS = ("se", "eca")  # timm's channel attention in each residual block (or None)
 DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter net takes a prefix
 MOMENTS = ("two_pass", "one_pass")  # BatchNorm's batch statistics
 BACKWARDS = ("autodiff", "fused")  # BatchNorm's gradient

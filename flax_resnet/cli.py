@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flax_resnet.errors import one_line, quiet_aborted_reads, replace_problem
+from flax_resnet.errors import FieldError, one_line, quiet_aborted_reads, replace_problem
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3  # 1 is Python's own, for a traceback
 EXIT_INTERRUPTED = 128 + 2  # SIGINT's number, as a shell reports a process it stopped
@@ -96,23 +96,53 @@ def check_replaceable(out: Path, flag: str = "--out") -> None:
 CONFIG_FLAGS = {"preset": "--config", "assignments": "--set"}  # by SettingError's parameter
 
 
+class ListFields(argparse.Action):
+  """``--list-fields``: prints every config field (``config.field_listing``) and exits, as
+  ``--help`` does, whatever else the command requires."""
+
+  def __init__(self, option_strings, dest, **kwargs):
+    super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    from flax_resnet.training.config import field_listing
+
+    print(field_listing())
+    parser.exit()
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-  """A training command's ``--config`` (a preset) and repeatable ``--set KEY=VALUE``."""
+  """A training command's ``--config`` (a preset; ``--preset`` alike), repeatable ``--set
+  KEY=VALUE`` and ``--list-fields``. The presets named are those shipped (the registry's)."""
+  from flax_resnet.training.config import preset_names  # config.py loads no JAX
+
   p.add_argument(
-    "--config", required=True, help="a preset's name (cifar10_tiny, ...) or a preset file's path"
+    "--config",
+    "--preset",
+    dest="config",
+    metavar="PRESET",
+    required=True,
+    help=f"a preset's name ({', '.join(preset_names())}) or a preset file's path",
   )
   p.add_argument(
     "--set",
     action="append",
     default=[],
     metavar="KEY=VALUE",
-    help="override a config field (repeatable)",
+    help="override a config field (repeatable); --list-fields lists them",
+  )
+  p.add_argument(
+    "--list-fields",
+    action=ListFields,
+    help="list every config field --set takes, with its type, default and meaning, and exit",
   )
 
 
 def in_config_flags(error: ValueError) -> ValueError:
   """``training.config``'s ``SettingError`` (its ``parameter`` and ``detail``) said with the flag
-  that gave that parameter; any other error as it is."""
+  that gave that parameter, and a ``FieldError`` with ``--set field=value`` for each field it
+  names; any other error as it is."""
+  if isinstance(error, FieldError):
+    return ValueError(error.in_flags())
   parameter = getattr(error, "parameter", None)
   if parameter not in CONFIG_FLAGS:
     return error

@@ -58,11 +58,48 @@ def _raised_in_orbax(exc_info: Any) -> bool:
   return False
 
 
+class MissingExtra(ImportError, ValueError):
+  """What was asked needs an optional dependency that is not installed; the message names
+  the extra that installs it (``pip install 'flax-resnet[torch]'``). Also a ``ValueError``:
+  the commands report it in one line as any other problem with what they were asked."""
+
+
 def one_line(error: BaseException) -> str:
   """An exception's message on one line."""
   return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or (
     type(error).__name__
   )
+
+
+class FieldError(ValueError):
+  """A problem with the values of config fields, in a ``template`` whose placeholders name
+  them: ``{key}`` is ``fields[key]``, a (field, value) pair, said ``config field=value``
+  here (library errors name the fields) and ``--set field=value`` by a command
+  (``in_flags``), which has the user set it."""
+
+  def __init__(self, template: str, **fields: tuple[str, Any]):
+    self.template, self.fields = template, fields
+    said = {key: f"{name}={value!r}" for key, (name, value) in fields.items()}
+    super().__init__("config " + template.format(**said))
+
+  def in_flags(self) -> str:
+    """The message with each field as the ``--set field=value`` that gives it."""
+    said = {key: f"--set {name}={as_set(value)}" for key, (name, value) in self.fields.items()}
+    return self.template.format(**said)
+
+
+def as_set(value: Any) -> str:
+  """``value`` as ``--set`` parses it back: tuples comma-separated, lower-case booleans."""
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value))
+  if value is None or isinstance(value, bool):
+    return str(value).lower()
+  return str(value)
+
+
+def literal(text: str) -> str:
+  """``text`` (an inner error's message) safe inside a ``FieldError``'s template."""
+  return text.replace("{", "{{").replace("}", "}}")
 
 
 CHECKPOINT_ENTRIES = ("metadata.json", "state")

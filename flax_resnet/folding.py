@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_resnet.model import BatchNorm, FrozenBatchNorm, ResNet
+from flax_resnet.model import BatchNorm, FrozenBatchNorm, ResNet, Sequential
 
 
 class FoldedNorm(nnx.Module):
@@ -45,8 +45,8 @@ def fold_batchnorm(model: ResNet) -> ResNet:
     raise TypeError(f"fold_batchnorm takes a flax_resnet ResNet, got {type(model).__name__}")
   folded = nnx.clone(model)
   folded.eval()
-  for owner, conv_name, norm_name in _conv_norm_pairs(folded):
-    conv, norm = _child(owner, conv_name), _child(owner, norm_name)
+  for (conv_owner, conv_name), (owner, norm_name) in _conv_norm_pairs(folded):
+    conv, norm = _child(conv_owner, conv_name), _child(owner, norm_name)
     if not isinstance(norm, (BatchNorm, FrozenBatchNorm)):
       raise ValueError(
         f"fold_batchnorm: {norm_name} is {type(norm).__name__}, not a BatchNorm; "
@@ -66,15 +66,24 @@ def _fold(conv: nnx.Conv, norm) -> FoldedNorm:
 
 
 def _conv_norm_pairs(model: ResNet):
-  """(owner, conv attribute, norm attribute) for every conv followed by a norm."""
-  yield model, "conv1", "bn1"
+  """((owner, conv attribute), (owner, norm attribute)) for every conv followed by a norm:
+  timm's deep stem (``conv1[0]`` and ``conv1[1]``... ``conv1[6]`` and ``bn1``), its conv
+  pool and average-pool shortcuts (``downsample[1]`` and ``downsample[2]``) included."""
+  if isinstance(model.conv1, Sequential):
+    yield from (((model.conv1, i), (model.conv1, i + 1)) for i in (0, 3))
+    yield (model.conv1, 6), (model, "bn1")
+  else:
+    yield (model, "conv1"), (model, "bn1")
+  if hasattr(model, "maxpool"):
+    yield (model.maxpool, 0), (model.maxpool, 1)
   for stage in model.stages:
     for block in stage:
       for i in range(1, 4):
         if hasattr(block, f"conv{i}"):
-          yield block, f"conv{i}", f"bn{i}"
+          yield (block, f"conv{i}"), (block, f"bn{i}")
       if block.downsample is not None:
-        yield block.downsample, 0, 1
+        n = len(block.downsample)
+        yield (block.downsample, n - 2), (block.downsample, n - 1)
 
 
 def _child(owner, name):

@@ -1,9 +1,9 @@
-"""torchvision's ResNet family in Flax NNX, numerically equal to torchvision.
+"""torchvision's and timm's ResNet family in Flax NNX, numerically equal to them.
 
-Attribute paths mirror torchvision's state-dict keys (``layer1[0].conv2``,
-``layer2[0].downsample[1]``, ``fc``), inputs are NHWC, and every padding is
-explicit and equal to torchvision's. The file reads in build order: norms, blocks,
-then the network.
+Attribute paths mirror their state-dict keys (``layer1[0].conv2``,
+``layer2[0].downsample[1]``, timm's ``conv1[3]`` and ``layer1[0].se.fc1``, ``fc``), inputs
+are NHWC, and every padding is explicit and equal to theirs. The file reads in build order:
+norms, blocks, then the network.
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.choices import BACKWARDS, DEFAULT_CHANNELS, MOMENTS, NORMS, REMATS, STEMS
+from flax_resnet.choices import (
+  ATTN_LAYERS,
+  BACKWARDS,
+  DEFAULT_CHANNELS,
+  MOMENTS,
+  NORMS,
+  REMATS,
+  STEM_TYPES,
+  STEMS,
+)
 
 Dtype = Any
 
@@ -68,6 +77,14 @@ def linear_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float
   """torch.nn.Linear's kernel initialisation, kaiming_uniform_(a=sqrt(5)), that is
   U(+-1/sqrt(fan_in)); on the host as ``conv_init``."""
   return _uniform(key, shape, dtype, 1.0 / math.sqrt(shape[0]))
+
+
+def fan_in_uniform_init(
+  key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
+) -> jax.Array:
+  """torch's default conv initialisation, kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)),
+  fan_in = every kernel axis but the last (timm's ECA conv, which no timm init touches)."""
+  return _uniform(key, shape, dtype, 1.0 / math.sqrt(math.prod(shape[:-1])))
 
 
 def _linear_bias_init(fan_in: int):
@@ -434,7 +451,9 @@ class Layers(NamedTuple):
     padding: int = 0,
     dilation: int = 1,
     groups: int = 1,
+    bias: bool = False,
   ) -> nnx.Conv:
+    """A k x k conv, torchvision's initialisation; a ``bias`` as torch draws it."""
     return nnx.Conv(
       cin,
       cout,
@@ -443,8 +462,9 @@ class Layers(NamedTuple):
       padding=((padding, padding),) * 2,
       kernel_dilation=(dilation, dilation),
       feature_group_count=groups,
-      use_bias=False,
+      use_bias=bias,
       kernel_init=conv_init,
+      bias_init=_linear_bias_init(cin // groups * k * k),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       conv_general_dilated=conv_general_dilated,
@@ -462,14 +482,142 @@ class Layers(NamedTuple):
     )
 
 
-class Downsample(nnx.List):
-  """The projection shortcut, ``downsample[0]`` (1x1 conv) and ``downsample[1]`` (norm)."""
+def get_padding(kernel_size: int, stride: int, dilation: int = 1) -> int:
+  """timm's symmetric conv padding, ``((stride - 1) + dilation * (kernel_size - 1)) // 2``."""
+  return ((stride - 1) + dilation * (kernel_size - 1)) // 2
 
-  def __init__(self, make: Layers, cin: int, cout: int, stride: int):
-    super().__init__([make.conv(cin, cout, 1, stride), make.bn(cout)])
+
+class Sequential(nnx.List):
+  """Modules applied in turn, indexed as torch's ``nn.Sequential`` (``conv1[3]``,
+  ``downsample[1]``): parameter-free places (``Relu``, a pool) keep the indices after them."""
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self[1](self[0](x))
+    for layer in self:
+      x = layer(x)
+    return x
+
+
+class Relu(nnx.Module):
+  """ReLU as a module without state, the place of a torch ``nn.ReLU`` in a ``Sequential``."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nnx.relu(x)
+
+
+class AvgPool(nnx.Module):
+  """timm's ``avg_down`` pool, 2x2: with stride 2, ``nn.AvgPool2d(2, 2, ceil_mode=True,
+  count_include_pad=False)`` (a window cut by the edge averages the pixels it holds); with
+  stride 1 in a dilated stage, ``AvgPool2dSame(2, 1)`` (one zero row and column padded at the
+  end, every window divided by 4); with stride 1 otherwise, the identity."""
+
+  def __init__(self, stride: int, dilation: int = 1):
+    self.stride, self.dilation = stride, dilation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.dilation == 1 and self.stride == 1:
+      return x
+    if self.dilation > 1:
+      return _window_sum(x, 1, ((0, 1), (0, 1))) / np.array(4, x.dtype)
+    pad = tuple((0, n % 2) for n in x.shape[1:3])  # ceil_mode: a last, cut window
+    count = _window_sum(np.ones((1, *x.shape[1:3], 1), x.dtype), 2, pad)
+    return _window_sum(x, 2, pad) / count
+
+
+def _window_sum(x, stride: int, pad) -> jax.Array:
+  return jax.lax.reduce_window(
+    x,
+    np.array(0, x.dtype),
+    jax.lax.add,
+    (1, 2, 2, 1),
+    (1, stride, stride, 1),
+    ((0, 0), *pad, (0, 0)),
+  )
+
+
+class Downsample(Sequential):
+  """The projection shortcut: ``downsample[0]`` conv and ``downsample[1]`` norm, as torchvision
+  and timm's ``downsample_conv`` (a ``kernel_size`` conv where it strides or dilates, else
+  1x1); with ``avg_down``, timm's ``downsample_avg``: ``[0]`` an ``AvgPool``, ``[1]`` a 1x1
+  conv, ``[2]`` the norm."""
+
+  def __init__(
+    self,
+    make: Layers,
+    cin: int,
+    cout: int,
+    stride: int,
+    *,
+    kernel_size: int = 1,
+    dilation: int = 1,
+    first_dilation: int = 1,
+    avg_down: bool = False,
+  ):
+    if avg_down:
+      super().__init__([AvgPool(stride, dilation), make.conv(cin, cout, 1), make.bn(cout)])
+      return
+    k = 1 if stride == 1 and dilation == 1 else kernel_size
+    d = first_dilation if k > 1 else 1
+    conv = make.conv(cin, cout, k, stride, padding=get_padding(k, stride, d), dilation=d)
+    super().__init__([conv, make.bn(cout)])
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+  """timm's channel rounding for SE (``round_limit=0``): to the nearest multiple of
+  ``divisor``, at least ``divisor``."""
+  return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nnx.Module):
+  """timm's ``SEModule``: global mean, 1x1 conv ``fc1`` (to ``channels / 16`` rounded by
+  ``make_divisible``) with bias, ReLU, 1x1 conv ``fc2`` back with bias, a sigmoid gate on
+  each channel."""
+
+  def __init__(self, make: Layers, channels: int):
+    reduced = make_divisible(channels / 16)
+    self.fc1 = make.conv(channels, reduced, 1, bias=True)
+    self.fc2 = make.conv(reduced, channels, 1, bias=True)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    return x * jax.nn.sigmoid(self.fc2(nnx.relu(self.fc1(s))))
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+  """ECA's conv width from the channel count: ``|log2(C) + beta| / gamma``, made odd, >= 3."""
+  t = int(abs(math.log(channels, 2) + beta) / gamma)
+  return max(t if t % 2 else t + 1, 3)
+
+
+class EfficientChannelAttention(nnx.Module):
+  """timm's ``EcaModule``: global mean, a bias-free 1-d conv ``conv`` across the channels
+  (width ``eca_kernel_size``, zero padding), a sigmoid gate on each channel."""
+
+  def __init__(self, make: Layers, channels: int):
+    k = eca_kernel_size(channels)
+    self.conv = nnx.Conv(
+      1,
+      1,
+      (k,),
+      padding=(((k - 1) // 2,) * 2,),
+      use_bias=False,
+      kernel_init=fan_in_uniform_init,
+      dtype=make.dtype,
+      param_dtype=make.param_dtype,
+      rngs=make.rngs,
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2))[..., None]  # (N, C, 1): the channels as the conv's length
+    return x * jax.nn.sigmoid(self.conv(s))[:, None, None, :, 0]
+
+
+ATTENTION = {"se": SqueezeExcite, "eca": EfficientChannelAttention}
+
+
+def make_attn(make: Layers, attn_layer: str | None, channels: int) -> nnx.Module | None:
+  """The block's ``se`` module (timm names every kind so): ``attn_layer`` of ``ATTN_LAYERS``,
+  or None for none."""
+  return ATTENTION[attn_layer](make, channels) if attn_layer else None
 
 
 class BasicBlock(nnx.Module):
@@ -489,13 +637,18 @@ class BasicBlock(nnx.Module):
     dilation: int = 1,
     dropout: float = 0.0,
     expansion: int | None = None,
+    *,
+    reduce_first: int = 1,
+    attn_layer: str | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
     out = planes * (expansion or self.expansion)
-    self.conv1 = make.conv(inplanes, planes, 3, stride, padding=dilation, dilation=dilation)
-    self.bn1 = make.bn(planes)
-    self.conv2 = make.conv(planes, out, 3, padding=dilation, dilation=dilation)
+    first = planes // reduce_first
+    self.conv1 = make.conv(inplanes, first, 3, stride, padding=dilation, dilation=dilation)
+    self.bn1 = make.bn(first)
+    self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
+    self.se = make_attn(make, attn_layer, out)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
 
@@ -531,17 +684,22 @@ class Bottleneck(nnx.Module):
     dilation: int = 1,
     dropout: float = 0.0,
     expansion: int | None = None,
+    *,
+    reduce_first: int = 1,
+    attn_layer: str | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
-    self.conv1 = make.conv(inplanes, width, 1)
-    self.bn1 = make.bn(width)
+    first = width // reduce_first
+    self.conv1 = make.conv(inplanes, first, 1)
+    self.bn1 = make.bn(first)
     self.conv2 = make.conv(
-      width, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
+      first, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
+    self.se = make_attn(make, attn_layer, out)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
 
@@ -563,6 +721,9 @@ def _branch_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
 
 
 def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
+  """The branch's attention (timm's place: after the last norm), dropout, the shortcut, ReLU."""
+  if block.se is not None:
+    out = block.se(out)
   if block.dropout is not None:
     out = block.dropout(out)
   identity = x if block.downsample is None else block.downsample(x)
@@ -581,7 +742,7 @@ class FeatureInfo(NamedTuple):
 
 
 class ResNet(nnx.Module):
-  """The ResNet family, with torchvision's constructor options and defaults.
+  """The ResNet family, with torchvision's constructor options and defaults, and timm's.
 
   Args:
     block: ``BasicBlock``, ``Bottleneck``, or their names ``"basic"``/``"bottleneck"``.
@@ -601,6 +762,21 @@ class ResNet(nnx.Module):
     dropout: channel-wise dropout on each residual branch before the addition.
     dtype: computation dtype (e.g. ``jnp.bfloat16``); param_dtype: storage dtype.
     rngs: random streams for initialisation and dropout; ``nnx.Rngs(0)`` if omitted.
+
+  timm's options (keyword only; timm's names, defaults and keys):
+    stem_type: ``""`` (the 7x7 conv), ``"deep"`` (``conv1`` a sequence of three 3x3 convs of
+      ``stem_width``, ``stem_width``, ``2 * stem_width`` channels, the first strided, with
+      norms and ReLUs between: ``conv1[0]``, ``conv1[1]``, ``conv1[3]``, ``conv1[4]``,
+      ``conv1[6]``) or ``"deep_tiered"`` (the first conv ``3 * (stem_width // 4)`` wide).
+    stem_width: the deep stem's width, 64 if omitted; only with a deep stem.
+    replace_stem_pool: a 3x3/2 conv, norm and ReLU (``maxpool[0]``, ``maxpool[1]``) in place
+      of the stem's max-pool.
+    avg_down: shortcuts pool 2x2 and then project with a 1x1 conv (ResNet-D's
+      ``downsample[1]``, ``downsample[2]``) instead of a strided 1x1 conv.
+    down_kernel_size: the kernel of a strided or dilated shortcut conv (not with avg_down).
+    block_reduce_first: the first conv of each block is this many times narrower.
+    attn_layer: channel attention after each block's last norm, as ``se``: ``"se"``
+      (squeeze-and-excitation) or ``"eca"`` (efficient channel attention); None for none.
 
   Models start in training mode, as torch modules do: call ``model.eval()`` to use
   running statistics and disable dropout, ``model.train()`` to switch back.
@@ -630,8 +806,25 @@ class ResNet(nnx.Module):
     dtype: Dtype = None,
     param_dtype: Dtype = jnp.float32,
     *,
+    stem_type: str = "",
+    stem_width: int | None = None,
+    replace_stem_pool: bool = False,
+    avg_down: bool = False,
+    down_kernel_size: int = 1,
+    block_reduce_first: int = 1,
+    attn_layer: str | None = None,
     rngs: nnx.Rngs | None = None,
   ):
+    _check_timm_args(
+      stem,
+      stem_type,
+      stem_width,
+      replace_stem_pool,
+      avg_down,
+      down_kernel_size,
+      block_reduce_first,
+      attn_layer,
+    )
     block = _check_args(
       block,
       layers,
@@ -649,16 +842,21 @@ class ResNet(nnx.Module):
     dilate = tuple(replace_stride_with_dilation or (False,) * (len(layers) - 1))
     make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
-    self.dtype = dtype
+    self.dtype, self.param_dtype = dtype, param_dtype
     self.remat = "none"
-    width = channels[0]
-    if stem == "imagenet":
-      self.conv1 = make.conv(in_channels, width, 7, 2, padding=3)
-    else:
-      self.conv1 = make.conv(in_channels, width, 3, 1, padding=1)
-    self.bn1 = make.bn(width)
+    width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool)
+    shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
+    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer}
     self._build_stages(
-      make, block, layers, channels, expansion, dilate, groups, width_per_group, dropout
+      make,
+      block,
+      layers,
+      (width, *channels),
+      expansion,
+      dilate,
+      (groups, width_per_group, dropout),
+      shortcut,
+      options,
     )
     self.num_features = self.feature_info[-1].channels
     if num_classes:
@@ -668,22 +866,60 @@ class ResNet(nnx.Module):
     if zero_init_residual:
       self._zero_init_residual()
 
+  def _build_stem(self, make, width, stem_type, stem_width, replace_stem_pool) -> int:
+    """``conv1``, ``bn1`` and a ``maxpool`` conv if asked; the stem's output width."""
+    cin = self.in_channels
+    if self.stem == "cifar":
+      self.conv1 = make.conv(cin, width, 3, 1, padding=1)
+    elif not stem_type:
+      self.conv1 = make.conv(cin, width, 7, 2, padding=3)
+    else:
+      second = stem_width or 64
+      first = 3 * (second // 4) if stem_type == "deep_tiered" else second
+      width = 2 * second
+      self.conv1 = Sequential(
+        [
+          make.conv(cin, first, 3, 2, padding=1),
+          make.bn(first),
+          Relu(),
+          make.conv(first, second, 3, padding=1),
+          make.bn(second),
+          Relu(),
+          make.conv(second, width, 3, padding=1),
+        ]
+      )
+    self.bn1 = make.bn(width)
+    if replace_stem_pool:
+      self.maxpool = Sequential([make.conv(width, width, 3, 2, padding=1), make.bn(width), Relu()])
+    return width
+
   def _build_stages(
-    self, make, block, layers, channels, expansion, dilate, groups, width_per_group, dropout
+    self, make, block, layers, widths, expansion, dilate, per_block, shortcut, options
   ):
+    """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``."""
+    groups, width_per_group, dropout = per_block
     exp = expansion or block.expansion
-    inplanes, dilation = channels[0], 1
+    inplanes, dilation = widths[0], 1
     stride_so_far = 2 if self.stem == "imagenet" else 1
     info = [FeatureInfo("stem", inplanes, stride_so_far)]
     stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
-    for i, (planes, depth) in enumerate(zip(channels, layers)):
+    for i, (planes, depth) in enumerate(zip(widths[1:], layers)):
       stride = 1 if i == 0 else 2
       previous_dilation = dilation
       if i > 0 and dilate[i - 1]:
         dilation, stride = dilation * stride, 1
       downsample = None
       if stride != 1 or inplanes != planes * exp:
-        downsample = Downsample(make, inplanes, planes * exp, stride)
+        downsample = Downsample(
+          make,
+          inplanes,
+          planes * exp,
+          stride,
+          dilation=dilation,
+          first_dilation=previous_dilation,
+          **shortcut,
+        )
+      shared = (groups, width_per_group)
       blocks = [
         block(
           make,
@@ -691,15 +927,15 @@ class ResNet(nnx.Module):
           planes,
           stride,
           downsample,
-          groups,
-          width_per_group,
+          *shared,
           previous_dilation,
           dropout,
           exp,
+          **options,
         )
       ]
       blocks += [
-        block(make, planes * exp, planes, 1, None, groups, width_per_group, dilation, dropout, exp)
+        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **options)
         for _ in range(1, depth)
       ]
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
@@ -730,7 +966,9 @@ class ResNet(nnx.Module):
     self._check_input(x)
     x = nnx.relu(self.bn1(self.conv1(x)))
     out = {"stem": x}
-    if self.stem == "imagenet":
+    if hasattr(self, "maxpool"):
+      x = self.maxpool(x)
+    elif self.stem == "imagenet":
       x = max_pool_3x3_s2(x)
     _choice("remat", self.remat, REMATS)
     for info, stage in zip(self.feature_info[1:], self.stages):
@@ -757,7 +995,7 @@ class ResNet(nnx.Module):
         self.num_features,
         num_classes,
         dtype=self.dtype,
-        param_dtype=self.conv1.kernel[...].dtype,
+        param_dtype=self.param_dtype,
         rngs=rngs or nnx.Rngs(0),
       )
 
@@ -796,6 +1034,48 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 def _choice(name: str, value, allowed) -> None:
   if value not in allowed:
     raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check_timm_args(
+  stem,
+  stem_type,
+  stem_width,
+  replace_stem_pool,
+  avg_down,
+  down_kernel_size,
+  block_reduce_first,
+  attn_layer,
+) -> None:
+  """Validates ResNet's timm options: one line naming the parameter."""
+  _choice("stem_type", stem_type, STEM_TYPES)
+  if attn_layer is not None and attn_layer not in ATTN_LAYERS:
+    raise ValueError(f"attn_layer must be one of {ATTN_LAYERS} or None, got {attn_layer!r}")
+  for name, flag in [("replace_stem_pool", replace_stem_pool), ("avg_down", avg_down)]:
+    if not isinstance(flag, bool):
+      raise ValueError(f"{name} must be True or False, got {flag!r}")
+  if stem != "imagenet" and (stem_type or replace_stem_pool):
+    raise ValueError(f"stem_type and replace_stem_pool need stem='imagenet', got stem={stem!r}")
+  if stem_width is not None and not stem_type:
+    raise ValueError(
+      f"stem_width applies to a deep stem only (stem_type='deep' or 'deep_tiered'), got "
+      f"stem_width={stem_width!r} with stem_type={stem_type!r}"
+    )
+  low = 4 if stem_type == "deep_tiered" else 1
+  if stem_width is not None and (not _is_int(stem_width) or stem_width < low):
+    raise ValueError(f"stem_width must be an int >= {low}, got {stem_width!r}")
+  if not _is_int(down_kernel_size) or down_kernel_size < 1 or down_kernel_size % 2 == 0:
+    raise ValueError(f"down_kernel_size must be an odd int >= 1, got {down_kernel_size!r}")
+  if avg_down and down_kernel_size != 1:
+    raise ValueError(
+      f"down_kernel_size applies to the conv shortcut, not to avg_down=True; got "
+      f"down_kernel_size={down_kernel_size!r}"
+    )
+  if not _is_int(block_reduce_first) or block_reduce_first < 1:
+    raise ValueError(f"block_reduce_first must be an int >= 1, got {block_reduce_first!r}")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_args(

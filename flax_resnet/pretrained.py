@@ -63,6 +63,7 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
     raise ValueError(f"weights={weights!r}: {arch} has no such torchvision weights; known: {names}")
   path = weights_dir() / f"{arch}.{entry}"
   if not (path / "metadata.json").is_file():
+    check_incomplete_entry(path)
     convert_pretrained(arch, entry, path)
   check_cached_source(path, arch, entry)
   model, meta = load(path, **options)  # in eval mode
@@ -105,6 +106,20 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
     )
 
 
+def check_incomplete_entry(path: Path) -> None:
+  """Before any work, that weights entry ``path``, which has no ``metadata.json``, is absent
+  or an empty directory (converted anew and replaced); a ``ValueError`` naming what to
+  remove otherwise: files there may be anyone's, and a conversion could not replace them."""
+  if not (path.exists() or path.is_symlink()):
+    return
+  if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+    return
+  raise ValueError(
+    f"{path}: an incomplete weights entry (no metadata.json); remove it to convert "
+    "torchvision's file again"
+  )
+
+
 class _Say:
   """``port``'s progress for a first call: one line on stderr for each slow stage, as it
   starts."""
@@ -132,7 +147,8 @@ def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
   from flax_resnet.port.pipeline import port
 
   try:
-    port(weights=entry, arch=arch, out=path, progress=_Say(arch, entry))
+    # overwrite: an empty directory only (check_incomplete_entry), such as a mkdir leaves
+    port(weights=entry, arch=arch, out=path, overwrite=path.is_dir(), progress=_Say(arch, entry))
   except FileExistsError:  # another process converted the same weights meanwhile
     pass
   return path

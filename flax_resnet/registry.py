@@ -12,12 +12,33 @@ from flax_resnet.model import ResNet
 
 
 class Arch(NamedTuple):
-  """How torchvision builds one named architecture."""
+  """How torchvision or timm builds one named architecture: ``ResNet``'s options that make it,
+  timm's knobs (``stem_type``...) after torchvision's."""
 
   block: str
   layers: tuple[int, ...]
   groups: int = 1
   width_per_group: int = 64
+  stem_type: str = ""
+  stem_width: int | None = None
+  replace_stem_pool: bool = False
+  avg_down: bool = False
+  down_kernel_size: int = 1
+  block_reduce_first: int = 1
+  attn_layer: str | None = None
+
+  def options(self) -> dict[str, Any]:
+    """``ResNet``'s options for this architecture: torchvision's four, and the timm knobs
+    that differ from their defaults (a torchvision architecture's options stay its four)."""
+    defaults = Arch("", ())
+    return {
+      k: v
+      for i, (k, v) in enumerate(self._asdict().items())
+      if i < _TORCHVISION_FIELDS or v != defaults[i]
+    }
+
+
+_TORCHVISION_FIELDS = 4  # block, layers, groups, width_per_group
 
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -34,24 +55,128 @@ ARCHITECTURES: dict[str, Arch] = {
 }
 
 
-def list_models() -> list[str]:
-  """The architecture names ``create_model`` accepts, torchvision's spelling."""
-  return list(ARCHITECTURES)
+R26, R50, R101, R152, R200, R269 = (
+  (2, 2, 2, 2),
+  (3, 4, 6, 3),
+  (3, 4, 23, 3),
+  (3, 8, 36, 3),
+  (3, 24, 36, 3),
+  (3, 30, 48, 8),
+)
+
+
+def _arch(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+  """An ``Arch`` from keyword knobs (the table's shared dicts unpack into them)."""
+  return Arch(block, layers, **knobs)
+
+
+def _deep(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+  """timm's "c" variants: the deep stem, 32 wide."""
+  return _arch(block, layers, stem_type="deep", stem_width=32, **knobs)
+
+
+def _d(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+  """timm's "d" variants (ResNet-D): the deep stem, 32 wide, and average-pool shortcuts."""
+  return _deep(block, layers, avg_down=True, **knobs)
+
+
+def _t(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+  """timm's "t" variants: the tiered deep stem (24, 32, 64) and average-pool shortcuts."""
+  return _arch(block, layers, stem_type="deep_tiered", stem_width=32, avg_down=True, **knobs)
+
+
+B, X = "bottleneck", {"groups": 32, "width_per_group": 4}  # X: ResNeXt 32x4d
+SE, ECA = {"attn_layer": "se"}, {"attn_layer": "eca"}
+
+# The architectures of timm's resnet.py (timm 1.0) that torchvision has not, by timm's names;
+# timm's resnet18... are torchvision's ten above, with the same keys.
+TIMM_ARCHITECTURES: dict[str, Arch] = {
+  "resnet10t": _t("basic", (1, 1, 1, 1)),
+  "resnet14t": _t(B, (1, 1, 1, 1)),
+  "resnet18d": _d("basic", R26),
+  "resnet34d": _d("basic", R50),
+  "resnet26": _arch(B, R26),
+  "resnet26d": _d(B, R26),
+  "resnet26t": _t(B, R26),
+  "resnet50c": _deep(B, R50),
+  "resnet50d": _d(B, R50),
+  "resnet50s": _arch(B, R50, stem_type="deep", stem_width=64),
+  "resnet50t": _t(B, R50),
+  "resnet101c": _deep(B, R101),
+  "resnet101d": _d(B, R101),
+  "resnet101s": _arch(B, R101, stem_type="deep", stem_width=64),
+  "resnet152c": _deep(B, R152),
+  "resnet152d": _d(B, R152),
+  "resnet152s": _arch(B, R152, stem_type="deep", stem_width=64),
+  "resnet200": _arch(B, R200),
+  "resnet200d": _d(B, R200),
+  "resnext50d_32x4d": _d(B, R50, **X),
+  "resnext101_32x4d": _arch(B, R101, groups=32, width_per_group=4),
+  "resnext101_32x16d": _arch(B, R101, groups=32, width_per_group=16),
+  "resnext101_32x32d": _arch(B, R101, groups=32, width_per_group=32),
+  "ecaresnet26t": _t(B, R26, **ECA),
+  "ecaresnet50d": _d(B, R50, **ECA),
+  "ecaresnet50t": _t(B, R50, **ECA),
+  "ecaresnetlight": _arch(B, (1, 1, 11, 3), avg_down=True, **ECA),
+  "ecaresnet101d": _d(B, R101, **ECA),
+  "ecaresnet200d": _d(B, R200, **ECA),
+  "ecaresnet269d": _d(B, R269, **ECA),
+  "ecaresnext26t_32x4d": _t(B, R26, **X, **ECA),
+  "ecaresnext50t_32x4d": _t(B, R50, **X, **ECA),
+  "seresnet18": _arch("basic", R26, **SE),
+  "seresnet34": _arch("basic", R50, **SE),
+  "seresnet50": _arch(B, R50, **SE),
+  "seresnet50t": _t(B, R50, **SE),
+  "seresnet101": _arch(B, R101, **SE),
+  "seresnet152": _arch(B, R152, **SE),
+  "seresnet152d": _d(B, R152, **SE),
+  "seresnet200d": _d(B, R200, **SE),
+  "seresnet269d": _d(B, R269, **SE),
+  "seresnext26d_32x4d": _d(B, R26, **X, **SE),
+  "seresnext26t_32x4d": _t(B, R26, **X, **SE),
+  "seresnext50_32x4d": _arch(B, R50, **X, **SE),
+  "seresnext101_32x4d": _arch(B, R101, **X, **SE),
+  "seresnext101_32x8d": _arch(B, R101, groups=32, width_per_group=8, **SE),
+  "seresnext101d_32x8d": _d(B, R101, groups=32, width_per_group=8, **SE),
+  "seresnext101_64x4d": _arch(B, R101, groups=64, width_per_group=4, **SE),
+  "senet154": _arch(
+    B,
+    R152,
+    groups=64,
+    width_per_group=4,
+    stem_type="deep",
+    stem_width=64,
+    down_kernel_size=3,
+    block_reduce_first=2,
+    **SE,
+  ),
+}
+ALL_ARCHITECTURES = {**ARCHITECTURES, **TIMM_ARCHITECTURES}
+SOURCES = ("torchvision", "timm")
+
+
+def list_models(source: str = "torchvision") -> list[str]:
+  """The architecture names ``create_model`` accepts: torchvision's ten, or with
+  ``source="timm"`` every name of timm's ResNet family built here (torchvision's ten among
+  them, which timm builds alike)."""
+  if source not in SOURCES:
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+  return list(ARCHITECTURES if source == "torchvision" else ALL_ARCHITECTURES)
 
 
 def architecture(name: str) -> Arch:
   """The table entry for ``name``; ``ValueError`` listing the known names otherwise."""
-  if name not in ARCHITECTURES:
-    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
-  return ARCHITECTURES[name]
+  if name not in ALL_ARCHITECTURES:
+    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ALL_ARCHITECTURES)}")
+  return ALL_ARCHITECTURES[name]
 
 
 def build(name: str, **options: Any) -> ResNet:
   """Architecture ``name`` with ``ResNet``'s keyword ``options``, randomly initialised.
 
-  Options that define the architecture itself (block, layers, groups,
-  width_per_group) come from the table and cannot be overridden. Pretrained weights
-  are ``flax_resnet.create_model``'s, a layer above (``builders``).
+  Options that define the architecture itself (block, layers, groups, width_per_group,
+  and timm's knobs: ``Arch``) come from the table and cannot be overridden. Pretrained
+  weights are ``flax_resnet.create_model``'s, a layer above (``builders``).
   """
   arch = architecture(name)
   fixed = set(arch._fields) & set(options)
@@ -60,7 +185,7 @@ def build(name: str, **options: Any) -> ResNet:
       f"{sorted(fixed)} are fixed by architecture {name!r}; build a custom "
       "network with flax_resnet.ResNet instead"
     )
-  return ResNet(**arch._asdict(), **options)
+  return ResNet(**arch.options(), **options)
 
 
 def build_model(arch: str | None, options: Mapping[str, Any]) -> ResNet:

@@ -27,7 +27,7 @@ from flax_resnet.files import remove_stale_temp_dirs, replace_dir, temp_dir_besi
 from flax_resnet.folding import FoldedNorm
 from flax_resnet.model import ResNet
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.registry import ARCHITECTURES, model_to_fill
+from flax_resnet.registry import ALL_ARCHITECTURES, model_to_fill
 from flax_resnet.versions import versions
 
 METADATA = "metadata.json"
@@ -120,8 +120,8 @@ def _metadata_problem(meta: Any) -> str | None:
     return f"unknown key {', '.join(map(repr, unknown))}"
   if not isinstance(meta["options"], dict):
     return "'options' is not an object"
-  if meta["arch"] is not None and meta["arch"] not in ARCHITECTURES:
-    return f"unknown arch {meta['arch']!r}; known: {', '.join(ARCHITECTURES)}"
+  if meta["arch"] is not None and meta["arch"] not in ALL_ARCHITECTURES:
+    return f"unknown arch {meta['arch']!r}; known: {', '.join(ALL_ARCHITECTURES)}"
   unknown = sorted(set(meta["options"]) - _RESNET_OPTIONS)
   if unknown:
     return f"unknown option {', '.join(map(repr, unknown))} in 'options'"

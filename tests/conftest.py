@@ -22,8 +22,10 @@ SLOW = frozenset(
     "test_mix.py::test_a_resumed_run_mixes_as_the_uninterrupted_one",
     "test_mix.py::test_accuracy_counts_the_mixed_images_logits_against_the_original_labels",
     "test_mix.py::test_each_device_shard_is_mixed_as_one_group_whatever_the_sharding",
+    "test_mix.py::test_cutmix_box_sizes_are_distributed_as_torchvision_make_params",
     "test_mix.py::test_mixup_and_cutmix_are_chosen_with_torchvision_probabilities",
     "test_mix.py::test_mixup_lambda_is_distributed_as_torchvision_beta_draws",
+    "test_mix.py::test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1",
     "test_sampler.py::test_a_resume_mid_epoch_gives_the_next_batches",
     "test_parity.py",
     "test_pretrained.py",
@@ -31,6 +33,13 @@ SLOW = frozenset(
     "test_recipe_parity.py",
     "test_suite.py",
     "test_train.py",
+    "test_timm.py::test_a_folded_timm_model_is_as_exact_as_timm",
+    "test_timm.py::test_a_saved_timm_architecture_loads_back_with_its_weights",
+    "test_timm.py::test_average_pool_shortcuts_on_odd_sizes_match_timms_ceil_mode",
+    "test_timm.py::test_deep_registered_architecture_has_timms_keys_shapes_and_parameter_count",
+    "test_timm.py::test_eval_logits_and_features_match_timm",
+    "test_timm.py::test_round_trip_loads_into_timm_strictly_and_bit_exact",
+    "test_timm.py::test_timm_knobs_on_custom_nets_match_timm",
     "test_model.py::test_batch_groups_normalise_each_group_with_its_own_statistics",
     "test_model.py::test_batchnorm_uses_biased_variance_to_normalise_and_unbiased_for_running_var",
     "test_model.py::test_bfloat16_compute_keeps_float32_params_and_statistics",
@@ -46,6 +55,8 @@ SLOW = frozenset(
     "test_preprocess.py::test_arrays_equal_torchvision_transform",
     "test_preprocess.py::test_converted_model_top5_equals_torchvision_on_its_own_pipeline",
     "test_shards.py::test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image",
+    "test_shards.py::test_a_damaged_shard_index_is_one_line_and_exit_2_from_the_trainer",
+    "test_shards.py::test_a_damaged_classes_file_is_one_line_and_exit_2_from_the_converter",
     "test_steps.py::test_accumulation_normalises_each_micro_batch_with_its_own_statistics",
     "test_steps.py::test_activation_checkpointing_gives_the_same_loss_and_gradients",
     "test_steps.py::test_backbone_learning_rate_multiplier_scales_every_update_but_the_heads",
@@ -59,6 +70,23 @@ SLOW = frozenset(
 )
 
 DATA_ENV = "FLAX_RESNET_DATA"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_the_session_folder(tmp_path_factory):
+  """Every cache of ours and torch's (XLA's compilation cache, weights, torch.hub, inductor) in the
+  session's temporary folder, which pytest removes after a green run (pyproject.toml,
+  tmp_path_retention_policy): the suite writes nothing in ~/.cache, nor in /tmp, where a
+  ``flax_resnet`` folder would shadow the package for scripts run from there. xdist's
+  workers share one, beside their own folders, so that each program is compiled once."""
+  base = tmp_path_factory.getbasetemp()
+  cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"
+  cache.mkdir(exist_ok=True)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(cache))
+    patch.setenv("TORCH_HOME", str(cache / "torch"))
+    patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "torchinductor"))  # else /tmp's
+    yield cache
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

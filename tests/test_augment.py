@@ -2,6 +2,7 @@
 photographs, the policies end to end given the same draws, and the draws' distributions."""
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -175,6 +176,87 @@ def test_policies_equal_torchvisions_forward_given_the_same_draws(
       assert _max_difference(policy.apply(image, params), theirs) == 0, params
 
 
+def float32_around(p: float) -> list[float]:
+  """float32(p), the draw at which float32 and float64 comparisons with p differ, and its
+  float32 neighbours."""
+  f = np.float32(p)
+  return [float(np.nextafter(f, np.float32(0))), float(f), float(np.nextafter(f, np.float32(1)))]
+
+
+def test_auto_augment_runs_an_operation_at_its_probabilitys_float32_as_torchvision(monkeypatch):
+  # torchvision runs an operation when torch.rand's float32 draw is <= p, compared in float32:
+  # a draw of float32(0.4) > 0.4 runs it. Every sub-policy, each pair of draws around its p's.
+  policy, image = augment.AutoAugment(), Image.new("RGB", (224, 224))
+  theirs_policy = _torchvision_policy(policy, "bilinear")
+  calls = []
+  monkeypatch.setattr(
+    autoaugment, "_apply_op", lambda img, op, m, **k: calls.append((op, m)) or img
+  )
+  ran = 0
+  for index, ((_, p1, _), (_, p2, _)) in enumerate(augment.IMAGENET_POLICY):
+    for probs in itertools.product(float32_around(p1), float32_around(p2)):
+      params = augment.AutoParams(index, probs, (0, 1))
+      with monkeypatch.context() as m:
+        _forced(m, _torch_draws(policy, params, 224, 224))
+        theirs_policy(image)
+      assert policy.ops(params, 224, 224) == calls, params
+      ran, calls[:] = ran + len(calls), []
+  assert 0 < ran < 2 * 9 * len(augment.IMAGENET_POLICY)  # some ran, some did not
+
+
+class _Drawn:
+  """A generator whose ``random`` draws ``u``; the box's draws the smallest (it fits)."""
+
+  def __init__(self, u: float):
+    self.u = u
+
+  def random(self, size=None, dtype=np.float64):
+    return np.full(size, self.u, dtype) if size else dtype(self.u)
+
+  def uniform(self, low: float, high: float) -> float:
+    return low
+
+  def integers(self, low: int, high: int) -> int:
+    return low
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.3, 0.5, 0.7, 0.9])
+def test_erase_box_is_drawn_below_its_probabilitys_float32_as_torchvision(p, monkeypatch):
+  # torchvision erases when torch.rand(1) < p, compared in float32: a draw of float32(0.7)
+  # < 0.7 does not erase.
+  erasing, image, drawn = RandomErasing(p), torch.zeros(3, 32, 32), []
+  monkeypatch.setattr(
+    RandomErasing, "get_params", lambda *a, **k: drawn.append(1) or (0, 0, 1, 1, 0)
+  )
+  for u in float32_around(p):
+    monkeypatch.setattr(torch, "rand", lambda *a, u=u, **k: torch.tensor([u], dtype=torch.float32))
+    erasing(image)
+    assert (augment.erase_box(32, 32, p, _Drawn(u)) != augment.NO_ERASE) == bool(drawn), u
+    drawn.clear()
+
+
+def test_auto_augment_and_erasing_draw_from_torch_rands_float32_values():
+  # torch.rand's float32 uniform: multiples of 2^-24 in [0, 1), which the comparisons in
+  # float32 above take as torch does
+  rng = np.random.default_rng(8)
+  probs = [q for _ in range(200) for q in augment.AutoAugment().params(rng, 32, 32).probs]
+  coins = []  # erase_box's
+
+  class Recording:  # rng, its random draws kept
+    def random(self, *args, **kwargs):
+      drawn = rng.random(*args, **kwargs)
+      coins.extend(np.ravel(drawn).tolist())
+      return drawn
+
+    uniform, integers = rng.uniform, rng.integers
+
+  for _ in range(400):
+    augment.erase_box(32, 32, 0.5, Recording())
+  for draws in (probs, coins):
+    assert all(0 <= q < 1 and (q * 2**24).is_integer() for q in draws)
+    assert len(set(draws)) == len(draws)
+
+
 # Sampling parity: our draws against torchvision's forward's, recorded from _apply_op.
 
 
@@ -228,8 +310,8 @@ class Biased:
   def uniform(self, low: float, high: float) -> float:
     return low + (high - low) * self.rng.random() ** 1.3
 
-  def random(self, size=None):
-    return self.rng.random(size) ** 1.3
+  def random(self, size=None, dtype=np.float64):
+    return self.rng.random(size, dtype) ** 1.3
 
 
 def _margins(calls: list[tuple[str, float]]) -> dict[str, list]:
@@ -315,8 +397,8 @@ class _TooLarge:
   def uniform(self, low: float, high: float) -> float:
     return high
 
-  def random(self) -> float:
-    return 0.0
+  def random(self, size=None, dtype=np.float64):
+    return np.zeros(size, dtype) if size else 0.0
 
 
 def test_erase_box_with_p_0_draws_nothing_and_a_box_never_fitting_is_no_erase():

@@ -666,3 +666,42 @@ def test_truncated_state_is_one_line(checkpoint, data_dir):
   done = run("-m", "flax_resnet.commands.predict", "--checkpoint", checkpoint, image)
   assert done.returncode == 2 and "truncated or corrupt" in done.stderr, done.stderr[-3000:]
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+
+
+# Python as it is without the torch extra: importing torch or torchvision fails.
+WITHOUT_TORCH = "import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_converting_without_the_torch_extra_is_one_line_naming_it(tmp_path, pth, suffix):
+  source = pth
+  if suffix == ".safetensors":
+    from safetensors.torch import save_file
+
+    source = tmp_path / "resnet18.safetensors"
+    save_file(torch.load(pth, weights_only=True), source)
+  out = tmp_path / "ckpt"
+  code = (
+    WITHOUT_TORCH + "from flax_resnet.commands.convert import main\n"
+    f"sys.exit(main(['--state-dict', {str(source)!r}, '--out', {str(out)!r}, '--no-verify']))"
+  )
+  result = run("-c", code)
+  err = result.stderr.strip()
+  assert result.returncode == 2 and len(err.splitlines()) == 1, err
+  assert err.startswith("error: ") and "pip install 'flax-resnet[torch]'" in err, err
+  assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+    {pth.name, source.name}
+  )
+
+
+def test_flax2torch_without_the_torch_extra_is_one_line_naming_it(checkpoint, tmp_path):
+  out = tmp_path / "back.pth"
+  code = (
+    WITHOUT_TORCH + "from flax_resnet.commands.flax2torch import main\n"
+    f"sys.exit(main(['--checkpoint', {str(checkpoint)!r}, '--out', {str(out)!r}]))"
+  )
+  result = run("-c", code)
+  err = result.stderr.strip()
+  assert result.returncode == 2 and len(err.splitlines()) == 1, err
+  assert "torch is not installed: pip install 'flax-resnet[torch]'" in err, err
+  assert not out.exists()

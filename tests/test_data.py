@@ -3,6 +3,10 @@ an image was skipped from where it was read."""
 
 import dataclasses
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +16,7 @@ import pytest
 from PIL import Image
 
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.training import config as config_lib, data
+from flax_resnet.training import config as config_lib, data, shm
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])
@@ -47,6 +51,62 @@ def test_short_shared_memory_is_named_before_workers_stall(tmp_path, caplog):
   caplog.clear()
   _warn_if_shared_memory_is_short(1, str(tmp_path))
   assert caplog.text == ""
+
+
+# A run in another process: it claims FOLDER, makes a segment there named as its workers
+# would, prints its tag and the segment's name, then lives until its stdin closes.
+RUN = """
+import sys
+from pathlib import Path
+from flax_resnet.training import shm
+tag = shm.claim(Path(sys.argv[1]))
+name = shm.segment_name(tag)[1:]
+(Path(sys.argv[1]) / name).write_bytes(bytes(1000))
+print(tag, name, flush=True)
+sys.stdin.read()
+"""
+
+
+def run_in_another_process(folder: Path) -> tuple[subprocess.Popen, set[str]]:
+  """The run, and the names of its lock file and segment."""
+  run = subprocess.Popen(
+    [sys.executable, "-c", RUN, str(folder)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+  )
+  assert run.stdout is not None
+  tag, segment = run.stdout.readline().split()
+  return run, {f"flax_resnet-{tag}.lock", segment}
+
+
+def test_a_killed_runs_shared_memory_is_removed_and_a_live_runs_and_foreign_files_stay(
+  tmp_path, caplog
+):
+  killed, dead = run_in_another_process(tmp_path)
+  live, alive = run_in_another_process(tmp_path)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  tag = min(dead)[len("flax_resnet-") :][:8]
+  # Others' files, some named almost as ours: none is touched.
+  foreign = {"psm_0123abcd", "sem.mp-abcd_123", "flax_resnet-notes.txt", f"flax_resnet-{tag}"}
+  foreign |= {f"flax_resnet-{tag}.lock.bak", f"sem.flax_resnet-{tag}-mp-x"}
+  for name in foreign:
+    (tmp_path / name).write_bytes(b"not ours")
+  (tmp_path / f"flax_resnet-{tag}-0123456789abcdef").mkdir()  # not a file
+  before = set(os.listdir(tmp_path))
+  try:
+    assert dead | alive | foreign < before
+    with caplog.at_level(logging.WARNING):
+      assert shm.remove_dead(tmp_path) == 2
+    assert set(os.listdir(tmp_path)) == before - dead
+    assert f"removed 2 files (0.0 MB) that killed runs' workers left in {tmp_path}" in caplog.text
+  finally:
+    live.communicate("")
+  # It removed its lock file as it exited: the segment it left is a dead run's.
+  assert live.returncode == 0 and shm.remove_dead(tmp_path) == 1
+  assert set(os.listdir(tmp_path)) == before - dead - alive
 
 
 class Broken:
@@ -112,3 +172,11 @@ def test_eval_crops_eval_crop_pixels_and_image_size_without_it(tmp_path, eval_cr
   assert list(batch["label"]) == [0, 1, -1, -1]
   expected = data.eval_transform(cfg.data)(Image.open(tmp_path / "val" / "b" / "0.png"))
   assert (batch["image"][1] == expected).all()
+
+
+def test_without_a_shared_memory_folder_nothing_is_removed_or_named(tmp_path):
+  from flax_resnet.training import shm
+
+  missing = tmp_path / "no-shm"  # as on macOS: no /dev/shm
+  assert shm.remove_dead(missing) == 0 and shm.claim(missing) is None
+  assert not missing.exists()

@@ -37,3 +37,41 @@ def test_the_tensorboard_writer_leaves_torch_unloaded(tmp_path):
 
 def test_the_tensorboard_writer_keeps_a_torch_already_loaded(tmp_path):
   assert write(tmp_path, "import torch") == "True True"
+
+
+def test_the_logged_loss_and_top1_are_the_means_of_every_step_since_the_last_line(tmp_path, capsys):
+  import jax.numpy as jnp
+
+  from flax_resnet.training import metrics
+
+  losses, hits = [4.0, 1.0, 2.5, 0.5, 3.0, 2.0], [1, 3, 2, 4, 0, 2]
+  progress = metrics.Progress(tmp_path, 4, 3, 6, learning_rate=lambda n: 0.1 * (n + 1))
+  for step, (loss, top1) in enumerate(zip(losses, hits), 1):
+    progress.step(step, {"loss": jnp.float32(loss), "top1": jnp.int32(top1)}, 0)
+  progress.close()
+  series = metrics.read_metrics(tmp_path)
+  assert series["train/loss"] == [(3, 2.5), (6, 11 / 6)]  # not the 3rd and 6th steps' own
+  assert series["train/top1"] == [(3, 6 / 12), (6, 6 / 12)]
+  assert [step for step, _ in series["train/lr"]] == [3, 6]
+  assert [round(v, 6) for _, v in series["train/lr"]] == [0.3, 0.6]  # the 3rd and 6th steps'
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("step 3/6 loss 2.5000 top1 0.5000 lr 0.3 ")
+  assert lines[1].startswith("step 6/6 loss 1.8333 top1 0.5000 lr 0.6 ")
+
+
+def test_a_line_between_the_scheduled_ones_leaves_their_means_over_all_their_steps(
+  tmp_path, capsys, monkeypatch
+):
+  import jax.numpy as jnp
+
+  from flax_resnet.training import metrics
+
+  progress = metrics.Progress(tmp_path, 2, 4, 4)
+  monkeypatch.setattr(metrics, "LOG_SECONDS", 0)  # a line at every step, as on a slow machine
+  for step, loss in enumerate([1.0, 2.0, 3.0, 6.0], 1):
+    progress.step(step, {"loss": jnp.float32(loss), "top1": jnp.int32(step % 2)}, 0)
+  progress.close()
+  printed = [line.split()[3] for line in capsys.readouterr().out.splitlines()]
+  assert printed == ["1.0000", "2.0000", "3.0000", "6.0000"]  # each since the line before
+  assert metrics.read_metrics(tmp_path)["train/loss"] == [(4, 3.0)]  # the 4 steps' mean
+  assert metrics.read_metrics(tmp_path)["train/top1"] == [(4, 2 / 8)]

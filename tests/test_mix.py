@@ -2,6 +2,8 @@
 transforms, given the same draws, and their draws against torchvision's by a stated test."""
 
 import dataclasses
+import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +142,33 @@ class FixedBeta:
     return torch.tensor(self.lam, dtype=torch.float32)
 
 
+def torchvision_cutmix(cases, height: int, width: int, monkeypatch) -> list[dict]:
+  """torchvision v2 CutMix's ``make_params`` of each (λ, r_y, r_x) of ``cases``, its Beta and
+  its centres replaced by them."""
+  transform, image = v2.CutMix(alpha=1.0, num_classes=2), torch.zeros(1, 3, height, width)
+  draws = iter([])
+  monkeypatch.setattr(torch, "randint", lambda high, size: torch.tensor([next(draws)]))
+  params = []
+  for lam, r_y, r_x in cases:
+    transform._dist = FixedBeta(float(lam))
+    draws = iter([r_x, r_y])  # make_params draws r_x, then r_y
+    params.append(transform.make_params([image]))
+  return params
+
+
+def assert_cutmix_equals_torchvisions(cases, height: int, width: int, monkeypatch) -> None:
+  """``cutmix_box`` (jitted, as in the train step) of ``cases`` (λ, r_y, r_x) equals
+  torchvision's ``make_params``: the same box, and λ the float32 of its ``lam_adjusted``."""
+  lam, r_y, r_x = (jnp.asarray(c) for c in zip(*cases))
+  boxes, ours_lams = jax.jit(lambda *a: cutmix_box(*a, height, width))(lam, r_x, r_y)
+  theirs = torchvision_cutmix(cases, height, width, monkeypatch)
+  for case, box, ours_lam, params in zip(cases, np.asarray(boxes), np.asarray(ours_lams), theirs):
+    x1, y1, x2, y2 = params["box"]
+    assert tuple(box) == (y1, x1, y2, x2), case
+    # exact: both the float32 nearest the quotient (see cutmix_box)
+    assert ours_lam == np.float32(params["lam_adjusted"]), case
+
+
 @pytest.mark.parametrize("height, width", [(7, 9), (32, 32), (176, 224)])
 def test_cutmix_box_and_lambda_follow_torchvision_rule(height, width, monkeypatch):
   rng = np.random.default_rng(height)
@@ -149,41 +178,126 @@ def test_cutmix_box_and_lambda_follow_torchvision_rule(height, width, monkeypatc
     [rng.beta(1.0, 1.0, 60), rng.beta(0.2, 0.2, 60), [0.0, 0.75, 1.0, 1e-7, 1e-12, 1 - 1e-7]]
   ).astype(np.float32)
   centres = [(0, 0), (height - 1, width - 1), (height // 2, 0), (1, width // 3)]
-  transform = v2.CutMix(alpha=1.0, num_classes=2)
-  image = torch.zeros(1, 3, height, width)
-  draws = iter([])
-  monkeypatch.setattr(torch, "randint", lambda high, size: torch.tensor([next(draws)]))
   cases = [(lam, r_y, r_x) for lam in lams for r_y, r_x in centres]
-  lam, r_y, r_x = (jnp.asarray(c) for c in zip(*cases))
-  boxes, ours_lams = jax.jit(lambda *a: cutmix_box(*a, height, width))(lam, r_x, r_y)
-  for (lam, r_y, r_x), box, ours_lam in zip(cases, np.asarray(boxes), np.asarray(ours_lams)):
-    transform._dist = FixedBeta(float(lam))
-    draws = iter([r_x, r_y])  # make_params draws r_x, then r_y
-    theirs = transform.make_params([image])
-    x1, y1, x2, y2 = theirs["box"]
-    assert tuple(box) == (y1, x1, y2, x2), (lam, r_x, r_y)
-    # exact: both the float32 nearest the quotient (see cutmix_box)
-    assert ours_lam == np.float32(theirs["lam_adjusted"])
+  assert_cutmix_equals_torchvisions(cases, height, width, monkeypatch)
+
+
+def float32_around(x: Fraction, count: int = 2) -> list[np.float32]:
+  """The float32 nearest ``x`` (or the one next to it: float64 rounds first) and ``count``
+  neighbours on each side, in [0, 1]."""
+  nearest = np.float32(float(x))
+  values = [nearest]
+  for direction in (np.float32(0), np.float32(1)):
+    value = nearest
+    for _ in range(count):
+      value = np.nextafter(value, direction)
+      values.append(value)
+  return sorted({v for v in values if 0 <= v <= 1})
+
+
+def exact_half_side(lam: np.float32, size: int) -> int:
+  """floor(sqrt(1 - λ) size / 2) in exact arithmetic: the largest k with 4k² <= (1 - λ) size²."""
+  area = (1 - Fraction(float(lam))) * size * size
+  k = math.isqrt(math.floor(area)) // 2
+  return k + 1 if 4 * (k + 1) ** 2 <= area else k
+
+
+def tie_lams(size: int) -> list[np.float32]:
+  """The float32 λ around every tie 1 - (2k / size)², k = 0 .. size / 2 (see below)."""
+  return [
+    lam for k in range(size // 2 + 1) for lam in float32_around(1 - Fraction(2 * k, size) ** 2)
+  ]
+
+
+def half_sides(lams: list[np.float32], size: int) -> list[int]:
+  """``cutmix_box``'s (jitted) half sides of ``lams`` on a size x size image, centred."""
+  centre = jnp.full(len(lams), size // 2)
+  box = jax.jit(lambda *a: cutmix_box(*a, size, size)[0])(jnp.asarray(lams), centre, centre)
+  return [int(x2 - x1) // 2 for _, x1, _, x2 in np.asarray(box)]
+
+
+@pytest.mark.parametrize("size", [32, 176, 224])
+def test_cutmix_half_sides_at_every_tie_are_exact_and_torchvisions(size, monkeypatch):
+  # At λ = 1 - (2k / size)², sqrt(1 - λ) size / 2 is the integer k: the float32 λ around each
+  # tie give half sides k and k - 1, which float32 arithmetic confuses (the one just above
+  # the tie gave k). The centre is the image's, so the box is 2 half sides wide and high.
+  lams = tie_lams(size)
+  assert half_sides(lams, size) == [exact_half_side(lam, size) for lam in lams]
+  # torchvision's float64 is exact but below ~1e-15 (see cutmix_box): the subnormals above 0
+  cases = [(lam, size // 2, size // 2) for lam in lams if lam >= 1e-15]
+  assert_cutmix_equals_torchvisions(cases, size, size, monkeypatch)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_cutmix_half_sides_are_exact_at_every_tie_up_to_4096_pixels(x64):
+  lams = tie_lams(4096)
+  with jax.enable_x64(x64):
+    assert half_sides(lams, 4096) == [exact_half_side(lam, 4096) for lam in lams]
+
+
+def test_a_cutmix_lambda_just_above_a_tie_pastes_nothing_as_torchvisions(monkeypatch):
+  # the float32 just above 1 - (2 / 224)²: half side 0, no box, λ 1
+  lam = np.float32(0.9999203085899353)
+  assert lam > 1 - Fraction(2, 224) ** 2 > np.nextafter(lam, np.float32(0))
+  (params,) = torchvision_cutmix([(lam, 76, 130)], 224, 224, monkeypatch)
+  assert params["lam_adjusted"] == 1.0
+  assert_cutmix_equals_torchvisions([(lam, 76, 130)], 224, 224, monkeypatch)
+
+
+jitted_mix_params = jax.jit(mix_params, static_argnums=(1, 2, 3))
 
 
 def draws(settings: Mix, n: int, height: int = 32, width: int = 32, seed: int = 0) -> dict:
-  """``n`` groups' draws of ``mix_params``, as numpy."""
-  params = mix_params(jax.random.key(seed), settings._replace(groups=n), height, width)
+  """``n`` groups' draws of ``mix_params`` (jitted, as in the train step), as numpy."""
+  params = jitted_mix_params(jax.random.key(seed), settings._replace(groups=n), height, width)
   return {k: np.asarray(v) for k, v in params.items()}
 
 
 def torchvision_lams(alpha: float, n: int) -> np.ndarray:
+  """``n`` draws of torchvision v2 MixUp's λ: its Beta distribution (float32, as
+  ``make_params`` draws it one at a time), seeded."""
   torch.manual_seed(0)
-  transform = v2.MixUp(alpha=alpha, num_classes=2)
-  return np.array([transform.make_params([])["lam"] for _ in range(n)])
+  return v2.MixUp(alpha=alpha, num_classes=2)._dist.sample((n,)).numpy().ravel()
 
 
-def test_mixup_lambda_is_distributed_as_torchvision_beta_draws():
-  theirs = torchvision_lams(0.2, 4000)
-  ours = draws(Mix(2, mixup_alpha=0.2), 4000)["lam"]
+def jax_beta_lams(alpha: float, n: int) -> np.ndarray:
+  """``n`` draws of jax.random.beta: the sampler λ had before it was torch's (see _beta)."""
+  keys = jax.random.split(jax.random.key(0), n)
+  return np.asarray(jax.vmap(lambda k: jax.random.beta(k, alpha, alpha, dtype=jnp.float32))(keys))
+
+
+LAMS = 200_000  # draws: enough for the masses just below 1 (~2% at alpha 0.2) to be seen
+
+
+@pytest.mark.parametrize("alpha, wrong_alpha", [(0.2, 0.22), (1.0, 1.05)])
+def test_mixup_lambda_is_distributed_as_torchvision_beta_draws(alpha, wrong_alpha):
+  theirs = torchvision_lams(alpha, LAMS)
+  ours = draws(Mix(2, mixup_alpha=alpha), LAMS)["lam"]
   assert stats.ks_2samp(ours, theirs).pvalue > SIGNIFICANCE
-  wrong = draws(Mix(2, mixup_alpha=0.3), 4000)["lam"]
+  wrong = draws(Mix(2, mixup_alpha=wrong_alpha), LAMS)["lam"]
   assert stats.ks_2samp(wrong, theirs).pvalue < SIGNIFICANCE
+
+
+def same_rate_pvalue(a: np.ndarray, b: np.ndarray, value: float) -> float:
+  """The p-value of the exact test that ``value`` has one probability in samples ``a`` and
+  ``b`` of one size: its count in ``a`` is binomial(both counts, 1/2) given both."""
+  count_a, count_b = int(np.sum(a == value)), int(np.sum(b == value))
+  if count_a + count_b == 0:
+    return 1.0
+  return float(stats.binomtest(count_a, count_a + count_b, 0.5).pvalue)
+
+
+def test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1():
+  # At alpha 0.2 one λ in 50 is within float32's rounding of 1: torch clamps it to 1 - 2^-24
+  # and rounds a float64 quotient; jax.random.beta's gives 1 itself (2%) and never 1 - 2^-24.
+  theirs = torchvision_lams(0.2, LAMS)
+  ours = draws(Mix(2, mixup_alpha=0.2), LAMS)["lam"]
+  wrong = jax_beta_lams(0.2, LAMS)
+  assert np.all((ours > 0) & (ours < 1)) and np.all((theirs > 0) & (theirs < 1))
+  top = [np.float32(1), *(np.float32(1 - i * 2.0**-24) for i in (1, 2, 3))]
+  for value in top:
+    assert same_rate_pvalue(ours, theirs, value) > SIGNIFICANCE, value
+  assert min(same_rate_pvalue(wrong, theirs, value) for value in top) < SIGNIFICANCE
 
 
 def torchvision_boxes(alpha: float, n: int, height: int, width: int) -> np.ndarray:

@@ -11,12 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from torch_reference import calibrate, calibrated_pair, nchw, smooth_images, torch
+from torch_reference import (
+  assert_parity,
+  calibrate,
+  calibrated_pair,
+  nchw,
+  smooth_images,
+  torch,
+)
 
 import flax_resnet.model
 from flax_resnet.folding import FoldedNorm, fold_batchnorm
 from flax_resnet.model import BatchNorm
-from flax_resnet.port.parity import flax_features, judge, torch_features
+from flax_resnet.port.parity import flax_features, judge
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
 from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet  # noqa: E402 (needs torch: after the skip)
@@ -38,23 +45,6 @@ ARCHS = [
 def per_arch(names):
   # One xdist worker per architecture keeps each pair built once.
   return [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
-
-
-def assert_parity(reference, model, x):
-  """Logits and every feature map as close to float64 as torchvision's float32 ones are.
-
-  The converter's rule (``parity.judge``): our error against a float64 torchvision run
-  is at most twice torch's own float32 error plus a floor of 1e-6, relative to the
-  map's largest magnitude; the logits' ordered top-5 is float64's.
-  """
-  ours, theirs = flax_features(model, x), torch_features(reference, nchw(x))
-  exact = torch_features(copy.deepcopy(reference).double(), nchw(x).double())
-  for key in ("stem", "layer1", "layer2", "layer3", "layer4", "logits"):
-    assert ours[key].shape == theirs[key].shape, key
-    flat = [a.reshape(len(a), -1) for a in (ours[key], theirs[key], exact[key])]
-    verdict = judge(*flat)
-    assert verdict["ours_vs_float64"] <= verdict["bound"], (key, verdict)
-  assert judge(ours["logits"], theirs["logits"], exact["logits"])["passed"]
 
 
 @pytest.mark.parametrize("name", per_arch(ARCHS))

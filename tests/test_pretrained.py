@@ -145,6 +145,9 @@ def test_offline_names_the_url_and_where_to_put_the_file(empty_homes, monkeypatc
   with pytest.raises(ValueError) as error:
     flax_resnet.ResNet18(weights="IMAGENET1K_V1")
   message = str(error.value)
+  # One exception, not the end of a chain of tracebacks: Python prints no cause or context.
+  assert error.value.__cause__ is None and error.value.__suppress_context__
+  assert "\n" not in message
   assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
   assert str(Path(env["TORCH_HOME"]) / "hub" / "checkpoints" / HUB_FILE) in message
   assert not any(Path(env["FLAX_RESNET_WEIGHTS"]).glob("resnet18*"))
@@ -213,6 +216,54 @@ def test_a_cached_checkpoint_converted_from_another_file_is_refused(empty_homes)
   assert "\n" not in message and str(entry / "metadata.json") in message
   assert f"sha256 {forged} does not start with f37072fd" in message
   assert (entry / "metadata.json").is_file()  # the user decides what to remove
+
+
+def test_an_empty_weights_entry_is_converted_anew(homes):
+  env, _, _ = homes
+  entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
+  entry.mkdir(parents=True)
+  model = flax_resnet.ResNet18(weights="DEFAULT")
+  assert model.bn1.use_running_average
+  assert sorted(p.name for p in entry.iterdir()) == ["metadata.json", "state"]
+  assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+
+
+@pytest.mark.parametrize("leftover", ["state/some_file", "notes.txt"])
+def test_a_weights_entry_without_metadata_is_refused_before_any_work(
+  empty_homes, monkeypatch, leftover
+):
+  env, _ = empty_homes
+  entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "resnet18.IMAGENET1K_V1"
+  (entry / leftover).parent.mkdir(parents=True, exist_ok=True)
+  (entry / leftover).write_text("kept")
+
+  def no_work(*args, **kwargs):
+    raise AssertionError("fetched the weights for an entry that cannot be replaced")
+
+  monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_work)
+  with pytest.raises(ValueError) as error:
+    flax_resnet.ResNet18(weights="DEFAULT")
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{entry}: an incomplete weights entry")
+  assert "remove it" in message
+  assert (entry / leftover).read_text() == "kept"
+
+
+def test_weights_without_the_torch_extra_is_one_import_error_naming_it(empty_homes):
+  code = (
+    "import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n"
+    "import flax_resnet\n"
+    "try:\n  flax_resnet.ResNet18(weights='DEFAULT')\n"
+    "except ImportError as e:\n  print(type(e).__name__, e.__cause__, e, sep='|')\n"
+  )
+  result = python(code, empty_homes[0])
+  assert result.returncode == 0, result.stderr[-3000:]
+  kind, cause, message = result.stdout.strip().split("|")
+  assert kind == "MissingExtra" and cause == "None", result.stdout
+  assert message == (
+    "converting torchvision weights needs torch and torchvision, and torch is not "
+    "installed: pip install 'flax-resnet[torch]'"
+  )
 
 
 def test_the_weights_table_is_torchvisions():

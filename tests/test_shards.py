@@ -1,6 +1,7 @@
 """train/shards.py: ImageFolder splits as ArrayRecord shards, read back as the folder reads."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,8 +235,8 @@ def test_classes_json_is_checked_against_every_label_reading_few_records(five_cl
   assert split.source.reads < 60  # of 200: the first and last record of each label
   edited = tmp_path / "edited"
   (edited / "train").mkdir(parents=True)
-  for f in (five_classes / "train").iterdir():
-    (edited / "train" / f.name).symlink_to(f)
+  for f in (five_classes / "train").iterdir():  # copies: shards are not symbolic links
+    shutil.copy(f, edited / "train" / f.name)
   names = [f"class{c}" for c in range(5)]
   for classes, message in [
     (names[:2] + ["cat"] + names[3:], "names label 2 'cat', but record"),
@@ -245,3 +246,109 @@ def test_classes_json_is_checked_against_every_label_reading_few_records(five_cl
     (edited / "classes.json").write_text(json.dumps(classes))
     with pytest.raises(ValueError, match=message):
       sources.Shards(str(edited / "train")).verified_classes()
+
+
+@pytest.fixture(scope="module")
+def converted(cifar, tmp_path_factory) -> Path:
+  """The cifar fixture's train and test splits as shards of 64 records."""
+  out = tmp_path_factory.mktemp("converted") / "shards"
+  shards.convert(str(cifar), str(out), ["train", "test"], 64, log=lambda line: None)
+  return out
+
+
+def damaged_copy(converted: Path, tmp_path: Path, damage: str) -> tuple[Path, str]:
+  """A copy of ``converted`` whose train split's index.json (or classes.json) is ``damage``d;
+  (the damaged file, what its one-line error says)."""
+  out = tmp_path / "shards"
+  shutil.copytree(converted, out)
+  index = out / "train" / "index.json"
+  content = json.loads(index.read_text())
+  first = out / "train" / content["shards"][0]
+  outside = tmp_path / "outside.array_record"  # a sound shard, read as any other if followed
+  shutil.copy(first, outside)
+  entry = {
+    "parent": "../../outside.array_record",
+    "absolute": str(outside),
+    "symlink": "linked.array_record",
+    "folder": "folder.array_record",
+  }.get(damage)
+  if damage == "symlink":
+    (out / "train" / entry).symlink_to(outside)
+  if damage == "folder":
+    (out / "train" / entry).mkdir()
+  if entry:
+    content["shards"][0] = entry
+    index.write_text(json.dumps(content))
+    problem = "is a symbolic link" if damage == "symlink" else "is a folder"
+    if damage in ("parent", "absolute"):
+      problem = f"is not a file name in {out / 'train'}"
+    return index, f"{index} names shard {entry!r}, which {problem}"
+  return DAMAGE[damage](out, content)
+
+
+def _write(path: Path, raw: bytes | str, says: str) -> tuple[Path, str]:
+  if isinstance(raw, str):
+    raw = raw.encode()
+  path.write_bytes(raw)
+  return path, f"{path}{says}"
+
+
+# Each damage: (damaged file, what its one-line error says), given the copy and its index.
+DAMAGE = {
+  "random bytes": lambda out, content: _write(
+    out / "train" / "index.json", bytes(range(255, -1, -1)), " is not UTF-8 text (byte 0 of 256)"
+  ),
+  "not JSON": lambda out, content: _write(
+    out / "train" / "index.json", '{"shards": [', " is not valid JSON (Expecting value, line 1"
+  ),
+  "a list": lambda out, content: _write(
+    out / "train" / "index.json", json.dumps(content["shards"]), " holds a JSON array, not the"
+  ),
+  "no shards": lambda out, content: _write(
+    out / "train" / "index.json", '{"records": 250}', ': its "shards" is missing'
+  ),
+  "shards a string": lambda out, content: _write(
+    out / "train" / "index.json",
+    json.dumps({**content, "shards": "train.array_record"}),
+    ': its "shards" is "train.array_record", not a list of file names',
+  ),
+  "records a string": lambda out, content: _write(
+    out / "train" / "index.json",
+    json.dumps({**content, "records": "300"}),
+    ': its "records" is "300", not a count',
+  ),
+  "classes random bytes": lambda out, content: _write(
+    out / "classes.json", b"\xff\xfe\x00garbage", " is not UTF-8 text (byte 0 of 10)"
+  ),
+  "classes an object": lambda out, content: _write(
+    out / "classes.json", '{"0": "airplane"}', ' holds {"0": "airplane"}, not a JSON list of'
+  ),
+}
+SHARD_ENTRIES = ["parent", "absolute", "symlink", "folder"]
+
+
+@pytest.mark.parametrize("damage", SHARD_ENTRIES + list(DAMAGE))
+def test_a_damaged_shard_index_or_classes_file_is_refused_naming_it(converted, tmp_path, damage):
+  damaged, says = damaged_copy(converted, tmp_path, damage)
+  with pytest.raises(ValueError) as raised:
+    sources.open_split(str(tmp_path / "shards"), "train")
+  message = str(raised.value)
+  assert message.startswith(says) and "train/shards.py" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["parent", "symlink", "random bytes", "a list"])
+def test_a_damaged_shard_index_is_one_line_and_exit_2_from_the_trainer(converted, tmp_path, damage):
+  damaged, says = damaged_copy(converted, tmp_path, damage)
+  done = tiny_train(tmp_path / "w", tmp_path / "shards", "max_steps=2")
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {says}")
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_damaged_classes_file_is_one_line_and_exit_2_from_the_converter(
+  converted, cifar, tmp_path
+):
+  damaged, says = damaged_copy(converted, tmp_path, "classes random bytes")
+  done = convert(cifar, tmp_path / "shards", "--splits", "train")
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {says}")

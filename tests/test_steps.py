@@ -250,11 +250,11 @@ def test_a_progress_line_comes_every_thirty_seconds_between_logged_steps(tmp_pat
   from flax_resnet.training.metrics import LOG_SECONDS, Progress
 
   progress = Progress(tmp_path, global_batch=8, log_every=1000, total_steps=10)
-  progress.step(1, {"loss": 2.5}, skipped=0)
+  progress.step(1, {"loss": jnp.float32(2.5), "top1": jnp.int32(3)}, skipped=0)
   assert capsys.readouterr().out == ""
   progress.last -= LOG_SECONDS  # half a minute without a line
-  progress.step(2, {"loss": 2.25}, skipped=0)
-  assert capsys.readouterr().out.startswith("step 2/10 loss 2.2500")
+  progress.step(2, {"loss": jnp.float32(2.25), "top1": jnp.int32(5)}, skipped=0)
+  assert capsys.readouterr().out.startswith("step 2/10 loss 2.3750 top1 0.5000")  # both steps
   progress.close()
   # The time-driven line stays out of metrics.jsonl, which must not depend on speed.
   assert not (tmp_path / "metrics.jsonl").exists()

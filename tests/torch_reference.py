@@ -1,5 +1,7 @@
-"""torchvision models whose BatchNorm looks trained, and their flax conversions."""
+"""torchvision (and timm) models whose BatchNorm looks trained, their flax conversions, and
+the parity check between the two."""
 
+import copy
 import functools
 
 import numpy as np
@@ -8,7 +10,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[dev]')")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
 
-from flax_resnet.port.parity import smooth_images  # noqa: E402,F401 (re-exported for the tests)
+from flax_resnet.port.parity import (  # noqa: E402
+  flax_features,
+  judge,
+  smooth_images,  # noqa: F401 (re-exported for the tests)
+  torch_features,
+)
 from flax_resnet.port.state_dict import from_torch_state_dict  # noqa: E402
 from flax_resnet.port.twin import torch_resnet  # noqa: E402
 
@@ -78,3 +85,21 @@ def calibrated_pair(
   model = from_torch_state_dict(reference.state_dict(), name, **extra)
   model.eval()
   return reference, model
+
+
+def assert_parity(reference, model, x):
+  """Logits and every feature map as close to float64 as the reference's (torchvision's or
+  timm's) float32 ones are.
+
+  The converter's rule (``parity.judge``): our error against a float64 run of the reference
+  is at most twice torch's own float32 error plus a floor of 1e-6, relative to the
+  map's largest magnitude; the logits' ordered top-5 is float64's.
+  """
+  ours, theirs = flax_features(model, x), torch_features(reference, nchw(x))
+  exact = torch_features(copy.deepcopy(reference).double(), nchw(x).double())
+  for key in ("stem", "layer1", "layer2", "layer3", "layer4", "logits"):
+    assert ours[key].shape == theirs[key].shape, key
+    flat = [a.reshape(len(a), -1) for a in (ours[key], theirs[key], exact[key])]
+    verdict = judge(*flat)
+    assert verdict["ours_vs_float64"] <= verdict["bound"], (key, verdict)
+  assert judge(ours["logits"], theirs["logits"], exact["logits"])["passed"]

@@ -30,6 +30,7 @@ from flax_resnet.cli import (
   positive_int,
   report,
 )
+from flax_resnet.errors import MissingExtra
 from flax_resnet.preprocess import EvalTransform
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
     meta, parameters = run(args)
   except ConversionError as e:
     return report(in_flags(e, args))
-  except (CliError, OSError) as e:
+  except (CliError, OSError, MissingExtra) as e:
     return report(e)
   print(
     f"done: {meta.arch or 'custom ResNet'} ({parameters:,} parameters, {meta.options}) from "

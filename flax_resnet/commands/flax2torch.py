@@ -72,7 +72,9 @@ def main(argv=None) -> int:
       raise ValueError(f"--out {args.out} is not a regular file; name the file to write")
     if args.out.exists() and not args.force:
       raise ValueError(f"--out {args.out} exists; pass --force to replace it")
-    from flax_resnet.port.torch_files import to_torch_state_dict
+    from flax_resnet.port.torch_files import require_torch, to_torch_state_dict
+
+    require_torch("writing a torch state dict")
     from flax_resnet.saved_model import load
 
     print(f"loading {args.checkpoint}", flush=True)

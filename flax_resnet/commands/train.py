@@ -1,13 +1,13 @@
 """Train or fine-tune a flax-resnet model: one command from a laptop CPU to a TPU pod.
 
-    python train/train.py --config cifar10_resnet18 --workdir runs/c10 \\
+    flax-resnet-train --config cifar10_resnet18 --workdir runs/c10 \\
         --set data_dir=/data/cifar10 --set epochs=30
 
---config takes a preset by name (flax_resnet/training/presets/: cifar10_tiny,
-cifar10_resnet18, finetune, imagenet_resnet50) or a preset file by its path.
-A run resumes from the latest checkpoint in --workdir. The batch is sharded over
-every device of every process (jax.distributed, initialised automatically on
-TPU pods and from --coordinator/--num-processes/--process-id elsewhere).
+--config (or --preset) takes a shipped preset by name (listed under --config below) or a
+preset file by its path; --set changes any field of it (--list-fields lists them all, with
+their types, defaults and meanings). A run resumes from the latest checkpoint in --workdir.
+The batch is sharded over every device of every process (jax.distributed, initialised
+automatically on TPU pods and from --coordinator/--num-processes/--process-id elsewhere).
 BatchNorm statistics are computed over the whole global batch by default;
 ``--set bn_stats=per_device`` computes them over each device's shard, as PyTorch
 DDP does per GPU.
@@ -31,6 +31,7 @@ from flax_resnet.cli import (
   in_config_flags,
   report,
 )
+from flax_resnet.errors import as_set
 
 if TYPE_CHECKING:
   from flax_resnet.training.config import Config
@@ -64,15 +65,25 @@ def setup_distributed(args: argparse.Namespace) -> None:
   multihost_utils.sync_global_devices("flax_resnet:start")
 
 
-def config_lines(cfg: Config, devices: int, processes: int) -> str:
-  """The resolved config as printed at start: one ``key=value`` a line, as ``--set`` takes."""
+def config_lines(cfg: Config, devices: int, processes: int, workdir: Path) -> str:
+  """The resolved config as printed at start, one short block: the fields that differ from
+  the defaults, as ``--set`` takes them, and the file that holds them all."""
+  import textwrap
 
-  def text(value):
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+  from flax_resnet.training.config import Config
 
+  default = Config()
+  changed = [f"{k}={as_set(v)}" for k, v in cfg.to_json().items() if v != getattr(default, k)]
   return "\n".join(
-    [f"config (devices {devices}, processes {processes}):"]
-    + [f"  {k}={text(v)}" for k, v in cfg.to_json().items()]
+    [f"config (devices {devices}, processes {processes}), where it differs from the defaults:"]
+    + textwrap.wrap(
+      " ".join(changed) or "(none)",
+      98,
+      initial_indent="  ",
+      subsequent_indent="  ",
+      break_on_hyphens=False,
+    )
+    + [f"  every field: {workdir / 'config.json'} (flax-resnet-train --list-fields says each)"]
   )
 
 
@@ -82,7 +93,7 @@ def resolved_config(args: argparse.Namespace) -> Config:
 
   try:
     return config_lib.override(config_lib.load_preset(args.config), args.set)
-  except config_lib.SettingError as e:
+  except ValueError as e:  # SettingError, FieldError: said with the flags that gave them
     raise in_config_flags(e) from e
 
 
@@ -101,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     import jax
 
-    print(config_lines(cfg, jax.device_count(), jax.process_count()), flush=True)
+    print(config_lines(cfg, jax.device_count(), jax.process_count(), args.workdir), flush=True)
     summary = trainer.run(cfg, args.workdir)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before the run could save
     print("interrupted: stopped without saving", file=sys.stderr)
     return EXIT_INTERRUPTED
-  except (ValueError, OSError) as e:
+  except ValueError as e:
+    return report(in_config_flags(e))  # library errors name fields, the command's flags
+  except OSError as e:
     return report(e)
   except trainer.Diverged as e:
     report(e)

@@ -14,18 +14,20 @@ from flax_resnet.port.torch_files import to_torch_state_dict
 
 
 def torch_features(torch_model, x_nchw) -> dict[str, Any]:
-  """torchvision's stem (conv1/bn1/relu) and layer outputs, and its logits, as NHWC numpy."""
+  """torchvision's or timm's stem (conv1/bn1/relu) and layer outputs, and its logits, as NHWC
+  numpy."""
   import torch
 
   m = torch_model
+  timm = hasattr(m, "act1")  # timm's ResNet names its stem ReLU act1 and pools in its head
   with torch.no_grad():
-    x = m.relu(m.bn1(m.conv1(x_nchw)))
+    x = (m.act1 if timm else m.relu)(m.bn1(m.conv1(x_nchw)))
     out = {"stem": x}
     x = m.maxpool(x)
     for i in range(1, 5):
       x = getattr(m, f"layer{i}")(x)
       out[f"layer{i}"] = x
-    out["logits"] = m.fc(torch.flatten(m.avgpool(x), 1))
+    out["logits"] = m.forward_head(x) if timm else m.fc(torch.flatten(m.avgpool(x), 1))
   return {k: v.permute(0, 2, 3, 1).numpy() if v.ndim == 4 else v.numpy() for k, v in out.items()}
 
 

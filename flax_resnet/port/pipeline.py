@@ -67,7 +67,9 @@ def port(
   is ``parity.verify``'s; ``transform`` is a file's eval preprocessing (a weights entry
   brings its own).
   """
-  from flax_resnet.port.torch_files import fetch_weights, file_source, load_file
+  from flax_resnet.port.torch_files import fetch_weights, file_source, load_file, require_torch
+
+  require_torch("converting torchvision weights")
 
   progress("load", source=weights or state_dict)
   if weights:

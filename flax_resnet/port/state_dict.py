@@ -22,7 +22,7 @@ from flax import nnx
 
 from flax_resnet.choices import DEFAULT_CHANNELS
 from flax_resnet.model import ResNet
-from flax_resnet.registry import ARCHITECTURES, Arch, architecture, model_to_fill
+from flax_resnet.registry import ALL_ARCHITECTURES, Arch, architecture, model_to_fill
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,12 @@ def torch_key(path: tuple) -> str:
 
 
 def to_torch_layout(value: np.ndarray) -> np.ndarray:
-  """HWIO conv / (in, out) linear kernels to torch's OIHW / (out, in)."""
+  """HWIO conv / WIO 1-d conv (timm's ECA) / (in, out) linear kernels to torch's OIHW / OIW /
+  (out, in)."""
   if value.ndim == 4:
     return value.transpose(3, 2, 0, 1)
+  if value.ndim == 3:
+    return value.transpose(2, 1, 0)
   return value.T if value.ndim == 2 else value
 
 
@@ -80,6 +83,8 @@ def from_torch_layout(value: np.ndarray) -> np.ndarray:
   """Inverse of ``to_torch_layout``."""
   if value.ndim == 4:
     return value.transpose(2, 3, 1, 0)
+  if value.ndim == 3:
+    return value.transpose(2, 1, 0)
   return value.T if value.ndim == 2 else value
 
 
@@ -144,13 +149,13 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   """Architecture name (None for a custom config) and ResNet options read off a state dict.
 
   Depth comes from block counts, the block type from the presence of ``conv3``,
-  groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``. Keys of a
-  last stage without a complete first block (``layer5.*`` in a four-stage net) are not
-  counted, so that matching reports them as unexpected; a key the inference needs is named.
+  groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``; timm's knobs from
+  their keys and shapes (``stem``). Keys of a last stage without a complete first block
+  (``layer5.*`` in a four-stage net) are not counted, so that matching reports them as
+  unexpected; a key the inference needs is named.
   """
   shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-  if "conv1.weight" not in shapes or len(shapes["conv1.weight"]) != 4:
-    raise ConversionError("cannot infer the architecture: no 4-d 'conv1.weight' in the file")
+  stem, out, in_channels = _stem(shapes)
   bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in shapes)
   last = "conv3" if bottleneck else "conv2"
   stages = _blocks_per_stage(shapes, last)
@@ -159,29 +164,61 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
       f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
       f"'layer1.0.{last}.weight' in the file"
     )
-  out, in_channels, k, _ = shapes["conv1.weight"]
   head = shapes.get("fc.weight", shapes.get("fc.bias"))
-  options: dict[str, Any] = {
-    "in_channels": in_channels,
-    "stem": "imagenet" if k == 7 else "cifar",
-    "num_classes": head[0] if head else 0,
-  }
+  options: dict[str, Any] = {"in_channels": in_channels, "num_classes": head[0] if head else 0}
+  options["stem"] = stem.pop("stem")
   if not any(key.endswith("running_mean") for key in shapes):
     options["norm"] = "group"
   exp = 4 if bottleneck else 1
   channels = tuple(
     _shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp for i in range(len(stages))
   )
+  first, conv2 = _shape(shapes, "layer1.0.conv1.weight"), _shape(shapes, "layer1.0.conv2.weight")
   groups, width = 1, 64
   if bottleneck:
-    conv2 = _shape(shapes, "layer1.0.conv2.weight")
-    groups = conv2[0] // conv2[1]
-    width = conv2[1] * 64 // channels[0]
-  arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width)
-  name = next((n for n, a in ARCHITECTURES.items() if a == arch), None)
-  if name is None or channels != DEFAULT_CHANNELS or out != 64:
-    return None, {**arch._asdict(), "channels": channels, **options}
+    groups = first[0] // conv2[1]
+    width = conv2[0] // groups * 64 // channels[0]
+  knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0])}
+  arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width, **knobs)
+  name = next((n for n, a in ALL_ARCHITECTURES.items() if a == arch), None)
+  plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
+  if name is None or channels != DEFAULT_CHANNELS or plain_stem:
+    return None, {**arch.options(), "channels": channels, **options}
   return name, options
+
+
+def _stem(shapes: Mapping[str, tuple]) -> tuple[dict[str, Any], int, int]:
+  """({"stem": ..., and timm's stem knobs}, the stem's width, the input channels)."""
+  pool = {"replace_stem_pool": True} if "maxpool.0.weight" in shapes else {}
+  if len(shapes.get("conv1.weight", ())) == 4:
+    out, cin, k, _ = shapes["conv1.weight"]
+    return {"stem": "imagenet" if k == 7 else "cifar", **pool}, out, cin
+  if all(len(shapes.get(f"conv1.{i}.weight", ())) == 4 for i in (0, 3, 6)):
+    first, second = shapes["conv1.0.weight"], shapes["conv1.3.weight"]
+    tiered = first[0] != second[0]  # deep_tiered: 3 * (stem_width // 4), then stem_width
+    deep = {"stem_type": "deep_tiered" if tiered else "deep", "stem_width": second[0]}
+    return {"stem": "imagenet", **deep, **pool}, shapes["conv1.6.weight"][0], first[1]
+  raise ConversionError(
+    "cannot infer the architecture: no 4-d 'conv1.weight' (a 7x7 or 3x3 stem) nor "
+    "'conv1.0.weight', 'conv1.3.weight', 'conv1.6.weight' (timm's deep stem) in the file"
+  )
+
+
+def _block_knobs(shapes: Mapping[str, tuple], first: int, width: int) -> dict[str, Any]:
+  """timm's block knobs: avg_down, down_kernel_size, block_reduce_first, attn_layer."""
+  knobs: dict[str, Any] = {}
+  if any(re.match(r"layer\d+\.\d+\.downsample\.2\.", k) for k in shapes):
+    knobs["avg_down"] = True
+  kernels = [s[-1] for k, s in shapes.items() if re.match(r"layer\d+\.0\.downsample\.0\.w", k)]
+  if max(kernels, default=1) > 1:
+    knobs["down_kernel_size"] = max(kernels)
+  if first and width // first > 1:
+    knobs["block_reduce_first"] = width // first
+  if "layer1.0.se.fc1.weight" in shapes:
+    knobs["attn_layer"] = "se"
+  elif "layer1.0.se.conv.weight" in shapes:
+    knobs["attn_layer"] = "eca"
+  return knobs
 
 
 def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.errors import one_line
+from flax_resnet.errors import MissingExtra, one_line
 from flax_resnet.files import sha256
 from flax_resnet.model import ResNet
 from flax_resnet.port.state_dict import ConversionError, to_state_dict
@@ -28,6 +28,20 @@ class DownloadError(ConversionError):
       weights=weights,
     )
     self.url, self.file, self.reason = url, file, reason
+
+
+def require_torch(what: str) -> None:
+  """Imports torch and torchvision, or raises ``MissingExtra`` saying that ``what`` needs
+  the ``torch`` extra: one line, where Python would print a ModuleNotFoundError's traceback
+  from deep inside the conversion."""
+  try:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+  except ModuleNotFoundError as e:
+    raise MissingExtra(
+      f"{what} needs torch and torchvision, and {e.name} is not installed: "
+      "pip install 'flax-resnet[torch]'"
+    ) from None
 
 
 def to_torch_state_dict(
@@ -121,7 +135,7 @@ def fetch_weights(name: str, arch: str | None):
       weights.url, progress=True, check_hash=True, weights_only=True, map_location="cpu"
     )
   except OSError as e:  # URLError is an OSError
-    raise DownloadError(name, weights.url, file, e) from e
+    raise DownloadError(name, weights.url, file, e) from None  # .reason keeps e
   if digest is None and file.is_file():
     digest = check_hash(file, weights.url)
   source = {

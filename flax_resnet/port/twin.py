@@ -7,6 +7,8 @@ built by torchvision's own ``resnet.py`` (``torchvision.models.resnet50(...)``,
 ``ResNet(block, layers)``), so that what is compared with them is torchvision itself. Other
 stage counts and widths and the CIFAR stem are ``StageResNet``: torchvision's
 ``_make_layer`` under either stem. Frozen BatchNorm is torchvision's ``FrozenBatchNorm2d``.
+timm's architectures, and nets with any of timm's knobs, are timm's own ``ResNet`` (timm
+imported on first use: an extra of its own).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from flax_resnet.choices import DEFAULT_CHANNELS
-from flax_resnet.registry import architecture
+from flax_resnet.registry import TIMM_ARCHITECTURES, Arch, architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
@@ -108,9 +110,12 @@ def torch_resnet(
   None where torchvision's own ResNet does not build it (CIFAR stem, other widths)."""
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
+  stem = spec.get("stem", "imagenet")
   if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
   spec["norm_layer"] = NORM_LAYERS[norm]
+  if arch in TIMM_ARCHITECTURES or set(spec) & set(_TIMM_KNOBS):
+    return None if torchvision_only or stem != "imagenet" else timm_resnet(arch, spec)
   stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
   channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
   if stem == "imagenet" and channels == DEFAULT_CHANNELS:
@@ -120,7 +125,7 @@ def torch_resnet(
     return model
   if torchvision_only:
     return None
-  table = architecture(arch)._asdict() if arch else {}
+  table = architecture(arch).options() if arch else {}
   spec = {**table, **spec}
   return StageResNet(
     BLOCKS[spec.pop("block")], channels=channels, stem=stem, in_channels=in_channels, **spec
@@ -133,3 +138,33 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
     return getattr(torchvision.models, arch)(**spec)
   block, layers = BLOCKS[spec.pop("block")], list(spec.pop("layers"))
   return tv.ResNet(block, layers, **spec)
+
+
+# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
+_TIMM_KNOBS = Arch._fields[4:]
+
+
+def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
+  """timm's ResNet for ``arch`` or a custom ``spec`` of ours (our option names translated to
+  timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...)."""
+  import timm
+  from timm.models import resnet as tr
+
+  spec = {**(architecture(arch).options() if arch else {}), **spec}
+  spec.pop("stem", None)
+  args = {"num_classes": spec.pop("num_classes", 1000), "in_chans": spec.pop("in_channels", 3)}
+  norm = spec.pop("norm_layer")
+  if norm is not nn.BatchNorm2d:
+    args["norm_layer"] = norm
+  dilate = spec.pop("replace_stride_with_dilation", None) or ()
+  args["output_stride"] = 32 // 2 ** sum(bool(d) for d in dilate)
+  spec.pop("zero_init_residual", None)
+  if arch:
+    return timm.create_model(arch, **args)
+  block: Any = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}[spec.pop("block")]
+  attn = spec.pop("attn_layer", None)
+  renamed = {"groups": "cardinality", "width_per_group": "base_width"}
+  timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
+  if "channels" in timm_spec:
+    timm_spec["channels"] = tuple(timm_spec["channels"])
+  return tr.ResNet(block, block_args={"attn_layer": attn} if attn else None, **args, **timm_spec)

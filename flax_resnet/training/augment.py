@@ -294,9 +294,17 @@ IMAGENET_POLICY = (
 )
 
 
+def uniform32(rng: np.random.Generator, size: int) -> np.ndarray:
+  """``size`` of torch.rand's float32 uniform draws in [0, 1), the multiples of 2^-24
+  (numpy's float32 draws are the same). torch compares them with a Python float p in
+  float32: u <= p and u < p hold as u <= float32(p) and u < float32(p) do."""
+  return rng.random(size, dtype=np.float32)
+
+
 class AutoParams(NamedTuple):
   """AutoAugment's draws, as its get_params: the sub-policy, two probabilities in [0, 1)
-  (an operation runs when its probability is at most the policy's), two signs (0: negative)."""
+  (``uniform32``'s; an operation runs when its probability is at most the policy's, in
+  float32), two signs (0: negative)."""
 
   policy: int
   probs: tuple[float, float]
@@ -312,7 +320,7 @@ class AutoAugment(_Policy):
   def params(self, rng: np.random.Generator, height: int, width: int) -> AutoParams:
     """The sub-policy, then both probabilities, then both signs."""
     policy = int(rng.integers(len(IMAGENET_POLICY)))
-    probs = rng.random(2)
+    probs = uniform32(rng, 2)
     signs = rng.integers(2, size=2)
     return AutoParams(policy, (float(probs[0]), float(probs[1])), (int(signs[0]), int(signs[1])))
 
@@ -322,7 +330,7 @@ class AutoAugment(_Policy):
     for (op, p, bin_), prob, sign in zip(
       IMAGENET_POLICY[params.policy], params.probs, params.signs
     ):
-      if prob <= p:
+      if np.float32(prob) <= np.float32(p):  # torch's float32 draw against the Python p
         signed = space[op][1]
         out.append((op, _magnitude(space, Draw(op, bin_, bool(signed and sign == 0)))))
     return out
@@ -375,8 +383,9 @@ def erase_box(height: int, width: int, p: float, rng: np.random.Generator) -> Bo
   ``height`` x ``width`` image: with probability ``p``, 10 tries of an area and a log-uniform
   ratio (height = sqrt(area * ratio)), each side below the image's; ``NO_ERASE`` when not
   drawn or every try fails. ``p`` 0 draws nothing (torchvision's trainer then has no
-  RandomErasing), so the stream of draws after it is unchanged."""
-  if p <= 0 or not rng.random() < p:
+  RandomErasing), so the stream of draws after it is unchanged. Drawn as torch's: a
+  ``uniform32`` below p in float32."""
+  if p <= 0 or not uniform32(rng, 1)[0] < np.float32(p):
     return Box(*NO_ERASE)
   area = height * width
   for _ in range(10):

@@ -24,6 +24,7 @@ from flax_resnet.choices import (
   REMATS,
   STEMS,
 )
+from flax_resnet.errors import FieldError
 from flax_resnet.files import write_atomic
 
 DTYPES = ("float32", "bfloat16", "float16")  # the compute dtype's names (model_spec maps them)
@@ -51,6 +52,7 @@ def _probability(value: float) -> str | None:
 def rule(
   default: Any,
   *,
+  doc: str,
   choices: Sequence[str] = (),
   at_least: float | None = None,
   below: float | None = None,
@@ -63,10 +65,12 @@ def rule(
   problem or None, whether a resumed run may change it (``resumable``: it decides
   when to stop, log, save or evaluate, or where and how the same images are read, never
   what a step computes), and whether it may be None (``nullable``; ``none`` in a
-  ``key=value``)."""
+  ``key=value``). ``doc``: what the field means, in one sentence: ``--list-fields``
+  prints it."""
   return dataclasses.field(
     default=default,
     metadata={
+      "doc": doc,
       "choices": tuple(choices),
       "at_least": at_least,
       "below": below,
@@ -79,130 +83,240 @@ def rule(
 
 @dataclasses.dataclass
 class Config:
-  """Every knob of a run. The defaults train a ResNet-18 on an ImageFolder."""
+  """Every knob of a run. The defaults train a ResNet-18 on an ImageFolder. Each field's
+  meaning is its ``rule``'s ``doc`` (``field_listing`` prints them)."""
 
   # Model
-  arch: str = rule("resnet18")  # a flax_resnet.list_models() name
-  num_classes: int = rule(1000, at_least=1)
-  stem: str = rule("imagenet", choices=STEMS)  # "cifar": 3x3/1 conv, no max-pool, for 32x32 images
-  # blocks per stage instead of the architecture's (tiny test nets)
-  layers: tuple[int, ...] = rule(())
-  channels: tuple[int, ...] = rule(())  # base channels per stage, with layers
-  # compute dtype; parameters, BN statistics and loss stay float32
-  dtype: str = rule("bfloat16", choices=DTYPES)
-  # BatchNorm batch statistics over the "global" batch or "per_device"
-  bn_stats: str = rule("global", choices=BN_STATS)
-  # or "one_pass": faster, inexact when |mean| >> std (BatchNorm)
-  bn_moments: str = rule("two_pass", choices=MOMENTS)
-  # or "fused": BatchNorm's gradient by hand, the same function
-  bn_backward: str = rule("autodiff", choices=BACKWARDS)
-  # Activation checkpointing: "block" or "stage" recomputes each residual block's (stage's)
-  # activations in the backward pass instead of keeping them: less memory, more compute;
-  # the same function (changeable on resume)
-  remat: str = rule("none", choices=REMATS, resumable=True)
+  arch: str = rule("resnet18", doc="the architecture: a flax_resnet.list_models() name")
+  num_classes: int = rule(1000, at_least=1, doc="classes of the data: the head's outputs")
+  stem: str = rule(
+    "imagenet", choices=STEMS, doc='"cifar": a 3x3/1 conv and no max-pool, for 32x32 images'
+  )
+  layers: tuple[int, ...] = rule(
+    (), doc="blocks per stage instead of the architecture's (tiny test nets); () keeps them"
+  )
+  channels: tuple[int, ...] = rule((), doc="base channels per stage, with layers")
+  dtype: str = rule(
+    "bfloat16",
+    choices=DTYPES,
+    doc="the compute dtype; parameters, BatchNorm statistics and the loss stay float32",
+  )
+  bn_stats: str = rule(
+    "global",
+    choices=BN_STATS,
+    doc='BatchNorm\'s batch statistics over the "global" batch or "per_device" (as DDP)',
+  )
+  bn_moments: str = rule(
+    "two_pass",
+    choices=MOMENTS,
+    doc='BatchNorm\'s moments; "one_pass": faster, inexact when |mean| >> std',
+  )
+  bn_backward: str = rule(
+    "autodiff",
+    choices=BACKWARDS,
+    doc='BatchNorm\'s gradient; "fused": by hand, the same function',
+  )
+  remat: str = rule(
+    "none",
+    choices=REMATS,
+    resumable=True,
+    doc='activation checkpointing: "block" or "stage" recomputes each residual block\'s '
+    "(stage's) activations in the backward pass instead of keeping them: less memory, "
+    "more compute, the same function",
+  )
   # Data
-  # holds <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg
-  data_dir: str = rule("", resumable=True)
-  train_split: str = rule("train")
-  eval_split: str = rule("val")
-  synthetic: bool = rule(False)  # random images of image_size, for benchmarks; data_dir unused
-  image_size: int = rule(224, at_least=1)  # train crop; 32 switches to pad-and-crop augmentation
-  # eval: shorter side resized to this, centre crop of eval_crop
-  eval_resize: int = rule(256, at_least=1)
-  # eval's centre crop (torchvision's --val-crop-size); 0: image_size
-  eval_crop: int = rule(0, at_least=0)
-  mean: tuple[float, ...] = rule((0.485, 0.456, 0.406))
-  std: tuple[float, ...] = rule((0.229, 0.224, 0.225))
-  # the random resized crop's, the policies' geometric ops' and eval's resize filter
-  interpolation: str = rule("bilinear", choices=INTERPOLATIONS)
-  # per-image augmentation policy after crop and flip, as torchvision's reference trainer's
-  # --auto-augment: "ta_wide" TrivialAugmentWide, "ra" RandAugment (ra_num_ops,
-  # ra_magnitude), "imagenet" AutoAugment's ImageNet policy, "augmix" AugMix
-  # (augmix_severity); "none" for none
-  auto_augment: str = rule("none", choices=AUTO_AUGMENTS)
-  ra_num_ops: int = rule(2, at_least=1)  # RandAugment's operations per image
-  ra_magnitude: int = rule(9, at_least=0, below=31)  # RandAugment's magnitude bin (of 31)
-  augmix_severity: int = rule(3, at_least=1, below=11)  # AugMix's magnitude bin (1..10)
-  # probability of torchvision's RandomErasing (scale 0.02-0.33, ratio 0.3-3.3, value 0 after
-  # normalisation); the box is drawn on the host, the pixels erased on the device
-  random_erase: float = rule(0.0, at_least=0, check=_probability)
-  # repeated augmentation (torchvision's RASampler, --ra-reps): each image of an epoch's
-  # share comes ra_reps times, on ra_reps different devices, each with its own augmentation;
-  # an epoch holds len(train) // 256 * 256 images as the sampler's; 1: off
-  ra_reps: int = rule(1, at_least=1)
-  # decoding processes per host; 0 decodes in the main process
-  workers: int = rule(0, at_least=0, resumable=True)
-  # batches read ahead by each reader (the main process or each worker)
-  prefetch: int = rule(2, at_least=1, resumable=True)
+  data_dir: str = rule(
+    "",
+    resumable=True,
+    doc="the folder holding <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg "
+    "(or shards of them)",
+  )
+  train_split: str = rule("train", doc="data_dir's sub-folder of training images")
+  eval_split: str = rule("val", doc="data_dir's sub-folder of evaluation images")
+  synthetic: bool = rule(
+    False, doc="random images of image_size, for benchmarks; data_dir unused, no data workers"
+  )
+  image_size: int = rule(
+    224, at_least=1, doc="the train crop's side; 32 or less switches to pad-and-crop"
+  )
+  eval_resize: int = rule(
+    256, at_least=1, doc="eval resizes the shorter side to this, then crops its centre"
+  )
+  eval_crop: int = rule(
+    0,
+    at_least=0,
+    doc="eval's centre crop, at most eval_resize (torchvision's --val-crop-size); 0: image_size",
+  )
+  mean: tuple[float, ...] = rule((0.485, 0.456, 0.406), doc="per-channel mean, normalising")
+  std: tuple[float, ...] = rule((0.229, 0.224, 0.225), doc="per-channel std, normalising")
+  interpolation: str = rule(
+    "bilinear",
+    choices=INTERPOLATIONS,
+    doc="the resize filter of the random resized crop, the policies' geometric ops and eval",
+  )
+  auto_augment: str = rule(
+    "none",
+    choices=AUTO_AUGMENTS,
+    doc="per-image policy after crop and flip, as torchvision's --auto-augment: "
+    '"ta_wide" TrivialAugmentWide, "ra" RandAugment (ra_num_ops, ra_magnitude), '
+    '"imagenet" AutoAugment\'s ImageNet policy, "augmix" AugMix (augmix_severity)',
+  )
+  ra_num_ops: int = rule(2, at_least=1, doc="RandAugment's operations per image")
+  ra_magnitude: int = rule(9, at_least=0, below=31, doc="RandAugment's magnitude bin (of 31)")
+  augmix_severity: int = rule(3, at_least=1, below=11, doc="AugMix's magnitude bin (1..10)")
+  random_erase: float = rule(
+    0.0,
+    at_least=0,
+    check=_probability,
+    doc="probability of torchvision's RandomErasing (scale 0.02-0.33, ratio 0.3-3.3, value 0 "
+    "after normalisation); the box is drawn on the host, the pixels erased on the device",
+  )
+  ra_reps: int = rule(
+    1,
+    at_least=1,
+    doc="repeated augmentation (torchvision's RASampler, --ra-reps): each image of an "
+    "epoch's share comes ra_reps times, on ra_reps devices, each augmented its own way; "
+    "an epoch holds len(train) // 256 * 256 images; 1: off",
+  )
+  workers: int = rule(
+    0,
+    at_least=0,
+    resumable=True,
+    doc="decoding processes per host (at most the cores); 0 decodes in the main process",
+  )
+  prefetch: int = rule(
+    2,
+    at_least=1,
+    resumable=True,
+    doc="batches read ahead by each reader (the main process or each worker)",
+  )
   # Optimisation
-  global_batch: int = rule(256, at_least=1)
-  epochs: int = rule(90, at_least=1)
-  # stop after this many steps (0: run all epochs); the schedule spans epochs
-  max_steps: int = rule(0, at_least=0, resumable=True)
-  optimizer: str = rule("sgd", choices=OPTIMIZERS)  # or "adamw"
-  lr: float = rule(0.1, at_least=0)  # per 256 images: scaled by global_batch / 256
-  momentum: float = rule(0.9, at_least=0, below=1)
-  nesterov: bool = rule(False)
-  weight_decay: float = rule(1e-4, at_least=0)
-  # weight decay of BatchNorm's weights and biases, and of every bias, as torchvision's
-  # --norm-weight-decay and --bias-weight-decay (set_weight_decay: "bias" is matched first);
-  # None: weight_decay (torchvision's default). The defaults decay conv and fc kernels only.
-  norm_weight_decay: float | None = rule(0.0, at_least=0, nullable=True)
-  bias_weight_decay: float | None = rule(0.0, at_least=0, nullable=True)
-  decay_all: bool = rule(False)  # every parameter decays by weight_decay (both above None)
-  warmup_epochs: float = rule(0.0, at_least=0)
-  # the warm-up's first rate over the peak (torchvision's --lr-warmup-decay, 0.01 there)
-  lr_warmup_decay: float = rule(0.0, at_least=0, below=1)
-  # "epoch": warm-up and cosine change the rate once per epoch, as torchvision's schedulers
-  lr_update: str = rule("step", choices=LR_UPDATES)
-  label_smoothing: float = rule(0.0, at_least=0, below=1)
-  # MixUp and CutMix on the device, as torchvision v2's under a RandomChoice of the two (one
-  # when only its alpha > 0), per device's share of the batch: soft targets, then smoothing
-  mixup_alpha: float = rule(0.0, at_least=0)
-  cutmix_alpha: float = rule(0.0, at_least=0)
-  # > 0 keeps an exponential moving average of the weights (e.g. 0.9998)
-  ema_decay: float = rule(0.0, at_least=0, below=1)
-  # the average moves after every ema_steps-th step of an epoch (its first included)
-  ema_steps: int = rule(1, at_least=1)
-  # "warmup": decay min(ema_decay, (1 + t) / (10 + t)) at update t; "torchvision": the
-  # reference trainer's --model-ema: 1 - ema_decay scaled by global_batch * ema_steps /
-  # epochs (at most 1), the first update a copy, and a copy at every update during warm-up
-  ema_style: str = rule("warmup", choices=EMA_STYLES)
-  # > 0: gradient scaled down to this global L2 norm (0: off)
-  clip_grad_norm: float = rule(0.0, at_least=0)
-  # k > 1: each step's global_batch images go through the network in k micro-batches of
-  # global_batch / k (one at a time: less memory), one optimiser step on their mean gradient;
-  # BatchNorm normalises each micro-batch with its own statistics, as torch's accumulation
-  accumulate_steps: int = rule(1, at_least=1)
-  seed: int = rule(0)
+  global_batch: int = rule(256, at_least=1, doc="images per step, over every device and process")
+  epochs: int = rule(90, at_least=1, doc="the schedule's length in epochs")
+  max_steps: int = rule(
+    0,
+    at_least=0,
+    resumable=True,
+    doc="stop after this many steps (0: run all epochs); the schedule still spans epochs",
+  )
+  optimizer: str = rule("sgd", choices=OPTIMIZERS, doc='"sgd" (with momentum) or "adamw"')
+  lr: float = rule(
+    0.1, at_least=0, doc="the peak learning rate per 256 images: scaled by global_batch / 256"
+  )
+  momentum: float = rule(0.9, at_least=0, below=1, doc="SGD's momentum")
+  nesterov: bool = rule(False, doc="SGD's Nesterov momentum")
+  weight_decay: float = rule(1e-4, at_least=0, doc="L2 weight decay of conv and fc kernels")
+  norm_weight_decay: float | None = rule(
+    0.0,
+    at_least=0,
+    nullable=True,
+    doc="weight decay of BatchNorm's weights and biases, as torchvision's "
+    "--norm-weight-decay; none: weight_decay (torchvision's default)",
+  )
+  bias_weight_decay: float | None = rule(
+    0.0,
+    at_least=0,
+    nullable=True,
+    doc="weight decay of every bias, as torchvision's --bias-weight-decay (matched before "
+    "norm_weight_decay); none: weight_decay",
+  )
+  decay_all: bool = rule(
+    False, doc="every parameter decays by weight_decay (both fields above none)"
+  )
+  warmup_epochs: float = rule(
+    0.0, at_least=0, doc="epochs of linear warm-up to the peak rate, before the cosine decay"
+  )
+  lr_warmup_decay: float = rule(
+    0.0,
+    at_least=0,
+    below=1,
+    doc="the warm-up's first rate over the peak (torchvision's --lr-warmup-decay, 0.01 there)",
+  )
+  lr_update: str = rule(
+    "step",
+    choices=LR_UPDATES,
+    doc='when the rate changes: every "step", or every "epoch" as torchvision\'s schedulers',
+  )
+  label_smoothing: float = rule(
+    0.0, at_least=0, below=1, doc="the targets' label smoothing, as torch's CrossEntropyLoss"
+  )
+  mixup_alpha: float = rule(
+    0.0,
+    at_least=0,
+    doc="MixUp's Beta alpha (0: off); with cutmix_alpha, torchvision v2's RandomChoice of "
+    "the two per device's share of the batch, on the device: soft targets",
+  )
+  cutmix_alpha: float = rule(0.0, at_least=0, doc="CutMix's Beta alpha (0: off), as mixup_alpha")
+  ema_decay: float = rule(
+    0.0,
+    at_least=0,
+    below=1,
+    doc="> 0 keeps an exponential moving average of the weights (e.g. 0.9998)",
+  )
+  ema_steps: int = rule(
+    1,
+    at_least=1,
+    doc="the average moves after every ema_steps-th step of an epoch (its first included)",
+  )
+  ema_style: str = rule(
+    "warmup",
+    choices=EMA_STYLES,
+    doc='"warmup": decay min(ema_decay, (1 + t) / (10 + t)) at update t; "torchvision": '
+    "the reference trainer's --model-ema (1 - ema_decay scaled by global_batch * ema_steps "
+    "/ epochs, the first update and every update during warm-up a copy)",
+  )
+  clip_grad_norm: float = rule(
+    0.0, at_least=0, doc="> 0: the gradient is scaled down to this global L2 norm (0: off)"
+  )
+  accumulate_steps: int = rule(
+    1,
+    at_least=1,
+    doc="k > 1: each step's images go through the network in k micro-batches (less "
+    "memory), one update on their mean gradient; BatchNorm normalises each micro-batch",
+  )
+  seed: int = rule(0, doc="the seed of the weights, the data order and the augmentations")
   # What trains (fine-tuning). Frozen parts keep every bit of their parameters (no update, no
-  # weight decay, no optimiser state) and run their BatchNorm in eval mode (running statistics
-  # used and kept).
-  # comma-separated parts: any of stem, layer1..layer4 (e.g. "stem,layer1")
-  freeze: str = rule("", check=_parts_problem)
-  linear_probe: bool = rule(False)  # train fc only: every other part frozen
-  # learning rate of everything but fc, relative to fc's
-  backbone_lr_mult: float = rule(1.0, at_least=0)
+  # weight decay, no optimiser state) and run their BatchNorm in eval mode.
+  freeze: str = rule(
+    "",
+    check=_parts_problem,
+    doc='comma-separated parts left as they are: any of stem, layer1..layer4 ("stem,layer1")',
+  )
+  linear_probe: bool = rule(False, doc="train fc only: every other part frozen")
+  backbone_lr_mult: float = rule(
+    1.0, at_least=0, doc="learning rate of everything but fc, relative to fc's"
+  )
   # Checkpoints and logs
-  # Start from a converted checkpoint folder (convert/torch2flax.py, train/export.py), or from
-  # torchvision's weights for arch by name: "torchvision:IMAGENET1K_V2" (or a bare
-  # IMAGENET1K_V2, DEFAULT, ResNet50_Weights.IMAGENET1K_V2 when no such path exists),
-  # converted once into the cache of create_model(weights=...). A fresh head when
-  # num_classes differs from theirs.
-  init_from: str = rule("")
-  # with init_from: a fresh fc even when num_classes equals the checkpoint's (a transfer
-  # between two class sets of one size); a fresh one is drawn anyway when they differ
-  reset_head: bool = rule(False)
-  freeze_bn: bool = rule(False)  # with init_from: BatchNorm uses and keeps its running statistics
-  # the last N, plus the best by eval top-1
-  keep_checkpoints: int = rule(3, at_least=1, resumable=True)
-  # steps between checkpoints (0: at each epoch end)
-  checkpoint_every: int = rule(0, at_least=0, resumable=True)
-  # evaluate at every N-th epoch's end, and at the last epoch's
-  eval_every_epochs: int = rule(1, at_least=1, resumable=True)
-  log_every: int = rule(50, at_least=1, resumable=True)
-  # keep the compiled train step on disk for the next start (one process)
-  step_cache: bool = rule(True, resumable=True)
+  init_from: str = rule(
+    "",
+    doc="start from a converted checkpoint folder, or torchvision's weights for arch "
+    '("torchvision:IMAGENET1K_V2", or a bare IMAGENET1K_V2 or DEFAULT where no such path '
+    "exists); a fresh head when num_classes differs",
+  )
+  reset_head: bool = rule(
+    False, doc="with init_from: a fresh fc even when num_classes equals the checkpoint's"
+  )
+  freeze_bn: bool = rule(
+    False, doc="with init_from: BatchNorm uses and keeps its running statistics"
+  )
+  keep_checkpoints: int = rule(
+    3, at_least=1, resumable=True, doc="checkpoints kept: the last N, plus the best by top-1"
+  )
+  checkpoint_every: int = rule(
+    0, at_least=0, resumable=True, doc="steps between checkpoints (0: at each epoch's end)"
+  )
+  eval_every_epochs: int = rule(
+    1, at_least=1, resumable=True, doc="evaluate at every N-th epoch's end, and at the last's"
+  )
+  log_every: int = rule(
+    50,
+    at_least=1,
+    resumable=True,
+    doc="steps between log lines and scalars (their loss and top-1 are the means since)",
+  )
+  step_cache: bool = rule(
+    True, resumable=True, doc="keep the compiled train step on disk for the next start"
+  )
 
   def to_json(self) -> dict[str, Any]:
     """The fields as a dict (tuples stay tuples; JSON writes them as lists)."""
@@ -353,11 +467,56 @@ def validate(config: Config) -> None:
       f"config warmup_epochs={config.warmup_epochs!r} with lr_update='epoch': the warm-up "
       f"must end before epochs={config.epochs}, where the cosine has a length to decay over"
     )
+  _check_eval_crop(config)
   if config.auto_augment == "augmix" and config.interpolation == "bicubic":
     raise ValueError(
       "config auto_augment='augmix' with interpolation='bicubic': torchvision's AugMix "
       "warps uint8 tensors, bilinear (or nearest) only"
     )
+
+
+def _check_eval_crop(config: Config) -> None:
+  """Eval resizes the shorter side to ``eval_resize`` and crops the centre: a crop larger
+  than the resize fails at the first evaluation, an epoch in, and the crop is not
+  resumable. ``FieldError`` naming both fields."""
+  if (config.eval_crop or config.image_size) <= config.eval_resize:
+    return
+  resize = ("eval_resize", config.eval_resize)
+  if config.eval_crop:
+    raise FieldError(
+      "{crop} is larger than {resize}: eval crops the centre of images resized to "
+      "eval_resize; lower eval_crop or raise eval_resize",
+      crop=("eval_crop", config.eval_crop),
+      resize=resize,
+    )
+  raise FieldError(
+    "{size} is larger than {resize}, and {crop} crops eval images to image_size: set "
+    "eval_crop to at most eval_resize, or raise eval_resize",
+    size=("image_size", config.image_size),
+    resize=resize,
+    crop=("eval_crop", 0),
+  )
+
+
+def field_listing(width: int = 100) -> str:
+  """Every field with its type, default and meaning (its ``rule``'s ``doc``), as
+  ``--list-fields`` prints them: ``name: type = default``, the meaning indented below."""
+  import textwrap
+
+  lines = []
+  for name, f in FIELDS.items():
+    lines.append(f"{name}: {_type_name(f.type)} = {f.default!r}")
+    meta = f.metadata
+    extra = [f"one of {', '.join(meta['choices'])}"] if meta["choices"] else []
+    extra += ["resumable"] if meta["resumable"] else []
+    doc = meta["doc"] + (f" ({'; '.join(extra)})" if extra else "")
+    lines += textwrap.wrap(doc, width, initial_indent="    ", subsequent_indent="    ")
+  return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+  """A field's annotation as written (``from __future__ import annotations``: a string)."""
+  return str(annotation).replace("tuple[int, ...]", "ints").replace("tuple[float, ...]", "floats")
 
 
 def _problem(rules: Mapping[str, Any], value: Any) -> str | None:

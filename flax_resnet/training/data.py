@@ -24,7 +24,7 @@ from PIL import Image
 
 from flax_resnet.choices import AUTO_AUGMENTS
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.training import augment
+from flax_resnet.training import augment, shm
 from flax_resnet.training.augmix import AugMix
 from flax_resnet.training.sources import ImageSource, open_split
 
@@ -196,6 +196,8 @@ def train_batches(
   At most ``config.prefetch`` batches are read ahead, by each worker process when
   there are ``workers``: grain's default of 500 holds gigabytes of ImageNet batches.
   ``worker_init(index, count)`` runs in each worker process after ``WorkerSetup``'s.
+  The shared memory the workers hand batches over in is named after this run, and what
+  killed runs left there is removed first (``shm``).
   """
   local_batch = config.global_batch // process_count
   source = None
@@ -205,6 +207,7 @@ def train_batches(
     source = open_split(config.data_dir, config.train_split)
     count = len(source)
     op = train_sample(config, source)
+  shm.remove_dead()  # after the data's errors, which come first, alone
   if config.ra_reps == 1:
     ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
     # Augment before slicing: each image's randomness follows its global position, so
@@ -226,7 +229,7 @@ def train_batches(
     _absl_flags_parsed()
     ds = ds.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=config.workers),
-      worker_init_fn=WorkerSetup(os.getpid(), worker_init),
+      worker_init_fn=WorkerSetup(os.getpid(), worker_init, shm.claim()),
     )
   return iter(ds), source
 
@@ -278,7 +281,9 @@ class WorkerSetup:
   whole process group; the trainer saves, then stops its workers) and exits when the
   trainer is gone, even killed with SIGKILL, which no handler sees: orphaned, each held
   hundreds of MB and kept multiprocessing's resource tracker, and so the shared memory
-  of their batches, alive. Then ``then(index, count)``, where given.
+  of their batches, alive. The shared memory segments of its batches are named after the run
+  of ``tag`` (``shm.claim``'s; None: the standard library's names). Then ``then(index, count)``,
+  where given.
 
   A thread polls the parent's pid (``PR_SET_PDEATHSIG`` would fire when the *thread*
   that started the worker ends, and is Linux only).
@@ -286,11 +291,18 @@ class WorkerSetup:
 
   POLL_S = 0.5
 
-  def __init__(self, parent: int, then: Callable[[int, int], None] | None = None):
-    self.parent, self.then = parent, then
+  def __init__(
+    self,
+    parent: int,
+    then: Callable[[int, int], None] | None = None,
+    tag: str | None = None,
+  ):
+    self.parent, self.then, self.tag = parent, then, tag
 
   def __call__(self, index: int, count: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if self.tag is not None:
+      shm.name_segments(self.tag)
     threading.Thread(target=self._exit_with_parent, name="exit-with-trainer", daemon=True).start()
     if self.then is not None:
       self.then(index, count)
@@ -420,7 +432,7 @@ def eval_transform(config: DataConfig) -> EvalTransform:
 def eval_batches(config: DataConfig, process_index: int, process_count: int):
   """(the eval source, an iterator over this process's eval images in fixed order, padded
   to full batches with label -1)."""
-  source = open_split(config.data_dir, config.eval_split)
+  source = open_split(config.data_dir, config.eval_split, "eval_split")
   transform = eval_transform(config)
   local_batch = config.global_batch // process_count
   ds = grain.MapDataset.range(len(source))[process_index::process_count]
@@ -459,7 +471,7 @@ def check_splits(config: DataConfig, train: ImageSource) -> None:
       f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
       f"--set num_classes={len(classes)}"
     )
-  evaluated = open_split(config.data_dir, config.eval_split).verified_classes()
+  evaluated = open_split(config.data_dir, config.eval_split, "eval_split").verified_classes()
   if evaluated != classes:
     raise ValueError(
       f"the eval split {config.data_dir.rstrip('/')}/{config.eval_split} has "

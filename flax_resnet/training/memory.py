@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flax_resnet.errors import FieldError, literal
 from flax_resnet.training.config import Config
 
 # Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
@@ -92,10 +94,61 @@ def _size(var) -> int:
   return int(np.prod(var.aval.shape))
 
 
-def of_total() -> str:
-  """``" of this machine's N GB"``, for a message; empty where the system does not say."""
+def total_host_memory() -> int | None:
+  """Bytes of memory this process may use: the machine's RAM, or its cgroup's limit where
+  lower (a container's); None where the system does not say."""
   try:
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
   except (ValueError, OSError):  # not every system names them
-    return ""
-  return f" of this machine's {total / 2**30:.0f} GB"
+    return None
+  try:
+    limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+  except OSError:
+    return total
+  return min(total, int(limit)) if limit.isdigit() else total
+
+
+def of_total(total: int | None) -> str:
+  """``" of this machine's N GB"``, for a message; empty where ``total`` is None."""
+  return "" if total is None else f" of this machine's {total / 2**30:.1f} GB"
+
+
+def check_fits(cfg: Config, parts: dict[str, float], total: int | None) -> None:
+  """``FieldError`` when ``parts`` (``host_memory_estimate``'s) add up to more than ``total``
+  bytes: such a run is killed for memory minutes in, after its data workers filled the
+  shared memory. It names the global_batch that would fit (the estimate is linear in it)."""
+  need = sum(parts.values())
+  if total is None or need <= total:
+    return
+  fits = _batch_that_fits(cfg, parts, total)
+  fields: dict = {"batch": ("global_batch", cfg.global_batch), "remat": ("remat", "block")}
+  advice = "lower image_size or workers"
+  if fits:
+    fields["fits"] = ("global_batch", fits)
+    advice = "about {fits} fits; or " + advice
+  if cfg.remat == "none":
+    advice += ", or {remat} (less memory, more compute)"
+  raise FieldError(
+    "{batch}: this run needs about "
+    + literal(f"{need / 2**30:.1f} GB of host memory ({parts_text(parts)})")
+    + f", more than this machine's {total / 2**30:.1f} GB: "
+    + advice,
+    **fields,
+  )
+
+
+def _batch_that_fits(cfg: Config, parts: dict[str, float], total: int) -> int:
+  """The largest power of two of images a step whose estimate is within ``total``; 0 if
+  none: the activations and the batches read ahead grow with the batch, the rest does not."""
+  batch_bytes = cfg.global_batch * cfg.image_size**2 * 3 * (cfg.prefetch + 1)
+  growing = parts["activations"] + (cfg.workers + 1) * batch_bytes
+  room = total - (sum(parts.values()) - growing)
+  if room <= 0:
+    return 0
+  largest = int(room / growing * cfg.global_batch)
+  return 2 ** (largest.bit_length() - 1) if largest >= 1 else 0
+
+
+def parts_text(parts: dict[str, float]) -> str:
+  """``host_memory_estimate``'s parts for a message: ``activations 1.2 GB, ...``."""
+  return ", ".join(f"{k} {v / 2**30:.1f} GB" for k, v in parts.items())

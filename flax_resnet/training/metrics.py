@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -67,17 +68,34 @@ def repair_last_line(file: Path) -> bool:
 
 
 class Progress:
-  """Lines with loss, images/s and ETA every ``log_every`` steps and at least every
-  ``LOG_SECONDS``; TensorBoard scalars and metrics.jsonl at the ``log_every`` steps only,
-  so that they do not depend on the machine's speed.
+  """Lines with the mean loss and train top-1 since the line before, the learning rate,
+  images/s and ETA every ``log_every`` steps and at least every ``LOG_SECONDS``; TensorBoard
+  scalars and metrics.jsonl at the ``log_every`` steps only, their means over the steps
+  since the scalars before, so that they do not depend on the machine's speed.
+
+  The sums stay on the device, added to after each step without waiting for it, and are
+  read only when a line is due. Train top-1 counts each image's own label (MixUp and
+  CutMix's too: torchvision counts the mixed target's larger share). ``learning_rate(n)``
+  is the rate of the step after ``n`` steps (the schedule's).
 
   ``workdir`` None prints only: the processes of a multi-host run but the first.
   """
 
-  def __init__(self, workdir: Path | None, global_batch: int, log_every: int, total_steps: int):
+  def __init__(
+    self,
+    workdir: Path | None,
+    global_batch: int,
+    log_every: int,
+    total_steps: int,
+    learning_rate: Callable[[int], float] | None = None,
+  ):
     self.global_batch, self.log_every, self.total_steps = global_batch, log_every, total_steps
+    self.learning_rate = learning_rate
     self.start = self.last = time.perf_counter()
     self.images = 0
+    self.sums: dict[str, Any] | None = None  # on the device: loss and top-1 since the line
+    self.since_line = 0  # steps in ``sums``
+    self.since_scalars = [0.0, 0.0, 0]  # loss, top-1 and steps since the scalars, as read
     self.writer: Future | None = None
     self.logdir = workdir / "tensorboard" if workdir else None
     self.metrics_file = workdir / METRICS_FILE if workdir else None
@@ -90,7 +108,8 @@ class Progress:
       )
 
   def step(self, step: int, metrics: dict[str, Any], skipped: int) -> None:
-    """Counts the images of train step ``step`` (1 for the first); a line when it is due."""
+    """Counts the images of train step ``step`` (1 for the first) and adds its loss and
+    top-1 to the sums; a line when it is due."""
     if self.logdir and not self.writer:
       import jax
 
@@ -98,21 +117,48 @@ class Progress:
       jax.block_until_ready(metrics)
       self.writer = ThreadPoolExecutor(1).submit(_summary_writer, self.logdir)
     self.images += self.global_batch
+    self._add(metrics)
     scheduled = step % self.log_every == 0 or step == self.total_steps
     if not scheduled and time.perf_counter() - self.last < LOG_SECONDS:
       return
-    loss = float(metrics["loss"])
+    loss, top1 = self._read()
     self.last = time.perf_counter()
     rate = self.images / (self.last - self.start)
     eta = (self.total_steps - step) * self.global_batch / max(rate, 1e-9)
+    lr = self.learning_rate(step - 1) if self.learning_rate else None
     print(
-      f"step {step}/{self.total_steps} loss {loss:.4f} {rate:.1f} img/s "
-      f"ETA {duration(eta)} skipped {skipped}",
+      f"step {step}/{self.total_steps} loss {loss:.4f} top1 {top1:.4f} "
+      + (f"lr {lr:.4g} " if lr is not None else "")
+      + f"{rate:.1f} img/s ETA {duration(eta)} skipped {skipped}",
       flush=True,
     )
     if scheduled:
-      self.scalar(step, "train/loss", loss)
+      loss_sum, top1_sum, steps = self.since_scalars
+      self.since_scalars = [0.0, 0.0, 0]
+      self.scalar(step, "train/loss", loss_sum / steps)
+      self.scalar(step, "train/top1", top1_sum / (steps * self.global_batch))
+      if lr is not None:
+        self.scalar(step, "train/lr", lr)
       self.scalar(step, "train/images_per_s", rate)
+
+  def _add(self, metrics: dict[str, Any]) -> None:
+    """Adds the step's loss and top-1 count to the device's sums: dispatched, not waited on."""
+    now = {"loss": metrics["loss"], "top1": metrics["top1"]}
+    self.sums = now if self.sums is None else _add_sums()(self.sums, now)
+    self.since_line += 1
+
+  def _read(self) -> tuple[float, float]:
+    """The mean loss and top-1 since the last line, read from the device (its one wait);
+    their sums carried over to the scalars."""
+    assert self.sums is not None
+    loss_sum, top1_sum = float(self.sums["loss"]), float(self.sums["top1"])
+    steps, self.sums, self.since_line = self.since_line, None, 0
+    self.since_scalars = [
+      self.since_scalars[0] + loss_sum,
+      self.since_scalars[1] + top1_sum,
+      self.since_scalars[2] + steps,
+    ]
+    return loss_sum / steps, top1_sum / (steps * self.global_batch)
 
   def scalar(self, step: int, name: str, value: float) -> None:
     """TensorBoard (once its writer is ready), and metrics.jsonl for flax-resnet-plot."""
@@ -138,6 +184,15 @@ class Progress:
   def images_per_s(self) -> float:
     """Images a second since the run (or its resume) started."""
     return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+@functools.cache
+def _add_sums() -> Callable:
+  """One jitted addition of two dicts of arrays (JAX loads only once a run logs)."""
+  import jax
+  import jax.numpy as jnp
+
+  return jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
 def duration(seconds: float) -> str:

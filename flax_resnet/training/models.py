@@ -29,7 +29,7 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
   if not cfg.layers:
     return cfg.arch, options
   # The architecture's own block, groups and width per group, at the run's depths and widths.
-  table = flax_resnet.registry.architecture(cfg.arch)._asdict()
+  table = flax_resnet.registry.architecture(cfg.arch).options()
   channels = tuple(cfg.channels) or DEFAULT_CHANNELS[: len(cfg.layers)]
   return None, {**options, **table, "layers": tuple(cfg.layers), "channels": channels}
 
@@ -106,6 +106,13 @@ NETWORK_OPTIONS = (
   "in_channels",
   "expansion",
   "norm_groups",
+  "stem_type",
+  "stem_width",
+  "replace_stem_pool",
+  "avg_down",
+  "down_kernel_size",
+  "block_reduce_first",
+  "attn_layer",
 )
 
 
@@ -113,7 +120,7 @@ def network_options(arch: str | None, options: dict) -> dict:
   """``NETWORK_OPTIONS`` as (arch, options) build them, defaults and the table included."""
   parameters = inspect.signature(flax_resnet.ResNet.__init__).parameters.values()
   defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-  table = flax_resnet.registry.architecture(arch)._asdict() if arch else {}
+  table = flax_resnet.registry.architecture(arch).options() if arch else {}
   merged = {**defaults, **table, **options}
   plain = {
     k: list(v) if isinstance(v, (list, tuple)) else v

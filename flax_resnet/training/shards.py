@@ -30,7 +30,7 @@ from flax_resnet.training.shard_format import (
   decode,
   encode,
 )
-from flax_resnet.training.sources import ImageFolder
+from flax_resnet.training.sources import ImageFolder, read_classes
 
 
 def shard_plan(count: int, per_shard: int) -> list[tuple[int, int]]:
@@ -125,7 +125,7 @@ def write_classes(out, classes: tuple[str, ...]) -> None:
   """``classes.json``, or a check that the one there (from an earlier run) is the same."""
   path = out / CLASSES
   if path.exists():
-    old = tuple(json.loads(path.read_text()))
+    old = read_classes(out)
     if old != tuple(classes):
       raise ValueError(
         f"{path} lists other classes ({len(old)}) than the folder ("

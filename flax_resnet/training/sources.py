@@ -15,7 +15,7 @@ from typing import Protocol
 from etils import epath
 from PIL import Image
 
-from flax_resnet.errors import one_line
+from flax_resnet.errors import FieldError, literal, one_line
 from flax_resnet.preprocess import open_image
 from flax_resnet.training.shard_format import CLASSES, INDEX, SUFFIX, array_record_error, decode
 
@@ -53,16 +53,33 @@ class ImageSource(Protocol):
     ...
 
 
-def open_split(data_dir: str, split: str) -> ImageSource:
+def open_split(data_dir: str, split: str, field: str = "train_split") -> ImageSource:
   """The images of ``data_dir/split``: ``Shards`` where it holds a complete set of shards
-  (their index.json), else an ``ImageFolder``."""
+  (their index.json), else an ``ImageFolder``. ``field`` is the config field that named
+  ``split``: a ``FieldError`` names it, or data_dir, when the folder does not exist."""
   if not data_dir:
     raise ValueError(
       "config data_dir is not set: give it a folder holding the train and eval splits "
       "(--set data_dir=PATH in a command), or set synthetic=true"
     )
   where = f"{data_dir.rstrip('/')}/{split}"
+  if not epath.Path(where).exists():
+    _missing(data_dir, split, field)
   return Shards(where) if is_shards(where) else ImageFolder.scan(where)
+
+
+def _missing(data_dir: str, split: str, field: str) -> None:
+  """The ``FieldError`` for a split folder that does not exist: naming ``field`` and the
+  splits ``data_dir`` holds, or ``data_dir`` when it does not exist either."""
+  root = epath.Path(data_dir)
+  if not root.is_dir():
+    raise FieldError("{dir} does not exist", dir=("data_dir", data_dir))
+  held = sorted(p.name for p in root.iterdir() if p.is_dir())
+  raise FieldError(
+    "{split}: data folder " + literal(f"{data_dir.rstrip('/')}/{split}") + " does not exist; "
+    "data_dir holds " + literal(", ".join(held) or "no folders"),
+    split=(field, split),
+  )
 
 
 @dataclass(frozen=True)
@@ -139,10 +156,9 @@ class Shards:
     import grain
 
     self.root = epath.Path(split_dir)
-    index = json.loads((self.root / INDEX).read_text())
-    self.classes = tuple(json.loads((self.root.parent / CLASSES).read_text()))
-    self.shards = [str(self.root / name) for name in index["shards"]]
-    self.count = index["records"]
+    names, self.count = read_index(self.root)
+    self.classes = read_classes(self.root.parent)
+    self.shards = [str(self.root / name) for name in names]
     try:
       self.source = grain.sources.ArrayRecordDataSource(self.shards)
     except RuntimeError:  # array_record's, naming no file or only the first missing one
@@ -179,6 +195,95 @@ class Shards:
   def fingerprint(self) -> dict:
     """Class names and record count: hashing the records' paths would read every record."""
     return {"classes": list(self.classes), "images": len(self)}
+
+
+REWRITE = "write the shards again with train/shards.py"
+
+
+def read_json(path: epath.Path) -> object:
+  """The JSON in file ``path``; a ``ValueError`` naming it where it is not UTF-8 JSON."""
+  raw = path.read_bytes()
+  try:
+    return json.loads(raw.decode())
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f"{path} is not UTF-8 text (byte {e.start} of {len(raw)}), so not the JSON "
+      f"train/shards.py writes: {REWRITE}"
+    ) from None
+  except json.JSONDecodeError as e:
+    raise ValueError(
+      f"{path} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}): {REWRITE}"
+    ) from None
+
+
+def read_index(root: epath.Path) -> tuple[list[str], int]:
+  """(shard file names, record count) of ``root/index.json``; a ``ValueError`` naming the file
+  and its key where it is not the index train/shards.py writes: an object whose ``"shards"``
+  names plain files in ``root`` (no path elsewhere, symbolic link or folder) and whose
+  ``"records"`` is a count."""
+  path = root / INDEX
+  index = read_json(path)
+  if not isinstance(index, dict):
+    raise ValueError(
+      f"{path} holds a JSON {_json_type(index)}, not the object train/shards.py writes "
+      f'(with "shards" and "records"): {REWRITE}'
+    )
+  names, count = index.get("shards"), index.get("records")
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise ValueError(
+      f'{path}: its "shards" {_shown(index, "shards")}, not a list of file names: {REWRITE}'
+    )
+  if type(count) is not int or count < 0:
+    raise ValueError(f'{path}: its "records" {_shown(index, "records")}, not a count: {REWRITE}')
+  for name in names:
+    problem = _not_a_shard_file(root, name)
+    if problem:
+      raise ValueError(
+        f"{path} names shard {name!r}, which {problem}: shards are plain files in their "
+        f"split folder; {REWRITE}"
+      )
+  return names, count
+
+
+def _not_a_shard_file(root: epath.Path, name: str) -> str | None:
+  """Why ``name`` in ``root``'s index is not a plain file in ``root``, or None: it may be
+  missing (``Shards`` says so, as of a shard that was deleted)."""
+  if name in ("", ".", "..") or "/" in name or "\0" in name:
+    return f"is not a file name in {root}"
+  path = root / name
+  if os.path.islink(path):  # local only: object stores (gs://) have no links
+    return f"is a symbolic link (to {os.readlink(path)})"
+  if path.is_dir():
+    return "is a folder"
+  return None
+
+
+def read_classes(root: epath.Path) -> tuple[str, ...]:
+  """The class names in ``root/classes.json``; a ``ValueError`` naming the file where it is
+  not a JSON list of strings."""
+  path = root / CLASSES
+  classes = read_json(path)
+  if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+    raise ValueError(f"{path} holds {_preview(classes)}, not a JSON list of class names: {REWRITE}")
+  return tuple(classes)
+
+
+def _shown(index: dict, key: str) -> str:
+  """'is <the value of key>', or 'is missing'."""
+  return f"is {_preview(index[key])}" if key in index else "is missing"
+
+
+def _preview(value: object, at_most: int = 60) -> str:
+  """``value`` as JSON, cut to ``at_most`` characters."""
+  text = json.dumps(value)
+  return text if len(text) <= at_most else text[: at_most - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+  if isinstance(value, bool):
+    return "boolean"
+  names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+  return names.get(type(value), "null")
 
 
 def check_labels(source: Shards) -> None:

@@ -145,11 +145,14 @@ def parts(model: ResNet) -> tuple[str, ...]:
   return tuple(info.name for info in model.feature_info)
 
 
+STEM_MODULES = ("conv1", "bn1", "maxpool")  # the stem part's modules (maxpool: timm's conv pool)
+
+
 def part_of(path: tuple) -> str:
-  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``),
-  ``layerN`` or ``fc``."""
+  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``, timm's
+  conv ``maxpool``), ``layerN`` or ``fc``."""
   first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
-  return "stem" if first in ("conv1", "bn1") else first
+  return "stem" if first in STEM_MODULES else first
 
 
 def _labels(label: Callable[[str], str]) -> Callable:
@@ -161,8 +164,10 @@ def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
   """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
   statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
   for part in frozen:
-    if part == "stem":
-      model.bn1.set_attributes(use_running_average=True, raise_if_not_found=False)
+    if part == "stem":  # timm's deep stem and conv pool hold norms too
+      for name in STEM_MODULES:
+        if hasattr(model, name):
+          getattr(model, name).set_attributes(use_running_average=True, raise_if_not_found=False)
     else:
       getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
 
@@ -304,11 +309,27 @@ def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Ar
   }
 
 
+# torch's Dirichlet (its Beta's sampler) clamps each share to [tiny, 1 - 2^-24] in float32
+LAM_RANGE = (float(jnp.finfo(jnp.float32).tiny), 1.0 - 2.0**-24)
+
+
 def _beta(key: jax.Array, alpha: float) -> jax.Array:
-  """λ ~ Beta(alpha, alpha) in float32; 1 (no mixing) for an alpha that is off."""
+  """λ ~ Beta(alpha, alpha) in float32 as torch draws it; 1 (no mixing) for an alpha that is off.
+
+  torch divides two gammas in float64 and rounds the quotient to float32 within ``LAM_RANGE``:
+  never 0 or 1 (at alpha 0.2 one draw in 50 is 1 - 2^-24). jax.random.beta's gammas are
+  float32 logarithms (the same keys and gammas here), but its 1 / (1 + small) rounds on a grid
+  twice as coarse below 1 and gives 1 itself; here the smaller share, accurate to float32,
+  is subtracted from 1 instead, which rounds as torch's quotient does, then clamped."""
   if alpha <= 0:
     return jnp.ones((), jnp.float32)
-  return jax.random.beta(key, alpha, alpha, dtype=jnp.float32)
+  key_a, key_b = jax.random.split(key)
+  log_a = jax.random.loggamma(key_a, alpha, dtype=jnp.float32)
+  log_b = jax.random.loggamma(key_b, alpha, dtype=jnp.float32)
+  small = jnp.exp(-jnp.abs(log_a - log_b))  # the smaller gamma over the larger, in [0, 1]
+  minor = small / (1 + small)  # the smaller one's share, at most 1/2
+  lam = jnp.where(log_a >= log_b, 1 - minor, minor)
+  return jnp.clip(lam, *LAM_RANGE)
 
 
 def cutmix_box(
@@ -352,11 +373,32 @@ def _half_side(lam: jax.Array, size: int) -> jax.Array:
 def _fits(lam: jax.Array, k: jax.Array, size: int) -> jax.Array:
   """Whether 2k <= sqrt(1 - λ) size, that is λ <= n / d with n = size² - 4k², d = size²
   (integers, exact in float32 up to 2^24). q, the float32 nearest n / d, decides it for a
-  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left to λ d <= n
-  in float32, exact at exact ties (e.g. λ = 0.75)."""
-  n = (size * size - 4 * k * k).astype(jnp.float32)
-  q = _divide(n, size * size)
-  return (lam < q) | ((lam == q) & (lam * (size * size) <= n))
+  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left, to the
+  exact sign of q d - n (``_above``): float32's λ d would round a q just above a tie down
+  onto n (at 224, λ = 0.9999203 for k = 1). λ and q are compared by their bits, ordered as
+  the non-negative floats are: XLA flushes a subnormal λ to 0 in a float comparison."""
+  n = size * size - 4 * k * k
+  q = _divide(n.astype(jnp.float32), size * size)
+  lam_bits, q_bits = (jax.lax.bitcast_convert_type(x, jnp.int32) for x in (lam, q))
+  return (lam_bits < q_bits) | ((lam_bits == q_bits) & ~_above(q, n, size * size))
+
+
+def _above(q: jax.Array, n: jax.Array, d: int) -> jax.Array:
+  """Whether q d > n, exactly, for q the float32 nearest n / d (integers 0 <= n <= d < 2^32):
+  in 32-bit integers, without 64-bit types. q = m 2^-s (m its 24-bit integer
+  significand), so q d - n = (m d - n 2^s) 2^-s; the integer m d - n 2^s is at most d / 2 in
+  magnitude (q is within half its unit 2^-s of n / d), so its value modulo 2^32 (uint32
+  arithmetic, which wraps) read as an int32 is exact."""
+  bits = jax.lax.bitcast_convert_type(q, jnp.uint32)
+  biased = (bits >> 23).astype(jnp.int32)  # q >= 0: no sign bit
+  significand = (bits & 0x7FFFFF) | jnp.where(biased > 0, 0x800000, 0).astype(jnp.uint32)
+  shift = 150 - jnp.maximum(biased, 1)  # q = significand 2^-shift, subnormals included
+  # n 2^shift modulo 2^32: 0 from shift 32 on (a shift past the width is not one to rely on)
+  scaled = jnp.where(
+    shift < 32, n.astype(jnp.uint32) << jnp.minimum(shift, 31).astype(jnp.uint32), 0
+  )
+  difference = significand * jnp.uint32(d) - scaled.astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(difference, jnp.int32) > 0
 
 
 def mix(

@@ -7,6 +7,7 @@ command.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -32,11 +33,11 @@ from flax_resnet.training import (
   checkpoints,
   config as config_lib,
   data,
+  memory,
   step_cache,
   steps as steps_lib,
 )
 from flax_resnet.training.config import Config
-from flax_resnet.training.memory import host_memory_estimate, of_total
 from flax_resnet.training.metrics import LOG_SECONDS, Progress
 from flax_resnet.training.models import run_model
 from flax_resnet.training.steps import (
@@ -247,6 +248,7 @@ class Trainer:
     self.step_cache = self._start_step_cache()  # loads while the model is built
     self._step: Callable | None = None
     self._build_state()
+    self.memory = self._check_host_memory()
     # The first write to the workdir: every check of the input has passed.
     workdir.mkdir(parents=True, exist_ok=True)
     # Held while the run lives; taken before orbax reads the checkpoints, which a run
@@ -284,6 +286,22 @@ class Trainer:
     self.ema_leaves = None
     if cfg.ema_decay:  # own buffers: the step donates the model's
       self.ema_leaves = jax.jit(lambda xs: [jnp.copy(x) for x in xs])(self.model_leaves)
+
+  def _check_host_memory(self) -> dict[str, float] | None:
+    """On a CPU backend, where the run's memory is the host's: ``memory.host_memory_estimate``'s
+    parts, refused (``memory.check_fits``) when more than the machine has; None elsewhere (an
+    accelerator's memory is not the host's)."""
+    if jax.default_backend() != "cpu":
+      return None
+    state = jax.tree.unflatten(self.model_treedef, self.model_leaves)
+    parts = memory.host_memory_estimate(self.cfg, self.model_graphdef, state, jax.process_count())
+    memory.check_fits(self.cfg, parts, memory.total_host_memory())
+    return parts
+
+  def learning_rate(self, count: int) -> float:
+    """The rate of the step after ``count`` steps: fc's (the rest's is ``backbone_lr_mult``
+    times it)."""
+    return float(schedule(self.cfg, self.steps_per_epoch)(count))
 
   @property
   def model_leaves(self) -> list[jax.Array]:
@@ -459,22 +477,46 @@ def _warn(line: str) -> None:
 
 def _warn_if_cpu(trainer: Trainer) -> None:
   """On a CPU: that the run may be long, and the host memory it needs."""
-  if jax.default_backend() == "cpu" and jax.process_index() == 0:
+  if trainer.memory is None or jax.process_index() != 0:
+    return
+  print(
+    f"note: no accelerator: this run's {trainer.total_steps} steps of "
+    f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
+    f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
+    "for GPUs and TPUs can take days here.",
+    flush=True,
+  )
+  parts = trainer.memory
+  print(
+    f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
+    f"({memory.parts_text(parts)}){memory.of_total(memory.total_host_memory())}",
+    flush=True,
+  )
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity, where the system has one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def fit_to_host(cfg: Config) -> Config:
+  """``cfg`` with the data workers this host can run, each change said in a note: none for
+  synthetic images (nothing to decode), at most one a core (more only share the cores and
+  each holds hundreds of MB). ``workers`` is resumable: the batches are the same."""
+  cores = usable_cores()
+  if cfg.synthetic and cfg.workers:
+    print(f"note: synthetic=true: no data workers (workers={cfg.workers} unused)", flush=True)
+    return dataclasses.replace(cfg, workers=0)
+  if cfg.workers > cores:
     print(
-      f"note: no accelerator: this run's {trainer.total_steps} steps of "
-      f"{trainer.cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
-      f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
-      "for GPUs and TPUs can take days here.",
+      f"note: workers={cfg.workers} is more than the {cores} cores this process may use: "
+      f"running {cores}",
       flush=True,
     )
-    state = jax.tree.unflatten(trainer.model_treedef, trainer.model_leaves)
-    parts = host_memory_estimate(trainer.cfg, trainer.model_graphdef, state, jax.process_count())
-    print(
-      f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
-      f"({', '.join(f'{k} {v / 2**30:.1f} GB' for k, v in parts.items())}){of_total()}; "
-      "lower global_batch, workers or image_size if that is more than it has",
-      flush=True,
-    )
+    return dataclasses.replace(cfg, workers=cores)
+  return cfg
 
 
 def lock_workdir(workdir: Path) -> IO:
@@ -518,6 +560,7 @@ def run(cfg: Config, workdir: Path) -> dict:
   A run in a workdir that holds checkpoints resumes, if its config changes only
   resumable fields (``changed_on_resume``); ``Diverged`` ends it on a NaN.
   """
+  cfg = fit_to_host(cfg)
   changes = changed_on_resume(cfg, workdir)
   if changes:
     print("resuming with changed settings: " + ", ".join(changes), flush=True)
@@ -535,6 +578,7 @@ def run(cfg: Config, workdir: Path) -> dict:
     cfg.global_batch,
     cfg.log_every,
     trainer.total_steps,
+    trainer.learning_rate,
   )
   started = time.perf_counter()
   try:
