@@ -125,8 +125,9 @@ def remove_dead(folder: Path = SHM) -> int:
           continue
   if removed:
     log.warning(
-      "removed %d files (%.1f MB) that killed runs' workers left in %s",
+      "removed %d file%s (%.1f MB) that killed runs' workers left in %s",
       removed,
+      "" if removed == 1 else "s",
       size / 2**20,
       folder,
     )
