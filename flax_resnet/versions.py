@@ -18,11 +18,12 @@ _PACKAGES = {
   "orbax-checkpoint": "orbax.checkpoint",
   "torch": "torch",
   "torchvision": "torchvision",
+  "timm": "timm",
 }
 
 
 def versions() -> dict[str, str]:
-  """Python's, flax_resnet's and each installed package's version, torch's and torchvision's
+  """Python's, flax_resnet's and each installed package's version, torch's, torchvision's and timm's
   when they are installed. Nothing is imported: a module already imported gives its own
   ``__version__`` (torch's carries its build, ``+cu130``), the others the installed metadata."""
   out = {"python": platform.python_version(), "flax_resnet": VERSION}

@@ -250,3 +250,11 @@ def test_conv_benchmark_rejects_an_unknown_shape_by_name():
     timeout=120,
   )
   assert done.returncode == 2 and "layer9 5x5" in done.stderr
+
+
+def test_the_throughput_benchmark_compares_a_timm_arch_with_timms_own_model():
+  pytest.importorskip("timm", reason="timm's archs are compared with timm")
+  from flax_resnet.bench.throughput import _torch_model
+
+  assert type(_torch_model("resnet10t")).__module__ == "timm.models.resnet"
+  assert type(_torch_model("resnet18")).__module__ == "torchvision.models.resnet"

@@ -62,7 +62,12 @@ PEAK_FLOPS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--arch", default="resnet50", choices=flax_resnet.list_models())
+  p.add_argument(
+    "--arch",
+    default="resnet50",
+    choices=flax_resnet.list_models("timm"),
+    help="torchvision's ten run against torchvision, timm's other archs against timm",
+  )
   p.add_argument("--mode", default="infer", choices=["train", "infer"])
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--image-size", type=int, default=224)
@@ -171,16 +176,27 @@ class JaxRunner:
     return queued
 
 
+def _torch_model(arch: str):
+  """The PyTorch model ``arch`` names: torchvision's for its ten, timm's otherwise."""
+  if arch in flax_resnet.list_models():
+    import torchvision
+
+    return getattr(torchvision.models, arch)()
+  import timm
+
+  return timm.create_model(arch)
+
+
 class TorchRunner:
-  """torchvision with channels_last, autocast in the same dtype, eager or compiled."""
+  """torchvision's model (timm's for timm's other archs) with channels_last, autocast in the
+  same dtype, eager or compiled."""
 
   def __init__(self, args, compiled: bool):
     import torch
-    import torchvision
 
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = getattr(torchvision.models, args.arch)().to(self.device)
+    model = _torch_model(args.arch).to(self.device)
     model = model.to(memory_format=torch.channels_last)
     self.x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=self.device)
     self.x = self.x.to(memory_format=torch.channels_last)
