@@ -8,7 +8,9 @@ here, to show which repository, architecture and options reach it.
 """
 
 import csv
+import fnmatch
 import os
+import re
 import subprocess
 import sys
 import types
@@ -268,3 +270,35 @@ def test_listing_and_reading_timms_tags_needs_neither_torch_nor_timm():
   assert done.returncode == 1 and done.stderr.endswith("ImportError: torch is blocked\n"), (
     done.stderr[-3000:]
   )
+
+
+def readme_families() -> list[tuple[list[str], str]]:
+  """(patterns, best top-1 cell) of each row of README's table of timm's families."""
+  readme = (ROOT / "README.md").read_text()
+  section = readme.split("| family | architectures | best published top-1 |\n", 1)[1]
+  rows = []
+  for line in section.splitlines()[1:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    rows.append((re.findall(r"`([^`]+)`", cells[1]), cells[2]))
+  return rows
+
+
+def best_cell(archs: set[str]) -> str:
+  """The best published top-1 among the tags of ``archs``, as the README's cell says it."""
+  entries = [e for e in timm_weights.TABLE if e.arch in archs and e.best]
+  top = max(entries, key=lambda e: e.best.top1)
+  return f"{top.best.top1:.2f}% (`{top.name}`, {top.best.img_size}×{top.best.img_size})"
+
+
+def test_the_readme_families_partition_timms_architectures_and_give_their_best_top1():
+  rows = readme_families()
+  assert len(rows) == 10
+  family_of: dict[str, int] = {}
+  for index, (patterns, cell) in enumerate(rows):
+    archs = {a for p in patterns for a in fnmatch.filter(ARCHS, p)}
+    assert not archs & set(family_of), f"README families: {patterns} overlap another row"
+    family_of.update(dict.fromkeys(archs, index))
+    assert cell == best_cell(archs), f"README families, {patterns}: should read {best_cell(archs)}"
+  assert set(family_of) == ARCHS, f"in no README family: {sorted(ARCHS - set(family_of))}"
