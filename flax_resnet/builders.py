@@ -1,6 +1,7 @@
 """``create_model`` and torchvision-style constructors (``ResNet50``...), with torchvision's
 pretrained weights by name: the registry's builds, and the weights cache on top of it,
-as torchvision layers its builders over ``_api``."""
+as torchvision layers its builders over ``_api``; timm's names (``ARCH.TAG``, ``hf-hub:``)
+checked against ``timm_weights`` and loaded by ``timm_hub``."""
 
 from __future__ import annotations
 

@@ -163,7 +163,8 @@ def list_models(pattern: str | None = None, source: str | None = None) -> list[s
 
   ``pattern``, an fnmatch pattern as ``timm.list_models``' (``"seresnext*"``), keeps the
   names it matches, in timm's natural order, of every name built here unless ``source``
-  says which. A name that is neither a source nor matches an architecture is refused."""
+  says which. A pattern without wildcards that is neither a source nor an architecture
+  (a typo) is refused."""
   if pattern in SOURCES and source is None:  # list_models("timm"), as before patterns
     pattern, source = None, pattern
   source = source or ("torchvision" if pattern is None else "timm")

@@ -247,10 +247,16 @@ TABLE: tuple[TimmWeights, ...] = (
 # fmt: on
 # END TABLE
 
-# timm's rule: an architecture's first tag is its default.
-DEFAULT: dict[str, str] = {}
-for _entry in TABLE:
-  DEFAULT.setdefault(_entry.arch, _entry.tag)
+
+def _first_tags(table: tuple[TimmWeights, ...]) -> dict[str, str]:
+  """{arch: its first tag in ``table``}: timm's rule for an architecture's default."""
+  first: dict[str, str] = {}
+  for entry in table:
+    first.setdefault(entry.arch, entry.tag)
+  return first
+
+
+DEFAULT = _first_tags(TABLE)
 _BY_NAME = {entry.name: entry for entry in TABLE}
 
 
@@ -276,10 +282,11 @@ def list_pretrained(pattern: str = "") -> list[str]:
   ``pattern``, sorted as ``timm.list_pretrained`` sorts them; as timm does, a pattern
   without a tag also matches every tag of the names it matches (``"resnet50"`` lists
   ``resnet50.a1_in1k``...). ``get_pretrained_cfg(name)`` gives each one's data."""
+  if not pattern:
+    return sorted(_BY_NAME, key=natural_key)
   arch, tag = split_name(pattern)
-  patterns = [pattern] if tag or not pattern else [f"{arch}.*", pattern]
-  names = list(_BY_NAME)
-  return sorted({n for p in patterns for n in matching(names, p)}, key=natural_key)
+  patterns = [pattern] if tag else [f"{arch}.*", pattern]
+  return sorted({n for p in patterns for n in fnmatch.filter(_BY_NAME, p)}, key=natural_key)
 
 
 def find_tag(name: str) -> TimmWeights | None:
@@ -293,8 +300,8 @@ def get_pretrained_cfg(name: str) -> TimmWeights:
   arch, tag = split_name(name)
   if arch not in DEFAULT:
     raise ValueError(
-      f"{arch!r} has no pretrained weights in timm's ResNet family; architectures with "
-      f"weights: flax_resnet.list_pretrained()"
+      f"{arch!r} has no pretrained weights in timm's ResNet family "
+      "(flax_resnet.list_pretrained() lists those there are)"
     )
   entry = _BY_NAME.get(f"{arch}.{tag or DEFAULT[arch]}")
   if entry is None:

@@ -35,6 +35,7 @@ FIELDS = [f for f in timm_weights.TimmWeights._fields if f not in ("arch", "tag"
 def test_the_table_lists_every_pretrained_tag_of_timms_resnet_and_resnest_in_timms_order():
   assert len(TIMMS_TAGS) == 158  # timm 1.0.31; the count
   assert flax_resnet.list_pretrained() == TIMMS_TAGS  # timm's natural order
+  assert TIMMS_TAGS == timm.list_models(module=["resnet", "resnest"], pretrained=True)
   for arch in {e.arch for e in timm_weights.TABLE}:
     ours = [e.tag for e in timm_weights.TABLE if e.arch == arch]
     theirs = [timm.models.get_pretrained_cfg(n).tag for n in TIMMS_TAGS if n.split(".")[0] == arch]
