@@ -173,7 +173,7 @@ def list_models(pattern: str | None = None, source: str | None = None) -> list[s
   names = list(ARCHITECTURES if source == "torchvision" else ALL_ARCHITECTURES)
   if pattern is None:
     return names
-  if not any(c in pattern for c in "*?[") and pattern not in ALL_ARCHITECTURES:
+  if pattern and not any(c in pattern for c in "*?[") and pattern not in ALL_ARCHITECTURES:
     raise ValueError(
       f"source must be one of {SOURCES}, or pattern an architecture name or an fnmatch "
       f"pattern (*, ?, [...]); got {pattern!r}"

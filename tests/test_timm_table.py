@@ -111,6 +111,8 @@ def test_list_models_keeps_its_sources_beside_patterns():
   ]
   assert flax_resnet.list_models("resnet50d", source="torchvision") == []
   assert flax_resnet.list_models("nothing*") == []
+  assert flax_resnet.list_models("") == flax_resnet.list_models("*")  # timm's "": everything
+  assert len(flax_resnet.list_models("")) == len(ALL_ARCHITECTURES)
   with pytest.raises(ValueError, match=r"or pattern an architecture name .*; got 'keras'$"):
     flax_resnet.list_models("keras")
 
