@@ -30,7 +30,8 @@ _WHERE = {
   "flax_resnet.folding": ("fold_batchnorm",),
   "flax_resnet.pretrained": ("load_pretrained",),
   "flax_resnet.preprocess": ("EvalTransform",),
-  "flax_resnet.torchvision_weights": ("Weights", "list_pretrained"),
+  "flax_resnet.torchvision_weights": ("Weights",),
+  "flax_resnet.timm_weights": ("TimmWeights", "get_pretrained_cfg", "list_pretrained"),
   "flax_resnet.registry": ("ARCHITECTURES", "list_models"),
   "flax_resnet.builders": (
     "ResNet18",

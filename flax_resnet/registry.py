@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from flax import nnx
 
 from flax_resnet.model import ResNet
+from flax_resnet.timm_weights import matching
 
 
 class Arch(NamedTuple):
@@ -155,13 +156,29 @@ ALL_ARCHITECTURES = {**ARCHITECTURES, **TIMM_ARCHITECTURES}
 SOURCES = ("torchvision", "timm")
 
 
-def list_models(source: str = "torchvision") -> list[str]:
+def list_models(pattern: str | None = None, source: str | None = None) -> list[str]:
   """The architecture names ``create_model`` accepts: torchvision's ten, or with
   ``source="timm"`` every name of timm's ResNet family built here (torchvision's ten among
-  them, which timm builds alike)."""
+  them, which timm builds alike); ``list_models("timm")`` says the same.
+
+  ``pattern``, an fnmatch pattern as ``timm.list_models``' (``"seresnext*"``), keeps the
+  names it matches, in timm's natural order, of every name built here unless ``source``
+  says which. A pattern without wildcards that is neither a source nor an architecture
+  (a typo) is refused."""
+  if pattern in SOURCES and source is None:  # list_models("timm"), as before patterns
+    pattern, source = None, pattern
+  source = source or ("torchvision" if pattern is None else "timm")
   if source not in SOURCES:
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-  return list(ARCHITECTURES if source == "torchvision" else ALL_ARCHITECTURES)
+  names = list(ARCHITECTURES if source == "torchvision" else ALL_ARCHITECTURES)
+  if pattern is None:
+    return names
+  if pattern and not any(c in pattern for c in "*?[") and pattern not in ALL_ARCHITECTURES:
+    raise ValueError(
+      f"source must be one of {SOURCES}, or pattern an architecture name or an fnmatch "
+      f"pattern (*, ?, [...]); got {pattern!r}"
+    )
+  return matching(names, pattern)
 
 
 def architecture(name: str) -> Arch:

@@ -20,6 +20,7 @@ LAYERS = [
       "flax_resnet.cpu",
       "flax_resnet.versions",
       "flax_resnet.torchvision_weights",
+      "flax_resnet.timm_weights",
       "flax_resnet.preprocess",
       "flax_resnet.flops",
     ),

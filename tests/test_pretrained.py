@@ -269,7 +269,7 @@ def test_weights_without_the_torch_extra_is_one_import_error_naming_it(empty_hom
 def test_the_weights_table_is_torchvisions():
   from torchvision.models import get_model_weights
 
-  ours = {(w.arch, w.name): w for w in flax_resnet.list_pretrained()}
+  ours = {(w.arch, w.name): w for w in torchvision_weights.list_pretrained()}
   assert {w.arch for w in ours.values()} == set(flax_resnet.ARCHITECTURES)
   theirs = {
     (arch, w.name): w for arch in flax_resnet.ARCHITECTURES for w in get_model_weights(arch)
@@ -295,8 +295,8 @@ def test_the_weights_table_is_torchvisions():
 
 def test_the_weights_table_and_its_checks_need_no_torch():
   code = (
-    "import flax_resnet\n"
-    "table = flax_resnet.list_pretrained('resnet50')\n"
+    "import flax_resnet, flax_resnet.torchvision_weights as t\n"
+    "table = t.list_pretrained('resnet50')\n"
     "assert [w.name for w in table] == ['IMAGENET1K_V1', 'IMAGENET1K_V2'], table\n"
     "assert table[1].is_default and table[1].acc1 == 80.858 and table[1].crop == 224\n"
     "try:\n"
