@@ -205,3 +205,55 @@ def test_a_conversion_of_other_weights_than_the_hub_caches_now_is_refused(hub, t
   message = str(error.value)
   assert "\n" not in message and message.startswith(f"{entry / 'metadata.json'}: source sha256")
   assert message.endswith(f"remove {entry} to convert the hub's file again")
+
+
+def write_state(state: dict, path: Path) -> None:
+  """A state dict as timm's files hold it: safetensors, or torch.save for .pth and .bin."""
+  if path.suffix == ".safetensors":
+    from safetensors.torch import save_file
+
+    save_file(state, path)
+  else:
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+  "suffix, arch", [(".safetensors", ARCH), (".pth", None), (".bin", ARCH)], ids=str
+)
+def test_the_converter_verifies_a_timm_file_against_timm_in_float64(tmp_path, capsys, suffix, arch):
+  from flax_resnet.commands import convert as torch2flax
+
+  torch.manual_seed(0)
+  state = calibrate(timm.create_model(ARCH)).state_dict()
+  write_state(state, tmp_path / f"model{suffix}")
+  argv = ["--state-dict", str(tmp_path / f"model{suffix}"), "--out", str(tmp_path / "ckpt")]
+  assert torch2flax.main(argv + (["--arch", arch] if arch else [])) == 0
+  out = capsys.readouterr().out
+  assert "verifying against timm in float32 and float64" in out and "top-5 as float64: yes" in out
+  meta = json.loads((tmp_path / "ckpt" / "metadata.json").read_text())
+  assert meta["arch"] == ARCH and meta["parity"]["reference"] == "timm"
+  assert meta["parity"]["passed"] and meta["parity"]["rule"] == "float64"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_flax2torch_writes_a_state_dict_timm_loads_strictly_and_bit_exact(tmp_path, suffix):
+  from flax_resnet.commands import convert as torch2flax, flax2torch
+
+  torch.manual_seed(0)
+  original = calibrate(timm.create_model(ARCH)).state_dict()
+  write_state(original, tmp_path / "model.safetensors")
+  argv = ["--state-dict", str(tmp_path / "model.safetensors"), "--no-verify"]
+  assert torch2flax.main(argv + ["--out", str(tmp_path / "ckpt")]) == 0
+  back = tmp_path / f"back{suffix}"
+  assert flax2torch.main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(back)]) == 0
+  if suffix == ".safetensors":
+    from safetensors.torch import load_file
+
+    state = load_file(back)
+  else:
+    state = torch.load(back, weights_only=True)
+  fresh = timm.create_model(ARCH)
+  fresh.load_state_dict(state, strict=True)
+  assert set(fresh.state_dict()) == set(original)
+  for key, value in fresh.state_dict().items():
+    assert torch.equal(value, original[key]), key
