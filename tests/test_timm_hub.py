@@ -257,3 +257,99 @@ def test_flax2torch_writes_a_state_dict_timm_loads_strictly_and_bit_exact(tmp_pa
   assert set(fresh.state_dict()) == set(original)
   for key, value in fresh.state_dict().items():
     assert torch.equal(value, original[key]), key
+
+
+def train_config(*assignments):
+  from flax_resnet.training import config as config_lib
+
+  return config_lib.override(
+    config_lib.Config(),
+    [
+      f"arch={ARCH}",
+      "num_classes=10",
+      "dtype=float32",
+      "synthetic=true",
+      "image_size=32",
+      "global_batch=8",
+      "max_steps=1",
+      "workers=0",
+      *assignments,
+    ],
+  )
+
+
+@pytest.mark.parametrize("init_from", [f"timm:{ARCH}.{TAG}", f"hf-hub:{REPO}"])
+def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_from, capsys):
+  from flax_resnet.training.models import run_model
+
+  model = run_model(train_config(f"init_from={init_from}"))
+  assert f"initialised from timm's {REPO} from the Hugging Face hub (a fresh head)" in (
+    capsys.readouterr().out
+  )
+  full, _ = load_pretrained_timm(REPO)  # the same cache
+  ours = dict(nnx.to_flat_state(nnx.state(model)))
+  for path, var in nnx.to_flat_state(nnx.state(full)):
+    if path[0] != "fc":
+      assert np.array_equal(np.asarray(ours[path].get_value()), np.asarray(var.get_value())), path
+  assert model.fc.kernel.shape == (512, 10)
+
+
+@pytest.mark.parametrize(
+  "sets, message",
+  [
+    (
+      [f"init_from=timm:{ARCH}"],
+      f"config init_from='timm:{ARCH}': name timm's weights with their tag",
+    ),
+    (
+      [f"init_from=timm:{ARCH}.{TAG}", "arch=resnet18"],
+      f"init_from timm:{ARCH}.{TAG} holds {ARCH}, this run builds resnet18: set --set arch={ARCH}",
+    ),
+    (
+      ["init_from=timm:resnet18d.ra2_in1k", "arch=resnet18d"],
+      "config init_from='timm:resnet18d.ra2_in1k': timm/resnet18d.ra2_in1k: model.safetensors "
+      "is not in the Hugging Face hub cache",
+    ),
+  ],
+  ids=["no tag", "another arch", "absent offline"],
+)
+def test_bad_timm_weights_for_the_trainer_are_one_line_naming_the_field(hub, sets, message):
+  from flax_resnet.training.models import run_model
+
+  with pytest.raises(ValueError) as error:
+    run_model(train_config(*sets))
+  assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
+
+
+def test_a_training_run_from_timms_weights_needs_neither_torch_nor_timm(hub, tmp_path):
+  env, _ = hub
+  load_pretrained_timm(REPO)  # converted here; the run reads it
+  code = (
+    "import sys\nsys.modules['torch'] = sys.modules['timm'] = None\n"
+    "from flax_resnet.commands.train import main as train\nsys.exit(train(sys.argv[1:]))\n"
+  )
+  args = ["--config", "finetune", "--workdir", str(tmp_path / "run")]
+  for s in [
+    f"init_from=timm:{ARCH}.{TAG}",
+    f"arch={ARCH}",
+    "num_classes=10",
+    "dtype=float32",
+    "synthetic=true",
+    "image_size=32",
+    "global_batch=8",
+    "max_steps=2",
+    "workers=0",
+    "step_cache=false",
+  ]:
+    args += ["--set", s]
+  done = subprocess.run(
+    [sys.executable, "-c", code, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, **env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  assert f"initialised from timm's {REPO} from the Hugging Face hub (a fresh head)" in done.stdout
+  assert "flax_resnet: " not in done.stderr  # no second conversion
