@@ -353,3 +353,57 @@ def test_a_training_run_from_timms_weights_needs_neither_torch_nor_timm(hub, tmp
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   assert f"initialised from timm's {REPO} from the Hugging Face hub (a fresh head)" in done.stdout
   assert "flax_resnet: " not in done.stderr  # no second conversion
+
+
+def test_a_config_blob_whose_bytes_do_not_match_its_git_hash_is_refused(hub):
+  env, folder = hub
+  blob = Path(os.path.realpath(folder / "snapshots" / COMMIT / "config.json"))
+  config = json.loads(blob.read_text())
+  config["architecture"] = "resnet18d"
+  blob.write_text(json.dumps(config))
+  with pytest.raises(ValueError) as error:
+    load_pretrained_timm(REPO)
+  assert "\n" not in str(error.value)
+  assert str(error.value).startswith(f"{blob}: its bytes hash to "), error.value
+  assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists()
+
+
+def test_weights_copied_into_the_snapshot_without_their_blob_are_refused(hub):
+  env, folder = hub
+  link = folder / "snapshots" / COMMIT / "model.safetensors"
+  data = link.read_bytes()
+  link.unlink()
+  link.write_bytes(data)  # what a copy by hand leaves: no blob named by the hub's hash
+  with pytest.raises(ValueError) as error:
+    load_pretrained_timm(REPO)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{link}: not a link to a blob")
+  assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists()
+
+
+@pytest.mark.parametrize(
+  "blocked, message",
+  [
+    (
+      "torch",
+      "converting timm/resnet10t.c3_in1k's weights needs torch, torchvision and timm, and torch "
+      "is not installed: pip install 'flax-resnet[timm]'",
+    ),
+    (
+      "huggingface_hub",
+      "timm's weights from the Hugging Face hub need huggingface_hub, and huggingface_hub is "
+      "not installed: pip install 'flax-resnet[timm]'",
+    ),
+  ],
+)
+def test_a_first_call_without_the_timm_extra_is_one_import_error_naming_it(hub, blocked, message):
+  env, _ = hub
+  code = (
+    f"import sys\nsys.modules[{blocked!r}] = None\nimport flax_resnet\n"
+    f"try:\n  flax_resnet.load_pretrained_timm({REPO!r})\n"
+    "except ImportError as e:\n  print(type(e).__name__, e.__cause__, e, sep='|')\n"
+  )
+  done = python(code, env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().split("|") == ["MissingExtra", "None", message]
+  assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists()
