@@ -67,7 +67,7 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   return with_head(*load(path, **options), num_classes, rngs)  # in eval mode
 
 
-def with_head(model: Any, meta: Any, num_classes: int, rngs: Any = None) -> tuple[Any, Any]:
+def with_head(model: Any, meta: Any, num_classes: int | None, rngs: Any = None) -> tuple[Any, Any]:
   """(model, metadata) as loaded, or, for ``num_classes`` other than the weights', the
   backbone with a new classifier (``ResNet.reset_classifier``, drawn from ``rngs``, as a
   fresh ``torch.nn.Linear``; none for 0) and metadata saying so, without class names."""

@@ -20,7 +20,6 @@ import timm
 from flax import nnx
 from torch_reference import assert_parity, calibrate, smooth_images, torch
 
-import flax_resnet
 from flax_resnet.files import sha256
 from flax_resnet.timm_hub import load_pretrained_timm
 

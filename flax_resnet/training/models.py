@@ -87,8 +87,9 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Met
   dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
   through the cache that ``create_model(weights=...)`` uses."""
   common = {"norm": options["norm"], "dtype": options["dtype"]}
-  if hub_repo(cfg.init_from) is not None:
-    return load_hub_init(cfg, arch, common)
+  repo = hub_repo(cfg.init_from)
+  if repo is not None:
+    return load_hub_init(cfg, repo, arch, common)
   weights = weights_name(cfg.init_from)
   if weights is None:
     return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
@@ -106,11 +107,12 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Met
   return source, meta, f"torchvision's {arch} {resolve_entry(arch, weights)}"
 
 
-def load_hub_init(cfg: Config, arch: str | None, common: dict) -> tuple[ResNet, Metadata, str]:
-  """``load_init`` for timm's weights in a hub repository (``hub_repo``), converted once
-  through the cache that ``load_pretrained_timm`` uses; the run's arch is checked against
-  theirs by ``check_same_network``."""
-  repo = hub_repo(cfg.init_from)
+def load_hub_init(
+  cfg: Config, repo: str, arch: str | None, common: dict
+) -> tuple[ResNet, Metadata, str]:
+  """``load_init`` for timm's weights in hub repository ``repo`` (``hub_repo``), converted
+  once through the cache that ``load_pretrained_timm`` uses; the run's arch is checked
+  against theirs by ``check_same_network``."""
   if arch is None:
     raise ValueError(
       f"config init_from={cfg.init_from!r}: timm's weights are for {cfg.arch}'s own depths "
