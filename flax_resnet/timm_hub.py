@@ -23,13 +23,17 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax_resnet.errors import MissingExtra, one_line
 from flax_resnet.files import sha256
 from flax_resnet.port.state_dict import ConversionError
 from flax_resnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from flax_resnet.pretrained import check_incomplete_entry, weights_dir, with_head
+
+if TYPE_CHECKING:
+  from flax_resnet.model import ResNet
+  from flax_resnet.saved_model import Metadata
 
 HUB_PREFIX = "hf-hub:"
 WEIGHTS_FILE = "model.safetensors"
@@ -202,7 +206,9 @@ _CFG_KEPT = (
 )
 
 
-def load_pretrained_timm(repo_id: str, arch: str | None = None, **options: Any):
+def load_pretrained_timm(
+  repo_id: str, arch: str | None = None, **options: Any
+) -> tuple[ResNet, Metadata]:
   """(model in eval mode, its ``Metadata``) for timm's weights in hub repository ``repo_id``
   (``"timm/resnet50d.ra4_e3600_r224_in1k"``, ``"hf-hub:..."``, ``"...@REVISION"``).
 
