@@ -406,3 +406,13 @@ def test_a_first_call_without_the_timm_extra_is_one_import_error_naming_it(hub, 
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip().split("|") == ["MissingExtra", "None", message]
   assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists()
+
+
+def test_repository_names_are_read_as_timm_spells_them_and_others_refused():
+  from flax_resnet.timm_hub import split_repo
+
+  assert split_repo(f"hf-hub:{REPO}") == (REPO, None)
+  assert split_repo(f"{REPO}@{COMMIT}") == (REPO, COMMIT)
+  for bad in ("resnet10t", "timm/../x", "a/b/c", ""):
+    with pytest.raises(ValueError, match="expected a Hugging Face hub repository"):
+      split_repo(bad)
