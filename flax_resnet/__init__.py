@@ -29,6 +29,7 @@ _WHERE = {
   ),
   "flax_resnet.folding": ("fold_batchnorm",),
   "flax_resnet.pretrained": ("load_pretrained",),
+  "flax_resnet.timm_hub": ("load_pretrained_timm",),
   "flax_resnet.preprocess": ("EvalTransform",),
   "flax_resnet.torchvision_weights": ("Weights",),
   "flax_resnet.timm_weights": ("TimmWeights", "get_pretrained_cfg", "list_pretrained"),

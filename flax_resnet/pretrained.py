@@ -50,8 +50,6 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
   (``dtype``, ``norm="frozen_batch"``, ``dropout``), as in ``flax_resnet.load``, and
   ``num_classes``: another count gives the pretrained backbone a new classifier
   (``ResNet.reset_classifier``, drawn from ``rngs``), as for fine-tuning."""
-  import dataclasses
-
   from flax_resnet.registry import architecture
   from flax_resnet.saved_model import load
 
@@ -66,7 +64,15 @@ def load_pretrained(arch: str, weights: Any = "DEFAULT", **options: Any):
     check_incomplete_entry(path)
     convert_pretrained(arch, entry, path)
   check_cached_source(path, arch, entry)
-  model, meta = load(path, **options)  # in eval mode
+  return with_head(*load(path, **options), num_classes, rngs)  # in eval mode
+
+
+def with_head(model: Any, meta: Any, num_classes: int | None, rngs: Any = None) -> tuple[Any, Any]:
+  """(model, metadata) as loaded, or, for ``num_classes`` other than the weights', the
+  backbone with a new classifier (``ResNet.reset_classifier``, drawn from ``rngs``, as a
+  fresh ``torch.nn.Linear``; none for 0) and metadata saying so, without class names."""
+  import dataclasses
+
   if num_classes == meta.options.get("num_classes"):
     return model, meta
   model.reset_classifier(num_classes, rngs=rngs)
@@ -106,17 +112,17 @@ def check_cached_source(path: Path, arch: str, entry: str) -> None:
     )
 
 
-def check_incomplete_entry(path: Path) -> None:
+def check_incomplete_entry(path: Path, source: str = "torchvision's file") -> None:
   """Before any work, that weights entry ``path``, which has no ``metadata.json``, is absent
   or an empty directory (converted anew and replaced); a ``ValueError`` naming what to
-  remove otherwise: files there may be anyone's, and a conversion could not replace them."""
+  remove otherwise (to convert ``source`` again): files there may be anyone's, and a
+  conversion could not replace them."""
   if not (path.exists() or path.is_symlink()):
     return
   if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
     return
   raise ValueError(
-    f"{path}: an incomplete weights entry (no metadata.json); remove it to convert "
-    "torchvision's file again"
+    f"{path}: an incomplete weights entry (no metadata.json); remove it to convert {source} again"
   )
 
 

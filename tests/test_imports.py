@@ -30,7 +30,7 @@ LAYERS = [
   ("registry", ("flax_resnet.registry",)),  # pure: no weights, no download
   ("saved model", ("flax_resnet.saved_model",)),
   ("conversion", ("flax_resnet.port",)),
-  ("weights cache", ("flax_resnet.pretrained",)),
+  ("weights cache", ("flax_resnet.pretrained", "flax_resnet.timm_hub")),
   ("constructors, predict", ("flax_resnet.builders", "flax_resnet.predict")),
   ("package", ("flax_resnet",)),
   ("training", ("flax_resnet.training",)),

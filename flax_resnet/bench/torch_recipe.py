@@ -28,7 +28,7 @@ def model(cfg: Config) -> nn.Module:
   """The torch model a ``Config`` describes (``port.twin``'s torchvision twin of what
   ``training.models.model_spec`` builds), in train mode."""
   net = torch_resnet(*model_spec(cfg))
-  assert net is not None  # None only for group norm, headless nets or torchvision_only
+  assert net is not None  # None only for group norm, headless nets or library_only
   return net.train()
 
 

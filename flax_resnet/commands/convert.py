@@ -1,15 +1,17 @@
-"""Convert torchvision ResNet-family weights into a flax-resnet checkpoint.
+"""Convert torchvision's or timm's ResNet-family weights into a flax-resnet checkpoint.
 
     python convert/torch2flax.py --weights ResNet50_Weights.IMAGENET1K_V2 --out ckpt/resnet50
     python convert/torch2flax.py --weights DEFAULT --arch resnet18 --out ckpt/resnet18
     python convert/torch2flax.py --state-dict model.pth --out ckpt/mine [--arch resnet50]
+    python convert/torch2flax.py --state-dict model.safetensors --arch resnet50d --out ckpt/r50d
     python convert/torch2flax.py --state-dict model.pth --num-classes 10 --reset-head --out ckpt/ft
 
 The output directory is written under a temporary name and renamed into place only
-when complete. By default the converted model is verified against torchvision on a
-fixed batch, and once more in float64: the conversion is accepted when its error
-against float64 is at most twice torchvision's own float32 error (plus 1e-6) and its
-top-5 is float64's; otherwise it exits 2 with nothing written. Exit codes: README.
+when complete. By default the converted model is verified against torchvision (timm, for
+timm's architectures) on a fixed batch, and once more in float64: the conversion is
+accepted when its error against float64 is at most twice the reference's own float32
+error (plus 1e-6) and its top-5 is float64's; otherwise it exits 2 with nothing written.
+Exit codes: README.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     help="torchvision weights: ResNet50_Weights.IMAGENET1K_V2, or "
     "IMAGENET1K_V1 / DEFAULT with --arch",
   )
-  src.add_argument("--state-dict", type=Path, help="a .pth/.pt or .safetensors file")
+  src.add_argument(
+    "--state-dict", type=Path, help="a .pth/.pt/.bin or .safetensors file (torchvision's or timm's)"
+  )
   p.add_argument("--arch", help="architecture name (inferred from the file when omitted)")
   p.add_argument("--num-classes", type=int, help="classes of the head (default: the file's)")
   p.add_argument(
@@ -63,14 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--verify",
     action=argparse.BooleanOptionalAction,
     default=True,
-    help="compare logits with torchvision on a fixed batch (default: on)",
+    help="compare logits with torchvision (timm, for timm's architectures) on a fixed batch "
+    "(default: on)",
   )
   p.add_argument(
     "--tolerance",
     type=positive_float,
-    help="a fixed bound on max|dlogit| / max|logit| against torchvision's float32 "
-    "logits, instead of the default: at most twice torchvision's own float32 error "
-    "against float64, plus 1e-6",
+    help="a fixed bound on max|dlogit| / max|logit| against the reference's float32 "
+    "logits, instead of the default: at most twice its own float32 error against "
+    "float64, plus 1e-6",
   )
   p.add_argument(
     "--resize-size", type=positive_int, help="eval resize for --state-dict (default 256)"
@@ -103,7 +108,7 @@ class Steps:
       self.say(f"[3/4] verification skipped (--no-verify); mapped in {self.since()}")
     elif stage == "verify":
       self.say(
-        f"[3/4] verifying against torchvision in float32 and float64 (mapped in "
+        f"[3/4] verifying against {details['reference']} in float32 and float64 (mapped in "
         f"{self.since()}; runs the models on a fixed batch, compiling first)"
       )
     elif stage == "verified":
@@ -113,7 +118,10 @@ class Steps:
 
   def verified(self, parity: dict | None) -> None:
     if parity is None:
-      self.say("      torchvision has no model for this configuration: verification skipped")
+      self.say(
+        "      neither torchvision nor timm has a model for this configuration: "
+        "verification skipped"
+      )
     else:
       self.say(f"      {describe(parity)}, in {self.since()}")
 
@@ -170,19 +178,20 @@ def run(args) -> tuple[Any, int]:
 
 def describe(parity: dict) -> str:
   """The verification's figures in one line."""
+  reference = parity.get("reference", "torchvision")  # checkpoints before timm's say none
   if parity["rule"] == "fixed":
     measured = (
-      f"relative logit difference from torchvision float32 {parity['max_rel']:.3g} "
+      f"relative logit difference from {reference} float32 {parity['max_rel']:.3g} "
       f"(--tolerance {parity['bound']:g})"
     )
   else:
     measured = (
       f"relative logit error vs float64 {parity['ours_vs_float64']:.3g} "
-      f"(bound {parity['bound']:.3g}: twice torchvision's own, plus 1e-6)"
+      f"(bound {parity['bound']:.3g}: twice {reference}'s own, plus 1e-6)"
     )
   return (
-    f"{measured}; torchvision float32 vs float64 {parity['torch_vs_float64']:.3g}, "
-    f"ours vs torchvision float32 {parity['max_rel']:.3g}; top-5 as float64: "
+    f"{measured}; {reference} float32 vs float64 {parity['torch_vs_float64']:.3g}, "
+    f"ours vs {reference} float32 {parity['max_rel']:.3g}; top-5 as float64: "
     f"{'yes' if parity['top5_as_float64'] else 'NO'}"
   )
 

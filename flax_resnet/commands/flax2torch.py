@@ -1,9 +1,10 @@
-"""Write a flax-resnet checkpoint back out as a torchvision state dict.
+"""Write a flax-resnet checkpoint back out as a torchvision (or timm) state dict.
 
     python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.pth
     python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.safetensors
 
-The file loads with ``strict=True`` into ``torchvision.models.<arch>(num_classes=...)``.
+The file loads with ``strict=True`` into ``torchvision.models.<arch>(num_classes=...)``, or
+for timm's architectures into ``timm.create_model(arch, num_classes=...)``, bit for bit.
 It is written under a temporary name and renamed into place once complete.
 """
 
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 def parse_args(argv=None) -> argparse.Namespace:
   p = ArgumentParser(description=__doc__)
   p.add_argument("--checkpoint", type=Path, required=True, help="directory from torch2flax")
-  p.add_argument("--out", type=Path, required=True, help="FILE.pth, FILE.pt or FILE.safetensors")
+  p.add_argument(
+    "--out", type=Path, required=True, help="FILE.pth, FILE.pt, FILE.bin or FILE.safetensors"
+  )
   p.add_argument(
     "--force", action="store_true", help="replace an existing --out file (never a directory)"
   )
@@ -64,8 +67,8 @@ def batches_tracked(meta: Metadata, checkpoint: Path) -> int | dict[str, int]:
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    if args.out.suffix not in (".pth", ".pt", ".safetensors"):
-      raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt or .safetensors")
+    if args.out.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+      raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt, .bin or .safetensors")
     if args.out.is_dir():
       raise ValueError(f"--out {args.out} is a directory; name the file to write")
     if args.out.exists() and not args.out.is_file():  # --force replaces only a file

@@ -1,4 +1,4 @@
-"""Numerical comparison of a flax-resnet model with its torchvision original."""
+"""Numerical comparison of a flax-resnet model with its torchvision (or timm) original."""
 
 from __future__ import annotations
 
@@ -130,14 +130,15 @@ def verify(
   seed: int = 0,
   tolerance: float | None = None,
 ) -> dict[str, Any] | None:
-  """Loads the model's weights into the matching torchvision model (``twin``), runs both,
-  and torch once more in float64, on a fixed batch of ``smooth_images``; ``judge``'s
-  verdict. None when torchvision's own ResNet has no such model."""
+  """Loads the model's weights into the matching torchvision or timm model (``twin``), runs
+  both, and torch once more in float64, on a fixed batch of ``smooth_images``; ``judge``'s
+  verdict, and which library was the ``reference``. None when neither torchvision's nor
+  timm's own ResNet builds such a model."""
   import torch
 
-  from flax_resnet.port.twin import torch_resnet
+  from flax_resnet.port.twin import is_timms, torch_resnet
 
-  reference = torch_resnet(arch, options, torchvision_only=True)
+  reference = torch_resnet(arch, options, library_only=True)
   if reference is None:
     return None
   reference.load_state_dict(to_torch_state_dict(model), strict=True)
@@ -154,4 +155,5 @@ def verify(
     "batch": [batch, size, size, model.in_channels],
     "seed": seed,
     "input": "smooth_images",
+    "reference": "timm" if is_timms(arch, options) else "torchvision",
   }

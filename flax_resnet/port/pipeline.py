@@ -15,17 +15,19 @@ from flax_resnet.preprocess import EvalTransform, from_torchvision_weights
 from flax_resnet.saved_model import Metadata, new_metadata, save
 
 # progress(stage, **details), called as each stage starts: "load" (source), "convert"
-# (weights, source), "note" (note), "verify", "unverified" (verification not asked),
-# "verified" (parity: None when torchvision has no such model), "save" (path).
+# (weights, source), "note" (note), "verify" (reference: "torchvision" or "timm"), "unverified"
+# (verification not asked), "verified" (parity: None when neither has such a model), "save"
+# (path).
 Progress = Callable[..., None]
 
 
 class VerificationError(ConversionError):
-  """The converted model is less exact than torchvision's own float32; ``parity`` holds the
-  figures."""
+  """The converted model is less exact than torchvision's (or timm's) own float32; ``parity``
+  holds the figures."""
 
   def __init__(self, what: str, parity: dict[str, Any]):
-    super().__init__(f"{what}: verification against torchvision failed ({parity})")
+    reference = parity.get("reference", "torchvision")
+    super().__init__(f"{what}: verification against {reference} failed ({parity})")
     self.parity = parity
 
 
@@ -53,6 +55,8 @@ def port(
   verify: bool = True,
   tolerance: float | None = None,
   transform: EvalTransform | None = None,
+  source: dict[str, Any] | None = None,
+  categories: list[str] | None = None,
   out: Path | None = None,
   overwrite: bool = False,
   progress: Progress = _silent,
@@ -64,8 +68,9 @@ def port(
   with ``out``, saves it there (``overwrite`` as in ``saved_model.save``).
 
   ``arch``, ``num_classes`` and ``reset_head`` are ``convert_state_dict``'s; ``tolerance``
-  is ``parity.verify``'s; ``transform`` is a file's eval preprocessing (a weights entry
-  brings its own).
+  is ``parity.verify``'s; ``transform`` and ``categories`` are a file's eval preprocessing
+  and class names (a weights entry brings its own), ``source`` what the metadata records
+  it came from (default: its path and SHA-256).
   """
   from flax_resnet.port.torch_files import fetch_weights, file_source, load_file, require_torch
 
@@ -75,7 +80,8 @@ def port(
   if weights:
     entry, state, source = fetch_weights(weights, arch)
   elif state_dict is not None:
-    entry, state, source = None, load_file(state_dict), file_source(state_dict)
+    entry, state = None, load_file(state_dict)
+    source = source or file_source(state_dict)
   else:
     raise ValueError("port: pass weights (a torchvision entry) or state_dict (a file)")
   progress("convert", weights=entry, source=source)
@@ -87,7 +93,7 @@ def port(
     parity=parity,
     transform=_transform(entry, transform),
     # Only weights that name their classes get names: a file's outputs may be anything.
-    categories=entry.meta.get("categories") if entry and not reset_head else None,
+    categories=None if reset_head else entry.meta.get("categories") if entry else categories,
     head="reset: fresh classifier" if reset_head else "from source",
   )
   if out is not None:
@@ -114,8 +120,13 @@ def _verify(conversion, verify, tolerance, what, progress) -> dict | None:
     progress("unverified")
     return None
   from flax_resnet.port.parity import verify as against_torchvision
+  from flax_resnet.port.torch_files import require_timm
+  from flax_resnet.port.twin import is_timms
 
-  progress("verify")
+  reference = "timm" if is_timms(conversion.arch, conversion.options) else "torchvision"
+  if reference == "timm":
+    require_timm(f"verifying {conversion.arch or 'a net with timm knobs'} against timm")
+  progress("verify", reference=reference)
   parity = against_torchvision(
     conversion.model, conversion.arch, conversion.options, tolerance=tolerance
   )

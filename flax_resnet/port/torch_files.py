@@ -44,6 +44,20 @@ def require_torch(what: str) -> None:
     ) from None
 
 
+def require_timm(what: str) -> None:
+  """Imports torch, torchvision and timm, or raises ``MissingExtra`` in one line naming the
+  ``timm`` extra, which installs all three (as ``require_torch`` names ``torch``)."""
+  try:
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+  except ModuleNotFoundError as e:
+    raise MissingExtra(
+      f"{what} needs torch, torchvision and timm, and {e.name} is not installed: "
+      "pip install 'flax-resnet[timm]'"
+    ) from None
+
+
 def to_torch_state_dict(
   model: ResNet, num_batches_tracked: int | Mapping[str, int] = 0
 ) -> dict[str, Any]:

@@ -102,20 +102,21 @@ class StageResNet(nn.Module):
 
 
 def torch_resnet(
-  arch: str | None, options: Mapping[str, Any], *, torchvision_only: bool = False
+  arch: str | None, options: Mapping[str, Any], *, library_only: bool = False
 ) -> nn.Module | None:
   """The torch model equal to ``registry.build_model(arch, options)``, as torch builds it (in
   train mode, torch's initialisation), or None where torch has no such model: group norm,
-  a headless net (``num_classes=0``), another ``expansion``. With ``torchvision_only``, also
-  None where torchvision's own ResNet does not build it (CIFAR stem, other widths)."""
+  a headless net (``num_classes=0``), another ``expansion``. With ``library_only``, also
+  None where neither torchvision's own ResNet nor timm's builds it (the CIFAR stem, other
+  widths of a torchvision net: ``StageResNet`` is ours)."""
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
   stem = spec.get("stem", "imagenet")
   if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
   spec["norm_layer"] = NORM_LAYERS[norm]
-  if arch in TIMM_ARCHITECTURES or set(spec) & set(_TIMM_KNOBS):
-    return None if torchvision_only or stem != "imagenet" else timm_resnet(arch, spec)
+  if is_timms(arch, spec):
+    return None if stem != "imagenet" else timm_resnet(arch, spec)
   stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
   channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
   if stem == "imagenet" and channels == DEFAULT_CHANNELS:
@@ -123,7 +124,7 @@ def torch_resnet(
     if in_channels != 3:
       model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     return model
-  if torchvision_only:
+  if library_only:
     return None
   table = architecture(arch).options() if arch else {}
   spec = {**table, **spec}
@@ -142,6 +143,12 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
 
 # Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
 _TIMM_KNOBS = Arch._fields[4:]
+
+
+def is_timms(arch: str | None, options: Mapping[str, Any]) -> bool:
+  """Whether ``torch_resnet`` builds (arch, options) with timm: one of timm's architectures,
+  or a net with any of timm's knobs."""
+  return arch in TIMM_ARCHITECTURES or bool(set(options) & set(_TIMM_KNOBS))
 
 
 def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:

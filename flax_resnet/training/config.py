@@ -289,9 +289,11 @@ class Config:
   # Checkpoints and logs
   init_from: str = rule(
     "",
-    doc="start from a converted checkpoint folder, or torchvision's weights for arch "
+    doc="start from a converted checkpoint folder, torchvision's weights for arch "
     '("torchvision:IMAGENET1K_V2", or a bare IMAGENET1K_V2 or DEFAULT where no such path '
-    "exists); a fresh head when num_classes differs",
+    "exists), or timm's from the Hugging Face hub "
+    '("timm:resnet50d.ra4_e3600_r224_in1k", "hf-hub:timm/..."); a fresh head when '
+    "num_classes differs",
   )
   reset_head: bool = rule(
     False, doc="with init_from: a fresh fc even when num_classes equals the checkpoint's"

@@ -35,8 +35,8 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
 
 
 def run_model(cfg: Config) -> ResNet:
-  """A fresh model, or one started from ``init_from``: a converted checkpoint, or
-  torchvision's weights by name (``weights_name``)."""
+  """A fresh model, or one started from ``init_from``: a converted checkpoint, torchvision's
+  weights by name (``weights_name``) or timm's from the Hugging Face hub (``hub_repo``)."""
   arch, options = model_spec(cfg)
   model = flax_resnet.registry.build_model(arch, dict(options, rngs=nnx.Rngs(cfg.seed)))
   if cfg.init_from:
@@ -53,6 +53,18 @@ def run_model(cfg: Config) -> ResNet:
 
 
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
+
+
+def hub_repo(init_from: str) -> str | None:
+  """The Hugging Face hub repository of timm's weights that ``init_from`` names, or None:
+  ``timm:resnet50d.ra4_e3600_r224_in1k`` (timm's name: ``timm/`` on the hub) or
+  ``hf-hub:OWNER/NAME`` (timm's spelling of any repository)."""
+  from flax_resnet.timm_hub import HUB_PREFIX
+
+  if init_from.startswith(TIMM_PREFIX):
+    return "timm/" + init_from[len(TIMM_PREFIX) :]
+  return init_from if init_from.startswith(HUB_PREFIX) else None
 
 
 def weights_name(init_from: str) -> str | None:
@@ -74,8 +86,11 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Met
   """(model, metadata, a description) that ``init_from`` names, in the run's norm and
   dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
   through the cache that ``create_model(weights=...)`` uses."""
-  weights = weights_name(cfg.init_from)
   common = {"norm": options["norm"], "dtype": options["dtype"]}
+  repo = hub_repo(cfg.init_from)
+  if repo is not None:
+    return load_hub_init(cfg, repo, arch, common)
+  weights = weights_name(cfg.init_from)
   if weights is None:
     return (*flax_resnet.load(cfg.init_from, **common), cfg.init_from)
   if arch is None:
@@ -90,6 +105,31 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Met
   except ValueError as e:
     raise ValueError(f"config init_from={cfg.init_from!r}: {e}") from e
   return source, meta, f"torchvision's {arch} {resolve_entry(arch, weights)}"
+
+
+def load_hub_init(
+  cfg: Config, repo: str, arch: str | None, common: dict
+) -> tuple[ResNet, Metadata, str]:
+  """``load_init`` for timm's weights in hub repository ``repo`` (``hub_repo``), converted
+  once through the cache that ``load_pretrained_timm`` uses; the run's arch is checked
+  against theirs by ``check_same_network``."""
+  if arch is None:
+    raise ValueError(
+      f"config init_from={cfg.init_from!r}: timm's weights are for {cfg.arch}'s own depths "
+      "and widths; set layers= and channels= empty"
+    )
+  if "." not in repo.partition("/")[2]:
+    raise ValueError(
+      f"config init_from={cfg.init_from!r}: name timm's weights with their tag, as "
+      "timm:resnet50d.ra4_e3600_r224_in1k"
+    )
+  from flax_resnet.timm_hub import load_pretrained_timm, split_repo
+
+  try:
+    source, meta = load_pretrained_timm(repo, **common)
+  except ValueError as e:
+    raise ValueError(f"config init_from={cfg.init_from!r}: {e}") from e
+  return source, meta, f"timm's {split_repo(repo)[0]} from the Hugging Face hub"
 
 
 # Constructor options that make another network, whether or not its tensors' shapes
