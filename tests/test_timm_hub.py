@@ -416,3 +416,14 @@ def test_repository_names_are_read_as_timm_spells_them_and_others_refused():
   for bad in ("resnet10t", "timm/../x", "a/b/c", ""):
     with pytest.raises(ValueError, match="expected a Hugging Face hub repository"):
       split_repo(bad)
+
+
+@pytest.mark.parametrize("name", [f"{ARCH}.{TAG}", ARCH, f"hf-hub:{REPO}"])
+def test_create_model_with_a_timm_name_and_pretrained_loads_the_hub_weights(hub, name):
+  import flax_resnet
+
+  model = flax_resnet.create_model(name, pretrained=True)
+  reference, _ = load_pretrained_timm(REPO)
+  x = smooth_images(3, (2, 64, 64, 3))
+  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(reference(x)))
+  assert model.bn1.use_running_average  # in eval mode, as timm's pretrained models come
