@@ -277,7 +277,7 @@ def train_config(*assignments):
   )
 
 
-@pytest.mark.parametrize("init_from", [f"timm:{ARCH}.{TAG}", f"hf-hub:{REPO}"])
+@pytest.mark.parametrize("init_from", [f"timm:{ARCH}.{TAG}", f"timm:{ARCH}", f"hf-hub:{REPO}"])
 def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_from, capsys):
   from flax_resnet.training.models import run_model
 
@@ -297,8 +297,9 @@ def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_f
   "sets, message",
   [
     (
-      [f"init_from=timm:{ARCH}"],
-      f"config init_from='timm:{ARCH}': name timm's weights with their tag",
+      [f"init_from=timm:{ARCH}.in22k"],
+      f"config init_from='timm:{ARCH}.in22k': '{ARCH}.in22k': {ARCH} has no pretrained tag "
+      f"'in22k'; its tags: {TAG}",
     ),
     (
       [f"init_from=timm:{ARCH}.{TAG}", "arch=resnet18"],
@@ -310,7 +311,7 @@ def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_f
       "is not in the Hugging Face hub cache",
     ),
   ],
-  ids=["no tag", "another arch", "absent offline"],
+  ids=["unknown tag", "another arch", "absent offline"],
 )
 def test_bad_timm_weights_for_the_trainer_are_one_line_naming_the_field(hub, sets, message):
   from flax_resnet.training.models import run_model

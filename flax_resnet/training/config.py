@@ -292,8 +292,8 @@ class Config:
     doc="start from a converted checkpoint folder, torchvision's weights for arch "
     '("torchvision:IMAGENET1K_V2", or a bare IMAGENET1K_V2 or DEFAULT where no such path '
     "exists), or timm's from the Hugging Face hub "
-    '("timm:resnet50d.ra4_e3600_r224_in1k", "hf-hub:timm/..."); a fresh head when '
-    "num_classes differs",
+    '("timm:resnet50d.ra4_e3600_r224_in1k", "timm:resnet50d" for its default tag, '
+    '"hf-hub:timm/..."); a fresh head when num_classes differs',
   )
   reset_head: bool = rule(
     False, doc="with init_from: a fresh fc even when num_classes equals the checkpoint's"

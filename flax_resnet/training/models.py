@@ -58,12 +58,18 @@ TIMM_PREFIX = "timm:"
 
 def hub_repo(init_from: str) -> str | None:
   """The Hugging Face hub repository of timm's weights that ``init_from`` names, or None:
-  ``timm:resnet50d.ra4_e3600_r224_in1k`` (timm's name: ``timm/`` on the hub) or
+  ``timm:resnet50d.ra4_e3600_r224_in1k`` (timm's name: ``timm/`` on the hub; ``timm:resnet50d``
+  its default tag) or
   ``hf-hub:OWNER/NAME`` (timm's spelling of any repository)."""
   from flax_resnet.timm_hub import HUB_PREFIX
 
   if init_from.startswith(TIMM_PREFIX):
-    return "timm/" + init_from[len(TIMM_PREFIX) :]
+    from flax_resnet.timm_weights import get_pretrained_cfg
+
+    try:  # a tag-less name means the arch's default tag, as timm's
+      return get_pretrained_cfg(init_from[len(TIMM_PREFIX) :]).hf_hub_id
+    except ValueError as e:
+      raise ValueError(f"config init_from={init_from!r}: {e}") from None
   return init_from if init_from.startswith(HUB_PREFIX) else None
 
 
@@ -117,11 +123,6 @@ def load_hub_init(
     raise ValueError(
       f"config init_from={cfg.init_from!r}: timm's weights are for {cfg.arch}'s own depths "
       "and widths; set layers= and channels= empty"
-    )
-  if "." not in repo.partition("/")[2]:
-    raise ValueError(
-      f"config init_from={cfg.init_from!r}: name timm's weights with their tag, as "
-      "timm:resnet50d.ra4_e3600_r224_in1k"
     )
   from flax_resnet.timm_hub import load_pretrained_timm, split_repo
 
