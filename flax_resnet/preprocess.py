@@ -98,8 +98,8 @@ class EvalTransform:
       resize_size=scale,
       crop_size=(height, width),
       interpolation=interpolation,
-      mean=tuple(mean) if isinstance(mean, list) else mean,
-      std=tuple(std) if isinstance(std, list) else std,
+      mean=_as_tuple(mean),
+      std=_as_tuple(std),
       crop_mode="center" if crop_mode is None else crop_mode,
     )
 
@@ -173,8 +173,13 @@ def timm_data_config(
   }
 
 
+def _as_tuple(values: Any) -> Any:
+  """A list as its tuple; anything else as it is, for ``_checked_values`` to judge."""
+  return tuple(values) if isinstance(values, list) else values
+
+
 def _is_positive_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 def _checked_size(name: str, value: Any) -> int | tuple[int, int]:
@@ -190,8 +195,7 @@ def _checked_size(name: str, value: Any) -> int | tuple[int, int]:
 def _checked_values(name: str, values: Any) -> tuple[float, ...]:
   """``mean`` or ``std`` as a tuple (JSON's and a caller's lists, kept as the tuples they
   mean) of 1 or 3 finite numbers, above 0 for ``std``; or ``ValueError``."""
-  if isinstance(values, list):
-    values = tuple(values)
+  values = _as_tuple(values)
   if not (
     isinstance(values, tuple)
     and values
@@ -199,7 +203,7 @@ def _checked_values(name: str, values: Any) -> tuple[float, ...]:
       isinstance(v, numbers.Real)
       and not isinstance(v, bool)
       and math.isfinite(v)
-      and (v > 0 or name == "mean")
+      and (float(v) > 0 or name == "mean")
       for v in values
     )
   ):
@@ -234,7 +238,7 @@ def _timm_scale_size(height: int, width: int, crop_pct: Any) -> tuple[int, int]:
     isinstance(crop_pct, numbers.Real)
     and not isinstance(crop_pct, bool)
     and math.isfinite(crop_pct)
-    and crop_pct > 0
+    and float(crop_pct) > 0
   ):
     raise ValueError(f"crop_pct must be a number above 0, not {crop_pct!r}")
   # crop_pct as given, not float(): the division is timm's, in the caller's number type.
