@@ -65,7 +65,7 @@ class EvalTransform:
     """``ValueError`` naming the first field that cannot describe a transform."""
     for name in ("resize_size", "crop_size"):
       object.__setattr__(self, name, _checked_size(name, getattr(self, name)))
-    if self.interpolation not in _PIL_FILTERS:
+    if not isinstance(self.interpolation, str) or self.interpolation not in _PIL_FILTERS:
       raise ValueError(
         f"interpolation must be one of {tuple(_PIL_FILTERS)}, not {self.interpolation!r}"
       )

@@ -57,6 +57,7 @@ SLOW = frozenset(
     "test_timm_transforms.py::test_each_family_tags_transform_at_train_and_test_size_equals_timms",
     "test_timm_transforms.py::test_predict_applies_the_timm_transform_its_checkpoints_metadata_records",
     "test_timm_transforms.py::test_predict_names_an_image_too_thin_for_the_border_resize_and_predicts_the_others",
+    "test_timm_transforms.py::test_a_checkpoint_whose_metadata_names_an_unknown_crop_mode_is_refused_in_one_line",
     "test_shards.py::test_a_garbled_record_is_skipped_counted_and_logged_once_like_a_bad_image",
     "test_shards.py::test_a_damaged_shard_index_is_one_line_and_exit_2_from_the_trainer",
     "test_shards.py::test_a_damaged_classes_file_is_one_line_and_exit_2_from_the_converter",

@@ -153,29 +153,32 @@ def test_a_timm_transform_comes_back_from_its_json_unchanged(config):
 GOOD = dict(input_size=(3, 224, 224), crop_pct=0.95, crop_mode="center", interpolation="bicubic")
 
 
+BAD = [
+  ({"input_size": (224,)}, "input_size must be a positive integer, (height, width) or (3, "),
+  ({"input_size": (1, 224, 224)}, "input_size must be"),
+  ({"input_size": 0}, "input_size must be"),
+  ({"input_size": (3, 224, 224, 224)}, "input_size must be"),
+  ({"input_size": "224"}, "input_size must be"),
+  ({"input_size": (3, 224.0, 224)}, "input_size must be"),
+  ({"crop_pct": 0}, "crop_pct must be a number above 0, not 0"),
+  ({"crop_pct": -0.9}, "crop_pct must be a number above 0"),
+  ({"crop_pct": float("nan")}, "crop_pct must be a number above 0"),
+  ({"crop_pct": True}, "crop_pct must be a number above 0"),
+  ({"crop_pct": "0.95"}, "crop_pct must be a number above 0"),
+  ({"crop_pct": 1000.0}, "crop_pct 1000.0 resizes a 224x224 input_size to 0x0"),
+  ({"crop_mode": "centre"}, "crop_mode must be one of ('center', 'squash', 'border')"),
+  ({"interpolation": "lanczos"}, "interpolation must be one of"),
+  ({"interpolation": None}, "interpolation must be one of"),
+  ({"interpolation": ["bicubic"]}, "interpolation must be one of"),
+  ({"crop_mode": ["border"]}, "crop_mode must be one of"),
+  ({"mean": (0.5, 0.5)}, "mean must have 3 values (one per colour) or 1, not 2"),
+  ({"mean": None}, "mean must be a list of finite numbers"),
+  ({"std": (0.2, 0.0, 0.2)}, "std must be a list of finite numbers above 0"),
+]
+
+
 @pytest.mark.parametrize(
-  "change, needle",
-  [
-    ({"input_size": (224,)}, "input_size must be a positive integer, (height, width) or (3, "),
-    ({"input_size": (1, 224, 224)}, "input_size must be"),
-    ({"input_size": 0}, "input_size must be"),
-    ({"input_size": (3, 224, 224, 224)}, "input_size must be"),
-    ({"input_size": "224"}, "input_size must be"),
-    ({"input_size": (3, 224.0, 224)}, "input_size must be"),
-    ({"crop_pct": 0}, "crop_pct must be a number above 0, not 0"),
-    ({"crop_pct": -0.9}, "crop_pct must be a number above 0"),
-    ({"crop_pct": float("nan")}, "crop_pct must be a number above 0"),
-    ({"crop_pct": True}, "crop_pct must be a number above 0"),
-    ({"crop_pct": "0.95"}, "crop_pct must be a number above 0"),
-    ({"crop_pct": 1000.0}, "crop_pct 1000.0 resizes a 224x224 input_size to 0x0"),
-    ({"crop_mode": "centre"}, "crop_mode must be one of ('center', 'squash', 'border')"),
-    ({"interpolation": "lanczos"}, "interpolation must be one of"),
-    ({"interpolation": None}, "interpolation must be one of"),
-    ({"mean": (0.5, 0.5)}, "mean must have 3 values (one per colour) or 1, not 2"),
-    ({"mean": None}, "mean must be a list of finite numbers"),
-    ({"std": (0.2, 0.0, 0.2)}, "std must be a list of finite numbers above 0"),
-  ],
-  ids=lambda v: repr(v) if isinstance(v, dict) else "",
+  "change, needle", BAD, ids=[" ".join(f"{k}={v!r}" for k, v in c.items()) for c, _ in BAD]
 )
 def test_a_bad_timm_config_value_is_refused_in_one_line_naming_it(change, needle):
   with pytest.raises(ValueError) as error:
@@ -247,3 +250,21 @@ def test_predict_names_an_image_too_thin_for_the_border_resize_and_predicts_the_
     "into 168x303\n"
   )
   assert out.startswith(f"{good}\n") and "thin.png" not in out
+
+
+def test_a_checkpoint_whose_metadata_names_an_unknown_crop_mode_is_refused_in_one_line(
+  border_checkpoint, tmp_path
+):
+  import shutil
+
+  import flax_resnet
+
+  copy = shutil.copytree(border_checkpoint, tmp_path / "ckpt")
+  meta = json.loads((copy / "metadata.json").read_text())
+  meta["preprocessing"]["crop_mode"] = "letterbox"
+  (copy / "metadata.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError) as error:
+    flax_resnet.load(copy)
+  message = str(error.value)
+  assert message.startswith(f"{copy / 'metadata.json'}: ") and "\n" not in message
+  assert "crop_mode must be one of ('center', 'squash', 'border'), not 'letterbox'" in message
