@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from flax_resnet.preprocess import EvalTransform, open_image
+from flax_resnet.preprocess import EvalTransform
 
 # JAX and Flax (2-3 s to import) are imported where they are used: a command's --help and
 # usage errors answer at once.
@@ -62,7 +62,7 @@ def read_images(
   images, readable = [], []
   for path in paths:
     try:
-      images.append(transform(open_image(path)))
+      images.append(transform.read(path))
       readable.append(path)
     except ValueError as e:
       on_error(e)
