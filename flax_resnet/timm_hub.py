@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flax_resnet.errors import MissingExtra, one_line
 from flax_resnet.files import sha256
 from flax_resnet.port.state_dict import ConversionError
-from flax_resnet.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from flax_resnet.preprocess import EvalTransform, timm_data_config
 from flax_resnet.pretrained import check_incomplete_entry, weights_dir, with_head
 
 if TYPE_CHECKING:
@@ -157,27 +156,13 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def transform_of(cfg: dict[str, Any], where: Path) -> EvalTransform:
-  """timm's eval preprocessing for a ``pretrained_cfg`` (``resolve_data_config`` then
-  ``create_transform``'s defaults: input size, ``crop_pct`` 0.875, bicubic): resize the
-  shorter side to ``floor(size / crop_pct)``, centre-crop ``size``; a ``ConversionError``
-  naming the field it cannot express."""
-  _, height, width = cfg.get("input_size") or (3, 224, 224)
-  crop_mode = cfg.get("crop_mode") or "center"
-  if crop_mode != "center" or height != width:
-    raise ConversionError(
-      f"{where}: pretrained_cfg crop_mode {crop_mode!r}, input_size {height}x{width}: only "
-      "'center' crops of square inputs are expressed by EvalTransform"
-    )
-  crop_pct = cfg.get("crop_pct") or 0.875
+  """timm's eval preprocessing for a ``pretrained_cfg`` at its test size, as timm's
+  ``validate.py`` evaluates and publishes (``resolve_data_config(use_test_size=True)``, then
+  ``create_transform``: ``crop_pct``, ``crop_mode``, interpolation, mean/std); a
+  ``ConversionError`` naming the file and the field it cannot use."""
   try:
-    return EvalTransform(
-      resize_size=math.floor(height / crop_pct),
-      crop_size=height,
-      interpolation=cfg.get("interpolation") or "bicubic",
-      mean=tuple(cfg.get("mean") or IMAGENET_MEAN),
-      std=tuple(cfg.get("std") or IMAGENET_STD),
-    )
-  except (TypeError, ValueError) as e:
+    return EvalTransform.from_timm(**timm_data_config(cfg, use_test_size=True))
+  except ValueError as e:
     raise ConversionError(f"{where}: pretrained_cfg: {one_line(e)}") from None
 
 

@@ -109,8 +109,8 @@ def test_hub_weights_convert_once_and_compute_timms_logits(hub, capsys):
   assert meta.source["sha256"] == os.path.basename(blob) == sha256(Path(blob))
   assert meta.parity["passed"] and meta.parity["reference"] == "timm"
   assert meta.parity["rule"] == "float64"
-  # timm's eval transform for the tag: 176 / 0.875 -> 201, centre crop 176, bicubic
-  assert meta.transform.resize_size == 201 and meta.transform.crop_size == 176
+  # timm's eval transform at the tag's test size: 224 / 0.95 -> 235, centre crop 224, bicubic
+  assert meta.transform.resize_size == 235 and meta.transform.crop_size == 224
   assert meta.transform.interpolation == "bicubic"
   assert meta.source["pretrained_cfg"]["test_input_size"] == [3, 224, 224]
   entry = Path(env["FLAX_RESNET_WEIGHTS"]) / "hf-hub--timm--resnet10t.c3_in1k"
