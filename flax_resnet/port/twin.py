@@ -23,7 +23,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from flax_resnet.choices import DEFAULT_CHANNELS
-from flax_resnet.registry import TIMM_ARCHITECTURES, Arch, architecture
+from flax_resnet.registry import ARCHITECTURES, Arch, architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
@@ -114,7 +114,8 @@ def torch_resnet(
   if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
   spec["norm_layer"] = NORM_LAYERS[norm]
-  if arch in TIMM_ARCHITECTURES or set(spec) & set(_TIMM_KNOBS):
+  timm_block = spec.get("block") == "resnest"  # timm's block alone
+  if (arch is not None and arch not in ARCHITECTURES) or timm_block or set(spec) & _TIMM_KNOBS:
     return None if torchvision_only or stem != "imagenet" else timm_resnet(arch, spec)
   stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
   channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
@@ -141,7 +142,9 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
 
 
 # Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
-_TIMM_KNOBS = Arch._fields[4:]
+_TIMM_KNOBS = set(Arch._fields[4:])
+# Of them, those timm passes to its blocks in ``block_args``.
+_BLOCK_ARGS = ("attn_layer", "radix", "avd", "avd_first", "is_first")
 
 
 def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
@@ -149,6 +152,7 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...)."""
   import timm
   from timm.models import resnet as tr
+  from timm.models.resnest import ResNestBottleneck
 
   spec = {**(architecture(arch).options() if arch else {}), **spec}
   spec.pop("stem", None)
@@ -161,10 +165,11 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   spec.pop("zero_init_residual", None)
   if arch:
     return timm.create_model(arch, **args)
-  block: Any = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}[spec.pop("block")]
-  attn = spec.pop("attn_layer", None)
+  blocks = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck, "resnest": ResNestBottleneck}
+  block: Any = blocks[spec.pop("block")]
+  block_args = {k: spec.pop(k) for k in _BLOCK_ARGS if k in spec}
   renamed = {"groups": "cardinality", "width_per_group": "base_width"}
   timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
   if "channels" in timm_spec:
     timm_spec["channels"] = tuple(timm_spec["channels"])
-  return tr.ResNet(block, block_args={"attn_layer": attn} if attn else None, **args, **timm_spec)
+  return tr.ResNet(block, block_args=block_args, **args, **timm_spec)
