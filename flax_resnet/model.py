@@ -1242,12 +1242,10 @@ def _check_resnest_args(block, split, attn_layer, block_reduce_first) -> None:
     if not isinstance(split[name], bool):
       raise ValueError(f"{name} must be True or False, got {split[name]!r}")
   if block is not ResNestBottleneck:
-    given = {k: v for k, v in split.items() if v != (1 if k == "radix" else False)}
+    defaults = {"radix": 1, "avd": False, "avd_first": False, "is_first": False}
+    given = ", ".join(f"{k}={v!r}" for k, v in split.items() if v != defaults[k])
     if given:
-      raise ValueError(
-        f"{', '.join(given)} apply to block='resnest' only, got "
-        + ", ".join(f"{k}={v!r}" for k, v in given.items())
-      )
+      raise ValueError(f"ResNeSt's options apply to block='resnest' only, got {given}")
     return
   if (split["avd_first"] or split["is_first"]) and not split["avd"]:
     raise ValueError("avd_first and is_first place the avd pool: they need avd=True")

@@ -190,15 +190,15 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   return name, options
 
 
-# ResNeSt's avd pools: options without tensors, which the keys cannot tell.
-_POOLS = {"avd": False, "avd_first": False, "is_first": False}
-
-
 def _named(arch: Arch) -> tuple[str | None, Arch]:
-  """The table's name and entry equal to ``arch`` up to ``_POOLS``; (None, ``arch``) if none."""
-  keyed = arch._replace(**_POOLS)
+  """The table's name and entry equal to ``arch`` up to ResNeSt's avd pools (options without
+  tensors, which the keys cannot tell); (None, ``arch``) if none."""
+
+  def keyed(a: Arch) -> Arch:
+    return a._replace(avd=False, avd_first=False, is_first=False)
+
   return next(
-    ((n, a) for n, a in ALL_ARCHITECTURES.items() if a._replace(**_POOLS) == keyed), (None, arch)
+    ((n, a) for n, a in ALL_ARCHITECTURES.items() if keyed(a) == keyed(arch)), (None, arch)
   )
 
 
