@@ -25,6 +25,7 @@ _WHERE = {
     "Bottleneck",
     "FeatureInfo",
     "FrozenBatchNorm",
+    "ResNestBottleneck",
     "ResNet",
   ),
   "flax_resnet.folding": ("fold_batchnorm",),

@@ -1,10 +1,10 @@
 """BatchNorm folded into the convolution before it, for inference.
 
 With running statistics a norm is ``x * a + b`` per channel. Every norm of a ResNet
-follows a bias-free convolution, so ``a`` can scale that convolution's output
-channels once, ahead of time, and the norm shrinks to a bias: one elementwise pass
-fewer per layer, and on GPUs the bias and the ReLU after it fuse into the
-convolution's kernel.
+follows a convolution, so ``a`` can scale that convolution's output channels (and its
+bias, where it has one: ResNeSt's ``conv2.fc1``) once, ahead of time, and the norm shrinks
+to a bias: one elementwise pass fewer per layer, and on GPUs the bias and the ReLU after it
+fuse into the convolution's kernel.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_resnet.model import BatchNorm, FrozenBatchNorm, ResNet, Sequential
+from flax_resnet.model import BatchNorm, FrozenBatchNorm, ResNet, Sequential, SplitAttention
 
 
 class FoldedNorm(nnx.Module):
@@ -62,13 +62,16 @@ def _fold(conv: nnx.Conv, norm) -> FoldedNorm:
   b = norm.bias[...].astype(f) - norm.mean[...].astype(f) * a
   kernel = conv.kernel[...]
   conv.kernel.set_value((kernel.astype(f) * a).astype(kernel.dtype))  # HWIO: a scales O
+  if conv.bias is not None:
+    conv.bias.set_value((conv.bias[...].astype(f) * a).astype(conv.bias.dtype))
   return FoldedNorm(b.astype(norm.var.dtype), norm.dtype)
 
 
 def _conv_norm_pairs(model: ResNet):
   """((owner, conv attribute), (owner, norm attribute)) for every conv followed by a norm:
   timm's deep stem (``conv1[0]`` and ``conv1[1]``... ``conv1[6]`` and ``bn1``), its conv
-  pool and average-pool shortcuts (``downsample[1]`` and ``downsample[2]``) included."""
+  pool, average-pool shortcuts (``downsample[1]`` and ``downsample[2]``) and ResNeSt's split
+  attention (``conv2.conv`` and ``conv2.bn0``, ``conv2.fc1`` and ``conv2.bn1``) included."""
   if isinstance(model.conv1, Sequential):
     yield from (((model.conv1, i), (model.conv1, i + 1)) for i in (0, 3))
     yield (model.conv1, 6), (model, "bn1")
@@ -79,7 +82,10 @@ def _conv_norm_pairs(model: ResNet):
   for stage in model.stages:
     for block in stage:
       for i in range(1, 4):
-        if hasattr(block, f"conv{i}"):
+        conv = getattr(block, f"conv{i}", None)
+        if isinstance(conv, SplitAttention):
+          yield from (((conv, c), (conv, n)) for c, n in (("conv", "bn0"), ("fc1", "bn1")))
+        elif conv is not None:
           yield (block, f"conv{i}"), (block, f"bn{i}")
       if block.downsample is not None:
         n = len(block.downsample)

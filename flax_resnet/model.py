@@ -730,7 +730,145 @@ def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
   return nnx.relu(out + identity)
 
 
-BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+def split_attention_channels(channels: int, radix: int) -> int:
+  """timm's width of the split attention's ``fc1``: a quarter of ``channels * radix`` rounded
+  to a multiple of 8, at least 32, rounded up where rounding lost over 10%."""
+  wanted = channels * radix / 4
+  rounded = max(32, make_divisible(wanted))
+  return rounded + 8 if rounded < 0.9 * wanted else rounded
+
+
+class SplitAttention(nnx.Module):
+  """timm's ``SplitAttn`` (ResNeSt's 3x3 conv): a grouped conv ``conv`` to ``radix`` splits of
+  ``channels`` each and its norm ``bn0``, then an attention over the splits: their sum's
+  global mean through ``fc1`` (with bias), ``bn1``, ReLU and ``fc2`` (with bias), both
+  grouped by ``groups``, a softmax across the splits in each channel (a sigmoid gate for
+  ``radix=1``), and the splits' sum so weighted."""
+
+  def __init__(
+    self, make: Layers, channels: int, stride: int, dilation: int, groups: int, radix: int
+  ):
+    splits, attn = channels * radix, split_attention_channels(channels, radix)
+    self.conv = make.conv(
+      channels,
+      splits,
+      3,
+      stride,
+      padding=dilation,
+      dilation=dilation,
+      groups=groups * radix,
+    )
+    self.bn0 = make.bn(splits)
+    self.fc1 = make.conv(channels, attn, 1, groups=groups, bias=True)
+    self.bn1 = make.bn(attn)
+    self.fc2 = make.conv(attn, splits, 1, groups=groups, bias=True)
+    self.radix, self.groups = radix, groups
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.bn0(self.conv(x)))
+    n, h, w, c = x.shape
+    splits = x.reshape(n, h, w, self.radix, c // self.radix)  # channel r * C + i: split r
+    pooled = jnp.mean(jnp.sum(splits, axis=3), axis=(1, 2), keepdims=True)
+    attn = self.fc2(nnx.relu(self.bn1(self.fc1(pooled))))
+    if self.radix == 1:
+      return x * jax.nn.sigmoid(attn)
+    # fc2's channels run group-major (group, split, channel within group); the splits' are
+    # split-major: softmax over the split axis, then reorder.
+    attn = jax.nn.softmax(attn.reshape(n, self.groups, self.radix, -1), axis=2)
+    attn = attn.transpose(0, 2, 1, 3).reshape(n, 1, 1, self.radix, c // self.radix)
+    return jnp.sum(splits * attn, axis=3)
+
+
+class AvdPool(nnx.Module):
+  """ResNeSt's ``avd`` pool, timm's ``nn.AvgPool2d(3, stride, padding=1)``: 3x3 windows,
+  zero padding of one pixel counted in every window's divisor of 9, floor-sized output."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    total = jax.lax.reduce_window(
+      x,
+      np.array(0, x.dtype),
+      jax.lax.add,
+      (1, 3, 3, 1),
+      (1, self.stride, self.stride, 1),
+      ((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+    return total / np.array(9, x.dtype)
+
+
+class ResNestBottleneck(nnx.Module):
+  """timm's ``ResNestBottleneck``: a Bottleneck whose 3x3 conv is a ``SplitAttention``
+  (``conv2.conv``, ``conv2.bn0``, ``conv2.fc1``...; no ``bn2``), or with ``radix=0`` a plain
+  grouped 3x3 conv and ``bn2``. With ``avd``, a block that strides (or every block, with
+  ``is_first``) moves its stride from the 3x3 conv to an ``AvdPool``, after it, or before it
+  with ``avd_first``."""
+
+  expansion = 4
+
+  def __init__(
+    self,
+    make: Layers,
+    inplanes: int,
+    planes: int,
+    stride: int = 1,
+    downsample: nnx.Module | None = None,
+    groups: int = 1,
+    base_width: int = 64,
+    dilation: int = 1,
+    dropout: float = 0.0,
+    expansion: int | None = None,
+    *,
+    reduce_first: int = 1,
+    attn_layer: str | None = None,
+    radix: int = 1,
+    avd: bool = False,
+    avd_first: bool = False,
+    is_first: bool = False,
+  ):
+    del reduce_first, attn_layer  # validated by ResNet: timm's ResNeSt has neither
+    width = int(planes * (base_width / 64.0)) * groups
+    out = planes * (expansion or self.expansion)
+    pool = stride if avd and (stride > 1 or is_first) else 0
+    stride = 1 if pool else stride
+    self.conv1 = make.conv(inplanes, width, 1)
+    self.bn1 = make.bn(width)
+    self.avd_first = AvdPool(pool) if pool and avd_first else None
+    self.conv2: nnx.Module
+    self.bn2 = None if radix else make.bn(width)
+    if radix:
+      self.conv2 = SplitAttention(make, width, stride, dilation, groups, radix)
+    else:
+      self.conv2 = make.conv(
+        width, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
+      )
+    self.avd_last = AvdPool(pool) if pool and not avd_first else None
+    self.conv3 = make.conv(width, out, 1)
+    self.bn3 = make.bn(out)
+    self.se = None
+    self.downsample = downsample
+    self.dropout = _branch_dropout(dropout, make.rngs)
+
+  @property
+  def residual_norms(self) -> tuple[nnx.Module, ...]:
+    """The residual branch's last norm (a property: see ``ResNet.stages``)."""
+    return (self.bn3,)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = nnx.relu(self.bn1(self.conv1(x)))
+    if self.avd_first is not None:
+      out = self.avd_first(out)
+    out = self.conv2(out)
+    if self.bn2 is not None:
+      out = nnx.relu(self.bn2(out))
+    if self.avd_last is not None:
+      out = self.avd_last(out)
+    out = self.bn3(self.conv3(out))
+    return _merge(self, x, out)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "resnest": ResNestBottleneck}
 
 
 class FeatureInfo(NamedTuple):
@@ -745,11 +883,12 @@ class ResNet(nnx.Module):
   """The ResNet family, with torchvision's constructor options and defaults, and timm's.
 
   Args:
-    block: ``BasicBlock``, ``Bottleneck``, or their names ``"basic"``/``"bottleneck"``.
+    block: ``BasicBlock``, ``Bottleneck``, ``ResNestBottleneck``, or their names ``"basic"``,
+      ``"bottleneck"``, ``"resnest"``.
     layers: blocks per stage, e.g. ``(3, 4, 6, 3)``; any number of stages.
     num_classes: size of ``fc``; 0 builds a headless model returning pooled features.
     zero_init_residual: zero the last norm's scale in every residual branch.
-    groups, width_per_group: ResNeXt cardinality and width (Bottleneck only).
+    groups, width_per_group: ResNeXt cardinality and width (Bottleneck, ResNeSt only).
     replace_stride_with_dilation: one flag per stage after the first; a dilated
       stage keeps the resolution and dilates its 3x3 convs instead.
     norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"``.
@@ -777,6 +916,18 @@ class ResNet(nnx.Module):
     block_reduce_first: the first conv of each block is this many times narrower.
     attn_layer: channel attention after each block's last norm, as ``se``: ``"se"``
       (squeeze-and-excitation) or ``"eca"`` (efficient channel attention); None for none.
+
+  ResNeSt's options (``block="resnest"`` only; timm passes them in ``block_args``, here they
+  are keywords of their own; timm's ``cardinality`` and ``base_width`` are ``groups`` and
+  ``width_per_group``):
+    radix: splits of the split-attention 3x3 conv (``conv2.conv``, ``conv2.fc1``...); 1 gates
+      with a sigmoid, 2 or more with a softmax across the splits; 0 a plain 3x3 conv and
+      ``bn2``.
+    avd: a block that strides does so by a 3x3 average pool (padding 1, zeros counted) after
+      its 3x3 conv, which keeps stride 1.
+    avd_first: that pool before the 3x3 conv instead (with ``avd``).
+    is_first: that pool in every block, of stride 1 where the block does not stride (with
+      ``avd``; timm's block argument, which reaches every block).
 
   Models start in training mode, as torch modules do: call ``model.eval()`` to use
   running statistics and disable dropout, ``model.train()`` to switch back.
@@ -813,6 +964,10 @@ class ResNet(nnx.Module):
     down_kernel_size: int = 1,
     block_reduce_first: int = 1,
     attn_layer: str | None = None,
+    radix: int = 1,
+    avd: bool = False,
+    avd_first: bool = False,
+    is_first: bool = False,
     rngs: nnx.Rngs | None = None,
   ):
     _check_timm_args(
@@ -839,6 +994,8 @@ class ResNet(nnx.Module):
       expansion,
       dropout,
     )
+    split = {"radix": radix, "avd": avd, "avd_first": avd_first, "is_first": is_first}
+    _check_resnest_args(block, split, attn_layer, block_reduce_first)
     dilate = tuple(replace_stride_with_dilation or (False,) * (len(layers) - 1))
     make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
@@ -847,6 +1004,8 @@ class ResNet(nnx.Module):
     width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool)
     shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
     options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer}
+    if block is ResNestBottleneck:
+      options.update(split)
     self._build_stages(
       make,
       block,
@@ -1072,6 +1231,30 @@ def _check_timm_args(
     )
   if not _is_int(block_reduce_first) or block_reduce_first < 1:
     raise ValueError(f"block_reduce_first must be an int >= 1, got {block_reduce_first!r}")
+
+
+def _check_resnest_args(block, split, attn_layer, block_reduce_first) -> None:
+  """Validates ResNeSt's options (``split``: radix, avd, avd_first, is_first by name): one
+  line naming the parameter."""
+  if not _is_int(split["radix"]) or split["radix"] < 0:
+    raise ValueError(f"radix must be an int >= 0, got {split['radix']!r}")
+  for name in ("avd", "avd_first", "is_first"):
+    if not isinstance(split[name], bool):
+      raise ValueError(f"{name} must be True or False, got {split[name]!r}")
+  if block is not ResNestBottleneck:
+    defaults = {"radix": 1, "avd": False, "avd_first": False, "is_first": False}
+    given = ", ".join(f"{k}={v!r}" for k, v in split.items() if v != defaults[k])
+    if given:
+      raise ValueError(f"ResNeSt's options apply to block='resnest' only, got {given}")
+    return
+  if (split["avd_first"] or split["is_first"]) and not split["avd"]:
+    raise ValueError("avd_first and is_first place the avd pool: they need avd=True")
+  if attn_layer is not None or block_reduce_first != 1:
+    raise ValueError(
+      "attn_layer and block_reduce_first are not options of block='resnest' (timm's "
+      f"ResNestBottleneck has neither), got attn_layer={attn_layer!r}, "
+      f"block_reduce_first={block_reduce_first!r}"
+    )
 
 
 def _is_int(value) -> bool:

@@ -27,6 +27,10 @@ class Arch(NamedTuple):
   down_kernel_size: int = 1
   block_reduce_first: int = 1
   attn_layer: str | None = None
+  radix: int = 1
+  avd: bool = False
+  avd_first: bool = False
+  is_first: bool = False
 
   def options(self) -> dict[str, Any]:
     """``ResNet``'s options for this architecture: torchvision's four, and the timm knobs
@@ -152,7 +156,31 @@ TIMM_ARCHITECTURES: dict[str, Arch] = {
     **SE,
   ),
 }
-ALL_ARCHITECTURES = {**ARCHITECTURES, **TIMM_ARCHITECTURES}
+
+
+def _e(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+  """timm's "e" variants: the deep stem, 64 wide, and average-pool shortcuts."""
+  return _arch(block, layers, stem_type="deep", stem_width=64, avg_down=True, **knobs)
+
+
+RS, SPLIT2 = "resnest", {"radix": 2, "avd": True}  # ResNeSt's 2 splits, strides by avd pools
+
+# The architectures of timm's resnest.py (timm 1.0): ResNeSt, split-attention bottlenecks.
+RESNEST_ARCHITECTURES: dict[str, Arch] = {
+  "resnest14d": _d(RS, (1, 1, 1, 1), **SPLIT2),
+  "resnest26d": _d(RS, R26, **SPLIT2),
+  "resnest50d": _d(RS, R50, **SPLIT2),
+  "resnest101e": _e(RS, R101, **SPLIT2),
+  "resnest200e": _e(RS, R200, **SPLIT2),
+  "resnest269e": _e(RS, R269, **SPLIT2),
+  "resnest50d_4s2x40d": _d(
+    RS, R50, groups=2, width_per_group=40, radix=4, avd=True, avd_first=True
+  ),
+  "resnest50d_1s4x24d": _d(
+    RS, R50, groups=4, width_per_group=24, radix=1, avd=True, avd_first=True
+  ),
+}
+ALL_ARCHITECTURES = {**ARCHITECTURES, **TIMM_ARCHITECTURES, **RESNEST_ARCHITECTURES}
 SOURCES = ("torchvision", "timm")
 
 

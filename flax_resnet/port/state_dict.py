@@ -150,9 +150,11 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
 
   Depth comes from block counts, the block type from the presence of ``conv3``,
   groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``; timm's knobs from
-  their keys and shapes (``stem``). Keys of a last stage without a complete first block
-  (``layer5.*`` in a four-stage net) are not counted, so that matching reports them as
-  unexpected; a key the inference needs is named.
+  their keys and shapes (``stem``); ResNeSt's (``block="resnest"``) from its split
+  attention (``_conv2``), its tensor-less avd pools as the table's entry with the same
+  tensors has them, or for a custom net as every timm ResNeSt (``avd=True``). Keys of a last
+  stage without a complete first block (``layer5.*`` in a four-stage net) are not counted, so
+  that matching reports them as unexpected; a key the inference needs is named.
   """
   shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
   stem, out, in_channels = _stem(shapes)
@@ -173,18 +175,43 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   channels = tuple(
     _shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp for i in range(len(stages))
   )
-  first, conv2 = _shape(shapes, "layer1.0.conv1.weight"), _shape(shapes, "layer1.0.conv2.weight")
+  first = _shape(shapes, "layer1.0.conv1.weight")
+  conv2, split = _conv2(shapes, first[0])
   groups, width = 1, 64
   if bottleneck:
     groups = first[0] // conv2[1]
     width = conv2[0] // groups * 64 // channels[0]
-  knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0])}
-  arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width, **knobs)
-  name = next((n for n, a in ALL_ARCHITECTURES.items() if a == arch), None)
+  knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0]), **split}
+  block = knobs.pop("block", "bottleneck" if bottleneck else "basic")
+  name, arch = _named(Arch(block, tuple(stages), groups, width, **knobs))
   plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
   if name is None or channels != DEFAULT_CHANNELS or plain_stem:
     return None, {**arch.options(), "channels": channels, **options}
   return name, options
+
+
+def _named(arch: Arch) -> tuple[str | None, Arch]:
+  """The table's name and entry equal to ``arch`` up to ResNeSt's avd pools (options without
+  tensors, which the keys cannot tell); (None, ``arch``) if none."""
+
+  def keyed(a: Arch) -> Arch:
+    return a._replace(avd=False, avd_first=False, is_first=False)
+
+  return next(
+    ((n, a) for n, a in ALL_ARCHITECTURES.items() if keyed(a) == keyed(arch)), (None, arch)
+  )
+
+
+def _conv2(shapes: Mapping[str, tuple], width: int) -> tuple[tuple, dict[str, Any]]:
+  """The first block's 3x3 conv shape (out, in per group), and ResNeSt's knobs ({} for other
+  blocks): timm's split attention ``conv2.conv`` has ``radix`` times the block's width, and
+  its ``conv2.fc1`` the 3x3 conv's groups. A ResNeSt of ``radix=0`` has a Bottleneck's keys,
+  and is read as one."""
+  if "layer1.0.conv2.conv.weight" not in shapes:
+    return _shape(shapes, "layer1.0.conv2.weight"), {}
+  radix = _shape(shapes, "layer1.0.conv2.conv.weight")[0] // width
+  per_group = _shape(shapes, "layer1.0.conv2.fc1.weight")[1]
+  return (width, per_group), {"block": "resnest", "radix": radix, "avd": True}
 
 
 def _stem(shapes: Mapping[str, tuple]) -> tuple[dict[str, Any], int, int]:

@@ -23,7 +23,7 @@ from torchvision.models import resnet as tv
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from flax_resnet.choices import DEFAULT_CHANNELS
-from flax_resnet.registry import TIMM_ARCHITECTURES, Arch, architecture
+from flax_resnet.registry import ARCHITECTURES, Arch, architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
@@ -142,13 +142,20 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
 
 
 # Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
-_TIMM_KNOBS = Arch._fields[4:]
+_TIMM_KNOBS = set(Arch._fields[4:])
+# Of them, those timm passes to its blocks in ``block_args``.
+_BLOCK_ARGS = ("attn_layer", "radix", "avd", "avd_first", "is_first")
 
 
 def is_timms(arch: str | None, options: Mapping[str, Any]) -> bool:
   """Whether ``torch_resnet`` builds (arch, options) with timm: one of timm's architectures,
-  or a net with any of timm's knobs."""
-  return arch in TIMM_ARCHITECTURES or bool(set(options) & set(_TIMM_KNOBS))
+  or a net with timm's block (ResNeSt's) or any of timm's knobs."""
+  timm_block = options.get("block") == "resnest"
+  return (
+    (arch is not None and arch not in ARCHITECTURES)
+    or timm_block
+    or bool(set(options) & _TIMM_KNOBS)
+  )
 
 
 def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
@@ -156,6 +163,7 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...)."""
   import timm
   from timm.models import resnet as tr
+  from timm.models.resnest import ResNestBottleneck
 
   spec = {**(architecture(arch).options() if arch else {}), **spec}
   spec.pop("stem", None)
@@ -168,10 +176,11 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   spec.pop("zero_init_residual", None)
   if arch:
     return timm.create_model(arch, **args)
-  block: Any = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}[spec.pop("block")]
-  attn = spec.pop("attn_layer", None)
+  blocks = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck, "resnest": ResNestBottleneck}
+  block: Any = blocks[spec.pop("block")]
+  block_args = {k: spec.pop(k) for k in _BLOCK_ARGS if k in spec}
   renamed = {"groups": "cardinality", "width_per_group": "base_width"}
   timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
   if "channels" in timm_spec:
     timm_spec["channels"] = tuple(timm_spec["channels"])
-  return tr.ResNet(block, block_args={"attn_layer": attn} if attn else None, **args, **timm_spec)
+  return tr.ResNet(block, block_args=block_args, **args, **timm_spec)

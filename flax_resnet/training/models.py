@@ -13,7 +13,7 @@ from flax import nnx
 
 import flax_resnet
 from flax_resnet.choices import DEFAULT_CHANNELS
-from flax_resnet.model import ResNet
+from flax_resnet.model import BLOCKS, ResNet
 from flax_resnet.saved_model import Metadata
 from flax_resnet.training.config import Config
 
@@ -154,6 +154,10 @@ NETWORK_OPTIONS = (
   "down_kernel_size",
   "block_reduce_first",
   "attn_layer",
+  "radix",
+  "avd",
+  "avd_first",
+  "is_first",
 )
 
 
@@ -169,7 +173,8 @@ def network_options(arch: str | None, options: dict) -> dict:
     if k in NETWORK_OPTIONS
   }
   block = merged["block"]  # a class or its name
-  plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace("block", "")
+  names = {cls: name for name, cls in BLOCKS.items()}
+  plain["block"] = block if isinstance(block, str) else names.get(block, block.__name__)
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
   return plain
