@@ -705,3 +705,27 @@ def test_flax2torch_without_the_torch_extra_is_one_line_naming_it(checkpoint, tm
   assert result.returncode == 2 and len(err.splitlines()) == 1, err
   assert "torch is not installed: pip install 'flax-resnet[torch]'" in err, err
   assert not out.exists()
+
+
+def test_a_converted_model_keeps_its_own_copy_of_the_source_tensors():
+  from flax_resnet.port.state_dict import convert_state_dict
+
+  state = torchvision.models.resnet18().state_dict()
+  model = convert_state_dict(state).model
+  before = np.asarray(model.bn1.mean.get_value()).copy()
+  state["bn1.running_mean"] += 1.0  # what a torch train-mode pass does in place
+  np.testing.assert_array_equal(np.asarray(model.bn1.mean.get_value()), before)
+
+
+def test_cast_notes_name_the_dtype_each_tensor_is_cast_to():
+  import jax
+  import jax.numpy as jnp
+
+  from flax_resnet.port.state_dict import convert_state_dict
+
+  state = {k: v.double() for k, v in torchvision.models.resnet18().state_dict().items()}
+  with jax.enable_x64(True):  # float64 parameters need x64; without it they are float32
+    assert not convert_state_dict(state, param_dtype=jnp.float64).notes
+    state["fc.weight"] = state["fc.weight"].float()
+    notes = convert_state_dict(state, param_dtype=jnp.float64).notes
+  assert notes == ["cast 1 float32 tensor to float64: fc.weight"]

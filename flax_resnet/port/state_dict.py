@@ -313,7 +313,8 @@ def convert_state_dict(
       "state dict does not fit " + (arch or "the custom ResNet") + ":\n  " + "\n  ".join(problems)
     )
   filled = {  # every leaf but a reset head's
-    path: jax.numpy.asarray(values[path], dtype=var.get_value().dtype)
+    # a copy: on a CPU, asarray would alias the caller's tensors, which torch may change in place
+    path: jax.numpy.array(values[path], dtype=var.get_value().dtype, copy=True)
     for path, var in flat
     if path in values
   }
@@ -361,7 +362,7 @@ def _resolve_architecture(state_dict, arch, reset_head, model_options):
 def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
   """(values by model path, problems, notes on casts) for filling ``flat`` from ``state_dict``."""
   values, used, missing, shapes, bad = {}, set(), [], [], []
-  cast: dict[str, list[str]] = {}
+  cast: dict[tuple[str, str], list[str]] = {}  # (from, to): keys
   for path, var in flat:
     key = torch_key(path)
     if path[:1] == skip:
@@ -374,8 +375,9 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
     if not _is_real_float(tensor):
       bad.append(f"{key}: dtype {dtype_name(tensor)} is not a real floating-point type")
       continue
-    if dtype_name(tensor) != "float32":
-      cast.setdefault(dtype_name(tensor), []).append(key)
+    target = np.dtype(var.get_value().dtype).name
+    if dtype_name(tensor) != target:
+      cast.setdefault((dtype_name(tensor), target), []).append(key)
     value = from_torch_layout(_numpy(tensor))
     if value.shape != expected:
       shapes.append(
@@ -394,10 +396,10 @@ def _match(flat, state_dict, skip) -> tuple[dict, list[str], list[str]]:
     + bad
   )
   notes = [
-    f"cast {len(keys)} {dtype} tensor{'s' * (len(keys) > 1)} to float32: "
+    f"cast {len(keys)} {source} tensor{'s' * (len(keys) > 1)} to {target}: "
     + ", ".join(keys[:4])
     + (", ..." if len(keys) > 4 else "")
-    for dtype, keys in cast.items()
+    for (source, target), keys in cast.items()
   ]
   return values, problems, notes
 
