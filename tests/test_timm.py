@@ -271,3 +271,17 @@ def test_a_saved_timm_architecture_loads_back_with_its_weights(tmp_path):
     nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(again))
   ):
     assert np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value())), path
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    {"channels": (32, 64, 128, 256), "attn_layer": "se"},  # timm's 7x7 stem is 64 wide
+    {"replace_stride_with_dilation": (True, False, False), "avg_down": True},  # not the last
+  ],
+  ids=["narrow 7x7 stem", "first stage dilated"],
+)
+def test_no_timm_twin_is_claimed_for_a_net_timm_cannot_build(options):
+  spec = {"block": "bottleneck", "layers": (1, 1, 1, 1), **options}
+  assert torch_resnet(None, spec) is None
+  assert torch_resnet(None, {**spec, "stem_type": "deep", "replace_stride_with_dilation": None})

@@ -158,9 +158,11 @@ def is_timms(arch: str | None, options: Mapping[str, Any]) -> bool:
   )
 
 
-def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
+def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module | None:
   """timm's ResNet for ``arch`` or a custom ``spec`` of ours (our option names translated to
-  timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...)."""
+  timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...), or
+  None where timm cannot build it: a 7x7 stem not 64 wide (timm's is always 64), dilated
+  stages other than the last ones (timm's ``output_stride``)."""
   import timm
   from timm.models import resnet as tr
   from timm.models.resnest import ResNestBottleneck
@@ -171,8 +173,12 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   norm = spec.pop("norm_layer")
   if norm is not nn.BatchNorm2d:
     args["norm_layer"] = norm
-  dilate = spec.pop("replace_stride_with_dilation", None) or ()
-  args["output_stride"] = 32 // 2 ** sum(bool(d) for d in dilate)
+  dilate = [bool(d) for d in spec.pop("replace_stride_with_dilation", None) or ()]
+  if dilate != sorted(dilate) or (
+    not spec.get("stem_type") and tuple(spec.get("channels", (64,)))[0] != 64
+  ):
+    return None
+  args["output_stride"] = 32 // 2 ** sum(dilate)
   spec.pop("zero_init_residual", None)
   if arch:
     return timm.create_model(arch, **args)
