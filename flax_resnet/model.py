@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.choices import (
+  AA_LAYERS,
   ATTN_LAYERS,
   BACKWARDS,
   DEFAULT_CHANNELS,
@@ -534,6 +535,70 @@ def _window_sum(x, stride: int, pad) -> jax.Array:
   )
 
 
+class AvgAntiAlias(nnx.Module):
+  """timm's average-pool anti-aliasing (``aa_layer=nn.AvgPool2d``, built as
+  ``nn.AvgPool2d(stride)``): a stride x stride window at that stride, no padding, a last row or
+  column that does not fill a window dropped (floor mode); the identity at stride 1."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.stride == 1:
+      return x
+    s = self.stride
+    total = jax.lax.reduce_window(
+      x, np.array(0, x.dtype), jax.lax.add, (1, s, s, 1), (1, s, s, 1), ((0, 0),) * 4
+    )
+    return total / np.array(s * s, x.dtype)
+
+
+def binomial_filter(size: int) -> np.ndarray:
+  """BlurPool2d's 2-d filter: the outer product of the binomial row ``C(size - 1, k) / 2^(size -
+  1)`` with itself (sums to 1; exact in float32 and bfloat16 for size 3)."""
+  row = np.array([math.comb(size - 1, k) for k in range(size)], np.float64) / 2 ** (size - 1)
+  return np.outer(row, row)
+
+
+class BlurPool(nnx.Module):
+  """timm's ``BlurPool2d`` (size 3): each channel blurred by ``binomial_filter`` at ``stride``,
+  after padding by ``get_padding(3, stride)`` (1) in ``reflect`` mode (the edge pixel not
+  repeated). The filter is a constant: timm keeps it in a non-persistent buffer, outside its
+  state dict, and here it is no state either."""
+
+  def __init__(self, channels: int, stride: int = 2, filt_size: int = 3):
+    self.channels, self.stride, self.filt_size = channels, stride, filt_size
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, p = self.filt_size, get_padding(self.filt_size, self.stride)
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    kernel = np.broadcast_to(binomial_filter(k)[:, :, None, None], (k, k, 1, self.channels))
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel.astype(x.dtype),
+      (self.stride, self.stride),
+      ((0, 0), (0, 0)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.channels,
+    )
+
+
+def make_aa(aa_layer: str, channels: int, stride: int) -> nnx.Module:
+  """timm's ``create_aa`` for ``aa_layer`` of ``AA_LAYERS``: the module that strides (or, at
+  stride 1 where a stage's dilation grows, blurs) in place of a conv."""
+  return AvgAntiAlias(stride) if aa_layer == "avg" else BlurPool(channels, stride)
+
+
+class MaxPool(nnx.Module):
+  """torch's ``nn.MaxPool2d(3, stride, padding=1)`` as a module: the stem pool's place."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _max_pool_3x3(x, self.stride)
+
+
 class Downsample(Sequential):
   """The projection shortcut: ``downsample[0]`` conv and ``downsample[1]`` norm, as torchvision
   and timm's ``downsample_conv`` (a ``kernel_size`` conv where it strides or dilates, else
@@ -621,7 +686,9 @@ def make_attn(make: Layers, attn_layer: str | None, channels: int) -> nnx.Module
 
 
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+  """Two 3x3 convs with a residual connection (ResNet-18/34). With ``aa_layer`` (given only to a
+  block that strides or changes dilation), ``conv1`` runs at stride 1 and ``aa`` (after its
+  ReLU) strides, as in timm."""
 
   expansion = 1
 
@@ -640,12 +707,15 @@ class BasicBlock(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
     out = planes * (expansion or self.expansion)
     first = planes // reduce_first
-    self.conv1 = make.conv(inplanes, first, 3, stride, padding=dilation, dilation=dilation)
+    conv_stride = 1 if aa_layer else stride  # the aa module strides instead
+    self.conv1 = make.conv(inplanes, first, 3, conv_stride, padding=dilation, dilation=dilation)
     self.bn1 = make.bn(first)
+    self.aa = make_aa(aa_layer, first, stride) if aa_layer else None
     self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
     self.se = make_attn(make, attn_layer, out)
@@ -659,7 +729,7 @@ class BasicBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
+    out = self.bn2(self.conv2(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
 
@@ -667,7 +737,8 @@ class Bottleneck(nnx.Module):
   """1x1 reduce, 3x3, 1x1 expand (ResNet-50 and deeper, ResNeXt, Wide ResNet).
 
   This is ResNet v1.5: the stride sits on the 3x3 conv rather than the first 1x1,
-  which sees every input pixel that way and gains about 0.5% top-1 on ImageNet.
+  which sees every input pixel that way and gains about 0.5% top-1 on ImageNet. With
+  ``aa_layer``, ``conv2`` runs at stride 1 and ``aa`` (after its ReLU) strides, as in timm.
   """
 
   expansion = 4
@@ -687,16 +758,19 @@ class Bottleneck(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     first = width // reduce_first
     self.conv1 = make.conv(inplanes, first, 1)
     self.bn1 = make.bn(first)
+    conv_stride = 1 if aa_layer else stride  # the aa module strides instead
     self.conv2 = make.conv(
-      first, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
+      first, width, 3, conv_stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
+    self.aa = make_aa(aa_layer, width, stride) if aa_layer else None
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
     self.se = make_attn(make, attn_layer, out)
@@ -711,7 +785,7 @@ class Bottleneck(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
     out = nnx.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
+    out = self.bn3(self.conv3(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
 
@@ -777,6 +851,13 @@ class ResNet(nnx.Module):
     block_reduce_first: the first conv of each block is this many times narrower.
     attn_layer: channel attention after each block's last norm, as ``se``: ``"se"``
       (squeeze-and-excitation) or ``"eca"`` (efficient channel attention); None for none.
+    aa_layer: anti-aliasing (timm's ``resnetaa*``, ``resnetblur*``): ``"avg"`` (a 2x2 average
+      pool) or ``"blur"`` (``BlurPool2d``'s fixed 3x3 binomial filter, reflect padding). Where a
+      block strides, its 3x3 conv runs at stride 1 and the block's ``aa`` strides after the ReLU
+      (a blur also where a dilated stage begins); the stem's max-pool becomes a 2x2/2 average
+      pool (``"avg"``) or a 3x3/1 max-pool and a blur at stride 2 (``"blur"``), and the conv
+      pool of ``replace_stem_pool`` runs at stride 1 before it. No tensors: the keys stay the
+      same as without it. None for none.
 
   Models start in training mode, as torch modules do: call ``model.eval()`` to use
   running statistics and disable dropout, ``model.train()`` to switch back.
@@ -813,6 +894,7 @@ class ResNet(nnx.Module):
     down_kernel_size: int = 1,
     block_reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
     rngs: nnx.Rngs | None = None,
   ):
     _check_timm_args(
@@ -824,6 +906,7 @@ class ResNet(nnx.Module):
       down_kernel_size,
       block_reduce_first,
       attn_layer,
+      aa_layer,
     )
     block = _check_args(
       block,
@@ -844,9 +927,9 @@ class ResNet(nnx.Module):
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
     self.dtype, self.param_dtype = dtype, param_dtype
     self.remat = "none"
-    width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool)
+    width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool, aa_layer)
     shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
-    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer}
+    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer, "aa_layer": aa_layer}
     self._build_stages(
       make,
       block,
@@ -866,8 +949,8 @@ class ResNet(nnx.Module):
     if zero_init_residual:
       self._zero_init_residual()
 
-  def _build_stem(self, make, width, stem_type, stem_width, replace_stem_pool) -> int:
-    """``conv1``, ``bn1`` and a ``maxpool`` conv if asked; the stem's output width."""
+  def _build_stem(self, make, width, stem_type, stem_width, replace_stem_pool, aa_layer) -> int:
+    """``conv1``, ``bn1`` and a ``maxpool`` module if asked; the stem's output width."""
     cin = self.in_channels
     if self.stem == "cifar":
       self.conv1 = make.conv(cin, width, 3, 1, padding=1)
@@ -889,8 +972,8 @@ class ResNet(nnx.Module):
         ]
       )
     self.bn1 = make.bn(width)
-    if replace_stem_pool:
-      self.maxpool = Sequential([make.conv(width, width, 3, 2, padding=1), make.bn(width), Relu()])
+    if replace_stem_pool or (aa_layer and self.stem == "imagenet"):
+      self.maxpool = _stem_pool(make, width, replace_stem_pool, aa_layer)
     return width
 
   def _build_stages(
@@ -908,6 +991,10 @@ class ResNet(nnx.Module):
       previous_dilation = dilation
       if i > 0 and dilate[i - 1]:
         dilation, stride = dilation * stride, 1
+      # timm's aa where the first block strides or the stage's dilation grows; no other block.
+      aa_first = {"aa_layer": None}
+      if stride != 1 or dilation != previous_dilation:
+        aa_first = {"aa_layer": options["aa_layer"]}
       downsample = None
       if stride != 1 or inplanes != planes * exp:
         downsample = Downsample(
@@ -931,11 +1018,12 @@ class ResNet(nnx.Module):
           previous_dilation,
           dropout,
           exp,
-          **options,
+          **{**options, **aa_first},
         )
       ]
+      rest = {**options, "aa_layer": None}
       blocks += [
-        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **options)
+        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **rest)
         for _ in range(1, depth)
       ]
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
@@ -1025,10 +1113,28 @@ def _run_blocks(blocks, x: jax.Array) -> jax.Array:
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """torchvision's stem pool: 3x3, stride 2, padding 1, the padding at -inf."""
+  return _max_pool_3x3(x, 2)
+
+
+def _max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   init = np.array(-np.inf, x.dtype)  # a concrete identity lets JAX pick the differentiable max
   return jax.lax.reduce_window(
-    x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    x, init, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
   )
+
+
+def _stem_pool(make: Layers, width: int, replace_stem_pool: bool, aa_layer: str | None):
+  """timm's ``maxpool`` in place of the stem's 3x3/2 max-pool: the conv pool (``[0]`` conv, at
+  stride 1 before ``[1]`` an aa module with ``aa_layer``, then the norm and ReLU); or with
+  ``aa_layer`` alone, a 2x2/2 average pool (``"avg"``, no max-pool at all) or ``[0]`` a 3x3/1
+  max-pool and ``[1]`` a blur at stride 2 (``"blur"``)."""
+  if replace_stem_pool:
+    conv = make.conv(width, width, 3, 1 if aa_layer else 2, padding=1)
+    aa = [make_aa(aa_layer, width, 2)] if aa_layer else []
+    return Sequential([conv, *aa, make.bn(width), Relu()])
+  if aa_layer == "avg":
+    return AvgAntiAlias(2)
+  return Sequential([MaxPool(1), BlurPool(width, 2)])
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -1045,11 +1151,16 @@ def _check_timm_args(
   down_kernel_size,
   block_reduce_first,
   attn_layer,
+  aa_layer,
 ) -> None:
   """Validates ResNet's timm options: one line naming the parameter."""
   _choice("stem_type", stem_type, STEM_TYPES)
-  if attn_layer is not None and attn_layer not in ATTN_LAYERS:
-    raise ValueError(f"attn_layer must be one of {ATTN_LAYERS} or None, got {attn_layer!r}")
+  for name, value, allowed in [
+    ("attn_layer", attn_layer, ATTN_LAYERS),
+    ("aa_layer", aa_layer, AA_LAYERS),
+  ]:
+    if value is not None and value not in allowed:
+      raise ValueError(f"{name} must be one of {allowed} or None, got {value!r}")
   for name, flag in [("replace_stem_pool", replace_stem_pool), ("avg_down", avg_down)]:
     if not isinstance(flag, bool):
       raise ValueError(f"{name} must be True or False, got {flag!r}")

@@ -152,8 +152,21 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``; timm's knobs from
   their keys and shapes (``stem``). Keys of a last stage without a complete first block
   (``layer5.*`` in a four-stage net) are not counted, so that matching reports them as
-  unexpected; a key the inference needs is named.
+  unexpected; a key the inference needs is named. A file without running statistics is
+  timm's GroupNorm architecture where the table has one (``resnet50_gn``), else the
+  BatchNorm one with ``norm="group"``. Anti-aliasing holds no tensors and is never inferred:
+  ``resnetaa50``'s file reads as ``resnet50``, and converts as ``resnetaa50`` when named.
   """
+  arch, channels, options, standard = _read_architecture(state_dict)
+  name = _table_name(arch, options) if standard else None
+  if name is None:
+    return None, {**arch.options(), "channels": channels, **options}
+  return name, options
+
+
+def _read_architecture(state_dict: Mapping[str, Any]) -> tuple[Arch, tuple, dict[str, Any], bool]:
+  """(the ``Arch`` that the keys and shapes show, the stage widths, the other options, whether
+  the widths and stem are a named architecture's)."""
   shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
   stem, out, in_channels = _stem(shapes)
   bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in shapes)
@@ -180,11 +193,29 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
     width = conv2[0] // groups * 64 // channels[0]
   knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0])}
   arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width, **knobs)
-  name = next((n for n, a in ALL_ARCHITECTURES.items() if a == arch), None)
   plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
-  if name is None or channels != DEFAULT_CHANNELS or plain_stem:
-    return None, {**arch.options(), "channels": channels, **options}
-  return name, options
+  return arch, channels, options, channels == DEFAULT_CHANNELS and not plain_stem
+
+
+def _table_name(arch: Arch, options: dict[str, Any]) -> str | None:
+  """The table's name for ``arch``; a group-norm file's ``norm`` moves from ``options`` into
+  the architecture where the table has it so (timm's GroupNorm nets)."""
+  if options.get("norm") == "group":
+    name = _table_name(arch._replace(norm="group"), {})
+    if name is not None:
+      del options["norm"]
+      return name
+  return next((n for n, a in ALL_ARCHITECTURES.items() if a == arch), None)
+
+
+def _as_anti_aliased(state_dict: Mapping[str, Any], arch: str) -> tuple[str, dict] | None:
+  """(``arch``, the file's options) where ``arch`` is anti-aliased and the file has its keys
+  and shapes (which an aa module, holding no tensors, leaves as without it); else None."""
+  table = architecture(arch)
+  if table.aa_layer is None:
+    return None
+  found, _, options, standard = _read_architecture(state_dict)
+  return (arch, options) if standard and found == table._replace(aa_layer=None) else None
 
 
 def _stem(shapes: Mapping[str, tuple]) -> tuple[dict[str, Any], int, int]:
@@ -314,6 +345,8 @@ def from_torch_state_dict(
 
 def _resolve_architecture(state_dict, arch, reset_head, model_options):
   inferred, options = infer_architecture(state_dict)
+  if arch is not None and inferred != arch:
+    inferred, options = _as_anti_aliased(state_dict, arch) or (inferred, options)
   if reset_head:
     options.pop("num_classes")
   elif model_options.get("num_classes", options["num_classes"]) != options["num_classes"]:

@@ -111,10 +111,12 @@ def torch_resnet(
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
   stem = spec.get("stem", "imagenet")
-  if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
+  timm_net = arch in TIMM_ARCHITECTURES or bool(set(spec) & set(_TIMM_KNOBS))
+  norms = {**NORM_LAYERS, "group": _timm_group_norm(options)} if timm_net else NORM_LAYERS
+  if norm not in norms or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
-  spec["norm_layer"] = NORM_LAYERS[norm]
-  if arch in TIMM_ARCHITECTURES or set(spec) & set(_TIMM_KNOBS):
+  spec["norm_layer"] = norms[norm]
+  if timm_net:
     return None if torchvision_only or stem != "imagenet" else timm_resnet(arch, spec)
   stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
   channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
@@ -140,14 +142,24 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
   return tv.ResNet(block, layers, **spec)
 
 
-# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
-_TIMM_KNOBS = Arch._fields[4:]
+# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four, but norm).
+_TIMM_KNOBS = tuple(f for f in Arch._fields[4:] if f != "norm")
+
+
+def _timm_group_norm(options: Mapping[str, Any]) -> Any:
+  """timm's ``GroupNorm`` (eps 1e-5) with our ``norm_groups`` (32 if not given)."""
+  import functools
+
+  from timm.layers import GroupNorm
+
+  return functools.partial(GroupNorm, num_groups=options.get("norm_groups", 32))
 
 
 def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   """timm's ResNet for ``arch`` or a custom ``spec`` of ours (our option names translated to
   timm's: ``groups`` is its ``cardinality``, ``attn_layer`` goes in ``block_args``...)."""
   import timm
+  from timm.layers import BlurPool2d
   from timm.models import resnet as tr
 
   spec = {**(architecture(arch).options() if arch else {}), **spec}
@@ -163,6 +175,8 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
     return timm.create_model(arch, **args)
   block: Any = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}[spec.pop("block")]
   attn = spec.pop("attn_layer", None)
+  if spec.get("aa_layer"):  # timm's ResNet takes the class (its stem tests issubclass)
+    spec["aa_layer"] = {"avg": nn.AvgPool2d, "blur": BlurPool2d}[spec["aa_layer"]]
   renamed = {"groups": "cardinality", "width_per_group": "base_width"}
   timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
   if "channels" in timm_spec:

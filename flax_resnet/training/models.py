@@ -113,6 +113,7 @@ NETWORK_OPTIONS = (
   "down_kernel_size",
   "block_reduce_first",
   "attn_layer",
+  "aa_layer",
 )
 
 
