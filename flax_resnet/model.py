@@ -801,6 +801,13 @@ def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
   if block.dropout is not None:
     out = block.dropout(out)
   identity = x if block.downsample is None else block.downsample(x)
+  if out.shape != identity.shape:  # timm fails here too, with torch's message
+    raise ValueError(
+      f"input size: a block's residual branch gives {out.shape[1:3]} but its shortcut "
+      f"{identity.shape[1:3]}: average-pool anti-aliasing (aa_layer='avg') drops an odd size's "
+      "last row or column, the shortcut keeps it; give an input size divisible by the stride "
+      "of the net's last feature map"
+    )
   return nnx.relu(out + identity)
 
 
@@ -819,15 +826,17 @@ class ResNet(nnx.Module):
   """The ResNet family, with torchvision's constructor options and defaults, and timm's.
 
   Args:
-    block: ``BasicBlock``, ``Bottleneck``, or their names ``"basic"``/``"bottleneck"``.
+    block: ``BasicBlock``, ``Bottleneck``, or their names ``"basic"``/``"bottleneck"``; or a
+      sequence of them, one per stage (timm's ``test_resnet`` mixes them).
     layers: blocks per stage, e.g. ``(3, 4, 6, 3)``; any number of stages.
     num_classes: size of ``fc``; 0 builds a headless model returning pooled features.
     zero_init_residual: zero the last norm's scale in every residual branch.
     groups, width_per_group: ResNeXt cardinality and width (Bottleneck only).
     replace_stride_with_dilation: one flag per stage after the first; a dilated
       stage keeps the resolution and dilates its 3x3 convs instead.
-    norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"``.
-    norm_groups: groups of ``"group"`` norm.
+    norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"`` (torch's
+      and timm's GroupNorm, eps 1e-5: timm's ``resnet50_gn``).
+    norm_groups: groups of ``"group"`` norm (32, as timm's).
     in_channels: channels of the input images.
     stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv).
     channels: base channels per stage (outputs are ``channels * expansion``); the
@@ -870,7 +879,7 @@ class ResNet(nnx.Module):
 
   def __init__(
     self,
-    block: type[nnx.Module] | str,
+    block: type[nnx.Module] | str | Sequence[type[nnx.Module] | str],
     layers: Sequence[int],
     num_classes: int = 1000,
     zero_init_residual: bool = False,
@@ -908,7 +917,7 @@ class ResNet(nnx.Module):
       attn_layer,
       aa_layer,
     )
-    block = _check_args(
+    blocks = _check_args(
       block,
       layers,
       num_classes,
@@ -932,7 +941,7 @@ class ResNet(nnx.Module):
     options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer, "aa_layer": aa_layer}
     self._build_stages(
       make,
-      block,
+      blocks,
       layers,
       (width, *channels),
       expansion,
@@ -977,16 +986,16 @@ class ResNet(nnx.Module):
     return width
 
   def _build_stages(
-    self, make, block, layers, widths, expansion, dilate, per_block, shortcut, options
+    self, make, blocks, layers, widths, expansion, dilate, per_block, shortcut, options
   ):
     """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``."""
     groups, width_per_group, dropout = per_block
-    exp = expansion or block.expansion
     inplanes, dilation = widths[0], 1
     stride_so_far = 2 if self.stem == "imagenet" else 1
     info = [FeatureInfo("stem", inplanes, stride_so_far)]
     stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
-    for i, (planes, depth) in enumerate(zip(widths[1:], layers)):
+    for i, (block, planes, depth) in enumerate(zip(blocks, widths[1:], layers)):
+      exp = expansion or block.expansion
       stride = 1 if i == 0 else 2
       previous_dilation = dilation
       if i > 0 and dilate[i - 1]:
@@ -1202,16 +1211,13 @@ def _check_args(
   channels,
   expansion,
   dropout,
-) -> type[nnx.Module]:
-  """Validates ResNet's arguments; returns the block class."""
-  if isinstance(block, str):
-    _choice("block", block, BLOCKS)
-    block = BLOCKS[block]
-  _choice("block", block, BLOCKS.values())
+) -> tuple[type[nnx.Module], ...]:
+  """Validates ResNet's arguments; returns the block class of each stage."""
   _choice("norm", norm, NORMS)
   _choice("stem", stem, STEMS)
   if not layers or any(int(n) < 1 for n in layers):
     raise ValueError(f"layers must be a non-empty sequence of positive ints, got {layers!r}")
+  blocks = _stage_blocks(block, len(layers))
   if len(channels) != len(layers):
     raise ValueError(
       f"channels must have one entry per stage ({len(layers)} for layers="
@@ -1222,12 +1228,12 @@ def _check_args(
       "replace_stride_with_dilation must have one entry per stage after the "
       f"first ({len(layers) - 1}), got {tuple(dilate)}"
     )
-  if block is BasicBlock and (groups != 1 or width_per_group != 64):
+  if BasicBlock in blocks and (groups != 1 or width_per_group != 64):
     raise ValueError(
       "BasicBlock only supports groups=1 and width_per_group=64, got "
       f"groups={groups}, width_per_group={width_per_group}"
     )
-  if block is BasicBlock and dilate is not None and any(dilate):
+  if BasicBlock in blocks and dilate is not None and any(dilate):
     raise ValueError(
       "replace_stride_with_dilation is not supported with BasicBlock "
       f"(dilation > 1), got {tuple(dilate)}"
@@ -1243,4 +1249,21 @@ def _check_args(
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-  return block
+  return blocks
+
+
+def _stage_blocks(block, stages: int) -> tuple[type[nnx.Module], ...]:
+  """One block class per stage from ``block``: a class or name for all, or one per stage."""
+  each = [block] * stages if isinstance(block, (str, type)) else list(block)
+  if len(each) != stages:
+    raise ValueError(
+      f"block must be one block or one per stage ({stages}), got {len(each)}: {tuple(block)!r}"
+    )
+  classes = []
+  for b in each:
+    if isinstance(b, str):
+      _choice("block", b, BLOCKS)
+      b = BLOCKS[b]
+    _choice("block", b, BLOCKS.values())
+    classes.append(b)
+  return tuple(classes)

@@ -15,7 +15,7 @@ class Arch(NamedTuple):
   """How torchvision or timm builds one named architecture: ``ResNet``'s options that make it,
   timm's knobs (``stem_type``...) after torchvision's."""
 
-  block: str
+  block: str | tuple[str, ...]  # one for all stages, or one per stage
   layers: tuple[int, ...]
   groups: int = 1
   width_per_group: int = 64
@@ -29,6 +29,7 @@ class Arch(NamedTuple):
   aa_layer: str | None = None
   # timm's GroupNorm nets fix ``norm``; None leaves it to the caller (``ResNet``'s option)
   norm: str | None = None
+  channels: tuple[int, ...] | None = None  # likewise, the stages' base widths
 
   def options(self) -> dict[str, Any]:
     """``ResNet``'s options for this architecture: torchvision's four, and the timm knobs
@@ -43,7 +44,7 @@ class Arch(NamedTuple):
 
 _TORCHVISION_FIELDS = 4  # block, layers, groups, width_per_group
 # Fields that are ``ResNet`` options of every architecture unless the table sets them (None).
-OPEN = ("norm",)
+OPEN = ("norm", "channels")
 
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -178,6 +179,14 @@ TIMM_ARCHITECTURES: dict[str, Arch] = {
     **SE,
     **AA,
   ),
+  "test_resnet": _arch(
+    ("basic", "basic", B, "basic"),
+    (1, 1, 1, 1),
+    stem_type="deep",
+    stem_width=16,
+    avg_down=True,
+    channels=(32, 48, 48, 96),
+  ),
 }
 ALL_ARCHITECTURES = {**ARCHITECTURES, **TIMM_ARCHITECTURES}
 SOURCES = ("torchvision", "timm")
@@ -204,7 +213,7 @@ def build(name: str, **options: Any) -> ResNet:
 
   Options that define the architecture itself (block, layers, groups, width_per_group,
   and timm's knobs: ``Arch``) come from the table and cannot be overridden; ``norm`` only
-  where the table sets it (``resnet50_gn``). Pretrained weights are
+  and ``channels`` only where the table sets them (``resnet50_gn``, ``test_resnet``). Pretrained weights are
   ``flax_resnet.create_model``'s, a layer above (``builders``).
   """
   arch = architecture(name)

@@ -45,7 +45,6 @@ NOT_YET = {
   "resnetrs270",
   "resnetrs350",
   "resnetrs420",
-  "test_resnet",
 }
 
 

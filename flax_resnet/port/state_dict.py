@@ -171,7 +171,7 @@ def _read_architecture(state_dict: Mapping[str, Any]) -> tuple[Arch, tuple, dict
   stem, out, in_channels = _stem(shapes)
   bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in shapes)
   last = "conv3" if bottleneck else "conv2"
-  stages = _blocks_per_stage(shapes, last)
+  stages = _blocks_per_stage(shapes)
   if not stages:
     raise ConversionError(
       f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
@@ -182,19 +182,39 @@ def _read_architecture(state_dict: Mapping[str, Any]) -> tuple[Arch, tuple, dict
   options["stem"] = stem.pop("stem")
   if not any(key.endswith("running_mean") for key in shapes):
     options["norm"] = "group"
-  exp = 4 if bottleneck else 1
+  kinds = _stage_kinds(shapes, len(stages))
   channels = tuple(
-    _shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp for i in range(len(stages))
+    _shape(shapes, f"layer{i + 1}.0.{_LAST_CONV[k]}.weight")[0] // _EXPANSION[k]
+    for i, k in enumerate(kinds)
   )
   first, conv2 = _shape(shapes, "layer1.0.conv1.weight"), _shape(shapes, "layer1.0.conv2.weight")
   groups, width = 1, 64
-  if bottleneck:
-    groups = first[0] // conv2[1]
-    width = conv2[0] // groups * 64 // channels[0]
+  if bottleneck:  # from the first bottleneck stage
+    j = kinds.index("bottleneck")
+    b1, b2 = (_shape(shapes, f"layer{j + 1}.0.conv{n}.weight") for n in (1, 2))
+    groups = b1[0] // b2[1]
+    width = b2[0] // groups * 64 // channels[j]
   knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0])}
-  arch = Arch("bottleneck" if bottleneck else "basic", tuple(stages), groups, width, **knobs)
+  if channels != DEFAULT_CHANNELS:
+    knobs["channels"] = channels
+  block = kinds[0] if len(set(kinds)) == 1 else tuple(kinds)
+  arch = Arch(block, tuple(stages), groups, width, **knobs)
   plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
-  return arch, channels, options, channels == DEFAULT_CHANNELS and not plain_stem
+  return arch, channels, options, not plain_stem
+
+
+_LAST_CONV, _EXPANSION = {"basic": "conv2", "bottleneck": "conv3"}, {"basic": 1, "bottleneck": 4}
+
+
+def _stage_kinds(shapes: Mapping[str, tuple], stages: int) -> list[str]:
+  """Each stage's block kind: bottleneck where its blocks have a ``conv3`` or ``bn3`` (a file
+  missing one of them still reads as bottleneck, and the missing key is named)."""
+  return [
+    "bottleneck"
+    if any(re.match(rf"layer{i + 1}\.\d+\.(conv3|bn3)\.", k) for k in shapes)
+    else "basic"
+    for i in range(stages)
+  ]
 
 
 def _table_name(arch: Arch, options: dict[str, Any]) -> str | None:
@@ -258,9 +278,9 @@ def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:
   return shapes[key]
 
 
-def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
-  """Blocks of stages 1, 2, ...; a last stage whose first block lacks ``conv1`` or its
-  ``last`` conv is left out (its keys are unexpected ones, such as a stray ``layer5.*``)."""
+def _blocks_per_stage(shapes: Mapping[str, tuple]) -> list[int]:
+  """Blocks of stages 1, 2, ...; a last stage whose first block lacks ``conv1`` or its last
+  conv (its kind's) is left out (its keys are unexpected ones, such as a stray ``layer5.*``)."""
   counts: dict[int, int] = {}
   for key in shapes:
     m = re.match(r"layer(\d+)\.(\d+)\.", key)
@@ -270,6 +290,7 @@ def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
   n = 0
   while n + 1 in counts:
     n += 1
+  last = _LAST_CONV[_stage_kinds(shapes, n)[-1]] if n else ""
   if n and not all(f"layer{n}.0.{conv}.weight" in shapes for conv in ("conv1", last)):
     n -= 1
   return [counts[s] for s in range(1, n + 1)]

@@ -111,7 +111,8 @@ def torch_resnet(
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
   stem = spec.get("stem", "imagenet")
-  timm_net = arch in TIMM_ARCHITECTURES or bool(set(spec) & set(_TIMM_KNOBS))
+  mixed = not isinstance(spec.get("block", ""), str)  # one block kind per stage: timm's alone
+  timm_net = arch in TIMM_ARCHITECTURES or bool(set(spec) & set(_TIMM_KNOBS)) or mixed
   norms = {**NORM_LAYERS, "group": _timm_group_norm(options)} if timm_net else NORM_LAYERS
   if norm not in norms or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
@@ -142,8 +143,9 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
   return tv.ResNet(block, layers, **spec)
 
 
-# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four, but norm).
-_TIMM_KNOBS = tuple(f for f in Arch._fields[4:] if f != "norm")
+# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four, but the
+# options of every net that it may fix).
+_TIMM_KNOBS = tuple(f for f in Arch._fields[4:] if f not in ("norm", "channels"))
 
 
 def _timm_group_norm(options: Mapping[str, Any]) -> Any:
@@ -173,7 +175,9 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   spec.pop("zero_init_residual", None)
   if arch:
     return timm.create_model(arch, **args)
-  block: Any = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}[spec.pop("block")]
+  kinds = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}
+  block = spec.pop("block")
+  block = kinds[block] if isinstance(block, str) else [kinds[b] for b in block]
   attn = spec.pop("attn_layer", None)
   if spec.get("aa_layer"):  # timm's ResNet takes the class (its stem tests issubclass)
     spec["aa_layer"] = {"avg": nn.AvgPool2d, "blur": BlurPool2d}[spec["aa_layer"]]
