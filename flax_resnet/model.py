@@ -575,7 +575,7 @@ class BlurPool(nnx.Module):
     kernel = np.broadcast_to(binomial_filter(k)[:, :, None, None], (k, k, 1, self.channels))
     return jax.lax.conv_general_dilated(
       x,
-      kernel.astype(x.dtype),
+      jnp.asarray(kernel, x.dtype),
       (self.stride, self.stride),
       ((0, 0), (0, 0)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"),

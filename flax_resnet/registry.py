@@ -71,7 +71,7 @@ R26, R50, R101, R152, R200, R269 = (
 )
 
 
-def _arch(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+def _arch(block: str | tuple[str, ...], layers: tuple[int, ...], **knobs: Any) -> Arch:
   """An ``Arch`` from keyword knobs (the table's shared dicts unpack into them)."""
   return Arch(block, layers, **knobs)
 
@@ -212,9 +212,9 @@ def build(name: str, **options: Any) -> ResNet:
   """Architecture ``name`` with ``ResNet``'s keyword ``options``, randomly initialised.
 
   Options that define the architecture itself (block, layers, groups, width_per_group,
-  and timm's knobs: ``Arch``) come from the table and cannot be overridden; ``norm`` only
-  and ``channels`` only where the table sets them (``resnet50_gn``, ``test_resnet``). Pretrained weights are
-  ``flax_resnet.create_model``'s, a layer above (``builders``).
+  and timm's knobs: ``Arch``) come from the table and cannot be overridden; ``norm`` and
+  ``channels`` only where the table sets them (``resnet50_gn``, ``test_resnet``). Pretrained
+  weights are ``flax_resnet.create_model``'s, a layer above (``builders``).
   """
   arch = architecture(name)
   fixed = {k for k in set(arch._fields) & set(options) if k not in OPEN or getattr(arch, k)}

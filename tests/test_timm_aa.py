@@ -102,6 +102,8 @@ KNOBS = {
     "block": ("bottleneck", "basic", "basic", "basic"),
     "layers": (1, 2, 1, 1),
     "channels": (16, 32, 32, 64),
+    "stem_type": "deep",  # timm's 7x7 stem is 64 wide whatever the stages
+    "stem_width": 8,
     "aa_layer": "blur",
     "num_classes": 10,
   },
@@ -162,7 +164,7 @@ def float64_train_pass(reference, name: str, x, labels):
       logp = jax.nn.log_softmax(out)
       return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), out
 
-    (_, ours), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (_, ours), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
     ours_grads = {
       torch_key(path): to_torch_layout(np.asarray(g.get_value()))
       for path, g in nnx.to_flat_state(grads)

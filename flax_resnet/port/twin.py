@@ -176,7 +176,7 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module:
   if arch:
     return timm.create_model(arch, **args)
   kinds = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck}
-  block = spec.pop("block")
+  block: Any = spec.pop("block")
   block = kinds[block] if isinstance(block, str) else [kinds[b] for b in block]
   attn = spec.pop("attn_layer", None)
   if spec.get("aa_layer"):  # timm's ResNet takes the class (its stem tests issubclass)

@@ -130,8 +130,10 @@ def network_options(arch: str | None, options: dict) -> dict:
   }
   block = merged["block"]  # a class or its name, or one per stage
   one = isinstance(block, (str, type))
-  names = [b if isinstance(b, str) else b.__name__.lower().replace("block", "") for b in
-           ([block] if one else block)]
+  names = [
+    b if isinstance(b, str) else b.__name__.lower().replace("block", "")
+    for b in ([block] if one else block)
+  ]
   plain["block"] = names[0] if one else names
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
