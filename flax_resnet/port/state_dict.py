@@ -148,7 +148,7 @@ def _is_real_float(value: Any) -> bool:
 def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
   """Architecture name (None for a custom config) and ResNet options read off a state dict.
 
-  Depth comes from block counts, the block type from the presence of ``conv3``,
+  Depth comes from block counts, each stage's block type from the presence of ``conv3``,
   groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``; timm's knobs from
   their keys and shapes (``stem``). Keys of a last stage without a complete first block
   (``layer5.*`` in a four-stage net) are not counted, so that matching reports them as

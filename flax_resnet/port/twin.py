@@ -111,9 +111,11 @@ def torch_resnet(
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
   stem = spec.get("stem", "imagenet")
-  mixed = not isinstance(spec.get("block", ""), str)  # one block kind per stage: timm's alone
+  mixed = isinstance(spec.get("block"), (list, tuple))  # a block kind per stage: timm's alone
   timm_net = arch in TIMM_ARCHITECTURES or bool(set(spec) & set(_TIMM_KNOBS)) or mixed
-  norms = {**NORM_LAYERS, "group": _timm_group_norm(options)} if timm_net else NORM_LAYERS
+  norms = dict(NORM_LAYERS)
+  if timm_net and norm == "group":  # timm imported only where its GroupNorm is asked for
+    norms["group"] = _timm_group_norm(options)
   if norm not in norms or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
   spec["norm_layer"] = norms[norm]
