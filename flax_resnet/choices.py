@@ -8,6 +8,9 @@ STEMS = ("imagenet", "cifar")
 # same with a narrower first conv
 STEM_TYPES = ("", "deep", "deep_tiered")
 ATTN_LAYERS = ("se", "eca")  # timm's channel attention in each residual block (or None)
+# timm's anti-aliasing where a block strides (or None): a 2x2 average pool, or BlurPool2d's
+# fixed 3x3 binomial filter
+AA_LAYERS = ("avg", "blur")
 DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter net takes a prefix
 MOMENTS = ("two_pass", "one_pass")  # BatchNorm's batch statistics
 BACKWARDS = ("autodiff", "fused")  # BatchNorm's gradient

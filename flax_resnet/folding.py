@@ -70,15 +70,19 @@ def _fold(conv: nnx.Conv, norm) -> FoldedNorm:
 def _conv_norm_pairs(model: ResNet):
   """((owner, conv attribute), (owner, norm attribute)) for every conv followed by a norm:
   timm's deep stem (``conv1[0]`` and ``conv1[1]``... ``conv1[6]`` and ``bn1``), its conv
-  pool, average-pool shortcuts (``downsample[1]`` and ``downsample[2]``) and ResNeSt's split
-  attention (``conv2.conv`` and ``conv2.bn0``, ``conv2.fc1`` and ``conv2.bn1``) included."""
+  pool (``maxpool[0]`` and its norm), average-pool shortcuts (``downsample[1]`` and
+  ``downsample[2]``) and ResNeSt's split attention (``conv2.conv`` and ``conv2.bn0``,
+  ``conv2.fc1`` and ``conv2.bn1``) included."""
   if isinstance(model.conv1, Sequential):
     yield from (((model.conv1, i), (model.conv1, i + 1)) for i in (0, 3))
     yield (model.conv1, 6), (model, "bn1")
   else:
     yield (model, "conv1"), (model, "bn1")
-  if hasattr(model, "maxpool"):
-    yield (model.maxpool, 0), (model.maxpool, 1)
+  pool = getattr(model, "maxpool", None)
+  if isinstance(pool, Sequential) and isinstance(pool[0], nnx.Conv):
+    # the conv pool's norm is last but its ReLU, after an aa module if any: a per-channel
+    # scale passes through an average or a blur unchanged
+    yield (pool, 0), (pool, len(pool) - 2)
   for stage in model.stages:
     for block in stage:
       for i in range(1, 4):

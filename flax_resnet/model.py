@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.choices import (
+  AA_LAYERS,
   ATTN_LAYERS,
   BACKWARDS,
   DEFAULT_CHANNELS,
@@ -534,6 +535,70 @@ def _window_sum(x, stride: int, pad) -> jax.Array:
   )
 
 
+class AvgAntiAlias(nnx.Module):
+  """timm's average-pool anti-aliasing (``aa_layer=nn.AvgPool2d``, built as
+  ``nn.AvgPool2d(stride)``): a stride x stride window at that stride, no padding, a last row or
+  column that does not fill a window dropped (floor mode); the identity at stride 1."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.stride == 1:
+      return x
+    s = self.stride
+    total = jax.lax.reduce_window(
+      x, np.array(0, x.dtype), jax.lax.add, (1, s, s, 1), (1, s, s, 1), ((0, 0),) * 4
+    )
+    return total / np.array(s * s, x.dtype)
+
+
+def binomial_filter(size: int) -> np.ndarray:
+  """BlurPool2d's 2-d filter: the outer product of the binomial row ``C(size - 1, k) / 2^(size -
+  1)`` with itself (sums to 1; exact in float32 and bfloat16 for size 3)."""
+  row = np.array([math.comb(size - 1, k) for k in range(size)], np.float64) / 2 ** (size - 1)
+  return np.outer(row, row)
+
+
+class BlurPool(nnx.Module):
+  """timm's ``BlurPool2d`` (size 3): each channel blurred by ``binomial_filter`` at ``stride``,
+  after padding by ``get_padding(3, stride)`` (1) in ``reflect`` mode (the edge pixel not
+  repeated). The filter is a constant: timm keeps it in a non-persistent buffer, outside its
+  state dict, and here it is no state either."""
+
+  def __init__(self, channels: int, stride: int = 2, filt_size: int = 3):
+    self.channels, self.stride, self.filt_size = channels, stride, filt_size
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, p = self.filt_size, get_padding(self.filt_size, self.stride)
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+    kernel = np.broadcast_to(binomial_filter(k)[:, :, None, None], (k, k, 1, self.channels))
+    return jax.lax.conv_general_dilated(
+      x,
+      jnp.asarray(kernel, x.dtype),
+      (self.stride, self.stride),
+      ((0, 0), (0, 0)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.channels,
+    )
+
+
+def make_aa(aa_layer: str, channels: int, stride: int) -> nnx.Module:
+  """timm's ``create_aa`` for ``aa_layer`` of ``AA_LAYERS``: the module that strides (or, at
+  stride 1 where a stage's dilation grows, blurs) in place of a conv."""
+  return AvgAntiAlias(stride) if aa_layer == "avg" else BlurPool(channels, stride)
+
+
+class MaxPool(nnx.Module):
+  """torch's ``nn.MaxPool2d(3, stride, padding=1)`` as a module: the stem pool's place."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _max_pool_3x3(x, self.stride)
+
+
 class Downsample(Sequential):
   """The projection shortcut: ``downsample[0]`` conv and ``downsample[1]`` norm, as torchvision
   and timm's ``downsample_conv`` (a ``kernel_size`` conv where it strides or dilates, else
@@ -621,7 +686,9 @@ def make_attn(make: Layers, attn_layer: str | None, channels: int) -> nnx.Module
 
 
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+  """Two 3x3 convs with a residual connection (ResNet-18/34). With ``aa_layer`` (given only to a
+  block that strides or changes dilation), ``conv1`` runs at stride 1 and ``aa`` (after its
+  ReLU) strides, as in timm."""
 
   expansion = 1
 
@@ -640,12 +707,15 @@ class BasicBlock(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
     out = planes * (expansion or self.expansion)
     first = planes // reduce_first
-    self.conv1 = make.conv(inplanes, first, 3, stride, padding=dilation, dilation=dilation)
+    conv_stride = 1 if aa_layer else stride  # the aa module strides instead
+    self.conv1 = make.conv(inplanes, first, 3, conv_stride, padding=dilation, dilation=dilation)
     self.bn1 = make.bn(first)
+    self.aa = make_aa(aa_layer, first, stride) if aa_layer else None
     self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
     self.se = make_attn(make, attn_layer, out)
@@ -659,7 +729,7 @@ class BasicBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
+    out = self.bn2(self.conv2(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
 
@@ -667,7 +737,8 @@ class Bottleneck(nnx.Module):
   """1x1 reduce, 3x3, 1x1 expand (ResNet-50 and deeper, ResNeXt, Wide ResNet).
 
   This is ResNet v1.5: the stride sits on the 3x3 conv rather than the first 1x1,
-  which sees every input pixel that way and gains about 0.5% top-1 on ImageNet.
+  which sees every input pixel that way and gains about 0.5% top-1 on ImageNet. With
+  ``aa_layer``, ``conv2`` runs at stride 1 and ``aa`` (after its ReLU) strides, as in timm.
   """
 
   expansion = 4
@@ -687,16 +758,19 @@ class Bottleneck(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     first = width // reduce_first
     self.conv1 = make.conv(inplanes, first, 1)
     self.bn1 = make.bn(first)
+    conv_stride = 1 if aa_layer else stride  # the aa module strides instead
     self.conv2 = make.conv(
-      first, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
+      first, width, 3, conv_stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
+    self.aa = make_aa(aa_layer, width, stride) if aa_layer else None
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
     self.se = make_attn(make, attn_layer, out)
@@ -711,7 +785,7 @@ class Bottleneck(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
     out = nnx.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
+    out = self.bn3(self.conv3(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
 
@@ -727,6 +801,13 @@ def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
   if block.dropout is not None:
     out = block.dropout(out)
   identity = x if block.downsample is None else block.downsample(x)
+  if out.shape != identity.shape:  # timm fails here too, with torch's message
+    raise ValueError(
+      f"input size: a block's residual branch gives {out.shape[1:3]} but its shortcut "
+      f"{identity.shape[1:3]}: average-pool anti-aliasing (aa_layer='avg') drops an odd size's "
+      "last row or column, the shortcut keeps it; give an input size divisible by the stride "
+      "of the net's last feature map"
+    )
   return nnx.relu(out + identity)
 
 
@@ -826,8 +907,9 @@ class ResNestBottleneck(nnx.Module):
     avd: bool = False,
     avd_first: bool = False,
     is_first: bool = False,
+    aa_layer: str | None = None,
   ):
-    del reduce_first, attn_layer  # validated by ResNet: timm's ResNeSt has neither
+    del reduce_first, attn_layer, aa_layer  # validated by ResNet: timm's ResNeSt has none
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     pool = stride if avd and (stride > 1 or is_first) else 0
@@ -884,15 +966,17 @@ class ResNet(nnx.Module):
 
   Args:
     block: ``BasicBlock``, ``Bottleneck``, ``ResNestBottleneck``, or their names ``"basic"``,
-      ``"bottleneck"``, ``"resnest"``.
+      ``"bottleneck"``, ``"resnest"``; or a sequence of them, one per stage (timm's
+      ``test_resnet`` mixes basic and bottleneck blocks; ``"resnest"`` is for every stage).
     layers: blocks per stage, e.g. ``(3, 4, 6, 3)``; any number of stages.
     num_classes: size of ``fc``; 0 builds a headless model returning pooled features.
     zero_init_residual: zero the last norm's scale in every residual branch.
     groups, width_per_group: ResNeXt cardinality and width (Bottleneck, ResNeSt only).
     replace_stride_with_dilation: one flag per stage after the first; a dilated
       stage keeps the resolution and dilates its 3x3 convs instead.
-    norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"``.
-    norm_groups: groups of ``"group"`` norm.
+    norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"`` (torch's
+      and timm's GroupNorm, eps 1e-5: timm's ``resnet50_gn``).
+    norm_groups: groups of ``"group"`` norm (32, as timm's).
     in_channels: channels of the input images.
     stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv).
     channels: base channels per stage (outputs are ``channels * expansion``); the
@@ -916,6 +1000,13 @@ class ResNet(nnx.Module):
     block_reduce_first: the first conv of each block is this many times narrower.
     attn_layer: channel attention after each block's last norm, as ``se``: ``"se"``
       (squeeze-and-excitation) or ``"eca"`` (efficient channel attention); None for none.
+    aa_layer: anti-aliasing (timm's ``resnetaa*``, ``resnetblur*``): ``"avg"`` (a 2x2 average
+      pool) or ``"blur"`` (``BlurPool2d``'s fixed 3x3 binomial filter, reflect padding). Where a
+      block strides, its 3x3 conv runs at stride 1 and the block's ``aa`` strides after the ReLU
+      (a blur also where a dilated stage begins); the stem's max-pool becomes a 2x2/2 average
+      pool (``"avg"``) or a 3x3/1 max-pool and a blur at stride 2 (``"blur"``), and the conv
+      pool of ``replace_stem_pool`` runs at stride 1 before it. No tensors: the keys stay the
+      same as without it. None for none.
 
   ResNeSt's options (``block="resnest"`` only; timm passes them in ``block_args``, here they
   are keywords of their own; timm's ``cardinality`` and ``base_width`` are ``groups`` and
@@ -940,7 +1031,7 @@ class ResNet(nnx.Module):
 
   def __init__(
     self,
-    block: type[nnx.Module] | str,
+    block: type[nnx.Module] | str | Sequence[type[nnx.Module] | str],
     layers: Sequence[int],
     num_classes: int = 1000,
     zero_init_residual: bool = False,
@@ -964,6 +1055,7 @@ class ResNet(nnx.Module):
     down_kernel_size: int = 1,
     block_reduce_first: int = 1,
     attn_layer: str | None = None,
+    aa_layer: str | None = None,
     radix: int = 1,
     avd: bool = False,
     avd_first: bool = False,
@@ -979,8 +1071,9 @@ class ResNet(nnx.Module):
       down_kernel_size,
       block_reduce_first,
       attn_layer,
+      aa_layer,
     )
-    block = _check_args(
+    blocks = _check_args(
       block,
       layers,
       num_classes,
@@ -995,20 +1088,20 @@ class ResNet(nnx.Module):
       dropout,
     )
     split = {"radix": radix, "avd": avd, "avd_first": avd_first, "is_first": is_first}
-    _check_resnest_args(block, split, attn_layer, block_reduce_first)
+    _check_resnest_args(blocks, split, attn_layer, block_reduce_first, aa_layer)
     dilate = tuple(replace_stride_with_dilation or (False,) * (len(layers) - 1))
     make = Layers(norm, norm_groups, dtype, param_dtype, rngs or nnx.Rngs(0))
     self.stem, self.in_channels, self.num_classes = stem, in_channels, num_classes
     self.dtype, self.param_dtype = dtype, param_dtype
     self.remat = "none"
-    width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool)
+    width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool, aa_layer)
     shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
-    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer}
-    if block is ResNestBottleneck:
+    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer, "aa_layer": aa_layer}
+    if ResNestBottleneck in blocks:
       options.update(split)
     self._build_stages(
       make,
-      block,
+      blocks,
       layers,
       (width, *channels),
       expansion,
@@ -1025,8 +1118,8 @@ class ResNet(nnx.Module):
     if zero_init_residual:
       self._zero_init_residual()
 
-  def _build_stem(self, make, width, stem_type, stem_width, replace_stem_pool) -> int:
-    """``conv1``, ``bn1`` and a ``maxpool`` conv if asked; the stem's output width."""
+  def _build_stem(self, make, width, stem_type, stem_width, replace_stem_pool, aa_layer) -> int:
+    """``conv1``, ``bn1`` and a ``maxpool`` module if asked; the stem's output width."""
     cin = self.in_channels
     if self.stem == "cifar":
       self.conv1 = make.conv(cin, width, 3, 1, padding=1)
@@ -1048,25 +1141,29 @@ class ResNet(nnx.Module):
         ]
       )
     self.bn1 = make.bn(width)
-    if replace_stem_pool:
-      self.maxpool = Sequential([make.conv(width, width, 3, 2, padding=1), make.bn(width), Relu()])
+    if replace_stem_pool or (aa_layer and self.stem == "imagenet"):
+      self.maxpool = _stem_pool(make, width, replace_stem_pool, aa_layer)
     return width
 
   def _build_stages(
-    self, make, block, layers, widths, expansion, dilate, per_block, shortcut, options
+    self, make, blocks, layers, widths, expansion, dilate, per_block, shortcut, options
   ):
     """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``."""
     groups, width_per_group, dropout = per_block
-    exp = expansion or block.expansion
     inplanes, dilation = widths[0], 1
     stride_so_far = 2 if self.stem == "imagenet" else 1
     info = [FeatureInfo("stem", inplanes, stride_so_far)]
     stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
-    for i, (planes, depth) in enumerate(zip(widths[1:], layers)):
+    for i, (block, planes, depth) in enumerate(zip(blocks, widths[1:], layers)):
+      exp = expansion or block.expansion
       stride = 1 if i == 0 else 2
       previous_dilation = dilation
       if i > 0 and dilate[i - 1]:
         dilation, stride = dilation * stride, 1
+      # timm's aa where the first block strides or the stage's dilation grows; no other block.
+      aa_first = {"aa_layer": None}
+      if stride != 1 or dilation != previous_dilation:
+        aa_first = {"aa_layer": options["aa_layer"]}
       downsample = None
       if stride != 1 or inplanes != planes * exp:
         downsample = Downsample(
@@ -1090,11 +1187,12 @@ class ResNet(nnx.Module):
           previous_dilation,
           dropout,
           exp,
-          **options,
+          **{**options, **aa_first},
         )
       ]
+      rest = {**options, "aa_layer": None}
       blocks += [
-        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **options)
+        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **rest)
         for _ in range(1, depth)
       ]
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
@@ -1184,10 +1282,28 @@ def _run_blocks(blocks, x: jax.Array) -> jax.Array:
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """torchvision's stem pool: 3x3, stride 2, padding 1, the padding at -inf."""
+  return _max_pool_3x3(x, 2)
+
+
+def _max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   init = np.array(-np.inf, x.dtype)  # a concrete identity lets JAX pick the differentiable max
   return jax.lax.reduce_window(
-    x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    x, init, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
   )
+
+
+def _stem_pool(make: Layers, width: int, replace_stem_pool: bool, aa_layer: str | None):
+  """timm's ``maxpool`` in place of the stem's 3x3/2 max-pool: the conv pool (``[0]`` conv, at
+  stride 1 before ``[1]`` an aa module with ``aa_layer``, then the norm and ReLU); or with
+  ``aa_layer`` alone, a 2x2/2 average pool (``"avg"``, no max-pool at all) or ``[0]`` a 3x3/1
+  max-pool and ``[1]`` a blur at stride 2 (``"blur"``)."""
+  if replace_stem_pool:
+    conv = make.conv(width, width, 3, 1 if aa_layer else 2, padding=1)
+    aa = [make_aa(aa_layer, width, 2)] if aa_layer else []
+    return Sequential([conv, *aa, make.bn(width), Relu()])
+  if aa_layer == "avg":
+    return AvgAntiAlias(2)
+  return Sequential([MaxPool(1), BlurPool(width, 2)])
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -1204,11 +1320,16 @@ def _check_timm_args(
   down_kernel_size,
   block_reduce_first,
   attn_layer,
+  aa_layer,
 ) -> None:
   """Validates ResNet's timm options: one line naming the parameter."""
   _choice("stem_type", stem_type, STEM_TYPES)
-  if attn_layer is not None and attn_layer not in ATTN_LAYERS:
-    raise ValueError(f"attn_layer must be one of {ATTN_LAYERS} or None, got {attn_layer!r}")
+  for name, value, allowed in [
+    ("attn_layer", attn_layer, ATTN_LAYERS),
+    ("aa_layer", aa_layer, AA_LAYERS),
+  ]:
+    if value is not None and value not in allowed:
+      raise ValueError(f"{name} must be one of {allowed} or None, got {value!r}")
   for name, flag in [("replace_stem_pool", replace_stem_pool), ("avg_down", avg_down)]:
     if not isinstance(flag, bool):
       raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -1233,27 +1354,29 @@ def _check_timm_args(
     raise ValueError(f"block_reduce_first must be an int >= 1, got {block_reduce_first!r}")
 
 
-def _check_resnest_args(block, split, attn_layer, block_reduce_first) -> None:
-  """Validates ResNeSt's options (``split``: radix, avd, avd_first, is_first by name): one
-  line naming the parameter."""
+def _check_resnest_args(blocks, split, attn_layer, block_reduce_first, aa_layer) -> None:
+  """Validates ResNeSt's options (``split``: radix, avd, avd_first, is_first by name) against
+  the stages' ``blocks``: one line naming the parameter."""
   if not _is_int(split["radix"]) or split["radix"] < 0:
     raise ValueError(f"radix must be an int >= 0, got {split['radix']!r}")
   for name in ("avd", "avd_first", "is_first"):
     if not isinstance(split[name], bool):
       raise ValueError(f"{name} must be True or False, got {split[name]!r}")
-  if block is not ResNestBottleneck:
+  if ResNestBottleneck not in blocks:
     defaults = {"radix": 1, "avd": False, "avd_first": False, "is_first": False}
     given = ", ".join(f"{k}={v!r}" for k, v in split.items() if v != defaults[k])
     if given:
       raise ValueError(f"ResNeSt's options apply to block='resnest' only, got {given}")
     return
+  if any(b is not ResNestBottleneck for b in blocks):
+    raise ValueError("block='resnest' is for every stage, not mixed with other blocks")
   if (split["avd_first"] or split["is_first"]) and not split["avd"]:
     raise ValueError("avd_first and is_first place the avd pool: they need avd=True")
-  if attn_layer is not None or block_reduce_first != 1:
+  if attn_layer is not None or block_reduce_first != 1 or aa_layer is not None:
     raise ValueError(
-      "attn_layer and block_reduce_first are not options of block='resnest' (timm's "
-      f"ResNestBottleneck has neither), got attn_layer={attn_layer!r}, "
-      f"block_reduce_first={block_reduce_first!r}"
+      "attn_layer, block_reduce_first and aa_layer are not options of block='resnest' "
+      f"(timm's ResNestBottleneck has none of them), got attn_layer={attn_layer!r}, "
+      f"block_reduce_first={block_reduce_first!r}, aa_layer={aa_layer!r}"
     )
 
 
@@ -1274,16 +1397,13 @@ def _check_args(
   channels,
   expansion,
   dropout,
-) -> type[nnx.Module]:
-  """Validates ResNet's arguments; returns the block class."""
-  if isinstance(block, str):
-    _choice("block", block, BLOCKS)
-    block = BLOCKS[block]
-  _choice("block", block, BLOCKS.values())
+) -> tuple[type[nnx.Module], ...]:
+  """Validates ResNet's arguments; returns the block class of each stage."""
   _choice("norm", norm, NORMS)
   _choice("stem", stem, STEMS)
   if not layers or any(int(n) < 1 for n in layers):
     raise ValueError(f"layers must be a non-empty sequence of positive ints, got {layers!r}")
+  blocks = _stage_blocks(block, len(layers))
   if len(channels) != len(layers):
     raise ValueError(
       f"channels must have one entry per stage ({len(layers)} for layers="
@@ -1294,12 +1414,12 @@ def _check_args(
       "replace_stride_with_dilation must have one entry per stage after the "
       f"first ({len(layers) - 1}), got {tuple(dilate)}"
     )
-  if block is BasicBlock and (groups != 1 or width_per_group != 64):
+  if BasicBlock in blocks and (groups != 1 or width_per_group != 64):
     raise ValueError(
       "BasicBlock only supports groups=1 and width_per_group=64, got "
       f"groups={groups}, width_per_group={width_per_group}"
     )
-  if block is BasicBlock and dilate is not None and any(dilate):
+  if BasicBlock in blocks and dilate is not None and any(dilate):
     raise ValueError(
       "replace_stride_with_dilation is not supported with BasicBlock "
       f"(dilation > 1), got {tuple(dilate)}"
@@ -1315,4 +1435,21 @@ def _check_args(
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-  return block
+  return blocks
+
+
+def _stage_blocks(block, stages: int) -> tuple[type[nnx.Module], ...]:
+  """One block class per stage from ``block``: a class or name for all, or one per stage."""
+  each = [block] * stages if isinstance(block, (str, type)) else list(block)
+  if len(each) != stages:
+    raise ValueError(
+      f"block must be one block or one per stage ({stages}), got {len(each)}: {tuple(block)!r}"
+    )
+  classes = []
+  for b in each:
+    if isinstance(b, str):
+      _choice("block", b, BLOCKS)
+      b = BLOCKS[b]
+    _choice("block", b, BLOCKS.values())
+    classes.append(b)
+  return tuple(classes)

@@ -16,7 +16,7 @@ class Arch(NamedTuple):
   """How torchvision or timm builds one named architecture: ``ResNet``'s options that make it,
   timm's knobs (``stem_type``...) after torchvision's."""
 
-  block: str
+  block: str | tuple[str, ...]  # one for all stages, or one per stage
   layers: tuple[int, ...]
   groups: int = 1
   width_per_group: int = 64
@@ -31,6 +31,10 @@ class Arch(NamedTuple):
   avd: bool = False
   avd_first: bool = False
   is_first: bool = False
+  aa_layer: str | None = None
+  # timm's GroupNorm nets fix ``norm``; None leaves it to the caller (``ResNet``'s option)
+  norm: str | None = None
+  channels: tuple[int, ...] | None = None  # likewise, the stages' base widths
 
   def options(self) -> dict[str, Any]:
     """``ResNet``'s options for this architecture: torchvision's four, and the timm knobs
@@ -44,6 +48,8 @@ class Arch(NamedTuple):
 
 
 _TORCHVISION_FIELDS = 4  # block, layers, groups, width_per_group
+# Fields that are ``ResNet`` options of every architecture unless the table sets them (None).
+OPEN = ("norm", "channels")
 
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -70,7 +76,7 @@ R26, R50, R101, R152, R200, R269 = (
 )
 
 
-def _arch(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
+def _arch(block: str | tuple[str, ...], layers: tuple[int, ...], **knobs: Any) -> Arch:
   """An ``Arch`` from keyword knobs (the table's shared dicts unpack into them)."""
   return Arch(block, layers, **knobs)
 
@@ -92,6 +98,7 @@ def _t(block: str, layers: tuple[int, ...], **knobs: Any) -> Arch:
 
 B, X = "bottleneck", {"groups": 32, "width_per_group": 4}  # X: ResNeXt 32x4d
 SE, ECA = {"attn_layer": "se"}, {"attn_layer": "eca"}
+AA, BLUR = {"aa_layer": "avg"}, {"aa_layer": "blur"}
 
 # The architectures of timm's resnet.py (timm 1.0) that torchvision has not, by timm's names;
 # timm's resnet18... are torchvision's ten above, with the same keys.
@@ -154,6 +161,36 @@ TIMM_ARCHITECTURES: dict[str, Arch] = {
     down_kernel_size=3,
     block_reduce_first=2,
     **SE,
+  ),
+  "resnet50_gn": _arch(B, R50, norm="group"),
+  "resnetblur18": _arch("basic", R26, **BLUR),
+  "resnetblur50": _arch(B, R50, **BLUR),
+  "resnetblur50d": _d(B, R50, **BLUR),
+  "resnetblur101d": _d(B, R101, **BLUR),
+  "resnetaa34d": _d("basic", R50, **AA),
+  "resnetaa50": _arch(B, R50, **AA),
+  "resnetaa50d": _d(B, R50, **AA),
+  "resnetaa101d": _d(B, R101, **AA),
+  "seresnetaa50d": _d(B, R50, **SE, **AA),
+  "seresnextaa101d_32x8d": _d(B, R101, groups=32, width_per_group=8, **SE, **AA),
+  "seresnextaa201d_32x8d": _arch(
+    B,
+    (3, 24, 36, 4),
+    groups=32,
+    width_per_group=8,
+    stem_type="deep",
+    stem_width=64,
+    avg_down=True,
+    **SE,
+    **AA,
+  ),
+  "test_resnet": _arch(
+    ("basic", "basic", B, "basic"),
+    (1, 1, 1, 1),
+    stem_type="deep",
+    stem_width=16,
+    avg_down=True,
+    channels=(32, 48, 48, 96),
   ),
 }
 
@@ -220,11 +257,12 @@ def build(name: str, **options: Any) -> ResNet:
   """Architecture ``name`` with ``ResNet``'s keyword ``options``, randomly initialised.
 
   Options that define the architecture itself (block, layers, groups, width_per_group,
-  and timm's knobs: ``Arch``) come from the table and cannot be overridden. Pretrained
+  and timm's knobs: ``Arch``) come from the table and cannot be overridden; ``norm`` and
+  ``channels`` only where the table sets them (``resnet50_gn``, ``test_resnet``). Pretrained
   weights are ``flax_resnet.create_model``'s, a layer above (``builders``).
   """
   arch = architecture(name)
-  fixed = set(arch._fields) & set(options)
+  fixed = {k for k in set(arch._fields) & set(options) if k not in OPEN or getattr(arch, k)}
   if fixed:
     raise ValueError(
       f"{sorted(fixed)} are fixed by architecture {name!r}; build a custom "

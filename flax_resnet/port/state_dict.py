@@ -148,19 +148,33 @@ def _is_real_float(value: Any) -> bool:
 def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
   """Architecture name (None for a custom config) and ResNet options read off a state dict.
 
-  Depth comes from block counts, the block type from the presence of ``conv3``,
+  Depth comes from block counts, each stage's block type from the presence of ``conv3``,
   groups and width from the 3x3 conv shapes, ``num_classes`` from ``fc``; timm's knobs from
   their keys and shapes (``stem``); ResNeSt's (``block="resnest"``) from its split
   attention (``_conv2``), its tensor-less avd pools as the table's entry with the same
   tensors has them, or for a custom net as every timm ResNeSt (``avd=True``). Keys of a last
-  stage without a complete first block (``layer5.*`` in a four-stage net) are not counted, so
-  that matching reports them as unexpected; a key the inference needs is named.
+  stage without a complete first block
+  (``layer5.*`` in a four-stage net) are not counted, so that matching reports them as
+  unexpected; a key the inference needs is named. A file without running statistics is
+  timm's GroupNorm architecture where the table has one (``resnet50_gn``), else the
+  BatchNorm one with ``norm="group"``. Anti-aliasing holds no tensors and is never inferred:
+  ``resnetaa50``'s file reads as ``resnet50``, and converts as ``resnetaa50`` when named.
   """
+  arch, channels, options, standard = _read_architecture(state_dict)
+  name = _table_name(arch, options) if standard else None
+  if name is None:
+    return None, {**arch.options(), "channels": channels, **options}
+  return name, options
+
+
+def _read_architecture(state_dict: Mapping[str, Any]) -> tuple[Arch, tuple, dict[str, Any], bool]:
+  """(the ``Arch`` that the keys and shapes show, the stage widths, the other options, whether
+  the widths and stem are a named architecture's)."""
   shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
   stem, out, in_channels = _stem(shapes)
   bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in shapes)
   last = "conv3" if bottleneck else "conv2"
-  stages = _blocks_per_stage(shapes, last)
+  stages = _blocks_per_stage(shapes)
   if not stages:
     raise ConversionError(
       f"cannot infer the architecture: no 'layer1.0.conv1.weight' and "
@@ -171,35 +185,73 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str | None, dict[
   options["stem"] = stem.pop("stem")
   if not any(key.endswith("running_mean") for key in shapes):
     options["norm"] = "group"
-  exp = 4 if bottleneck else 1
+  kinds = _stage_kinds(shapes, len(stages))
   channels = tuple(
-    _shape(shapes, f"layer{i + 1}.0.{last}.weight")[0] // exp for i in range(len(stages))
+    _shape(shapes, f"layer{i + 1}.0.{_LAST_CONV[k]}.weight")[0] // _EXPANSION[k]
+    for i, k in enumerate(kinds)
   )
   first = _shape(shapes, "layer1.0.conv1.weight")
   conv2, split = _conv2(shapes, first[0])
   groups, width = 1, 64
-  if bottleneck:
+  if split:  # ResNeSt: every stage's block is one
     groups = first[0] // conv2[1]
     width = conv2[0] // groups * 64 // channels[0]
+    kinds = ["resnest"] * len(kinds)
+  elif bottleneck:  # from the first bottleneck stage
+    j = kinds.index("bottleneck")
+    b1, b2 = (_shape(shapes, f"layer{j + 1}.0.conv{n}.weight") for n in (1, 2))
+    groups = b1[0] // b2[1]
+    width = b2[0] // groups * 64 // channels[j]
   knobs = {**stem, **_block_knobs(shapes, first[0], conv2[0]), **split}
-  block = knobs.pop("block", "bottleneck" if bottleneck else "basic")
-  name, arch = _named(Arch(block, tuple(stages), groups, width, **knobs))
+  knobs.pop("block", None)
+  if channels != DEFAULT_CHANNELS:
+    knobs["channels"] = channels
+  block = kinds[0] if len(set(kinds)) == 1 else tuple(kinds)
+  arch = Arch(block, tuple(stages), groups, width, **knobs)
   plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
-  if name is None or channels != DEFAULT_CHANNELS or plain_stem:
-    return None, {**arch.options(), "channels": channels, **options}
-  return name, options
+  return arch, channels, options, not plain_stem
 
 
-def _named(arch: Arch) -> tuple[str | None, Arch]:
-  """The table's name and entry equal to ``arch`` up to ResNeSt's avd pools (options without
-  tensors, which the keys cannot tell); (None, ``arch``) if none."""
+_LAST_CONV = {"basic": "conv2", "bottleneck": "conv3", "resnest": "conv3"}
+_EXPANSION = {"basic": 1, "bottleneck": 4, "resnest": 4}
 
-  def keyed(a: Arch) -> Arch:
-    return a._replace(avd=False, avd_first=False, is_first=False)
 
-  return next(
-    ((n, a) for n, a in ALL_ARCHITECTURES.items() if keyed(a) == keyed(arch)), (None, arch)
-  )
+def _stage_kinds(shapes: Mapping[str, tuple], stages: int) -> list[str]:
+  """Each stage's block kind: bottleneck where its blocks have a ``conv3`` or ``bn3`` (a file
+  missing one of them still reads as bottleneck, and the missing key is named)."""
+  return [
+    "bottleneck"
+    if any(re.match(rf"layer{i + 1}\.\d+\.(conv3|bn3)\.", k) for k in shapes)
+    else "basic"
+    for i in range(stages)
+  ]
+
+
+def _table_name(arch: Arch, options: dict[str, Any]) -> str | None:
+  """The table's name for ``arch``; a group-norm file's ``norm`` moves from ``options`` into
+  the architecture where the table has it so (timm's GroupNorm nets)."""
+  if options.get("norm") == "group":
+    name = _table_name(arch._replace(norm="group"), {})
+    if name is not None:
+      del options["norm"]
+      return name
+  return next((n for n, a in ALL_ARCHITECTURES.items() if _keyed(a) == _keyed(arch)), None)
+
+
+def _keyed(arch: Arch) -> Arch:
+  """``arch`` up to what its keys cannot show: ResNeSt's avd pools (options without tensors;
+  a named ResNeSt takes them from the table)."""
+  return arch._replace(avd=False, avd_first=False, is_first=False)
+
+
+def _as_anti_aliased(state_dict: Mapping[str, Any], arch: str) -> tuple[str, dict] | None:
+  """(``arch``, the file's options) where ``arch`` is anti-aliased and the file has its keys
+  and shapes (which an aa module, holding no tensors, leaves as without it); else None."""
+  table = architecture(arch)
+  if table.aa_layer is None:
+    return None
+  found, _, options, standard = _read_architecture(state_dict)
+  return (arch, options) if standard and found == table._replace(aa_layer=None) else None
 
 
 def _conv2(shapes: Mapping[str, tuple], width: int) -> tuple[tuple, dict[str, Any]]:
@@ -254,9 +306,9 @@ def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:
   return shapes[key]
 
 
-def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
-  """Blocks of stages 1, 2, ...; a last stage whose first block lacks ``conv1`` or its
-  ``last`` conv is left out (its keys are unexpected ones, such as a stray ``layer5.*``)."""
+def _blocks_per_stage(shapes: Mapping[str, tuple]) -> list[int]:
+  """Blocks of stages 1, 2, ...; a last stage whose first block lacks ``conv1`` or its last
+  conv (its kind's) is left out (its keys are unexpected ones, such as a stray ``layer5.*``)."""
   counts: dict[int, int] = {}
   for key in shapes:
     m = re.match(r"layer(\d+)\.(\d+)\.", key)
@@ -266,6 +318,7 @@ def _blocks_per_stage(shapes: Mapping[str, tuple], last: str) -> list[int]:
   n = 0
   while n + 1 in counts:
     n += 1
+  last = _LAST_CONV[_stage_kinds(shapes, n)[-1]] if n else ""
   if n and not all(f"layer{n}.0.{conv}.weight" in shapes for conv in ("conv1", last)):
     n -= 1
   return [counts[s] for s in range(1, n + 1)]
@@ -342,6 +395,8 @@ def from_torch_state_dict(
 
 def _resolve_architecture(state_dict, arch, reset_head, model_options):
   inferred, options = infer_architecture(state_dict)
+  if arch is not None and inferred != arch:
+    inferred, options = _as_anti_aliased(state_dict, arch) or (inferred, options)
   if reset_head:
     options.pop("num_classes")
   elif model_options.get("num_classes", options["num_classes"]) != options["num_classes"]:

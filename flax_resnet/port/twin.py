@@ -112,10 +112,14 @@ def torch_resnet(
   spec = {k: v for k, v in options.items() if k not in _NOT_IN_TORCH}
   norm = spec.pop("norm", "batch")
   stem = spec.get("stem", "imagenet")
-  if norm not in NORM_LAYERS or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
+  timm_net = is_timms(arch, spec)
+  norms = dict(NORM_LAYERS)
+  if timm_net and norm == "group":  # timm imported only where its GroupNorm is asked for
+    norms["group"] = _timm_group_norm(options)
+  if norm not in norms or spec.get("num_classes", 1000) == 0 or spec.pop("expansion", None):
     return None
-  spec["norm_layer"] = NORM_LAYERS[norm]
-  if is_timms(arch, spec):
+  spec["norm_layer"] = norms[norm]
+  if timm_net:
     return None if stem != "imagenet" else timm_resnet(arch, spec)
   stem, in_channels = spec.pop("stem", "imagenet"), spec.pop("in_channels", 3)
   channels = tuple(spec.pop("channels", DEFAULT_CHANNELS))
@@ -141,16 +145,27 @@ def _torchvision(arch: str | None, spec: dict[str, Any]) -> nn.Module:
   return tv.ResNet(block, layers, **spec)
 
 
-# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four).
-_TIMM_KNOBS = set(Arch._fields[4:])
+# Options of ours that are timm's alone (``registry.Arch`` after torchvision's four, but the
+# options of every net that it may fix).
+_TIMM_KNOBS = {f for f in Arch._fields[4:] if f not in ("norm", "channels")}
 # Of them, those timm passes to its blocks in ``block_args``.
 _BLOCK_ARGS = ("attn_layer", "radix", "avd", "avd_first", "is_first")
 
 
+def _timm_group_norm(options: Mapping[str, Any]) -> Any:
+  """timm's ``GroupNorm`` (eps 1e-5) with our ``norm_groups`` (32 if not given)."""
+  import functools
+
+  from timm.layers import GroupNorm
+
+  return functools.partial(GroupNorm, num_groups=options.get("norm_groups", 32))
+
+
 def is_timms(arch: str | None, options: Mapping[str, Any]) -> bool:
   """Whether ``torch_resnet`` builds (arch, options) with timm: one of timm's architectures,
-  or a net with timm's block (ResNeSt's) or any of timm's knobs."""
-  timm_block = options.get("block") == "resnest"
+  or a net with timm's block (ResNeSt's), a block kind per stage, or any of timm's knobs."""
+  block = options.get("block")
+  timm_block = block == "resnest" or isinstance(block, (list, tuple))
   return (
     (arch is not None and arch not in ARCHITECTURES)
     or timm_block
@@ -164,6 +179,7 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module | None:
   None where timm cannot build it: a 7x7 stem not 64 wide (timm's is always 64), dilated
   stages other than the last ones (timm's ``output_stride``)."""
   import timm
+  from timm.layers import BlurPool2d
   from timm.models import resnet as tr
   from timm.models.resnest import ResNestBottleneck
 
@@ -182,9 +198,12 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module | None:
   spec.pop("zero_init_residual", None)
   if arch:
     return timm.create_model(arch, **args)
-  blocks = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck, "resnest": ResNestBottleneck}
-  block: Any = blocks[spec.pop("block")]
+  kinds = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck, "resnest": ResNestBottleneck}
+  block: Any = spec.pop("block")
+  block = kinds[block] if isinstance(block, str) else [kinds[b] for b in block]
   block_args = {k: spec.pop(k) for k in _BLOCK_ARGS if k in spec}
+  if spec.get("aa_layer"):  # timm's ResNet takes the class (its stem tests issubclass)
+    spec["aa_layer"] = {"avg": nn.AvgPool2d, "blur": BlurPool2d}[spec["aa_layer"]]
   renamed = {"groups": "cardinality", "width_per_group": "base_width"}
   timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
   if "channels" in timm_spec:

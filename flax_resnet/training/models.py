@@ -158,6 +158,7 @@ NETWORK_OPTIONS = (
   "avd",
   "avd_first",
   "is_first",
+  "aa_layer",
 )
 
 
@@ -172,9 +173,13 @@ def network_options(arch: str | None, options: dict) -> dict:
     for k, v in merged.items()
     if k in NETWORK_OPTIONS
   }
-  block = merged["block"]  # a class or its name
+  block = merged["block"]  # a class or its name, or one per stage
+  one = isinstance(block, (str, type))
   names = {cls: name for name, cls in BLOCKS.items()}
-  plain["block"] = block if isinstance(block, str) else names.get(block, block.__name__)
+  per_stage = [
+    b if isinstance(b, str) else names.get(b, b.__name__) for b in ([block] if one else block)
+  ]
+  plain["block"] = per_stage[0] if one else per_stage
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
   return plain

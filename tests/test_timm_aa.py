@@ -1,0 +1,256 @@
+"""timm's anti-aliased nets (``aa_layer``: ``resnetaa*`` average pool, ``resnetblur*``
+BlurPool2d), GroupNorm (``resnet50_gn``) and the mixed-block ``test_resnet``: built key for key,
+as exact as timm in float64, converted and written back bit for bit.
+
+Helpers are tests/test_timm.py's; torch runs a float32 copy and a float64 one
+(``assert_parity``), JAX at the highest matmul precision.
+"""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import timm
+from flax import nnx
+from test_timm import calibrated_timm_pair, our_shapes, timm_shapes
+from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
+
+import flax_resnet
+from flax_resnet.folding import fold_batchnorm
+from flax_resnet.model import ResNet
+from flax_resnet.port.state_dict import (
+  ConversionError,
+  convert_state_dict,
+  from_torch_state_dict,
+  infer_architecture,
+  to_torch_layout,
+  torch_key,
+)
+from flax_resnet.port.torch_files import to_torch_state_dict
+from flax_resnet.port.twin import torch_resnet
+from flax_resnet.training.models import network_options
+
+
+def with_random_group_norms(reference, seed: int = 0):
+  """GroupNorm affines drawn away from timm's 1 and 0, so that a swapped weight shows."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in reference.modules():
+      if isinstance(m, torch.nn.GroupNorm):
+        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+        m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+  return reference
+
+
+def timm_pair(name: str):
+  """(timm's model, trained-looking, in eval mode; our conversion of it)."""
+  reference, _ = calibrated_timm_pair(name)
+  with_random_group_norms(reference)
+  return reference, from_torch_state_dict(reference.state_dict(), name)
+
+
+# One net per family: average-pool aa on basic blocks with the D stem and shortcuts, and on
+# bottlenecks with SE, GroupNorm, the mixed-block test net; blur's below, on odd sizes.
+FAMILIES = ["resnetaa34d", "seresnetaa50d", "resnet50_gn", "test_resnet"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_eval_logits_and_features_match_timm_in_float64(name):
+  reference, model = timm_pair(name)
+  assert_parity(reference, model, smooth_images(11, (2, 64, 64, 3)))
+
+
+@pytest.mark.parametrize("name", ["resnetblur18", "resnetblur50d"])
+def test_blur_anti_aliasing_on_odd_sizes_matches_timm(name):
+  # 57x61: every blur (stem and blocks) pads an odd side by reflection and strides past it,
+  # and resnetblur50d's ceil-mode average shortcuts must land on the same sizes.
+  reference, model = timm_pair(name)
+  assert_parity(reference, model, smooth_images(12, (2, 57, 61, 3)))
+
+
+def test_an_odd_size_under_average_pool_anti_aliasing_is_refused_in_one_line_as_timm_refuses_it():
+  # timm's nn.AvgPool2d(2) floors 31 to 15 where the 1x1/2 shortcut conv gives 16.
+  reference, model = timm_pair("resnetaa34d")
+  x = smooth_images(13, (1, 62, 64, 3))
+  with pytest.raises(RuntimeError, match="must match the size"):
+    reference(nchw(x))
+  with pytest.raises(ValueError, match="input size: a block's residual branch gives") as error:
+    model(jnp.asarray(x))
+  assert "\n" not in str(error.value)
+
+
+SMALL = {"block": "bottleneck", "layers": (1, 1, 2, 1), "stem_type": "deep", "stem_width": 16}
+KNOBS = {
+  # the conv stem pool at stride 1, then the aa module, its norm and ReLU: maxpool[0], maxpool[2]
+  "avg with the conv stem pool": {**SMALL, "aa_layer": "avg", "replace_stem_pool": True},
+  "blur with the conv stem pool": {**SMALL, "aa_layer": "blur", "replace_stem_pool": True},
+  # a dilated stage's first block: timm's blur at stride 1 (avg's is the identity there)
+  "blur with dilation": {
+    **SMALL,
+    "aa_layer": "blur",
+    "avg_down": True,
+    "replace_stride_with_dilation": (False, True, True),
+  },
+  "avg with dilation": {
+    **SMALL,
+    "aa_layer": "avg",
+    "replace_stride_with_dilation": (False, False, True),
+  },
+  "mixed blocks with blur": {
+    "block": ("bottleneck", "basic", "basic", "basic"),
+    "layers": (1, 2, 1, 1),
+    "channels": (16, 32, 32, 64),
+    "stem_type": "deep",  # timm's 7x7 stem is 64 wide whatever the stages
+    "stem_width": 8,
+    "aa_layer": "blur",
+    "num_classes": 10,
+  },
+}
+
+
+def custom_timm_pair(options: dict):
+  torch.manual_seed(0)
+  reference = calibrate(torch_resnet(None, options))
+  model = ResNet(**options)
+  assert our_shapes(model) == {
+    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
+  }
+  dilation = options.get("replace_stride_with_dilation")
+  extra = {"replace_stride_with_dilation": dilation} if dilation else {}
+  if "aa_layer" in options:  # no tensors: the file cannot say it
+    extra["aa_layer"] = options["aa_layer"]
+  return reference, from_torch_state_dict(reference.state_dict(), **extra)
+
+
+@pytest.mark.parametrize("options", KNOBS.values(), ids=list(KNOBS))
+def test_anti_aliasing_on_custom_nets_matches_timm(options):
+  reference, model = custom_timm_pair(options)
+  assert_parity(reference, model, smooth_images(14, (2, 64, 64, 3)))
+
+
+@pytest.mark.parametrize(
+  "options", [KNOBS["blur with the conv stem pool"], KNOBS["avg with the conv stem pool"]]
+)
+def test_a_folded_anti_aliased_net_is_as_exact_as_timm(options):
+  reference, model = custom_timm_pair(options)
+  assert_parity(reference, fold_batchnorm(model), smooth_images(15, (2, 64, 64, 3)))
+
+
+@pytest.mark.parametrize("name", ["resnetblur18", "resnet50_gn", "test_resnet"])
+def test_round_trip_loads_into_timm_strictly_and_bit_exact(name):
+  reference, model = timm_pair(name)
+  original = reference.state_dict()
+  fresh = timm.create_model(name)
+  fresh.load_state_dict(to_torch_state_dict(model), strict=True)
+  for key, value in fresh.state_dict().items():
+    if not key.endswith("num_batches_tracked"):
+      assert torch.equal(value, original[key]), key
+
+
+def float64_train_pass(reference, name: str, x, labels):
+  """(timm's float64 train-mode logits and gradients by key, ours) for one pass."""
+  reference = copy.deepcopy(reference).double().train()
+  logits = reference(nchw(x))
+  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+  theirs = {k: p.grad.numpy() for k, p in reference.named_parameters()}
+  with jax.enable_x64(True):
+    model = from_torch_state_dict(reference.state_dict(), name, param_dtype=jnp.float64)
+    model.train()
+
+    def loss_fn(m):
+      out = m(jnp.asarray(x))
+      logp = jax.nn.log_softmax(out)
+      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), out
+
+    (_, ours), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
+    ours_grads = {
+      torch_key(path): to_torch_layout(np.asarray(g.get_value()))
+      for path, g in nnx.to_flat_state(grads)
+    }
+  return (logits.detach().numpy(), theirs), (np.asarray(ours), ours_grads)
+
+
+@pytest.mark.parametrize("name", ["resnetblur18", "resnetaa34d", "resnet50_gn"])
+def test_train_mode_logits_and_gradients_equal_timm_in_float64(name):
+  reference, _ = timm_pair(name)
+  x = smooth_images(16, (2, 64, 64, 3)).astype(np.float64)
+  labels = np.array([3, 500])
+  (logits, grads), (ours, our_grads) = float64_train_pass(reference, name, x, labels)
+  assert np.max(np.abs(ours - logits)) <= 1e-10 * np.max(np.abs(logits))
+  assert set(our_grads) == set(grads)
+  for key, want in grads.items():
+    err = np.linalg.norm(our_grads[key] - want) / np.linalg.norm(want)
+    assert err <= 1e-10, f"gradient of {key}: relative error {err:.3g}"
+
+
+def fake_state_dict(name: str) -> dict:
+  return {k: np.zeros(s, np.float32) for k, s in timm_shapes(name).items()}
+
+
+@pytest.mark.parametrize(
+  "name, keys_of",
+  [("resnetblur18", "resnet18"), ("resnetaa34d", "resnet34d"), ("seresnetaa50d", None)],
+)
+def test_an_anti_aliased_file_reads_as_its_keys_say_and_converts_as_the_aa_net_when_named(
+  name, keys_of
+):
+  state = fake_state_dict(name)
+  inferred, options = infer_architecture(state)
+  assert inferred == keys_of  # seresnet50d is no timm architecture: a custom ResNet
+  assert options.get("aa_layer") is None
+  conversion = convert_state_dict(state, name)
+  assert conversion.arch == name
+  assert conversion.options == {"in_channels": 3, "num_classes": 1000, "stem": "imagenet"}
+  assert conversion.model.layer2[0].aa is not None
+
+
+def test_an_anti_aliased_arch_named_for_another_nets_file_is_refused():
+  with pytest.raises(ConversionError, match="file looks like resnet18, not arch='resnetaa34d'"):
+    convert_state_dict(fake_state_dict("resnet18"), "resnetaa34d")
+
+
+def test_a_group_norm_file_is_resnet50_gn_and_a_group_norm_resnet18_stays_resnet18():
+  assert infer_architecture(fake_state_dict("resnet50_gn"))[0] == "resnet50_gn"
+  model = flax_resnet.create_model("resnet18", norm="group", rngs=nnx.Rngs(0))
+  inferred, options = infer_architecture(to_torch_state_dict(model))
+  assert (inferred, options["norm"]) == ("resnet18", "group")
+
+
+def test_resnet50_gns_norm_is_fixed_and_other_nets_keep_the_norm_option():
+  with pytest.raises(ValueError, match=r"\['norm'\] are fixed by architecture 'resnet50_gn'"):
+    flax_resnet.create_model("resnet50_gn", norm="batch")
+  with pytest.raises(ValueError, match=r"\['channels'\] are fixed by architecture 'test_resnet'"):
+    flax_resnet.create_model("test_resnet", channels=(8, 8, 8, 8))
+  model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50", norm="group"))
+  assert isinstance(model.bn1, nnx.GroupNorm)
+
+
+def test_blurpools_filter_is_timms_and_no_state_of_either():
+  model = ResNet("basic", (1, 1), channels=(8, 16), aa_layer="blur", num_classes=3)
+  assert not any("aa" in torch_key(p) for p, _ in nnx.to_flat_state(nnx.state(model)))
+  blur = timm.layers.BlurPool2d(16, stride=2)
+  assert "filt" not in blur.state_dict()  # a non-persistent buffer: not in timm's files
+  x = smooth_images(17, (2, 9, 7, 16))
+  ours = np.asarray(model.layer2[0].aa(jnp.asarray(x)))
+  np.testing.assert_allclose(ours, blur(nchw(x)).permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-6)
+
+
+BAD = [
+  ({"aa_layer": "gaussian"}, r"aa_layer must be one of \('avg', 'blur'\) or None"),
+  ({"block": ("basic",)}, r"block must be one block or one per stage \(2\), got 1"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD, ids=[m for _, m in BAD])
+def test_a_bad_aa_layer_or_block_list_is_refused_in_one_line_naming_it(options, message):
+  with pytest.raises(ValueError, match=message) as error:
+    ResNet(**{"block": "bottleneck", "layers": (1, 1), "channels": (8, 16), **options})
+  assert "\n" not in str(error.value)
+
+
+def test_the_network_options_of_a_run_hold_aa_layer_and_each_stages_block():
+  assert network_options("resnetaa50d", {})["aa_layer"] == "avg"
+  assert network_options("test_resnet", {})["block"] == ["basic", "basic", "bottleneck", "basic"]
+  assert network_options("resnet50", {})["block"] == "bottleneck"
