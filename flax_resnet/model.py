@@ -568,12 +568,12 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 
 class SqueezeExcite(nnx.Module):
-  """timm's ``SEModule``: global mean, 1x1 conv ``fc1`` (to ``channels / 16`` rounded by
-  ``make_divisible``) with bias, ReLU, 1x1 conv ``fc2`` back with bias, a sigmoid gate on
-  each channel."""
+  """timm's ``SEModule``: global mean, 1x1 conv ``fc1`` (to ``channels * rd_ratio``, 1/16 by
+  default, rounded by ``make_divisible``) with bias, ReLU, 1x1 conv ``fc2`` back with bias, a
+  sigmoid gate on each channel."""
 
-  def __init__(self, make: Layers, channels: int):
-    reduced = make_divisible(channels / 16)
+  def __init__(self, make: Layers, channels: int, rd_ratio: float | None = None):
+    reduced = make_divisible(channels * (rd_ratio or 1 / 16))
     self.fc1 = make.conv(channels, reduced, 1, bias=True)
     self.fc2 = make.conv(reduced, channels, 1, bias=True)
 
@@ -592,7 +592,8 @@ class EfficientChannelAttention(nnx.Module):
   """timm's ``EcaModule``: global mean, a bias-free 1-d conv ``conv`` across the channels
   (width ``eca_kernel_size``, zero padding), a sigmoid gate on each channel."""
 
-  def __init__(self, make: Layers, channels: int):
+  def __init__(self, make: Layers, channels: int, rd_ratio: float | None = None):
+    del rd_ratio  # SE's alone; accepted for a uniform attention signature
     k = eca_kernel_size(channels)
     self.conv = nnx.Conv(
       1,
@@ -614,10 +615,126 @@ class EfficientChannelAttention(nnx.Module):
 ATTENTION = {"se": SqueezeExcite, "eca": EfficientChannelAttention}
 
 
-def make_attn(make: Layers, attn_layer: str | None, channels: int) -> nnx.Module | None:
+def make_attn(
+  make: Layers,
+  attn_layer: str | None,
+  channels: int,
+  rd_ratio: float | None = None,
+  nominal: int | None = None,
+) -> nnx.Module | None:
   """The block's ``se`` module (timm names every kind so): ``attn_layer`` of ``ATTN_LAYERS``,
-  or None for none."""
-  return ATTENTION[attn_layer](make, channels) if attn_layer else None
+  or None for none; SE reduces by ``rd_ratio``. ``nominal``: the unpruned width of a pruned
+  block, which sizes ECA's kernel (timm's pruning rebuilds 2-d convs only, not ECA's 1-d one)."""
+  if not attn_layer:
+    return None
+  return ATTENTION[attn_layer](
+    make, nominal if attn_layer == "eca" and nominal else channels, rd_ratio
+  )
+
+
+class DropBlockSpec(NamedTuple):
+  """One stage's DropBlock, as timm's ``drop_blocks`` makes it: the drop probability, the
+  block's side and the scale of the seed rate (``drop_block_gamma``)."""
+
+  rate: float
+  block_size: int
+  gamma_scale: float
+
+
+# timm's drop_blocks: DropBlock in the third stage (5x5 blocks, the seed rate scaled by 1/4)
+# and the fourth (3x3 blocks), in every block of them; none in the others.
+DROP_BLOCK_STAGES = {2: (5, 0.25), 3: (3, 1.0)}
+
+
+def drop_block_specs(rate: float, stages: int) -> list[DropBlockSpec | None]:
+  """Each stage's DropBlock for ``drop_block_rate=rate`` (timm's ``drop_blocks``)."""
+  table = DROP_BLOCK_STAGES if rate > 0 else {}
+  return [DropBlockSpec(rate, *table[i]) if i in table else None for i in range(stages)]
+
+
+def drop_path_rates(rate: float, layers: Sequence[int]) -> list[float]:
+  """Each block's drop-path probability, timm's stochastic-depth rule: linear over the
+  net's n blocks, block i (counted over all stages from 0) drops with ``rate * i / (n - 1)``;
+  the first never drops (nor the only block of a one-block net)."""
+  n = sum(layers)
+  return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+class DropPath(nnx.Module):
+  """timm's ``DropPath`` (stochastic depth): in training, each sample's residual branch is
+  zeroed with probability ``rate`` and the kept ones are divided by ``1 - rate`` (the
+  expectation stays); the identity in eval mode (``deterministic``, as ``nnx.Dropout``).
+  Its key comes from the ``dropout`` stream of ``rngs``, as ``nnx.Dropout``'s does."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.rate, self.deterministic = rate, False
+    self.rngs = rngs["dropout"].fork()
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    kept = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (kept.astype(x.dtype) / np.array(keep, x.dtype))
+
+
+def drop_block_gamma(rate: float, block_size: int, gamma_scale: float, h: int, w: int) -> float:
+  """timm's DropBlock seed rate on an ``h`` x ``w`` map: a block's seeds are drawn at every
+  position with this probability, ``gamma_scale * rate * h * w / (kh * kw) / ((h - kh + 1) *
+  (w - kw + 1))``, the block ``kh`` x ``kw`` cut to the map."""
+  kh, kw = min(block_size, h), min(block_size, w)
+  return float(gamma_scale * rate * h * w) / float(kh * kw) / float((h - kh + 1) * (w - kw + 1))
+
+
+def apply_drop_block(x: jax.Array, seeds: jax.Array, block_size: int) -> jax.Array:
+  """``x`` (N, H, W, C) with a block around each seed zeroed in every channel, rescaled as timm
+  does: by the mask's size over its kept count (in float32, + 1e-7). ``seeds`` (N, H, W, 1):
+  1 where a block starts. A block ``kh`` x ``kw`` (``block_size`` cut to the map) covers
+  ``(k - 1) // 2`` rows and columns before its seed and ``k // 2`` after (timm's max-pool, its
+  even-kernel fix included)."""
+  kh, kw = min(block_size, x.shape[1]), min(block_size, x.shape[2])
+  pad = ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0))
+  seeds = seeds.astype(x.dtype)
+  dropped = jax.lax.reduce_window(
+    seeds, np.array(0, x.dtype), jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1), pad
+  )
+  keep = 1 - dropped
+  f32 = np.float32
+  scale = f32(keep.size) / (jnp.sum(keep.astype(f32)) + f32(1e-7))
+  return x * (keep * scale.astype(x.dtype))
+
+
+class DropBlock(nnx.Module):
+  """timm's ``DropBlock2d`` (as ``drop_block_rate`` configures it): in training, square blocks
+  of the feature map are zeroed in all channels at once, seeded at each position with
+  probability ``drop_block_gamma``, and the rest scaled up (``apply_drop_block``); the
+  identity in eval mode. Keys from the ``dropout`` stream, as ``DropPath``."""
+
+  def __init__(self, spec: DropBlockSpec, *, rngs: nnx.Rngs):
+    self.rate, self.block_size, self.gamma_scale = spec
+    self.deterministic = False
+    self.rngs = rngs["dropout"].fork()
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0:
+      return x
+    n, h, w, _ = x.shape
+    gamma = drop_block_gamma(self.rate, self.block_size, self.gamma_scale, h, w)
+    return apply_drop_block(
+      x, jax.random.bernoulli(self.rngs(), gamma, (n, h, w, 1)), self.block_size
+    )
+
+
+def _drop_path(rate: float, rngs: nnx.Rngs) -> DropPath | None:
+  return DropPath(rate, rngs=rngs) if rate > 0 else None
+
+
+def _drop_block(spec: DropBlockSpec | None, rngs: nnx.Rngs) -> DropBlock | None:
+  return DropBlock(spec, rngs=rngs) if spec is not None else None
+
+
+def _maybe(module: nnx.Module | None, x: jax.Array) -> jax.Array:
+  return x if module is None else module(x)
 
 
 class BasicBlock(nnx.Module):
@@ -640,17 +757,23 @@ class BasicBlock(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    widths: Sequence[int] | None = None,
+    drop_path: float = 0.0,
+    drop_block: DropBlockSpec | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
-    out = planes * (expansion or self.expansion)
-    first = planes // reduce_first
+    nominal = planes * (expansion or self.expansion)
+    first, out = widths or (planes // reduce_first, nominal)
     self.conv1 = make.conv(inplanes, first, 3, stride, padding=dilation, dilation=dilation)
     self.bn1 = make.bn(first)
+    self.drop_block = _drop_block(drop_block, make.rngs)
     self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
-    self.se = make_attn(make, attn_layer, out)
+    self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
+    self.drop_path = _drop_path(drop_path, make.rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -658,7 +781,7 @@ class BasicBlock(nnx.Module):
     return (self.bn2,)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = nnx.relu(_maybe(self.drop_block, self.bn1(self.conv1(x))))
     out = self.bn2(self.conv2(out))
     return _merge(self, x, out)
 
@@ -687,21 +810,27 @@ class Bottleneck(nnx.Module):
     *,
     reduce_first: int = 1,
     attn_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    widths: Sequence[int] | None = None,
+    drop_path: float = 0.0,
+    drop_block: DropBlockSpec | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
-    out = planes * (expansion or self.expansion)
-    first = width // reduce_first
+    nominal = planes * (expansion or self.expansion)
+    first, width, out = widths or (width // reduce_first, width, nominal)
     self.conv1 = make.conv(inplanes, first, 1)
     self.bn1 = make.bn(first)
     self.conv2 = make.conv(
       first, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
+    self.drop_block = _drop_block(drop_block, make.rngs)
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
-    self.se = make_attn(make, attn_layer, out)
+    self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
+    self.drop_path = _drop_path(drop_path, make.rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -710,7 +839,7 @@ class Bottleneck(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
-    out = nnx.relu(self.bn2(self.conv2(out)))
+    out = nnx.relu(_maybe(self.drop_block, self.bn2(self.conv2(out))))
     out = self.bn3(self.conv3(out))
     return _merge(self, x, out)
 
@@ -721,11 +850,13 @@ def _branch_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
 
 
 def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
-  """The branch's attention (timm's place: after the last norm), dropout, the shortcut, ReLU."""
+  """The branch's attention (timm's place: after the last norm), dropout, drop path, the
+  shortcut, ReLU."""
   if block.se is not None:
     out = block.se(out)
   if block.dropout is not None:
     out = block.dropout(out)
+  out = _maybe(block.drop_path, out)
   identity = x if block.downsample is None else block.downsample(x)
   return nnx.relu(out + identity)
 
@@ -813,6 +944,10 @@ class ResNet(nnx.Module):
     down_kernel_size: int = 1,
     block_reduce_first: int = 1,
     attn_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    block_widths: Sequence[Sequence[Sequence[int]]] | None = None,
+    drop_path_rate: float = 0.0,
+    drop_block_rate: float = 0.0,
     rngs: nnx.Rngs | None = None,
   ):
     _check_timm_args(
@@ -825,6 +960,7 @@ class ResNet(nnx.Module):
       block_reduce_first,
       attn_layer,
     )
+    _check_rs_args(attn_layer, se_rd_ratio, drop_path_rate, drop_block_rate, layers)
     block = _check_args(
       block,
       layers,
@@ -846,7 +982,17 @@ class ResNet(nnx.Module):
     self.remat = "none"
     width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool)
     shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
-    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer}
+    options = {
+      "reduce_first": block_reduce_first,
+      "attn_layer": attn_layer,
+      "se_rd_ratio": se_rd_ratio,
+    }
+    per_stage = _per_block_options(
+      layers,
+      _check_block_widths(block_widths, block, layers, groups),
+      drop_path_rate,
+      drop_block_rate,
+    )
     self._build_stages(
       make,
       block,
@@ -857,6 +1003,7 @@ class ResNet(nnx.Module):
       (groups, width_per_group, dropout),
       shortcut,
       options,
+      per_stage,
     )
     self.num_features = self.feature_info[-1].channels
     if num_classes:
@@ -894,12 +1041,15 @@ class ResNet(nnx.Module):
     return width
 
   def _build_stages(
-    self, make, block, layers, widths, expansion, dilate, per_block, shortcut, options
+    self, make, block, layers, widths, expansion, dilate, per_block, shortcut, options, per_stage
   ):
-    """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``."""
+    """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``;
+    ``per_stage``: each block's own options (``_per_block_options``). Where a shortcut
+    projects is decided on the nominal (unpruned) widths, as timm's pruned nets keep it."""
     groups, width_per_group, dropout = per_block
     exp = expansion or block.expansion
     inplanes, dilation = widths[0], 1
+    nominal = inplanes
     stride_so_far = 2 if self.stem == "imagenet" else 1
     info = [FeatureInfo("stem", inplanes, stride_so_far)]
     stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
@@ -909,11 +1059,13 @@ class ResNet(nnx.Module):
       if i > 0 and dilate[i - 1]:
         dilation, stride = dilation * stride, 1
       downsample = None
-      if stride != 1 or inplanes != planes * exp:
+      own = per_stage[i]
+      out = own[0]["widths"][-1] if own[0].get("widths") else planes * exp
+      if stride != 1 or nominal != planes * exp:
         downsample = Downsample(
           make,
           inplanes,
-          planes * exp,
+          out,
           stride,
           dilation=dilation,
           first_dilation=previous_dilation,
@@ -932,14 +1084,15 @@ class ResNet(nnx.Module):
           dropout,
           exp,
           **options,
+          **own[0],
         )
       ]
       blocks += [
-        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **options)
-        for _ in range(1, depth)
+        block(make, out, planes, 1, None, *shared, dilation, dropout, exp, **options, **own[j])
+        for j in range(1, depth)
       ]
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
-      inplanes, stride_so_far = planes * exp, stride_so_far * stride
+      inplanes, nominal, stride_so_far = out, planes * exp, stride_so_far * stride
       info.append(FeatureInfo(f"layer{i + 1}", inplanes, stride_so_far))
     self.feature_info = tuple(info)
 
@@ -1072,6 +1225,76 @@ def _check_timm_args(
     )
   if not _is_int(block_reduce_first) or block_reduce_first < 1:
     raise ValueError(f"block_reduce_first must be an int >= 1, got {block_reduce_first!r}")
+
+
+def _check_rs_args(attn_layer, se_rd_ratio, drop_path_rate, drop_block_rate, layers) -> None:
+  """Validates SE's reduction and the drop rates: one line naming the parameter."""
+  if se_rd_ratio is not None and attn_layer != "se":
+    raise ValueError(f"se_rd_ratio applies to attn_layer='se' only, got attn_layer={attn_layer!r}")
+  if se_rd_ratio is not None and not (_is_number(se_rd_ratio) and 0 < se_rd_ratio <= 1):
+    raise ValueError(f"se_rd_ratio must be a number in (0, 1], got {se_rd_ratio!r}")
+  for name, rate in [("drop_path_rate", drop_path_rate), ("drop_block_rate", drop_block_rate)]:
+    if not (_is_number(rate) and 0 <= rate < 1):
+      raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+  if drop_block_rate and len(layers) < 3:
+    raise ValueError(
+      f"drop_block_rate acts on the third and fourth stages (timm's drop_blocks), and "
+      f"layers={tuple(layers)} has {len(layers)}"
+    )
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_block_widths(block_widths, block, layers, groups) -> tuple | None:
+  """``block_widths`` as tuples, validated: per stage, per block, each conv's output width
+  (a bottleneck's three, a basic block's two), every block of a stage ending equally wide."""
+  if block_widths is None:
+    return None
+  n = 3 if block is Bottleneck else 2
+  if groups != 1:
+    raise ValueError(f"block_widths needs groups=1 (ungrouped 3x3 convs), got groups={groups}")
+  if not isinstance(block_widths, Sequence) or len(block_widths) != len(layers):
+    raise ValueError(
+      f"block_widths must have one entry per stage ({len(layers)} for layers={tuple(layers)})"
+      f", got {block_widths!r}"
+    )
+  for i, (stage, depth) in enumerate(zip(block_widths, layers)):
+    if not isinstance(stage, Sequence) or len(stage) != depth:
+      raise ValueError(f"block_widths[{i}] must have {depth} blocks (layers[{i}]), got {stage!r}")
+    for j, widths in enumerate(stage):
+      ok = isinstance(widths, Sequence) and len(widths) == n
+      if not ok or not all(_is_int(w) and w >= 1 for w in widths):
+        raise ValueError(
+          f"block_widths[{i}][{j}] must be {n} ints >= 1 (the {block.__name__}'s conv widths)"
+          f", got {widths!r}"
+        )
+    ends = sorted({widths[-1] for widths in stage})
+    if len(ends) > 1:
+      raise ValueError(
+        f"block_widths[{i}]: every block of a stage must end equally wide (the residual sum)"
+        f", got {ends}"
+      )
+  return tuple(tuple(tuple(w) for w in stage) for stage in block_widths)
+
+
+def _per_block_options(layers, block_widths, drop_path_rate, drop_block_rate) -> list[list[dict]]:
+  """Per stage, per block: its ``widths`` (None: the nominal ones), ``drop_path`` rate and
+  ``drop_block`` (None: none)."""
+  rates = iter(drop_path_rates(drop_path_rate, layers))
+  specs = drop_block_specs(drop_block_rate, len(layers))
+  return [
+    [
+      {
+        "widths": block_widths[i][j] if block_widths else None,
+        "drop_path": next(rates),
+        "drop_block": specs[i],
+      }
+      for j in range(depth)
+    ]
+    for i, depth in enumerate(layers)
+  ]
 
 
 def _is_int(value) -> bool:

@@ -37,8 +37,6 @@ FAMILIES = ["resnet50d", "resnet10t", "resnet50s", "seresnext26d_32x4d", "ecares
 # GroupNorm, pruned widths, ResNet-RS (SE at 1/4 with the conv stem pool), the test net.
 NOT_YET = {
   "resnet50_gn",
-  "ecaresnet50d_pruned",
-  "ecaresnet101d_pruned",
   "resnetblur18",
   "resnetblur50",
   "resnetblur50d",
@@ -50,13 +48,6 @@ NOT_YET = {
   "seresnetaa50d",
   "seresnextaa101d_32x8d",
   "seresnextaa201d_32x8d",
-  "resnetrs50",
-  "resnetrs101",
-  "resnetrs152",
-  "resnetrs200",
-  "resnetrs270",
-  "resnetrs350",
-  "resnetrs420",
   "test_resnet",
 }
 
