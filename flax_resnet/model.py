@@ -664,11 +664,11 @@ class DropPath(nnx.Module):
   """timm's ``DropPath`` (stochastic depth): in training, each sample's residual branch is
   zeroed with probability ``rate`` and the kept ones are divided by ``1 - rate`` (the
   expectation stays); the identity in eval mode (``deterministic``, as ``nnx.Dropout``).
-  Its key comes from the ``dropout`` stream of ``rngs``, as ``nnx.Dropout``'s does."""
+  Its keys: a fork of ``stream`` (``drop_stream``)."""
 
-  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+  def __init__(self, rate: float, *, stream: nnx.RngStream):
     self.rate, self.deterministic = rate, False
-    self.rngs = rngs["dropout"].fork()
+    self.rngs = stream.fork()
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.deterministic or self.rate == 0:
@@ -688,7 +688,7 @@ def drop_block_gamma(rate: float, block_size: int, gamma_scale: float, h: int, w
 
 def apply_drop_block(x: jax.Array, seeds: jax.Array, block_size: int) -> jax.Array:
   """``x`` (N, H, W, C) with a block around each seed zeroed in every channel, rescaled as timm
-  does: by the mask's size over its kept count (in float32, + 1e-7). ``seeds`` (N, H, W, 1):
+  does: by the mask's size over its kept count (+ 1e-7, in float32). ``seeds`` (N, H, W, 1):
   1 where a block starts. A block ``kh`` x ``kw`` (``block_size`` cut to the map) covers
   ``(k - 1) // 2`` rows and columns before its seed and ``k // 2`` after (timm's max-pool, its
   even-kernel fix included)."""
@@ -700,7 +700,8 @@ def apply_drop_block(x: jax.Array, seeds: jax.Array, block_size: int) -> jax.Arr
   )
   keep = 1 - dropped
   f32 = np.float32
-  scale = f32(keep.size) / (jnp.sum(keep.astype(f32)) + f32(1e-7))
+  # torch computes timm's numel / (kept + 1e-7) as a reciprocal times numel: so here too.
+  scale = f32(keep.size) * (f32(1) / (jnp.sum(keep.astype(f32)) + f32(1e-7)))
   return x * (keep * scale.astype(x.dtype))
 
 
@@ -708,12 +709,12 @@ class DropBlock(nnx.Module):
   """timm's ``DropBlock2d`` (as ``drop_block_rate`` configures it): in training, square blocks
   of the feature map are zeroed in all channels at once, seeded at each position with
   probability ``drop_block_gamma``, and the rest scaled up (``apply_drop_block``); the
-  identity in eval mode. Keys from the ``dropout`` stream, as ``DropPath``."""
+  identity in eval mode. Its keys: a fork of ``stream``, as ``DropPath``'s."""
 
-  def __init__(self, spec: DropBlockSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: DropBlockSpec, *, stream: nnx.RngStream):
     self.rate, self.block_size, self.gamma_scale = spec
     self.deterministic = False
-    self.rngs = rngs["dropout"].fork()
+    self.rngs = stream.fork()
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.deterministic or self.rate == 0:
@@ -725,12 +726,24 @@ class DropBlock(nnx.Module):
     )
 
 
-def _drop_path(rate: float, rngs: nnx.Rngs) -> DropPath | None:
-  return DropPath(rate, rngs=rngs) if rate > 0 else None
+def drop_stream(rngs: nnx.Rngs) -> nnx.RngStream:
+  """The random stream of a net's ``DropPath`` and ``DropBlock`` modules: a fork of the
+  ``dropout`` stream of a copy of ``rngs``, so that the parameters drawn from ``rngs`` are
+  the same whatever the drop rates (as with ``nnx.Dropout``, ``dropout`` falls back to
+  ``default`` where ``rngs`` has no such stream)."""
+  return nnx.clone(rngs)["dropout"].fork()
 
 
-def _drop_block(spec: DropBlockSpec | None, rngs: nnx.Rngs) -> DropBlock | None:
-  return DropBlock(spec, rngs=rngs) if spec is not None else None
+def _drop_path(rate: float, stream: nnx.RngStream | None) -> DropPath | None:
+  if rate > 0 and stream is None:
+    raise ValueError("a block with drop_path > 0 needs drop_rngs (model.drop_stream)")
+  return DropPath(rate, stream=stream) if rate > 0 and stream is not None else None
+
+
+def _drop_block(spec: DropBlockSpec | None, stream: nnx.RngStream | None) -> DropBlock | None:
+  if spec is not None and stream is None:
+    raise ValueError("a block with drop_block needs drop_rngs (model.drop_stream)")
+  return DropBlock(spec, stream=stream) if spec is not None and stream is not None else None
 
 
 def _maybe(module: nnx.Module | None, x: jax.Array) -> jax.Array:
@@ -761,19 +774,20 @@ class BasicBlock(nnx.Module):
     widths: Sequence[int] | None = None,
     drop_path: float = 0.0,
     drop_block: DropBlockSpec | None = None,
+    drop_rngs: nnx.RngStream | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
     nominal = planes * (expansion or self.expansion)
     first, out = widths or (planes // reduce_first, nominal)
     self.conv1 = make.conv(inplanes, first, 3, stride, padding=dilation, dilation=dilation)
     self.bn1 = make.bn(first)
-    self.drop_block = _drop_block(drop_block, make.rngs)
+    self.drop_block = _drop_block(drop_block, drop_rngs)
     self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
     self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
-    self.drop_path = _drop_path(drop_path, make.rngs)
+    self.drop_path = _drop_path(drop_path, drop_rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -814,6 +828,7 @@ class Bottleneck(nnx.Module):
     widths: Sequence[int] | None = None,
     drop_path: float = 0.0,
     drop_block: DropBlockSpec | None = None,
+    drop_rngs: nnx.RngStream | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
     nominal = planes * (expansion or self.expansion)
@@ -824,13 +839,13 @@ class Bottleneck(nnx.Module):
       first, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
-    self.drop_block = _drop_block(drop_block, make.rngs)
+    self.drop_block = _drop_block(drop_block, drop_rngs)
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
     self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
-    self.drop_path = _drop_path(drop_path, make.rngs)
+    self.drop_path = _drop_path(drop_path, drop_rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -992,6 +1007,7 @@ class ResNet(nnx.Module):
       _check_block_widths(block_widths, block, layers, groups),
       drop_path_rate,
       drop_block_rate,
+      drop_stream(make.rngs) if drop_path_rate or drop_block_rate else None,
     )
     self._build_stages(
       make,
@@ -1279,9 +1295,11 @@ def _check_block_widths(block_widths, block, layers, groups) -> tuple | None:
   return tuple(tuple(tuple(w) for w in stage) for stage in block_widths)
 
 
-def _per_block_options(layers, block_widths, drop_path_rate, drop_block_rate) -> list[list[dict]]:
-  """Per stage, per block: its ``widths`` (None: the nominal ones), ``drop_path`` rate and
-  ``drop_block`` (None: none)."""
+def _per_block_options(
+  layers, block_widths, drop_path_rate, drop_block_rate, stream
+) -> list[list[dict]]:
+  """Per stage, per block: its ``widths`` (None: the nominal ones), ``drop_path`` rate,
+  ``drop_block`` (None: none) and the stream they draw from."""
   rates = iter(drop_path_rates(drop_path_rate, layers))
   specs = drop_block_specs(drop_block_rate, len(layers))
   return [
@@ -1290,6 +1308,7 @@ def _per_block_options(layers, block_widths, drop_path_rate, drop_block_rate) ->
         "widths": block_widths[i][j] if block_widths else None,
         "drop_path": next(rates),
         "drop_block": specs[i],
+        "drop_rngs": stream,
       }
       for j in range(depth)
     ]
