@@ -2,6 +2,11 @@
 built key for key, computing timm's numbers, dropping as timm's schedules say."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,10 @@ from flax_resnet.port.state_dict import (
 )
 from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.registry import architecture
+from flax_resnet.training import config as config_lib
+from flax_resnet.training.models import run_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRUNED = ["ecaresnet50d_pruned", "ecaresnet101d_pruned"]
 
@@ -338,3 +347,79 @@ def test_a_custom_pruned_net_runs_and_round_trips_through_the_inference():
   assert model(jnp.ones((1, 32, 32, 3))).shape == (1, 3)
   arch, options = infer_architecture(to_torch_state_dict(model))
   assert arch is None and options["block_widths"] == widths
+
+
+# Training with them.
+
+TRAIN = [
+  "synthetic=true",
+  "layers=1,1,1,1",
+  "channels=8,8,16,16",
+  "num_classes=3",
+  "dtype=float32",
+  "workers=0",
+  "global_batch=16",
+  "epochs=1",
+  "max_steps=2",
+  "log_every=1",
+  "step_cache=false",
+]
+
+
+def train_command(workdir, *sets) -> subprocess.CompletedProcess:
+  args = [sys.executable, "train/train.py", "--config", "cifar10_resnet18", "--workdir", workdir]
+  for s in [*TRAIN, *sets]:
+    args += ["--set", s]
+  environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return subprocess.run(
+    args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600
+  )
+
+
+def test_a_run_trains_with_drop_path_and_dropblock_and_its_ema(tmp_path):
+  done = train_command(
+    str(tmp_path / "w"), "drop_path_rate=0.2", "drop_block_rate=0.1", "ema_decay=0.9"
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "step 2/2" in done.stdout
+  saved = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert (saved["drop_path_rate"], saved["drop_block_rate"]) == (0.2, 0.1)
+
+
+def test_the_run_model_drops_as_configured():
+  cfg = config_lib.override(
+    config_lib.Config(), [*TRAIN, "drop_path_rate=0.3", "drop_block_rate=0.1"]
+  )
+  model = run_model(cfg)
+  rates = [b.drop_path.rate if b.drop_path else 0.0 for s in model.stages for b in s]
+  assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+  assert [b.drop_block is not None for s in model.stages for b in s] == [0, 0, 1, 1]
+  assert model.layer3[0].drop_block.rate == 0.1
+  plain = run_model(config_lib.override(config_lib.Config(), TRAIN))
+  assert all(b.drop_path is None and b.drop_block is None for s in plain.stages for b in s)
+
+
+@pytest.mark.parametrize(
+  "assignment, message",
+  [
+    ("drop_path_rate=1", "config drop_path_rate=1.0: must be below 1"),
+    ("drop_block_rate=-0.5", "config drop_block_rate=-0.5: must be at least 0"),
+  ],
+)
+def test_a_bad_drop_rate_is_one_line_naming_the_field(assignment, message):
+  with pytest.raises(ValueError) as error:
+    config_lib.override(config_lib.Config(), [assignment])
+  assert str(error.value).startswith(message) and "\n" not in str(error.value), error.value
+
+
+def test_dropblock_on_a_net_of_two_stages_is_refused_naming_both_fields(tmp_path):
+  done = train_command(str(tmp_path / "w"), "layers=1,1", "channels=8,16", "drop_block_rate=0.1")
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "--set drop_block_rate=0.1" in done.stderr and "--set layers=1,1" in done.stderr
+  assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_the_drop_fields_are_listed_with_their_meaning():
+  listing = config_lib.field_listing()
+  assert "drop_path_rate: float = 0.0" in listing and "drop_block_rate: float = 0.0" in listing

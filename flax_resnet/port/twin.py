@@ -27,8 +27,17 @@ from flax_resnet.registry import TIMM_ARCHITECTURES, Arch, architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
-# Options that change neither the keys nor the eval function: precision, dropout, streams.
-_NOT_IN_TORCH = ("dtype", "param_dtype", "dropout", "norm_groups", "rngs")
+# Options that change neither the keys nor the eval function: precision, dropout (drop path and
+# DropBlock too), streams.
+_NOT_IN_TORCH = (
+  "dtype",
+  "param_dtype",
+  "dropout",
+  "norm_groups",
+  "rngs",
+  "drop_path_rate",
+  "drop_block_rate",
+)
 
 
 class StageResNet(nn.Module):

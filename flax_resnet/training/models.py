@@ -26,6 +26,10 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
     dtype=None if cfg.dtype == "float32" else cfg.dtype,
     norm="frozen_batch" if cfg.freeze_bn else "batch",
   )
+  # Stochastic depth and DropBlock where asked: they change no tensor, only training.
+  for rate in ("drop_path_rate", "drop_block_rate"):
+    if getattr(cfg, rate):
+      options[rate] = getattr(cfg, rate)
   if not cfg.layers:
     return cfg.arch, options
   # The architecture's own block, groups and width per group, at the run's depths and widths.
