@@ -15,13 +15,12 @@ import pytest
 import timm
 from flax import nnx
 from test_timm import (
-  assert_timms_keys_shapes_and_parameter_count,
   calibrated_timm_pair,
   our_shapes,
 )
 from timm.layers import DropBlock2d
 from timm.layers.drop import drop_block_2d
-from torch_reference import assert_parity, nchw, smooth_images, torch
+from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
 
 import flax_resnet
 import flax_resnet.model as model_lib
@@ -34,6 +33,7 @@ from flax_resnet.port.state_dict import (
   torch_key,
 )
 from flax_resnet.port.torch_files import to_torch_state_dict
+from flax_resnet.port.twin import torch_resnet
 from flax_resnet.registry import architecture
 from flax_resnet.training import config as config_lib
 from flax_resnet.training.models import run_model
@@ -135,11 +135,6 @@ def test_a_pruned_net_built_by_hand_takes_the_same_widths_and_eca_kernels_as_tim
   assert [info.channels for info in model.feature_info] == [64, 19, 171, 818, 2022]
 
 
-def test_deep_resnet_rs_have_timms_keys_shapes_and_parameter_count():
-  for name in ["resnetrs270", "resnetrs350", "resnetrs420"]:
-    assert_timms_keys_shapes_and_parameter_count(name)
-
-
 def test_se_reduction_of_resnet_rs_is_a_quarter_rounded_as_timm():
   model = nnx.eval_shape(lambda: flax_resnet.create_model("resnetrs50"))
   assert model.layer1[0].se.fc1.kernel.get_value().shape[-1] == 64  # 256 / 4
@@ -155,6 +150,49 @@ def test_a_custom_se_ratio_is_inferred_from_a_state_dict():
   fake = {k: np.empty(v.shape) for k, v in to_torch_state_dict(model).items()}
   arch, options = infer_architecture(fake)
   assert arch is None and options["se_rd_ratio"] == 0.5
+
+
+CUSTOM = {
+  # SE at another reduction, as ResNet-RS's (timm's SEModule with rd_ratio).
+  "se_rd_ratio": {
+    "block": "bottleneck",
+    "layers": (1, 2, 1, 1),
+    "channels": (16, 32, 48, 64),
+    "stem_type": "deep",
+    "stem_width": 16,
+    "replace_stem_pool": True,
+    "attn_layer": "se",
+    "se_rd_ratio": 0.5,
+    "num_classes": 10,
+  },
+  # A pruned net of our own: timm's twin is adapt_model_from_string of its description.
+  "block_widths with eca": {
+    "block": "bottleneck",
+    "layers": (1, 1, 2, 1),
+    "stem_type": "deep",
+    "stem_width": 16,
+    "avg_down": True,
+    "attn_layer": "eca",
+    "block_widths": (
+      ((12, 5, 40),),
+      ((20, 9, 70),),
+      ((30, 17, 100), (28, 19, 100)),
+      ((40, 31, 150),),
+    ),
+    "num_classes": 10,
+  },
+}
+
+
+@pytest.mark.parametrize("options", CUSTOM.values(), ids=list(CUSTOM))
+def test_custom_nets_with_the_new_options_match_their_timm_twin(options):
+  torch.manual_seed(0)
+  reference = calibrate(torch_resnet(None, options))
+  assert our_shapes(ResNet(**options)) == {
+    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
+  }
+  model = from_torch_state_dict(reference.state_dict())  # the options inferred from the keys
+  assert_parity(reference, model, smooth_images(14, (2, 64, 64, 3)))
 
 
 # Drop path and DropBlock.
