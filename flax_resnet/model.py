@@ -923,6 +923,21 @@ class ResNet(nnx.Module):
     block_reduce_first: the first conv of each block is this many times narrower.
     attn_layer: channel attention after each block's last norm, as ``se``: ``"se"``
       (squeeze-and-excitation) or ``"eca"`` (efficient channel attention); None for none.
+    se_rd_ratio: SE's reduction, ``fc1`` ``channels * se_rd_ratio`` wide (``make_divisible``);
+      1/16 if omitted, ResNet-RS's 1/4; only with ``attn_layer="se"``.
+    block_widths: a pruned net's widths (timm's ``ecaresnet*_pruned``, ``flax_resnet.pruned``):
+      per stage, per block, its convs' output widths (a bottleneck's conv1, conv2, conv3; a
+      basic block's conv1, conv2), every block of a stage ending equally wide; groups=1.
+      ``channels`` stay the nominal widths, which decide where a shortcut projects and ECA's
+      kernel, as in timm's pruned nets.
+    drop_path_rate: stochastic depth (timm's ``DropPath``): block i of the net's n drops its
+      residual branch, per sample, with probability ``drop_path_rate * i / (n - 1)``, the kept
+      ones scaled by 1 / (1 - that); training only.
+    drop_block_rate: DropBlock (timm's ``drop_blocks``) after the first 3x3 conv's norm (a
+      bottleneck's ``bn2``, a basic block's ``bn1``) of every block of the third (5x5 blocks,
+      seed rate scaled by 1/4) and fourth stage (3x3);
+      training only. Both draw from a copy of ``rngs``' ``dropout`` stream: the initial
+      weights do not depend on them.
 
   Models start in training mode, as torch modules do: call ``model.eval()`` to use
   running statistics and disable dropout, ``model.train()`` to switch back.

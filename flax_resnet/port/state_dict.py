@@ -247,6 +247,7 @@ def _pruned_widths(shapes: Mapping[str, tuple], arch: Arch, channels: tuple) -> 
   found, nominal = [], True
   for i, depth in enumerate(arch.layers):
     width = int(channels[i] * arch.width_per_group / 64) * arch.groups
+    expected: tuple[int, ...]
     if exp == 4:
       expected = (width // arch.block_reduce_first, width, channels[i] * exp)
     else:
