@@ -36,7 +36,7 @@ from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet
 from flax_resnet.registry import architecture
 from flax_resnet.training import config as config_lib
-from flax_resnet.training.models import run_model
+from flax_resnet.training.models import check_same_network, run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -461,3 +461,15 @@ def test_dropblock_on_a_net_of_two_stages_is_refused_naming_both_fields(tmp_path
 def test_the_drop_fields_are_listed_with_their_meaning():
   listing = config_lib.field_listing()
   assert "drop_path_rate: float = 0.0" in listing and "drop_block_rate: float = 0.0" in listing
+
+
+def test_init_from_a_checkpoint_of_another_se_ratio_or_pruning_is_refused_naming_it():
+  rs = json.loads(json.dumps(architecture("resnetrs50").options()))  # as metadata holds it
+  check_same_network("ck", ("resnetrs50", {}), (None, rs))
+  pruned_net = json.loads(json.dumps(architecture("ecaresnet50d_pruned").options()))
+  check_same_network("ck", ("ecaresnet50d_pruned", {}), (None, pruned_net))
+  with pytest.raises(ValueError, match="se_rd_ratio=None, this run builds se_rd_ratio=0.25"):
+    check_same_network("ck", ("resnetrs50", {}), (None, {**rs, "se_rd_ratio": None}))
+  other = {**pruned_net, "block_widths": architecture("ecaresnet101d_pruned").block_widths}
+  with pytest.raises(ValueError, match="is a network with block_widths="):
+    check_same_network("ck", ("ecaresnet50d_pruned", {}), (None, {**other, "layers": [3, 4, 6, 3]}))

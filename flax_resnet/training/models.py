@@ -117,6 +117,8 @@ NETWORK_OPTIONS = (
   "down_kernel_size",
   "block_reduce_first",
   "attn_layer",
+  "se_rd_ratio",
+  "block_widths",
 )
 
 
@@ -126,16 +128,17 @@ def network_options(arch: str | None, options: dict) -> dict:
   defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
   table = flax_resnet.registry.architecture(arch).options() if arch else {}
   merged = {**defaults, **table, **options}
-  plain = {
-    k: list(v) if isinstance(v, (list, tuple)) else v
-    for k, v in merged.items()
-    if k in NETWORK_OPTIONS
-  }
+  plain = {k: _as_lists(v) for k, v in merged.items() if k in NETWORK_OPTIONS}
   block = merged["block"]  # a class or its name
   plain["block"] = block if isinstance(block, str) else block.__name__.lower().replace("block", "")
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
   return plain
+
+
+def _as_lists(value):
+  """``value`` with every tuple a list, at any depth (``block_widths``), as JSON reads it."""
+  return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:
