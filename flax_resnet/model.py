@@ -633,12 +633,12 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 
 class SqueezeExcite(nnx.Module):
-  """timm's ``SEModule``: global mean, 1x1 conv ``fc1`` (to ``channels / 16`` rounded by
-  ``make_divisible``) with bias, ReLU, 1x1 conv ``fc2`` back with bias, a sigmoid gate on
-  each channel."""
+  """timm's ``SEModule``: global mean, 1x1 conv ``fc1`` (to ``channels * rd_ratio``, 1/16 by
+  default, rounded by ``make_divisible``) with bias, ReLU, 1x1 conv ``fc2`` back with bias, a
+  sigmoid gate on each channel."""
 
-  def __init__(self, make: Layers, channels: int):
-    reduced = make_divisible(channels / 16)
+  def __init__(self, make: Layers, channels: int, rd_ratio: float | None = None):
+    reduced = make_divisible(channels * (rd_ratio or 1 / 16))
     self.fc1 = make.conv(channels, reduced, 1, bias=True)
     self.fc2 = make.conv(reduced, channels, 1, bias=True)
 
@@ -657,7 +657,8 @@ class EfficientChannelAttention(nnx.Module):
   """timm's ``EcaModule``: global mean, a bias-free 1-d conv ``conv`` across the channels
   (width ``eca_kernel_size``, zero padding), a sigmoid gate on each channel."""
 
-  def __init__(self, make: Layers, channels: int):
+  def __init__(self, make: Layers, channels: int, rd_ratio: float | None = None):
+    del rd_ratio  # SE's alone; accepted for a uniform attention signature
     k = eca_kernel_size(channels)
     self.conv = nnx.Conv(
       1,
@@ -679,10 +680,139 @@ class EfficientChannelAttention(nnx.Module):
 ATTENTION = {"se": SqueezeExcite, "eca": EfficientChannelAttention}
 
 
-def make_attn(make: Layers, attn_layer: str | None, channels: int) -> nnx.Module | None:
+def make_attn(
+  make: Layers,
+  attn_layer: str | None,
+  channels: int,
+  rd_ratio: float | None = None,
+  nominal: int | None = None,
+) -> nnx.Module | None:
   """The block's ``se`` module (timm names every kind so): ``attn_layer`` of ``ATTN_LAYERS``,
-  or None for none."""
-  return ATTENTION[attn_layer](make, channels) if attn_layer else None
+  or None for none; SE reduces by ``rd_ratio``. ``nominal``: the unpruned width of a pruned
+  block, which sizes ECA's kernel (timm's pruning rebuilds 2-d convs only, not ECA's 1-d one)."""
+  if not attn_layer:
+    return None
+  return ATTENTION[attn_layer](
+    make, nominal if attn_layer == "eca" and nominal else channels, rd_ratio
+  )
+
+
+class DropBlockSpec(NamedTuple):
+  """One stage's DropBlock, as timm's ``drop_blocks`` makes it: the drop probability, the
+  block's side and the scale of the seed rate (``drop_block_gamma``)."""
+
+  rate: float
+  block_size: int
+  gamma_scale: float
+
+
+# timm's drop_blocks: DropBlock in the third stage (5x5 blocks, the seed rate scaled by 1/4)
+# and the fourth (3x3 blocks), in every block of them; none in the others.
+DROP_BLOCK_STAGES = {2: (5, 0.25), 3: (3, 1.0)}
+
+
+def drop_block_specs(rate: float, stages: int) -> list[DropBlockSpec | None]:
+  """Each stage's DropBlock for ``drop_block_rate=rate`` (timm's ``drop_blocks``)."""
+  table = DROP_BLOCK_STAGES if rate > 0 else {}
+  return [DropBlockSpec(rate, *table[i]) if i in table else None for i in range(stages)]
+
+
+def drop_path_rates(rate: float, layers: Sequence[int]) -> list[float]:
+  """Each block's drop-path probability, timm's stochastic-depth rule: linear over the
+  net's n blocks, block i (counted over all stages from 0) drops with ``rate * i / (n - 1)``;
+  the first never drops (nor the only block of a one-block net)."""
+  n = sum(layers)
+  return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+class DropPath(nnx.Module):
+  """timm's ``DropPath`` (stochastic depth): in training, each sample's residual branch is
+  zeroed with probability ``rate`` and the kept ones are divided by ``1 - rate`` (the
+  expectation stays); the identity in eval mode (``deterministic``, as ``nnx.Dropout``).
+  Its keys: a fork of ``stream`` (``drop_stream``)."""
+
+  def __init__(self, rate: float, *, stream: nnx.RngStream):
+    self.rate, self.deterministic = rate, False
+    self.rngs = stream.fork()
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    kept = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (kept.astype(x.dtype) / np.array(keep, x.dtype))
+
+
+def drop_block_gamma(rate: float, block_size: int, gamma_scale: float, h: int, w: int) -> float:
+  """timm's DropBlock seed rate on an ``h`` x ``w`` map: a block's seeds are drawn at every
+  position with this probability, ``gamma_scale * rate * h * w / (kh * kw) / ((h - kh + 1) *
+  (w - kw + 1))``, the block ``kh`` x ``kw`` cut to the map."""
+  kh, kw = min(block_size, h), min(block_size, w)
+  return float(gamma_scale * rate * h * w) / float(kh * kw) / float((h - kh + 1) * (w - kw + 1))
+
+
+def apply_drop_block(x: jax.Array, seeds: jax.Array, block_size: int) -> jax.Array:
+  """``x`` (N, H, W, C) with a block around each seed zeroed in every channel, rescaled as timm
+  does: by the mask's size over its kept count (+ 1e-7, in float32). ``seeds`` (N, H, W, 1):
+  1 where a block starts. A block ``kh`` x ``kw`` (``block_size`` cut to the map) covers
+  ``(k - 1) // 2`` rows and columns before its seed and ``k // 2`` after (timm's max-pool, its
+  even-kernel fix included)."""
+  kh, kw = min(block_size, x.shape[1]), min(block_size, x.shape[2])
+  pad = ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0))
+  seeds = seeds.astype(x.dtype)
+  dropped = jax.lax.reduce_window(
+    seeds, np.array(0, x.dtype), jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1), pad
+  )
+  keep = 1 - dropped
+  f32 = np.float32
+  # torch computes timm's numel / (kept + 1e-7) as a reciprocal times numel: so here too.
+  scale = f32(keep.size) * (f32(1) / (jnp.sum(keep.astype(f32)) + f32(1e-7)))
+  return x * (keep * scale.astype(x.dtype))
+
+
+class DropBlock(nnx.Module):
+  """timm's ``DropBlock2d`` (as ``drop_block_rate`` configures it): in training, square blocks
+  of the feature map are zeroed in all channels at once, seeded at each position with
+  probability ``drop_block_gamma``, and the rest scaled up (``apply_drop_block``); the
+  identity in eval mode. Its keys: a fork of ``stream``, as ``DropPath``'s."""
+
+  def __init__(self, spec: DropBlockSpec, *, stream: nnx.RngStream):
+    self.rate, self.block_size, self.gamma_scale = spec
+    self.deterministic = False
+    self.rngs = stream.fork()
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0:
+      return x
+    n, h, w, _ = x.shape
+    gamma = drop_block_gamma(self.rate, self.block_size, self.gamma_scale, h, w)
+    return apply_drop_block(
+      x, jax.random.bernoulli(self.rngs(), gamma, (n, h, w, 1)), self.block_size
+    )
+
+
+def drop_stream(rngs: nnx.Rngs) -> nnx.RngStream:
+  """The random stream of a net's ``DropPath`` and ``DropBlock`` modules: a fork of the
+  ``dropout`` stream of a copy of ``rngs``, so that the parameters drawn from ``rngs`` are
+  the same whatever the drop rates (as with ``nnx.Dropout``, ``dropout`` falls back to
+  ``default`` where ``rngs`` has no such stream)."""
+  return nnx.clone(rngs)["dropout"].fork()
+
+
+def _drop_path(rate: float, stream: nnx.RngStream | None) -> DropPath | None:
+  if rate > 0 and stream is None:
+    raise ValueError("a block with drop_path > 0 needs drop_rngs (model.drop_stream)")
+  return DropPath(rate, stream=stream) if rate > 0 and stream is not None else None
+
+
+def _drop_block(spec: DropBlockSpec | None, stream: nnx.RngStream | None) -> DropBlock | None:
+  if spec is not None and stream is None:
+    raise ValueError("a block with drop_block needs drop_rngs (model.drop_stream)")
+  return DropBlock(spec, stream=stream) if spec is not None and stream is not None else None
+
+
+def _maybe(module: nnx.Module | None, x: jax.Array) -> jax.Array:
+  return x if module is None else module(x)
 
 
 class BasicBlock(nnx.Module):
@@ -708,19 +838,26 @@ class BasicBlock(nnx.Module):
     reduce_first: int = 1,
     attn_layer: str | None = None,
     aa_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    widths: Sequence[int] | None = None,
+    drop_path: float = 0.0,
+    drop_block: DropBlockSpec | None = None,
+    drop_rngs: nnx.RngStream | None = None,
   ):
     del groups, base_width  # validated by ResNet: a BasicBlock has neither
-    out = planes * (expansion or self.expansion)
-    first = planes // reduce_first
+    nominal = planes * (expansion or self.expansion)
+    first, out = widths or (planes // reduce_first, nominal)
     conv_stride = 1 if aa_layer else stride  # the aa module strides instead
     self.conv1 = make.conv(inplanes, first, 3, conv_stride, padding=dilation, dilation=dilation)
     self.bn1 = make.bn(first)
+    self.drop_block = _drop_block(drop_block, drop_rngs)
     self.aa = make_aa(aa_layer, first, stride) if aa_layer else None
     self.conv2 = make.conv(first, out, 3, padding=dilation, dilation=dilation)
     self.bn2 = make.bn(out)
-    self.se = make_attn(make, attn_layer, out)
+    self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
+    self.drop_path = _drop_path(drop_path, drop_rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -728,7 +865,7 @@ class BasicBlock(nnx.Module):
     return (self.bn2,)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    out = nnx.relu(self.bn1(self.conv1(x)))
+    out = nnx.relu(_maybe(self.drop_block, self.bn1(self.conv1(x))))
     out = self.bn2(self.conv2(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
@@ -759,10 +896,15 @@ class Bottleneck(nnx.Module):
     reduce_first: int = 1,
     attn_layer: str | None = None,
     aa_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    widths: Sequence[int] | None = None,
+    drop_path: float = 0.0,
+    drop_block: DropBlockSpec | None = None,
+    drop_rngs: nnx.RngStream | None = None,
   ):
     width = int(planes * (base_width / 64.0)) * groups
-    out = planes * (expansion or self.expansion)
-    first = width // reduce_first
+    nominal = planes * (expansion or self.expansion)
+    first, width, out = widths or (width // reduce_first, width, nominal)
     self.conv1 = make.conv(inplanes, first, 1)
     self.bn1 = make.bn(first)
     conv_stride = 1 if aa_layer else stride  # the aa module strides instead
@@ -770,12 +912,14 @@ class Bottleneck(nnx.Module):
       first, width, 3, conv_stride, padding=dilation, dilation=dilation, groups=groups
     )
     self.bn2 = make.bn(width)
+    self.drop_block = _drop_block(drop_block, drop_rngs)
     self.aa = make_aa(aa_layer, width, stride) if aa_layer else None
     self.conv3 = make.conv(width, out, 1)
     self.bn3 = make.bn(out)
-    self.se = make_attn(make, attn_layer, out)
+    self.se = make_attn(make, attn_layer, out, se_rd_ratio, nominal)
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
+    self.drop_path = _drop_path(drop_path, drop_rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -784,7 +928,7 @@ class Bottleneck(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nnx.relu(self.bn1(self.conv1(x)))
-    out = nnx.relu(self.bn2(self.conv2(out)))
+    out = nnx.relu(_maybe(self.drop_block, self.bn2(self.conv2(out))))
     out = self.bn3(self.conv3(out if self.aa is None else self.aa(out)))
     return _merge(self, x, out)
 
@@ -795,11 +939,13 @@ def _branch_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
 
 
 def _merge(block, x: jax.Array, out: jax.Array) -> jax.Array:
-  """The branch's attention (timm's place: after the last norm), dropout, the shortcut, ReLU."""
+  """The branch's attention (timm's place: after the last norm), dropout, drop path, the
+  shortcut, ReLU."""
   if block.se is not None:
     out = block.se(out)
   if block.dropout is not None:
     out = block.dropout(out)
+  out = _maybe(block.drop_path, out)
   identity = x if block.downsample is None else block.downsample(x)
   if out.shape != identity.shape:  # timm fails here too, with torch's message
     raise ValueError(
@@ -908,8 +1054,14 @@ class ResNestBottleneck(nnx.Module):
     avd_first: bool = False,
     is_first: bool = False,
     aa_layer: str | None = None,
+    se_rd_ratio: float | None = None,
+    widths: Sequence[int] | None = None,
+    drop_path: float = 0.0,
+    drop_block: DropBlockSpec | None = None,
+    drop_rngs: nnx.RngStream | None = None,
   ):
-    del reduce_first, attn_layer, aa_layer  # validated by ResNet: timm's ResNeSt has none
+    # validated by ResNet: timm's ResNeSt has none of these (DropBlock: not built here)
+    del reduce_first, attn_layer, aa_layer, se_rd_ratio, widths, drop_block
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     pool = stride if avd and (stride > 1 or is_first) else 0
@@ -931,6 +1083,7 @@ class ResNestBottleneck(nnx.Module):
     self.se = None
     self.downsample = downsample
     self.dropout = _branch_dropout(dropout, make.rngs)
+    self.drop_path = _drop_path(drop_path, drop_rngs)
 
   @property
   def residual_norms(self) -> tuple[nnx.Module, ...]:
@@ -1007,6 +1160,21 @@ class ResNet(nnx.Module):
       pool (``"avg"``) or a 3x3/1 max-pool and a blur at stride 2 (``"blur"``), and the conv
       pool of ``replace_stem_pool`` runs at stride 1 before it. No tensors: the keys stay the
       same as without it. None for none.
+    se_rd_ratio: SE's reduction, ``fc1`` ``channels * se_rd_ratio`` wide (``make_divisible``);
+      1/16 if omitted, ResNet-RS's 1/4; only with ``attn_layer="se"``.
+    block_widths: a pruned net's widths (timm's ``ecaresnet*_pruned``, ``flax_resnet.pruned``):
+      per stage, per block, its convs' output widths (a bottleneck's conv1, conv2, conv3; a
+      basic block's conv1, conv2), every block of a stage ending equally wide; groups=1.
+      ``channels`` stay the nominal widths, which decide where a shortcut projects and ECA's
+      kernel, as in timm's pruned nets.
+    drop_path_rate: stochastic depth (timm's ``DropPath``): block i of the net's n drops its
+      residual branch, per sample, with probability ``drop_path_rate * i / (n - 1)``, the kept
+      ones scaled by 1 / (1 - that); training only.
+    drop_block_rate: DropBlock (timm's ``drop_blocks``) after the first 3x3 conv's norm (a
+      bottleneck's ``bn2``, a basic block's ``bn1``) of every block of the third (5x5 blocks,
+      seed rate scaled by 1/4) and fourth stage (3x3); not with ``block="resnest"``;
+      training only. Both draw from a copy of ``rngs``' ``dropout`` stream: the initial
+      weights do not depend on them.
 
   ResNeSt's options (``block="resnest"`` only; timm passes them in ``block_args``, here they
   are keywords of their own; timm's ``cardinality`` and ``base_width`` are ``groups`` and
@@ -1060,6 +1228,10 @@ class ResNet(nnx.Module):
     avd: bool = False,
     avd_first: bool = False,
     is_first: bool = False,
+    se_rd_ratio: float | None = None,
+    block_widths: Sequence[Sequence[Sequence[int]]] | None = None,
+    drop_path_rate: float = 0.0,
+    drop_block_rate: float = 0.0,
     rngs: nnx.Rngs | None = None,
   ):
     _check_timm_args(
@@ -1073,6 +1245,7 @@ class ResNet(nnx.Module):
       attn_layer,
       aa_layer,
     )
+    _check_rs_args(attn_layer, se_rd_ratio, drop_path_rate, drop_block_rate, layers)
     blocks = _check_args(
       block,
       layers,
@@ -1096,9 +1269,23 @@ class ResNet(nnx.Module):
     self.remat = "none"
     width = self._build_stem(make, channels[0], stem_type, stem_width, replace_stem_pool, aa_layer)
     shortcut = {"kernel_size": down_kernel_size, "avg_down": avg_down}
-    options = {"reduce_first": block_reduce_first, "attn_layer": attn_layer, "aa_layer": aa_layer}
+    options = {
+      "reduce_first": block_reduce_first,
+      "attn_layer": attn_layer,
+      "aa_layer": aa_layer,
+      "se_rd_ratio": se_rd_ratio,
+    }
     if ResNestBottleneck in blocks:
       options.update(split)
+      if drop_block_rate:
+        raise ValueError("drop_block_rate is not built for block='resnest'; use drop_path_rate")
+    per_stage = _per_block_options(
+      layers,
+      _check_block_widths(block_widths, blocks, layers, groups),
+      drop_path_rate,
+      drop_block_rate,
+      drop_stream(make.rngs) if drop_path_rate or drop_block_rate else None,
+    )
     self._build_stages(
       make,
       blocks,
@@ -1109,6 +1296,7 @@ class ResNet(nnx.Module):
       (groups, width_per_group, dropout),
       shortcut,
       options,
+      per_stage,
     )
     self.num_features = self.feature_info[-1].channels
     if num_classes:
@@ -1146,11 +1334,14 @@ class ResNet(nnx.Module):
     return width
 
   def _build_stages(
-    self, make, blocks, layers, widths, expansion, dilate, per_block, shortcut, options
+    self, make, blocks, layers, widths, expansion, dilate, per_block, shortcut, options, per_stage
   ):
-    """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``."""
+    """``layer1``, ``layer2``... after a stem ``widths[0]`` wide, of base ``widths[1:]``;
+    ``per_stage``: each block's own options (``_per_block_options``). Where a shortcut
+    projects is decided on the nominal (unpruned) widths, as timm's pruned nets keep it."""
     groups, width_per_group, dropout = per_block
     inplanes, dilation = widths[0], 1
+    nominal = inplanes
     stride_so_far = 2 if self.stem == "imagenet" else 1
     info = [FeatureInfo("stem", inplanes, stride_so_far)]
     stride_so_far *= 2 if self.stem == "imagenet" else 1  # the max-pool
@@ -1165,18 +1356,20 @@ class ResNet(nnx.Module):
       if stride != 1 or dilation != previous_dilation:
         aa_first = {"aa_layer": options["aa_layer"]}
       downsample = None
-      if stride != 1 or inplanes != planes * exp:
+      own = per_stage[i]
+      out = own[0]["widths"][-1] if own[0].get("widths") else planes * exp
+      if stride != 1 or nominal != planes * exp:
         downsample = Downsample(
           make,
           inplanes,
-          planes * exp,
+          out,
           stride,
           dilation=dilation,
           first_dilation=previous_dilation,
           **shortcut,
         )
       shared = (groups, width_per_group)
-      blocks = [
+      stage = [
         block(
           make,
           inplanes,
@@ -1188,15 +1381,16 @@ class ResNet(nnx.Module):
           dropout,
           exp,
           **{**options, **aa_first},
+          **own[0],
         )
       ]
       rest = {**options, "aa_layer": None}
-      blocks += [
-        block(make, planes * exp, planes, 1, None, *shared, dilation, dropout, exp, **rest)
-        for _ in range(1, depth)
+      stage += [
+        block(make, out, planes, 1, None, *shared, dilation, dropout, exp, **rest, **own[j])
+        for j in range(1, depth)
       ]
-      setattr(self, f"layer{i + 1}", nnx.List(blocks))
-      inplanes, stride_so_far = planes * exp, stride_so_far * stride
+      setattr(self, f"layer{i + 1}", nnx.List(stage))
+      inplanes, nominal, stride_so_far = out, planes * exp, stride_so_far * stride
       info.append(FeatureInfo(f"layer{i + 1}", inplanes, stride_so_far))
     self.feature_info = tuple(info)
 
@@ -1378,6 +1572,81 @@ def _check_resnest_args(blocks, split, attn_layer, block_reduce_first, aa_layer)
       f"(timm's ResNestBottleneck has none of them), got attn_layer={attn_layer!r}, "
       f"block_reduce_first={block_reduce_first!r}, aa_layer={aa_layer!r}"
     )
+
+
+def _check_rs_args(attn_layer, se_rd_ratio, drop_path_rate, drop_block_rate, layers) -> None:
+  """Validates SE's reduction and the drop rates: one line naming the parameter."""
+  if se_rd_ratio is not None and attn_layer != "se":
+    raise ValueError(f"se_rd_ratio applies to attn_layer='se' only, got attn_layer={attn_layer!r}")
+  if se_rd_ratio is not None and not (_is_number(se_rd_ratio) and 0 < se_rd_ratio <= 1):
+    raise ValueError(f"se_rd_ratio must be a number in (0, 1], got {se_rd_ratio!r}")
+  for name, rate in [("drop_path_rate", drop_path_rate), ("drop_block_rate", drop_block_rate)]:
+    if not (_is_number(rate) and 0 <= rate < 1):
+      raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+  if drop_block_rate and len(layers) < 3:
+    raise ValueError(
+      f"drop_block_rate acts on the third and fourth stages (timm's drop_blocks), and "
+      f"layers={tuple(layers)} has {len(layers)}"
+    )
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_block_widths(block_widths, blocks, layers, groups) -> tuple | None:
+  """``block_widths`` as tuples, validated: per stage, per block, each conv's output width
+  (a bottleneck's three, a basic block's two), every block of a stage ending equally wide."""
+  if block_widths is None:
+    return None
+  if ResNestBottleneck in blocks:
+    raise ValueError("block_widths applies to basic and bottleneck blocks, not to 'resnest'")
+  if groups != 1:
+    raise ValueError(f"block_widths needs groups=1 (ungrouped 3x3 convs), got groups={groups}")
+  if not isinstance(block_widths, Sequence) or len(block_widths) != len(layers):
+    raise ValueError(
+      f"block_widths must have one entry per stage ({len(layers)} for layers={tuple(layers)})"
+      f", got {block_widths!r}"
+    )
+  for i, (stage, depth) in enumerate(zip(block_widths, layers)):
+    if not isinstance(stage, Sequence) or len(stage) != depth:
+      raise ValueError(f"block_widths[{i}] must have {depth} blocks (layers[{i}]), got {stage!r}")
+    block, n = blocks[i], 3 if blocks[i] is Bottleneck else 2
+    for j, widths in enumerate(stage):
+      ok = isinstance(widths, Sequence) and len(widths) == n
+      if not ok or not all(_is_int(w) and w >= 1 for w in widths):
+        raise ValueError(
+          f"block_widths[{i}][{j}] must be {n} ints >= 1 (the {block.__name__}'s conv widths)"
+          f", got {widths!r}"
+        )
+    ends = sorted({widths[-1] for widths in stage})
+    if len(ends) > 1:
+      raise ValueError(
+        f"block_widths[{i}]: every block of a stage must end equally wide (the residual sum)"
+        f", got {ends}"
+      )
+  return tuple(tuple(tuple(w) for w in stage) for stage in block_widths)
+
+
+def _per_block_options(
+  layers, block_widths, drop_path_rate, drop_block_rate, stream
+) -> list[list[dict]]:
+  """Per stage, per block: its ``widths`` (None: the nominal ones), ``drop_path`` rate,
+  ``drop_block`` (None: none) and the stream they draw from."""
+  rates = iter(drop_path_rates(drop_path_rate, layers))
+  specs = drop_block_specs(drop_block_rate, len(layers))
+  return [
+    [
+      {
+        "widths": block_widths[i][j] if block_widths else None,
+        "drop_path": next(rates),
+        "drop_block": specs[i],
+        "drop_rngs": stream,
+      }
+      for j in range(depth)
+    ]
+    for i, depth in enumerate(layers)
+  ]
 
 
 def _is_int(value) -> bool:

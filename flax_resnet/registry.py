@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from flax import nnx
 
+from flax_resnet import pruned
 from flax_resnet.model import ResNet
 from flax_resnet.timm_weights import matching
 
@@ -35,6 +36,8 @@ class Arch(NamedTuple):
   # timm's GroupNorm nets fix ``norm``; None leaves it to the caller (``ResNet``'s option)
   norm: str | None = None
   channels: tuple[int, ...] | None = None  # likewise, the stages' base widths
+  se_rd_ratio: float | None = None
+  block_widths: tuple[tuple[tuple[int, ...], ...], ...] | None = None
 
   def options(self) -> dict[str, Any]:
     """``ResNet``'s options for this architecture: torchvision's four, and the timm knobs
@@ -100,6 +103,17 @@ B, X = "bottleneck", {"groups": 32, "width_per_group": 4}  # X: ResNeXt 32x4d
 SE, ECA = {"attn_layer": "se"}, {"attn_layer": "eca"}
 AA, BLUR = {"aa_layer": "avg"}, {"aa_layer": "blur"}
 
+
+def _rs(layers: tuple[int, ...]) -> Arch:
+  """timm's ResNet-RS: ResNet-D with the conv stem pool and SE reducing by 1/4."""
+  return _d(B, layers, replace_stem_pool=True, attn_layer="se", se_rd_ratio=0.25)
+
+
+def _pruned(layers: tuple[int, ...], stages: tuple[pruned.Stage, ...]) -> Arch:
+  """timm's pruned ECA-ResNet-D: the channel counts of its pruning description."""
+  return _d(B, layers, attn_layer="eca", block_widths=pruned.block_widths(stages))
+
+
 # The architectures of timm's resnet.py (timm 1.0) that torchvision has not, by timm's names;
 # timm's resnet18... are torchvision's ten above, with the same keys.
 TIMM_ARCHITECTURES: dict[str, Arch] = {
@@ -131,6 +145,8 @@ TIMM_ARCHITECTURES: dict[str, Arch] = {
   "ecaresnet50t": _t(B, R50, **ECA),
   "ecaresnetlight": _arch(B, (1, 1, 11, 3), avg_down=True, **ECA),
   "ecaresnet101d": _d(B, R101, **ECA),
+  "ecaresnet50d_pruned": _pruned(R50, pruned.ECARESNET50D_PRUNED),
+  "ecaresnet101d_pruned": _pruned(R101, pruned.ECARESNET101D_PRUNED),
   "ecaresnet200d": _d(B, R200, **ECA),
   "ecaresnet269d": _d(B, R269, **ECA),
   "ecaresnext26t_32x4d": _t(B, R26, **X, **ECA),
@@ -192,6 +208,13 @@ TIMM_ARCHITECTURES: dict[str, Arch] = {
     avg_down=True,
     channels=(32, 48, 48, 96),
   ),
+  "resnetrs50": _rs(R50),
+  "resnetrs101": _rs(R101),
+  "resnetrs152": _rs(R152),
+  "resnetrs200": _rs(R200),
+  "resnetrs270": _rs((4, 29, 53, 4)),
+  "resnetrs350": _rs((4, 36, 72, 4)),
+  "resnetrs420": _rs((4, 44, 87, 4)),
 }
 
 

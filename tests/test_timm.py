@@ -6,6 +6,7 @@ float64 copy, JAX at the highest matmul precision (``flax_features`` sets it).
 """
 
 import inspect
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,20 +34,6 @@ from flax_resnet.training.steps import freeze_norms, part_of
 # tiered stem (T) on basic blocks, the 64-wide deep stem (S), SE on ResNeXt, ECA.
 FAMILIES = ["resnet50d", "resnet10t", "resnet50s", "seresnext26d_32x4d", "ecaresnet26t"]
 
-# timm's ResNet entry points that need what is not built here yet: anti-aliasing (aa, blur),
-# GroupNorm, pruned widths, ResNet-RS (SE at 1/4 with the conv stem pool), the test net.
-NOT_YET = {
-  "ecaresnet50d_pruned",
-  "ecaresnet101d_pruned",
-  "resnetrs50",
-  "resnetrs101",
-  "resnetrs152",
-  "resnetrs200",
-  "resnetrs270",
-  "resnetrs350",
-  "resnetrs420",
-}
-
 
 def timm_shapes(name: str, **kwargs) -> dict[str, tuple]:
   """timm's state-dict keys and shapes (num_batches_tracked aside), built on torch's meta
@@ -73,10 +60,10 @@ def calibrated_timm_pair(name: str | None, options: dict | None = None):
   return reference, model
 
 
-def test_every_timm_resnet_entry_point_is_registered_or_listed_as_not_yet_built():
+def test_every_timm_resnet_entry_point_is_built_here():
   entry_points = set(timm.list_models(module="resnet"))
   assert set(TIMM_ARCHITECTURES) <= entry_points
-  assert entry_points - set(flax_resnet.list_models("timm")) == NOT_YET
+  assert entry_points <= set(flax_resnet.list_models("timm"))
 
 
 def assert_timms_keys_shapes_and_parameter_count(name: str) -> None:
@@ -273,3 +260,12 @@ def test_no_timm_twin_is_claimed_for_a_net_timm_cannot_build(options):
   spec = {"block": "bottleneck", "layers": (1, 1, 1, 1), **options}
   assert torch_resnet(None, spec) is None
   assert torch_resnet(None, {**spec, "stem_type": "deep", "replace_stride_with_dilation": None})
+
+
+def test_the_readme_counts_timms_architectures_as_the_registry_does():
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  resnet, resnest = (len(timm.list_models(module=m)) for m in ("resnet", "resnest"))
+  built = len(flax_resnet.list_models("timm"))
+  assert built == resnet + resnest
+  assert f"lists all {built} architectures of timm's `resnet.py` ({resnet}," in readme
+  assert f"`resnest.py` ({resnest})" in readme

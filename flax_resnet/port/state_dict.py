@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.choices import DEFAULT_CHANNELS
-from flax_resnet.model import ResNet
+from flax_resnet.model import ResNet, make_divisible
 from flax_resnet.registry import ALL_ARCHITECTURES, Arch, architecture, model_to_fill
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,12 @@ def _read_architecture(state_dict: Mapping[str, Any]) -> tuple[Arch, tuple, dict
     knobs["channels"] = channels
   block = kinds[0] if len(set(kinds)) == 1 else tuple(kinds)
   arch = Arch(block, tuple(stages), groups, width, **knobs)
+  pruned = _pruned_widths(shapes, arch, channels)
+  if pruned is not None:  # nominal widths: timm's pruned nets start from the default ones
+    channels = DEFAULT_CHANNELS[: len(stages)]
+    arch = arch._replace(
+      groups=1, width_per_group=64, block_reduce_first=1, block_widths=pruned, channels=None
+    )
   plain_stem = not arch.stem_type and out != 64  # torchvision's conv1 is 64 wide
   return arch, channels, options, not plain_stem
 
@@ -295,9 +301,48 @@ def _block_knobs(shapes: Mapping[str, tuple], first: int, width: int) -> dict[st
     knobs["block_reduce_first"] = width // first
   if "layer1.0.se.fc1.weight" in shapes:
     knobs["attn_layer"] = "se"
+    knobs.update(_se_rd_ratio(shapes))
   elif "layer1.0.se.conv.weight" in shapes:
     knobs["attn_layer"] = "eca"
   return knobs
+
+
+def _se_rd_ratio(shapes: Mapping[str, tuple]) -> dict[str, float]:
+  """SE's reduction: timm's default 1/16 (no option) or ResNet-RS's 1/4 where it gives every
+  block's ``fc1`` width, else the widest block's own ratio."""
+  se = [
+    (s[1], s[0]) for k, s in shapes.items() if re.fullmatch(r"layer\d+\.\d+\.se\.fc1\.weight", k)
+  ]
+  for ratio in (1 / 16, 1 / 4):
+    if all(make_divisible(c * ratio) == r for c, r in se):
+      return {} if ratio == 1 / 16 else {"se_rd_ratio": ratio}
+  channels, reduced = max(se)
+  return {"se_rd_ratio": reduced / channels}
+
+
+def _pruned_widths(shapes: Mapping[str, tuple], arch: Arch, channels: tuple) -> tuple | None:
+  """Every block's conv widths (``block_widths``) where some block's differ from what the
+  stage's first block says the net is (a pruned net), else None (ResNeSt's and mixed
+  blocks are not pruned)."""
+  if arch.block not in ("basic", "bottleneck"):
+    return None
+  convs = ("conv1", "conv2", "conv3") if arch.block == "bottleneck" else ("conv1", "conv2")
+  exp = 4 if arch.block == "bottleneck" else 1
+  found, nominal = [], True
+  for i, depth in enumerate(arch.layers):
+    width = int(channels[i] * arch.width_per_group / 64) * arch.groups
+    expected: tuple[int, ...]
+    if exp == 4:
+      expected = (width // arch.block_reduce_first, width, channels[i] * exp)
+    else:
+      expected = (channels[i] // arch.block_reduce_first, channels[i])
+    keys = [[f"layer{i + 1}.{j}.{c}.weight" for c in convs] for j in range(depth)]
+    if not all(k in shapes for block in keys for k in block):
+      return None  # matching names what is missing
+    stage = tuple(tuple(shapes[k][0] for k in block) for block in keys)
+    nominal = nominal and all(w == expected for w in stage)
+    found.append(stage)
+  return None if nominal else tuple(found)
 
 
 def _shape(shapes: Mapping[str, tuple], key: str) -> tuple:

@@ -13,9 +13,11 @@ imported on first use: an extra of its own).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -27,8 +29,17 @@ from flax_resnet.registry import ARCHITECTURES, Arch, architecture
 
 BLOCKS = {"basic": tv.BasicBlock, "bottleneck": tv.Bottleneck}
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen_batch": FrozenBatchNorm2d}
-# Options that change neither the keys nor the eval function: precision, dropout, streams.
-_NOT_IN_TORCH = ("dtype", "param_dtype", "dropout", "norm_groups", "rngs")
+# Options that change neither the keys nor the eval function: precision, dropout (drop path and
+# DropBlock too), streams.
+_NOT_IN_TORCH = (
+  "dtype",
+  "param_dtype",
+  "dropout",
+  "norm_groups",
+  "rngs",
+  "drop_path_rate",
+  "drop_block_rate",
+)
 
 
 class StageResNet(nn.Module):
@@ -184,6 +195,7 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module | None:
   from timm.models.resnest import ResNestBottleneck
 
   spec = {**(architecture(arch).options() if arch else {}), **spec}
+  ours = {k: v for k, v in spec.items() if k not in ("norm_layer", "zero_init_residual")}
   spec.pop("stem", None)
   args = {"num_classes": spec.pop("num_classes", 1000), "in_chans": spec.pop("in_channels", 3)}
   norm = spec.pop("norm_layer")
@@ -201,11 +213,36 @@ def timm_resnet(arch: str | None, spec: Mapping[str, Any]) -> nn.Module | None:
   kinds = {"basic": tr.BasicBlock, "bottleneck": tr.Bottleneck, "resnest": ResNestBottleneck}
   block: Any = spec.pop("block")
   block = kinds[block] if isinstance(block, str) else [kinds[b] for b in block]
+  ratio = spec.pop("se_rd_ratio", None)
+  if ratio is not None:  # ResNet-RS's way: timm's SE class with its reduction
+    spec["attn_layer"] = functools.partial(tr.get_attn(spec["attn_layer"]), rd_ratio=ratio)
   block_args = {k: spec.pop(k) for k in _BLOCK_ARGS if k in spec}
   if spec.get("aa_layer"):  # timm's ResNet takes the class (its stem tests issubclass)
     spec["aa_layer"] = {"avg": nn.AvgPool2d, "blur": BlurPool2d}[spec["aa_layer"]]
+  pruned = spec.pop("block_widths", None)
   renamed = {"groups": "cardinality", "width_per_group": "base_width"}
   timm_spec = {renamed.get(k, k): v for k, v in spec.items()}
   if "channels" in timm_spec:
     timm_spec["channels"] = tuple(timm_spec["channels"])
-  return tr.ResNet(block, block_args=block_args, **args, **timm_spec)
+  model = tr.ResNet(block, block_args=block_args, **args, **timm_spec)
+  return model if pruned is None else _pruned_as_timm(model, ours)
+
+
+def _pruned_as_timm(model: nn.Module, ours: dict[str, Any]) -> nn.Module:
+  """timm's pruned form of ``model``: ``adapt_model_from_string`` on a description of our net
+  of ``ours`` options (each weight's key and shape, timm's format), as timm builds its
+  ``ecaresnet50d_pruned`` from a file."""
+  from flax import nnx
+  from timm.models._prune import adapt_model_from_string
+
+  from flax_resnet.model import ResNet
+  from flax_resnet.port.state_dict import to_torch_layout, torch_key
+
+  abstract = nnx.eval_shape(lambda: ResNet(**ours))
+  flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+  described = [
+    f"{torch_key(path)}:{list(to_torch_layout(np.empty(var.get_value().shape, np.int8)).shape)}"
+    for path, var in flat
+    if path[-1] in ("kernel", "scale")
+  ]
+  return adapt_model_from_string(model, "***".join(described)).train()

@@ -116,6 +116,20 @@ class Config:
     choices=BACKWARDS,
     doc='BatchNorm\'s gradient; "fused": by hand, the same function',
   )
+  drop_path_rate: float = rule(
+    0.0,
+    at_least=0,
+    below=1,
+    doc="stochastic depth, as timm's drop_path_rate: block i of n drops its residual branch "
+    "per image with probability drop_path_rate * i / (n - 1), in training only; 0: off",
+  )
+  drop_block_rate: float = rule(
+    0.0,
+    at_least=0,
+    below=1,
+    doc="DropBlock, as timm's drop_block_rate: 5x5 blocks in the third stage, 3x3 in the "
+    "fourth, dropped at this rate, in training only; 0: off",
+  )
   remat: str = rule(
     "none",
     choices=REMATS,
@@ -470,6 +484,13 @@ def validate(config: Config) -> None:
       f"must end before epochs={config.epochs}, where the cosine has a length to decay over"
     )
   _check_eval_crop(config)
+  if config.drop_block_rate and config.layers and len(config.layers) < 3:
+    raise FieldError(
+      "{rate} acts on the third and fourth stages (timm's drop_blocks), and {layers} has "
+      f"{len(config.layers)}: set drop_block_rate=0, or give layers 3 or more stages",
+      rate=("drop_block_rate", config.drop_block_rate),
+      layers=("layers", config.layers),
+    )
   if config.auto_augment == "augmix" and config.interpolation == "bicubic":
     raise ValueError(
       "config auto_augment='augmix' with interpolation='bicubic': torchvision's AugMix "

@@ -26,6 +26,10 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
     dtype=None if cfg.dtype == "float32" else cfg.dtype,
     norm="frozen_batch" if cfg.freeze_bn else "batch",
   )
+  # Stochastic depth and DropBlock where asked: they change no tensor, only training.
+  for rate in ("drop_path_rate", "drop_block_rate"):
+    if getattr(cfg, rate):
+      options[rate] = getattr(cfg, rate)
   if not cfg.layers:
     return cfg.arch, options
   # The architecture's own block, groups and width per group, at the run's depths and widths.
@@ -159,6 +163,8 @@ NETWORK_OPTIONS = (
   "avd_first",
   "is_first",
   "aa_layer",
+  "se_rd_ratio",
+  "block_widths",
 )
 
 
@@ -168,11 +174,7 @@ def network_options(arch: str | None, options: dict) -> dict:
   defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
   table = flax_resnet.registry.architecture(arch).options() if arch else {}
   merged = {**defaults, **table, **options}
-  plain = {
-    k: list(v) if isinstance(v, (list, tuple)) else v
-    for k, v in merged.items()
-    if k in NETWORK_OPTIONS
-  }
+  plain = {k: _as_lists(v) for k, v in merged.items() if k in NETWORK_OPTIONS}
   block = merged["block"]  # a class or its name, or one per stage
   one = isinstance(block, (str, type))
   names = {cls: name for name, cls in BLOCKS.items()}
@@ -183,6 +185,11 @@ def network_options(arch: str | None, options: dict) -> dict:
   if not any(plain["replace_stride_with_dilation"] or ()):
     plain["replace_stride_with_dilation"] = None  # None and all False are the same network
   return plain
+
+
+def _as_lists(value):
+  """``value`` with every tuple a list, at any depth (``block_widths``), as JSON reads it."""
+  return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:

@@ -663,9 +663,17 @@ def ema_update(ema, state, step: jax.Array, decay: float, warmup: bool = True):
   warms up as min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
   with num_updates, so early averages are not dominated by the random initialisation
   (``step``: the update's number); without, it is ``decay`` (0: a copy of ``state``).
+  Leaves that are not floating point (the random streams' keys and counts of drop path and
+  DropBlock) are copied from ``state``: they are no weights to average.
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
-  return optax.incremental_update(state, ema, 1.0 - d)
+
+  def move(new, old):
+    if not jnp.issubdtype(new.dtype, jnp.floating):
+      return jnp.copy(new)
+    return optax.incremental_update(new, old, 1.0 - d)
+
+  return jax.tree.map(move, state, ema)
 
 
 @jax.jit
