@@ -21,6 +21,7 @@ LAYERS = [
       "flax_resnet.versions",
       "flax_resnet.torchvision_weights",
       "flax_resnet.timm_weights",
+      "flax_resnet.pruned",
       "flax_resnet.preprocess",
       "flax_resnet.flops",
     ),
