@@ -478,6 +478,8 @@ def test_wrapped_training_checkpoint_is_unwrapped(tmp_path, resnet18_state):
     "unwrapped container 'state_dict'",
     "stripped prefix 'module.'",
     "stripped prefix '_orig_mod.'",
+    "read as resnet18; its keys also fit resnetblur18 (anti-aliasing holds no tensors): name "
+    "the architecture (arch=, --arch) if the file is one of those",
   ]
   from flax_resnet import load
 
@@ -725,7 +727,7 @@ def test_cast_notes_name_the_dtype_each_tensor_is_cast_to():
 
   state = {k: v.double() for k, v in torchvision.models.resnet18().state_dict().items()}
   with jax.enable_x64(True):  # float64 parameters need x64; without it they are float32
-    assert not convert_state_dict(state, param_dtype=jnp.float64).notes
+    assert not convert_state_dict(state, "resnet18", param_dtype=jnp.float64).notes
     state["fc.weight"] = state["fc.weight"].float()
-    notes = convert_state_dict(state, param_dtype=jnp.float64).notes
+    notes = convert_state_dict(state, "resnet18", param_dtype=jnp.float64).notes
   assert notes == ["cast 1 float32 tensor to float64: fc.weight"]

@@ -254,3 +254,19 @@ def test_the_network_options_of_a_run_hold_aa_layer_and_each_stages_block():
   assert network_options("resnetaa50d", {})["aa_layer"] == "avg"
   assert network_options("test_resnet", {})["block"] == ["basic", "basic", "bottleneck", "basic"]
   assert network_options("resnet50", {})["block"] == "bottleneck"
+
+
+def test_a_file_read_as_a_plain_net_notes_the_anti_aliased_nets_with_its_keys():
+  from flax_resnet.port.state_dict import convert_state_dict
+
+  with torch.device("meta"):
+    keys = timm.create_model("resnetaa50d").state_dict()
+  state = {k: np.zeros(v.shape, np.float32) for k, v in keys.items()}
+  read = convert_state_dict(state)
+  assert read.arch == "resnet50d"
+  assert read.notes == [
+    "read as resnet50d; its keys also fit resnetblur50d, resnetaa50d (anti-aliasing holds no "
+    "tensors): name the architecture (arch=, --arch) if the file is one of those"
+  ]
+  assert convert_state_dict(state, "resnetaa50d").notes == []
+  assert convert_state_dict(state, "resnet50d").notes == []

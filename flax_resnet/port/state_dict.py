@@ -250,6 +250,21 @@ def _keyed(arch: Arch) -> Arch:
   return arch._replace(avd=False, avd_first=False, is_first=False)
 
 
+def _anti_aliased_twins(arch: str) -> list[str]:
+  """A note naming the anti-aliased architectures with exactly ``arch``'s keys (an aa module
+  holds no tensors), which a file read as ``arch`` may also be; none if there are none."""
+  table = architecture(arch)
+  twins = [
+    n for n, a in ALL_ARCHITECTURES.items() if a.aa_layer and a._replace(aa_layer=None) == table
+  ]
+  if not twins:
+    return []
+  return [
+    f"read as {arch}; its keys also fit {', '.join(twins)} (anti-aliasing holds no tensors): "
+    "name the architecture (arch=, --arch) if the file is one of those"
+  ]
+
+
 def _as_anti_aliased(state_dict: Mapping[str, Any], arch: str) -> tuple[str, dict] | None:
   """(``arch``, the file's options) where ``arch`` is anti-aliased and the file has its keys
   and shapes (which an aa module, holding no tensors, leaves as without it); else None."""
@@ -402,7 +417,10 @@ def convert_state_dict(
   state_dict, notes = unwrap_state_dict(state_dict)
   if reset_head:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+  named = arch is not None
   arch, options = _resolve_architecture(state_dict, arch, reset_head, model_options)
+  if not named and arch is not None:
+    notes += _anti_aliased_twins(arch)
   model = model_to_fill(arch, options)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   values, problems, casts = _match(flat, state_dict, ("fc",) if reset_head else ())
