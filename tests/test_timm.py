@@ -113,7 +113,23 @@ def test_average_pool_shortcuts_on_odd_sizes_match_timms_ceil_mode():
   assert_parity(reference, model, smooth_images(2, (2, 57, 61, 3)))
 
 
-@pytest.mark.parametrize("name", ["resnet10t", "seresnext26d_32x4d", "ecaresnet26t"])
+# One of each family: knobs, anti-aliasing (no tensors), GroupNorm, mixed blocks, ResNet-RS,
+# pruned widths, ResNeSt (radix 2 and 4).
+ROUND_TRIPS = [
+  "resnet10t",
+  "seresnext26d_32x4d",
+  "ecaresnet26t",
+  "resnetblur18",
+  "resnet50_gn",
+  "test_resnet",
+  "resnetrs50",
+  "ecaresnet50d_pruned",
+  "resnest14d",
+  "resnest50d_4s2x40d",
+]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
 def test_round_trip_loads_into_timm_strictly_and_bit_exact(name):
   reference, model = calibrated_timm_pair(name)
   original = reference.state_dict()

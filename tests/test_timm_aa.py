@@ -138,17 +138,6 @@ def test_a_folded_anti_aliased_net_is_as_exact_as_timm(options):
   assert_parity(reference, fold_batchnorm(model), smooth_images(15, (2, 64, 64, 3)))
 
 
-@pytest.mark.parametrize("name", ["resnetblur18", "resnet50_gn", "test_resnet"])
-def test_round_trip_loads_into_timm_strictly_and_bit_exact(name):
-  reference, model = timm_pair(name)
-  original = reference.state_dict()
-  fresh = timm.create_model(name)
-  fresh.load_state_dict(to_torch_state_dict(model), strict=True)
-  for key, value in fresh.state_dict().items():
-    if not key.endswith("num_batches_tracked"):
-      assert torch.equal(value, original[key]), key
-
-
 def float64_train_pass(reference, name: str, x, labels):
   """(timm's float64 train-mode logits and gradients by key, ours) for one pass."""
   reference = copy.deepcopy(reference).double().train()
