@@ -285,3 +285,24 @@ def test_the_readme_counts_timms_architectures_as_the_registry_does():
   assert built == resnet + resnest
   assert f"lists all {built} architectures of timm's `resnet.py` ({resnet}," in readme
   assert f"`resnest.py` ({resnest})" in readme
+
+
+@pytest.mark.parametrize(
+  "name", ["resnest14d", "test_resnet", "resnetblur18", "resnet50d", "ecaresnet50d_pruned"]
+)
+def test_freezing_parts_freezes_every_batchnorm_inside_them_on_every_family(name):
+  from flax_resnet.model import BatchNorm
+
+  model = flax_resnet.create_model(name, num_classes=10)
+  model.train()
+  freeze_norms(model, ["stem", "layer1"])
+  norms = [
+    (part_of(path), module)
+    for path, module in nnx.iter_graph(model)
+    if isinstance(module, BatchNorm) and path
+  ]
+  assert {part for part, _ in norms} == {"stem", "layer1", "layer2", "layer3", "layer4"}
+  for part, norm in norms:
+    assert norm.use_running_average == (part in ("stem", "layer1")), (part, norm)
+  paths = [path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+  assert {part_of(p) for p in paths} == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}
