@@ -5,6 +5,7 @@ each passes its policy (arguments) and a ``progress`` callback that says the sta
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ def port(
   progress("load", source=weights or state_dict)
   if weights:
     entry, state, source = fetch_weights(weights, arch)
+    arch = arch or _weights_arch(entry)  # a weights entry names its network
   elif state_dict is not None:
     entry, state = None, load_file(state_dict)
     source = source or file_source(state_dict)
@@ -100,6 +102,15 @@ def port(
     progress("save", path=out)
     save(conversion.model, out, meta, overwrite=overwrite)
   return Ported(conversion, meta, entry)
+
+
+def _weights_arch(entry: Any) -> str | None:
+  """The architecture of torchvision weights ``entry``: the table's by its file; None if the
+  table has none (the keys then decide)."""
+  from flax_resnet.torchvision_weights import TABLE
+
+  file = os.path.basename(entry.url)
+  return next((w.arch for w in TABLE if w.file == file), None)
 
 
 def _convert(state, arch, num_classes, reset_head, progress) -> Conversion:
