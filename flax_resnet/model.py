@@ -40,13 +40,13 @@ _kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "
 def _host_rng(key: jax.Array) -> np.random.Generator | None:
   """numpy's generator seeded by a concrete JAX key (the same key, the same numbers on
   every host), or None for a traced key (abstract construction: shapes only)."""
+  if isinstance(key, jax.core.Tracer):
+    # Asked, not tried: a tracer's conversion error describes its origin, a walk over
+    # everything traced so far, which made abstract construction quadratic in depth.
+    return None
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
-  try:
-    seed = np.asarray(key, np.uint32)
-  except jax.errors.TracerArrayConversionError:
-    return None
-  return np.random.default_rng(seed.ravel().tolist())
+  return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
 
 
 def _filled(n: int, value: float, dtype) -> jax.Array:

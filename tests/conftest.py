@@ -28,6 +28,7 @@ SLOW = frozenset(
     "test_mix.py::test_mixup_lambda_takes_the_values_next_to_1_as_often_as_torchvisions_and_never_0_or_1",
     "test_sampler.py::test_a_resume_mid_epoch_gives_the_next_batches",
     "test_parity.py",
+    "test_timm_every.py",
     "test_pretrained.py",
     "test_readme.py",
     "test_recipe_parity.py",

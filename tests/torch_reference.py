@@ -30,6 +30,7 @@ def calibrate(
   randomize_affine: bool = True,
   in_channels: int = 3,
   bn_scale: tuple[float, float] | None = None,
+  images: tuple[int, int, int] = (8, 64, 64),
 ):
   """Gives BatchNorm non-trivial statistics: random affine parameters, then running
   statistics averaged over a few batches, so activations look like a trained net's.
@@ -37,6 +38,7 @@ def calibrate(
   ``bn_scale`` = (low, high) draws every BatchNorm weight uniformly from that range, as
   in nets whose residual branches all carry weight (their float32 error, torch's
   included, grows with depth); by default each branch's last BatchNorm is kept small.
+  ``images`` = (batch, height, width) of the two calibration batches.
   """
   gen = torch.Generator().manual_seed(seed)
   bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -58,7 +60,7 @@ def calibrate(
       bn.momentum = None  # cumulative average over the calibration batches
     model.train()
     for i in range(2):
-      model(nchw(smooth_images(seed + 100 + i, (8, 64, 64, in_channels))))
+      model(nchw(smooth_images(seed + 100 + i, (*images, in_channels))))
   for bn in bns:
     bn.momentum = 0.1
   return model.eval()
