@@ -128,4 +128,3 @@ def test_the_pipeline_s_section_is_the_fields_config_marks_data_with_their_types
   assert pickle.loads(pickle.dumps(data)) == data  # grain's worker processes get copies
   with pytest.raises(dataclasses.FrozenInstanceError):
     data.image_size = 64
-

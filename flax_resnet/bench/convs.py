@@ -1,6 +1,6 @@
 """Forward, input-gradient and kernel-gradient time of ResNet-50's convolution shapes.
 
-    taskset -c 0 python bench/convs.py --batch 16 --out convs.jsonl
+    taskset -c 0 flax-resnet-bench convs --batch 16 --out convs.jsonl
 
 Each shape runs through ``jax.lax.conv_general_dilated`` and through the model's
 own ``flax_resnet.model.conv_general_dilated`` (which runs 1x1 convolutions as

@@ -1,6 +1,6 @@
 """Host time per train step: ``nnx.jit`` on the objects against ``jax.jit`` on the split state.
 
-    python bench/dispatch.py --arch resnet50 --out dispatch.jsonl
+    flax-resnet-bench dispatch --arch resnet50 --out dispatch.jsonl
 
 The host time is how long the call takes to return, its device work queued but
 not waited for: while it is shorter than the device's step, an asynchronous

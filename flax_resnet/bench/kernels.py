@@ -1,6 +1,6 @@
 """A profile of a few JAX train steps, reduced to a top-kernels table, and the step's HLO.
 
-    python bench/kernels.py --arch resnet50 --batch 256 --dtype bf16 --steps 5 \\
+    flax-resnet-bench kernels --arch resnet50 --batch 256 --dtype bf16 --steps 5 \\
         --hlo OUT/train_step_hlo.txt.xz --out OUT/results.jsonl
 
 The compiled train step's optimized HLO goes, xz-compressed, to ``--hlo``, so that

@@ -1,13 +1,13 @@
-"""Images/s of the training input pipeline (flax_resnet/training/data.py) on real JPEGs.
+"""Images/s of the training input pipeline (``flax_resnet.training.data``) on real JPEGs.
 
-    python bench/pipeline.py --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
-    python bench/pipeline.py --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
-    python bench/pipeline.py --auto-augment ta_wide --random-erase 0.1 --workers 0,1,2 ...
+    flax-resnet-bench pipeline --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
+    flax-resnet-bench pipeline --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
+    flax-resnet-bench pipeline --auto-augment ta_wide --random-erase 0.1 --workers 0,1,2 ...
 
 ``imagenet-samples``: the 102 ImageNet JPEGs of ../shared/data (about 500x375,
 decoded in full, random-resized-cropped to 224, flipped, normalised), the work
 of an ImageNet epoch per image; ``--auto-augment`` and ``--random-erase`` add
-torchvision's per-image policy and the erasing box (training/augment.py).
+torchvision's per-image policy and the erasing box (``flax_resnet.training.augment``).
 ``cifar10``: CIFAR-10-JPEG train images (32x32, pad-and-crop + flip). Batches
 arrive in waves: every reader (each worker, or the main process without
 workers) decodes ``prefetch`` batches at once, and they come together; the
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--format",
     default="folder",
     choices=["folder", "shards", "both"],
-    help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both",
+    help="read the JPEG files, ArrayRecord shards of them (flax-resnet-shards), or both",
   )
   p.add_argument(
     "--auto-augment",

@@ -1,18 +1,18 @@
 """Everything a GPU run should measure, in one command and one report.
 
-    bash bench/gpu_suite.sh OUTDIR                        # one GPU: at most --budget seconds
-    python -m flax_resnet.commands.bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
+    flax-resnet-bench suite OUTDIR                  # one GPU: at most --budget seconds
+    flax-resnet-bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
 
 Each step runs in its own process group under its own time limit, cut to what is
 left of ``--budget``, so that one hang loses one step rather than the run:
 
 1. ``facts``: GPU, driver, versions, cores, /dev/shm;
 2. ``train`` and ``infer``: ResNet-50, bf16, batch 256, JAX (each speed variant)
-   against torch eager and torch.compile in one process (``bench/throughput.py``);
+   against torch eager and torch.compile in one process (``flax-resnet-bench throughput``);
 3. ``kernels``: a profile of five JAX train steps reduced to a top-kernels table,
-   and the step's optimized HLO (``bench/kernels.py``);
+   and the step's optimized HLO (``flax-resnet-bench kernels``);
 4. ``pipeline`` and ``pipeline-v2``: the input pipeline at 8 and 16 workers
-   (``bench/pipeline.py``), with crop and flip, then with the V2 recipe's
+   (``flax-resnet-bench pipeline``), with crop and flip, then with the V2 recipe's
    TrivialAugmentWide and random erasing;
 5. ``cifar10-jax`` and ``cifar10-torch``: the CIFAR-10 preset and its PyTorch
    reference, each only if the budget still holds its need.

@@ -1,6 +1,6 @@
 """Training and inference throughput of flax-resnet against PyTorch, in one process.
 
-    python bench/throughput.py --arch resnet50 --mode infer --batch 32 --dtype fp32 \\
+    flax-resnet-bench throughput --arch resnet50 --mode infer --batch 32 --dtype fp32 \\
         --frameworks jax,torch-eager --steps 20 --out results.json
 
 Synthetic data already on the device. Compilation and warm-up are timed apart;
@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--cpu-devices",
     default="auto",
     choices=["auto", "cores", "1"],
-    help="JAX on a CPU: as train/train.py runs (auto: one device per core, the "
+    help="JAX on a CPU: as flax-resnet-train runs (auto: one device per core, the "
     "batch sharded over them, where XLA:CPU convolutions are single-threaded, "
     "jax < 0.11; else one), one device per core, or one device",
   )
@@ -133,7 +133,7 @@ class JaxRunner:
 
   The batch is sharded over as many devices as divide it (one device unless the
   host has several, or ``--cpu-devices`` made one per core); parameters are
-  replicated, as in train/train.py.
+  replicated, as in flax-resnet-train.
   """
 
   def __init__(self, args, variant: str = "baseline"):
