@@ -24,7 +24,6 @@ from types import SimpleNamespace
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser, positive_int
 from flax_resnet.files import write_atomic
-from flax_resnet.versions import versions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -134,8 +133,6 @@ def main(argv=None) -> int:
     "dtype": args.dtype,
     "variant": args.variant,
     "device": device_name("jax", runner),
-    "versions": versions(),
-    "command": " ".join(sys.argv),
   }
   if args.hlo:
     common["hlo_file"], common["hlo_xz_bytes"] = args.hlo.name, write_hlo(runner, args.hlo)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import logging
 import os
@@ -261,9 +260,6 @@ def main(argv=None) -> int:
           "stage_ms": stages,
           "cpu_count": os.cpu_count(),
           "cpu": platform.processor() or platform.machine(),
-          "python": platform.python_version(),
-          "date": datetime.date.today().isoformat(),
-          "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         }
         emit([result], args.out)
     # grain's prefetch threads outlive the measurement; quiet them as the folder goes.

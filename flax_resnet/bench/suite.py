@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flax_resnet.bench.datasets import unpack_cifar
-from flax_resnet.bench.results import DATA_ENV, data_root
+from flax_resnet.bench.results import DATA_ENV, data_root, emit
 from flax_resnet.bench.suite_report import write_report
 from flax_resnet.cli import ArgumentParser, CliError, check_writable_dir, positive_float
 
@@ -258,17 +258,15 @@ def _cap(path: Path) -> None:
 
 
 def facts(out: Path) -> int:
-  """One JSON line of the machine: GPU and driver, jax's devices, versions, cores, /dev/shm."""
+  """One JSON line of the machine: GPU and driver, jax's devices, cores, /dev/shm, and the
+  versions (``results.stamp``)."""
   import shutil
 
   import jax
 
-  from flax_resnet.versions import versions
-
   row = {
     "bench": "facts",
     "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-    "versions": versions(),
     "cpu_count": os.cpu_count(),
     "dev_shm_bytes": shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir() else None,
   }
@@ -285,9 +283,7 @@ def facts(out: Path) -> int:
     ).stdout.strip()
   except (OSError, subprocess.TimeoutExpired) as e:
     row["nvidia_smi"] = f"not available ({type(e).__name__})"
-  with open(out / RESULTS, "a") as f:
-    f.write(json.dumps(row) + "\n")
-  print(json.dumps(row))
+  emit([row], out / RESULTS)  # stamped with the versions, as every benchmark's rows
   return 0
 
 

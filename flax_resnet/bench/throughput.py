@@ -20,7 +20,6 @@ its default preallocation of 75% would leave torch a quarter.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -39,7 +38,6 @@ from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
 from flax_resnet.training.steps import make_optimizer, train_step
-from flax_resnet.versions import versions
 
 VARIANTS: dict[str, dict[str, dict[str, str | bool]]] = {
   "train": {
@@ -313,9 +311,6 @@ def result_rows(args, runners, times, queued) -> list[dict]:
       "jax_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
       if framework == "jax" and device.startswith("gpu")
       else None,
-      "versions": versions(),
-      "command": " ".join(sys.argv),
-      "date": datetime.date.today().isoformat(),
     }
     rows.append(row)
     if framework != "jax":
