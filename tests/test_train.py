@@ -733,7 +733,7 @@ def _classes_json(classes: list[str]):
   [
     (
       _third_class,
-      "has 3 classes (airplane, automobile, bird) but num_classes=2: pass --set num_classes=3",
+      "has 3 classes (airplane, automobile, bird): pass --set num_classes=3",
     ),
     (_no_eval_split, "error: --set eval_split=test: data folder"),
     (_other_eval_classes, "other classes (airplane, truck) than the training split"),
