@@ -203,7 +203,7 @@ def test_plot_names_the_bad_line(tmp_path):
     text=True,
     timeout=120,
   )
-  assert done.returncode == 2 and "r.json:2: not a bench/throughput.py line" in done.stderr
+  assert done.returncode == 2 and "r.json:2: not a flax-resnet-bench throughput line" in done.stderr
   assert not (tmp_path / "p.png").exists()
 
 

@@ -3,6 +3,7 @@ the presets listed from the package, settings that no evaluation can use refused
 
 import dataclasses
 import itertools
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,28 @@ def test_a_missing_eval_split_names_the_field_and_what_data_dir_holds(tmp_path):
   assert str(in_config_flags(missing.value)).startswith("--set eval_split=val: data folder")
   with pytest.raises(ValueError, match=r"^config data_dir='/nonexistent' does not exist$"):
     sources.open_split("/nonexistent", "train")
+
+
+def test_an_empty_data_dir_names_the_fields_and_the_command_its_flags():
+  with pytest.raises(ValueError) as empty:
+    sources.open_split("", "train")
+  assert str(empty.value) == (
+    "config data_dir='' is empty: give it the folder holding the train and eval splits, "
+    "or pass synthetic=True for random images"
+  )
+  assert str(in_config_flags(empty.value)) == (
+    "--set data_dir= is empty: give it the folder holding the train and eval splits, "
+    "or pass --set synthetic=true for random images"
+  )
+
+
+def test_the_pipeline_s_section_is_the_fields_config_marks_data_with_their_types():
+  # Declared once, in Config: a field marked data (or unmarked) changes the section with it.
+  marked = [f for f in dataclasses.fields(config_lib.Config) if f.metadata["data"]]
+  section = dataclasses.fields(config_lib.DataConfig)
+  assert [(f.name, f.type) for f in section] == [(f.name, f.type) for f in marked]
+  assert {"data_dir", "num_classes", "global_batch", "seed"} <= {f.name for f in section}
+  data = config_lib.Config(data_dir="/d", image_size=32).data
+  assert pickle.loads(pickle.dumps(data)) == data  # grain's worker processes get copies
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    data.image_size = 64

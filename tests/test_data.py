@@ -15,8 +15,9 @@ import grain
 import pytest
 from PIL import Image
 
+from flax_resnet.cli import in_config_flags
 from flax_resnet.preprocess import EvalTransform
-from flax_resnet.training import config as config_lib, data, shm
+from flax_resnet.training import config as config_lib, data, shm, sources
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])
@@ -146,6 +147,20 @@ def test_train_and_eval_batches_carry_the_readers_reasons_and_the_log_reads_noth
   assert caplog.messages == [
     f"skipping unreadable image (logged once, counted at every visit): {why[i]}" for i in (3, 4)
   ]
+
+
+def test_a_class_count_other_than_num_classes_names_the_field_and_the_command_its_flag(tmp_path):
+  for name in ("cat", "dog", "emu"):
+    (tmp_path / "train" / name).mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / name / "0.png")
+  train = sources.ImageFolder.scan(tmp_path / "train")
+  cfg = config_lib.Config(data_dir=str(tmp_path), num_classes=2)
+  with pytest.raises(ValueError) as refused:
+    data.check_splits(cfg.data, train)
+  found = f"the training data {tmp_path}/train has 3 classes (cat, dog, emu)"
+  assert str(refused.value) == f"config num_classes=2, but {found}: pass num_classes=3"
+  said = f"--set num_classes=2, but {found}: pass --set num_classes=3"
+  assert str(in_config_flags(refused.value)) == said
 
 
 def test_the_pipeline_is_handed_its_section_of_the_config():

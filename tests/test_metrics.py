@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITE = """
@@ -75,3 +77,14 @@ def test_a_line_between_the_scheduled_ones_leaves_their_means_over_all_their_ste
   assert printed == ["1.0000", "2.0000", "3.0000", "6.0000"]  # each since the line before
   assert metrics.read_metrics(tmp_path)["train/loss"] == [(4, 3.0)]  # the 4 steps' mean
   assert metrics.read_metrics(tmp_path)["train/top1"] == [(4, 2 / 8)]
+
+
+def test_a_folder_without_metrics_is_said_not_to_be_the_installed_trainer_s_workdir(tmp_path):
+  from flax_resnet.training import metrics
+
+  with pytest.raises(ValueError) as missing:
+    metrics.read_metrics(tmp_path)
+  assert str(missing.value) == (
+    f"{tmp_path / 'metrics.jsonl'} not found: not a flax-resnet-train workdir, or nothing "
+    "logged yet"
+  )

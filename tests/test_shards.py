@@ -107,7 +107,7 @@ def test_other_classes_in_the_same_out_are_refused(cifar, tmp_path):
 
 
 def test_a_record_that_is_not_ours_is_a_clear_error():
-  with pytest.raises(ValueError, match="not written by train/shards.py"):
+  with pytest.raises(ValueError, match="not written by flax-resnet-shards"):
     shard_format.decode(b"\x00" * 64)
 
 
@@ -174,7 +174,7 @@ def test_a_truncated_or_missing_shard_is_one_line_naming_it_at_start(cifar, tmp_
   done = tiny_train(tmp_path / "w", out, "max_steps=2")
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
   assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: shard ")
-  assert f"{shard} is {damage}" in done.stderr and "train/shards.py again" in done.stderr
+  assert f"{shard} is {damage}" in done.stderr and "flax-resnet-shards again" in done.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -333,7 +333,7 @@ def test_a_damaged_shard_index_or_classes_file_is_refused_naming_it(converted, t
   with pytest.raises(ValueError) as raised:
     sources.open_split(str(tmp_path / "shards"), "train")
   message = str(raised.value)
-  assert message.startswith(says) and "train/shards.py" in message and "\n" not in message
+  assert message.startswith(says) and "flax-resnet-shards" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("damage", ["parent", "symlink", "random bytes", "a list"])

@@ -733,7 +733,7 @@ def _classes_json(classes: list[str]):
   [
     (
       _third_class,
-      "has 3 classes (airplane, automobile, bird) but num_classes=2: pass --set num_classes=3",
+      "has 3 classes (airplane, automobile, bird): pass --set num_classes=3",
     ),
     (_no_eval_split, "error: --set eval_split=test: data folder"),
     (_other_eval_classes, "other classes (airplane, truck) than the training split"),
@@ -761,12 +761,12 @@ def test_data_that_would_train_wrongly_or_fail_later_is_refused_at_start(
   assert not (tmp_path / "w").exists()  # nothing written, not even config.json
 
 
-def test_a_missing_data_dir_says_that_it_is_not_set(tmp_path):
+def test_a_missing_data_dir_is_said_as_the_flag_that_sets_it(tmp_path):
   done = train(tmp_path / "w", "", "max_steps=2", "global_batch=16", check=False)
-  # The field, as the config's other errors name it, and the flag that sets it.
-  assert done.returncode == 2 and (
-    "error: config data_dir is not set: give it a folder" in done.stderr
-    and "(--set data_dir=PATH in a command)" in done.stderr
+  # The library names the fields; the command says them as the flags that set them.
+  assert done.returncode == 2 and done.stderr.startswith(
+    "error: --set data_dir= is empty: give it the folder holding the train and eval splits, "
+    "or pass --set synthetic=true for random images\n"
   ), done.stderr[-2000:]
   assert not (tmp_path / "w").exists()
 

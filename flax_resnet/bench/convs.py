@@ -1,18 +1,18 @@
 """Forward, input-gradient and kernel-gradient time of ResNet-50's convolution shapes.
 
-    taskset -c 0 python bench/convs.py --batch 16 --out convs.jsonl
+    taskset -c 0 flax-resnet-bench convs --batch 16 --out convs.jsonl
 
 Each shape runs through ``jax.lax.conv_general_dilated`` and through the model's
 own ``flax_resnet.model.conv_general_dilated`` (which runs 1x1 convolutions as
 matrix products on CPU), jitted, median of --repeats runs after one warm-up.
-XLA:CPU runs a convolution on one thread, so ``taskset -c 0`` gives per-core
-figures. One JSON line per shape and implementation; a Markdown table on stdout.
+jax 0.10's XLA:CPU runs a convolution on one thread, jax 0.11's and later on every core
+(BENCHMARKS.md), so ``taskset -c 0`` gives per-core figures that compare across versions.
+One JSON line per shape and implementation; a Markdown table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.model import conv_general_dilated
-from flax_resnet.versions import versions
 
 # name: (input height = width, in channels, out channels, kernel, stride), all from ResNet-50
 SHAPES = {
@@ -114,9 +113,6 @@ def main(argv=None) -> int:
           **ms,
           "device": str(jax.devices()[0].device_kind),
           "backend": jax.default_backend(),
-          "versions": versions(),
-          "command": " ".join(sys.argv),
-          "date": datetime.date.today().isoformat(),
         }
       )
   emit(rows, args.out, echo=False)

@@ -1,6 +1,6 @@
 """Host time per train step: ``nnx.jit`` on the objects against ``jax.jit`` on the split state.
 
-    python bench/dispatch.py --arch resnet50 --out dispatch.jsonl
+    flax-resnet-bench dispatch --arch resnet50 --out dispatch.jsonl
 
 The host time is how long the call takes to return, its device work queued but
 not waited for: while it is shorter than the device's step, an asynchronous
@@ -11,7 +11,6 @@ Both variants take turns in one process on one device. One JSON line per variant
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -25,7 +24,6 @@ import flax_resnet
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.training.steps import make_optimizer, train_step, update
-from flax_resnet.versions import versions
 
 # flax_resnet.training.steps.train_step's work as nnx.jit over the objects, the form it replaced.
 nnx_train_step = nnx.jit(update, donate_argnums=(0, 1))
@@ -94,9 +92,6 @@ def main(argv=None) -> int:
       "host_ms_median": 1e3 * statistics.median(h for h, _ in ts),
       "step_ms_median": 1e3 * statistics.median(s for _, s in ts),
       "device": f"{device.platform}:{device.device_kind}",
-      "versions": versions(),
-      "command": " ".join(sys.argv),
-      "date": datetime.date.today().isoformat(),
     }
     for name, ts in times.items()
   ]

@@ -1,6 +1,6 @@
 """A profile of a few JAX train steps, reduced to a top-kernels table, and the step's HLO.
 
-    python bench/kernels.py --arch resnet50 --batch 256 --dtype bf16 --steps 5 \\
+    flax-resnet-bench kernels --arch resnet50 --batch 256 --dtype bf16 --steps 5 \\
         --hlo OUT/train_step_hlo.txt.xz --out OUT/results.jsonl
 
 The compiled train step's optimized HLO goes, xz-compressed, to ``--hlo``, so that
@@ -24,7 +24,6 @@ from types import SimpleNamespace
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser, positive_int
 from flax_resnet.files import write_atomic
-from flax_resnet.versions import versions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -134,8 +133,6 @@ def main(argv=None) -> int:
     "dtype": args.dtype,
     "variant": args.variant,
     "device": device_name("jax", runner),
-    "versions": versions(),
-    "command": " ".join(sys.argv),
   }
   if args.hlo:
     common["hlo_file"], common["hlo_xz_bytes"] = args.hlo.name, write_hlo(runner, args.hlo)

@@ -4,13 +4,12 @@
 
 Samples /proc every ``--every`` seconds: the peak of the summed RSS of the process tree
 (the trainer and its decoding workers), and the peak of the top process alone. One JSON
-line, printed and appended to ``--out``; the exit code is the command's.
+line (the watched command in ``watched``), printed and appended to ``--out``; the exit code
+is the command's.
 """
 
 from __future__ import annotations
 
-import datetime
-import platform
 import subprocess
 import sys
 import time
@@ -71,9 +70,7 @@ def main(argv=None) -> int:
   result = {
     "bench": "peak_rss",
     **watch(args.command, args.every),
-    "command": " ".join(args.command),
-    "python": platform.python_version(),
-    "date": datetime.date.today().isoformat(),
+    "watched": " ".join(args.command),
   }
   emit([result], args.out)
   return result["returncode"]

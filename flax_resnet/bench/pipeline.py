@@ -1,13 +1,13 @@
-"""Images/s of the training input pipeline (flax_resnet/training/data.py) on real JPEGs.
+"""Images/s of the training input pipeline (``flax_resnet.training.data``) on real JPEGs.
 
-    python bench/pipeline.py --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
-    python bench/pipeline.py --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
-    python bench/pipeline.py --auto-augment ta_wide --random-erase 0.1 --workers 0,1,2 ...
+    flax-resnet-bench pipeline --data imagenet-samples --workers 0,1,2 --batches 20 --out pipe.json
+    flax-resnet-bench pipeline --data cifar10 --workers 0,1,2 --batches 40 --out pipe.json
+    flax-resnet-bench pipeline --auto-augment ta_wide --random-erase 0.1 --workers 0,1,2 ...
 
 ``imagenet-samples``: the 102 ImageNet JPEGs of ../shared/data (about 500x375,
 decoded in full, random-resized-cropped to 224, flipped, normalised), the work
 of an ImageNet epoch per image; ``--auto-augment`` and ``--random-erase`` add
-torchvision's per-image policy and the erasing box (training/augment.py).
+torchvision's per-image policy and the erasing box (``flax_resnet.training.augment``).
 ``cifar10``: CIFAR-10-JPEG train images (32x32, pad-and-crop + flip). Batches
 arrive in waves: every reader (each worker, or the main process without
 workers) decodes ``prefetch`` batches at once, and they come together; the
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import logging
 import os
@@ -66,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--format",
     default="folder",
     choices=["folder", "shards", "both"],
-    help="read the JPEG files, ArrayRecord shards of them (train/shards.py), or both",
+    help="read the JPEG files, ArrayRecord shards of them (flax-resnet-shards), or both",
   )
   p.add_argument(
     "--auto-augment",
@@ -261,9 +260,6 @@ def main(argv=None) -> int:
           "stage_ms": stages,
           "cpu_count": os.cpu_count(),
           "cpu": platform.processor() or platform.machine(),
-          "python": platform.python_version(),
-          "date": datetime.date.today().isoformat(),
-          "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         }
         emit([result], args.out)
     # grain's prefetch threads outlive the measurement; quiet them as the folder goes.

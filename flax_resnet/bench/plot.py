@@ -1,6 +1,6 @@
-"""Throughput against batch size, from bench/throughput.py's JSON lines, as a PNG.
+"""Throughput against batch size, from flax-resnet-bench throughput's JSON lines, as a PNG.
 
-    python bench/plot.py --results bench/results/cpu.json --out bench/results/cpu.png
+    flax-resnet-bench plot --results bench/results/cpu.json --out bench/results/cpu.png
 
 One panel per (architecture, mode, dtype); one line per framework and device. A
 configuration measured twice is drawn with its latest line.
@@ -30,7 +30,7 @@ def read_series(path: Path) -> dict[tuple, dict[str, list[tuple[int, float]]]]:
       line = f"{row['framework']} ({row['device']})"
       panels[row["arch"], row["mode"], row["dtype"]][line][row["batch"]] = row["images_per_s"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{number}: not a bench/throughput.py line ({e})") from None
+      raise ValueError(f"{path}:{number}: not a flax-resnet-bench throughput line ({e})") from None
   if not panels:
     raise ValueError(f"{path} holds no results")
   return {
@@ -64,7 +64,9 @@ def plot(panels: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--results", type=Path, required=True, help="JSON lines of bench/throughput.py")
+  p.add_argument(
+    "--results", type=Path, required=True, help="JSON lines of flax-resnet-bench throughput"
+  )
   p.add_argument("--out", type=Path, required=True, help="the PNG to write")
   args = p.parse_args(argv)
   try:

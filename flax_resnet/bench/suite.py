@@ -1,18 +1,18 @@
 """Everything a GPU run should measure, in one command and one report.
 
-    bash bench/gpu_suite.sh OUTDIR                        # one GPU: at most --budget seconds
-    python -m flax_resnet.commands.bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
+    flax-resnet-bench suite OUTDIR                  # one GPU: at most --budget seconds
+    flax-resnet-bench suite OUTDIR --tiny --budget 300   # the plumbing, on a CPU
 
 Each step runs in its own process group under its own time limit, cut to what is
 left of ``--budget``, so that one hang loses one step rather than the run:
 
 1. ``facts``: GPU, driver, versions, cores, /dev/shm;
 2. ``train`` and ``infer``: ResNet-50, bf16, batch 256, JAX (each speed variant)
-   against torch eager and torch.compile in one process (``bench/throughput.py``);
+   against torch eager and torch.compile in one process (``flax-resnet-bench throughput``);
 3. ``kernels``: a profile of five JAX train steps reduced to a top-kernels table,
-   and the step's optimized HLO (``bench/kernels.py``);
+   and the step's optimized HLO (``flax-resnet-bench kernels``);
 4. ``pipeline`` and ``pipeline-v2``: the input pipeline at 8 and 16 workers
-   (``bench/pipeline.py``), with crop and flip, then with the V2 recipe's
+   (``flax-resnet-bench pipeline``), with crop and flip, then with the V2 recipe's
    TrivialAugmentWide and random erasing;
 5. ``cifar10-jax`` and ``cifar10-torch``: the CIFAR-10 preset and its PyTorch
    reference, each only if the budget still holds its need.
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flax_resnet.bench.datasets import unpack_cifar
-from flax_resnet.bench.results import DATA_ENV, data_root
+from flax_resnet.bench.results import DATA_ENV, data_root, emit
 from flax_resnet.bench.suite_report import write_report
 from flax_resnet.cli import ArgumentParser, CliError, check_writable_dir, positive_float
 
@@ -258,17 +258,15 @@ def _cap(path: Path) -> None:
 
 
 def facts(out: Path) -> int:
-  """One JSON line of the machine: GPU and driver, jax's devices, versions, cores, /dev/shm."""
+  """One JSON line of the machine: GPU and driver, jax's devices, cores, /dev/shm, and the
+  versions (``results.stamp``)."""
   import shutil
 
   import jax
 
-  from flax_resnet.versions import versions
-
   row = {
     "bench": "facts",
     "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-    "versions": versions(),
     "cpu_count": os.cpu_count(),
     "dev_shm_bytes": shutil.disk_usage("/dev/shm").total if Path("/dev/shm").is_dir() else None,
   }
@@ -285,9 +283,7 @@ def facts(out: Path) -> int:
     ).stdout.strip()
   except (OSError, subprocess.TimeoutExpired) as e:
     row["nvidia_smi"] = f"not available ({type(e).__name__})"
-  with open(out / RESULTS, "a") as f:
-    f.write(json.dumps(row) + "\n")
-  print(json.dumps(row))
+  emit([row], out / RESULTS)  # stamped with the versions, as every benchmark's rows
   return 0
 
 

@@ -1,6 +1,6 @@
 """Training and inference throughput of flax-resnet against PyTorch, in one process.
 
-    python bench/throughput.py --arch resnet50 --mode infer --batch 32 --dtype fp32 \\
+    flax-resnet-bench throughput --arch resnet50 --mode infer --batch 32 --dtype fp32 \\
         --frameworks jax,torch-eager --steps 20 --out results.json
 
 Synthetic data already on the device. Compilation and warm-up are timed apart;
@@ -20,7 +20,6 @@ its default preallocation of 75% would leave torch a quarter.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -39,7 +38,6 @@ from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
 from flax_resnet.training.steps import make_optimizer, train_step
-from flax_resnet.versions import versions
 
 VARIANTS: dict[str, dict[str, dict[str, str | bool]]] = {
   "train": {
@@ -90,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--cpu-devices",
     default="auto",
     choices=["auto", "cores", "1"],
-    help="JAX on a CPU: as train/train.py runs (auto: one device per core, the "
+    help="JAX on a CPU: as flax-resnet-train runs (auto: one device per core, the "
     "batch sharded over them, where XLA:CPU convolutions are single-threaded, "
     "jax < 0.11; else one), one device per core, or one device",
   )
@@ -133,7 +131,7 @@ class JaxRunner:
 
   The batch is sharded over as many devices as divide it (one device unless the
   host has several, or ``--cpu-devices`` made one per core); parameters are
-  replicated, as in train/train.py.
+  replicated, as in flax-resnet-train.
   """
 
   def __init__(self, args, variant: str = "baseline"):
@@ -313,9 +311,6 @@ def result_rows(args, runners, times, queued) -> list[dict]:
       "jax_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
       if framework == "jax" and device.startswith("gpu")
       else None,
-      "versions": versions(),
-      "command": " ".join(sys.argv),
-      "date": datetime.date.today().isoformat(),
     }
     rows.append(row)
     if framework != "jax":

@@ -2,9 +2,9 @@
 
     flax-resnet-bench train-torch --config cifar10_resnet18 --workdir W \\
         --set data_dir=DIR [--set KEY=VALUE ...]
-    python bench/train_torch.py ...   (the same)
+    python -m flax_resnet.commands.bench train-torch ...   (the same)
 
-Each step is ``torch_recipe.Recipe.step``, the one tests/test_recipe_parity.py proves equal
+Each step is ``torch_recipe.Recipe.step``, the one the project's recipe parity tests prove equal
 to flax-resnet's (model, optimizer, schedule, loss, the EMA of weights and BN statistics;
 autocast when ``dtype`` is bfloat16 or float16). The data is torchvision's ``ImageFolder``
 with torchvision's transforms doing what the trainer's pipeline does (pad-and-crop + flip at

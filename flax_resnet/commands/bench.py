@@ -3,7 +3,7 @@
 
     flax-resnet-bench throughput --arch resnet50 --mode train --batch 256 --dtype bf16
     flax-resnet-bench pipeline --data imagenet-samples --workers 0,1,2
-    flax-resnet-bench peak-rss -- python train/train.py --config ... --workdir W
+    flax-resnet-bench peak-rss -- flax-resnet-train --config ... --workdir W
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Convert torchvision's or timm's ResNet-family weights into a flax-resnet checkpoint.
 
-    python convert/torch2flax.py --weights ResNet50_Weights.IMAGENET1K_V2 --out ckpt/resnet50
-    python convert/torch2flax.py --weights DEFAULT --arch resnet18 --out ckpt/resnet18
-    python convert/torch2flax.py --state-dict model.pth --out ckpt/mine [--arch resnet50]
-    python convert/torch2flax.py --state-dict model.safetensors --arch resnet50d --out ckpt/r50d
-    python convert/torch2flax.py --state-dict model.pth --num-classes 10 --reset-head --out ckpt/ft
+    flax-resnet-convert --weights ResNet50_Weights.IMAGENET1K_V2 --out ckpt/resnet50
+    flax-resnet-convert --weights DEFAULT --arch resnet18 --out ckpt/resnet18
+    flax-resnet-convert --state-dict model.pth --out ckpt/mine [--arch resnet50]
+    flax-resnet-convert --state-dict model.safetensors --arch resnet50d --out ckpt/r50d
+    flax-resnet-convert --state-dict model.pth --num-classes 10 --reset-head --out ckpt/ft
 
 The output directory is written under a temporary name and renamed into place only
 when complete. By default the converted model is verified against torchvision (timm, for

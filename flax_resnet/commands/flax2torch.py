@@ -1,7 +1,7 @@
 """Write a flax-resnet checkpoint back out as a torchvision (or timm) state dict.
 
-    python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.pth
-    python convert/flax2torch.py --checkpoint ckpt/resnet50 --out resnet50.safetensors
+    flax-resnet-flax2torch --checkpoint ckpt/resnet50 --out resnet50.pth
+    flax-resnet-flax2torch --checkpoint ckpt/resnet50 --out resnet50.safetensors
 
 The file loads with ``strict=True`` into ``torchvision.models.<arch>(num_classes=...)``, or
 for timm's architectures into ``timm.create_model(arch, num_classes=...)``, bit for bit.

@@ -1,7 +1,7 @@
 """Loss and accuracy curves of training runs as a PNG: one run, or several on one figure.
 
-    python train/plot.py --workdir runs/cifar10 --out runs/cifar10/curves.png
-    python train/plot.py --workdir runs/jax runs/torch --out both.png  # with train-torch
+    flax-resnet-plot --workdir runs/cifar10 --out runs/cifar10/curves.png
+    flax-resnet-plot --workdir runs/jax runs/torch --out both.png  # with train-torch
 
 Any workdir with a ``metrics.jsonl`` of the trainer's format: ``flax-resnet-train``'s or
 the PyTorch reference's.

@@ -1,10 +1,10 @@
 """Export a training checkpoint as a flax-resnet model checkpoint.
 
-    python train/export.py --workdir runs/c10 --out models/c10 [--step best|latest|N] [--ema]
+    flax-resnet-train-export --workdir runs/c10 --out models/c10 [--step best|latest|N] [--ema]
 
-The result is what ``convert/torch2flax.py`` writes: ``flax_resnet.load`` rebuilds
+The result is what ``flax-resnet-convert`` writes: ``flax_resnet.load`` rebuilds
 it without the training code, ``flax-resnet-predict`` classifies images
-with the run's eval preprocessing and class names, and ``convert/flax2torch.py``
+with the run's eval preprocessing and class names, and ``flax-resnet-flax2torch``
 turns it into a torchvision state dict.
 """
 
@@ -22,7 +22,7 @@ from flax_resnet.cli import ArgumentParser, CliError, check_replaceable, report
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """``flax-resnet-train-export``'s arguments; usage errors exit 2 in one line."""
   p = ArgumentParser(description=__doc__)
-  p.add_argument("--workdir", type=Path, required=True, help="a train/train.py --workdir")
+  p.add_argument("--workdir", type=Path, required=True, help="a flax-resnet-train --workdir")
   p.add_argument("--out", type=Path, required=True, help="the model checkpoint directory to write")
   p.add_argument(
     "--step",

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax_resnet.choices import (
   AUTO_AUGMENTS,
@@ -59,13 +59,15 @@ def rule(
   check: Callable[[Any], str | None] | None = None,
   resumable: bool = False,
   nullable: bool = False,
+  data: bool = False,
 ) -> Any:
   """A field's default with its rule beside it (``validate`` applies it): the ``choices``
   its value must be one of, its range ``[at_least, below)``, a ``check`` returning a
   problem or None, whether a resumed run may change it (``resumable``: it decides
   when to stop, log, save or evaluate, or where and how the same images are read, never
-  what a step computes), and whether it may be None (``nullable``; ``none`` in a
-  ``key=value``). ``doc``: what the field means, in one sentence: ``--list-fields``
+  what a step computes), whether it may be None (``nullable``; ``none`` in a
+  ``key=value``), and whether the input pipeline reads it (``data``: it is a field of
+  ``DataConfig``). ``doc``: what the field means, in one sentence: ``--list-fields``
   prints it."""
   return dataclasses.field(
     default=default,
@@ -77,6 +79,7 @@ def rule(
       "check": check,
       "resumable": resumable,
       "nullable": nullable,
+      "data": data,
     },
   )
 
@@ -88,7 +91,9 @@ class Config:
 
   # Model
   arch: str = rule("resnet18", doc="the architecture: a flax_resnet.list_models() name")
-  num_classes: int = rule(1000, at_least=1, doc="classes of the data: the head's outputs")
+  num_classes: int = rule(
+    1000, at_least=1, doc="classes of the data: the head's outputs", data=True
+  )
   stem: str = rule(
     "imagenet", choices=STEMS, doc='"cifar": a 3x3/1 conv and no max-pool, for 32x32 images'
   )
@@ -144,29 +149,38 @@ class Config:
     resumable=True,
     doc="the folder holding <train_split>/<class>/*.jpg and <eval_split>/<class>/*.jpg "
     "(or shards of them)",
+    data=True,
   )
-  train_split: str = rule("train", doc="data_dir's sub-folder of training images")
-  eval_split: str = rule("val", doc="data_dir's sub-folder of evaluation images")
+  train_split: str = rule("train", doc="data_dir's sub-folder of training images", data=True)
+  eval_split: str = rule("val", doc="data_dir's sub-folder of evaluation images", data=True)
   synthetic: bool = rule(
-    False, doc="random images of image_size, for benchmarks; data_dir unused, no data workers"
+    False,
+    doc="random images of image_size, for benchmarks; data_dir unused, no data workers",
+    data=True,
   )
   image_size: int = rule(
-    224, at_least=1, doc="the train crop's side; 32 or less switches to pad-and-crop"
+    224, at_least=1, doc="the train crop's side; 32 or less switches to pad-and-crop", data=True
   )
   eval_resize: int = rule(
-    256, at_least=1, doc="eval resizes the shorter side to this, then crops its centre"
+    256, at_least=1, doc="eval resizes the shorter side to this, then crops its centre", data=True
   )
   eval_crop: int = rule(
     0,
     at_least=0,
     doc="eval's centre crop, at most eval_resize (torchvision's --val-crop-size); 0: image_size",
+    data=True,
   )
-  mean: tuple[float, ...] = rule((0.485, 0.456, 0.406), doc="per-channel mean, normalising")
-  std: tuple[float, ...] = rule((0.229, 0.224, 0.225), doc="per-channel std, normalising")
+  mean: tuple[float, ...] = rule(
+    (0.485, 0.456, 0.406), doc="per-channel mean, normalising", data=True
+  )
+  std: tuple[float, ...] = rule(
+    (0.229, 0.224, 0.225), doc="per-channel std, normalising", data=True
+  )
   interpolation: str = rule(
     "bilinear",
     choices=INTERPOLATIONS,
     doc="the resize filter of the random resized crop, the policies' geometric ops and eval",
+    data=True,
   )
   auto_augment: str = rule(
     "none",
@@ -174,16 +188,22 @@ class Config:
     doc="per-image policy after crop and flip, as torchvision's --auto-augment: "
     '"ta_wide" TrivialAugmentWide, "ra" RandAugment (ra_num_ops, ra_magnitude), '
     '"imagenet" AutoAugment\'s ImageNet policy, "augmix" AugMix (augmix_severity)',
+    data=True,
   )
-  ra_num_ops: int = rule(2, at_least=1, doc="RandAugment's operations per image")
-  ra_magnitude: int = rule(9, at_least=0, below=31, doc="RandAugment's magnitude bin (of 31)")
-  augmix_severity: int = rule(3, at_least=1, below=11, doc="AugMix's magnitude bin (1..10)")
+  ra_num_ops: int = rule(2, at_least=1, doc="RandAugment's operations per image", data=True)
+  ra_magnitude: int = rule(
+    9, at_least=0, below=31, doc="RandAugment's magnitude bin (of 31)", data=True
+  )
+  augmix_severity: int = rule(
+    3, at_least=1, below=11, doc="AugMix's magnitude bin (1..10)", data=True
+  )
   random_erase: float = rule(
     0.0,
     at_least=0,
     check=_probability,
     doc="probability of torchvision's RandomErasing (scale 0.02-0.33, ratio 0.3-3.3, value 0 "
     "after normalisation); the box is drawn on the host, the pixels erased on the device",
+    data=True,
   )
   ra_reps: int = rule(
     1,
@@ -191,21 +211,26 @@ class Config:
     doc="repeated augmentation (torchvision's RASampler, --ra-reps): each image of an "
     "epoch's share comes ra_reps times, on ra_reps devices, each augmented its own way; "
     "an epoch holds len(train) // 256 * 256 images; 1: off",
+    data=True,
   )
   workers: int = rule(
     0,
     at_least=0,
     resumable=True,
     doc="decoding processes per host (at most the cores); 0 decodes in the main process",
+    data=True,
   )
   prefetch: int = rule(
     2,
     at_least=1,
     resumable=True,
     doc="batches read ahead by each reader (the main process or each worker)",
+    data=True,
   )
   # Optimisation
-  global_batch: int = rule(256, at_least=1, doc="images per step, over every device and process")
+  global_batch: int = rule(
+    256, at_least=1, doc="images per step, over every device and process", data=True
+  )
   epochs: int = rule(90, at_least=1, doc="the schedule's length in epochs")
   max_steps: int = rule(
     0,
@@ -288,7 +313,9 @@ class Config:
     doc="k > 1: each step's images go through the network in k micro-batches (less "
     "memory), one update on their mean gradient; BatchNorm normalises each micro-batch",
   )
-  seed: int = rule(0, doc="the seed of the weights, the data order and the augmentations")
+  seed: int = rule(
+    0, doc="the seed of the weights, the data order and the augmentations", data=True
+  )
   # What trains (fine-tuning). Frozen parts keep every bit of their parameters (no update, no
   # weight decay, no optimiser state) and run their BatchNorm in eval mode.
   freeze: str = rule(
@@ -353,39 +380,34 @@ class Config:
   @property
   def data(self) -> DataConfig:
     """The section the input pipeline reads, and all it is handed."""
-    return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """The part of ``Config`` the input pipeline (``training/data.py``) reads; each field is
-  ``Config``'s of that name, documented and checked there."""
-
-  data_dir: str
-  train_split: str
-  eval_split: str
-  synthetic: bool
-  num_classes: int
-  image_size: int
-  eval_resize: int
-  eval_crop: int
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  interpolation: str
-  auto_augment: str
-  ra_num_ops: int
-  ra_magnitude: int
-  augmix_severity: int
-  random_erase: float
-  ra_reps: int
-  workers: int
-  prefetch: int
-  global_batch: int
-  seed: int
+    return DataConfig(**{name: getattr(self, name) for name in DATA_FIELDS})
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 RESUMABLE = tuple(name for name, f in FIELDS.items() if f.metadata["resumable"])
+DATA_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["data"])
+
+
+def _section(name: str, fields: Sequence[str], doc: str) -> type:
+  """A frozen dataclass named ``name`` of ``fields`` of ``Config``, each with its type
+  there; no defaults: a section is read off a config (``Config.data``), never built alone."""
+  section = dataclasses.make_dataclass(name, [(f, FIELDS[f].type) for f in fields], frozen=True)
+  section.__module__, section.__doc__ = __name__, doc  # pickled and documented as declared here
+  return section
+
+
+if TYPE_CHECKING:
+  # mypy cannot read the fields of a class built at run time: it checks the pipeline's reads
+  # against Config, where each field is declared with the type the section gives it.
+  DataConfig = Config
+else:
+  DataConfig = _section(
+    "DataConfig",
+    DATA_FIELDS,
+    """The part of ``Config`` the input pipeline (``training/data.py``) reads, and all it is
+    handed: the fields whose ``rule`` says ``data``, each ``Config``'s of that name,
+    documented and checked there. Frozen.""",
+  )
 
 
 class SettingError(ValueError):

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from flax_resnet.choices import AUTO_AUGMENTS
+from flax_resnet.errors import FieldError, literal
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training import augment, shm
 from flax_resnet.training.augmix import AugMix
@@ -463,13 +464,15 @@ def check_splits(config: DataConfig, train: ImageSource) -> None:
   """Refuses at start what would otherwise fail or train wrongly later, as ``ValueError``s:
   shards whose ``classes.json`` disagrees with their records, a class count other than
   ``num_classes`` (labels beyond it would train as all-zero targets), and an eval split
-  that is missing (found after a whole epoch otherwise) or has other classes."""
+  that is missing (found after a whole epoch otherwise) or has other classes. The class
+  count's is a ``FieldError``: a command says the fields as its ``--set`` flags."""
   classes = train.verified_classes()
   if len(classes) != config.num_classes:
-    raise ValueError(
-      f"the training data {train.root} has {len(classes)} classes "
-      f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
-      f"--set num_classes={len(classes)}"
+    found = f"{train.root} has {len(classes)} classes ({_listed(classes)})"
+    raise FieldError(
+      "{num}, but the training data " + literal(found) + ": pass {fix}",
+      num=("num_classes", config.num_classes),
+      fix=("num_classes", len(classes)),
     )
   evaluated = open_split(config.data_dir, config.eval_split, "eval_split").verified_classes()
   if evaluated != classes:

@@ -30,14 +30,14 @@ def append_metric(file: Path, step: int, name: str, value: float) -> None:
 def read_metrics(
   workdir: Path, note: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
 ) -> dict[str, list[tuple[int, float]]]:
-  """Series by name from ``workdir/metrics.jsonl`` (written by train/train.py).
+  """Series by name from ``workdir/metrics.jsonl`` (written by flax-resnet-train).
 
   A last line cut short (a run killed while writing it) is skipped with a ``note``; any
   other line that is not a metric is a ``ValueError`` naming the file and line.
   """
   path = workdir / METRICS_FILE
   if not path.is_file():
-    raise ValueError(f"{path} not found: not a train/train.py workdir, or nothing logged yet")
+    raise ValueError(f"{path} not found: not a flax-resnet-train workdir, or nothing logged yet")
   series: dict[str, dict[int, float]] = defaultdict(dict)
   text = path.read_text(errors="replace")
   lines = text.splitlines()

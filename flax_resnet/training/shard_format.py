@@ -24,7 +24,7 @@ def decode(record: bytes) -> tuple[int, str, bytes]:
     raise ValueError(f"record of {len(record)} bytes is shorter than its header")
   magic, label, length = _HEADER.unpack_from(record)
   if magic != _MAGIC:
-    raise ValueError(f"record does not start with {_MAGIC!r}: not written by train/shards.py")
+    raise ValueError(f"record does not start with {_MAGIC!r}: not written by flax-resnet-shards")
   start = _HEADER.size + length
   return label, record[_HEADER.size : start].decode(errors="replace"), record[start:]
 

@@ -1,6 +1,6 @@
 """ImageFolder splits as ArrayRecord shards, the random-access format Grain reads at pod scale.
 
-    python train/shards.py --folder DATA --out SHARDS --splits train,val
+    flax-resnet-shards --folder DATA --out SHARDS --splits train,val
 
 ``SHARDS/classes.json`` holds the class names (the sorted folder names: label i is
 name i). ``SHARDS/<split>/<split>-NNNNN-of-MMMMM.array_record`` hold one record per

@@ -56,11 +56,14 @@ class ImageSource(Protocol):
 def open_split(data_dir: str, split: str, field: str = "train_split") -> ImageSource:
   """The images of ``data_dir/split``: ``Shards`` where it holds a complete set of shards
   (their index.json), else an ``ImageFolder``. ``field`` is the config field that named
-  ``split``: a ``FieldError`` names it, or data_dir, when the folder does not exist."""
-  if not data_dir:
-    raise ValueError(
-      "config data_dir is not set: give it a folder holding the train and eval splits "
-      "(--set data_dir=PATH in a command), or set synthetic=true"
+  ``split``: a ``FieldError`` names it, or data_dir, when the folder does not exist (or
+  data_dir is empty)."""
+  if not data_dir:  # a FieldError: a command says each field as its --set flag
+    raise FieldError(
+      "{dir} is empty: give it the folder holding the train and eval splits, or pass "
+      "{synthetic} for random images",
+      dir=("data_dir", data_dir),
+      synthetic=("synthetic", True),
     )
   where = f"{data_dir.rstrip('/')}/{split}"
   if not epath.Path(where).exists():
@@ -141,7 +144,7 @@ def is_shards(split_dir: str) -> bool:
   if root.is_dir() and any(root.glob(f"*{SUFFIX}")):
     raise ValueError(
       f"{root} holds shards but no {INDEX}: their conversion did not finish; "
-      "run train/shards.py again to complete it"
+      "run flax-resnet-shards again to complete it"
     )
   return False
 
@@ -197,7 +200,7 @@ class Shards:
     return {"classes": list(self.classes), "images": len(self)}
 
 
-REWRITE = "write the shards again with train/shards.py"
+REWRITE = "write the shards again with flax-resnet-shards"
 
 
 def read_json(path: epath.Path) -> object:
@@ -208,7 +211,7 @@ def read_json(path: epath.Path) -> object:
   except UnicodeDecodeError as e:
     raise ValueError(
       f"{path} is not UTF-8 text (byte {e.start} of {len(raw)}), so not the JSON "
-      f"train/shards.py writes: {REWRITE}"
+      f"flax-resnet-shards writes: {REWRITE}"
     ) from None
   except json.JSONDecodeError as e:
     raise ValueError(
@@ -218,14 +221,14 @@ def read_json(path: epath.Path) -> object:
 
 def read_index(root: epath.Path) -> tuple[list[str], int]:
   """(shard file names, record count) of ``root/index.json``; a ``ValueError`` naming the file
-  and its key where it is not the index train/shards.py writes: an object whose ``"shards"``
+  and its key where it is not the index flax-resnet-shards writes: an object whose ``"shards"``
   names plain files in ``root`` (no path elsewhere, symbolic link or folder) and whose
   ``"records"`` is a count."""
   path = root / INDEX
   index = read_json(path)
   if not isinstance(index, dict):
     raise ValueError(
-      f"{path} holds a JSON {_json_type(index)}, not the object train/shards.py writes "
+      f"{path} holds a JSON {_json_type(index)}, not the object flax-resnet-shards writes "
       f'(with "shards" and "records"): {REWRITE}'
     )
   names, count = index.get("shards"), index.get("records")
@@ -290,7 +293,7 @@ def check_labels(source: Shards) -> None:
   """Each label's name in ``classes.json`` against the class folder its records came from;
   a ``ValueError`` naming the file if they differ (it was edited, or is of other shards).
 
-  train/shards.py writes records in class order, so a bisection reads only about
+  flax-resnet-shards writes records in class order, so a bisection reads only about
   classes * log2(images per class) records to meet the first and last record of
   every label; unreadable records are passed over (the trainer skips them).
   """
@@ -315,7 +318,7 @@ def check_labels(source: Shards) -> None:
         raise ValueError(
           f"{where} {listed}, but record {i} of {source.root} is "
           f"{path!r} with label {label}: the file was edited or belongs to "
-          "other shards; write the shards again with train/shards.py"
+          f"other shards; {REWRITE}"
         )
       seen[i] = label
     return seen[i]
@@ -331,7 +334,7 @@ def check_labels(source: Shards) -> None:
     raise ValueError(
       f"{where} lists {len(names)} classes, but the records of {source.root} "
       f"have labels 0 to {max(labels)}: the file was edited or belongs to "
-      "other shards; write the shards again with train/shards.py"
+      f"other shards; {REWRITE}"
     )
 
 
@@ -341,7 +344,7 @@ def _first_damaged_shard(paths: list[str]) -> str:
 
   for path in paths:
     if not epath.Path(path).exists():
-      return f"shard {path} is missing: run train/shards.py again to write it"
+      return f"shard {path} is missing: run flax-resnet-shards again to write it"
     try:
       reader = ArrayRecordReader(str(path))
       try:
@@ -351,6 +354,6 @@ def _first_damaged_shard(paths: list[str]) -> str:
     except RuntimeError as e:
       return (
         f"shard {path} is truncated or damaged ({array_record_error(e)}): run "
-        "train/shards.py again to rewrite it"
+        "flax-resnet-shards again to rewrite it"
       )
   return f"the shards of {epath.Path(paths[0]).parent} cannot be opened"
