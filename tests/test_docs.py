@@ -189,3 +189,11 @@ def test_the_root_pages_bring_the_repository_files_they_link_to(hooks, tmp_path)
   page = tmp_path / "PAGE.md"
   page.write_text("[a](bench/a.png) [b](bench/gone.png) [c](https://x.org/y.png) [d](docs/x.md)")
   assert hooks.linked_files(page) == ["bench/a.png"]
+
+
+def test_the_readme_is_a_short_tour_in_a_newcomers_order():
+  readme = (ROOT / "README.md").read_text()
+  assert len(readme.splitlines()) <= 300
+  headings = re.findall(r"^## (.+)$", readme, re.M)
+  assert headings == ["Set-up", "Quick start", "Commands", "Tests", "Where to read more"]
+  assert "| model | constructor | params | GFLOPs |" in readme.split("\n## ", 1)[0]
