@@ -197,3 +197,15 @@ def test_the_readme_is_a_short_tour_in_a_newcomers_order():
   headings = re.findall(r"^## (.+)$", readme, re.M)
   assert headings == ["Set-up", "Quick start", "Commands", "Tests", "Where to read more"]
   assert "| model | constructor | params | GFLOPs |" in readme.split("\n## ", 1)[0]
+
+
+def test_the_readmes_models_table_gives_torchvisions_weights_default_last():
+  from flax_resnet.torchvision_weights import list_pretrained
+
+  readme = (ROOT / "README.md").read_text()
+  rows = dict(re.findall(r"^\| `(\w+)` \| `\w+` \| [\d,]+ \| [\d.]+ \| (.+) \|$", readme, re.M))
+  expected = {}
+  for entry in sorted(list_pretrained(), key=lambda w: w.is_default):  # stable: the default last
+    cell = f"`{entry.name}` {entry.acc1:.2f}%"
+    expected[entry.arch] = f"{expected[entry.arch]}, {cell}" if entry.arch in expected else cell
+  assert rows == expected
