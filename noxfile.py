@@ -1,13 +1,14 @@
 """CI's two stacks, each in a fresh virtual environment installed as README's "Set-up" says.
 
   nox -s py311     the oldest stack: Python 3.11, constraints/py311.txt, the fast subset
-  nox -s py313     the newest stack: Python 3.13, constraints/py313.txt, the whole suite
+  nox -s py313     the newest stack: Python 3.13, constraints/py313.txt, the site, the whole suite
   nox -s latest    Python 3.13 with the newest releases of the day (no pins); prints how they
                    differ from constraints/py313.txt, then runs as py313 does
 
 Each session: the set-up (all that ``nox --install-only`` runs), the lint, format and type
 checks (mypy per stack: the libraries' types differ between them), the wheel outside the
-checkout (.ci/wheel), then README's tests.
+checkout (.ci/wheel), on Python 3.13 the documentation site built strict (mkdocs.yml), then
+README's tests.
 ``bash .ci/run`` runs py311 and py313, ``bash .ci/run --latest`` runs latest (README, "Tests").
 Arguments after ``--`` go to pytest: ``nox -R -s py313 -- tests/test_cpu.py`` (``-R``: the
 session's existing venv, nothing installed).
@@ -30,6 +31,9 @@ import nox
 SETUP = "pip install -e '.[dev]' -c {constraints}"
 TESTS = "python -m pytest -n 2"
 FAST_TESTS = 'python -m pytest -n 2 -m "not slow"'
+# The site (mkdocs.yml; the docs extra, in dev): a broken link, anchor or reference, or a public
+# name without a docstring, fails it. Built once per run, on the newest stack.
+SITE = "mkdocs build --strict --site-dir {site_dir}"
 OLDEST = "constraints/py311.txt"
 NEWEST = "constraints/py313.txt"
 
@@ -66,8 +70,9 @@ def py311(session: nox.Session) -> None:
 
 @nox.session(python=_python("3.13"))
 def py313(session: nox.Session) -> None:
-  """The newest stack: Python 3.13, constraints/py313.txt; the whole suite."""
-  _stack(session, NEWEST, TESTS)
+  """The newest stack: Python 3.13, constraints/py313.txt; the site built strict; the whole
+  suite."""
+  _stack(session, NEWEST, TESTS, site=True)
 
 
 @nox.session(python=_python("3.13"))
@@ -80,13 +85,13 @@ def latest(session: nox.Session) -> None:
   session.log(f"newest releases, against {NEWEST}:")
   for line in _differences(Path(NEWEST).read_text(), str(installed)):
     session.log(line)
-  _check_and_test(session, "--latest", TESTS)
+  _check_and_test(session, "--latest", TESTS, site=True)
 
 
-def _stack(session: nox.Session, constraints: str, tests: str) -> None:
+def _stack(session: nox.Session, constraints: str, tests: str, site: bool = False) -> None:
   session.run_install(*shlex.split(SETUP.format(constraints=constraints)), "--quiet")
   _report_versions(session)
-  _check_and_test(session, constraints, tests)
+  _check_and_test(session, constraints, tests, site)
 
 
 def _report_versions(session: nox.Session) -> None:
@@ -95,13 +100,18 @@ def _report_versions(session: nox.Session) -> None:
   session.run_install("python", "-c", report)
 
 
-def _check_and_test(session: nox.Session, wheel_pins: str, tests: str) -> None:
-  """Lint, format and types (the lint extra), the wheel, then the tests; pytest's exit 5 (no
-  test ran) fails the session as any other non-zero exit does."""
-  session.run("ruff", "check", "flax_resnet", "tests")
-  session.run("ruff", "format", "--check", "flax_resnet", "tests")
+def _check_and_test(session: nox.Session, wheel_pins: str, tests: str, site: bool) -> None:
+  """Lint, format and types (the lint extra), the wheel, the site when ``site`` (into the
+  session's own folder: the checkout gets no site/), then the tests; pytest's exit 5 (no test
+  ran) fails the session as any other non-zero exit does."""
+  session.run("ruff", "check", "flax_resnet", "tests", "docs/hooks.py")
+  session.run("ruff", "format", "--check", "flax_resnet", "tests", "docs/hooks.py")
   session.run("mypy", "flax_resnet")
   session.run("bash", ".ci/wheel", wheel_pins, external=True)
+  if site:
+    site_dir = Path(session.create_tmp()) / "site"
+    # Material's banner about MkDocs 2 is no warning of ours: kept out of the log.
+    session.run(*shlex.split(SITE.format(site_dir=site_dir)), env={"NO_MKDOCS_2_WARNING": "1"})
   session.run(*shlex.split(tests), *session.posargs)  # nox -s py313 -- tests/test_cpu.py
 
 

@@ -108,12 +108,22 @@ def _constructor(name: str):
 
 
 ResNet18 = _constructor("resnet18")
+"""torchvision's ``resnet18``: ``create_model("resnet18", ...)``."""
 ResNet34 = _constructor("resnet34")
+"""torchvision's ``resnet34``: ``create_model("resnet34", ...)``."""
 ResNet50 = _constructor("resnet50")
+"""torchvision's ``resnet50``: ``create_model("resnet50", ...)``."""
 ResNet101 = _constructor("resnet101")
+"""torchvision's ``resnet101``: ``create_model("resnet101", ...)``."""
 ResNet152 = _constructor("resnet152")
+"""torchvision's ``resnet152``: ``create_model("resnet152", ...)``."""
 ResNeXt50_32X4D = _constructor("resnext50_32x4d")
+"""torchvision's ``resnext50_32x4d``: ``create_model("resnext50_32x4d", ...)``."""
 ResNeXt101_32X8D = _constructor("resnext101_32x8d")
+"""torchvision's ``resnext101_32x8d``: ``create_model("resnext101_32x8d", ...)``."""
 ResNeXt101_64X4D = _constructor("resnext101_64x4d")
+"""torchvision's ``resnext101_64x4d``: ``create_model("resnext101_64x4d", ...)``."""
 WideResNet50_2 = _constructor("wide_resnet50_2")
+"""torchvision's ``wide_resnet50_2``: ``create_model("wide_resnet50_2", ...)``."""
 WideResNet101_2 = _constructor("wide_resnet101_2")
+"""torchvision's ``wide_resnet101_2``: ``create_model("wide_resnet101_2", ...)``."""

@@ -1,6 +1,6 @@
 """What every command-line tool of the project shares: one-line errors and the exit codes.
 
-Exit codes (README, "Exit codes"): 0 success; 1 an unexpected error, a bug, shown with
+Exit codes (docs/commands.md, "Exit codes"): 0 success; 1 an unexpected error, a bug, shown with
 its traceback; 2 bad input or usage, one line ``error: ...`` on stderr with nothing
 written; 3 training stopped because the loss or gradient became NaN or infinite; 130
 training stopped on Ctrl-C (after saving, unless pressed twice), as shells report SIGINT.

@@ -473,6 +473,7 @@ class Layers(NamedTuple):
     )
 
   def bn(self, num_features: int) -> nnx.Module:
+    """The network's norm (``norm``: batch, frozen batch or group) over ``num_features``."""
     return make_norm(
       self.norm,
       num_features,
@@ -1124,7 +1125,8 @@ class ResNet(nnx.Module):
     layers: blocks per stage, e.g. ``(3, 4, 6, 3)``; any number of stages.
     num_classes: size of ``fc``; 0 builds a headless model returning pooled features.
     zero_init_residual: zero the last norm's scale in every residual branch.
-    groups, width_per_group: ResNeXt cardinality and width (Bottleneck, ResNeSt only).
+    groups: ResNeXt cardinality (Bottleneck, ResNeSt only).
+    width_per_group: ResNeXt width per group (Bottleneck, ResNeSt only).
     replace_stride_with_dilation: one flag per stage after the first; a dilated
       stage keeps the resolution and dilates its 3x3 convs instead.
     norm: ``"batch"`` (PyTorch-exact BatchNorm), ``"frozen_batch"`` or ``"group"`` (torch's

@@ -67,6 +67,7 @@ ARCHITECTURES: dict[str, Arch] = {
   "wide_resnet50_2": Arch("bottleneck", (3, 4, 6, 3), width_per_group=128),
   "wide_resnet101_2": Arch("bottleneck", (3, 4, 23, 3), width_per_group=128),
 }
+"""torchvision's ten architectures by name (``ALL_ARCHITECTURES`` adds timm's)."""
 
 
 R26, R50, R101, R152, R200, R269 = (

@@ -90,6 +90,7 @@ class Metadata:
     return EvalTransform.from_json(self.preprocessing or {})
 
   def to_json(self) -> dict[str, Any]:
+    """``metadata.json``'s content: every field, the options as JSON holds them."""
     return {**dataclasses.asdict(self), "options": options_to_json(self.options)}
 
   @classmethod

@@ -18,6 +18,7 @@ SLOW = frozenset(
     "test_bench.py",
     "test_convert_cli.py",
     "test_damage.py",
+    "test_docs.py::test_every_flag_of_every_command_is_in_its_section_of_the_commands_page",
     "test_help.py::test_the_pytorch_reference_trainer_s_help_names_only_files_the_wheel_ships",
     "test_mix.py::test_a_resumed_training_run_mixes_as_the_uninterrupted_one",
     "test_mix.py::test_a_resumed_run_mixes_as_the_uninterrupted_one",

@@ -7,7 +7,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PINNED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "grain")
+PINNED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "grain", "mkdocs")
+PINNED += ("mkdocs-material", "mkdocstrings", "mkdocstrings-python")  # the docs extra
 
 
 def _noxfile_constants() -> dict[str, str]:
@@ -40,6 +41,17 @@ def test_ci_installs_and_tests_with_the_readmes_commands():
   assert f"-c {nox['OLDEST']}" in setup
   for command in (nox["SETUP"], nox["TESTS"], nox["FAST_TESTS"]):
     assert shlex.split(command)  # each runs as one argument list: quotes balanced
+
+
+def test_ci_builds_the_site_strict_as_the_readme_says_and_the_readme_serves_it():
+  nox, noxfile = _noxfile_constants(), (ROOT / "noxfile.py").read_text()
+  assert nox["SITE"].startswith("mkdocs build --strict ")
+  assert "_stack(session, NEWEST, TESTS, site=True)" in noxfile
+  tests = (ROOT / "README.md").read_text().split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
+  assert "`mkdocs build --strict`" in tests
+  assert _readme_commands("Set-up", "mkdocs") == ["mkdocs serve"]
+  extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+  assert "docs" in extras["dev"][0].split("[", 1)[1]  # CI installs dev: the site's tools too
 
 
 def test_ci_runs_both_stacks_and_latest_on_the_newest_python():

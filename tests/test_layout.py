@@ -1,5 +1,5 @@
-"""The layout README describes: its Layout table against the real imports, commands installed,
-torch kept to the conversion code, no path hacks."""
+"""The layout the documentation describes (docs/development.md): its Layout table against the
+real imports, commands installed, torch kept to the conversion code, no path hacks."""
 
 import ast
 import re
@@ -21,8 +21,8 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 
 
 def layout_rows(readme: str) -> list[tuple[list[str], set[str]]]:
-  """(paths, names in the imports column) for each row of README's Layout table about the
-  package. Paths in the first column are in backticks; one not under ``flax_resnet/``
+  """(paths, names in the imports column) for each row of the Layout table (docs/development.md)
+  about the package. Paths in the first column are in backticks; one not under ``flax_resnet/``
   (``files.py``) is in the folder of the row's first path. In the imports column only module
   names are in backticks: the table's own rows (``model``, ``training``) and third-party
   packages (``jax``); the rest of the text is for people."""
@@ -80,21 +80,22 @@ def cell(own: set[str], third_party: set[str]) -> str:
 EDGES, EXTERNAL = graph(), external()
 
 
-README_ROWS = layout_rows((ROOT / "README.md").read_text())
-UNITS = [p for paths, _ in README_ROWS for p in paths]
+LAYOUT_PAGE = ROOT / "docs" / "development.md"
+LAYOUT_ROWS = layout_rows(LAYOUT_PAGE.read_text())
+UNITS = [p for paths, _ in LAYOUT_ROWS for p in paths]
 
 
 def test_the_layout_table_names_every_module_of_the_package():
-  assert README_ROWS, "README.md: no Layout table found"
+  assert LAYOUT_ROWS, "docs/development.md: no Layout table found"
   missing = [m for m in modules() if unit_of(m, UNITS) is None]
-  assert missing == [], f"README.md's Layout table does not list {missing}"
+  assert missing == [], f"docs/development.md's Layout table does not list {missing}"
 
 
-@pytest.mark.parametrize("paths, listed", README_ROWS, ids=[", ".join(p) for p, _ in README_ROWS])
+@pytest.mark.parametrize("paths, listed", LAYOUT_ROWS, ids=[", ".join(p) for p, _ in LAYOUT_ROWS])
 def test_the_layout_table_lists_what_each_row_imports(paths, listed):
   own, third_party = expected_imports(paths, UNITS)
   assert listed == own | third_party, (
-    f"README.md Layout, {paths[0]}: imports should read {cell(own, third_party)}"
+    f"docs/development.md Layout, {paths[0]}: imports should read {cell(own, third_party)}"
   )
 
 

@@ -1,4 +1,5 @@
-"""Every Python snippet of README.md runs as written, each in a fresh process.
+"""Every Python snippet of README.md and of the documentation (docs/**/*.md) runs as written,
+each in a fresh process; a snippet that two pages show runs once.
 
 Each runs twice in a folder of its own, as a reader who runs it again: a snippet that writes
 a file must not fail on what its first run wrote. Beside that folder lies what a reader of the
@@ -13,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,20 @@ from torch_reference import calibrate, torch, torchvision
 from flax_resnet.files import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-SNIPPETS = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def snippets(text: str) -> list[str]:
+  """The Python blocks of a Markdown page, fenced at the start of a line or indented (a list
+  item's), their indentation removed."""
+  blocks = re.findall(r"^( *)```python\n(.*?)^\1```", text, re.S | re.M)
+  return [
+    textwrap.dedent("".join(line.removeprefix(pad) for line in code.splitlines(True)))
+    for pad, code in blocks
+  ]
+
+
+SNIPPETS = list(dict.fromkeys(code for page in PAGES for code in snippets(page.read_text())))
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +73,23 @@ port.fetch_weights = fetch_redirected
 """
 
 
-def test_the_images_the_readme_names_exist(data_dir):
-  readme = (ROOT / "README.md").read_text()
-  samples = re.findall(r"\b\d{3}_n\d{8}\.JPEG\b", readme)
-  assert samples, "the README names no sample photo"
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_the_images_a_page_names_exist(data_dir, page):
+  text = page.read_text()
+  samples = re.findall(r"\b\d{3}_n\d{8}\.JPEG\b", text)
   assert all((data_dir / "imagenet-samples" / name).is_file() for name in samples), samples
-  assert not re.findall(r"(?<![/\w$])[\w-]+\.(?:jpg|jpeg|JPEG)\b", readme)  # a bare photo name
+  assert not re.findall(r"(?<![/\w$])[\w-]+\.(?:jpg|jpeg|JPEG)\b", text)  # a bare photo name
 
 
-def test_the_readme_has_its_snippets():
-  assert len(SNIPPETS) >= 5
+def test_the_readme_and_the_docs_have_their_snippets():
+  assert len(snippets((ROOT / "README.md").read_text())) >= 2
+  assert len(SNIPPETS) >= 7
+  assert any("../shared/data/imagenet-samples/" in code for code in SNIPPETS)
+
+
+def test_snippets_are_read_fenced_or_indented_in_a_list_item():
+  page = "x\n```python\na = 1\n```\n- item:\n\n  ```python\n  if a:\n    b = 2\n  ```\n"
+  assert snippets(page) == ["a = 1\n", "if a:\n  b = 2\n"]
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))

@@ -278,8 +278,8 @@ def test_no_timm_twin_is_claimed_for_a_net_timm_cannot_build(options):
   assert torch_resnet(None, {**spec, "stem_type": "deep", "replace_stride_with_dilation": None})
 
 
-def test_the_readme_counts_timms_architectures_as_the_registry_does():
-  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_docs_count_timms_architectures_as_the_registry_does():
+  readme = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "timm.md").read_text()
   resnet, resnest = (len(timm.list_models(module=m)) for m in ("resnet", "resnest"))
   built = len(flax_resnet.list_models("timm"))
   assert built == resnet + resnest

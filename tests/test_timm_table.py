@@ -275,9 +275,9 @@ def test_listing_and_reading_timms_tags_needs_neither_torch_nor_timm():
   )
 
 
-def readme_families() -> list[tuple[list[str], str]]:
-  """(patterns, best top-1 cell) of each row of README's table of timm's families."""
-  readme = (ROOT / "README.md").read_text()
+def readme_families(page: str) -> list[tuple[list[str], str]]:
+  """(patterns, best top-1 cell) of each row of the page's table of timm's families."""
+  readme = (ROOT / page).read_text()
   section = readme.split("| family | architectures | best published top-1 |\n", 1)[1]
   rows = []
   for line in section.splitlines()[1:]:
@@ -289,19 +289,20 @@ def readme_families() -> list[tuple[list[str], str]]:
 
 
 def best_cell(archs: set[str]) -> str:
-  """The best published top-1 among the tags of ``archs``, as the README's cell says it."""
+  """The best published top-1 among the tags of ``archs``, as the families tables' cell says it."""
   entries = [e for e in timm_weights.TABLE if e.arch in archs and e.best]
   top = max(entries, key=lambda e: e.best.top1)
   return f"{top.best.top1:.2f}% (`{top.name}`, {top.best.img_size}×{top.best.img_size})"
 
 
-def test_the_readme_families_partition_timms_architectures_and_give_their_best_top1():
-  rows = readme_families()
+@pytest.mark.parametrize("page", ["README.md", "docs/guides/timm.md"])
+def test_the_families_tables_partition_timms_architectures_and_give_their_best_top1(page):
+  rows = readme_families(page)
   assert len(rows) == 10
   family_of: dict[str, int] = {}
   for index, (patterns, cell) in enumerate(rows):
     archs = {a for p in patterns for a in fnmatch.filter(ARCHS, p)}
-    assert not archs & set(family_of), f"README families: {patterns} overlap another row"
+    assert not archs & set(family_of), f"{page} families: {patterns} overlap another row"
     family_of.update(dict.fromkeys(archs, index))
-    assert cell == best_cell(archs), f"README families, {patterns}: should read {best_cell(archs)}"
-  assert set(family_of) == ARCHS, f"in no README family: {sorted(ARCHS - set(family_of))}"
+    assert cell == best_cell(archs), f"{page} families, {patterns}: should read {best_cell(archs)}"
+  assert set(family_of) == ARCHS, f"in no {page} family: {sorted(ARCHS - set(family_of))}"

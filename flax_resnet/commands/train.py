@@ -99,7 +99,7 @@ def resolved_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
   """``flax-resnet-train``: exit 0 when done (or saved on SIGTERM), 2 on bad input (one
-  line), 3 when the loss diverged, 130 when saved and stopped on Ctrl-C (README)."""
+  line), 3 when the loss diverged, 130 when saved and stopped on Ctrl-C (docs/commands.md)."""
   args = parse_args(argv)
   from flax_resnet.caches import enable_compilation_cache
   from flax_resnet.cpu import use_every_core
