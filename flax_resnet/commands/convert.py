@@ -11,7 +11,7 @@ when complete. By default the converted model is verified against torchvision (t
 timm's architectures) on a fixed batch, and once more in float64: the conversion is
 accepted when its error against float64 is at most twice the reference's own float32
 error (plus 1e-6) and its top-5 is float64's; otherwise it exits 2 with nothing written.
-Exit codes: README.
+Exit codes: the documentation site's Commands page ("Exit codes").
 """
 
 from __future__ import annotations
