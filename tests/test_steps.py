@@ -10,21 +10,24 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
+from flax_resnet.training.batch import normalize
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import (
+from flax_resnet.training.models import freeze_norms, part_of
+from flax_resnet.training.optimiser import (
   clip_by_global_norm,
-  cross_entropy,
   decay_group,
-  ema_update,
-  eval_step,
-  freeze_norms,
+  ema_update_args,
   make_optimizer,
-  normalize,
-  part_of,
-  train_step,
+  schedule,
   transform,
 )
-from flax_resnet.training.trainer import ema_update_args, schedule
+from flax_resnet.training.steps import (
+  PLAIN,
+  cross_entropy,
+  ema_update,
+  eval_step,
+  train_step,
+)
 
 
 def _groups(params, norm_weight_decay, bias_weight_decay) -> dict[str, str]:
@@ -341,7 +344,7 @@ def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen, diff
   # "all": the optimiser alone freezes, the backward pass spans everything
   skip = frozen if differentiated == "trainable" else ()
   for _ in range(3):
-    state, _ = train_step(graphdef, state, x, y, frozen=skip)
+    state, _ = train_step(graphdef, state, x, y, spec=dataclasses.replace(PLAIN, frozen=skip))
   nnx.update((model, opt), state)
   assert _changed(before, model) == {"stem", "layer1", "layer2", "fc"} - set(frozen)
 
@@ -416,7 +419,8 @@ def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", s
   y = jnp.arange(32) % 4
   losses = []
   for _ in range(steps):
-    state, metrics = train_step(graphdef, state, x, y, accumulate_steps=accumulate_steps)
+    spec = dataclasses.replace(PLAIN, accumulate_steps=accumulate_steps)
+    state, metrics = train_step(graphdef, state, x, y, spec=spec)
     losses.append(np.asarray(metrics["loss"]))
     assert int(metrics["top5"]) == 32
   return np.array(losses), [

@@ -733,7 +733,7 @@ def _classes_json(classes: list[str]):
   [
     (
       _third_class,
-      "has 3 classes (airplane, automobile, bird) but num_classes=2: pass --set num_classes=3",
+      "has 3 classes (airplane, automobile, bird): pass --set num_classes=3",
     ),
     (_no_eval_split, "error: --set eval_split=test: data folder"),
     (_other_eval_classes, "other classes (airplane, truck) than the training split"),
@@ -1163,8 +1163,8 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
 
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.models import run_model
+  from flax_resnet.training.optimiser import run_optimizer
   from flax_resnet.training.steps import train_step
-  from flax_resnet.training.trainer import run_optimizer
 
   cfg = config_lib.override(
     config_lib.Config(),
@@ -1236,7 +1236,7 @@ def test_a_saved_config_reads_back_as_the_same_config():
 
 def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path):
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.trainer import changed_on_resume
+  from flax_resnet.training.workdir import changed_on_resume
 
   cfg = config_lib.Config()
   assert changed_on_resume(cfg, tmp_path) == []  # a new run
@@ -1345,13 +1345,13 @@ def test_the_refusal_names_the_largest_power_of_two_batch_that_fits():
 def test_synthetic_data_starts_no_workers_and_more_workers_than_cores_are_capped(
   monkeypatch, capsys
 ):
-  from flax_resnet.training import trainer
+  from flax_resnet.training import memory
 
-  monkeypatch.setattr(trainer, "usable_cores", lambda: 2)
-  assert trainer.fit_to_host(tiny_synthetic("workers=16")).workers == 0
+  monkeypatch.setattr(memory, "usable_cores", lambda: 2)
+  assert memory.fit_to_host(tiny_synthetic("workers=16")).workers == 0
   real = dataclasses.replace(tiny_synthetic(), synthetic=False, data_dir="/data")
-  assert trainer.fit_to_host(dataclasses.replace(real, workers=16)).workers == 2
-  assert trainer.fit_to_host(dataclasses.replace(real, workers=2)).workers == 2
+  assert memory.fit_to_host(dataclasses.replace(real, workers=16)).workers == 2
+  assert memory.fit_to_host(dataclasses.replace(real, workers=2)).workers == 2
   assert capsys.readouterr().out.splitlines() == [
     "note: synthetic=true: no data workers (workers=16 unused)",
     "note: workers=16 is more than the 2 cores this process may use: running 2",

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from flax_resnet.choices import AUTO_AUGMENTS
+from flax_resnet.errors import ArgumentError, FieldError, literal
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training import augment, shm
 from flax_resnet.training.augmix import AugMix
@@ -466,10 +467,11 @@ def check_splits(config: DataConfig, train: ImageSource) -> None:
   that is missing (found after a whole epoch otherwise) or has other classes."""
   classes = train.verified_classes()
   if len(classes) != config.num_classes:
-    raise ValueError(
-      f"the training data {train.root} has {len(classes)} classes "
-      f"({_listed(classes)}) but num_classes={config.num_classes}: pass "
-      f"--set num_classes={len(classes)}"
+    raise FieldError(
+      f"{{have}}, but the training data {literal(str(train.root))} has {len(classes)} "
+      f"classes ({literal(_listed(classes))}): pass {{need}}",
+      have=("num_classes", config.num_classes),
+      need=("num_classes", len(classes)),
     )
   evaluated = open_split(config.data_dir, config.eval_split, "eval_split").verified_classes()
   if evaluated != classes:
@@ -505,8 +507,19 @@ def check_same_images(saved: dict | None, now: dict, where: str) -> None:
     "images": lambda: f"{now['images']} images, not {saved['images']}",
     "paths_sha256": lambda: "other file names",
   }[differ[0]]()
-  raise ValueError(
-    f"{where} holds other training images than the run being resumed ({what}): "
-    "a resume must read the same images; point data_dir at them, or use "
-    "another --workdir"
+  raise ArgumentError(
+    f"{literal(where)} holds other training images than the run being resumed "
+    f"({literal(what)}): a resume must read the same images; point data_dir at them, or use "
+    "another {workdir}"
   )
+
+
+def check_repeats(cfg: DataConfig, count: int, devices: int) -> None:
+  """``ValueError`` when repeated augmentation's epoch (``steps_per_epoch``) holds no
+  full batch of each device: torchvision's RASampler would yield nothing."""
+  if cfg.ra_reps > 1 and count // 256 * 256 // devices < cfg.global_batch // devices:
+    raise ValueError(
+      f"config ra_reps={cfg.ra_reps}: an epoch of repeated augmentation holds "
+      f"{count} // 256 * 256 = {count // 256 * 256} of the {count} training images, fewer "
+      f"than one global_batch of {cfg.global_batch}"
+    )
