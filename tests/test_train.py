@@ -1247,6 +1247,30 @@ def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path)
   assert changed_on_resume(cfg, tmp_path) == ["max_steps 7 -> 0"]
 
 
+def test_workdir_errors_name_the_argument_and_the_command_says_its_flag(tmp_path):
+  from flax_resnet.cli import in_config_flags
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.workdir import changed_on_resume
+
+  (tmp_path / "{w}" / "checkpoints" / "2").mkdir(parents=True)  # braces: kept as they are
+  workdir = tmp_path / "{w}"
+  with pytest.raises(ValueError) as error:
+    changed_on_resume(config_lib.Config(), workdir)
+  assert str(error.value) == (
+    f"workdir {workdir} holds checkpoints but no config.json: cannot check the resumed "
+    "settings; put it back, or use another workdir"
+  )
+  assert str(in_config_flags(error.value)) == (
+    f"--workdir {workdir} holds checkpoints but no config.json: cannot check the resumed "
+    "settings; put it back, or use another --workdir"
+  )
+  config_lib.save(config_lib.Config(lr=0.5), workdir / "config.json")
+  with pytest.raises(ValueError) as error:
+    changed_on_resume(config_lib.Config(), workdir)
+  assert str(error.value).endswith("set them back, or use another workdir")
+  assert str(in_config_flags(error.value)).startswith(f"--workdir {workdir} holds a run with")
+
+
 def test_the_imagenet_v2_preset_trains_two_steps_on_synthetic_data(tmp_path):
   # Every V2 option at the preset's value (MixUp/CutMix, erasing, repeated augmentation over
   # the 2 devices, per-epoch rates, torchvision's EMA and weight-decay groups), the batch
