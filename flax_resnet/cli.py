@@ -144,6 +144,14 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
   )
 
 
+def with_flags(error: BaseException, flags: dict[str, str]) -> BaseException:
+  """An ``ArgumentError`` said with a command's ``flags`` (by the library's parameter name);
+  any other error as it is."""
+  if isinstance(error, ArgumentError):
+    return ValueError(error.in_flags(flags))
+  return error
+
+
 def in_config_flags(error: ValueError) -> ValueError:
   """``training.config``'s ``SettingError`` (its ``parameter`` and ``detail``) said with the flag
   that gave that parameter, and a ``FieldError`` with ``--set field=value`` for each field it
@@ -152,7 +160,7 @@ def in_config_flags(error: ValueError) -> ValueError:
   if isinstance(error, FieldError):
     return ValueError(error.in_flags())
   if isinstance(error, ArgumentError):
-    return ValueError(error.in_flags(RUN_FLAGS))
+    return with_flags(error, RUN_FLAGS)
   parameter = getattr(error, "parameter", None)
   if parameter not in CONFIG_FLAGS:
     return error

@@ -517,8 +517,8 @@ def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_p
   "args, message",
   [
     (["--ema", "--step", "latest"], "holds no EMA weights"),
-    (["--step", "7"], "the checkpoints hold steps [2]"),
-    (["--step", "best"], "no checkpoint was evaluated"),
+    (["--step", "7"], "--step 7: the checkpoints hold steps [2]"),
+    (["--step", "best"], "so none is best; pass --step latest or a step number"),
   ],
   ids=["no EMA kept", "no such step", "no best without an eval"],
 )

@@ -204,6 +204,12 @@ class Progress:
       if self.writer and self.writer.done():
         self._flush()
 
+  def evaluated(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+    """An eval's line (on every process) and its scalars (``eval/top1`` ...)."""
+    print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    for k, v in metrics.items():
+      self.scalar(step, f"eval/{k}", v)
+
   def _flush(self) -> None:
     assert self.writer is not None
     writer = self.writer.result()

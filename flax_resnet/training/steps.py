@@ -1,4 +1,5 @@
-"""The jitted train and eval steps, their loss and the EMA of the weights.
+"""The jitted train and eval steps, their loss, the eval over a split, the EMA of the weights,
+and the check that a step's results are finite (``Diverged``).
 
 A train step is set by one ``StepSpec`` (``step_spec`` reads it from a run's config); the
 batch it takes is prepared on the device by ``batch.prepare``, the optimiser it updates built

@@ -1,12 +1,7 @@
-"""One training run: the ``Trainer`` wires the run's parts, each built from the config in a
-module of its own, and ``run`` runs the loop.
-
-The parts: the model (``models``), the optimiser and its schedules (``optimiser``), the
-batch on the device (``batch``), the jitted steps (``steps``), the workdir's lock, resume
-rule and damaged checkpoints (``workdir``), the checkpoints themselves (``checkpoints``) and
-the input pipeline (``data``). ``run(cfg, workdir)`` trains until the end, SIGTERM or
-Ctrl-C, and resumes from the checkpoints in ``workdir``; ``flax-resnet-train``
-(``flax_resnet.commands.train``) is its command.
+"""One training run: the ``Trainer`` wires the parts of a run, each built from the config in
+a module of its own (``models``, ``optimiser``, ``batch``, ``steps``, ``workdir``, ``data``,
+``checkpoints``), and ``run(cfg, workdir)`` runs the loop until the end, SIGTERM or Ctrl-C,
+resuming from the checkpoints in ``workdir``; ``flax-resnet-train`` is its command.
 """
 
 from __future__ import annotations
@@ -89,6 +84,14 @@ class RunState:
     every = cfg.checkpoint_every or self.steps_per_epoch
     return self.step % every == 0 or self.step == self.total_steps
 
+  def meta(self) -> dict:
+    """What a checkpoint's metadata keeps of the run's state."""
+    return {"skipped": self.skips.count, "best_top1": self.best, "step": self.step}
+
+  def resume(self, step: int, meta: dict) -> None:
+    """The state of a run resumed from checkpoint ``step``, whose metadata is ``meta``."""
+    self.step, self.skips.count, self.best = step, meta["skipped"], meta["best_top1"]
+
   def evaluated(self, metrics: dict[str, float]) -> None:
     """Records an eval's ``metrics``: the last, and the best score (``metrics.score``)."""
     self.last_eval = metrics
@@ -111,7 +114,7 @@ class RunState:
 
 class Trainer:
   """Wires one run's parts, built from its config, and holds what the run changes: the state's
-  leaves (model, optimiser, EMA), the data iterator, the checkpoints and ``run`` (``RunState``)."""
+  leaves (model, optimiser, EMA), the data iterator, the checkpoints and ``run_state``."""
 
   def __init__(self, cfg: Config, workdir: Path):
     self.cfg, self.workdir = cfg, workdir
@@ -129,9 +132,9 @@ class Trainer:
     count = len(self.source) if self.source else data.SYNTHETIC_EPOCH
     data.check_repeats(cfg.data, count, jax.device_count())
     per_epoch = data.steps_per_epoch(cfg.data, count, jax.device_count())
-    self.run = RunState(per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
+    self.run_state = RunState(per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
     self.step_cache = step_cache.for_run(  # loads while the model is built
-      cfg.to_json(), self.mesh, per_epoch, self.run.total_steps
+      cfg.to_json(), self.mesh, per_epoch, self.run_state.total_steps
     )
     self._step: Callable | None = None
     self._build_state()
@@ -154,7 +157,7 @@ class Trainer:
     """
     cfg = self.cfg
     model = models.training_model(cfg, jax.device_count())
-    optimizer = optimiser.run_optimizer(cfg, model, self.run.steps_per_epoch)
+    optimizer = optimiser.run_optimizer(cfg, model, self.run_state.steps_per_epoch)
     self.spec = steps.step_spec(cfg, models.frozen(cfg, model), jax.device_count())
     self.model_graphdef = nnx.split(model)[0]
     self.graphdef, state = nnx.split((model, optimizer))
@@ -170,7 +173,7 @@ class Trainer:
   def learning_rate(self, count: int) -> float:
     """The rate of the step after ``count`` steps: fc's (the rest's is ``backbone_lr_mult``
     times it)."""
-    return float(optimiser.schedule(self.cfg, self.run.steps_per_epoch)(count))
+    return float(optimiser.schedule(self.cfg, self.run_state.steps_per_epoch)(count))
 
   @property
   def model_leaves(self) -> list[jax.Array]:
@@ -204,37 +207,35 @@ class Trainer:
     self.batches.set_state(
       data.state_for_workers(meta["data_state"], meta["config"]["workers"], self.cfg.workers)
     )
-    self.run.step, self.run.skips.count, self.run.best = step, meta["skipped"], meta["best_top1"]
+    self.run_state.resume(step, meta)
     print(f"resumed from step {step}", flush=True)
 
   def save(self, metrics: dict | None = None) -> None:
     """A checkpoint of this step, with the eval ``metrics`` that rank it when given; never
     one of a step whose loss or weights are not finite (``Diverged``)."""
     self.check_finite()  # a checkpoint never holds what a NaN made
+    step = self.run_state.step
     if not steps.all_finite(self.leaves):  # an update can overflow after a finite step
-      raise Diverged(
-        self.run.step, "NaN or Inf in the weights", self.checkpoints.latest_step(), self.workdir
-      )
+      latest = self.checkpoints.latest_step()
+      raise Diverged(step, "NaN or Inf in the weights", latest, self.workdir)
     meta = {
       "config": self.cfg.to_json(),
       "data_state": self.batches.get_state(),
-      "skipped": self.run.skips.count,
-      "best_top1": self.run.best,
-      "step": self.run.step,
+      **self.run_state.meta(),
       "train_data": self.data_fingerprint,
       "devices": jax.device_count(),
     }
-    checkpoints.save(self.checkpoints, self.run.step, self.states(), meta, metrics)
+    checkpoints.save(self.checkpoints, step, self.states(), meta, metrics)
 
   def save_on_stop(self) -> None:
     """Saves the step the run stopped at, unless it was saved already."""
-    if self.checkpoints.latest_step() != self.run.step:
+    if self.checkpoints.latest_step() != self.run_state.step:
       self.save()
 
   def train_one(self) -> dict:
     """One step of the next batch; its metrics, checked at the next step (``check_finite``)."""
     local = next(self.batches)
-    self.run.skips.add(self.source, local)
+    self.run_state.skips.add(self.source, local)
     batch = batch_lib.device_batch(local, self.batch_sharding, erase=self.cfg.random_erase > 0)
     if self._step is None:  # the train step over the state's leaves: cached, else traced
       step = steps.flat_train_step(self.graphdef, self.treedef, self.spec)
@@ -244,11 +245,12 @@ class Trainer:
     self.leaves, metrics = self._step(self.leaves, *batch)
     # The previous step's figures are checked while this one runs: the device never waits.
     self.check_finite()
-    self._unchecked = (self.run.step + 1, metrics)
-    move = optimiser.ema_update_args(self.cfg, self.run.step, self.run.steps_per_epoch)
+    at = self.run_state
+    self._unchecked = (at.step + 1, metrics)
+    move = optimiser.ema_update_args(self.cfg, at.step, at.steps_per_epoch)
     if self.ema_leaves is not None and move is not None:
       self.ema_leaves = steps.ema_update(self.ema_leaves, self.model_leaves, **move)
-    self.run.step += 1
+    at.step += 1
     return metrics
 
   def check_finite(self) -> None:
@@ -271,7 +273,7 @@ class Trainer:
     self.check_finite()
     states = self.states()
     evaluate = functools.partial(
-      steps.evaluate, self.model_graphdef, self.cfg.data, self.batch_sharding, self.run.skips
+      steps.evaluate, self.model_graphdef, self.cfg.data, self.batch_sharding, self.run_state.skips
     )
     metrics = evaluate(states["model"])
     if "ema" in states:
@@ -288,7 +290,7 @@ def run(cfg: Config, workdir: Path) -> dict:
   cfg = memory.fit_to_host(cfg)
   trainer, preemption = _start(cfg, workdir)
   lead = jax.process_index() == 0  # the processes of a multi-host run share the workdir
-  total = trainer.run.total_steps
+  total = trainer.run_state.total_steps
   progress = Progress(
     workdir if lead else None, cfg.global_batch, cfg.log_every, total, trainer.learning_rate
   )
@@ -301,7 +303,7 @@ def run(cfg: Config, workdir: Path) -> dict:
     finally:
       progress.close()
   wall_s = time.perf_counter() - started
-  summary = trainer.run.summary(cfg, wall_s, progress.images_per_s(), preemption.requested)
+  summary = trainer.run_state.summary(cfg, wall_s, progress.images_per_s(), preemption.requested)
   if lead:
     metrics_lib.write_summary(workdir, summary)
   return summary
@@ -320,13 +322,13 @@ def _start(cfg: Config, workdir: Path) -> tuple[Trainer, Preemption]:
   workdir_lib.record_holder(trainer.lock)
   if jax.process_index() == 0:
     config_lib.save(cfg, workdir / "config.json")
-  memory.say_cpu_run(cfg, trainer.run.total_steps, trainer.memory)
+  memory.say_cpu_run(cfg, trainer.run_state.total_steps, trainer.memory)
   return trainer, preemption
 
 
 def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> None:
   """Steps, evaluations and saves until the end or SIGTERM, as the run's state says."""
-  cfg, state = trainer.cfg, trainer.run
+  cfg, state = trainer.cfg, trainer.run_state
   while not state.done and not preemption.requested:
     losses = trainer.train_one()  # counted first: the step's number is the one it completed
     progress.step(state.step, losses, state.skips.count)
@@ -334,13 +336,7 @@ def _loop(trainer: Trainer, progress: Progress, preemption: Preemption) -> None:
     if state.evaluates_now(cfg):
       metrics = trainer.evaluate()
       state.evaluated(metrics)
-      print(
-        f"epoch {state.step // state.steps_per_epoch} eval "
-        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-        flush=True,
-      )
-      for k, v in metrics.items():
-        progress.scalar(state.step, f"eval/{k}", v)
+      progress.evaluated(state.step, state.step // state.steps_per_epoch, metrics)
     if state.saves_now(cfg):
       trainer.save(metrics)
   if preemption.requested:
