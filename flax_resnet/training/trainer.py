@@ -153,7 +153,7 @@ class Trainer:
 
     ``leaves`` are those of the split (model, optimizer), in train mode, replicated
     over the mesh; ``ema_leaves`` the model's part of them, averaged. Objects are
-    rebuilt from them only to evaluate (``_evaluate``) and to save (``states``).
+    rebuilt from them only to evaluate (``evaluate``) and to save (``states``).
     """
     cfg = self.cfg
     model = models.training_model(cfg, jax.device_count())
