@@ -160,7 +160,7 @@ def in_config_flags(error: ValueError) -> ValueError:
   if isinstance(error, FieldError):
     return ValueError(error.in_flags())
   if isinstance(error, ArgumentError):
-    return with_flags(error, RUN_FLAGS)
+    return ValueError(error.in_flags(RUN_FLAGS))
   parameter = getattr(error, "parameter", None)
   if parameter not in CONFIG_FLAGS:
     return error
