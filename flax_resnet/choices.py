@@ -15,7 +15,7 @@ DEFAULT_CHANNELS = (64, 128, 256, 512)  # torchvision's stage widths; a shorter 
 MOMENTS = ("two_pass", "one_pass")  # BatchNorm's batch statistics
 BACKWARDS = ("autodiff", "fused")  # BatchNorm's gradient
 REMATS = ("none", "block", "stage")  # activation checkpointing
-OPTIMIZERS = ("sgd", "adamw")  # what ``training.steps.transform``'s optimizer may name
+OPTIMIZERS = ("sgd", "adamw")  # what ``training.optimiser.transform``'s optimizer may name
 INTERPOLATIONS = ("bilinear", "bicubic")  # the random resized crop's, the policies' and eval's
 # per-image policies (torchvision's names): TrivialAugmentWide, RandAugment, AutoAugment's
 # ImageNet policy, AugMix

@@ -15,7 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flax_resnet.errors import FieldError, one_line, quiet_aborted_reads, replace_problem
+from flax_resnet.errors import (
+  ArgumentError,
+  FieldError,
+  one_line,
+  quiet_aborted_reads,
+  replace_problem,
+)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3  # 1 is Python's own, for a traceback
 EXIT_INTERRUPTED = 128 + 2  # SIGINT's number, as a shell reports a process it stopped
@@ -94,6 +100,7 @@ def check_replaceable(out: Path, flag: str = "--out") -> None:
 
 
 CONFIG_FLAGS = {"preset": "--config", "assignments": "--set"}  # by SettingError's parameter
+RUN_FLAGS = {"workdir": "--workdir"}  # by ArgumentError's names: the run's own arguments
 
 
 class ListFields(argparse.Action):
@@ -137,12 +144,23 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
   )
 
 
+def with_flags(error: BaseException, flags: dict[str, str]) -> BaseException:
+  """An ``ArgumentError`` said with a command's ``flags`` (by the library's parameter name);
+  any other error as it is."""
+  if isinstance(error, ArgumentError):
+    return ValueError(error.in_flags(flags))
+  return error
+
+
 def in_config_flags(error: ValueError) -> ValueError:
   """``training.config``'s ``SettingError`` (its ``parameter`` and ``detail``) said with the flag
   that gave that parameter, and a ``FieldError`` with ``--set field=value`` for each field it
-  names; any other error as it is."""
+  names, and an ``ArgumentError`` with the flag of each run argument (``--workdir``); any
+  other error as it is."""
   if isinstance(error, FieldError):
     return ValueError(error.in_flags())
+  if isinstance(error, ArgumentError):
+    return ValueError(error.in_flags(RUN_FLAGS))
   parameter = getattr(error, "parameter", None)
   if parameter not in CONFIG_FLAGS:
     return error

@@ -7,8 +7,10 @@ Library code raises with these; only the commands (``cli.py``) turn errors into 
 from __future__ import annotations
 
 import logging
+import string
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,19 @@ def replace_problem(path: Path) -> str | None:
       "part of a flax-resnet checkpoint"
     )
   return None
+
+
+class ArgumentError(ValueError):
+  """A problem with an argument that a command gives from a flag of its own (``workdir`` of
+  ``training.trainer.run``), in a ``template`` whose ``{name}`` placeholders name such
+  arguments: said ``name`` here (library errors name the parameter) and as the command's
+  flag by ``in_flags``. Every other brace of the template is doubled (``literal``)."""
+
+  def __init__(self, template: str):
+    self.template = template
+    self.names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    super().__init__(template.format_map({name: name for name in self.names}))
+
+  def in_flags(self, flags: Mapping[str, str]) -> str:
+    """The message with each argument named by its flag in ``flags`` (by parameter name)."""
+    return self.template.format_map({name: flags.get(name, name) for name in self.names})

@@ -1237,30 +1237,30 @@ class ResNet(nnx.Module):
     rngs: nnx.Rngs | None = None,
   ):
     _check_timm_args(
-      stem,
-      stem_type,
-      stem_width,
-      replace_stem_pool,
-      avg_down,
-      down_kernel_size,
-      block_reduce_first,
-      attn_layer,
-      aa_layer,
+      stem=stem,
+      stem_type=stem_type,
+      stem_width=stem_width,
+      replace_stem_pool=replace_stem_pool,
+      avg_down=avg_down,
+      down_kernel_size=down_kernel_size,
+      block_reduce_first=block_reduce_first,
+      attn_layer=attn_layer,
+      aa_layer=aa_layer,
     )
     _check_rs_args(attn_layer, se_rd_ratio, drop_path_rate, drop_block_rate, layers)
     blocks = _check_args(
-      block,
-      layers,
-      num_classes,
-      groups,
-      width_per_group,
-      replace_stride_with_dilation,
-      norm,
-      in_channels,
-      stem,
-      channels,
-      expansion,
-      dropout,
+      block=block,
+      layers=layers,
+      num_classes=num_classes,
+      groups=groups,
+      width_per_group=width_per_group,
+      dilate=replace_stride_with_dilation,
+      norm=norm,
+      in_channels=in_channels,
+      stem=stem,
+      channels=channels,
+      expansion=expansion,
+      dropout=dropout,
     )
     split = {"radix": radix, "avd": avd, "avd_first": avd_first, "is_first": is_first}
     _check_resnest_args(blocks, split, attn_layer, block_reduce_first, aa_layer)
@@ -1508,6 +1508,7 @@ def _choice(name: str, value, allowed) -> None:
 
 
 def _check_timm_args(
+  *,
   stem,
   stem_type,
   stem_width,
@@ -1518,7 +1519,8 @@ def _check_timm_args(
   attn_layer,
   aa_layer,
 ) -> None:
-  """Validates ResNet's timm options: one line naming the parameter."""
+  """Validates ResNet's timm options: one line naming the parameter. Keywords only: one
+  setting in the wrong place would check another's value."""
   _choice("stem_type", stem_type, STEM_TYPES)
   for name, value, allowed in [
     ("attn_layer", attn_layer, ATTN_LAYERS),
@@ -1656,6 +1658,7 @@ def _is_int(value) -> bool:
 
 
 def _check_args(
+  *,
   block,
   layers,
   num_classes,
@@ -1669,7 +1672,8 @@ def _check_args(
   expansion,
   dropout,
 ) -> tuple[type[nnx.Module], ...]:
-  """Validates ResNet's arguments; returns the block class of each stage."""
+  """Validates ResNet's arguments (keywords only, as ``_check_timm_args``); returns the block
+  class of each stage."""
   _choice("norm", norm, NORMS)
   _choice("stem", stem, STEMS)
   if not layers or any(int(n) < 1 for n in layers):

@@ -34,7 +34,40 @@ LAYERS = [
   ("weights cache", ("flax_resnet.pretrained", "flax_resnet.timm_hub")),
   ("constructors, predict", ("flax_resnet.builders", "flax_resnet.predict")),
   ("package", ("flax_resnet",)),
-  ("training", ("flax_resnet.training",)),
+  # training: each part of a run built from the config in a module of its own, below the
+  # trainer that wires them (README's Layout, training/).
+  ("training config", ("flax_resnet.training.config", "flax_resnet.training.presets")),
+  (
+    "training records",
+    (
+      "flax_resnet.training.metrics",
+      "flax_resnet.training.plot",
+      "flax_resnet.training.checkpoints",
+      "flax_resnet.training.step_cache",
+      "flax_resnet.training.memory",
+    ),
+  ),
+  (
+    "training input",
+    (
+      "flax_resnet.training.augment",
+      "flax_resnet.training.augmix",
+      "flax_resnet.training.shm",
+      "flax_resnet.training.shard_format",
+      "flax_resnet.training.sources",
+      "flax_resnet.training.shards",
+      "flax_resnet.training.data",
+    ),
+  ),
+  ("training model", ("flax_resnet.training.models",)),
+  (
+    "training optimiser and batch",
+    ("flax_resnet.training.optimiser", "flax_resnet.training.batch"),
+  ),
+  ("training steps", ("flax_resnet.training.steps",)),
+  ("training workdir and export", ("flax_resnet.training.workdir", "flax_resnet.training.export")),
+  ("training run", ("flax_resnet.training.trainer",)),
+  ("training", ("flax_resnet.training",)),  # the package's __init__ only (a test below)
   # The command-line helpers: for bench and commands only, never the library or training.
   ("cli", ("flax_resnet.cli",)),
   ("bench", ("flax_resnet.bench",)),
@@ -55,6 +88,17 @@ def test_no_module_imports_from_a_higher_layer():
 def test_every_module_has_a_layer():
   missing = [name for name in modules() if layer_of(name, LAYERS) is None]
   assert missing == [], f"not in tests/test_imports.py's LAYERS: {missing}"
+
+
+def test_every_module_of_training_has_a_layer_of_its_own():
+  # A new module would otherwise fall to the package's layer, above every part it may import.
+  package = next(i for i, (name, _) in enumerate(LAYERS) if name == "training")
+  missing = [
+    name
+    for name in modules()
+    if name.startswith("flax_resnet.training.") and layer_of(name, LAYERS) == package
+  ]
+  assert missing == [], f"not in a training layer of tests/test_imports.py's LAYERS: {missing}"
 
 
 def test_a_cycle_and_an_upward_import_are_found():

@@ -146,6 +146,37 @@ def test_only_the_conversion_code_imports_torch_and_only_inside_functions(name):
       assert not top_level or name in TORCH_MODULES, f"{name} imports {module} at module level"
 
 
+def longest_functions(path: Path) -> list[tuple[int, str]]:
+  """(lines, name) of every function in the file, decorators included, longest first."""
+  found = [
+    (node.end_lineno - min([node.lineno, *(d.lineno for d in node.decorator_list)]) + 1, node.name)
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+  ]
+  return sorted(found, reverse=True)
+
+
+def test_the_trainer_only_wires_the_parts_of_a_run_in_short_functions():
+  # issue 35: each part of a run in a module of its own (models, optimiser, batch, steps,
+  # workdir), trainer.py the wiring and the loop, no function in training/ over 50 lines
+  training = ROOT / PACKAGE / "training"
+  assert len((training / "trainer.py").read_text().splitlines()) <= 350
+  long = [
+    f"{path.relative_to(ROOT)}: {name} ({lines} lines)"
+    for path in sorted(training.rglob("*.py"))
+    for lines, name in longest_functions(path)
+    if lines > 50
+  ]
+  assert long == []
+
+
+def test_a_functions_length_counts_its_decorators_and_docstring(tmp_path):
+  (tmp_path / "m.py").write_text(
+    "@property\ndef f():\n  \"\"\"Doc.\"\"\"\n  return 1\n\n\nclass C:\n  def g(self):\n    pass\n"
+  )
+  assert longest_functions(tmp_path / "m.py") == [(4, "f"), (2, "g")]
+
+
 def test_no_file_edits_sys_path():
   # Not the hidden folders: .git, and virtual environments (.venv, nox's .nox, .venv313 ...).
   files = [

@@ -88,3 +88,28 @@ def test_a_folder_without_metrics_is_said_not_to_be_the_installed_trainer_s_work
     f"{tmp_path / 'metrics.jsonl'} not found: not a flax-resnet-train workdir, or nothing "
     "logged yet"
   )
+
+
+def test_both_trainers_summaries_are_written_by_one_rule_of_the_best_eval(tmp_path):
+  import json
+
+  from flax_resnet.training import config as config_lib, metrics
+
+  with_ema = {"top1": 0.5, "ema_top1": 0.4}
+  assert metrics.score(with_ema) == 0.4 and metrics.score({"top1": 0.5}) == 0.5
+  assert metrics.best_top1(None, with_ema) == 0.4 and metrics.best_top1(0.45, with_ema) == 0.45
+  cfg = config_lib.Config(ema_decay=0.99)
+  summary = metrics.summary(cfg, (3, 10), with_ema, 0.4, wall_s=1.5, framework="torch")
+  assert summary == {
+    "step": 3,
+    "total_steps": 10,
+    "last_eval": with_ema,
+    "best_top1": 0.4,
+    "best_of": "ema_top1",
+    "wall_s": 1.5,
+    "framework": "torch",
+    "config": cfg.to_json(),
+  }
+  assert metrics.summary(config_lib.Config(), (0, 1), {}, None)["best_of"] == "top1"
+  metrics.write_summary(tmp_path, summary)
+  assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))

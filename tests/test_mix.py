@@ -1,4 +1,4 @@
-"""MixUp, CutMix and random erasing on the device (training/steps.py) against torchvision v2's
+"""MixUp, CutMix and random erasing on the device (training/batch.py) against torchvision v2's
 transforms, given the same draws, and their draws against torchvision's by a stated test."""
 
 import dataclasses
@@ -14,19 +14,22 @@ from scipy import stats
 from torch_reference import torch
 
 import flax_resnet as fr
-from flax_resnet.training.steps import (
+from flax_resnet.training.batch import (
   Mix,
-  accuracy,
   apply_mix,
-  cross_entropy,
   cutmix_box,
   erase,
-  make_optimizer,
   mix,
   mix_params,
   normalize,
-  soft_cross_entropy,
   step_key,
+)
+from flax_resnet.training.optimiser import make_optimizer
+from flax_resnet.training.steps import (
+  StepSpec,
+  accuracy,
+  cross_entropy,
+  soft_cross_entropy,
   train_step,
 )
 
@@ -359,9 +362,14 @@ def tiny_state(seed: int = 0):
 def run_steps(graphdef, state, batches, settings: Mix):
   losses = []
   for x, y, boxes in batches:
-    state, metrics = train_step(
-      graphdef, state, x, y, 0.1, ((0.5,) * 3, (0.25,) * 3), boxes=boxes, mixing=settings
+    spec = StepSpec(
+      label_smoothing=0.1,
+      norm=((0.5,) * 3, (0.25,) * 3),
+      accumulate_steps=1,
+      frozen=(),
+      mixing=settings,
     )
+    state, metrics = train_step(graphdef, state, x, y, boxes=boxes, spec=spec)
     losses.append(np.asarray(metrics["loss"]))
   return state, losses
 
@@ -414,7 +422,8 @@ def test_accuracy_counts_the_mixed_images_logits_against_the_original_labels():
   logits = model(images)  # train mode: the batch statistics of the step's forward pass
   expected = accuracy(logits, y)
   soft, hard = soft_cross_entropy(logits, targets), cross_entropy(logits, y)
-  _, metrics = train_step(graphdef, state, x, y, 0.0, norm, mixing=settings)
+  spec = StepSpec(label_smoothing=0.0, norm=norm, accumulate_steps=1, frozen=(), mixing=settings)
+  _, metrics = train_step(graphdef, state, x, y, spec=spec)
   assert int(metrics["top1"]) == int(expected["top1"])
   assert int(metrics["top5"]) == int(expected["top5"]) == 8
   assert float(metrics["loss"]) == pytest.approx(float(soft), rel=1e-6)

@@ -34,9 +34,10 @@ from torchvision.transforms.v2 import functional as F
 
 from flax_resnet.bench import torch_recipe
 from flax_resnet.port.state_dict import from_torch_state_dict, to_torch_layout, torch_key
+from flax_resnet.training.batch import Mix, mix_params, step_key
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import Mix, ema_update, mix_params, step_key, train_step
-from flax_resnet.training.trainer import ema_update_args, run_optimizer
+from flax_resnet.training.optimiser import ema_update_args, run_optimizer
+from flax_resnet.training.steps import StepSpec, ema_update, train_step
 
 STEPS, STEPS_PER_EPOCH = 20, 8
 BASE = Config(
@@ -169,11 +170,14 @@ def jax_run(cfg, start: dict):
         state,
         x,
         y.astype(np.int32),
-        cfg.label_smoothing,
-        (tuple(cfg.mean), tuple(cfg.std)),
-        cfg.accumulate_steps,
         boxes=None if boxes is None else boxes[step],
-        mixing=mixing_of(cfg),
+        spec=StepSpec(
+          label_smoothing=cfg.label_smoothing,
+          norm=(tuple(cfg.mean), tuple(cfg.std)),
+          accumulate_steps=cfg.accumulate_steps,
+          frozen=(),
+          mixing=mixing_of(cfg),
+        ),
       )
       losses.append(np.asarray(metrics["loss"]))
       model, _ = nnx.merge(graphdef, state)

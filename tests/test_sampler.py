@@ -227,26 +227,23 @@ def test_the_reference_draws_each_epochs_permutation_from_seed_plus_epoch(tmp_pa
 
 
 def test_the_trainer_refuses_repeats_whose_epoch_holds_no_full_batch():
-  from flax_resnet.training import trainer
-
   cfg = config_lib.Config(ra_reps=4, global_batch=256)
-  trainer.check_repeats(cfg, 512, 8)  # 512 images: two batches
+  data.check_repeats(cfg.data, 512, 8)  # 512 images: two batches
   with pytest.raises(ValueError, match=r"ra_reps=4: .* 511 // 256 \* 256 = 256 .* fewer"):
-    trainer.check_repeats(dataclasses.replace(cfg, global_batch=512), 511, 8)
-  trainer.check_repeats(dataclasses.replace(cfg, ra_reps=1), 10, 8)  # no sampler: no rule
+    data.check_repeats(dataclasses.replace(cfg, global_batch=512).data, 511, 8)
+  data.check_repeats(dataclasses.replace(cfg, ra_reps=1).data, 10, 8)  # no sampler: no rule
 
 
 def test_a_resume_of_repeats_on_another_device_count_is_refused(tmp_path):
-  from types import SimpleNamespace
 
   import jax
 
-  from flax_resnet.training import trainer
+  from flax_resnet.training.workdir import check_resumable
 
-  run = SimpleNamespace(cfg=config_lib.Config(ra_reps=4), workdir=tmp_path, data_fingerprint=None)
-  trainer.Trainer._check_resumable(run, {"devices": jax.device_count()})
-  trainer.Trainer._check_resumable(run, {})  # saved before the count was recorded
+  cfg = config_lib.Config(ra_reps=4)
+  check_resumable(cfg, tmp_path, None, {"devices": jax.device_count()})
+  check_resumable(cfg, tmp_path, None, {})  # saved before the count was recorded
   with pytest.raises(ValueError, match=r"ra_reps=4 on 3 devices, and this run has"):
-    trainer.Trainer._check_resumable(run, {"devices": 3})
-  run.cfg = config_lib.Config(ra_reps=1)  # the order does not depend on it
-  trainer.Trainer._check_resumable(run, {"devices": 3})
+    check_resumable(cfg, tmp_path, None, {"devices": 3})
+  # the order does not depend on it
+  check_resumable(config_lib.Config(ra_reps=1), tmp_path, None, {"devices": 3})

@@ -104,6 +104,9 @@ def test_other_classes_in_the_same_out_are_refused(cifar, tmp_path):
   (out / "classes.json").write_text('["cat", "dog"]\n')
   done = convert(cifar, out, "--splits", "train")
   assert done.returncode == 2 and "lists other classes" in done.stderr
+  assert "): convert into an empty --out" in done.stderr, done.stderr
+  with pytest.raises(ValueError, match=r"\(1\): convert into an empty out$"):  # the parameter
+    shards.write_classes(out, ("airplane",))
 
 
 def test_a_record_that_is_not_ours_is_a_clear_error():

@@ -10,21 +10,24 @@ import pytest
 from flax import nnx
 
 import flax_resnet as fr
+from flax_resnet.training.batch import normalize
 from flax_resnet.training.config import Config
-from flax_resnet.training.steps import (
+from flax_resnet.training.models import freeze_norms, part_of
+from flax_resnet.training.optimiser import (
   clip_by_global_norm,
-  cross_entropy,
   decay_group,
-  ema_update,
-  eval_step,
-  freeze_norms,
+  ema_update_args,
   make_optimizer,
-  normalize,
-  part_of,
-  train_step,
+  schedule,
   transform,
 )
-from flax_resnet.training.trainer import ema_update_args, schedule
+from flax_resnet.training.steps import (
+  PLAIN,
+  cross_entropy,
+  ema_update,
+  eval_step,
+  train_step,
+)
 
 
 def _groups(params, norm_weight_decay, bias_weight_decay) -> dict[str, str]:
@@ -341,7 +344,7 @@ def test_frozen_parts_keep_every_bit_of_their_params_and_statistics(frozen, diff
   # "all": the optimiser alone freezes, the backward pass spans everything
   skip = frozen if differentiated == "trainable" else ()
   for _ in range(3):
-    state, _ = train_step(graphdef, state, x, y, frozen=skip)
+    state, _ = train_step(graphdef, state, x, y, spec=dataclasses.replace(PLAIN, frozen=skip))
   nnx.update((model, opt), state)
   assert _changed(before, model) == {"stem", "layer1", "layer2", "fc"} - set(frozen)
 
@@ -361,7 +364,11 @@ def test_the_backward_pass_stops_where_nothing_before_it_trains(accumulate_steps
     else:
       jaxpr = jax.make_jaxpr(
         lambda s: train_step.__wrapped__(
-          graphdef, s, x, y, accumulate_steps=accumulate_steps, frozen=frozen
+          graphdef,
+          s,
+          x,
+          y,
+          spec=dataclasses.replace(PLAIN, accumulate_steps=accumulate_steps, frozen=frozen),
         )
       )(state)
     return _count(jaxpr.jaxpr, ("conv_general_dilated",))
@@ -416,7 +423,8 @@ def _accumulated_run(accumulate_steps: int, dtype, norm: str = "frozen_batch", s
   y = jnp.arange(32) % 4
   losses = []
   for _ in range(steps):
-    state, metrics = train_step(graphdef, state, x, y, accumulate_steps=accumulate_steps)
+    spec = dataclasses.replace(PLAIN, accumulate_steps=accumulate_steps)
+    state, metrics = train_step(graphdef, state, x, y, spec=spec)
     losses.append(np.asarray(metrics["loss"]))
     assert int(metrics["top5"]) == 32
   return np.array(losses), [
@@ -520,3 +528,59 @@ def test_a_per_epoch_schedule_whose_warm_up_fills_every_epoch_is_refused():
   with pytest.raises(ValueError, match=r"warmup_epochs=5.0 with lr_update='epoch'.*epochs=5"):
     config_lib.override(config_lib.Config(epochs=5), ["lr_update=epoch", "warmup_epochs=5"])
   config_lib.override(config_lib.Config(epochs=5), ["lr_update=step", "warmup_epochs=5"])
+
+
+def test_a_step_spec_names_every_setting_and_refuses_a_missing_one():
+  from flax_resnet.training.steps import StepSpec
+
+  with pytest.raises(TypeError, match="mixing"):
+    StepSpec(label_smoothing=0.1, norm=None, accumulate_steps=1, frozen=())
+  with pytest.raises(TypeError):
+    StepSpec(0.1, None, 1, (), None)  # keywords only: no silent order
+  spec = dataclasses.replace(PLAIN, frozen=("stem",))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    spec.frozen = ()
+  assert hash(spec) == hash(dataclasses.replace(PLAIN, frozen=("stem",))) and spec != PLAIN
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"frozen": ["stem"]}, "StepSpec frozen must be a tuple, got list"),
+    ({"norm": [(0.5,), (0.25,)]}, "StepSpec norm must be a tuple, got list"),
+    ({"accumulate_steps": 0}, "StepSpec accumulate_steps must be >= 1, got 0"),
+  ],
+)
+def test_a_step_spec_refuses_what_the_jitted_step_cannot_take(change, message):
+  with pytest.raises((TypeError, ValueError), match=message):
+    dataclasses.replace(PLAIN, **change)
+
+
+def test_a_runs_step_spec_is_read_from_its_config():
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.batch import Mix
+  from flax_resnet.training.steps import StepSpec, step_spec
+
+  cfg = config_lib.Config(label_smoothing=0.1, accumulate_steps=2, cutmix_alpha=1.0, seed=3)
+  assert step_spec(cfg, ("stem",), 4) == StepSpec(
+    label_smoothing=0.1,
+    norm=(tuple(cfg.mean), tuple(cfg.std)),
+    accumulate_steps=2,
+    frozen=("stem",),
+    mixing=Mix(cfg.num_classes, 0.0, 1.0, 4, 3),
+  )
+  assert step_spec(config_lib.Config(), (), 1).mixing is None
+
+
+def test_the_training_model_is_built_with_every_option_the_run_sets_on_it():
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.models import training_model
+
+  sets = ["layers=1,1", "channels=8,16", "num_classes=4", "stem=cifar", "dtype=float32"]
+  sets += ["freeze=stem", "remat=block", "bn_stats=per_device", "bn_moments=one_pass"]
+  model = training_model(config_lib.override(config_lib.Config(), sets), devices=2)
+  assert model.remat == "block"
+  assert model.bn1.use_running_average  # the frozen stem's norm: its running statistics
+  norms = [m for _, m in nnx.iter_graph(model.layer1) if isinstance(m, fr.model.BatchNorm)]
+  assert norms and not any(m.use_running_average for m in norms)  # train mode elsewhere
+  assert {m.batch_groups for m in norms} == {2} and {m.moments for m in norms} == {"one_pass"}

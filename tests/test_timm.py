@@ -28,7 +28,7 @@ from flax_resnet.port.state_dict import (
 from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet
 from flax_resnet.registry import TIMM_ARCHITECTURES
-from flax_resnet.training.steps import freeze_norms, part_of
+from flax_resnet.training.models import freeze_norms, part_of
 
 # One architecture of each knob family: the deep stem with average-pool shortcuts (D), the
 # tiered stem (T) on basic blocks, the 64-wide deep stem (S), SE on ResNeXt, ECA.

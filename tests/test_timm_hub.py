@@ -303,7 +303,8 @@ def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_f
     ),
     (
       [f"init_from=timm:{ARCH}.{TAG}", "arch=resnet18"],
-      f"init_from timm:{ARCH}.{TAG} holds {ARCH}, this run builds resnet18: set --set arch={ARCH}",
+      f"config init_from='timm:{ARCH}.{TAG}' holds {ARCH}, this run builds resnet18: set "
+      f"arch='{ARCH}'",
     ),
     (
       ["init_from=timm:resnet18d.ra2_in1k", "arch=resnet18d"],

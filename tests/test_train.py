@@ -517,8 +517,8 @@ def test_a_resume_may_change_when_to_stop_log_and_save_and_says_so(cifar2, tmp_p
   "args, message",
   [
     (["--ema", "--step", "latest"], "holds no EMA weights"),
-    (["--step", "7"], "the checkpoints hold steps [2]"),
-    (["--step", "best"], "no checkpoint was evaluated"),
+    (["--step", "7"], "--step 7: the checkpoints hold steps [2]"),
+    (["--step", "best"], "so none is best; pass --step latest or a step number"),
   ],
   ids=["no EMA kept", "no such step", "no best without an eval"],
 )
@@ -1163,8 +1163,8 @@ def test_the_run_clips_the_gradient_it_is_configured_to(tmp_path):
 
   from flax_resnet.training import config as config_lib
   from flax_resnet.training.models import run_model
+  from flax_resnet.training.optimiser import run_optimizer
   from flax_resnet.training.steps import train_step
-  from flax_resnet.training.trainer import run_optimizer
 
   cfg = config_lib.override(
     config_lib.Config(),
@@ -1236,7 +1236,7 @@ def test_a_saved_config_reads_back_as_the_same_config():
 
 def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path):
   from flax_resnet.training import config as config_lib
-  from flax_resnet.training.trainer import changed_on_resume
+  from flax_resnet.training.workdir import changed_on_resume
 
   cfg = config_lib.Config()
   assert changed_on_resume(cfg, tmp_path) == []  # a new run
@@ -1245,6 +1245,30 @@ def test_a_workdir_with_checkpoints_but_no_saved_config_is_not_resumed(tmp_path)
     changed_on_resume(cfg, tmp_path)
   config_lib.save(dataclasses.replace(cfg, max_steps=7), tmp_path / "config.json")
   assert changed_on_resume(cfg, tmp_path) == ["max_steps 7 -> 0"]
+
+
+def test_workdir_errors_name_the_argument_and_the_command_says_its_flag(tmp_path):
+  from flax_resnet.cli import in_config_flags
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.workdir import changed_on_resume
+
+  (tmp_path / "{w}" / "checkpoints" / "2").mkdir(parents=True)  # braces: kept as they are
+  workdir = tmp_path / "{w}"
+  with pytest.raises(ValueError) as error:
+    changed_on_resume(config_lib.Config(), workdir)
+  assert str(error.value) == (
+    f"workdir {workdir} holds checkpoints but no config.json: cannot check the resumed "
+    "settings; put it back, or use another workdir"
+  )
+  assert str(in_config_flags(error.value)) == (
+    f"--workdir {workdir} holds checkpoints but no config.json: cannot check the resumed "
+    "settings; put it back, or use another --workdir"
+  )
+  config_lib.save(config_lib.Config(lr=0.5), workdir / "config.json")
+  with pytest.raises(ValueError) as error:
+    changed_on_resume(config_lib.Config(), workdir)
+  assert str(error.value).endswith("set them back, or use another workdir")
+  assert str(in_config_flags(error.value)).startswith(f"--workdir {workdir} holds a run with")
 
 
 def test_the_imagenet_v2_preset_trains_two_steps_on_synthetic_data(tmp_path):
@@ -1345,13 +1369,13 @@ def test_the_refusal_names_the_largest_power_of_two_batch_that_fits():
 def test_synthetic_data_starts_no_workers_and_more_workers_than_cores_are_capped(
   monkeypatch, capsys
 ):
-  from flax_resnet.training import trainer
+  from flax_resnet.training import memory
 
-  monkeypatch.setattr(trainer, "usable_cores", lambda: 2)
-  assert trainer.fit_to_host(tiny_synthetic("workers=16")).workers == 0
+  monkeypatch.setattr(memory, "usable_cores", lambda: 2)
+  assert memory.fit_to_host(tiny_synthetic("workers=16")).workers == 0
   real = dataclasses.replace(tiny_synthetic(), synthetic=False, data_dir="/data")
-  assert trainer.fit_to_host(dataclasses.replace(real, workers=16)).workers == 2
-  assert trainer.fit_to_host(dataclasses.replace(real, workers=2)).workers == 2
+  assert memory.fit_to_host(dataclasses.replace(real, workers=16)).workers == 2
+  assert memory.fit_to_host(dataclasses.replace(real, workers=2)).workers == 2
   assert capsys.readouterr().out.splitlines() == [
     "note: synthetic=true: no data workers (workers=16 unused)",
     "note: workers=16 is more than the 2 cores this process may use: running 2",

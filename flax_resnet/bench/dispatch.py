@@ -23,7 +23,8 @@ from flax import nnx
 import flax_resnet
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
-from flax_resnet.training.steps import make_optimizer, train_step, update
+from flax_resnet.training.optimiser import make_optimizer
+from flax_resnet.training.steps import train_step, update
 
 # flax_resnet.training.steps.train_step's work as nnx.jit over the objects, the form it replaced.
 nnx_train_step = nnx.jit(update, donate_argnums=(0, 1))

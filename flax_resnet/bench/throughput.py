@@ -37,7 +37,8 @@ import flax_resnet
 from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser
 from flax_resnet.cpu import batch_devices, one_device_per_core, use_every_core
-from flax_resnet.training.steps import make_optimizer, train_step
+from flax_resnet.training.optimiser import make_optimizer
+from flax_resnet.training.steps import train_step
 
 VARIANTS: dict[str, dict[str, dict[str, str | bool]]] = {
   "train": {

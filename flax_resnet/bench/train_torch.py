@@ -19,7 +19,6 @@ collate_fn (torchvision v2's), an epoch order fixed by ``seed`` (``RASampler``'s
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -32,8 +31,7 @@ from torchvision.transforms import v2
 
 from flax_resnet.bench import torch_recipe
 from flax_resnet.cli import ArgumentParser, add_config_arguments, in_config_flags, report
-from flax_resnet.files import write_atomic
-from flax_resnet.training import config as config_lib
+from flax_resnet.training import config as config_lib, metrics as metrics_lib
 from flax_resnet.training.metrics import append_metric
 
 
@@ -281,26 +279,24 @@ class Reference:
         }
       )
     self.last_eval = metrics
-    self.best = max(self.best or 0.0, metrics.get("ema_top1", metrics["top1"]))
+    self.best = metrics_lib.best_top1(self.best, metrics)
     print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     for k, v in metrics.items():
       self.log.scalar(self.step, f"eval/{k}", v)
 
   def summary(self) -> dict:
     wall = time.perf_counter() - self.start
-    summary = {
-      "framework": "torch",
-      "step": self.step,
-      "total_steps": self.total,
-      "last_eval": self.last_eval,
-      "best_top1": self.best,
-      "best_of": "ema_top1" if self.cfg.ema_decay else "top1",
-      "wall_s": wall,
-      "images_per_s": self.step * self.cfg.global_batch / wall,
-      "versions": {"torch": torch.__version__},
-      "config": self.cfg.to_json(),
-    }
-    write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary = metrics_lib.summary(
+      self.cfg,
+      (self.step, self.total),
+      self.last_eval,
+      self.best,
+      wall_s=wall,
+      images_per_s=self.step * self.cfg.global_batch / wall,
+      framework="torch",
+      versions={"torch": torch.__version__},
+    )
+    metrics_lib.write_summary(self.workdir, summary)
     return summary
 
 

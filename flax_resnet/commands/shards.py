@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from flax_resnet.cli import ArgumentParser, positive_int, report
+from flax_resnet.cli import ArgumentParser, positive_int, report, with_flags
 from flax_resnet.training import shards
 
 
@@ -24,8 +24,8 @@ def main(argv=None) -> int:
       args.records_per_shard,
       log=lambda line: print(line, flush=True),
     )
-  except (ValueError, OSError) as e:
-    return report(e)
+  except (ValueError, OSError) as e:  # the library names its parameters, this its flags
+    return report(with_flags(e, {"per_shard": "--records-per-shard", "out": "--out"}))
   return 0
 
 

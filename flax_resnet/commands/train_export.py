@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 # Only the light modules here: --help and usage errors answer before JAX loads.
-from flax_resnet.cli import ArgumentParser, CliError, check_replaceable, report
+from flax_resnet.cli import ArgumentParser, CliError, check_replaceable, report, with_flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = export(args.workdir, args.out, args.step, args.ema, args.force)
   except (ValueError, OSError, CliError) as e:
-    return report(e)
+    return report(with_flags(e, {"which": "--step"}))  # the library names its parameters
   print(json.dumps({"out": str(path), **(read_metadata(path).source or {})}))
   return 0
 

@@ -6,18 +6,15 @@ config. orbax writes each one
 to a temporary folder and renames it when complete, so a save killed half-way
 leaves the previous checkpoint as the latest. A checkpoint damaged afterwards (a cut or
 deleted file, garbled JSON) is skipped on resume for the newest intact one
-(``restore_newest_intact``), and moved aside, never deleted.
+(``workdir.restore_newest_intact``), and moved aside, never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
-import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +22,10 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.errors import one_line, quiet_aborted_reads
+from flax_resnet.errors import one_line
+from flax_resnet.training.metrics import score
 
 policies = ocp.checkpoint_managers
-
-
-def score(metrics: dict[str, float]) -> float:
-  """What "best" means: eval top-1 of the EMA weights when kept (as timm), else of the model."""
-  return metrics.get("ema_top1", metrics["top1"])
 
 
 def has_checkpoints(workdir: Path) -> bool:
@@ -127,8 +120,17 @@ def _saves_checked(mgr: Manager, starting: int | None = None):
     ) from e
 
 
+def causes(error: BaseException | None):
+  """``error``, then each error it was raised from or during, in turn."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def _save_error(error: BaseException) -> str:
-  for cause in _chain(error):
+  for cause in causes(error):
     if (
       getattr(cause, "errno", None) == errno.ENOSPC
       or "No space left on device" in str(cause)
@@ -223,131 +225,3 @@ def restore_on_one_device(mgr: ocp.CheckpointManager, step: int) -> tuple[dict, 
 
 
 META_KEYS = ("config", "data_state", "skipped", "best_top1")  # what a resume reads
-DAMAGED = "checkpoints.damaged"  # beside checkpoints/: where damaged ones are moved
-
-
-class Damaged(Exception):
-  """A checkpoint that does not read back whole; the message names its step and file."""
-
-  def __init__(self, step: int, folder: Path, error: BaseException):
-    self.step = step
-    super().__init__(f"checkpoint step {step} is damaged: {_where(folder, error)}")
-
-
-def _where(folder: Path, error: BaseException) -> str:
-  """The damaged file of checkpoint ``folder`` and what is wrong with it, in one line:
-  orbax's own errors name no file (a JSON error) or bury it in a tensorstore spec."""
-  for name in ("meta/metadata", "state/_METADATA"):
-    file = folder / name
-    if not file.is_file():
-      return f"{file} is missing"
-    try:
-      json.loads(file.read_bytes())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
-      return f"{file} is not valid JSON ({e})"
-  if not (folder / "state" / "manifest.ocdbt").is_file():
-    return f"{folder / 'state' / 'manifest.ocdbt'} is missing"
-  for cause in _chain(error):  # orbax wraps tensorstore's error, which names the array
-    message = one_line(cause)
-    array = re.search(r'(?:Error reading|Metadata at) "([^"/]+)', message)
-    if array:  # the array, then a tensorstore spec of hundreds of characters
-      reason = message.split(" [tensorstore_spec")[0].split(" in OCDBT database")[0][:200]
-      return f"{folder / 'state'}: array {array.group(1)} cannot be read ({reason})"
-  return f"{folder}: {type(error).__name__}: {one_line(error)[:200]}"
-
-
-def _chain(error: BaseException | None):
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
-def load_intact(
-  mgr: ocp.CheckpointManager,
-  step: int,
-  states: dict[str, nnx.State],
-  check_meta: Callable[[dict], None],
-) -> tuple[dict, dict[str, nnx.State]]:
-  """(meta, restored states) of checkpoint ``step``; ``Damaged`` where a file is missing,
-  cut or garbled. ``check_meta`` raises for a checkpoint of another run (its error
-  passes through: that checkpoint is sound, only not this run's)."""
-  folder = Path(mgr.directory) / str(step)
-  try:
-    meta = read_meta(mgr, step)
-    missing = [
-      k
-      for k in META_KEYS
-      if not isinstance(meta, dict)
-      or k not in meta
-      or (k == "config" and not isinstance(meta[k], dict))
-    ]
-  except Exception as e:  # orbax and tensorstore raise many types for damaged files
-    raise Damaged(step, folder, e) from e
-  if missing:
-    raise Damaged(step, folder, ValueError(f"{folder / 'meta/metadata'} lacks {missing}"))
-  check_meta(meta)
-  try:
-    return meta, restore(mgr, step, states)
-  except Exception as e:
-    raise Damaged(step, folder, e) from e
-
-
-def restore_newest_intact(
-  mgr: ocp.CheckpointManager,
-  states: dict[str, nnx.State],
-  check_meta: Callable[[dict], None],
-  warn: Callable[[str], None],
-) -> tuple[int, dict, dict] | None:
-  """(step, meta, restored states) of the newest checkpoint that reads back whole, or None
-  where there is none at all.
-
-  Each newer damaged one is moved to ``checkpoints.damaged/`` beside (left for the user,
-  and out of the way of the steps the run saves again), with one ``warn`` line naming
-  its step, file and the step resumed from. Raises ``ValueError`` naming every damaged
-  one, moving nothing, when none is intact.
-  """
-  damaged = []
-  quiet_aborted_reads()  # before any restore: a failing one's reads print while it fails
-  for step in sorted(mgr.all_steps(), reverse=True):
-    try:
-      meta, restored = load_intact(mgr, step, states, check_meta)
-    except Damaged as e:
-      damaged.append(e)
-      continue
-    for failed in damaged:
-      aside = _set_aside(Path(mgr.directory), failed.step)
-      warn(
-        f"warning: {failed}; skipped it, moved it to {aside} for you to inspect or delete, "
-        f"and resumed from step {step}"
-      )
-    if damaged:
-      mgr.reload()  # the steps on disk changed
-    return step, meta, restored
-  if damaged:
-    raise ValueError(
-      f"every checkpoint in {mgr.directory} is damaged: "
-      + "; ".join(map(str, damaged))
-      + ". Nothing was changed: move the checkpoints/ folder away to "
-      "start afresh"
-    )
-  return None
-
-
-def _set_aside(folder: Path, step: int) -> Path:
-  """Moves checkpoint ``step`` to ``DAMAGED/<step>`` (``<step>.1``, ... if taken); only
-  process 0 moves, the others wait for it: the processes of a run share the folder."""
-  target = folder.parent / DAMAGED / str(step)
-  if jax.process_index() == 0:
-    target.parent.mkdir(exist_ok=True)
-    n = 0
-    while target.exists():
-      n += 1
-      target = folder.parent / DAMAGED / f"{step}.{n}"
-    (folder / str(step)).rename(target)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(f"flax_resnet:set aside {step}")
-  return target

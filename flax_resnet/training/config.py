@@ -24,7 +24,7 @@ from flax_resnet.choices import (
   REMATS,
   STEMS,
 )
-from flax_resnet.errors import FieldError
+from flax_resnet.errors import ArgumentError, FieldError, literal
 from flax_resnet.files import write_atomic
 
 DTYPES = ("float32", "bfloat16", "float16")  # the compute dtype's names (model_spec maps them)
@@ -598,16 +598,15 @@ def resume_changes(saved: Mapping[str, Any], config: Config, workdir: Path) -> l
   """The resume rule: ``config``'s changes from the run ``saved`` in ``workdir`` (its
   fields as JSON holds them), each as ``"field old -> new"``. ``ValueError`` naming every
   changed field that is not ``resumable``: the resumed run would compute something else
-  than the run it continues."""
+  than the run it continues (an ``ArgumentError``: a command names its ``--workdir``)."""
   new = json.loads(json.dumps(config.to_json()))  # tuples as lists, as saved
   changed = sorted(k for k in new if k in saved and saved[k] != new[k])
   refused = [k for k in changed if not FIELDS[k].metadata["resumable"]]
   if refused:
-    raise ValueError(
-      f"workdir {workdir} holds a run with other settings: "
-      + ", ".join(f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused)
-      + "; they change what the run "
-      "computes: set them back, or use another --workdir"
+    raise ArgumentError(
+      f"{{workdir}} {literal(str(workdir))} holds a run with other settings: "
+      + literal(", ".join(f"{k} {saved[k]!r} -> {new[k]!r}" for k in refused))
+      + "; they change what the run computes: set them back, or use another {workdir}"
     )
   return [f"{k} {saved[k]!r} -> {new[k]!r}" for k in changed]
 

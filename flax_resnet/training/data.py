@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from flax_resnet.choices import AUTO_AUGMENTS
-from flax_resnet.errors import FieldError, literal
+from flax_resnet.errors import ArgumentError, FieldError, literal
 from flax_resnet.preprocess import EvalTransform
 from flax_resnet.training import augment, shm
 from flax_resnet.training.augmix import AugMix
@@ -209,18 +209,7 @@ def train_batches(
     count = len(source)
     op = train_sample(config, source)
   shm.remove_dead()  # after the data's errors, which come first, alone
-  if config.ra_reps == 1:
-    ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
-    # Augment before slicing: each image's randomness follows its global position, so
-    # any process count sees the same samples in each global batch.
-    ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
-    ds = ds.batch(local_batch, drop_remainder=True)
-  else:
-    order = RepeatedAugmentationOrder(config, count, replicas)
-    ds = grain.MapDataset.range(sys.maxsize).map(order).random_map(op, seed=config.seed)
-    # The same, and repeats of an image, at other positions, are augmented differently; a
-    # process's rows are a contiguous block of each global batch.
-    ds = ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
+  ds = _batches(config, count, op, (process_index, process_count), replicas)
   ahead = grain.ReadOptions(num_threads=config.prefetch, prefetch_buffer_size=config.prefetch)
   ds = ds.to_iter_dataset(ahead)
   if config.workers > 0:
@@ -233,6 +222,26 @@ def train_batches(
       worker_init_fn=WorkerSetup(os.getpid(), worker_init, shm.claim()),
     )
   return iter(ds), source
+
+
+def _batches(
+  config: DataConfig, count: int, op, process: tuple[int, int], replicas: int
+) -> grain.MapDataset:
+  """``train_batches``' dataset of this process's (``process`` = (index, count)) share of each
+  global batch of ``count`` images, each made by ``op``, in the epochs' order."""
+  process_index, process_count = process
+  local_batch = config.global_batch // process_count
+  if config.ra_reps == 1:
+    ds = grain.MapDataset.range(count).shuffle(seed=config.seed).repeat(None)
+    # Augment before slicing: each image's randomness follows its global position, so
+    # any process count sees the same samples in each global batch.
+    ds = ds.random_map(op, seed=config.seed)[process_index::process_count]
+    return ds.batch(local_batch, drop_remainder=True)
+  order = RepeatedAugmentationOrder(config, count, replicas)
+  ds = grain.MapDataset.range(sys.maxsize).map(order).random_map(op, seed=config.seed)
+  # The same, and repeats of an image, at other positions, are augmented differently; a
+  # process's rows are a contiguous block of each global batch.
+  return ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
 
 
 def steps_per_epoch(config: DataConfig, count: int, replicas: int) -> int:
@@ -508,8 +517,19 @@ def check_same_images(saved: dict | None, now: dict, where: str) -> None:
     "images": lambda: f"{now['images']} images, not {saved['images']}",
     "paths_sha256": lambda: "other file names",
   }[differ[0]]()
-  raise ValueError(
-    f"{where} holds other training images than the run being resumed ({what}): "
-    "a resume must read the same images; point data_dir at them, or use "
-    "another --workdir"
+  raise ArgumentError(
+    f"{literal(where)} holds other training images than the run being resumed "
+    f"({literal(what)}): a resume must read the same images; point data_dir at them, or use "
+    "another {workdir}"
   )
+
+
+def check_repeats(cfg: DataConfig, count: int, devices: int) -> None:
+  """``ValueError`` when repeated augmentation's epoch (``steps_per_epoch``) holds no
+  full batch of each device: torchvision's RASampler would yield nothing."""
+  if cfg.ra_reps > 1 and count // 256 * 256 // devices < cfg.global_batch // devices:
+    raise ValueError(
+      f"config ra_reps={cfg.ra_reps}: an epoch of repeated augmentation holds "
+      f"{count} // 256 * 256 = {count // 256 * 256} of the {count} training images, fewer "
+      f"than one global_batch of {cfg.global_batch}"
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import flax_resnet
+from flax_resnet.errors import ArgumentError, literal
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
-  """The step ``--step`` names: 'best', 'latest' or a saved step number; without one
+  """The step ``which`` names: 'best', 'latest' or a saved step number; without one
   (None), the best, or the latest with a note when none was evaluated (a run on
   synthetic images, or one stopped by ``max_steps`` before its first evaluation)."""
   steps = mgr.all_steps()
@@ -43,14 +44,14 @@ def pick_step(mgr: ocp.CheckpointManager, which: str | None) -> int:
   if which == "best":
     best = mgr.best_step()
     if best is None:  # orbax ranks only the checkpoints saved with eval metrics
-      raise ValueError(
-        f"{mgr.directory}: no checkpoint was evaluated (the run stopped before its "
-        "first evaluation, or trained on synthetic images), so none is best; pass "
-        "--step latest or a step number"
+      raise ArgumentError(
+        f"{literal(str(mgr.directory))}: no checkpoint was evaluated (the run stopped before "
+        "its first evaluation, or trained on synthetic images), so none is best; pass "
+        "{which} latest or a step number"
       )
     return best
   if not which.isdigit() or int(which) not in steps:
-    raise ValueError(f"--step {which}: the checkpoints hold steps {sorted(steps)}")
+    raise ArgumentError(f"{{which}} {literal(which)}: the checkpoints hold steps {sorted(steps)}")
   return int(which)
 
 

@@ -1,7 +1,9 @@
-"""The host memory a CPU run needs, estimated from its config and model before it starts."""
+"""What a run takes of its host: the memory a CPU run needs, estimated from its config and
+model before it starts (and said), and the data workers its cores can run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from flax import nnx
 
 from flax_resnet.errors import FieldError, literal
 from flax_resnet.training.config import Config
+from flax_resnet.training.metrics import LOG_SECONDS
 
 # Calibration of ``host_memory_estimate``: on a CPU, the finetune preset (ResNet-50 at 224,
 # batch 64, 8 workers) was measured at 11-12 GB; the estimate below gives 11.3. With remat,
@@ -152,3 +155,58 @@ def _batch_that_fits(cfg: Config, parts: dict[str, float], total: int) -> int:
 def parts_text(parts: dict[str, float]) -> str:
   """``host_memory_estimate``'s parts for a message: ``activations 1.2 GB, ...``."""
   return ", ".join(f"{k} {v / 2**30:.1f} GB" for k, v in parts.items())
+
+
+def check_host(cfg: Config, graphdef: nnx.GraphDef, state: nnx.State) -> dict[str, float] | None:
+  """On a CPU backend, where the run's memory is the host's: ``host_memory_estimate``'s parts
+  for the model ``graphdef``, ``state``, refused (``check_fits``) when more than the machine
+  has; None elsewhere (an accelerator's memory is not the host's)."""
+  if jax.default_backend() != "cpu":
+    return None
+  parts = host_memory_estimate(cfg, graphdef, state, jax.process_count())
+  check_fits(cfg, parts, total_host_memory())
+  return parts
+
+
+def say_cpu_run(cfg: Config, total_steps: int, parts: dict[str, float] | None) -> None:
+  """On a CPU (``parts``: ``check_host``'s, None elsewhere): that the run may be long, and
+  the host memory it needs."""
+  if parts is None or jax.process_index() != 0:
+    return
+  print(
+    f"note: no accelerator: this run's {total_steps} steps of "
+    f"{cfg.global_batch} images run on the CPU ({jax.device_count()} device(s)); "
+    f"a progress line with its ETA comes at least every {LOG_SECONDS} s. Presets sized "
+    "for GPUs and TPUs can take days here.",
+    flush=True,
+  )
+  print(
+    f"note: this run needs about {sum(parts.values()) / 2**30:.1f} GB of host memory "
+    f"({parts_text(parts)}){of_total(total_host_memory())}",
+    flush=True,
+  )
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity, where the system has one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def fit_to_host(cfg: Config) -> Config:
+  """``cfg`` with the data workers this host can run, each change said in a note: none for
+  synthetic images (nothing to decode), at most one a core (more only share the cores and
+  each holds hundreds of MB). ``workers`` is resumable: the batches are the same."""
+  cores = usable_cores()
+  if cfg.synthetic and cfg.workers:
+    print(f"note: synthetic=true: no data workers (workers={cfg.workers} unused)", flush=True)
+    return dataclasses.replace(cfg, workers=0)
+  if cfg.workers > cores:
+    print(
+      f"note: workers={cfg.workers} is more than the {cores} cores this process may use: "
+      f"running {cores}",
+      flush=True,
+    )
+    return dataclasses.replace(cfg, workers=cores)
+  return cfg

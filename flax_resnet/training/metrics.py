@@ -2,7 +2,8 @@
 
 ``metrics.jsonl`` holds one JSON object a line, ``{"step": N, "name": "train/loss",
 "value": 2.3}``: ``flax-resnet-train`` and the PyTorch reference trainer write it,
-``flax-resnet-plot`` reads it. JAX and tensorboardX are imported only once a run logs.
+``flax-resnet-plot`` reads it. Both also write ``summary.json`` (``summary``), by one rule of
+what the best eval is (``score``). JAX and tensorboardX are imported only once a run logs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flax_resnet.files import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 LOG_SECONDS = 30  # a progress line at least this often, whatever log_every says
 
 
@@ -25,6 +29,38 @@ def append_metric(file: Path, step: int, name: str, value: float) -> None:
   """One line of ``metrics.jsonl``, the format ``read_metrics`` reads."""
   with open(file, "a") as f:
     f.write(json.dumps({"step": step, "name": name, "value": value}) + "\n")
+
+
+def score(metrics: dict[str, float]) -> float:
+  """What "best" means: eval top-1 of the EMA weights when kept (as timm), else of the model.
+  The trainer ranks its checkpoints by it; both trainers' ``best_top1`` is its highest."""
+  return metrics.get("ema_top1", metrics["top1"])
+
+
+def best_top1(best: float | None, metrics: dict[str, float]) -> float:
+  """The best score (``score``) so far once an eval gave ``metrics`` (``best``: None before)."""
+  return max(best or 0.0, score(metrics))
+
+
+def summary(cfg: Any, steps: tuple[int, int], last_eval: dict, best: float | None, **rest) -> dict:
+  """A run's ``summary.json``, as both trainers write it: ``steps`` = (step reached, total
+  steps), its last eval's metrics, ``best_top1`` (``best_top1``) and what it ranks
+  (``best_of``), ``rest`` (wall time, images per second and each trainer's own), and the
+  config (``cfg``, a ``training.config.Config``)."""
+  return {
+    "step": steps[0],
+    "total_steps": steps[1],
+    "last_eval": last_eval,
+    "best_top1": best,
+    "best_of": "ema_top1" if cfg.ema_decay else "top1",
+    **rest,
+    "config": cfg.to_json(),
+  }
+
+
+def write_summary(workdir: Path, summary: dict) -> None:
+  """``workdir/summary.json`` (``summary``), written whole or not at all."""
+  write_atomic(workdir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def read_metrics(
@@ -167,6 +203,12 @@ class Progress:
       append_metric(self.metrics_file, step, name, value)
       if self.writer and self.writer.done():
         self._flush()
+
+  def evaluated(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+    """An eval's line (on every process) and its scalars (``eval/top1`` ...)."""
+    print(f"epoch {epoch} eval " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    for k, v in metrics.items():
+      self.scalar(step, f"eval/{k}", v)
 
   def _flush(self) -> None:
     assert self.writer is not None

@@ -1,11 +1,13 @@
 """A run's model from its config: ``model_spec`` (what ``registry.build_model`` takes),
-``run_model`` (fresh, or started from ``init_from``) and the checks that a checkpoint
-started from is the same network as the run's."""
+``run_model`` (fresh, or started from ``init_from``), ``training_model`` (that model as the
+run trains it: its training options set, its ``frozen`` parts' norms frozen), the model's
+parts, and the checks that a checkpoint started from is the same network as the run's."""
 
 from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -13,8 +15,10 @@ from flax import nnx
 
 import flax_resnet
 from flax_resnet.choices import DEFAULT_CHANNELS
+from flax_resnet.errors import FieldError
 from flax_resnet.model import BLOCKS, ResNet
 from flax_resnet.saved_model import Metadata
+from flax_resnet.training import config as config_lib
 from flax_resnet.training.config import Config
 
 
@@ -53,6 +57,63 @@ def run_model(cfg: Config) -> ResNet:
     check_same_shapes(cfg.init_from, nnx.state(model), state, skip=() if keep_head else ("fc",))
     nnx.update(model, state)
     print(f"initialised from {what} ({'its' if keep_head else 'a fresh'} head)", flush=True)
+  return model
+
+
+def parts(model: ResNet) -> tuple[str, ...]:
+  """The parts of a ResNet that can be frozen: ``stem``, ``layer1``, ``layer2``..."""
+  return tuple(info.name for info in model.feature_info)
+
+
+STEM_MODULES = ("conv1", "bn1", "maxpool")  # the stem part's modules (maxpool: timm's conv pool)
+
+
+def part_of(path: tuple) -> str:
+  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``, timm's
+  conv ``maxpool``), ``layerN`` or ``fc``."""
+  first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
+  return "stem" if first in STEM_MODULES else first
+
+
+def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
+  """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
+  statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
+  for part in frozen:
+    if part == "stem":  # timm's deep stem and conv pool hold norms too
+      for name in STEM_MODULES:
+        if hasattr(model, name):
+          getattr(model, name).set_attributes(use_running_average=True, raise_if_not_found=False)
+    else:
+      getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
+
+
+def frozen(cfg: Config, model: ResNet) -> tuple[str, ...]:
+  """The parts of ``model`` that the run keeps as they are: every part but ``fc`` for a
+  linear probe, else those ``freeze`` names; ``ValueError`` for one the model lacks."""
+  have = parts(model)
+  if cfg.linear_probe:
+    return have
+  names = config_lib.frozen_parts(cfg.freeze)
+  missing = [name for name in names if name not in have]
+  if missing:
+    raise ValueError(
+      f"config freeze={cfg.freeze!r}: this model has no {missing[0]}; its "
+      f"parts are {', '.join(have)}"
+    )
+  return names
+
+
+def training_model(cfg: Config, devices: int) -> ResNet:
+  """``run_model`` as the run trains it, in train mode: BatchNorm's statistics by device
+  (``bn_stats``), their moments and backward pass, activation checkpointing (``remat``),
+  and the BatchNorm of the ``frozen`` parts in eval mode."""
+  model = run_model(cfg)
+  if cfg.bn_stats == "per_device":  # each device's shard is one BatchNorm group
+    model.set_attributes(batch_groups=devices, raise_if_not_found=False)
+  model.set_attributes(moments=cfg.bn_moments, backward=cfg.bn_backward, raise_if_not_found=False)
+  model.remat = cfg.remat
+  model.train()
+  freeze_norms(model, frozen(cfg, model))
   return model
 
 
@@ -196,9 +257,11 @@ def check_same_network(path: str, ours: tuple, theirs: tuple) -> None:
   """``ValueError`` naming the first ``NETWORK_OPTIONS`` entry in which checkpoint ``path``
   (``theirs``: its arch and options) differs from the run's model (``ours``)."""
   if ours[0] and theirs[0] and ours[0] != theirs[0]:
-    raise ValueError(
-      f"init_from {path} holds {theirs[0]}, this run builds {ours[0]}: set "
-      f"--set arch={theirs[0]}, or start from a {ours[0]} checkpoint"
+    raise FieldError(
+      f"{{init}} holds {theirs[0]}, this run builds {ours[0]}: set {{arch}}, or start from "
+      f"a {ours[0]} checkpoint",
+      init=("init_from", path),
+      arch=("arch", theirs[0]),
     )
   mine, saved = network_options(*ours), network_options(*theirs)
   for k in NETWORK_OPTIONS:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from etils import epath
 
+from flax_resnet.errors import ArgumentError, literal
 from flax_resnet.training.shard_format import (
   CLASSES,
   INDEX,
@@ -52,9 +53,9 @@ def write_split(
   names = [f"{out.name}-{j:05d}-of-{len(plan):05d}{SUFFIX}" for j in range(len(plan))]
   stale = sorted(p.name for p in out.glob(f"*{SUFFIX}") if p.name not in names)
   if stale:
-    raise ValueError(
-      f"{out} holds shards of another layout ({stale[0]}, ...): remove them, "
-      "or convert with the --records-per-shard that wrote them"
+    raise ArgumentError(
+      f"{literal(str(out))} holds shards of another layout ({literal(stale[0])}, ...): remove "
+      "them, or convert with the {per_shard} that wrote them"
     )
   done, written, start = 0, 0, time.perf_counter()
   for name, (first, end) in zip(names, plan):
@@ -127,9 +128,9 @@ def write_classes(out, classes: tuple[str, ...]) -> None:
   if path.exists():
     old = read_classes(out)
     if old != tuple(classes):
-      raise ValueError(
-        f"{path} lists other classes ({len(old)}) than the folder ("
-        f"{len(classes)}): convert into an empty --out"
+      raise ArgumentError(
+        f"{literal(str(path))} lists other classes ({len(old)}) than the folder ("
+        f"{len(classes)}): convert into an empty {{out}}"
       )
     return
   out.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,26 @@ class StepCache:
       write_atomic(self.path, json.dumps(meta).encode() + b"\n" + bytes(exported.serialize()))
     except Exception as e:  # a read-only or full disk: the run goes on uncached
       log.warning("step cache: could not save %s (%s: %s)", self.path, type(e).__name__, e)
+
+
+def for_run(config: dict, mesh: Mesh, steps_per_epoch: int, total_steps: int) -> StepCache | None:
+  """The cache of a run's train step (``config``: its ``Config.to_json``), loading at once;
+  None where the step is not kept: ``step_cache`` off, or a run of several processes."""
+  if not config["step_cache"] or jax.process_count() > 1:
+    return None
+  key = run_key(config=config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  return StepCache(key, mesh, donate_argnums=(0,))
+
+
+def compiled(cache: StepCache | None, step, args: tuple, tree: str):
+  """``step`` (jitted) for ``args`` of state tree ``tree``: the cache's program, with one
+  line saying whether it was loaded or traced into it; ``step`` itself without a cache, or
+  where ``jax.export`` refuses it (``StepCache.get``)."""
+  if cache is None:
+    return step
+  found = cache.get(step, args, tree)
+  if found is None:
+    return step
+  said = "loaded from" if cache.source == "disk" else "traced into"
+  print(f"train step: {said} {cache.path}", flush=True)
+  return found

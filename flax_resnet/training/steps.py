@@ -1,202 +1,32 @@
-"""Optimiser, loss and the jitted train and eval steps."""
+"""The jitted train and eval steps, their loss, the eval over a split, the EMA of the weights,
+and the check that a step's results are finite (``Diverged``).
+
+A train step is set by one ``StepSpec`` (``step_spec`` reads it from a run's config); the
+batch it takes is prepared on the device by ``batch.prepare``, the optimiser it updates built
+by ``optimiser``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Sharding
 
-from flax_resnet.choices import OPTIMIZERS
-from flax_resnet.model import ResNet
+from flax_resnet.training import batch, data
+from flax_resnet.training.batch import Mix
+from flax_resnet.training.config import Config, DataConfig
+from flax_resnet.training.data import SkipLog
+from flax_resnet.training.models import part_of
 
-
-def _name(key) -> object:
-  """A path entry's name: a dict key or an attribute."""
-  return getattr(key, "key", getattr(key, "name", None))
-
-
-def decay_group(params, norm_weight_decay: float | None, bias_weight_decay: float | None) -> object:
-  """Each parameter's weight-decay group, as torchvision's ``set_weight_decay`` sorts them:
-  ``"bias"`` for a bias when ``bias_weight_decay`` is given (its custom key, matched
-  first), ``"norm"`` for a norm layer's parameter (a layer with a ``scale``: BatchNorm,
-  GroupNorm) when ``norm_weight_decay`` is given, else ``"other"`` (``weight_decay``)."""
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  norms = {path[:-1] for path, _ in flat if _name(path[-1]) == "scale"}
-
-  def group(path, _):
-    if bias_weight_decay is not None and _name(path[-1]) == "bias":
-      return "bias"
-    return "norm" if norm_weight_decay is not None and path[:-1] in norms else "other"
-
-  return jax.tree_util.tree_map_with_path(group, params)
-
-
-def decay_masks(
-  weight_decay: float, norm_weight_decay: float | None, bias_weight_decay: float | None
-) -> list[tuple[float, Callable | None]]:
-  """(rate, optax mask) of each weight-decay group (``decay_group``) that decays; ``weight_decay``'s
-  first and always, its mask ``None`` when every parameter is in it. A group of rate 0 is left
-  out, as torch's optimisers skip it."""
-  if norm_weight_decay is None and bias_weight_decay is None:
-    return [(weight_decay, None)]
-
-  def mask(name: str) -> Callable:
-    return lambda params: jax.tree.map(
-      lambda g: g == name, decay_group(params, norm_weight_decay, bias_weight_decay)
-    )
-
-  rates = {"norm": norm_weight_decay, "bias": bias_weight_decay}
-  return [(weight_decay, mask("other"))] + [(r, mask(g)) for g, r in rates.items() if r]
-
-
-def make_optimizer(
-  model: ResNet, learning_rate: float | optax.Schedule, **options: Any
-) -> nnx.Optimizer:
-  """``transform``'s optimiser over the model's ``nnx.Param``s, ``options`` being its
-  keywords; ``ValueError`` for a ``frozen`` part the model lacks."""
-  frozen = options.get("frozen", ())
-  unknown = set(frozen) - set(parts(model))
-  if unknown:
-    raise ValueError(
-      f"cannot freeze {', '.join(sorted(unknown))}: the model's parts are {', '.join(parts(model))}"
-    )
-  tx = transform(learning_rate, **options)
-  # One program for the whole state rather than one zeros_like per parameter shape.
-  return nnx.Optimizer(model, tx._replace(init=jax.jit(tx.init)), wrt=nnx.Param)
-
-
-def transform(
-  learning_rate: float | optax.Schedule,
-  *,
-  optimizer: str = "sgd",
-  momentum: float = 0.9,
-  nesterov: bool = False,
-  weight_decay: float = 1e-4,
-  decay_all: bool = False,
-  norm_weight_decay: float | None = 0.0,
-  bias_weight_decay: float | None = 0.0,
-  clip_grad_norm: float = 0.0,
-  frozen: Sequence[str] = (),
-  backbone_lr_mult: float = 1.0,
-) -> optax.GradientTransformation:
-  """SGD (torch-style coupled weight decay) or AdamW, for a ResNet's parameters.
-
-  Weight decay by parameter group as torchvision's ``set_weight_decay`` (``decay_masks``):
-  ``weight_decay`` for kernels, ``norm_weight_decay`` for norm layers' scales and biases,
-  ``bias_weight_decay`` for every bias (first); ``None`` puts them in ``weight_decay``'s
-  group, as ``decay_all`` does for both. ``clip_grad_norm`` > 0 first scales the gradient
-  down to that global L2 norm when it is longer (``clip_by_global_norm``), as torchvision's
-  reference trainer calls ``nn.utils.clip_grad_norm_`` before ``optimizer.step()``: the
-  weight decay is added after clipping, inside the step. ``frozen`` parts (``stem``, ``layerN``;
-  see ``part_of``) get no update at all, not even weight decay, no optimiser state,
-  and take no part in the clipped norm (torch's frozen parameters have no gradient);
-  ``freeze_norms`` puts their BatchNorm in eval mode. ``backbone_lr_mult`` multiplies
-  the learning rate of every parameter but ``fc``'s.
-  """
-  tx = base_transform(
-    optimizer,
-    learning_rate,
-    momentum=momentum,
-    nesterov=nesterov,
-    weight_decay=weight_decay,
-    decay_all=decay_all,
-    norm_weight_decay=norm_weight_decay,
-    bias_weight_decay=bias_weight_decay,
-  )
-  if backbone_lr_mult != 1:
-    # SGD's and AdamW's updates are linear in the learning rate (momentum and Adam's
-    # moments do not depend on it), so scaling the update is torch's per-group lr.
-    tx = optax.chain(
-      tx,
-      optax.multi_transform(
-        {"head": optax.identity(), "backbone": optax.scale(backbone_lr_mult)},
-        _labels(lambda part: "head" if part == "fc" else "backbone"),
-      ),
-    )
-  if clip_grad_norm:
-    tx = optax.chain(clip_by_global_norm(clip_grad_norm), tx)
-  if frozen:
-    tx = optax.multi_transform(
-      {"train": tx, "frozen": optax.set_to_zero()},
-      _labels(lambda part: "frozen" if part in frozen else "train"),
-    )
-  return tx
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """torch's ``nn.utils.clip_grad_norm_``: the gradient times min(1, max_norm / (norm + 1e-6)),
-  norm its global L2 norm (optax's ``clip_by_global_norm`` divides by the norm alone)."""
-
-  def update(updates, state, params=None):
-    del params
-    factor = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
-    return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def parts(model: ResNet) -> tuple[str, ...]:
-  """The parts of a ResNet that can be frozen: ``stem``, ``layer1``, ``layer2``..."""
-  return tuple(info.name for info in model.feature_info)
-
-
-STEM_MODULES = ("conv1", "bn1", "maxpool")  # the stem part's modules (maxpool: timm's conv pool)
-
-
-def part_of(path: tuple) -> str:
-  """The part a parameter at state ``path`` belongs to: ``stem`` (``conv1``, ``bn1``, timm's
-  conv ``maxpool``), ``layerN`` or ``fc``."""
-  first = str(getattr(path[0], "key", getattr(path[0], "name", path[0])))
-  return "stem" if first in STEM_MODULES else first
-
-
-def _labels(label: Callable[[str], str]) -> Callable:
-  """optax's labels function: ``label`` of each parameter's part, by its path."""
-  return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: label(part_of(p)), params)
-
-
-def freeze_norms(model: ResNet, frozen: Sequence[str]) -> None:
-  """BatchNorm of the ``frozen`` parts in eval mode: it normalises with its running
-  statistics and leaves them as they are. Call it after ``model.train()``, which undoes it."""
-  for part in frozen:
-    if part == "stem":  # timm's deep stem and conv pool hold norms too
-      for name in STEM_MODULES:
-        if hasattr(model, name):
-          getattr(model, name).set_attributes(use_running_average=True, raise_if_not_found=False)
-    else:
-      getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
-
-
-def base_transform(
-  optimizer: str,
-  learning_rate: float | optax.Schedule,
-  *,
-  momentum: float,
-  nesterov: bool,
-  weight_decay: float,
-  decay_all: bool,
-  norm_weight_decay: float | None = 0.0,
-  bias_weight_decay: float | None = 0.0,
-) -> optax.GradientTransformation:
-  """The optimiser's own transformation: SGD with coupled decay, or AdamW, with the decay of
-  each parameter group (``decay_masks``; ``decay_all``: every parameter by ``weight_decay``)."""
-  if decay_all:
-    norm_weight_decay = bias_weight_decay = None
-  groups = decay_masks(weight_decay, norm_weight_decay, bias_weight_decay)
-  decays = [optax.add_decayed_weights(rate, mask) for rate, mask in groups]
-  if optimizer == "sgd":
-    return optax.chain(*decays, optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
-  if optimizer == "adamw":
-    if len(groups) == 1:  # optax's own, as before groups (its state's structure)
-      return optax.adamw(learning_rate, weight_decay=groups[0][0], mask=groups[0][1])
-    # optax.adamw's chain, with one decay per group
-    return optax.chain(optax.scale_by_adam(), *decays, optax.scale_by_learning_rate(learning_rate))
-  raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+# README's train_step example builds its optimiser with this name, from this module.
+from flax_resnet.training.optimiser import make_optimizer as make_optimizer
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -221,217 +51,6 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     "top1": jnp.sum(top5[:, 0] == labels),
     "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1)),
   }
-
-
-def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
-  """uint8 images to float32 as torchvision's ToTensor + Normalize: (x / 255 - mean) / std.
-
-  float64 when 64-bit types are enabled (``jax.enable_x64``), for float64 models.
-  """
-  dtype = jnp.result_type(float)  # float32, or float64 under enable_x64
-  x = images.astype(dtype) / 255.0
-  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
-
-
-def erase(images: jax.Array, boxes: jax.Array) -> jax.Array:
-  """``images`` (B, H, W, C), normalised, with each one's box of ``boxes`` (B, 4) int32 =
-  (top, left, height, width) set to 0: torchvision's ``F.erase`` with v=0 on the normalised
-  tensor, as its RandomErasing(value=0) after Normalize. A box of height or width 0 erases
-  nothing (the host draws the boxes; zeros where an image is not erased)."""
-  top, left, height, width = (boxes[:, i] for i in range(4))
-  mask = _box_mask(top, left, top + height, left + width, *images.shape[1:3])
-  return jnp.where(mask[..., None], jnp.zeros((), images.dtype), images)
-
-
-def _box_mask(y1, x1, y2, x2, height: int, width: int) -> jax.Array:
-  """(B, height, width): True at rows y1 <= r < y2 and columns x1 <= c < x2 of each box."""
-  rows, cols = jnp.arange(height), jnp.arange(width)
-  in_rows = (rows >= y1[:, None]) & (rows < y2[:, None])
-  in_cols = (cols >= x1[:, None]) & (cols < x2[:, None])
-  return in_rows[:, :, None] & in_cols[:, None, :]
-
-
-class Mix(NamedTuple):
-  """The train step's MixUp/CutMix settings: static (hashable), part of the compiled program.
-
-  ``groups``: the batch's contiguous parts, each mixed on its own with its own draw (the
-  data-parallel devices' shards: torchvision mixes each GPU's collated batch); ``seed``:
-  optimizer step t draws from ``step_key(seed, t)``.
-  """
-
-  num_classes: int
-  mixup_alpha: float = 0.0
-  cutmix_alpha: float = 0.0
-  groups: int = 1
-  seed: int = 0
-
-
-def step_key(seed: int, step: jax.Array) -> jax.Array:
-  """The random key of optimizer step ``step`` (its count before the update): a function of
-  the step alone, so that a resumed run draws what the uninterrupted one drew."""
-  return jax.random.fold_in(jax.random.key(seed), step)
-
-
-def mix_params(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Array]:
-  """One draw per group (``mix.groups``) of torchvision v2's ``RandomChoice([MixUp, CutMix])``
-  (those with alpha > 0, equally likely) and the chosen one's ``make_params``.
-
-  Each array has a leading axis of groups: ``cutmix`` (bool), ``lam`` (float32) the weight of
-  each image's own label (MixUp's λ ~ Beta(α, α); CutMix's ``lam_adjusted``, 1 - box area /
-  image area), ``box`` (int32 y1, x1, y2, x2) CutMix's pasted rows and columns, empty for
-  MixUp. λ is float32 as torch's Beta draws; every draw is of a fixed dtype, the same with
-  64-bit types enabled or not.
-  """
-  draw = jax.vmap(lambda k: _draw(k, mix, height, width))(jax.random.split(key, mix.groups))
-  # outside the vmap: cutmix_box's division stays a division (see there)
-  box, lam_adjusted = cutmix_box(draw["lam_cutmix"], draw["r_x"], draw["r_y"], height, width)
-  cutmix = draw["cutmix"]
-  return {
-    "cutmix": cutmix,
-    "lam": jnp.where(cutmix, lam_adjusted, draw["lam_mixup"]),
-    "box": jnp.where(cutmix[:, None], box, 0),
-  }
-
-
-def _draw(key: jax.Array, mix: Mix, height: int, width: int) -> dict[str, jax.Array]:
-  """One group's random numbers: the choice, both λs, CutMix's centre."""
-  k_choice, k_mixup, k_cutmix, k_x, k_y = jax.random.split(key, 5)
-  if mix.mixup_alpha > 0 and mix.cutmix_alpha > 0:
-    cutmix = jax.random.uniform(k_choice, dtype=jnp.float32) < 0.5
-  else:
-    cutmix = jnp.asarray(mix.cutmix_alpha > 0)
-  return {
-    "cutmix": cutmix,
-    "lam_mixup": _beta(k_mixup, mix.mixup_alpha),
-    "lam_cutmix": _beta(k_cutmix, mix.cutmix_alpha),
-    "r_x": jax.random.randint(k_x, (), 0, width, jnp.int32),
-    "r_y": jax.random.randint(k_y, (), 0, height, jnp.int32),
-  }
-
-
-# torch's Dirichlet (its Beta's sampler) clamps each share to [tiny, 1 - 2^-24] in float32
-LAM_RANGE = (float(jnp.finfo(jnp.float32).tiny), 1.0 - 2.0**-24)
-
-
-def _beta(key: jax.Array, alpha: float) -> jax.Array:
-  """λ ~ Beta(alpha, alpha) in float32 as torch draws it; 1 (no mixing) for an alpha that is off.
-
-  torch divides two gammas in float64 and rounds the quotient to float32 within ``LAM_RANGE``:
-  never 0 or 1 (at alpha 0.2 one draw in 50 is 1 - 2^-24). jax.random.beta's gammas are
-  float32 logarithms (the same keys and gammas here), but its 1 / (1 + small) rounds on a grid
-  twice as coarse below 1 and gives 1 itself; here the smaller share, accurate to float32,
-  is subtracted from 1 instead, which rounds as torch's quotient does, then clamped."""
-  if alpha <= 0:
-    return jnp.ones((), jnp.float32)
-  key_a, key_b = jax.random.split(key)
-  log_a = jax.random.loggamma(key_a, alpha, dtype=jnp.float32)
-  log_b = jax.random.loggamma(key_b, alpha, dtype=jnp.float32)
-  small = jnp.exp(-jnp.abs(log_a - log_b))  # the smaller gamma over the larger, in [0, 1]
-  minor = small / (1 + small)  # the smaller one's share, at most 1/2
-  lam = jnp.where(log_a >= log_b, 1 - minor, minor)
-  return jnp.clip(lam, *LAM_RANGE)
-
-
-def cutmix_box(
-  lam: jax.Array, r_x: jax.Array, r_y: jax.Array, height: int, width: int
-) -> tuple[jax.Array, jax.Array]:
-  """CutMix's boxes (..., 4) = (y1, x1, y2, x2) and adjusted λs from λs and centres (r_x, r_y)
-  of any one shape, by torchvision's rule: half sides int(r W), int(r H) with
-  r = sqrt(1 - λ) / 2, clamped to the image, λ = 1 - area / (W H).
-
-  The half sides are exact (``_half_side``); torchvision's float64 differs from exact only
-  for λ below ~1e-15, where it rounds 1 - λ up. λ is the float32 nearest the exact quotient,
-  as is float32(torchvision's float64 λ) but for double rounding (~2^-29 odds).
-  """
-  half_w, half_h = _half_side(lam, width), _half_side(lam, height)
-  x1, y1 = jnp.maximum(r_x - half_w, 0), jnp.maximum(r_y - half_h, 0)
-  x2, y2 = jnp.minimum(r_x + half_w, width), jnp.minimum(r_y + half_h, height)
-  area = width * height
-  kept = (area - (x2 - x1) * (y2 - y1)).astype(jnp.float32)
-  return jnp.stack([y1, x1, y2, x2], axis=-1).astype(jnp.int32), _divide(kept, area)
-
-
-def _divide(x: jax.Array, divisor: int) -> jax.Array:
-  """x / divisor rounded once, as IEEE division. XLA turns a division by a (broadcast)
-  constant into a product with its rounded reciprocal, at times 1 ulp off; a divisor of
-  x's shape behind a barrier stays a division. Under vmap the barrier would hold a scalar
-  again: call this on whole arrays."""
-  return x / jax.lax.optimization_barrier(jnp.full(x.shape, divisor, jnp.float32))
-
-
-def _half_side(lam: jax.Array, size: int) -> jax.Array:
-  """floor(sqrt(1 - λ) / 2 * size) for a float32 λ, exact for sizes up to 4096: float32's
-  estimate is off by at most one (a relative error ~1e-7 of a value below 2048), and
-  ``_fits`` picks the largest of its neighbours that fits. float32 alone would round
-  sqrt(1 - λ) up to 1 for λ < 6e-8: a half side of size / 2 where torchvision's is one less."""
-  guess = jnp.floor(0.5 * jnp.sqrt(1.0 - lam) * size).astype(jnp.int32)
-  return jnp.where(
-    _fits(lam, guess + 1, size), guess + 1, jnp.where(_fits(lam, guess, size), guess, guess - 1)
-  )
-
-
-def _fits(lam: jax.Array, k: jax.Array, size: int) -> jax.Array:
-  """Whether 2k <= sqrt(1 - λ) size, that is λ <= n / d with n = size² - 4k², d = size²
-  (integers, exact in float32 up to 2^24). q, the float32 nearest n / d, decides it for a
-  float32 λ: λ < q means λ <= n / d and λ > q the opposite; only λ = q is left, to the
-  exact sign of q d - n (``_above``): float32's λ d would round a q just above a tie down
-  onto n (at 224, λ = 0.9999203 for k = 1). λ and q are compared by their bits, ordered as
-  the non-negative floats are: XLA flushes a subnormal λ to 0 in a float comparison."""
-  n = size * size - 4 * k * k
-  q = _divide(n.astype(jnp.float32), size * size)
-  lam_bits, q_bits = (jax.lax.bitcast_convert_type(x, jnp.int32) for x in (lam, q))
-  return (lam_bits < q_bits) | ((lam_bits == q_bits) & ~_above(q, n, size * size))
-
-
-def _above(q: jax.Array, n: jax.Array, d: int) -> jax.Array:
-  """Whether q d > n, exactly, for q the float32 nearest n / d (integers 0 <= n <= d < 2^32):
-  in 32-bit integers, without 64-bit types. q = m 2^-s (m its 24-bit integer
-  significand), so q d - n = (m d - n 2^s) 2^-s; the integer m d - n 2^s is at most d / 2 in
-  magnitude (q is within half its unit 2^-s of n / d), so its value modulo 2^32 (uint32
-  arithmetic, which wraps) read as an int32 is exact."""
-  bits = jax.lax.bitcast_convert_type(q, jnp.uint32)
-  biased = (bits >> 23).astype(jnp.int32)  # q >= 0: no sign bit
-  significand = (bits & 0x7FFFFF) | jnp.where(biased > 0, 0x800000, 0).astype(jnp.uint32)
-  shift = 150 - jnp.maximum(biased, 1)  # q = significand 2^-shift, subnormals included
-  # n 2^shift modulo 2^32: 0 from shift 32 on (a shift past the width is not one to rely on)
-  scaled = jnp.where(
-    shift < 32, n.astype(jnp.uint32) << jnp.minimum(shift, 31).astype(jnp.uint32), 0
-  )
-  difference = significand * jnp.uint32(d) - scaled.astype(jnp.uint32)
-  return jax.lax.bitcast_convert_type(difference, jnp.int32) > 0
-
-
-def mix(
-  key: jax.Array, images: jax.Array, labels: jax.Array, settings: Mix
-) -> tuple[jax.Array, jax.Array]:
-  """(mixed images, soft targets (B, num_classes)) of a batch: ``mix_params`` drawn from
-  ``key``, then ``apply_mix``."""
-  params = mix_params(key, settings, *images.shape[1:3])
-  return apply_mix(images, labels, params, settings.num_classes)
-
-
-def apply_mix(
-  images: jax.Array, labels: jax.Array, params: dict[str, jax.Array], num_classes: int
-) -> tuple[jax.Array, jax.Array]:
-  """torchvision v2's MixUp or CutMix on each group of the batch with its ``params``
-  (``mix_params``): the group rolled by one (``roll(1, 0)``: image i takes image i - 1's),
-  MixUp blends the images, CutMix pastes the box; the one-hot targets blend with λ, in
-  float32 as torchvision's (whatever the images' dtype)."""
-  groups = params["lam"].shape[0]
-  x = images.reshape(groups, -1, *images.shape[1:])
-  t = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32).reshape(groups, -1, num_classes)
-  x, t = jax.vmap(_mix_group)(x, t, params["cutmix"], params["lam"], params["box"])
-  return x.reshape(images.shape), t.reshape(-1, num_classes)
-
-
-def _mix_group(x, t, cutmix, lam, box) -> tuple[jax.Array, jax.Array]:
-  """One group's MixUp or CutMix: torchvision's rolled * (1 - λ) + x * λ, and its paste."""
-  rolled_x, rolled_t = jnp.roll(x, 1, axis=0), jnp.roll(t, 1, axis=0)
-  lam_x = lam.astype(x.dtype)  # torch's Python float λ meets the images in their dtype
-  blended = rolled_x * (1 - lam_x) + x * lam_x
-  inside = _box_mask(box[None, 0], box[None, 1], box[None, 2], box[None, 3], *x.shape[1:3])
-  pasted = jnp.where(inside[..., None], rolled_x, x)
-  return jnp.where(cutmix, pasted, blended), rolled_t * (1 - lam) + t * lam
 
 
 def global_norm(tree) -> jax.Array:
@@ -552,85 +171,100 @@ def accumulated_gradient(
   )
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=("label_smoothing", "norm", "accumulate_steps", "frozen", "mixing"),
-  donate_argnames="state",
-)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepSpec:
+  """What a train step computes besides its state and batch: every field named, none
+  defaulted (``PLAIN`` is the step without options; ``dataclasses.replace`` changes one).
+  Frozen and hashable: a static argument of the jitted step, part of its program.
+
+  ``label_smoothing``: the loss's (torch's). ``norm`` = (mean, std): the images are uint8,
+  normalised on the device; None: they come normalised. ``accumulate_steps`` = k: the batch
+  goes through in k micro-batches (``update``) and must divide by k. ``frozen``: the parts
+  the optimiser freezes (``optimiser.make_optimizer``), left out of the backward pass.
+  ``mixing``: MixUp/CutMix (``batch.Mix``), or None.
+  """
+
+  label_smoothing: float
+  norm: tuple[tuple[float, ...], tuple[float, ...]] | None
+  accumulate_steps: int
+  frozen: tuple[str, ...]
+  mixing: Mix | None
+
+  def __post_init__(self):
+    # A list would make the jitted step fail on an unhashable static argument, far from here.
+    for name in ("norm", "frozen"):
+      value = getattr(self, name)
+      if value is not None and not isinstance(value, tuple):
+        raise TypeError(f"StepSpec {name} must be a tuple, got {type(value).__name__}")
+    if self.accumulate_steps < 1:
+      raise ValueError(f"StepSpec accumulate_steps must be >= 1, got {self.accumulate_steps}")
+
+
+PLAIN = StepSpec(label_smoothing=0.0, norm=None, accumulate_steps=1, frozen=(), mixing=None)
+
+
+def step_spec(cfg: Config, frozen: tuple[str, ...], devices: int) -> StepSpec:
+  """The train step of run ``cfg`` over ``devices`` devices: its images normalised on the
+  device, mixed in one group per device; ``frozen``: ``models.frozen``'s parts."""
+  return StepSpec(
+    label_smoothing=cfg.label_smoothing,
+    norm=(tuple(cfg.mean), tuple(cfg.std)),
+    accumulate_steps=cfg.accumulate_steps,
+    frozen=frozen,
+    mixing=batch.mix_settings(cfg, devices),
+  )
+
+
+@functools.partial(jax.jit, static_argnames="spec", donate_argnames="state")
 def train_step(
   graphdef: nnx.GraphDef,
   state: nnx.State,
   images: jax.Array,
   labels: jax.Array,
-  label_smoothing: float = 0.0,
-  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-  accumulate_steps: int = 1,
-  frozen: tuple[str, ...] = (),
   boxes: jax.Array | None = None,
-  mixing: Mix | None = None,
+  spec: StepSpec = PLAIN,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
-  """One SGD/AdamW step (``update``); returns the new state, the loss and accuracy counts.
+  """One SGD/AdamW step (``update``) as ``spec`` sets it; returns the new state, the loss
+  and accuracy counts.
 
   ``graphdef, state = nnx.split((model, optimizer))`` with the model in train mode;
   ``state`` is donated. A plain ``jax.jit`` over the split state rather than
   ``nnx.jit`` over the objects: nnx.jit walks the model's graph on every call, which
   for a ResNet-50 costs the host 35 ms a step against 5 ms here (2-core CPU), time a
-  GPU step of 50 ms cannot afford. With ``norm`` = (mean, std), ``images`` are uint8
-  and normalised here, on the device. ``accumulate_steps`` = k takes the batch in k
-  micro-batches (``update``); the batch must divide by k. ``frozen``: the parts that
-  the optimiser freezes (``make_optimizer``), left out of the backward pass.
-
-  The normalised batch then goes through torchvision's batch augmentations in its
-  reference trainer's order: ``boxes`` (B, 4), when given, are random erasing's (``erase``);
-  ``mixing`` MixUp/CutMix (``mix``) with the key of the optimizer's step count
-  (``step_key``), on the whole batch before any split into micro-batches, as torchvision
-  mixes the collated batch. Without both the step is what it was before they existed.
+  GPU step of 50 ms cannot afford. The batch is prepared first (``batch.prepare``:
+  normalised, ``boxes`` (B, 4) erased when given, mixed), on the whole batch before any
+  split into micro-batches. Without options (``PLAIN``) the step is what it was before
+  they existed.
   """
   model, optimizer = nnx.merge(graphdef, state)
-  if norm is not None:
-    images = normalize(images, *norm)
-  if boxes is not None:
-    images = erase(images, boxes)
-  targets = None
-  if mixing is not None:
-    key = step_key(mixing.seed, optimizer.step[...])
-    images, targets = mix(key, images, labels, mixing)
+  images, targets = batch.prepare(
+    images, labels, optimizer.step[...], spec.norm, boxes, spec.mixing
+  )
   metrics = update(
-    model, optimizer, images, labels, label_smoothing, accumulate_steps, frozen, targets
+    model,
+    optimizer,
+    images,
+    labels,
+    spec.label_smoothing,
+    spec.accumulate_steps,
+    spec.frozen,
+    targets,
   )
   return nnx.state((model, optimizer)), metrics
 
 
-def flat_train_step(
-  graphdef: nnx.GraphDef,
-  treedef,
-  label_smoothing: float = 0.0,
-  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-  accumulate_steps: int = 1,
-  frozen: tuple[str, ...] = (),
-  mixing: Mix | None = None,
-):
+def flat_train_step(graphdef: nnx.GraphDef, treedef, spec: StepSpec):
   """``train_step`` as a jitted function of (state leaves, images, labels[, erase boxes]).
 
-  It returns (new state leaves, metrics): lists and dicts of arrays, which
-  ``jax.export`` can serialise (``train.step_cache``) and nnx.State cannot.
+  It returns (new state leaves, metrics): lists and dicts of arrays, which ``jax.export``
+  serialises as they are (``training.step_cache``); an ``nnx.State`` is a pytree type of
+  flax's, which it serialises only once registered.
   ``treedef`` is that of the state: ``jax.tree.flatten(state)[1]``.
   """
 
   def step(leaves, images, labels, *boxes):
     state = jax.tree.unflatten(treedef, leaves)
-    state, metrics = train_step.__wrapped__(
-      graphdef,
-      state,
-      images,
-      labels,
-      label_smoothing,
-      norm,
-      accumulate_steps,
-      frozen,
-      *boxes,
-      mixing=mixing,
-    )
+    state, metrics = train_step.__wrapped__(graphdef, state, images, labels, *boxes, spec=spec)
     return jax.tree.leaves(state), metrics
 
   return jax.jit(step, donate_argnums=0)
@@ -654,6 +288,29 @@ def eval_step(
   }
 
 
+def evaluate(
+  graphdef: nnx.GraphDef,
+  config: DataConfig,
+  sharding: Sharding,
+  skips: SkipLog,
+  model_state: nnx.State,
+) -> dict[str, float]:
+  """Eval loss, top-1 and top-5 of the model ``graphdef``, ``model_state`` over the eval split
+  of ``config`` (each batch sharded by ``sharding``; unreadable images counted in ``skips``)."""
+  model = nnx.merge(graphdef, model_state)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  totals = {"loss_sum": 0.0, "count": 0, "top1": 0, "top5": 0}
+  source, batches = data.eval_batches(config, jax.process_index(), jax.process_count())
+  for local in batches:
+    skips.add(source, local)
+    out = eval_step(graphdef, state, *batch.device_batch(local, sharding))
+    for k in totals:
+      totals[k] += float(out[k])
+  n = max(totals["count"], 1)
+  return {"loss": totals["loss_sum"] / n, "top1": totals["top1"] / n, "top5": totals["top5"] / n}
+
+
 @functools.partial(jax.jit, donate_argnums=0, static_argnames="warmup")
 def ema_update(ema, state, step: jax.Array, decay: float, warmup: bool = True):
   """Moves ``ema``, an average of the model's parameters and BN statistics, towards ``state``:
@@ -674,6 +331,21 @@ def ema_update(ema, state, step: jax.Array, decay: float, warmup: bool = True):
     return optax.incremental_update(new, old, 1.0 - d)
 
   return jax.tree.map(move, state, ema)
+
+
+class Diverged(Exception):
+  """A step's loss, gradient norm or weights were not finite; nothing from it was saved."""
+
+  def __init__(self, step: int, what: str, last_saved: int | None, workdir: Path):
+    kept = (
+      f"the last checkpoint, step {last_saved}, holds finite weights"
+      if last_saved is not None
+      else "no checkpoint was saved"
+    )
+    super().__init__(
+      f"step {step}: {what}: training diverged and stopped; {kept} "
+      f"in {workdir / 'checkpoints'}. Lower lr or check the data"
+    )
 
 
 @jax.jit
