@@ -21,6 +21,7 @@ from test_timm import (
 from torch_reference import assert_parity, nchw, smooth_images, torch
 
 import flax_resnet
+from flax_resnet.errors import FieldError
 from flax_resnet.folding import fold_batchnorm
 from flax_resnet.model import ResNet
 from flax_resnet.port.state_dict import (
@@ -158,6 +159,23 @@ def test_resnet50_gns_norm_is_fixed_and_other_nets_keep_the_norm_option():
     flax_resnet.create_model("test_resnet", channels=(8, 8, 8, 8))
   model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50", norm="group"))
   assert isinstance(model.bn1, nnx.GroupNorm)
+
+
+def test_a_run_of_resnet50_gn_keeps_its_group_norm_and_refuses_freeze_bn_naming_the_fields():
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.models import model_spec
+
+  run = config_lib.override(config_lib.Config(), ["arch=resnet50_gn", "num_classes=10"])
+  assert "norm" not in model_spec(run)[1]  # the architecture's own
+  frozen = config_lib.override(run, ["freeze_bn=true"])
+  with pytest.raises(FieldError) as error:
+    model_spec(frozen)
+  assert str(error.value) == (
+    "config freeze_bn=True: arch='resnet50_gn' has norm='group', no BatchNorm to freeze"
+  )
+  assert error.value.in_flags() == (
+    "--set freeze_bn=true: --set arch=resnet50_gn has norm='group', no BatchNorm to freeze"
+  )
 
 
 def test_blurpools_filter_is_timms_and_no_state_of_either():
