@@ -467,8 +467,6 @@ def test_repository_names_are_read_as_timm_spells_them_and_others_refused():
 
 @pytest.mark.parametrize("name", [f"{ARCH}.{TAG}", ARCH, f"hf-hub:{REPO}"])
 def test_create_model_with_a_timm_name_and_pretrained_loads_the_hub_weights(hub, name):
-  import flax_resnet
-
   model = flax_resnet.create_model(name, pretrained=True)
   reference, _ = load_pretrained_timm(REPO)
   x = smooth_images(3, (2, 64, 64, 3))

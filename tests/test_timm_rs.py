@@ -476,6 +476,16 @@ def test_the_run_model_drops_as_configured():
   assert all(b.drop_path is None and b.drop_block is None for s in plain.stages for b in s)
 
 
+def test_a_resnest_run_drops_blocks_in_its_split_attention():
+  cfg = config_lib.override(
+    config_lib.Config(), ["arch=resnest14d", "num_classes=3", "drop_block_rate=0.1"]
+  )
+  model = nnx.eval_shape(lambda: run_model(cfg))
+  drops = [dropblock_of(b) for s in model.stages for b in s]
+  assert [d is not None for d in drops] == [0, 0, 1, 1]
+  assert model.layer3[0].conv2.drop.rate == 0.1 and model.layer3[0].drop_block is None
+
+
 @pytest.mark.parametrize(
   "assignment, message",
   [
