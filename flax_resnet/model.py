@@ -971,10 +971,18 @@ class SplitAttention(nnx.Module):
   ``channels`` each and its norm ``bn0``, then an attention over the splits: their sum's
   global mean through ``fc1`` (with bias), ``bn1``, ReLU and ``fc2`` (with bias), both
   grouped by ``groups``, a softmax across the splits in each channel (a sigmoid gate for
-  ``radix=1``), and the splits' sum so weighted."""
+  ``radix=1``), and the splits' sum so weighted. ``drop``: the block's ``DropBlock``, which
+  acts where timm's ``drop_layer`` does, on ``bn0``'s output before its ReLU."""
 
   def __init__(
-    self, make: Layers, channels: int, stride: int, dilation: int, groups: int, radix: int
+    self,
+    make: Layers,
+    channels: int,
+    stride: int,
+    dilation: int,
+    groups: int,
+    radix: int,
+    drop: DropBlock | None = None,
   ):
     splits, attn = channels * radix, split_attention_channels(channels, radix)
     self.conv = make.conv(
@@ -987,13 +995,14 @@ class SplitAttention(nnx.Module):
       groups=groups * radix,
     )
     self.bn0 = make.bn(splits)
+    self.drop = drop
     self.fc1 = make.conv(channels, attn, 1, groups=groups, bias=True)
     self.bn1 = make.bn(attn)
     self.fc2 = make.conv(attn, splits, 1, groups=groups, bias=True)
     self.radix, self.groups = radix, groups
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.relu(self.bn0(self.conv(x)))
+    x = nnx.relu(_maybe(self.drop, self.bn0(self.conv(x))))
     n, h, w, c = x.shape
     splits = x.reshape(n, h, w, self.radix, c // self.radix)  # channel r * C + i: split r
     pooled = jnp.mean(jnp.sum(splits, axis=3), axis=(1, 2), keepdims=True)
@@ -1031,7 +1040,8 @@ class ResNestBottleneck(nnx.Module):
   (``conv2.conv``, ``conv2.bn0``, ``conv2.fc1``...; no ``bn2``), or with ``radix=0`` a plain
   grouped 3x3 conv and ``bn2``. With ``avd``, a block that strides (or every block, with
   ``is_first``) moves its stride from the 3x3 conv to an ``AvdPool``, after it, or before it
-  with ``avd_first``."""
+  with ``avd_first``. ``drop_block`` acts where timm's does: inside the split attention
+  (``conv2.drop``, after ``bn0``), or with ``radix=0`` after ``bn2`` (``drop_block``)."""
 
   expansion = 4
 
@@ -1061,8 +1071,8 @@ class ResNestBottleneck(nnx.Module):
     drop_block: DropBlockSpec | None = None,
     drop_rngs: nnx.RngStream | None = None,
   ):
-    # validated by ResNet: timm's ResNeSt has none of these (DropBlock: not built here)
-    del reduce_first, attn_layer, aa_layer, se_rd_ratio, widths, drop_block
+    # validated by ResNet: timm's ResNeSt has none of these
+    del reduce_first, attn_layer, aa_layer, se_rd_ratio, widths
     width = int(planes * (base_width / 64.0)) * groups
     out = planes * (expansion or self.expansion)
     pool = stride if avd and (stride > 1 or is_first) else 0
@@ -1072,8 +1082,10 @@ class ResNestBottleneck(nnx.Module):
     self.avd_first = AvdPool(pool) if pool and avd_first else None
     self.conv2: nnx.Module
     self.bn2 = None if radix else make.bn(width)
+    drop = _drop_block(drop_block, drop_rngs)
+    self.drop_block = None if radix else drop
     if radix:
-      self.conv2 = SplitAttention(make, width, stride, dilation, groups, radix)
+      self.conv2 = SplitAttention(make, width, stride, dilation, groups, radix, drop)
     else:
       self.conv2 = make.conv(
         width, width, 3, stride, padding=dilation, dilation=dilation, groups=groups
@@ -1097,7 +1109,7 @@ class ResNestBottleneck(nnx.Module):
       out = self.avd_first(out)
     out = self.conv2(out)
     if self.bn2 is not None:
-      out = nnx.relu(self.bn2(out))
+      out = nnx.relu(_maybe(self.drop_block, self.bn2(out)))
     if self.avd_last is not None:
       out = self.avd_last(out)
     out = self.bn3(self.conv3(out))
@@ -1173,8 +1185,8 @@ class ResNet(nnx.Module):
       residual branch, per sample, with probability ``drop_path_rate * i / (n - 1)``, the kept
       ones scaled by 1 / (1 - that); training only.
     drop_block_rate: DropBlock (timm's ``drop_blocks``) after the first 3x3 conv's norm (a
-      bottleneck's ``bn2``, a basic block's ``bn1``) of every block of the third (5x5 blocks,
-      seed rate scaled by 1/4) and fourth stage (3x3); not with ``block="resnest"``;
+      bottleneck's ``bn2``, a basic block's ``bn1``, ResNeSt's split attention's ``bn0``) of
+      every block of the third (5x5 blocks, seed rate scaled by 1/4) and fourth stage (3x3);
       training only. Both draw from a copy of ``rngs``' ``dropout`` stream: the initial
       weights do not depend on them.
 
@@ -1279,8 +1291,6 @@ class ResNet(nnx.Module):
     }
     if ResNestBottleneck in blocks:
       options.update(split)
-      if drop_block_rate:
-        raise ValueError("drop_block_rate is not built for block='resnest'; use drop_path_rate")
     per_stage = _per_block_options(
       layers,
       _check_block_widths(block_widths, blocks, layers, groups),

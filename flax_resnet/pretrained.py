@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +127,36 @@ def check_incomplete_entry(path: Path, source: str = "torchvision's file") -> No
   )
 
 
-class _Say:
-  """``port``'s progress for a first call: one line on stderr for each slow stage, as it
-  starts."""
+class Say:
+  """``port``'s progress for a first call: one line on stderr as each stage of ``messages``
+  starts, ``flax_resnet: `` and its message. ``messages`` maps a stage (``port.pipeline``'s
+  ``Progress``) to a function of that stage's details giving the message."""
 
-  def __init__(self, arch: str, entry: str):
-    self.arch, self.entry = arch, entry
+  def __init__(self, messages: Mapping[str, Callable[[dict[str, Any]], str]]):
+    self.messages = messages
 
   def __call__(self, stage: str, **details: Any) -> None:
-    message = {
-      "load": lambda: (
-        f"{self.arch} {self.entry}: fetching torchvision's weights through "
-        "torch.hub's cache and checking their SHA-256 (first use only)"
-      ),
-      "convert": lambda: f"converting {details['weights']} ({details['source']['file']})",
-      "verify": lambda: "verifying against torchvision in float32 and float64 on a fixed batch",
-      "save": lambda: f"saving to {details['path']}",
-    }.get(stage)
+    message = self.messages.get(stage)
     if message:
-      print(f"flax_resnet: {message()}", file=sys.stderr, flush=True)
+      print(f"flax_resnet: {message(details)}", file=sys.stderr, flush=True)
+
+
+def saving(details: dict[str, Any]) -> str:
+  """The message of the ``save`` stage, where the checkpoint goes."""
+  return f"saving to {details['path']}"
+
+
+def _torchvision_messages(arch: str, entry: str) -> dict[str, Callable[[dict[str, Any]], str]]:
+  """``Say``'s messages for torchvision's weights ``entry`` of ``arch``."""
+  return {
+    "load": lambda _: (
+      f"{arch} {entry}: fetching torchvision's weights through "
+      "torch.hub's cache and checking their SHA-256 (first use only)"
+    ),
+    "convert": lambda details: f"converting {details['weights']} ({details['source']['file']})",
+    "verify": lambda _: "verifying against torchvision in float32 and float64 on a fixed batch",
+    "save": saving,
+  }
 
 
 def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
@@ -154,7 +166,8 @@ def convert_pretrained(arch: str, entry: str, path: Path) -> Path:
 
   try:
     # overwrite: an empty directory only (check_incomplete_entry), such as a mkdir leaves
-    port(weights=entry, arch=arch, out=path, overwrite=path.is_dir(), progress=_Say(arch, entry))
+    progress = Say(_torchvision_messages(arch, entry))
+    port(weights=entry, arch=arch, out=path, overwrite=path.is_dir(), progress=progress)
   except FileExistsError:  # another process converted the same weights meanwhile
     pass
   return path

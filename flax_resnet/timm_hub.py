@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from flax_resnet.errors import MissingExtra, one_line
 from flax_resnet.files import sha256
 from flax_resnet.port.state_dict import ConversionError
 from flax_resnet.preprocess import EvalTransform, timm_data_config
-from flax_resnet.pretrained import check_incomplete_entry, weights_dir, with_head
+from flax_resnet.pretrained import Say, check_incomplete_entry, saving, weights_dir, with_head
 
 if TYPE_CHECKING:
   from flax_resnet.model import ResNet
@@ -240,20 +241,13 @@ def check_cached_source(path: Path, repo: str, revision: str | None) -> None:
     )
 
 
-class _Say:
-  """``port``'s progress for a first call: one line on stderr for each slow stage."""
-
-  def __init__(self, repo: str):
-    self.repo = repo
-
-  def __call__(self, stage: str, **details: Any) -> None:
-    message = {
-      "convert": lambda: f"{self.repo}: converting {WEIGHTS_FILE} (first use only)",
-      "verify": lambda: "verifying against timm in float32 and float64 on a fixed batch",
-      "save": lambda: f"saving to {details['path']}",
-    }.get(stage)
-    if message:
-      print(f"flax_resnet: {message()}", file=sys.stderr, flush=True)
+def _timm_messages(repo: str) -> dict[str, Callable[[dict[str, Any]], str]]:
+  """``Say``'s messages for ``repo``'s weights (their hash is said before ``port`` starts)."""
+  return {
+    "convert": lambda _: f"{repo}: converting {WEIGHTS_FILE} (first use only)",
+    "verify": lambda _: "verifying against timm in float32 and float64 on a fixed batch",
+    "save": saving,
+  }
 
 
 def convert_from_hub(repo: str, revision: str | None, arch: str | None, path: Path) -> Path:
@@ -295,7 +289,7 @@ def convert_from_hub(repo: str, revision: str | None, arch: str | None, path: Pa
       categories=label_names(config),
       out=path,
       overwrite=path.is_dir(),  # an empty directory only (check_incomplete_entry)
-      progress=_Say(repo),
+      progress=Say(_timm_messages(repo)),
     )
   except FileExistsError:  # another process converted the same weights meanwhile
     pass

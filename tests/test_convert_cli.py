@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch_reference import calibrate, torch, torchvision
+from torch_reference import WITHOUT_TORCH, calibrate, torch, torchvision
 
 from flax_resnet.commands import convert as torch2flax
 
@@ -668,10 +668,6 @@ def test_truncated_state_is_one_line(checkpoint, data_dir):
   done = run("-m", "flax_resnet.commands.predict", "--checkpoint", checkpoint, image)
   assert done.returncode == 2 and "truncated or corrupt" in done.stderr, done.stderr[-3000:]
   assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
-
-
-# Python as it is without the torch extra: importing torch or torchvision fails.
-WITHOUT_TORCH = "import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n"
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

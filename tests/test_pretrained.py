@@ -3,21 +3,18 @@
 import json
 import os
 import re
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
-from torch_reference import calibrate, torch, torchvision
+from torch_reference import WITHOUT_TORCH, calibrate, run_python, torch, torchvision
 
 import flax_resnet
 from flax_resnet import pretrained, torchvision_weights
 from flax_resnet.commands import convert as torch2flax
 from flax_resnet.files import sha256
 
-ROOT = Path(__file__).resolve().parents[1]
 HUB_FILE = "resnet18-f37072fd.pth"  # ResNet18_Weights.IMAGENET1K_V1, also its DEFAULT
 MODELS = "https://download.pytorch.org/models/"
 # Points torchvision's entry and our table at another file: a random state dict cannot be
@@ -72,17 +69,6 @@ def homes(empty_homes, monkeypatch):
   return env, state, name
 
 
-def python(code, env):
-  return subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=ROOT,
-    env={**os.environ, **env},
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-
-
 PROBE = """
 import sys, time, numpy as np, jax.numpy as jnp, flax_resnet
 t = time.perf_counter()
@@ -97,11 +83,11 @@ print("eval" if model.bn1.use_running_average else "train", "torch" in sys.modul
 def test_weights_are_converted_once_then_loaded_without_torch(homes, tmp_path):
   env, state, name = homes
   redirect = REDIRECT_TABLE.format(name=name)
-  first = python(
+  first = run_python(
     REDIRECT_TORCHVISION.format(url=MODELS + name)
     + redirect
     + PROBE.format(build='flax_resnet.ResNet18(weights="DEFAULT")'),
-    env,
+    env=env,
   )
   assert first.returncode == 0, first.stderr[-3000:]
   assert first.stdout.split()[:2] == ["eval", "True"]
@@ -113,7 +99,7 @@ def test_weights_are_converted_once_then_loaded_without_torch(homes, tmp_path):
   code = redirect + PROBE.format(
     build='flax_resnet.create_model("resnet18", pretrained=True)'
   ).replace('"/dev/null"', f'"{tmp_path / "logits.npy"}"')
-  second = python(code, env)
+  second = run_python(code, env=env)
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stdout.split()[:2] == ["eval", "False"], "the cached load imported torch"
   assert "flax_resnet: " not in second.stderr
@@ -251,12 +237,11 @@ def test_a_weights_entry_without_metadata_is_refused_before_any_work(
 
 def test_weights_without_the_torch_extra_is_one_import_error_naming_it(empty_homes):
   code = (
-    "import sys\nsys.modules['torch'] = sys.modules['torchvision'] = None\n"
-    "import flax_resnet\n"
+    WITHOUT_TORCH + "import flax_resnet\n"
     "try:\n  flax_resnet.ResNet18(weights='DEFAULT')\n"
     "except ImportError as e:\n  print(type(e).__name__, e.__cause__, e, sep='|')\n"
   )
-  result = python(code, empty_homes[0])
+  result = run_python(code, env=empty_homes[0])
   assert result.returncode == 0, result.stderr[-3000:]
   kind, cause, message = result.stdout.strip().split("|")
   assert kind == "MissingExtra" and cause == "None", result.stdout
@@ -307,8 +292,7 @@ def test_the_weights_table_and_its_checks_need_no_torch():
     "  raise AssertionError('IMAGENET1K_V3 accepted')\n"
   )
   # torch made unimportable: the table must not need it
-  blocked = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-  done = python(blocked + code, {})
+  done = run_python(WITHOUT_TORCH + code)
   assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -398,14 +382,7 @@ def test_a_training_run_from_a_weights_name_uses_the_converted_cache(homes, tmp_
     "step_cache=false",
   ]:
     args += ["--set", s]
-  done = subprocess.run(
-    [sys.executable, "-c", code, *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env={**os.environ, **env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-  )
+  done = run_python(code, *args, env={**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   assert "initialised from torchvision's resnet18 IMAGENET1K_V1 (a fresh head)" in done.stdout
   assert "flax_resnet: " not in done.stderr  # no second conversion

@@ -5,16 +5,19 @@ timm is in the dev extra (pyproject.toml, ``timm``); torch runs in float32 again
 float64 copy, JAX at the highest matmul precision (``flax_features`` sets it).
 """
 
+import copy
 import inspect
 from pathlib import Path
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 import timm.models.resnet
 from flax import nnx
-from torch_reference import assert_parity, calibrate, smooth_images, torch
+from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
 
 import flax_resnet
 from flax_resnet.folding import fold_batchnorm
@@ -27,7 +30,7 @@ from flax_resnet.port.state_dict import (
 )
 from flax_resnet.port.torch_files import to_torch_state_dict
 from flax_resnet.port.twin import torch_resnet
-from flax_resnet.registry import TIMM_ARCHITECTURES
+from flax_resnet.registry import TIMM_ARCHITECTURES, architecture
 from flax_resnet.training.models import freeze_norms, part_of
 
 # One architecture of each knob family: the deep stem with average-pool shortcuts (D), the
@@ -52,12 +55,112 @@ def our_shapes(model) -> dict[str, tuple]:
   }
 
 
-def calibrated_timm_pair(name: str | None, options: dict | None = None):
-  """(timm's model with trained-looking BatchNorm, our conversion of it), both in eval mode."""
+def with_random_group_norms(reference, seed: int = 0):
+  """GroupNorm affines drawn away from timm's 1 and 0, so that a swapped weight shows."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in reference.modules():
+      if isinstance(m, torch.nn.GroupNorm):
+        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+        m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+  return reference
+
+
+def calibrated_timm_pair(name: str | None, options: dict | None = None, **told):
+  """(timm's model with trained-looking norms, our conversion of it), both in eval mode.
+
+  ``name``: timm's architecture; or None and ``options``, a custom net of ours, which timm
+  builds as ``port.twin`` translates it, with our keys and shapes. ``told``: the options the
+  state dict's keys cannot tell (``aa_layer``, dilation, ResNeSt's ``avd``...); the others
+  are read off them.
+  """
   torch.manual_seed(0)
-  reference = calibrate(torch_resnet(name, options or {}))
-  model = from_torch_state_dict(reference.state_dict(), name)
+  reference = with_random_group_norms(calibrate(torch_resnet(name, options or {})))
+  if options:
+    assert our_shapes(ResNet(**options)) == {
+      k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
+    }
+  model = from_torch_state_dict(reference.state_dict(), name, **told)
   return reference, model
+
+
+def dilation_of(options: dict) -> dict:
+  """``replace_stride_with_dilation`` where ``options`` dilate: no tensor says it."""
+  dilation = options.get("replace_stride_with_dilation")
+  return {"replace_stride_with_dilation": dilation} if dilation else {}
+
+
+class TrainPass(NamedTuple):
+  """One train-mode pass: the logits, each parameter's gradient and each running statistic
+  after the pass, by timm's state-dict key."""
+
+  logits: np.ndarray
+  grads: dict[str, np.ndarray]
+  stats: dict[str, np.ndarray]
+
+
+def float64_train_pass(
+  reference, x: np.ndarray, labels: np.ndarray, arch: str | None = None, **options
+) -> tuple[TrainPass, TrainPass]:
+  """(timm's, ours): one train-mode pass, cross-entropy on ``labels``, of a float64 copy of
+  timm's ``reference`` and of our float64 conversion of its weights (``arch`` and
+  ``options`` as ``from_torch_state_dict`` takes them)."""
+  reference = copy.deepcopy(reference).double().train()
+  # From copies: a converted model's arrays may share the tensors' memory (JAX takes numpy
+  # arrays without copying on CPU), and timm's train-mode pass updates its statistics in place.
+  weights = {k: v.clone() for k, v in reference.state_dict().items()}
+  x = x.astype(np.float64)
+  logits = reference(nchw(x))
+  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+  statistics = ("running_mean", "running_var")
+  theirs = TrainPass(
+    logits.detach().numpy(),
+    {k: p.grad.numpy() for k, p in reference.named_parameters()},
+    {k: v.numpy() for k, v in reference.state_dict().items() if k.endswith(statistics)},
+  )
+  with jax.enable_x64(True):
+    model = from_torch_state_dict(weights, arch, param_dtype=jnp.float64, **options)
+    model.train()
+
+    def loss_fn(m):
+      out = m(jnp.asarray(x))
+      logp = jax.nn.log_softmax(out)
+      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), out
+
+    (_, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    ours = TrainPass(
+      np.asarray(out),
+      {torch_key(p): to_torch_layout(np.asarray(g.get_value())) for p, g in _flat(grads)},
+      {torch_key(p): np.asarray(v.get_value()) for p, v in _flat(nnx.state(model, nnx.BatchStat))},
+    )
+  return theirs, ours
+
+
+def _flat(state) -> list:
+  return list(nnx.to_flat_state(state))
+
+
+def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+  """``|ours - theirs| / |theirs|`` in the Euclidean norm."""
+  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+
+
+def assert_train_passes_equal(theirs: TrainPass, ours: TrainPass, rtol: float = 1e-12) -> None:
+  """Logits, every gradient and every running statistic within ``rtol`` of timm's (relative,
+  in the norm); the same keys on both sides."""
+  assert relative_error(ours.logits, theirs.logits) <= rtol
+  assert set(ours.grads) == set(theirs.grads) and set(ours.stats) == set(theirs.stats)
+  largest = max(np.abs(g).max() for g in theirs.grads.values())
+  for key, want in theirs.grads.items():
+    if key.endswith("conv2.fc1.bias"):
+      # ResNeSt's: a constant before a train-mode BatchNorm (bn1) is normalised away, its
+      # gradient is zero, which both sides compute as rounding noise: within rtol of the
+      # net's largest gradient.
+      assert max(np.abs(ours.grads[key]).max(), np.abs(want).max()) <= rtol * largest, key
+    else:
+      assert relative_error(ours.grads[key], want) <= rtol, f"gradient of {key}"
+  for key, want in theirs.stats.items():
+    assert relative_error(ours.stats[key], want) <= rtol, key
 
 
 def test_every_timm_resnet_entry_point_is_built_here():
@@ -176,21 +279,46 @@ KNOBS = {
 
 @pytest.mark.parametrize("options", KNOBS.values(), ids=list(KNOBS))
 def test_timm_knobs_on_custom_nets_match_timm(options):
-  torch.manual_seed(0)
-  reference = calibrate(torch_resnet(None, options))
-  model = ResNet(**options)
-  assert our_shapes(model) == {
-    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
-  }
-  dilation = options.get("replace_stride_with_dilation")
-  extra = {"replace_stride_with_dilation": dilation} if dilation else {}
-  model = from_torch_state_dict(reference.state_dict(), **extra)
+  reference, model = calibrated_timm_pair(None, options, **dilation_of(options))
   assert_parity(reference, model, smooth_images(3, (2, 64, 64, 3)))
 
 
 def test_a_folded_timm_model_is_as_exact_as_timm():
   reference, model = calibrated_timm_pair("seresnext26d_32x4d")
   assert_parity(reference, fold_batchnorm(model), smooth_images(4, (2, 64, 64, 3)))
+
+
+def one_block_a_stage(name: str) -> dict:
+  """Architecture ``name``'s options (its stem, shortcuts, attention, widths...) with one block
+  in each stage: a pruned net keeps each stage's first block's widths."""
+  options = {**architecture(name).options(), "layers": (1, 1, 1, 1)}
+  if options.get("block_widths"):
+    options["block_widths"] = tuple(stage[:1] for stage in options["block_widths"])
+  return options
+
+
+# The families whose train mode no other file tests (ResNet-RS: test_timm_rs.py; blur, average
+# pool aa and GroupNorm: test_timm_aa.py; ResNeSt: test_timm_resnest.py), each by its smallest
+# net; the pruned nets' and senet154's (3x3 shortcut convs, a halved first conv, a 64-wide deep
+# stem, SE on 64x4d) with one block a stage, which timm builds alike (``port.twin``).
+TRAIN_FAMILIES = {
+  "D": ("resnet18d", None),
+  "T": ("resnet10t", None),
+  "S": ("resnet50s", None),
+  "SE": ("seresnet18", None),
+  "ECA": ("ecaresnet26t", None),
+  "pruned": (None, one_block_a_stage("ecaresnet50d_pruned")),
+  "senet154": (None, one_block_a_stage("senet154")),
+}
+
+
+@pytest.mark.parametrize("name, options", TRAIN_FAMILIES.values(), ids=list(TRAIN_FAMILIES))
+def test_train_mode_logits_gradients_and_statistics_equal_timm_in_float64_on_each_family(
+  name, options
+):
+  reference, _ = calibrated_timm_pair(name, options)
+  x = smooth_images(6, (2, 64, 64, 3))
+  assert_train_passes_equal(*float64_train_pass(reference, x, np.array([7, 700]), name))
 
 
 def test_timm_names_build_with_create_model_and_run():
@@ -306,3 +434,38 @@ def test_freezing_parts_freezes_every_batchnorm_inside_them_on_every_family(name
     assert norm.use_running_average == (part in ("stem", "layer1")), (part, norm)
   paths = [path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
   assert {part_of(p) for p in paths} == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}
+
+
+# Folded, each family that no other test folds (D and SE: above; blur and average pool aa:
+# test_timm_aa.py; ResNeSt: test_timm_resnest.py): ResNet-RS's conv stem pool and senet154's
+# 3x3 shortcut convs fold too.
+FOLDED_FAMILIES = {
+  "T": ("resnet10t", None),
+  "S": (None, one_block_a_stage("resnet50s")),
+  "ECA": ("ecaresnet26t", None),
+  "pruned": (None, one_block_a_stage("ecaresnet50d_pruned")),
+  "RS": (None, one_block_a_stage("resnetrs50")),
+  "senet154": (None, one_block_a_stage("senet154")),
+}
+
+
+@pytest.mark.parametrize("name, options", FOLDED_FAMILIES.values(), ids=list(FOLDED_FAMILIES))
+def test_a_folded_net_of_each_family_folds_every_norm_and_is_as_exact_as_timm(name, options):
+  reference, model = calibrated_timm_pair(name, options)
+  folded = fold_batchnorm(model)
+  kinds = {type(module).__name__ for _, module in nnx.iter_graph(folded)}
+  assert "FoldedNorm" in kinds and "BatchNorm" not in kinds
+  assert_parity(reference, folded, smooth_images(7, (2, 64, 64, 3)))
+
+
+def test_folding_timms_group_norm_net_is_refused_in_one_line_and_changes_nothing():
+  model = flax_resnet.create_model("resnet50_gn", rngs=nnx.Rngs(0))
+  before = nnx.to_pure_dict(nnx.state(model))
+  with pytest.raises(ValueError) as error:
+    fold_batchnorm(model)
+  assert str(error.value) == (
+    "fold_batchnorm: bn1 is GroupNorm, not a BatchNorm; only norm='batch' or 'frozen_batch' "
+    "models can be folded"
+  )
+  after = nnx.to_pure_dict(nnx.state(model))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), before, after))

@@ -6,50 +6,32 @@ Helpers are tests/test_timm.py's; torch runs a float32 copy and a float64 one
 (``assert_parity``), JAX at the highest matmul precision.
 """
 
-import copy
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 from flax import nnx
-from test_timm import calibrated_timm_pair, our_shapes, timm_shapes
-from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
+from test_timm import (
+  assert_train_passes_equal,
+  calibrated_timm_pair,
+  dilation_of,
+  float64_train_pass,
+  timm_shapes,
+)
+from torch_reference import assert_parity, nchw, smooth_images, torch
 
 import flax_resnet
+from flax_resnet.errors import FieldError
 from flax_resnet.folding import fold_batchnorm
 from flax_resnet.model import ResNet
 from flax_resnet.port.state_dict import (
   ConversionError,
   convert_state_dict,
-  from_torch_state_dict,
   infer_architecture,
-  to_torch_layout,
   torch_key,
 )
 from flax_resnet.port.torch_files import to_torch_state_dict
-from flax_resnet.port.twin import torch_resnet
 from flax_resnet.training.models import network_options
-
-
-def with_random_group_norms(reference, seed: int = 0):
-  """GroupNorm affines drawn away from timm's 1 and 0, so that a swapped weight shows."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in reference.modules():
-      if isinstance(m, torch.nn.GroupNorm):
-        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-        m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
-  return reference
-
-
-def timm_pair(name: str):
-  """(timm's model, trained-looking, in eval mode; our conversion of it)."""
-  reference, _ = calibrated_timm_pair(name)
-  with_random_group_norms(reference)
-  return reference, from_torch_state_dict(reference.state_dict(), name)
-
 
 # One net per family: average-pool aa on basic blocks with the D stem and shortcuts, and on
 # bottlenecks with SE, GroupNorm, the mixed-block test net; blur's below, on odd sizes.
@@ -58,7 +40,7 @@ FAMILIES = ["resnetaa34d", "seresnetaa50d", "resnet50_gn", "test_resnet"]
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_eval_logits_and_features_match_timm_in_float64(name):
-  reference, model = timm_pair(name)
+  reference, model = calibrated_timm_pair(name)
   assert_parity(reference, model, smooth_images(11, (2, 64, 64, 3)))
 
 
@@ -66,13 +48,13 @@ def test_eval_logits_and_features_match_timm_in_float64(name):
 def test_blur_anti_aliasing_on_odd_sizes_matches_timm(name):
   # 57x61: every blur (stem and blocks) pads an odd side by reflection and strides past it,
   # and resnetblur50d's ceil-mode average shortcuts must land on the same sizes.
-  reference, model = timm_pair(name)
+  reference, model = calibrated_timm_pair(name)
   assert_parity(reference, model, smooth_images(12, (2, 57, 61, 3)))
 
 
 def test_an_odd_size_under_average_pool_anti_aliasing_is_refused_in_one_line_as_timm_refuses_it():
   # timm's nn.AvgPool2d(2) floors 31 to 15 where the 1x1/2 shortcut conv gives 16.
-  reference, model = timm_pair("resnetaa34d")
+  reference, model = calibrated_timm_pair("resnetaa34d")
   x = smooth_images(13, (1, 62, 64, 3))
   with pytest.raises(RuntimeError, match="must match the size"):
     reference(nchw(x))
@@ -111,17 +93,9 @@ KNOBS = {
 
 
 def custom_timm_pair(options: dict):
-  torch.manual_seed(0)
-  reference = calibrate(torch_resnet(None, options))
-  model = ResNet(**options)
-  assert our_shapes(model) == {
-    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
-  }
-  dilation = options.get("replace_stride_with_dilation")
-  extra = {"replace_stride_with_dilation": dilation} if dilation else {}
-  if "aa_layer" in options:  # no tensors: the file cannot say it
-    extra["aa_layer"] = options["aa_layer"]
-  return reference, from_torch_state_dict(reference.state_dict(), **extra)
+  # an aa_layer holds no tensors: the file cannot say it
+  told = {"aa_layer": options["aa_layer"]} if "aa_layer" in options else {}
+  return calibrated_timm_pair(None, options, **dilation_of(options), **told)
 
 
 @pytest.mark.parametrize("options", KNOBS.values(), ids=list(KNOBS))
@@ -138,40 +112,11 @@ def test_a_folded_anti_aliased_net_is_as_exact_as_timm(options):
   assert_parity(reference, fold_batchnorm(model), smooth_images(15, (2, 64, 64, 3)))
 
 
-def float64_train_pass(reference, name: str, x, labels):
-  """(timm's float64 train-mode logits and gradients by key, ours) for one pass."""
-  reference = copy.deepcopy(reference).double().train()
-  logits = reference(nchw(x))
-  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-  theirs = {k: p.grad.numpy() for k, p in reference.named_parameters()}
-  with jax.enable_x64(True):
-    model = from_torch_state_dict(reference.state_dict(), name, param_dtype=jnp.float64)
-    model.train()
-
-    def loss_fn(m):
-      out = m(jnp.asarray(x))
-      logp = jax.nn.log_softmax(out)
-      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), out
-
-    (_, ours), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
-    ours_grads = {
-      torch_key(path): to_torch_layout(np.asarray(g.get_value()))
-      for path, g in nnx.to_flat_state(grads)
-    }
-  return (logits.detach().numpy(), theirs), (np.asarray(ours), ours_grads)
-
-
 @pytest.mark.parametrize("name", ["resnetblur18", "resnetaa34d", "resnet50_gn"])
 def test_train_mode_logits_and_gradients_equal_timm_in_float64(name):
-  reference, _ = timm_pair(name)
-  x = smooth_images(16, (2, 64, 64, 3)).astype(np.float64)
-  labels = np.array([3, 500])
-  (logits, grads), (ours, our_grads) = float64_train_pass(reference, name, x, labels)
-  assert np.max(np.abs(ours - logits)) <= 1e-10 * np.max(np.abs(logits))
-  assert set(our_grads) == set(grads)
-  for key, want in grads.items():
-    err = np.linalg.norm(our_grads[key] - want) / np.linalg.norm(want)
-    assert err <= 1e-10, f"gradient of {key}: relative error {err:.3g}"
+  reference, _ = calibrated_timm_pair(name)
+  x = smooth_images(16, (2, 64, 64, 3))
+  assert_train_passes_equal(*float64_train_pass(reference, x, np.array([3, 500]), name))
 
 
 def fake_state_dict(name: str) -> dict:
@@ -214,6 +159,23 @@ def test_resnet50_gns_norm_is_fixed_and_other_nets_keep_the_norm_option():
     flax_resnet.create_model("test_resnet", channels=(8, 8, 8, 8))
   model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50", norm="group"))
   assert isinstance(model.bn1, nnx.GroupNorm)
+
+
+def test_a_run_of_resnet50_gn_keeps_its_group_norm_and_refuses_freeze_bn_naming_the_fields():
+  from flax_resnet.training import config as config_lib
+  from flax_resnet.training.models import model_spec
+
+  run = config_lib.override(config_lib.Config(), ["arch=resnet50_gn", "num_classes=10"])
+  assert "norm" not in model_spec(run)[1]  # the architecture's own
+  frozen = config_lib.override(run, ["freeze_bn=true"])
+  with pytest.raises(FieldError) as error:
+    model_spec(frozen)
+  assert str(error.value) == (
+    "config freeze_bn=True: arch='resnet50_gn' has norm='group', no BatchNorm to freeze"
+  )
+  assert error.value.in_flags() == (
+    "--set freeze_bn=true: --set arch=resnet50_gn has norm='group', no BatchNorm to freeze"
+  )
 
 
 def test_blurpools_filter_is_timms_and_no_state_of_either():

@@ -6,24 +6,33 @@ Nothing is downloaded: huggingface_hub is offline (HF_HUB_OFFLINE, which it read
 set on its constants here and in the environment of the subprocesses).
 """
 
+import dataclasses
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import huggingface_hub
+import jax
 import numpy as np
 import pytest
 import timm
 from flax import nnx
-from torch_reference import assert_parity, calibrate, smooth_images, torch
+from test_timm import with_random_group_norms
+from torch_reference import (
+  WITHOUT_TIMM,
+  assert_parity,
+  calibrate,
+  run_python,
+  smooth_images,
+  torch,
+  without,
+)
 
+import flax_resnet
 from flax_resnet.files import sha256
 from flax_resnet.timm_hub import load_pretrained_timm
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCH, TAG = "resnet10t", "c3_in1k"
 REPO = f"timm/{ARCH}.{TAG}"
 COMMIT = "5d1c6e2f" * 5  # a snapshot's folder is named by the commit its files came from
@@ -51,23 +60,25 @@ def lay_out_hub(cache: Path, repo: str, files: dict[str, bytes], commit: str = C
   return folder
 
 
-@pytest.fixture(scope="module")
-def timm_files(tmp_path_factory):
-  """A random resnet10t with trained-looking BatchNorm, as timm pushes it to the hub
-  (``save_for_hf``: model.safetensors, config.json with its pretrained_cfg)."""
-  torch.manual_seed(0)
-  model = calibrate(timm.create_model(ARCH))
-  out = tmp_path_factory.mktemp("pushed")
+def pushed(model, out: Path) -> dict[str, bytes]:
+  """``model``'s files as timm pushes them to the hub (``save_for_hf``: model.safetensors,
+  config.json with its pretrained_cfg)."""
   timm.models.save_for_hf(model, out, safe_serialization=True)
   return {name: (out / name).read_bytes() for name in ("model.safetensors", "config.json")}
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch, timm_files):
-  """An offline hub cache holding REPO, an empty weights cache; the environment for
-  subprocesses, and the repository's folder."""
+@pytest.fixture(scope="module")
+def timm_files(tmp_path_factory):
+  """A random resnet10t with trained-looking BatchNorm, as timm pushes it to the hub."""
+  torch.manual_seed(0)
+  return pushed(calibrate(timm.create_model(ARCH)), tmp_path_factory.mktemp("pushed"))
+
+
+def offline_hub(tmp_path: Path, monkeypatch, repo: str, files: dict[str, bytes]):
+  """An offline hub cache holding ``repo``'s ``files``, an empty weights cache; the
+  environment for subprocesses, and the repository's folder."""
   cache = tmp_path / "hf-hub"
-  folder = lay_out_hub(cache, REPO, timm_files)
+  folder = lay_out_hub(cache, repo, files)
   env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
   env["FLAX_RESNET_WEIGHTS"] = str(tmp_path / "weights")
   for key, value in env.items():
@@ -77,6 +88,12 @@ def hub(tmp_path, monkeypatch, timm_files):
   return env, folder
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch, timm_files):
+  """``offline_hub`` holding REPO."""
+  return offline_hub(tmp_path, monkeypatch, REPO, timm_files)
+
+
 def timm_from(file: Path, **options):
   """timm's model with the weights in ``file``, as ``timm.create_model`` loads them."""
   from safetensors.torch import load_file
@@ -84,17 +101,6 @@ def timm_from(file: Path, **options):
   model = timm.create_model(ARCH, **options)
   model.load_state_dict(load_file(file), strict=True)
   return model.eval()
-
-
-def python(code: str, env: dict) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, "-c", code],
-    cwd=ROOT,
-    env={**os.environ, **env},
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
 
 
 def test_hub_weights_convert_once_and_compute_timms_logits(hub, capsys):
@@ -117,29 +123,23 @@ def test_hub_weights_convert_once_and_compute_timms_logits(hub, capsys):
   assert sorted(p.name for p in entry.iterdir()) == ["metadata.json", "state"]
 
 
-PROBE = """
-import sys
-sys.modules['torch'] = sys.modules['timm'] = sys.modules['torchvision'] = None
+PROBE = (
+  WITHOUT_TIMM
+  + """
 import numpy as np, flax_resnet.timm_hub as hub
 model, meta = hub.load_pretrained_timm({repo!r})
 x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
 np.save(sys.argv[1], np.asarray(model(x)))
 print(meta.arch, model.bn1.use_running_average)
 """
+)
 
 
 def test_a_second_call_needs_neither_torch_nor_timm(hub, tmp_path):
   env, folder = hub
   load_pretrained_timm(REPO)  # converted here
   code = PROBE.format(repo=f"hf-hub:{REPO}")
-  done = subprocess.run(
-    [sys.executable, "-c", code, str(tmp_path / "logits.npy")],
-    cwd=ROOT,
-    env={**os.environ, **env},
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  done = run_python(code, str(tmp_path / "logits.npy"), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.split() == [ARCH, "True"] and "flax_resnet: " not in done.stderr
   reference = timm_from(folder / "snapshots" / COMMIT / "model.safetensors")
@@ -293,6 +293,57 @@ def test_the_trainer_starts_from_timms_hub_weights_with_a_fresh_head(hub, init_f
   assert model.fc.kernel.shape == (512, 10)
 
 
+# Fine-tuning from timm's weights where a family's run differs: GroupNorm (the run keeps the
+# architecture's norm), ResNeSt (its own block), SE on the D stem and shortcuts (the common case).
+# What the other families would add is shown apart, at a fraction of these full nets' minutes:
+# loading weights (test_hub_weights_convert_once_and_compute_timms_logits), every arch's numbers
+# (test_timm_every.py) and freezing parts of each
+# (test_timm.py::test_freezing_parts_freezes_every_batchnorm_inside_them_on_every_family).
+FINE_TUNED = ["resnet50_gn.a1h_in1k", "resnest14d.gluon_in1k", "seresnext26d_32x4d.bt_in1k"]
+
+
+@pytest.mark.parametrize("name", FINE_TUNED)
+def test_fine_tuning_from_timms_weights_keeps_the_frozen_stages_and_trains_the_rest(
+  tmp_path, monkeypatch, name
+):
+  from flax_resnet.port.torch_files import to_torch_state_dict
+  from flax_resnet.training.models import freeze_norms, part_of, run_model
+  from flax_resnet.training.optimiser import make_optimizer
+  from flax_resnet.training.steps import PLAIN, train_step
+
+  torch.manual_seed(0)
+  reference = with_random_group_norms(calibrate(timm.create_model(name)))
+  offline_hub(tmp_path, monkeypatch, f"timm/{name}", pushed(reference, tmp_path / "pushed"))
+  arch, frozen = name.split(".")[0], ("stem", "layer1")
+  model = run_model(train_config(f"arch={arch}", f"init_from=timm:{name}", "seed=3"))
+  # timm's tensors exactly, but fc: a fresh head of 10 classes, drawn from the run's seed
+  theirs = {k: v.numpy() for k, v in reference.state_dict().items() if "num_batches" not in k}
+  ours = {k: v for k, v in to_torch_state_dict(model).items() if "num_batches" not in k}
+  assert set(ours) == set(theirs)
+  for key in (k for k in theirs if not k.startswith("fc.")):
+    assert np.array_equal(ours[key], theirs[key]), key
+  fresh = flax_resnet.create_model(arch, num_classes=10, rngs=nnx.Rngs(3))
+  assert np.array_equal(np.asarray(model.fc.kernel[...]), np.asarray(fresh.fc.kernel[...]))
+  # two steps with stem and layer1 frozen: not a bit of them moves, every other part trains
+  before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+  optimizer = make_optimizer(model, 0.1, weight_decay=0.1, frozen=frozen)
+  model.train()
+  freeze_norms(model, frozen)
+  graphdef, state = nnx.split((model, optimizer))
+  # all on the device: the loaded arrays are, the fresh ones not yet, and a step over both kinds
+  # would be compiled again for the second, whose state is all on it
+  state = jax.device_put(state, jax.devices()[0])
+  x, labels = smooth_images(8, (4, 32, 32, 3)), np.array([0, 3, 6, 9])
+  for _ in range(2):
+    state, _ = train_step(
+      graphdef, state, x, labels, spec=dataclasses.replace(PLAIN, frozen=frozen)
+    )
+  nnx.update((model, optimizer), state)
+  after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+  moved = {part_of(p) for p in before if not np.array_equal(before[p], after[p])}
+  assert moved == {"layer2", "layer3", "layer4", "fc"}
+
+
 @pytest.mark.parametrize(
   "sets, message",
   [
@@ -325,8 +376,7 @@ def test_bad_timm_weights_for_the_trainer_are_one_line_naming_the_field(hub, set
 def test_a_training_run_from_timms_weights_needs_neither_torch_nor_timm(hub, tmp_path):
   env, _ = hub
   load_pretrained_timm(REPO)  # converted here; the run reads it
-  code = (
-    "import sys\nsys.modules['torch'] = sys.modules['timm'] = None\n"
+  code = WITHOUT_TIMM + (
     "from flax_resnet.commands.train import main as train\nsys.exit(train(sys.argv[1:]))\n"
   )
   args = ["--config", "finetune", "--workdir", str(tmp_path / "run")]
@@ -343,14 +393,7 @@ def test_a_training_run_from_timms_weights_needs_neither_torch_nor_timm(hub, tmp
     "step_cache=false",
   ]:
     args += ["--set", s]
-  done = subprocess.run(
-    [sys.executable, "-c", code, *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env={**os.environ, **env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-  )
+  done = run_python(code, *args, env={**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   assert f"initialised from timm's {REPO} from the Hugging Face hub (a fresh head)" in done.stdout
   assert "flax_resnet: " not in done.stderr  # no second conversion
@@ -400,11 +443,11 @@ def test_weights_copied_into_the_snapshot_without_their_blob_are_refused(hub):
 def test_a_first_call_without_the_timm_extra_is_one_import_error_naming_it(hub, blocked, message):
   env, _ = hub
   code = (
-    f"import sys\nsys.modules[{blocked!r}] = None\nimport flax_resnet\n"
+    without(blocked) + "import flax_resnet\n"
     f"try:\n  flax_resnet.load_pretrained_timm({REPO!r})\n"
     "except ImportError as e:\n  print(type(e).__name__, e.__cause__, e, sep='|')\n"
   )
-  done = python(code, env)
+  done = run_python(code, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip().split("|") == ["MissingExtra", "None", message]
   assert not Path(env["FLAX_RESNET_WEIGHTS"]).exists()
@@ -422,10 +465,29 @@ def test_repository_names_are_read_as_timm_spells_them_and_others_refused():
 
 @pytest.mark.parametrize("name", [f"{ARCH}.{TAG}", ARCH, f"hf-hub:{REPO}"])
 def test_create_model_with_a_timm_name_and_pretrained_loads_the_hub_weights(hub, name):
-  import flax_resnet
-
   model = flax_resnet.create_model(name, pretrained=True)
   reference, _ = load_pretrained_timm(REPO)
   x = smooth_images(3, (2, 64, 64, 3))
   np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(reference(x)))
   assert model.bn1.use_running_average  # in eval mode, as timm's pretrained models come
+
+
+def test_a_first_calls_progress_is_one_line_for_each_stage_of_its_table(capsys):
+  from flax_resnet.pretrained import Say, _torchvision_messages
+  from flax_resnet.timm_hub import _timm_messages
+
+  details = {"weights": "W", "source": {"file": "f.pth"}, "reference": "timm", "path": "/p"}
+  stages = ("load", "convert", "note", "verify", "unverified", "verified", "save")
+  for messages in (_torchvision_messages("resnet18", "IMAGENET1K_V1"), _timm_messages(REPO)):
+    for stage in stages:
+      Say(messages)(stage, **details)
+  assert capsys.readouterr().err.splitlines() == [
+    "flax_resnet: resnet18 IMAGENET1K_V1: fetching torchvision's weights through torch.hub's "
+    "cache and checking their SHA-256 (first use only)",
+    "flax_resnet: converting W (f.pth)",
+    "flax_resnet: verifying against torchvision in float32 and float64 on a fixed batch",
+    "flax_resnet: saving to /p",
+    f"flax_resnet: {REPO}: converting model.safetensors (first use only)",
+    "flax_resnet: verifying against timm in float32 and float64 on a fixed batch",
+    "flax_resnet: saving to /p",
+  ]

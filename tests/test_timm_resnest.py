@@ -5,33 +5,27 @@ mode, folded or not.
 Helpers come from test_timm.py (timm's models on torch's meta device, the calibrated pairs).
 """
 
-import copy
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import timm
 from flax import nnx
 from test_timm import (
   assert_timms_keys_shapes_and_parameter_count,
+  assert_train_passes_equal,
   calibrated_timm_pair,
-  our_shapes,
+  dilation_of,
+  float64_train_pass,
   timm_shapes,
 )
-from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
+from torch_reference import assert_parity, smooth_images, torch
 
 import flax_resnet
 from flax_resnet.folding import FoldedNorm, fold_batchnorm
 from flax_resnet.model import ResNestBottleneck, ResNet, SplitAttention, split_attention_channels
 from flax_resnet.port.state_dict import (
-  from_torch_state_dict,
   infer_architecture,
   to_state_dict,
-  to_torch_layout,
-  torch_key,
 )
-from flax_resnet.port.twin import torch_resnet
 from flax_resnet.registry import RESNEST_ARCHITECTURES
 from flax_resnet.training.models import check_same_network, network_options
 
@@ -88,53 +82,12 @@ def test_resnest_eval_logits_and_features_match_timm(name, size):
   assert_parity(reference, model, smooth_images(1, (2, size, size, 3)))
 
 
-def _train_mode_pair(name):
-  """timm's calibrated model and ours, both in float64 and train mode."""
-  reference, _ = calibrated_timm_pair(name)
-  reference = copy.deepcopy(reference).double().train()
-  # From copies: a converted model's arrays may share the tensors' memory (JAX takes numpy
-  # arrays without copying on CPU), and timm's train-mode pass updates its statistics in place.
-  copies = {k: v.clone() for k, v in reference.state_dict().items()}
-  model = from_torch_state_dict(copies, name, param_dtype=jnp.float64)
-  model.train()
-  return reference, model
-
-
 def test_resnest_train_mode_logits_gradients_and_statistics_equal_timm_in_float64():
   # Batch statistics everywhere, the split attention's bn1 over pooled (N, 1, 1, C) maps too.
-  x = smooth_images(5, (4, 64, 64, 3)).astype(np.float64)
+  reference, _ = calibrated_timm_pair("resnest14d")
+  x = smooth_images(5, (4, 64, 64, 3))
   labels = np.array([0, 97, 194, 291])
-  with jax.enable_x64(True):
-    reference, model = _train_mode_pair("resnest14d")
-    logits = reference(nchw(x))
-    torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-
-    def loss_fn(m):
-      ours = m(jnp.asarray(x))
-      logp = jax.nn.log_softmax(ours)
-      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), ours
-
-    (_, ours), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
-  assert _relative(np.asarray(ours), logits.detach().numpy()) <= 1e-12
-  expected = dict(reference.named_parameters())
-  for path, g in nnx.to_flat_state(grads):
-    key, value = torch_key(path), to_torch_layout(np.asarray(g.get_value()))
-    want = expected[key].grad.numpy()
-    if key.endswith("fc1.bias"):
-      # A constant before a train-mode BatchNorm (bn1) is normalised away: its gradient is
-      # zero, which both sides compute as rounding noise (1e-18 against 1e-2 elsewhere).
-      assert max(np.abs(value).max(), np.abs(want).max()) <= 1e-14, key
-    else:
-      assert _relative(value, want) <= 1e-12, key
-  state = reference.state_dict()
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
-    key = torch_key(path)
-    assert _relative(np.asarray(var.get_value()), state[key]) <= 1e-12, key
-
-
-def _relative(ours: np.ndarray, theirs) -> float:
-  theirs = np.asarray(theirs)
-  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+  assert_train_passes_equal(*float64_train_pass(reference, x, labels, "resnest14d"))
 
 
 def test_a_folded_resnest_folds_the_split_attentions_norms_and_is_as_exact_as_timm():
@@ -189,18 +142,10 @@ CUSTOM = {
 
 @pytest.mark.parametrize("options, shape", CUSTOM.values(), ids=list(CUSTOM))
 def test_resnest_options_on_custom_nets_match_timm(options, shape):
-  torch.manual_seed(0)
-  reference = calibrate(torch_resnet(None, options))
-  assert our_shapes(ResNet(**options)) == {
-    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
-  }
   # The keys tell neither the avd pools nor a radix of 0 (a Bottleneck's keys): passed on.
-  keyless = {k: options.get(k, False) for k in ("avd", "avd_first", "is_first")}
-  keyless.update(block="resnest", radix=options["radix"])
-  dilation = options.get("replace_stride_with_dilation")
-  if dilation:
-    keyless["replace_stride_with_dilation"] = dilation
-  model = from_torch_state_dict(reference.state_dict(), **keyless)
+  told = {k: options.get(k, False) for k in ("avd", "avd_first", "is_first")}
+  told.update(block="resnest", radix=options["radix"], **dilation_of(options))
+  reference, model = calibrated_timm_pair(None, options, **told)
   assert_parity(reference, model, smooth_images(3, shape))
 
 

@@ -15,12 +15,14 @@ import pytest
 import timm
 from flax import nnx
 from test_timm import (
+  assert_train_passes_equal,
   calibrated_timm_pair,
+  float64_train_pass,
   our_shapes,
 )
 from timm.layers import DropBlock2d
 from timm.layers.drop import drop_block_2d
-from torch_reference import assert_parity, calibrate, nchw, smooth_images, torch
+from torch_reference import assert_parity, nchw, smooth_images, torch
 
 import flax_resnet
 import flax_resnet.model as model_lib
@@ -29,11 +31,9 @@ from flax_resnet.model import ResNet, apply_drop_block, drop_block_gamma
 from flax_resnet.port.state_dict import (
   from_torch_state_dict,
   infer_architecture,
-  to_torch_layout,
-  torch_key,
 )
 from flax_resnet.port.torch_files import to_torch_state_dict
-from flax_resnet.port.twin import torch_resnet
+from flax_resnet.port.twin import timm_resnet
 from flax_resnet.registry import architecture
 from flax_resnet.training import config as config_lib
 from flax_resnet.training.models import check_same_network, run_model
@@ -75,29 +75,8 @@ def test_float32_logits_and_features_are_as_close_to_float64_as_timms(name):
 
 def test_resnet_rs_train_mode_logits_and_gradients_equal_timm_in_float64():
   reference, _ = calibrated_timm_pair("resnetrs50")
-  reference = copy.deepcopy(reference).double().train()
-  x = smooth_images(13, (2, 64, 64, 3)).astype(np.float64)
-  labels = np.array([3, 997])
-  logits = reference(nchw(x))
-  torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
-  expected = dict(reference.named_parameters())
-  with jax.enable_x64(True):
-    model = from_torch_state_dict(reference.state_dict(), "resnetrs50", param_dtype=jnp.float64)
-    model.train()
-
-    def loss_fn(m):
-      out = m(jnp.asarray(x))
-      logp = jax.nn.log_softmax(out)
-      return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], 1)), out
-
-    (_, ours), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    want = logits.detach().numpy()
-    assert np.max(np.abs(np.asarray(ours) - want)) / np.max(np.abs(want)) <= 1e-12
-    for path, g in nnx.to_flat_state(grads):
-      key, value = torch_key(path), to_torch_layout(np.asarray(g.get_value()))
-      want = expected[key].grad.numpy()
-      err = np.linalg.norm(value - want) / max(np.linalg.norm(want), 1e-300)
-      assert err <= 1e-10, f"gradient of {key}: relative error {err:.3g}"
+  x = smooth_images(13, (2, 64, 64, 3))
+  assert_train_passes_equal(*float64_train_pass(reference, x, np.array([3, 997]), "resnetrs50"))
 
 
 def test_the_pruned_widths_are_timms_pruning_descriptions():
@@ -175,12 +154,7 @@ CUSTOM = {
 
 @pytest.mark.parametrize("options", CUSTOM.values(), ids=list(CUSTOM))
 def test_custom_nets_with_the_new_options_match_their_timm_twin(options):
-  torch.manual_seed(0)
-  reference = calibrate(torch_resnet(None, options))
-  assert our_shapes(ResNet(**options)) == {
-    k: tuple(v.shape) for k, v in reference.state_dict().items() if "num_batches" not in k
-  }
-  model = from_torch_state_dict(reference.state_dict())  # the options inferred from the keys
+  reference, model = calibrated_timm_pair(None, options)  # the options inferred from the keys
   assert_parity(reference, model, smooth_images(14, (2, 64, 64, 3)))
 
 
@@ -221,7 +195,16 @@ def test_in_train_mode_the_drops_change_the_output_and_each_call_draws_anew():
   assert not np.array_equal(first, second)
 
 
-@pytest.mark.parametrize("name", ["resnet50d", "resnetrs50", "resnet18d"])
+def dropblock_of(block):
+  """A block's DropBlock, timm's or ours, where each keeps it: ResNeSt's split attention holds
+  it (``conv2.drop``, timm's ``drop_layer``), other blocks as ``drop_block``; None for none
+  (timm's ``nn.Identity``)."""
+  found = getattr(block.conv2, "drop", None)
+  found = found if found is not None else block.drop_block
+  return None if isinstance(found, torch.nn.Identity) else found
+
+
+@pytest.mark.parametrize("name", ["resnet50d", "resnetrs50", "resnet18d", "resnest14d"])
 def test_per_block_drop_probabilities_and_dropblocks_are_timms(name):
   with torch.device("meta"):
     reference = timm.create_model(name, drop_path_rate=0.3, drop_block_rate=0.2)
@@ -234,12 +217,12 @@ def test_per_block_drop_probabilities_and_dropblocks_are_timms(name):
       want_path = theirs.drop_path.drop_prob if theirs.drop_path is not None else None
       ours_path = block.drop_path.rate if block.drop_path is not None else None
       assert ours_path == want_path, (i, j)
-      if isinstance(theirs.drop_block, DropBlock2d):
-        spec = (theirs.drop_block.drop_prob, theirs.drop_block.block_size)
-        assert (block.drop_block.rate, block.drop_block.block_size) == spec, (i, j)
-        assert block.drop_block.gamma_scale == theirs.drop_block.gamma_scale, (i, j)
+      want, ours = dropblock_of(theirs), dropblock_of(block)
+      if isinstance(want, DropBlock2d):
+        spec = (want.drop_prob, want.block_size, want.gamma_scale)
+        assert (ours.rate, ours.block_size, ours.gamma_scale) == spec, (i, j)
       else:
-        assert block.drop_block is None, (i, j)
+        assert want is None and ours is None, (i, j)
 
 
 def test_dropblock_with_timms_seeds_gives_timms_output_exactly(monkeypatch):
@@ -261,6 +244,73 @@ def test_dropblock_with_timms_seeds_gives_timms_output_exactly(monkeypatch):
       )
       ours = np.asarray(ours).transpose(0, 3, 1, 2)
     assert np.array_equal(ours, want), (shape, block_size)
+
+
+def the_seeds(n: int, h: int, w: int) -> np.ndarray:
+  """The DropBlock seeds of an n x h x w map, the same for timm and ours: one in eight."""
+  return (np.random.default_rng([n, h, w]).random((n, h, w)) < 0.125).astype(np.float64)
+
+
+def seeding_both(monkeypatch) -> dict[str, list]:
+  """timm's ``bernoulli_`` and ``jax.random.bernoulli`` patched to draw ``the_seeds``; the seed
+  rates each was asked for, in call order."""
+  rates: dict[str, list] = {"timm": [], "ours": []}
+
+  def timm_bernoulli_(tensor, p):
+    rates["timm"].append(p)
+    n, _, h, w = tensor.shape
+    return tensor.copy_(torch.from_numpy(the_seeds(n, h, w)[:, None]))
+
+  def our_bernoulli(key, p, shape):
+    rates["ours"].append(p)
+    return jnp.asarray(the_seeds(*shape[:3])[..., None] > 0)
+
+  monkeypatch.setattr(torch.Tensor, "bernoulli_", timm_bernoulli_)
+  monkeypatch.setattr(jax.random, "bernoulli", our_bernoulli)
+  return rates
+
+
+# A plain grouped 3x3 conv and bn2 (radix 0): its DropBlock is after bn2, as a bottleneck's.
+RESNEST_RADIX_0 = {
+  "block": "resnest",
+  "layers": (1, 1, 1, 1),
+  "channels": (16, 32, 64, 128),
+  "radix": 0,
+  "groups": 2,
+  "stem_type": "deep",
+  "stem_width": 16,
+}
+
+
+# Where the DropBlocks act on 64x64 images, the third stage's size and the fourth's: resnest14d's
+# split attention before its stride (an avd pool after it), a radix-0 block's after it.
+@pytest.mark.parametrize(
+  "name, options, sizes",
+  [("resnest14d", None, (8, 4)), (None, RESNEST_RADIX_0, (4, 2))],
+  ids=["split", "radix 0"],
+)
+def test_resnest_dropblock_drops_where_timms_does_given_the_same_seeds(
+  monkeypatch, name, options, sizes
+):
+  told = {"block": "resnest", "radix": 0} if options else {}
+  reference, _ = calibrated_timm_pair(name, options, **told)
+  if name:
+    dropping = timm.create_model(name, drop_block_rate=0.2)
+  else:
+    spec = {**options, "norm_layer": torch.nn.BatchNorm2d, "drop_block_rate": 0.2}
+    dropping = timm_resnet(None, spec)
+  dropping.load_state_dict(reference.state_dict())
+  rates = seeding_both(monkeypatch)
+  # four images: with two, the split attention's bn1 normalises two values to -1 and 1
+  x, labels = smooth_images(23, (4, 64, 64, 3)), np.array([1, 9, 90, 900])
+  passes = float64_train_pass(dropping, x, labels, name, drop_block_rate=0.2, **told)
+  assert_train_passes_equal(*passes)
+  third, fourth = sizes
+  expected = [
+    drop_block_gamma(0.2, 5, 0.25, third, third),
+    drop_block_gamma(0.2, 3, 1, fourth, fourth),
+  ]
+  assert rates["ours"] == rates["timm"] == expected
 
 
 def expected_drop_fraction(gamma: float, k: int, h: int, w: int) -> np.ndarray:
@@ -424,6 +474,16 @@ def test_the_run_model_drops_as_configured():
   assert model.layer3[0].drop_block.rate == 0.1
   plain = run_model(config_lib.override(config_lib.Config(), TRAIN))
   assert all(b.drop_path is None and b.drop_block is None for s in plain.stages for b in s)
+
+
+def test_a_resnest_run_drops_blocks_in_its_split_attention():
+  cfg = config_lib.override(
+    config_lib.Config(), ["arch=resnest14d", "num_classes=3", "drop_block_rate=0.1"]
+  )
+  model = nnx.eval_shape(lambda: run_model(cfg))
+  drops = [dropblock_of(b) for s in model.stages for b in s]
+  assert [d is not None for d in drops] == [0, 0, 1, 1]
+  assert model.layer3[0].conv2.drop.rate == 0.1 and model.layer3[0].drop_block is None
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,11 @@ the parity check between the two."""
 
 import copy
 import functools
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,32 @@ from flax_resnet.port.parity import (  # noqa: E402
 )
 from flax_resnet.port.state_dict import from_torch_state_dict  # noqa: E402
 from flax_resnet.port.twin import torch_resnet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def without(*modules: str) -> str:
+  """Python source that makes ``modules`` unimportable, as they are where the extra that brings
+  them is not installed: a subprocess's first lines (``run_python``)."""
+  return "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in modules)
+
+
+WITHOUT_TORCH = without("torch", "torchvision")  # Python without the torch extra
+WITHOUT_TIMM = without("torch", "torchvision", "timm")  # nor the timm extra
+
+
+def run_python(
+  code: str, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+  """``python -c code args...`` in the checkout's root, ``env`` added to this environment."""
+  return subprocess.run(
+    [sys.executable, "-c", code, *args],
+    cwd=ROOT,
+    env={**os.environ, **(env or {})},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def nchw(x: np.ndarray):

@@ -28,8 +28,16 @@ def model_spec(cfg: Config) -> tuple[str | None, dict]:
     num_classes=cfg.num_classes,
     stem=cfg.stem,
     dtype=None if cfg.dtype == "float32" else cfg.dtype,
-    norm="frozen_batch" if cfg.freeze_bn else "batch",
   )
+  own_norm = flax_resnet.registry.architecture(cfg.arch).norm  # resnet50_gn's GroupNorm
+  if own_norm is None:
+    options["norm"] = "frozen_batch" if cfg.freeze_bn else "batch"
+  elif cfg.freeze_bn:
+    raise FieldError(
+      "{freeze}: {arch} has " + f"norm={own_norm!r}, no BatchNorm to freeze",
+      freeze=("freeze_bn", True),
+      arch=("arch", cfg.arch),
+    )
   # Stochastic depth and DropBlock where asked: they change no tensor, only training.
   for rate in ("drop_path_rate", "drop_block_rate"):
     if getattr(cfg, rate):
@@ -157,7 +165,7 @@ def load_init(cfg: Config, arch: str | None, options: dict) -> tuple[ResNet, Met
   """(model, metadata, a description) that ``init_from`` names, in the run's norm and
   dtype: a converted folder read, or torchvision's weights for ``arch`` converted once
   through the cache that ``create_model(weights=...)`` uses."""
-  common = {"norm": options["norm"], "dtype": options["dtype"]}
+  common = {k: options[k] for k in ("norm", "dtype") if k in options}
   repo = hub_repo(cfg.init_from)
   if repo is not None:
     return load_hub_init(cfg, repo, arch, common)
