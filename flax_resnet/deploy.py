@@ -1,6 +1,6 @@
 """Models for serving: ONNX (ONNX Runtime, OpenVINO...) and serialized StableHLO (``jax.export``,
 for JAX, TensorFlow and IREE serving stacks), each verified against the model before it is
-written; also torchvision's state dict (``port.torch_files``), the exact way back to torch.
+written (``flax-resnet-export`` also writes torchvision's state dict: ``port.torch_files``).
 
 ``export`` takes a checkpoint directory (converted, or the training export's) or the
 ``(model, Metadata)`` pair that ``flax_resnet.load`` and ``load_pretrained`` return.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,8 @@ from flax_resnet.versions import versions
 # JAX, Flax, torch, onnx and onnxruntime (seconds to import) are imported where they are
 # used: predicting with ONNX Runtime needs neither JAX nor torch.
 
-FORMATS = ("onnx", "stablehlo", "torch")
-SUFFIXES = {
-  "onnx": (".onnx",),
-  "stablehlo": (".stablehlo",),
-  "torch": (".pth", ".pt", ".bin", ".safetensors"),
-}
+FORMATS = ("onnx", "stablehlo")
+SUFFIXES = {"onnx": (".onnx",), "stablehlo": (".stablehlo",)}
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_OPSET = 18
 # The ONNX file's metadata keys: the whole record, and its preprocessing and class names
@@ -76,12 +71,9 @@ def sidecar(path: Path) -> Path:
 
 
 def replace_problem(out: Path, fmt: str) -> str | None:
-  """Why ``force`` may not replace ``out``, or None: only an earlier export of this format
-  (or any regular file, for torch's state dicts, which carry no mark) may go."""
+  """Why ``force`` may not replace ``out``, or None: only an earlier export of this format."""
   if out.is_symlink() or not out.is_file():
     return "is not a regular file"
-  if fmt == "torch":
-    return None
   try:
     read_record(out)
   except ValueError:
@@ -114,7 +106,7 @@ def export(
   force: bool = False,
 ) -> dict[str, Any]:
   """Writes ``source`` (a checkpoint directory, or a ``(model, Metadata)`` pair) to ``out``
-  as ``format`` (by default the one ``out``'s suffix names: .onnx, .stablehlo, .pth...),
+  as ``format`` (by default the one ``out``'s suffix names: .onnx or .stablehlo),
   verified first; returns the record written with it (``record``).
 
   ``opset``: ONNX's. ``static_batch``: a fixed batch size instead of a symbolic one.
@@ -130,8 +122,6 @@ def export(
   check_out(out, fmt, force)
   model, meta = _load(source)
   out.parent.mkdir(parents=True, exist_ok=True)
-  if fmt == "torch":
-    return _export_torch(model, meta, out, source)
   record = _record(fmt, model, meta, static_batch, fold_bn, dtype, opset)
   writer = _write_onnx if fmt == "onnx" else _write_stablehlo
   writer(model, meta, out, record)
@@ -158,18 +148,6 @@ def _load(source: Any) -> tuple[Any, Any]:
   from flax_resnet.saved_model import load
 
   return load(source)
-
-
-def _export_torch(model: Any, meta: Any, out: Path, source: Any) -> dict[str, Any]:
-  """torchvision's (timm's) state dict, as ``flax-resnet-flax2torch`` writes it."""
-  from flax_resnet.commands.flax2torch import batches_tracked, write
-  from flax_resnet.port.torch_files import require_torch, to_torch_state_dict
-
-  require_torch("writing a torch state dict")
-  where = Path(source) if not isinstance(source, tuple) else Path("<model>")
-  state = to_torch_state_dict(model, batches_tracked(meta, where))
-  write(state, out)
-  return {"format": "torch", "arch": meta.arch, "tensors": len(state)}
 
 
 def _record(
@@ -207,6 +185,12 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def _torch_onnx_export(model: Any, meta: Any, path: Path, record: dict[str, Any]) -> None:
+  from flax_resnet.port.onnx_export import torch_onnx_export
+
+  torch_onnx_export(model, meta, path, record)
+
+
 def _write_onnx(model: Any, meta: Any, out: Path, record: dict[str, Any]) -> None:
   import onnx
 
@@ -226,44 +210,6 @@ def _metadata_props(record: dict[str, Any]) -> dict[str, str]:
     "preprocessing": json.dumps(record["preprocessing"], sort_keys=True),
     "class_names": json.dumps(record["categories"]),
   }
-
-
-def _torch_onnx_export(model: Any, meta: Any, path: Path, record: dict[str, Any]) -> None:
-  """The torch twin of ``model`` (its weights bit for bit) through ``torch.onnx.export``."""
-  import torch
-
-  from flax_resnet.port.torch_files import require_torch, to_torch_state_dict
-
-  require_torch("exporting to ONNX")
-  from flax_resnet.port.twin import torch_resnet
-
-  net = torch_resnet(meta.arch, meta.options)
-  if net is None:
-    raise ValueError(
-      "ONNX is exported through the model's torch twin, and torch has none for this "
-      "configuration (group norm, a headless net...); format='stablehlo' exports it"
-    )
-  net.load_state_dict(to_torch_state_dict(model), strict=True)
-  net.eval()
-  dtype = getattr(torch, record["input_dtype"])
-  net.to(dtype)
-  batch = record["batch"] if record["batch"] != "dynamic" else 1
-  x = torch.zeros((batch, record["channels"], *record["image_size"]), dtype=dtype)
-  axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if record["batch"] == "dynamic" else None
-  mode = torch.onnx.TrainingMode.EVAL if record["folded_bn"] else torch.onnx.TrainingMode.PRESERVE
-  with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-    warnings.simplefilter("ignore")
-    torch.onnx.export(
-      net,
-      (x,),
-      str(path),
-      dynamo=False,
-      opset_version=record["opset"],
-      input_names=[INPUT],
-      output_names=[OUTPUT],
-      dynamic_axes=axes,
-      training=mode,
-    )
 
 
 def _write_stablehlo(model: Any, meta: Any, out: Path, record: dict[str, Any]) -> None:
@@ -440,8 +386,20 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
   return _onnx_record(path)
 
 
-def _onnx_record(path: Path) -> dict[str, Any]:
-  text = onnx_session(path).get_modelmeta().custom_metadata_map.get(RECORD_KEY)
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+  """(ONNX Runtime session, record) of an ONNX export; ``ValueError`` naming the file when it
+  is not one, or its graph does not take what its record says."""
+  session = onnx_session(path, threads)
+  record = _onnx_record(Path(path), session)
+  inputs = session.get_inputs()
+  if [i.name for i in inputs] != [record.get("input")]:
+    raise ValueError(f"{path}: its graph's inputs are not the one its record names")
+  return session, record
+
+
+def _onnx_record(path: Path, session: Any = None) -> dict[str, Any]:
+  session = session or onnx_session(path)
+  text = session.get_modelmeta().custom_metadata_map.get(RECORD_KEY)
   if text is None:
     raise ValueError(f"{path}: not a flax-resnet export (no '{RECORD_KEY}' in its metadata)")
   return _parsed(text, f"{path}: metadata '{RECORD_KEY}'")
@@ -467,7 +425,7 @@ def _parsed(text: str, where: str) -> dict[str, Any]:
     record = json.loads(text)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{where} is corrupt: {e}") from e
-  keys = ("format", "layout", "input_dtype", "preprocessing", "image_size")
+  keys = ("format", "input", "layout", "input_dtype", "batch", "preprocessing", "image_size")
   missing = [k for k in keys if not isinstance(record, dict) or k not in record]
   if missing:
     raise ValueError(f"{where}: not a flax-resnet export record (missing {missing})")

@@ -24,7 +24,16 @@ from pathlib import Path
 
 # Only the light modules here: --help and usage errors answer before JAX, torch or onnx load.
 from flax_resnet.cli import ArgumentParser, CliError, positive_int, report
-from flax_resnet.deploy import DEFAULT_OPSET, DTYPES, FORMATS, SUFFIXES
+from flax_resnet.commands import flax2torch
+from flax_resnet.deploy import DEFAULT_OPSET, DTYPES
+
+# The library's formats (flax_resnet.deploy) and torchvision's state dict (flax2torch's).
+SUFFIXES = {
+  "onnx": (".onnx",),
+  "stablehlo": (".stablehlo",),
+  "torch": (".pth", ".pt", ".bin", ".safetensors"),
+}
+FORMATS = tuple(SUFFIXES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,12 +86,7 @@ def _suffixes() -> str:
 def check_arguments(args: argparse.Namespace) -> str:
   """The format, once what can be judged before anything loads is sound: names, the
   output's place, the options the format takes."""
-  from flax_resnet.deploy import check_out, format_of
-
-  try:
-    fmt = format_of(args.out, args.format)
-  except ValueError:
-    raise _format_error(args) from None
+  fmt = format_of(args)
   if args.weights and "." not in args.weights and args.arch is None:
     raise CliError(
       f"--weights {args.weights} needs --arch (or a full name such as "
@@ -90,6 +94,11 @@ def check_arguments(args: argparse.Namespace) -> str:
     )
   if args.checkpoint is not None and args.arch is not None:
     raise CliError("--arch goes with --weights; a --checkpoint names its own architecture")
+  if fmt == "torch" and args.weights:
+    raise CliError(
+      "--format torch writes a --checkpoint's weights; for torchvision's --weights "
+      "torchvision has the file already"
+    )
   if fmt == "torch" and (args.static_batch or args.dtype != "float32" or not args.fold_bn):
     raise CliError(
       "--static-batch, --dtype and --no-fold-bn shape ONNX and StableHLO graphs; "
@@ -102,18 +111,35 @@ def check_arguments(args: argparse.Namespace) -> str:
     )
   if fmt == "onnx" and not 13 <= args.opset <= 20:
     raise CliError(f"--opset {args.opset}: torch's exporter writes opsets 13 to 20")
-  try:
-    check_out(args.out, fmt, args.force)
-  except (FileExistsError, ValueError) as e:
-    raise CliError(f"--out {e}".replace("force=True", "--force")) from None
+  check_out(args.out, fmt, args.force)
   return fmt
 
 
-def _format_error(args: argparse.Namespace) -> CliError:
-  if args.format is None:
-    return CliError(f"--out {args.out}: name a suffix ({_suffixes()}) or pass --format")
-  wanted = " or ".join(SUFFIXES[args.format])
-  return CliError(f"--out {args.out}: a --format {args.format} file ends in {wanted}")
+def format_of(args: argparse.Namespace) -> str:
+  """--format, or the one --out's suffix names; a ``CliError`` when they disagree."""
+  by_suffix = next((f for f, s in SUFFIXES.items() if args.out.suffix in s), None)
+  if args.format is None and by_suffix is None:
+    raise CliError(f"--out {args.out}: name a suffix ({_suffixes()}) or pass --format")
+  if args.format is not None and args.format != by_suffix:
+    wanted = " or ".join(SUFFIXES[args.format])
+    raise CliError(f"--out {args.out}: a --format {args.format} file ends in {wanted}")
+  return by_suffix
+
+
+def check_out(out: Path, fmt: str, force: bool) -> None:
+  """That --out may be written: new, or with --force an earlier export (for torch's state
+  dicts, which carry no mark, any regular file, as flax-resnet-flax2torch has it)."""
+  if fmt == "torch":
+    from flax_resnet.commands.flax2torch import check_out as check_state_dict_out
+
+    check_state_dict_out(out, force)
+    return
+  from flax_resnet.deploy import check_out as check_export_out
+
+  try:
+    check_export_out(out, fmt, force)
+  except FileExistsError as e:
+    raise CliError(f"--out {e}".replace("force=True", "--force")) from None
 
 
 def source(args: argparse.Namespace):
@@ -137,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   try:
     fmt = check_arguments(args)
+    if fmt == "torch":
+      return flax2torch.main(
+        ["--checkpoint", str(args.checkpoint), "--out", str(args.out)] + ["--force"] * args.force
+      )
     from flax_resnet.deploy import export
 
-    checked = "bit for bit" if fmt == "torch" else "verified before it is written"
-    print(f"exporting to {args.out} ({fmt}, {checked})", flush=True)
+    print(f"exporting to {args.out} ({fmt}, verified before it is written)", flush=True)
     record = export(
       source(args),
       args.out,
