@@ -118,11 +118,11 @@ def check_arguments(args: argparse.Namespace) -> str:
 def format_of(args: argparse.Namespace) -> str:
   """--format, or the one --out's suffix names; a ``CliError`` when they disagree."""
   by_suffix = next((f for f, s in SUFFIXES.items() if args.out.suffix in s), None)
-  if args.format is None and by_suffix is None:
-    raise CliError(f"--out {args.out}: name a suffix ({_suffixes()}) or pass --format")
   if args.format is not None and args.format != by_suffix:
     wanted = " or ".join(SUFFIXES[args.format])
     raise CliError(f"--out {args.out}: a --format {args.format} file ends in {wanted}")
+  if by_suffix is None:
+    raise CliError(f"--out {args.out}: name a suffix ({_suffixes()}) or pass --format")
   return by_suffix
 
 
