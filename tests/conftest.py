@@ -31,6 +31,7 @@ SLOW = frozenset(
     "test_deploy.py::test_predict_on_onnxruntime_prints_the_classes_jax_prints",
     # Cheap itself (a fresh venv with onnxruntime and numpy alone), but it needs an export.
     "test_deploy.py::test_an_onnx_export_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy",
+    "test_deploy.py::test_a_stablehlo_export_loads_in_a_fresh_venv_with_only_jax_and_flatbuffers",
     "test_mix.py::test_a_resumed_training_run_mixes_as_the_uninterrupted_one",
     "test_mix.py::test_a_resumed_run_mixes_as_the_uninterrupted_one",
     "test_mix.py::test_accuracy_counts_the_mixed_images_logits_against_the_original_labels",

@@ -346,3 +346,35 @@ def test_an_onnx_export_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy(
   )
   assert done.returncode == 0, done.stderr
   np.testing.assert_allclose(np.array(json.loads(done.stdout)), model_logits(tiny, x), atol=2e-4)
+
+
+LOAD = """
+import sys
+import numpy as np, jax
+try:
+  import flax_resnet
+  sys.exit("flax_resnet importable")
+except ImportError:
+  pass
+exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+print(np.asarray(exported.call(np.load(sys.argv[2]))).tolist())
+"""
+
+
+def test_a_stablehlo_export_loads_in_a_fresh_venv_with_only_jax_and_flatbuffers(tiny, tmp_path):
+  out = tmp_path / "tiny.stablehlo"
+  deploy.export(tiny, out)
+  jax_needs = ("jax", "jaxlib", "numpy", "ml_dtypes", "opt_einsum", "scipy", "flatbuffers")
+  python = venv_with(tmp_path / "venv", *jax_needs)
+  x = np.random.default_rng(4).standard_normal((3, 16, 16, 3)).astype(np.float32)
+  np.save(tmp_path / "x.npy", x)
+  done = subprocess.run(
+    [str(python), "-I", "-c", LOAD, str(out), str(tmp_path / "x.npy")],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=300,
+    env={"JAX_PLATFORMS": "cpu"},
+  )
+  assert done.returncode == 0, done.stderr
+  np.testing.assert_allclose(np.array(json.loads(done.stdout)), model_logits(tiny, x), atol=2e-4)
