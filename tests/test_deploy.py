@@ -130,6 +130,7 @@ def test_resnet50_exports_with_batchnorm_folded_or_kept(tmp_path, fold_bn):
   ops = {node.op_type for node in onnx.load(str(out)).graph.node}
   assert ("BatchNormalization" in ops) is not fold_bn
   assert all(v["top5_as_float64"] for v in record["verification"]["batches"].values())
+  # StableHLO folded or not: the same jax.export of a model with or without FoldedNorm.
   hlo = deploy.export(ckpt, tmp_path / "resnet50.stablehlo", fold_bn=fold_bn)
   assert hlo["folded_bn"] is fold_bn
 
