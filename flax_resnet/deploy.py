@@ -85,6 +85,12 @@ def check_out(out: Path, fmt: str, force: bool) -> None:
   """``FileExistsError`` naming ``out`` when it may not be written, before any work."""
   if out.is_dir():
     raise FileExistsError(f"{out} is a directory; name the file to write")
+  beside = sidecar(out)
+  if fmt == "stablehlo" and (beside.exists() or beside.is_symlink()) and not out.exists():
+    raise FileExistsError(
+      f"{beside} exists, the record an export writes beside {out.name}; "
+      "remove it or choose another path"
+    )
   if not (out.exists() or out.is_symlink()):
     return
   if not force:

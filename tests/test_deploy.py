@@ -221,6 +221,16 @@ def test_force_replaces_an_earlier_export_but_nothing_else(tiny, tiny_onnx, tmp_
   assert earlier.stat().st_mtime_ns != before and deploy.read_record(earlier)["num_classes"] == 5
 
 
+def test_a_file_where_the_stablehlo_record_goes_is_never_replaced(tmp_path, capsys):
+  notes = tmp_path / "m.stablehlo.json"
+  notes.write_text("mine")
+  out = tmp_path / "m.stablehlo"
+  assert export_cli.main(["--checkpoint", str(tmp_path), "--out", str(out), "--force"]) == 2
+  err = capsys.readouterr().err
+  assert f"{notes} exists" in err and err.count("\n") == 1
+  assert notes.read_text() == "mine" and not out.exists()
+
+
 @pytest.mark.parametrize(
   ("flags", "said"),
   [
