@@ -252,6 +252,23 @@ def test_bad_flags_are_one_line_naming_the_flag_before_anything_loads(
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+  ("flags", "said"),
+  [
+    (["--weights", "IMAGENET1K_V1", "--out", "m.onnx"], "--weights IMAGENET1K_V1 needs --arch"),
+    (["--weights", "DEFAULT", "--arch", "resnet18", "--out", "m.pth"], "torchvision has"),
+  ],
+)
+def test_a_weights_entry_that_cannot_be_exported_is_one_line(
+  tmp_path, capsys, monkeypatch, flags, said
+):
+  monkeypatch.chdir(tmp_path)
+  assert export_cli.main(flags) == 2
+  err = capsys.readouterr().err
+  assert said in err and err.count("\n") == 1
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_the_old_flax2torch_command_line_still_writes_the_state_dict(tiny, tmp_path):
   from flax_resnet.commands import flax2torch
 
