@@ -1,5 +1,6 @@
 """CPU inference of the forms a model is served in: JAX, torch eager, our ONNX export on ONNX
-Runtime, and torchvision's own ``torch.onnx.export`` of the same weights on ONNX Runtime.
+Runtime, and torchvision's own ``torch.onnx.export`` of the same weights on ONNX Runtime; our
+ONNX export on OpenVINO too, where it is installed (it is in no extra).
 
     python bench/serve.py --archs resnet18,resnet50 --batches 1,32 --out serve.jsonl
 
@@ -7,15 +8,18 @@ One process; each round runs every backend in turn (alternating, so that a busy 
 slows them alike), --calls calls each after a warm-up, and records their median ms. JAX:
 ``jax.jit`` of the model with BatchNorm folded (``fold_batchnorm``), NHWC. torch: eager,
 ``torch.inference_mode``, channels_last, --threads threads. ONNX Runtime: the CPU provider,
---threads intra-op threads, all graph optimisations. Random weights (BatchNorm statistics
-drawn as a trained net's) at 224x224; float32. One JSON line per (arch, batch, backend,
-round); a Markdown table of each backend's range of medians on stdout.
+--threads intra-op threads, all graph optimisations. OpenVINO: the CPU device, --threads
+threads, float32 inference precision (not the bfloat16 it picks on CPUs that have it).
+Random weights (BatchNorm statistics drawn as a trained net's) at 224x224; float32. One JSON
+line per (arch, batch, backend, round); a Markdown table of each backend's range of medians
+on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -28,7 +32,7 @@ from flax_resnet.bench.results import emit
 from flax_resnet.cli import ArgumentParser, positive_int
 from flax_resnet.versions import versions
 
-BACKENDS = ("jax", "torch", "ort", "ort-torchvision")
+BACKENDS = ("jax", "torch", "ort", "ort-torchvision", "openvino")
 SIZE = 224
 
 
@@ -89,12 +93,23 @@ def backends(arch: str, folder: Path, threads: int) -> dict[str, Any]:
     dynamic_axes={"x": {0: "batch"}},
   )
   torch.set_num_threads(threads)
-  return {
+  forwards = {
     "jax": _jax_forward(model),
     "torch": _torch_forward(net),
     "ort": _ort_forward(onnx_session(ours, threads)),
     "ort-torchvision": _ort_forward(onnx_session(theirs, threads)),
   }
+  if importlib.util.find_spec("openvino") is not None:
+    forwards["openvino"] = _openvino_forward(ours, threads)
+  return forwards
+
+
+def _openvino_forward(path: Path, threads: int):
+  import openvino
+
+  config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+  compiled = openvino.Core().compile_model(str(path), "CPU", config)
+  return lambda x: compiled(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def _jax_forward(model: Any):
@@ -154,13 +169,14 @@ def measure(args: argparse.Namespace, arch: str, folder: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
   """Markdown: each (arch, batch) a row, each backend's min-max of round medians a column."""
+  backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
   lines = [
-    "| arch | batch | " + " | ".join(BACKENDS) + " |",
-    "| --- | ---: |" + " ---: |" * len(BACKENDS),
+    "| arch | batch | " + " | ".join(backends) + " |",
+    "| --- | ---: |" + " ---: |" * len(backends),
   ]
   for arch, batch in dict.fromkeys((r["arch"], r["batch"]) for r in rows):
     cells = []
-    for backend in BACKENDS:
+    for backend in backends:
       ms = [
         r["median_ms"]
         for r in rows
