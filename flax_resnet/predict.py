@@ -41,6 +41,29 @@ def top_k(model, images: np.ndarray, k: int = 5, batch_size: int = 32):
   return np.concatenate(idx), np.concatenate(p)
 
 
+def top_k_onnx(session, record: dict, images: np.ndarray, k: int = 5, batch_size: int = 32):
+  """``top_k`` of an ONNX export (``deploy.load_onnx``) on ONNX Runtime: NHWC ``images`` fed
+  in the layout and dtype its record says, in batches (its fixed one, if it has one)."""
+  from flax_resnet.deploy import numpy_dtype
+
+  fixed = record["batch"] if record["batch"] != "dynamic" else None
+  batch_size = fixed or batch_size
+  idx, p = [], []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
+    x = chunk.transpose(0, 3, 1, 2) if record["layout"] == "NCHW" else chunk
+    if fixed:
+      x = np.concatenate([x, np.zeros((fixed - len(x), *x.shape[1:]), x.dtype)])
+    x = np.ascontiguousarray(x, numpy_dtype(record["input_dtype"]))
+    logits = session.run(None, {record["input"]: x})[0][: len(chunk)].astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, -1, kind="stable")[:, :k]
+    idx.append(order)
+    p.append(np.take_along_axis(probs, order, -1))
+  return np.concatenate(idx), np.concatenate(p)
+
+
 def _inference_copy(model):
   from flax import nnx
 

@@ -18,6 +18,20 @@ SLOW = frozenset(
     "test_bench.py",
     "test_convert_cli.py",
     "test_damage.py",
+    # Each export compiles the model in float32 and float64 and runs two batches (5-80 s);
+    # the fast subset keeps the flags, the refusals and the old command line.
+    "test_deploy.py::test_an_onnx_export_records_its_preprocessing_and_class_names_and_computes_the_model",
+    "test_deploy.py::test_a_stablehlo_export_has_a_symbolic_batch_and_computes_the_model",
+    "test_deploy.py::test_resnet50_exports_with_batchnorm_folded_or_kept",
+    "test_deploy.py::test_a_resnext_and_a_timm_family_member_export_verified",
+    "test_deploy.py::test_a_fine_tuned_ten_class_checkpoint_exports_with_its_class_names",
+    "test_deploy.py::test_float16_onnx_is_held_to_the_models_own_float16_error",
+    "test_deploy.py::test_an_export_that_does_not_compute_the_model_is_not_written",
+    "test_deploy.py::test_force_replaces_an_earlier_export_but_nothing_else",
+    "test_deploy.py::test_predict_on_onnxruntime_prints_the_classes_jax_prints",
+    # Cheap itself (a fresh venv with onnxruntime and numpy alone), but it needs an export.
+    "test_deploy.py::test_an_onnx_export_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy",
+    "test_deploy.py::test_a_stablehlo_export_loads_in_a_fresh_venv_with_only_jax_and_flatbuffers",
     "test_docs.py::test_every_flag_of_every_command_is_in_its_section_of_the_commands_page",
     "test_help.py::test_the_pytorch_reference_trainer_s_help_names_only_files_the_wheel_ships",
     "test_mix.py::test_a_resumed_training_run_mixes_as_the_uninterrupted_one",

@@ -1,5 +1,6 @@
 """The throughput benchmark runs end to end in a tiny configuration and writes valid JSON."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -258,3 +259,27 @@ def test_the_throughput_benchmark_compares_a_timm_arch_with_timms_own_model():
 
   assert type(_torch_model("resnet10t")).__module__ == "timm.models.resnet"
   assert type(_torch_model("resnet18")).__module__ == "torchvision.models.resnet"
+
+
+def test_the_serve_benchmark_times_every_backend_each_round(tmp_path):
+  from flax_resnet.bench import serve
+
+  out = tmp_path / "serve.jsonl"
+  argv = [
+    "--archs",
+    "resnet18",
+    "--batches",
+    "1",
+    "--rounds",
+    "2",
+    "--calls",
+    "1",
+    "--out",
+    str(out),
+  ]
+  assert serve.main(argv) == 0
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  backends = ["jax", "torch", "ort", "ort-torchvision"]
+  backends += ["openvino"] * (importlib.util.find_spec("openvino") is not None)
+  assert [(r["round"], r["backend"]) for r in rows] == [(r, b) for r in range(2) for b in backends]
+  assert all(r["median_ms"] > 0 and r["arch"] == "resnet18" and r["batch"] == 1 for r in rows)

@@ -31,6 +31,7 @@ LAYERS = [
   ("registry", ("flax_resnet.registry",)),  # pure: no weights, no download
   ("saved model", ("flax_resnet.saved_model",)),
   ("conversion", ("flax_resnet.port",)),
+  ("deploy", ("flax_resnet.deploy",)),  # ONNX and StableHLO, verified; predict's ONNX Runtime
   ("weights cache", ("flax_resnet.pretrained", "flax_resnet.timm_hub")),
   ("constructors, predict", ("flax_resnet.builders", "flax_resnet.predict")),
   ("package", ("flax_resnet",)),

@@ -22,6 +22,7 @@ BENCHMARKS = {
   "peak-rss": "peak memory of a command and its child processes",
   "train-torch": "the PyTorch reference trainer for a training config",
   "kernels": "top kernels of a few JAX train steps, and the step's optimized HLO",
+  "serve": "CPU inference: JAX, torch, our ONNX and torchvision's on ONNX Runtime",
   "suite": "everything above that a GPU minute should measure, into one report",
 }
 

@@ -64,17 +64,23 @@ def batches_tracked(meta: Metadata, checkpoint: Path) -> int | dict[str, int]:
   return value
 
 
+def check_out(out: Path, force: bool) -> None:
+  """``ValueError`` naming --out when it may not be written: its suffix, a folder, or an
+  existing file without --force (which replaces only a regular file)."""
+  if out.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+    raise ValueError(f"--out {out}: the suffix must be .pth, .pt, .bin or .safetensors")
+  if out.is_dir():
+    raise ValueError(f"--out {out} is a directory; name the file to write")
+  if out.exists() and not out.is_file():  # --force replaces only a file
+    raise ValueError(f"--out {out} is not a regular file; name the file to write")
+  if out.exists() and not force:
+    raise ValueError(f"--out {out} exists; pass --force to replace it")
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    if args.out.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
-      raise ValueError(f"--out {args.out}: the suffix must be .pth, .pt, .bin or .safetensors")
-    if args.out.is_dir():
-      raise ValueError(f"--out {args.out} is a directory; name the file to write")
-    if args.out.exists() and not args.out.is_file():  # --force replaces only a file
-      raise ValueError(f"--out {args.out} is not a regular file; name the file to write")
-    if args.out.exists() and not args.force:
-      raise ValueError(f"--out {args.out} exists; pass --force to replace it")
+    check_out(args.out, args.force)
     from flax_resnet.port.torch_files import require_torch, to_torch_state_dict
 
     require_torch("writing a torch state dict")
