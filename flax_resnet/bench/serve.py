@@ -2,7 +2,7 @@
 Runtime, and torchvision's own ``torch.onnx.export`` of the same weights on ONNX Runtime; our
 ONNX export on OpenVINO too, where it is installed (it is in no extra).
 
-    python bench/serve.py --archs resnet18,resnet50 --batches 1,32 --out serve.jsonl
+    flax-resnet-bench serve --archs resnet18,resnet50 --batches 1,32 --out serve.jsonl
 
 One process; each round runs every backend in turn (alternating, so that a busy machine
 slows them alike), --calls calls each after a warm-up, and records their median ms. JAX:

@@ -11,8 +11,9 @@ jax.export.deserialize alone, its record in FILE.stablehlo.json), .pth/.pt/.bin/
 (torchvision's or timm's state dict, as flax-resnet-flax2torch writes it). The artifact is run
 on two batch sizes before it is written, and written only when its error against the model in
 float64 is at most twice the model's own (plus 1e-6) and its top-5 is float64's; otherwise exit 2,
-nothing written. The preprocessing and class names go with it (docs/guides/deploy.md);
-``flax-resnet-predict --backend onnxruntime --checkpoint FILE.onnx`` uses them. Exit codes: README.
+nothing written. The preprocessing and class names go with it (the documentation site's
+Deployment guide); ``flax-resnet-predict --backend onnxruntime --checkpoint FILE.onnx`` uses
+them. Exit codes: the site's Commands page.
 """
 
 from __future__ import annotations
