@@ -3,11 +3,11 @@ preprocessing recorded; predict on ONNX Runtime; the artifacts without flax-resn
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_predict import predict
 from torch_reference import calibrate, torch, torchvision
 
 onnx = pytest.importorskip(
@@ -18,7 +18,6 @@ ort = pytest.importorskip("onnxruntime", reason="export tests need onnxruntime (
 from flax_resnet import deploy  # noqa: E402
 from flax_resnet.commands import export as export_cli  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # Small crops: the graphs are the full nets, the verification compiles them in float32 and
 # float64 and runs two batches.
 SMALL = {"resize_size": 36, "crop_size": 32}
@@ -279,16 +278,6 @@ def test_the_old_flax2torch_command_line_still_writes_the_state_dict(tiny, tmp_p
   assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def predict(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "flax_resnet.commands.predict", *map(str, args)],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    timeout=600,
-  )
-
-
 def test_predict_on_onnxruntime_prints_the_classes_jax_prints(tiny, tiny_onnx, data_dir):
   images = sorted((data_dir / "imagenet-samples").iterdir())[:3]
   on_jax = predict("--checkpoint", tiny, "--top", "3", *images)
@@ -342,6 +331,22 @@ print(json.dumps(s.run(None, {record["input"]: x.transpose(0, 3, 1, 2).copy()})[
 """
 
 
+def isolated_logits(python, script, artifact, x, tmp_path, env=None) -> np.ndarray:
+  """The logits ``script`` prints for ``x``, run by ``python`` in isolated mode (-I) on
+  ``artifact``; its stderr in the failure when it does not exit 0."""
+  np.save(tmp_path / "x.npy", x)
+  done = subprocess.run(
+    [str(python), "-I", "-c", script, str(artifact), str(tmp_path / "x.npy")],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=300,
+    env=env,
+  )
+  assert done.returncode == 0, done.stderr
+  return np.array(json.loads(done.stdout))
+
+
 def venv_with(folder, *modules):
   """A new virtual environment (no pip) whose site-packages links ``modules``' packages (and
   the libraries bundled beside them) from this one, and nothing else; its Python."""
@@ -364,16 +369,8 @@ def test_an_onnx_export_runs_in_a_fresh_venv_with_only_onnxruntime_and_numpy(
 ):
   python = venv_with(tmp_path / "venv", "numpy", "onnxruntime")
   x = np.random.default_rng(3).standard_normal((2, 16, 16, 3)).astype(np.float32)
-  np.save(tmp_path / "x.npy", x)
-  done = subprocess.run(
-    [str(python), "-I", "-c", SERVE, str(tiny_onnx), str(tmp_path / "x.npy")],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=300,
-  )
-  assert done.returncode == 0, done.stderr
-  np.testing.assert_allclose(np.array(json.loads(done.stdout)), model_logits(tiny, x), atol=2e-4)
+  logits = isolated_logits(python, SERVE, tiny_onnx, x, tmp_path)
+  np.testing.assert_allclose(logits, model_logits(tiny, x), atol=2e-4)
 
 
 LOAD = """
@@ -395,14 +392,5 @@ def test_a_stablehlo_export_loads_in_a_fresh_venv_with_only_jax_and_flatbuffers(
   jax_needs = ("jax", "jaxlib", "numpy", "ml_dtypes", "opt_einsum", "scipy", "flatbuffers")
   python = venv_with(tmp_path / "venv", *jax_needs)
   x = np.random.default_rng(4).standard_normal((3, 16, 16, 3)).astype(np.float32)
-  np.save(tmp_path / "x.npy", x)
-  done = subprocess.run(
-    [str(python), "-I", "-c", LOAD, str(out), str(tmp_path / "x.npy")],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=300,
-    env={"JAX_PLATFORMS": "cpu"},
-  )
-  assert done.returncode == 0, done.stderr
-  np.testing.assert_allclose(np.array(json.loads(done.stdout)), model_logits(tiny, x), atol=2e-4)
+  logits = isolated_logits(python, LOAD, out, x, tmp_path, env={"JAX_PLATFORMS": "cpu"})
+  np.testing.assert_allclose(logits, model_logits(tiny, x), atol=2e-4)

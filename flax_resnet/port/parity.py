@@ -31,18 +31,19 @@ def torch_features(torch_model, x_nchw) -> dict[str, Any]:
   return {k: v.permute(0, 2, 3, 1).numpy() if v.ndim == 4 else v.numpy() for k, v in out.items()}
 
 
-def flax_features(model, x_nhwc) -> dict[str, np.ndarray]:
-  """The same maps and logits from the flax model, jitted, at highest matmul precision."""
+def flax_features(model, x_nhwc, *, jit: bool = True) -> dict[str, np.ndarray]:
+  """The same maps and logits from the flax model at highest matmul precision: jitted, or
+  with ``jit=False`` op by op (a deep net run once costs less than its compilation)."""
   graphdef, state = nnx.split(model)
 
-  @jax.jit
   def run(state, x):
     m = nnx.merge(graphdef, state)
     feats = m.features(x)
     return {**feats, "logits": m.forward_head(feats[m.feature_info[-1].name])}
 
   with jax.default_matmul_precision("highest"):
-    return {k: np.asarray(v) for k, v in run(state, jnp.asarray(x_nhwc)).items()}
+    out = (jax.jit(run) if jit else run)(state, jnp.asarray(x_nhwc))
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 # Relative error that any float32 computation of these nets may carry, about 8 ulps of the
